@@ -1,0 +1,139 @@
+"""The ``dipc`` command line: parses, validates and calls the library. Errors are one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .config import FitConfig
+from .errors import DipError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Deep Image Prior restoration: fit, export and regenerate.")
+
+
+@app.callback()
+def root() -> None:
+    """Deep Image Prior restoration: fit an image, export the fitted network, regenerate its image anywhere."""
+
+
+class Task(str, Enum):
+    inpaint = "inpaint"
+    denoise = "denoise"
+    super_resolve = "super-resolve"
+
+
+def fail(message: str) -> None:
+    raise DipError(message)
+
+
+def user_errors(command):
+    """Turns a DipError into one line on stderr and exit code 2, for the CLI and typer's test runner alike."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DipError as exc:
+            typer.echo(f"dipc: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _net_overrides(config: FitConfig, structure: Optional[str], depth: Optional[int], channels: Optional[int],
+                   skip_channels: Optional[int], upsample: Optional[str]) -> FitConfig:
+    net = config.net
+    changes: dict = {}
+    if structure is not None:
+        if structure not in ("paper", "seed"):
+            fail(f"--structure must be paper or seed, got {structure!r}")
+        changes["structure"] = structure
+        if structure == "seed" and upsample is None:
+            changes["upsample"] = "bicubic"
+    if upsample is not None:
+        if upsample not in ("nearest", "bilinear", "bicubic"):
+            fail(f"--upsample must be nearest, bilinear or bicubic, got {upsample!r}")
+        changes["upsample"] = upsample
+    d = depth if depth is not None else net.depth
+    if depth is not None and not 1 <= depth <= 8:
+        fail(f"--depth must be between 1 and 8, got {depth}")
+    if channels is not None and channels <= 0:
+        fail(f"--channels must be positive, got {channels}")
+    if skip_channels is not None and skip_channels < 0:
+        fail(f"--skip-channels must be >= 0, got {skip_channels}")
+    if depth is not None or channels is not None or skip_channels is not None:
+        c = channels if channels is not None else net.channels_down[0]
+        s = skip_channels if skip_channels is not None else net.channels_skip[0]
+        changes.update(channels_down=(c,) * d, channels_up=(c,) * d, channels_skip=(s,) * d)
+    return config.replace(net=dataclasses.replace(net, **changes)) if changes else config
+
+
+@app.command()
+@user_errors
+def fit(
+    task: Annotated[Optional[Task], typer.Argument(help="inpaint, denoise or super-resolve")] = None,
+    image: Annotated[Optional[Path], typer.Argument(help="the corrupted image (or clean one with --sigma / --from-reference)")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="restored PNG")] = None,
+    mask: Annotated[Optional[Path], typer.Option(help="inpainting mask, same size, white = known pixel")] = None,
+    holes: Annotated[Optional[float], typer.Option(help="inpaint: make a mask dropping this fraction of pixels at random")] = None,
+    box: Annotated[Optional[float], typer.Option(help="inpaint: make a mask with a centred hole of this area fraction")] = None,
+    text: Annotated[bool, typer.Option("--text", help="inpaint: make a text-overlay mask")] = False,
+    factor: Annotated[Optional[int], typer.Option(help="super-resolution factor: 2, 4 or 8")] = None,
+    from_reference: Annotated[bool, typer.Option("--from-reference", help="super-resolve: IMAGE is high-resolution; downsample it for the input and use it as reference")] = False,
+    sigma: Annotated[Optional[float], typer.Option(help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="total iterations (preset: the paper's count)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate")] = None,
+    reg_noise: Annotated[Optional[float], typer.Option(help="std of the input perturbation per iteration")] = None,
+    stop: Annotated[Optional[str], typer.Option(help="fixed or auto (variance-based early stopping)")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="write a checkpoint here at the end (and on Ctrl-C)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue the fit saved in this checkpoint")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="write a JSON report here")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="clean image: PSNR is logged against it")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the network weights, the input noise and --sigma noise")] = 0,
+    snapshot_every: Annotated[int, typer.Option(help="write OUT-<iteration>.png every N iterations (0 = never)")] = 0,
+    compare: Annotated[Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")] = None,
+    structure: Annotated[Optional[str], typer.Option(help="network structure: paper or seed")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="hourglass levels (preset 5)")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="channels per level, down and up (preset 128)")] = None,
+    skip_channels: Annotated[Optional[int], typer.Option(help="skip channels per level (0 = no skips)")] = None,
+    upsample: Annotated[Optional[str], typer.Option(help="nearest, bilinear or bicubic")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    log_every: Annotated[int, typer.Option(help="read loss/PSNR from the device every N iterations")] = 10,
+    force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Fit the Deep Image Prior to one image: dipc fit TASK IMAGE -o OUT.png, or dipc fit --resume CKPT -o OUT.png."""
+    from . import restore
+
+    if output is None:
+        fail("missing -o/--output: where to write the restored PNG")
+    job = restore.FitJob(
+        task=task.value if task is not None else None, image=image, output=output, mask=mask, holes=holes, box=box,
+        text=text, factor=factor, from_reference=from_reference, sigma=sigma, iterations=iterations, lr=lr,
+        reg_noise=reg_noise, stop=stop, checkpoint=checkpoint, resume=resume, report=report, reference=reference,
+        seed=seed, snapshot_every=snapshot_every, compare=compare, device=device, log_every=log_every,
+        force=force, quiet=quiet,
+        net_overrides=lambda cfg: _net_overrides(cfg, structure, depth, channels, skip_channels, upsample),
+    )
+    code = restore.run_job(job)
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except DipError as exc:
+        print(f"dipc: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The fitting loop: Adam on the hourglass weights, so that operator(net(noise + perturbation)) matches the observation.
+
+The loop keeps every piece of state that shapes the next iteration (weights, Adam moments, the perturbation RNG,
+the output EMA, the backtracking copy, the stopping statistics) so that a checkpoint resumes bit-for-bit on CPU.
+Per-iteration bookkeeping stays on the fitting device; the host reads values only every ``log_every`` iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .config import FitConfig
+from .metrics import psnr
+from .network import build_network, make_input
+from .problem import CenterCrop, Problem
+from .stopping import make_stopper
+
+
+@dataclass
+class LogRecord:
+    iteration: int
+    total: int
+    loss: float
+    psnr_observation: float  # PSNR of operator(output) to the observation (noisy/masked/low-res input)
+    psnr_reference: float | None  # PSNR of the current output to the clean reference, when given
+    psnr_reference_ema: float | None
+    iterations_per_second: float
+
+
+@dataclass
+class FitResult:
+    image: torch.Tensor  # (1, C, H, W) on the CPU: the restored image the fit returns
+    iterations: int
+    stop_reason: str  # "completed", "auto-stop", "interrupted"
+    image_source: str  # "output" (net on the fixed input), "ema" or "auto-stop best"
+    history: dict[str, list[float]]
+    fit_seconds: float
+    first_step_seconds: float  # includes compilation for compiled backends
+    iterations_per_second: float
+    backtracks: int
+    stop_info: dict[str, Any] = field(default_factory=dict)
+
+
+class EagerStep:
+    """Forward, loss and backward; the optimizer step runs outside so backtracking can act in between."""
+
+    name = "eager"
+
+    def __init__(self, net: torch.nn.Module, problem: Problem, crop: CenterCrop) -> None:
+        self.net, self.problem, self.crop = net, problem, crop
+
+    def __call__(self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        optimizer.zero_grad(set_to_none=True)
+        out = self.crop(self.net(net_input))
+        loss = F.mse_loss(self.problem.operator(out), self.problem.observation)
+        loss.backward()
+        return loss.detach(), out.detach()
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """First Ctrl-C asks the loop to stop after the current iteration; a second one interrupts at once."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if hit.is_set():
+            raise KeyboardInterrupt
+        hit.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Fitter:
+    """One DIP fit. ``run`` may be called repeatedly (each call continues towards a new total)."""
+
+    def __init__(self, config: FitConfig, problem: Problem, device: str | torch.device | None = None) -> None:
+        self.config = config
+        self.device = torch.device(device or config.device)
+        self.problem = problem.to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.net = build_network(config.net).to(self.device)
+        self.net_input = make_input(config.net, *problem.canvas, seed=config.seed).to(self.device)
+        self.crop = CenterCrop(problem.canvas, problem.size)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.iteration = 0
+        self.ema: torch.Tensor | None = None
+        self.backtrack_saved: list[torch.Tensor] | None = None
+        self.backtrack_psnr = torch.tensor(float("-inf"), device=self.device)
+        self.backtracks = torch.zeros((), dtype=torch.long, device=self.device)
+        self.stopper = make_stopper(config, self.device)
+        self.history: dict[str, list[float]] = {"iteration": [], "loss": [], "psnr_observation": []}
+        if problem.reference is not None:
+            self.history.update(psnr_reference=[], psnr_reference_ema=[])
+        self.elapsed = 0.0
+        self.step = self.make_step()
+
+    def make_step(self) -> Callable[[torch.Tensor, torch.optim.Optimizer], tuple[torch.Tensor, torch.Tensor]]:
+        return EagerStep(self.net, self.problem, self.crop)
+
+    # --- images --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def output(self) -> torch.Tensor:
+        """The network's image on the unperturbed input, with train-mode BatchNorm: what an export reproduces."""
+        return self.crop(self.net(self.net_input)).float()
+
+    def image(self) -> tuple[torch.Tensor, str]:
+        """The image this fit returns now, and where it comes from."""
+        if self.stopper is not None and self.stopper.best_image is not None:
+            return self.stopper.best_image, "auto-stop best"
+        if self.ema is not None:
+            return self.ema, "ema"
+        return self.output(), "output"
+
+    # --- one iteration -------------------------------------------------------------------------------------
+    def perturbed_input(self) -> torch.Tensor:
+        if self.config.reg_noise_std <= 0:
+            return self.net_input
+        noise = torch.randn(self.net_input.shape, generator=self.generator, device=self.device)
+        return self.net_input + self.config.reg_noise_std * noise
+
+    def _backtrack(self, out: torch.Tensor) -> None:
+        """The paper's fallback: when PSNR to the observation drops by more than ``backtrack_db`` dB, the weights
+        go back to those that produced the last good output. Written with ``torch.where`` so it never syncs."""
+        params = [p.detach() for p in self.net.parameters()]
+        if self.backtrack_saved is None:
+            self.backtrack_saved = [p.clone() for p in params]
+        current = psnr(self.problem.operator(out), self.problem.observation)
+        bad = (self.backtrack_psnr - current) > self.config.backtrack_db
+        for param, saved in zip(params, self.backtrack_saved):
+            param.copy_(torch.where(bad, saved, param))
+            saved.copy_(param)
+        self.backtrack_psnr = torch.where(bad, self.backtrack_psnr, current)
+        self.backtracks += bad.long()
+
+    def iterate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, out = self.step(self.perturbed_input(), self.optimizer)
+        if self.config.backtrack_db is not None:
+            self._backtrack(out)
+        self.optimizer.step()
+        out = out.float()
+        if self.config.ema is not None:
+            self.ema = out.clone() if self.ema is None else self.ema.lerp_(out, 1.0 - self.config.ema)
+        self.iteration += 1
+        if self.stopper is not None:
+            self.stopper.update(out, self.iteration)
+        return loss, out
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def _log(self, loss: torch.Tensor, out: torch.Tensor, total: int, rate: float) -> LogRecord:
+        ref = self.problem.reference
+        p_obs = psnr(self.problem.operator(out), self.problem.observation).item()
+        p_ref = psnr(out, ref).item() if ref is not None else None
+        p_ema = psnr(self.ema, ref).item() if ref is not None and self.ema is not None else p_ref
+        record = LogRecord(self.iteration, total, float(loss.item()), p_obs, p_ref, p_ema, rate)
+        self.history["iteration"].append(self.iteration)
+        self.history["loss"].append(record.loss)
+        self.history["psnr_observation"].append(p_obs)
+        if ref is not None:
+            self.history["psnr_reference"].append(p_ref)
+            self.history["psnr_reference_ema"].append(p_ema)
+        return record
+
+    def run(self, iterations: int | None = None, *, on_log: Callable[[LogRecord], None] | None = None,
+            snapshot_every: int = 0, on_snapshot: Callable[[int, torch.Tensor], None] | None = None) -> FitResult:
+        """Fits until ``iterations`` in total (the config's count by default), an auto-stop, or Ctrl-C."""
+        total = iterations if iterations is not None else self.config.iterations
+        if total <= 0:
+            raise ValueError(f"iterations must be positive, got {total}")
+        self.net.train()
+        start_iteration, reason, first_step = self.iteration, "completed", 0.0
+        t_start = time.perf_counter()
+        t_window, it_window = t_start, self.iteration
+        rate = 0.0
+        with interrupt_flag() as interrupted:
+            while self.iteration < total:
+                if interrupted():
+                    reason = "interrupted"
+                    break
+                t0 = time.perf_counter()
+                loss, out = self.iterate()
+                if self.iteration == start_iteration + 1:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    first_step = time.perf_counter() - t0
+                    t_window, it_window = time.perf_counter(), self.iteration
+                if self.iteration % self.config.log_every == 0 or self.iteration == total:
+                    now = time.perf_counter()
+                    if self.iteration > it_window:
+                        rate = (self.iteration - it_window) / max(now - t_window, 1e-9)
+                    record = self._log(loss, out, total, rate)
+                    if on_log is not None:
+                        on_log(record)
+                if snapshot_every and on_snapshot is not None and self.iteration % snapshot_every == 0:
+                    on_snapshot(self.iteration, self.image()[0].cpu())
+                if self.stopper is not None and self.stopper.should_stop(self.iteration):
+                    reason = "auto-stop"
+                    break
+        fit_seconds = time.perf_counter() - t_start
+        self.elapsed += fit_seconds
+        done = self.iteration - start_iteration
+        steady = fit_seconds - first_step
+        image, source = self.image()
+        return FitResult(
+            image=image.detach().cpu(), iterations=self.iteration, stop_reason=reason, image_source=source,
+            history=self.history, fit_seconds=fit_seconds, first_step_seconds=first_step,
+            iterations_per_second=(done - 1) / steady if done > 1 and steady > 0 else (done / fit_seconds if fit_seconds else 0.0),
+            backtracks=int(self.backtracks.item()),
+            stop_info=self.stopper.info() if self.stopper is not None else {},
+        )
+
+    # --- checkpointing -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that shapes the next iteration, as plain tensors and containers (``weights_only`` loadable)."""
+        return {
+            "iteration": self.iteration,
+            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "net_input": self.net_input.cpu(),
+            "generator": self.generator.get_state().cpu(),
+            "ema": None if self.ema is None else self.ema.cpu(),
+            "backtrack_saved": None if self.backtrack_saved is None else [t.cpu() for t in self.backtrack_saved],
+            "backtrack_psnr": self.backtrack_psnr.cpu(),
+            "backtracks": self.backtracks.cpu(),
+            "stopper": None if self.stopper is None else _to_cpu(self.stopper.state_dict()),
+            "history": self.history,
+            "elapsed": self.elapsed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        dev = self.device
+        self.iteration = int(state["iteration"])
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.net_input = state["net_input"].to(dev)
+        self.generator.set_state(state["generator"])
+        self.ema = None if state["ema"] is None else state["ema"].to(dev)
+        saved = state["backtrack_saved"]
+        self.backtrack_saved = None if saved is None else [t.to(dev) for t in saved]
+        self.backtrack_psnr = state["backtrack_psnr"].to(dev)
+        self.backtracks = state["backtracks"].to(dev)
+        if self.stopper is not None and state.get("stopper") is not None:
+            self.stopper.load_state_dict(state["stopper"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.step = self.make_step()
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

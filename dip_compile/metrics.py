@@ -1,0 +1,33 @@
+"""Image quality: PSNR and SSIM on tensors in [0, 1], computed where the tensors live (no host copy)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB for signals in [0, 1]; returns a 0-d tensor so callers decide when to sync."""
+    mse = F.mse_loss(x.float(), y.float())
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004, Gaussian window) over channels; inputs (N, C, H, W) or (C, H, W)."""
+    if x.dim() == 3:
+        x, y = x.unsqueeze(0), y.unsqueeze(0)
+    x, y = x.float(), y.float()
+    c = x.shape[1]
+    coords = torch.arange(window, dtype=torch.float32, device=x.device) - (window - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=c)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean()

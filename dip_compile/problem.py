@@ -1,0 +1,130 @@
+"""A restoration problem: the observation, the operator that maps the restored image onto it, and the sizes.
+
+The hourglass needs sides divisible by 2^depth. Rather than cropping the user's image (as the paper does), the
+network works on a padded canvas and its output is centre-cropped to the image size before the operator, so
+every pixel of the input is restored and the output has exactly the input's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FitConfig
+from .degradations import make_operator
+from .errors import DipError
+
+
+@dataclass
+class Problem:
+    task: str
+    observation: torch.Tensor  # (1, C, h, w): what the loss compares the operator's output with
+    operator: nn.Module
+    size: tuple[int, int]  # (H, W) of the restored image
+    canvas: tuple[int, int]  # (H, W) the network runs at: size rounded up to a multiple of 2^depth
+    mask: torch.Tensor | None = None  # (H, W), inpainting only
+    reference: torch.Tensor | None = None  # (1, C, H, W) clean image for PSNR, if the user has one
+
+    @property
+    def channels(self) -> int:
+        return self.observation.shape[1]
+
+    def corrupted_view(self) -> torch.Tensor:
+        """The observation shown at the output size (bicubic for super-resolution), for baselines and pictures."""
+        if self.task == "super-resolve":
+            up = F.interpolate(self.observation, size=self.size, mode="bicubic", align_corners=False)
+            return up.clamp(0, 1)
+        return self.observation
+
+    def to(self, device: torch.device | str) -> "Problem":
+        move = (lambda t: None if t is None else t.to(device))
+        return Problem(self.task, self.observation.to(device), self.operator.to(device), self.size, self.canvas,
+                       move(self.mask), move(self.reference))
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def crop_box(canvas: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centred crop from the canvas to the image size."""
+    return ((canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2, size[0], size[1])
+
+
+class CenterCrop(nn.Module):
+    """Crops the network's padded canvas back to the image size (a no-op when they agree)."""
+
+    def __init__(self, canvas: tuple[int, int], size: tuple[int, int]) -> None:
+        super().__init__()
+        self.box = crop_box(canvas, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = self.box
+        return x[:, :, top:top + h, left:left + w]
+
+
+def make_problem(config: FitConfig, image: torch.Tensor, *, mask: torch.Tensor | None = None,
+                 reference: torch.Tensor | None = None) -> Problem:
+    """``image`` is the corrupted observation (C, H, W): masked/noisy image, or the low-resolution one."""
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    channels, (h, w) = image.shape[1], image.shape[-2:]
+    if channels != config.net.output_channels:
+        raise DipError(f"the image has {channels} channel(s) but the network outputs {config.net.output_channels}")
+    if config.task == "super-resolve":
+        size = (h * config.factor, w * config.factor)
+    else:
+        size = (h, w)
+    if config.task == "inpaint":
+        if mask is None:
+            raise DipError("inpainting needs a mask (--mask, or --holes/--box/--text to make one)")
+        if tuple(mask.shape[-2:]) != (h, w):
+            raise DipError(f"mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {w}x{h}")
+        if mask.sum() == 0:
+            raise DipError("the mask marks no pixel as known (white = known): nothing to fit")
+    elif mask is not None:
+        raise DipError(f"a mask only applies to inpainting, not to {config.task}")
+    if reference is not None:
+        if reference.dim() == 3:
+            reference = reference.unsqueeze(0)
+        if tuple(reference.shape[-2:]) != size or reference.shape[1] != channels:
+            rh, rw = reference.shape[-2:]
+            raise DipError(f"reference is {rw}x{rh} with {reference.shape[1]} channel(s); "
+                           f"expected {size[1]}x{size[0]} with {channels}")
+    multiple = config.net.multiple
+    canvas = (round_up(size[0], multiple), round_up(size[1], multiple))
+    operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
+    observation = operator(image) if config.task == "inpaint" else image
+    return Problem(config.task, observation.contiguous(), operator, size, canvas, mask, reference)
+
+
+def add_noise(image: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    """The paper's noisy observation: clip(image + N(0, sigma^2)), sigma on the [0, 1] scale."""
+    generator = torch.Generator().manual_seed(seed)
+    return (image + sigma * torch.randn(image.shape, generator=generator)).clamp(0, 1)
+
+
+def downsample_reference(image: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low-resolution input, high-resolution reference). The paper's low-resolution input: PIL's Lanczos (antialiased) resize of the high-resolution image by 1/factor.
+
+    The image is first centre-cropped to a multiple of ``factor`` so the high-resolution size is exactly
+    factor times the low-resolution one.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from .imageio import to_pil
+
+    c, h, w = image.shape[-3:]
+    h2, w2 = h - h % factor, w - w % factor
+    if h2 == 0 or w2 == 0:
+        raise DipError(f"image {w}x{h} is smaller than the factor {factor}")
+    top, left = (h - h2) // 2, (w - w2) // 2
+    cropped = image.reshape(c, h, w)[:, top:top + h2, left:left + w2]
+    small = to_pil(cropped).resize((w2 // factor, h2 // factor), Image.Resampling.LANCZOS)
+    array = np.asarray(small, dtype=np.float32) / 255.0
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array)), cropped

@@ -1,0 +1,61 @@
+"""The JSON report of a fit: what was run, on what, how fast, and how the loss and PSNR evolved."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .fitting import FitResult, Fitter
+from .imageio import atomic_write
+from .metrics import psnr, ssim
+
+
+def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, Any]:
+    problem = fitter.problem
+    report: dict[str, Any] = {
+        "task": problem.task,
+        "config": fitter.config.to_dict(),
+        "seed": fitter.config.seed,
+        "image_size": {"height": problem.size[0], "width": problem.size[1], "channels": problem.channels},
+        "canvas_size": {"height": problem.canvas[0], "width": problem.canvas[1]},
+        "versions": {"dip_compile": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "device": _device_name(fitter.device),
+        "threads": torch.get_num_threads(),
+        "iterations": result.iterations,
+        "stop_reason": result.stop_reason,
+        "image_source": result.image_source,
+        "wall_seconds": result.fit_seconds,
+        "first_step_seconds": result.first_step_seconds,
+        "iterations_per_second": result.iterations_per_second,
+        "backtracks": result.backtracks,
+        "stop": result.stop_info,
+        "history": result.history,
+    }
+    if problem.reference is not None:
+        ref = problem.reference.cpu()
+        report["final_psnr"] = float(psnr(result.image, ref))
+        report["final_ssim"] = float(ssim(result.image, ref))
+        report["input_psnr"] = float(psnr(problem.corrupted_view().cpu(), ref))
+        hist = result.history.get("psnr_reference") or []
+        if hist:
+            best = max(range(len(hist)), key=hist.__getitem__)
+            report["best_psnr_seen"] = hist[best]
+            report["best_psnr_iteration"] = result.history["iteration"][best]
+    report.update(extra)
+    return report
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def save_report(report: dict[str, Any], path: str | Path) -> Path:
+    text = json.dumps(report, indent=2, default=str)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -1,0 +1,240 @@
+"""One restoration job from files to files, as ``dipc fit`` runs it (and as a script can, without the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import FitConfig, preset
+from .degradations import box_mask, random_holes_mask, text_mask
+from .errors import DipError
+from .fitting import Fitter, FitResult, LogRecord
+from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side
+from .problem import Problem, add_noise, downsample_reference, make_problem
+from .report import build_report, save_report
+
+INTERRUPTED = 130
+
+
+@dataclass
+class FitJob:
+    task: Optional[str]
+    image: Optional[Path]
+    output: Path
+    mask: Optional[Path] = None
+    holes: Optional[float] = None
+    box: Optional[float] = None
+    text: bool = False
+    factor: Optional[int] = None
+    from_reference: bool = False
+    sigma: Optional[float] = None
+    iterations: Optional[int] = None
+    lr: Optional[float] = None
+    reg_noise: Optional[float] = None
+    stop: Optional[str] = None
+    checkpoint: Optional[Path] = None
+    resume: Optional[Path] = None
+    report: Optional[Path] = None
+    reference: Optional[Path] = None
+    seed: int = 0
+    snapshot_every: int = 0
+    compare: Optional[Path] = None
+    device: str = "auto"
+    log_every: int = 10
+    force: bool = False
+    quiet: bool = False
+    net_overrides: Callable[[FitConfig], FitConfig] = field(default=lambda cfg: cfg)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise DipError(f"unknown device {name!r}; use cpu, cuda or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DipError("--device cuda asked for, but no CUDA GPU is available")
+    return name
+
+
+def build_config(job: FitJob, channels: int) -> FitConfig:
+    """The task's paper preset with the job's overrides; nonsense numbers become one-line errors."""
+    if job.factor is not None and job.task != "super-resolve":
+        raise DipError("--factor only applies to super-resolve")
+    factor = job.factor if job.factor is not None else 4
+    if job.task == "super-resolve" and factor not in (2, 4, 8):
+        raise DipError(f"--factor must be 2, 4 or 8, got {factor}")
+    config = preset(job.task, factor=factor, output_channels=channels)
+    changes: dict = {"seed": job.seed, "log_every": job.log_every}
+    if job.iterations is not None:
+        changes["iterations"] = job.iterations
+    if job.lr is not None:
+        changes["lr"] = job.lr
+    if job.reg_noise is not None:
+        changes["reg_noise_std"] = job.reg_noise
+    if job.stop is not None:
+        if job.stop not in ("fixed", "auto"):
+            raise DipError(f"--stop must be fixed or auto, got {job.stop!r}")
+        changes["stop"] = job.stop
+    try:
+        return job.net_overrides(config.replace(**changes))
+    except ValueError as exc:
+        raise DipError(str(exc)) from None
+
+
+def _make_mask(job: FitJob, size: tuple[int, int]) -> tuple[torch.Tensor, bool]:
+    """The inpainting mask, and whether it was made here (then the image is the clean reference)."""
+    sources = [job.mask is not None, job.holes is not None, job.box is not None, job.text]
+    if sum(sources) != 1:
+        raise DipError("inpaint needs exactly one of --mask, --holes, --box or --text")
+    if job.mask is not None:
+        return load_mask(job.mask, size), False
+    try:
+        if job.holes is not None:
+            return random_holes_mask(*size, job.holes, seed=job.seed), True
+        if job.box is not None:
+            return box_mask(*size, job.box), True
+    except ValueError as exc:
+        raise DipError(str(exc)) from None
+    return text_mask(*size), True
+
+
+def load_problem(job: FitJob, config_for: Callable[[int], FitConfig]) -> tuple[FitConfig, Problem]:
+    if job.task is None or job.image is None:
+        raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
+    if job.task != "inpaint" and (job.mask or job.holes is not None or job.box is not None or job.text):
+        raise DipError(f"--mask/--holes/--box/--text only apply to inpaint, not {job.task}")
+    if job.sigma is not None and job.task != "denoise":
+        raise DipError("--sigma only applies to denoise")
+    if job.from_reference and job.task != "super-resolve":
+        raise DipError("--from-reference only applies to super-resolve")
+    image = load_image(job.image)
+    config = config_for(image.shape[0])
+    reference = load_image(job.reference, "reference") if job.reference is not None else None
+    mask = None
+    if job.task == "inpaint":
+        mask, made = _make_mask(job, tuple(image.shape[-2:]))
+        if made and reference is None:
+            reference = image
+    elif job.task == "denoise" and job.sigma is not None:
+        if not 0 < job.sigma <= 255:
+            raise DipError(f"--sigma is on the 0-255 scale and must be in (0, 255], got {job.sigma}")
+        reference = reference if reference is not None else image
+        image = add_noise(image, job.sigma / 255.0, seed=job.seed)
+    elif job.task == "super-resolve" and job.from_reference:
+        image, high = downsample_reference(image, config.factor)
+        reference = reference if reference is not None else high
+    if reference is not None and reference.shape[0] != image.shape[0]:
+        raise DipError(f"reference has {reference.shape[0]} channel(s) but the image has {image.shape[0]}")
+    return config, make_problem(config, image, mask=mask, reference=reference)
+
+
+def default_checkpoint_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".ckpt")
+
+
+def snapshot_path(output: Path, iteration: int) -> Path:
+    return output.with_name(f"{output.stem}-{iteration:06d}.png")
+
+
+def run_job(job: FitJob, console_file=None) -> int:
+    """Runs the job; returns the exit code (0, or 130 after Ctrl-C, with checkpoint and image saved)."""
+    from rich.console import Console
+
+    console = Console(file=console_file or sys.stderr)
+    device = resolve_device(job.device)
+    if job.log_every <= 0:
+        raise DipError(f"--log-every must be positive, got {job.log_every}")
+    if job.snapshot_every < 0:
+        raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
+    if job.resume is not None:
+        if job.task is not None or job.image is not None:
+            raise DipError("--resume continues a saved fit: give no TASK or IMAGE with it")
+        ckpt = load_checkpoint(job.resume)
+        changes = {"log_every": job.log_every}
+        if job.iterations is not None:
+            changes["iterations"] = job.iterations
+        config = ckpt.config.replace(**changes)
+        if config.iterations <= ckpt.iteration:
+            raise DipError(f"the checkpoint is already at iteration {ckpt.iteration}; "
+                           f"pass --iterations larger than that to continue")
+        problem = ckpt.problem
+    else:
+        config, problem = load_problem(job, lambda channels: build_config(job, channels))
+        ckpt = None
+
+    outputs = [job.output, job.report, job.compare]
+    ckpt_path = job.checkpoint or default_checkpoint_path(job.output)
+    same_as_resume = job.resume is not None and ckpt_path.resolve() == job.resume.resolve()
+    for path in outputs:
+        if path is not None:
+            check_output(path, job.force)
+    if job.checkpoint is not None and not same_as_resume:
+        check_output(job.checkpoint, job.force)
+    if job.snapshot_every:
+        for it in range(job.snapshot_every, config.iterations + 1, job.snapshot_every):
+            check_output(snapshot_path(job.output, it), job.force)
+
+    fitter = ckpt.fitter(device, config) if ckpt is not None else Fitter(config, problem, device=device)
+    result = _run_with_progress(fitter, config, job, console)
+
+    if result.stop_reason == "interrupted":
+        if ckpt_path.exists() and not (job.force or same_as_resume or job.checkpoint is not None):
+            ckpt_path = ckpt_path.with_name(ckpt_path.stem + f"-{fitter.iteration}.ckpt")
+        save_checkpoint(fitter, ckpt_path)
+        save_image(result.image, job.output)
+        console.print(f"interrupted at iteration {fitter.iteration}: image written to {job.output}, checkpoint to "
+                      f"{ckpt_path}; continue with: dipc fit --resume {ckpt_path} -o {job.output} --force")
+        return INTERRUPTED
+
+    save_image(result.image, job.output)
+    if job.checkpoint is not None:
+        save_checkpoint(fitter, job.checkpoint)
+    if job.compare is not None:
+        panels = [problem.corrupted_view().cpu(), result.image]
+        if problem.reference is not None:
+            panels.append(problem.reference.cpu())
+        save_side_by_side(panels, job.compare)
+    report = build_report(fitter, result)
+    if job.report is not None:
+        save_report(report, job.report)
+    _summary(console, result, report, job)
+    return 0
+
+
+def _summary(console, result: FitResult, report: dict, job: FitJob) -> None:
+    line = (f"{result.iterations} iterations ({result.stop_reason}), {result.iterations_per_second:.2f} it/s, "
+            f"image from {result.image_source} -> {job.output}")
+    if "final_psnr" in report:
+        line += f"; PSNR {report['final_psnr']:.2f} dB (input {report['input_psnr']:.2f} dB)"
+    console.print(line)
+
+
+def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console) -> FitResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    def snapshot(iteration: int, image: torch.Tensor) -> None:
+        save_image(image, snapshot_path(job.output, iteration))
+
+    kwargs = dict(snapshot_every=job.snapshot_every, on_snapshot=snapshot)
+    if job.quiet:
+        return fitter.run(config.iterations, **kwargs)
+    columns = [TextColumn(f"{config.task}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("fit", total=config.iterations, completed=fitter.iteration, stats="")
+
+        def on_log(r: LogRecord) -> None:
+            stats = f"loss {r.loss:.2e}  {r.iterations_per_second:.2f} it/s"
+            if r.psnr_reference is not None:
+                stats += f"  PSNR {r.psnr_reference:.2f} dB"
+                if fitter.ema is not None:
+                    stats += f" (EMA {r.psnr_reference_ema:.2f})"
+            progress.update(bar, completed=r.iteration, stats=stats)
+
+        return fitter.run(config.iterations, on_log=on_log, **kwargs)

@@ -1,0 +1,122 @@
+"""Early stopping without ground truth (Wang et al., "Early Stopping for Deep Image Prior", ES-WMV / ES-EMV).
+
+DIP's outputs change fast while the network fits structure, settle while it fits the image, then start to
+wander again as it fits the noise. The running variance of the outputs has a minimum near the PSNR peak:
+
+* ES-WMV: VAR_t = 1/W * sum_{w<W} ||x_{t-w} - mean_W||^2 over the last W outputs;
+* ES-EMV: the buffer-free exponential version, m_t = m + a (x_t - m), v_t = (1 - a)(v + a ||x_t - m||^2).
+
+Stop once P iterations pass without a new minimum, and return the output at the minimum. All statistics stay
+on the fitting device and cost O(pixels) per step; the host only reads a scalar when asked whether to stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import FitConfig
+
+
+class VarianceStopper:
+    """Tracks the running variance of the outputs and keeps the output at its minimum."""
+
+    def __init__(self, variant: str, window: int, patience: int, alpha: float, device: torch.device,
+                 check_every: int = 10) -> None:
+        if variant not in ("wmv", "emv"):
+            raise ValueError(f"unknown stopping variant {variant!r}; choose wmv or emv")
+        self.variant, self.window, self.patience, self.alpha = variant, window, patience, alpha
+        self.device, self.check_every = device, check_every
+        self.buffer: torch.Tensor | None = None  # WMV: the last W outputs, a ring
+        self.sum: torch.Tensor | None = None  # WMV: float64 running sums, O(pixels) updates
+        self.sum_sq: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None  # EMV
+        self.var = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+        self.best_var = torch.tensor(float("inf"), dtype=torch.float64, device=device)
+        self.best_iteration = torch.zeros((), dtype=torch.long, device=device)
+        self.best_image: torch.Tensor | None = None
+        self.variance_history: list[float] = []
+
+    def _variance(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Updates the running statistics with ``x``; returns the current variance once it is defined."""
+        if self.variant == "emv":
+            if self.mean is None:
+                self.mean = x.double().clone()
+                self.count = 1
+                return None
+            delta = x.double() - self.mean
+            self.var = (1 - self.alpha) * (self.var + self.alpha * delta.pow(2).sum())
+            self.mean.add_(delta, alpha=self.alpha)
+            self.count += 1
+            return self.var
+        x64 = x.double()
+        if self.buffer is None:
+            self.buffer = torch.zeros((self.window, *x.shape), dtype=x.dtype, device=x.device)
+            self.sum = torch.zeros_like(x64)
+            self.sum_sq = torch.zeros_like(x64)
+        slot = self.count % self.window
+        if self.count >= self.window:
+            old = self.buffer[slot].double()
+            self.sum.sub_(old)
+            self.sum_sq.sub_(old * old)
+        self.buffer[slot].copy_(x)
+        self.sum.add_(x64)
+        self.sum_sq.add_(x64 * x64)
+        self.count += 1
+        if self.count < self.window:
+            return None
+        # sum over pixels of the per-pixel variance, normalised per pixel as the paper's VAR (mean over pixels)
+        w = float(self.window)
+        per_pixel = (self.sum_sq / w - (self.sum / w).pow(2)).clamp_min(0)
+        self.var = per_pixel.mean()
+        return self.var
+
+    def update(self, out: torch.Tensor, iteration: int) -> None:
+        var = self._variance(out.detach())
+        if var is None:
+            return
+        if self.variant == "emv":
+            var = var / out.numel()
+        better = var < self.best_var
+        self.best_var = torch.where(better, var, self.best_var)
+        self.best_iteration = torch.where(better, torch.full_like(self.best_iteration, iteration), self.best_iteration)
+        if self.best_image is None:
+            self.best_image = out.detach().float().clone()
+        else:
+            self.best_image.copy_(torch.where(better, out.detach().float(), self.best_image))
+        if iteration % self.check_every == 0:
+            self.variance_history.append(float(var.item()))
+
+    def should_stop(self, iteration: int) -> bool:
+        if iteration % self.check_every != 0 or self.best_image is None:
+            return False
+        return iteration - int(self.best_iteration.item()) >= self.patience
+
+    def info(self) -> dict[str, Any]:
+        best = int(self.best_iteration.item()) if self.best_image is not None else None
+        return {"rule": f"es-{self.variant}", "window": self.window, "patience": self.patience,
+                "alpha": self.alpha, "chosen_iteration": best,
+                "min_variance": float(self.best_var.item()) if best is not None else None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer, "sum": self.sum, "sum_sq": self.sum_sq, "mean": self.mean, "var": self.var,
+                "count": self.count, "best_var": self.best_var, "best_iteration": self.best_iteration,
+                "best_image": self.best_image, "variance_history": self.variance_history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        move = (lambda t: None if t is None else t.to(self.device))
+        self.buffer, self.sum, self.sum_sq = move(state["buffer"]), move(state["sum"]), move(state["sum_sq"])
+        self.mean, self.var = move(state["mean"]), move(state["var"])
+        self.count = int(state["count"])
+        self.best_var, self.best_iteration = move(state["best_var"]), move(state["best_iteration"])
+        self.best_image = move(state["best_image"])
+        self.variance_history = list(state["variance_history"])
+
+
+def make_stopper(config: FitConfig, device: torch.device) -> VarianceStopper | None:
+    if config.stop == "fixed":
+        return None
+    return VarianceStopper(config.stop_variant, config.stop_window, config.stop_patience, config.stop_alpha,
+                           device, check_every=config.log_every)
