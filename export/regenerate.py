@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Regenerate a Deep Image Prior result from its exported ONNX model, with onnxruntime, numpy and pillow only.
+
+    python export/regenerate.py model.onnx -o restored.png [--provider auto|cpu|cuda] [--check fit.png] [--info]
+
+The model carries the fitted network and the fixed noise it was fed (the initializer of its ``noise`` input),
+so an empty feed returns the restored image (N, C, H, W) in [0, 1]; ``--noise other.npy`` feeds other noise.
+This file is also ``dip_compile.replay.regenerate``: ``dipc regenerate`` runs this same code. It must never
+import torch or dip_compile (a test runs it with torch made unimportable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT = "dip-compile-export"
+VERSION = 1
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+class ReplayError(Exception):
+    """A problem with the user's input (bad model file, existing output): one line, exit code 2."""
+
+
+# --- the model ----------------------------------------------------------------------------------------------
+
+def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any, str]:
+    """An onnxruntime session of a dip-compile export and the provider it runs on; CUDA falls back to CPU."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise ReplayError(f"unknown provider {provider!r}; choose auto, cpu or cuda")
+    name = "model" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):
+        path = Path(model)
+        if not path.exists():
+            raise ReplayError(f"model not found: {path}")
+        if path.is_dir():
+            raise ReplayError(f"model {path} is a folder, not an ONNX file")
+        model = str(path)
+    wanted = ["CPUExecutionProvider"]
+    if provider != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        wanted.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # A missing CUDA runtime is reported as an error by onnxruntime's default logger; we report it in one line.
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(model, options, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types for unreadable models
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise ReplayError(f"{name} is not a readable ONNX model (corrupted or truncated: {first[:120]})") from None
+    finally:
+        ort.set_default_logger_severity(2)
+    meta = metadata(session)
+    if meta.get("format") != FORMAT:
+        raise ReplayError(f"{name} is an ONNX model but not a dip-compile export (no {FORMAT} metadata)")
+    if meta.get("format_version") != str(VERSION):
+        raise ReplayError(f"{name} has export format version {meta.get('format_version')}; "
+                          f"this program reads version {VERSION}")
+    used = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
+    if provider == "cuda" and used != "cuda":
+        print("note: the CUDA provider is not usable here; running on the CPU", file=sys.stderr)
+    return session, used
+
+
+def metadata(session: Any) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def run(session: Any, noise: np.ndarray | None = None) -> np.ndarray:
+    """The image (N, C, H, W) float32 in [0, 1]: on the shipped noise (empty feed) or on ``noise``."""
+    feed = {}
+    if noise is not None:
+        expected = session.get_inputs()[0].shape
+        noise = np.ascontiguousarray(noise, dtype=np.float32)
+        if noise.ndim == 3:
+            noise = noise[None]
+        if noise.ndim != 4 or list(noise.shape[1:]) != list(expected[1:]):
+            want = "x".join(str(s) for s in expected[1:])
+            raise ReplayError(f"noise has shape {'x'.join(map(str, noise.shape))}; the model takes (N)x{want}")
+        feed["noise"] = noise
+    return session.run(["image"], feed)[0]
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 from (C, H, W) or (1, C, H, W) in [0, 1], rounded as dip-compile's PNG writer rounds."""
+    if image.ndim == 4:
+        image = image[0]
+    array = np.clip(np.asarray(image, dtype=np.float32), 0, 1).transpose(1, 2, 0)
+    return np.round(array * 255.0).astype(np.uint8)
+
+
+def load_png(path: str | Path, channels: int) -> np.ndarray:
+    """(H, W, C) uint8 of an image file, as RGB or grayscale to match ``channels``."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ReplayError(f"image to check against not found: {path}")
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ReplayError(f"cannot read {path}: not a readable image ({exc.__class__.__name__})") from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+def compare(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Agreement of ``image`` with ``reference`` (both (..., C, H, W) float in [0, 1], or (H, W, C) uint8 for
+    the reference): max absolute difference in [0, 1], share of identical 8-bit pixels, largest 8-bit difference."""
+    ours = to_uint8(image).astype(np.int16)
+    if reference.dtype == np.uint8:
+        theirs_float = reference.astype(np.float32).transpose(2, 0, 1) / 255.0
+        theirs = reference.astype(np.int16)
+    else:
+        theirs_float = reference[0] if reference.ndim == 4 else reference
+        theirs = to_uint8(reference).astype(np.int16)
+    mine = image[0] if image.ndim == 4 else image
+    if ours.shape != theirs.shape:
+        raise ReplayError(f"image sizes differ: {ours.shape[1]}x{ours.shape[0]}x{ours.shape[2]} vs "
+                          f"{theirs.shape[1]}x{theirs.shape[0]}x{theirs.shape[2]} (width x height x channels)")
+    diff8 = np.abs(ours - theirs)
+    return {"max_abs_diff": float(np.max(np.abs(mine.astype(np.float64) - theirs_float.astype(np.float64)))),
+            "identical_8bit": float(np.mean(diff8 == 0)), "max_8bit_diff": int(diff8.max())}
+
+
+def check_output(path: str | Path, force: bool) -> Path:
+    path = Path(path)
+    if path.exists() and not force:
+        raise ReplayError(f"output {path} exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise ReplayError(f"output {path} is a folder")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ReplayError(f"output folder {folder} does not exist")
+    return path
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Writes atomically: a temp file beside ``path``, renamed over it only once complete."""
+    from PIL import Image
+
+    path = Path(path)
+    array = to_uint8(image)
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        pil.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ReplayError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --- the program --------------------------------------------------------------------------------------------
+
+def regenerate(model: str | Path, output: str | Path | None, *, provider: str = "auto", check: str | Path | None = None,
+               noise: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """Runs the model and writes its image; returns what happened (provider, seconds, the check's numbers)."""
+    import time
+
+    if output is not None:
+        check_output(output, force)
+    session, used = open_session(model, provider)
+    fed = None
+    if noise is not None:
+        try:
+            fed = np.load(noise)
+        except (OSError, ValueError) as exc:
+            raise ReplayError(f"cannot read noise {noise}: {exc.__class__.__name__}") from None
+    t0 = time.perf_counter()
+    image = run(session, fed)
+    seconds = time.perf_counter() - t0
+    result: dict[str, Any] = {"provider": used, "seconds": seconds, "shape": list(image.shape),
+                              "metadata": metadata(session)}
+    if check is not None:
+        result["check"] = compare(image[:1], load_png(check, image.shape[1]))
+    if output is not None:
+        save_png(image[:1], output)
+        result["output"] = str(output)
+    return result
+
+
+def passes(check: dict[str, float]) -> bool:
+    """The export target: at least 99.9% identical 8-bit pixels and none off by more than 1."""
+    return check["identical_8bit"] >= 0.999 and check["max_8bit_diff"] <= 1
+
+
+def describe(meta: dict[str, str]) -> str:
+    keys = ("task", "image_size", "iterations", "seed", "image", "bn", "weights", "loss", "psnr_observation",
+            "psnr_reference", "noise_sha256", "package_version", "torch_version")
+    return "\n".join(f"{k}: {meta[k]}" for k in keys if meta.get(k))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="regenerate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a dip-compile ONNX export")
+    parser.add_argument("-o", "--output", help="PNG to write")
+    parser.add_argument("--provider", default="auto", choices=PROVIDERS, help="onnxruntime provider (CUDA falls back to CPU)")
+    parser.add_argument("--check", help="compare with this PNG (e.g. the fit's output): max abs diff, identical 8-bit pixels")
+    parser.add_argument("--noise", help="a .npy of other noise to feed instead of the shipped one")
+    parser.add_argument("--info", action="store_true", help="print the model's metadata as JSON and exit")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+    args = parser.parse_args(argv)
+    try:
+        if args.info:
+            session, _ = open_session(args.model, "cpu")
+            print(json.dumps(metadata(session), indent=2, sort_keys=True))
+            return 0
+        if args.output is None and args.check is None:
+            raise ReplayError("nothing to do: give -o OUT.png and/or --check PNG")
+        result = regenerate(args.model, args.output, provider=args.provider, check=args.check, noise=args.noise,
+                            force=args.force)
+    except ReplayError as exc:
+        print(f"regenerate: error: {exc}", file=sys.stderr)
+        return 2
+    return report(result)
+
+
+def report(result: dict[str, Any]) -> int:
+    """Prints the outcome; the exit code is 1 when a --check misses the export target."""
+    h, w = result["shape"][-2:]
+    where = f" -> {result['output']}" if "output" in result else ""
+    print(f"regenerated {w}x{h} on {result['provider']} in {result['seconds']:.3f} s{where}")
+    check = result.get("check")
+    if check is None:
+        return 0
+    ok = passes(check)
+    print(f"check: max abs diff {check['max_abs_diff']:.3g}, identical 8-bit pixels {100 * check['identical_8bit']:.3f}%, "
+          f"max 8-bit diff {check['max_8bit_diff']} ({'OK' if ok else 'MISMATCH'})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
