@@ -123,7 +123,8 @@ class Fitter:
     def image(self) -> tuple[torch.Tensor, str]:
         """The image this fit returns now, and where it comes from."""
         if self.stopper is not None and self.stopper.best_image is not None:
-            return self.stopper.best_image, "auto-stop best"
+            # the stopper watches raw outputs but keeps the EMA at the minimum when the EMA is on
+            return self.stopper.best_image, "auto-stop best (ema)" if self.config.ema is not None else "auto-stop best"
         if self.ema is not None:
             return self.ema, "ema"
         return self.output(), "output"
@@ -159,7 +160,7 @@ class Fitter:
             self.ema = out.clone() if self.ema is None else self.ema.lerp_(out, 1.0 - self.config.ema)
         self.iteration += 1
         if self.stopper is not None:
-            self.stopper.update(out, self.iteration)
+            self.stopper.update(out, self.iteration, keep=self.ema)
         return loss, out
 
     # --- the loop ------------------------------------------------------------------------------------------
