@@ -49,7 +49,7 @@ def save_checkpoint(fitter: Fitter, path: str | Path) -> Path:
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "meta": {"package_version": __version__, "torch_version": torch.__version__},
+        "meta": {"package_version": __version__, "torch_version": str(torch.__version__)},
         "config": fitter.config.to_dict(),
         "problem": {
             "task": p.task, "size": list(p.size), "canvas": list(p.canvas),

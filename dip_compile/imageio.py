@@ -72,6 +72,10 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.round(array * 255.0).astype(np.uint8)
 
 
+def writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
 def check_output(path: str | Path, force: bool) -> Path:
     """Fails early, before any work, if ``path`` exists (without ``force``) or its folder is not writable."""
     path = Path(path)
@@ -82,7 +86,7 @@ def check_output(path: str | Path, force: bool) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise DipError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
+    if not writable(folder):
         raise DipError(f"output folder {folder} is not writable")
     return path
 
