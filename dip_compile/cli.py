@@ -127,6 +127,98 @@ def fit(
         raise typer.Exit(code)
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    all = "all"
+
+
+class ExportImage(str, Enum):
+    output = "output"
+    ema = "ema"
+    best = "best"
+
+
+class BatchNormMode(str, Enum):
+    frozen = "frozen"
+    batch = "batch"
+
+
+class Weights(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class Provider(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint(s) written by dipc fit --checkpoint")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output file (a folder for several checkpoints)")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx, torchscript or all (OUT.onnx + OUT.pt)")] = ExportFormat.onnx,
+    image: Annotated[ExportImage, typer.Option(help="output: network on the fixed noise; ema / best: the fit's EMA or auto-stop image (stored correction)")] = ExportImage.output,
+    bn: Annotated[BatchNormMode, typer.Option(help="frozen: statistics of the fixed noise folded into convs; batch: live statistics, exact for any noise")] = BatchNormMode.frozen,
+    weights: Annotated[Weights, typer.Option(help="weight storage: fp32, or fp16 (half the size, not bit-exact)")] = Weights.fp32,
+    verify: Annotated[bool, typer.Option("--verify", help="rerun the export and compare with the fit's image")] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
+) -> None:
+    """Export a fitted network with its fixed noise: ONNX (runs with an empty feed) and/or TorchScript."""
+    from . import exporters
+
+    written = exporters.export_checkpoints(checkpoints, output, fmt=fmt.value, image=image.value, bn=bn.value,
+                                           weights=weights.value, verify=verify, force=force)
+    failed = False
+    for w in written:
+        mib = 1024 * 1024
+        typer.echo(f"{w.checkpoint} -> {w.path} ({w.format}, {w.bytes / mib:.2f} MiB: weights "
+                   f"{w.weight_bytes / mib:.2f} MiB fp32 + noise {w.noise_bytes / mib:.2f} MiB)")
+        if w.check is not None:
+            ok = exporters.passes(w.check)
+            exact = weights.value == "fp32"
+            failed |= exact and not ok
+            verdict = ("OK" if ok else "MISMATCH") if exact else "fp16 weights: not held to the exactness target"
+            typer.echo(f"  verify: max abs diff {w.check['max_abs_diff']:.3g}, identical 8-bit pixels "
+                       f"{100 * w.check['identical_8bit']:.3f}%, max 8-bit diff {w.check['max_8bit_diff']} ({verdict})")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def regenerate(
+    model: Annotated[Path, typer.Argument(help="an ONNX file written by dipc export")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write")] = None,
+    provider: Annotated[Provider, typer.Option(help="onnxruntime provider; CUDA falls back to CPU")] = Provider.auto,
+    check: Annotated[Optional[Path], typer.Option(help="compare with this PNG: max abs diff, identical 8-bit pixels")] = None,
+    noise: Annotated[Optional[Path], typer.Option(help="a .npy of other noise to feed instead of the shipped one")] = None,
+    info: Annotated[bool, typer.Option("--info", help="print the model's metadata as JSON")] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
+) -> None:
+    """Regenerate the restored image from an exported ONNX model (the same code as export/regenerate.py)."""
+    import json
+
+    from .replay import regenerate as replay
+
+    try:
+        if info:
+            session, _ = replay.open_session(model, "cpu")
+            typer.echo(json.dumps(replay.metadata(session), indent=2, sort_keys=True))
+            return
+        if output is None and check is None:
+            fail("nothing to do: give -o OUT.png and/or --check PNG")
+        result = replay.regenerate(model, output, provider=provider.value, check=check, noise=noise, force=force)
+    except replay.ReplayError as exc:
+        raise DipError(str(exc)) from None
+    code = replay.report(result)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()

@@ -499,3 +499,74 @@ def agreement(image: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tenso
 def weight_bytes(plan: ExportPlan) -> int:
     """The fitted network's parameters in fp32 bytes: the least a file holding the weights needs."""
     return int(plan.metadata["parameters"]) * 4
+
+
+# --- the export job (what ``dipc export`` runs) -------------------------------------------------------------
+
+FORMATS = ("onnx", "torchscript", "all")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+@dataclass
+class Written:
+    checkpoint: Path
+    format: str  # onnx | torchscript
+    path: Path
+    bytes: int
+    weight_bytes: int
+    noise_bytes: int
+    check: dict[str, float] | None = None
+
+
+def output_paths(checkpoints: list[Path], output: Path, fmt: str) -> list[tuple[Path, str, Path]]:
+    """(checkpoint, format, path) for every file to write. One checkpoint: ``output`` is the file (its suffix
+    replaced per format with --format all); several: ``output`` is a folder that gets ``<checkpoint stem>.onnx``."""
+    if fmt not in FORMATS:
+        raise DipError(f"unknown --format {fmt!r}; choose onnx, torchscript or all")
+    formats = ["onnx", "torchscript"] if fmt == "all" else [fmt]
+    if len(checkpoints) == 1 and not output.is_dir():
+        if fmt == "all":
+            return [(checkpoints[0], f, output.with_suffix(SUFFIX[f])) for f in formats]
+        path = output if output.suffix else output.with_suffix(SUFFIX[fmt])
+        return [(checkpoints[0], fmt, path)]
+    if not output.is_dir():
+        raise DipError(f"with several checkpoints, -o must be an existing folder (got {output})")
+    stems = [c.stem for c in checkpoints]
+    if len(set(stems)) != len(stems):
+        raise DipError("two checkpoints share a file name; export them to different folders")
+    return [(c, f, output / (c.stem + SUFFIX[f])) for c in checkpoints for f in formats]
+
+
+def passes(check: dict[str, float], tolerance: float = 1e-4) -> bool:
+    """The exactness target: max abs difference <= 1e-4, >= 99.9% identical 8-bit pixels, none off by more than 1."""
+    return check["max_abs_diff"] <= tolerance and replay.passes(check)
+
+
+def export_checkpoints(checkpoints: list[Path], output: Path, *, fmt: str = "onnx", image: str = "output",
+                       bn: str = "frozen", weights: str = "fp32", verify: bool = False,
+                       force: bool = False) -> list[Written]:
+    """Exports each checkpoint; checks every input and output before writing anything, writes atomically."""
+    from .checkpoint import load_checkpoint
+    from .imageio import check_output
+
+    if bn not in BN_MODES:
+        raise DipError(f"unknown --bn {bn!r}; choose frozen or batch")
+    if weights not in WEIGHTS:
+        raise DipError(f"unknown --weights {weights!r}; choose fp32 or fp16")
+    if image not in IMAGES:
+        raise DipError(f"unknown --image {image!r}; choose output, ema or best")
+    jobs = output_paths([Path(c) for c in checkpoints], Path(output), fmt)
+    for _, _, path in jobs:
+        check_output(path, force)
+    loaded = {c: load_checkpoint(c) for c in dict.fromkeys(c for c, _, _ in jobs)}
+    plans = {c: plan_export(ck, image=image, bn=bn, weights=weights) for c, ck in loaded.items()}
+    written = []
+    for ckpt_path, f, path in jobs:
+        plan = plans[ckpt_path]
+        (write_onnx if f == "onnx" else write_torchscript)(plan, path)
+        result = Written(ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), plan.noise.numel() * 4)
+        if verify:
+            got = run_onnx(path) if f == "onnx" else run_torchscript(path)
+            result.check = agreement(got, plan.target)
+        written.append(result)
+    return written

@@ -35,7 +35,10 @@ class ReplayError(Exception):
 
 def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any, str]:
     """An onnxruntime session of a dip-compile export and the provider it runs on; CUDA falls back to CPU."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ReplayError("regenerating needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from None
 
     if provider not in PROVIDERS:
         raise ReplayError(f"unknown provider {provider!r}; choose auto, cpu or cuda")
@@ -58,7 +61,11 @@ def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any
         session = ort.InferenceSession(model, options, providers=wanted)
     except Exception as exc:  # onnxruntime raises its own pybind exception types for unreadable models
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ReplayError(f"{name} is not a readable ONNX model (corrupted or truncated: {first[:120]})") from None
+        reason = first.split(" failed:", 1)[-1].strip()  # drop onnxruntime's "... Load model from PATH failed:"
+        if reason.startswith("/") and ") " in reason:  # and its source location and C++ signature
+            reason = reason.rsplit(") ", 1)[-1]
+        raise ReplayError(f"{name} is not a readable ONNX model (corrupted, truncated or unsupported: "
+                          f"{reason[:120]})") from None
     finally:
         ort.set_default_logger_severity(2)
     meta = metadata(session)
@@ -81,7 +88,9 @@ def run(session: Any, noise: np.ndarray | None = None) -> np.ndarray:
     """The image (N, C, H, W) float32 in [0, 1]: on the shipped noise (empty feed) or on ``noise``."""
     feed = {}
     if noise is not None:
-        expected = session.get_inputs()[0].shape
+        # an input with an initializer is listed by onnxruntime as an overridable initializer, not as an input
+        args = [a for a in session.get_inputs() + session.get_overridable_initializers() if a.name == "noise"]
+        expected = args[0].shape
         noise = np.ascontiguousarray(noise, dtype=np.float32)
         if noise.ndim == 3:
             noise = noise[None]

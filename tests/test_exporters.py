@@ -1,0 +1,237 @@
+"""``dipc export`` and the exporters: the ONNX/TorchScript image equals the fit's image, and bad input fails cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from conftest import smooth_image, tiny_config
+from dip_compile import exporters
+from dip_compile.checkpoint import load_checkpoint, save_checkpoint
+from dip_compile.cli import app
+from dip_compile.degradations import random_holes_mask
+from dip_compile.fitting import Fitter
+from dip_compile.problem import add_noise, make_problem
+
+TOL = 1e-4
+
+
+def fit(tmp: Path, name: str = "fit.ckpt", iterations: int = 4, task: str = "denoise", net=None) -> Fitter:
+    """A tiny fit saved as a checkpoint; the 30x45 image runs on a 32x48 canvas, so the export must crop."""
+    config = tiny_config(task, iterations=iterations, log_every=1, stop="fixed")
+    if net is not None:
+        config = config.replace(net=net)
+    clean = smooth_image(30, 45)
+    if task == "inpaint":
+        problem = make_problem(config, clean, mask=random_holes_mask(30, 45, 0.3))
+    else:
+        problem = make_problem(config, add_noise(clean, 0.1), reference=clean)
+    fitter = Fitter(config, problem)
+    fitter.run(iterations)
+    save_checkpoint(fitter, tmp / name)
+    return fitter
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Fitter, Path]:
+    tmp = tmp_path_factory.mktemp("export")
+    return fit(tmp), tmp / "fit.ckpt"
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def onnx_image(path_or_model, noise: np.ndarray | None = None) -> np.ndarray:
+    data = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else path_or_model
+    return exporters.run_onnx(data, noise)
+
+
+@pytest.mark.parametrize("bn", ["frozen", "batch"])
+def test_onnx_image_equals_fit_output_within_1e4_with_empty_feed(fitted, bn):
+    fitter, ckpt = fitted
+    plan = exporters.plan_export(load_checkpoint(ckpt), bn=bn)
+    image = onnx_image(exporters.to_onnx(plan))
+    assert image.shape == (1, 3, 30, 45)  # cropped from the 32x48 canvas to the image size
+    check = exporters.agreement(image, fitter.output())
+    assert check["max_abs_diff"] <= TOL and check["identical_8bit"] == 1.0
+
+
+def test_frozen_export_folds_every_batchnorm_into_the_convolutions(fitted):
+    _, ckpt = fitted
+    ops = Counter(n.op_type for n in exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt))).graph.node)
+    assert "BatchNormalization" not in ops and "InstanceNormalization" not in ops
+    assert "Mul" not in ops  # the BN after each concat folded into the reflection-padded conv after it
+    assert ops["Conv"] == 16 and ops["Slice"] == 1
+    batch = Counter(n.op_type for n in exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt), bn="batch")).graph.node)
+    assert batch["InstanceNormalization"] == 18
+
+
+def test_zero_padded_net_keeps_the_merge_norm_as_scale_and_shift_and_stays_exact(tmp_path):
+    config_net = dataclasses.replace(tiny_config().net, padding="zeros")
+    fitter = fit(tmp_path, net=config_net)
+    plan = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"))
+    ops = Counter(n.op_type for n in exporters.to_onnx(plan).graph.node)
+    assert ops["Mul"] == 3 and "Pad" not in ops
+    assert exporters.agreement(onnx_image(exporters.to_onnx(plan)), fitter.output())["max_abs_diff"] <= TOL
+
+
+def test_other_noise_gets_batch_statistics_in_batch_mode_and_frozen_ones_in_frozen_mode(fitted):
+    fitter, ckpt = fitted
+    other = torch.rand(fitter.net_input.shape, generator=torch.Generator().manual_seed(7)) * 0.1
+    with torch.no_grad():
+        dip = fitter.crop(fitter.net(other))  # DIP semantics: BN with the statistics of this input
+    batch = onnx_image(exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt), bn="batch")), other.numpy())
+    assert exporters.agreement(batch, dip)["max_abs_diff"] <= TOL
+    plan = exporters.plan_export(load_checkpoint(ckpt), bn="frozen")
+    frozen = onnx_image(exporters.to_onnx(plan), other.numpy())
+    assert np.abs(frozen - onnx_image(exporters.to_onnx(plan))).max() > 1e-3  # the feed is really used
+    assert np.abs(frozen - exporters.GraphModule(plan.graph)(other).numpy()).max() <= TOL
+
+
+def test_torchscript_loads_with_torch_jit_load_alone_and_matches(fitted, tmp_path):
+    fitter, ckpt = fitted
+    out = tmp_path / "net.pt"
+    result = invoke("export", ckpt, "-o", out, "--format", "torchscript")
+    assert result.exit_code == 0, result.output
+    script = ("import sys, torch, numpy; m = torch.jit.load(sys.argv[1]); x = m(); "
+              "assert not any(k.startswith('dip_compile') for k in sys.modules); numpy.save(sys.argv[2], x.numpy())")
+    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "x.npy")], check=True, cwd=tmp_path)
+    assert exporters.agreement(np.load(tmp_path / "x.npy"), fitter.output())["max_abs_diff"] <= TOL
+    loaded = torch.jit.load(str(out))
+    assert torch.equal(loaded(fitter.net_input), loaded())  # the shipped noise is the default input
+
+
+def test_export_all_with_verify_writes_both_files_and_reports_exactness(fitted, tmp_path):
+    _, ckpt = fitted
+    result = invoke("export", ckpt, "-o", tmp_path / "model", "--format", "all", "--verify")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.pt").is_file()
+    verify_lines = [line for line in result.output.splitlines() if "verify:" in line]
+    assert len(verify_lines) == 2 and all("identical 8-bit pixels 100.000%" in v and "(OK)" in v for v in verify_lines)
+
+
+def test_checkpoints_at_other_iterations_export_their_own_images(tmp_path):
+    early = fit(tmp_path, "early.ckpt", iterations=2)
+    early_image = early.output()
+    early.run(5)
+    save_checkpoint(early, tmp_path / "late.ckpt")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    result = invoke("export", tmp_path / "early.ckpt", tmp_path / "late.ckpt", "-o", folder)
+    assert result.exit_code == 0, result.output
+    got_early, got_late = onnx_image(str(folder / "early.onnx")), onnx_image(str(folder / "late.onnx"))
+    assert exporters.agreement(got_early, early_image)["max_abs_diff"] <= TOL
+    assert exporters.agreement(got_late, early.output())["max_abs_diff"] <= TOL
+    assert np.abs(got_early - got_late).max() > 1e-3
+    meta = exporters.replay.metadata(exporters.replay.open_session(str(folder / "late.onnx"))[0])
+    assert meta["iterations"] == "5"
+
+
+def test_ema_export_reproduces_the_fits_ema_image_via_a_stored_correction(tmp_path):
+    fitter = fit(tmp_path, iterations=6)  # the denoise preset smooths with EMA 0.99
+    assert fitter.ema is not None
+    plan = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"), image="ema")
+    image = onnx_image(exporters.to_onnx(plan))
+    assert exporters.agreement(image, fitter.ema)["max_abs_diff"] <= TOL
+    assert np.abs(image - fitter.output().numpy()).max() > 1e-3
+    assert plan.metadata["image"] == "ema" and "correction" in plan.metadata["image_note"]
+
+
+def test_inpainting_checkpoint_without_ema_refuses_image_ema(tmp_path):
+    fit(tmp_path, task="inpaint", iterations=2)
+    result = invoke("export", tmp_path / "fit.ckpt", "-o", tmp_path / "m.onnx", "--image", "ema")
+    assert result.exit_code == 2 and "no EMA image" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_fp16_weights_halve_the_weights_and_stay_within_one_8bit_level(fitted):
+    fitter, ckpt = fitted
+    plans = {w: exporters.plan_export(load_checkpoint(ckpt), weights=w) for w in ("fp32", "fp16")}
+    models = {w: exporters.to_onnx(p) for w, p in plans.items()}
+    noise_bytes = plans["fp32"].noise.numel() * 4
+    sizes = {w: len(m.SerializeToString()) - noise_bytes for w, m in models.items()}
+    assert 0.45 < sizes["fp16"] / sizes["fp32"] < 0.6
+    check = exporters.agreement(onnx_image(models["fp16"]), fitter.output())
+    assert check["max_8bit_diff"] <= 1 and check["max_abs_diff"] < 5e-3
+
+
+def test_metadata_records_what_a_user_needs_to_trust_the_model(fitted):
+    fitter, ckpt = fitted
+    model = exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt)))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["task"] == "denoise" and meta["image_size"] == "45x30" and meta["iterations"] == "4"
+    assert meta["seed"] == "0" and meta["bn"] == "frozen" and meta["image"] == "output"
+    assert meta["package_version"] and meta["torch_version"] == str(torch.__version__)
+    assert float(meta["psnr_reference"]) > 10 and float(meta["loss"]) > 0
+    noise = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "noise")
+    assert np.array_equal(noise, fitter.net_input.numpy())
+    assert meta["noise_sha256"] == "sha256:" + hashlib.sha256(noise.astype("<f4").tobytes()).hexdigest()
+    assert json.loads(meta["config"])["net"]["input_depth"] == 8
+
+
+# --- bad input: one line on stderr, exit code 2, nothing written ---------------------------------------------
+
+def bad(result, needle: str, out: Path) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no temp file left
+
+
+def test_missing_checkpoint_is_one_line_exit_2(tmp_path):
+    bad(invoke("export", tmp_path / "nope.ckpt", "-o", tmp_path / "m.onnx"), "not found", tmp_path / "m.onnx")
+
+
+def test_truncated_checkpoint_is_one_line_exit_2(fitted, tmp_path):
+    data = fitted[1].read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    bad(invoke("export", tmp_path / "cut.ckpt", "-o", tmp_path / "m.onnx"), "corrupted or truncated", tmp_path / "m.onnx")
+
+
+def test_checkpoint_of_another_format_version_is_one_line_exit_2(fitted, tmp_path):
+    payload = torch.load(fitted[1], weights_only=True)
+    payload["version"] = 99
+    torch.save(payload, tmp_path / "v99.ckpt")
+    bad(invoke("export", tmp_path / "v99.ckpt", "-o", tmp_path / "m.onnx"), "version 99", tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n not a checkpoint", "torch-dict"])
+def test_file_that_is_not_a_checkpoint_is_one_line_exit_2(tmp_path, content):
+    path = tmp_path / "x.ckpt"
+    if content == "torch-dict":
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(content)
+    bad(invoke("export", path, "-o", tmp_path / "m.onnx"), "checkpoint", tmp_path / "m.onnx")
+
+
+def test_existing_output_without_force_is_one_line_exit_2_and_untouched(fitted, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"keep me")
+    result = invoke("export", fitted[1], "-o", out)
+    assert result.exit_code == 2 and "exists" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == b"keep me"
+    assert invoke("export", fitted[1], "-o", out, "--force").exit_code == 0
+    assert out.stat().st_size > 1000
+
+
+def test_format_all_checks_every_output_before_writing_any(fitted, tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"keep me")
+    result = invoke("export", fitted[1], "-o", tmp_path / "m", "--format", "all")
+    assert result.exit_code == 2 and "m.pt exists" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
