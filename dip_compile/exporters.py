@@ -15,6 +15,8 @@ the BN is either
 The graph is a small list of nodes (:class:`Node`) built by walking the hourglass; it is emitted to ONNX directly
 (full control over the ops, no exporter decompositions) and executed by a torch module that TorchScript records,
 so both files hold the same network. The image is cropped from the canvas to the image size inside the graph.
+With fp16 weights only the convolutions are stored in half precision; BN then stays a separate fp32 scale+shift
+whose frozen statistics are taken from the fp16-rounded network, so they match the weights that ship.
 The EMA (or auto-stop) image is not a function of the network: it is shipped as a stored constant correction
 ``target - output`` added to the network's output, and the metadata says so.
 """
@@ -221,7 +223,7 @@ class GraphModule(nn.Module):
         self.graph = graph
         for i, node in enumerate(graph.nodes):
             for key, t in node.tensors.items():
-                keep = torch.float32 if node.op == "add" else dtype
+                keep = dtype if node.op == "conv" else torch.float32  # only convolutions are stored in fp16
                 self.register_buffer(f"n{i}_{key}", t.to(keep).contiguous())
 
     def tensor(self, i: int, key: str) -> torch.Tensor:
@@ -313,6 +315,11 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
     output = fitter.output()
     target = _target(ckpt, fitter, image).cpu()
     correction = None if image == "output" else target - output
+    if weights == "fp16":
+        # Round the convolutions to fp16 first and take the frozen statistics of that network, so the statistics
+        # match the weights that ship; BN stays an fp32 scale+shift (folding would round the products again).
+        net = half_rounded(net)
+        fold = False
     graph = build_graph(net, noise, problem.canvas, problem.size, bn=bn, fold=fold, correction=correction)
     fit_image, fit_source = fitter.image()
     cfg = ckpt.config
@@ -334,6 +341,9 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
                     "exact for the shipped noise" if bn == "frozen" else
                     "BatchNorm uses each sample's own statistics (InstanceNormalization), exact for any noise"),
         "weights": weights,
+        "weights_note": ("convolution weights in fp32" if weights == "fp32" else
+                         "convolution weights stored in fp16 and cast to fp32 in the graph; BatchNorm scale/shift "
+                         "in fp32 with the statistics of the fp16-rounded network (not bit-exact)"),
         "loss": f"{loss:.8g}",
         "psnr_observation": f"{psnr(problem.operator(target), problem.observation).item():.4f}",
         "psnr_reference": (f"{psnr(target, problem.reference).item():.4f}" if problem.reference is not None else ""),
@@ -348,6 +358,20 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
     }
     del fit_image
     return ExportPlan(graph, noise.contiguous(), target.contiguous(), {k: str(v) for k, v in meta.items()}, weights)
+
+
+def half_rounded(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose convolution weights and biases are rounded to fp16 (and kept in fp32)."""
+    import copy
+
+    net = copy.deepcopy(net)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(m.weight.half().float())
+                if m.bias is not None:
+                    m.bias.copy_(m.bias.half().float())
+    return net
 
 
 def _initializer(name: str, t: torch.Tensor, dtype: str = "fp32") -> Any:
@@ -368,10 +392,11 @@ def to_onnx(plan: ExportPlan) -> Any:
     nodes, inits = [], [_initializer("noise", plan.noise)]
     fp16 = plan.weights == "fp16"
 
-    def weight(name: str, t: torch.Tensor, shape: tuple[int, ...] | None = None) -> str:
+    def weight(name: str, t: torch.Tensor, shape: tuple[int, ...] | None = None, half: bool = False) -> str:
+        """An fp32 initializer, or with ``half`` and fp16 weights an fp16 one cast back to fp32 in the graph."""
         t = t if shape is None else t.reshape(shape)
-        inits.append(_initializer(name + ("_fp16" if fp16 else ""), t, plan.weights))
-        if not fp16:
+        inits.append(_initializer(name + ("_fp16" if fp16 and half else ""), t, plan.weights if half else "fp32"))
+        if not (fp16 and half):
             return name
         nodes.append(helper.make_node("Cast", [name + "_fp16"], [name], to=TensorProto.FLOAT))
         return name
@@ -383,8 +408,8 @@ def to_onnx(plan: ExportPlan) -> Any:
     for n in g.nodes:
         a, x, out = n.attrs, n.inputs, n.output
         if n.op == "conv":
-            w = weight(f"{out}.weight", n.tensors["weight"])
-            b = weight(f"{out}.bias", n.tensors["bias"])
+            w = weight(f"{out}.weight", n.tensors["weight"], half=True)
+            b = weight(f"{out}.bias", n.tensors["bias"], half=True)
             pad, src = a["pad"], x[0]
             if pad and a["pad_mode"] == "reflect":
                 src = f"{out}.padded"
