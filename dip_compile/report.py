@@ -34,6 +34,8 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         "iterations_per_second": result.iterations_per_second,
         "backtracks": result.backtracks,
         "stop": result.stop_info,
+        # the iteration whose image is returned: the variance minimum with auto stopping, else the last one
+        "chosen_iteration": result.stop_info.get("chosen_iteration") or result.iterations,
         "history": result.history,
     }
     if problem.reference is not None:
@@ -41,11 +43,16 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         report["final_psnr"] = float(psnr(result.image, ref))
         report["final_ssim"] = float(ssim(result.image, ref))
         report["input_psnr"] = float(psnr(problem.corrupted_view().cpu(), ref))
-        hist = result.history.get("psnr_reference") or []
+        # best PSNR of the kind of image returned (EMA or raw output), sampled at the log interval
+        key = "psnr_reference_ema" if "ema" in result.image_source else "psnr_reference"
+        hist = result.history.get(key) or []
         if hist:
             best = max(range(len(hist)), key=hist.__getitem__)
             report["best_psnr_seen"] = hist[best]
             report["best_psnr_iteration"] = result.history["iteration"][best]
+            report["best_psnr_series"] = key
+            if result.stop_info:
+                report["detection_gap_db"] = hist[best] - report["final_psnr"]
     report.update(extra)
     return report
 
