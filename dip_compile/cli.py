@@ -153,6 +153,11 @@ class Weights(str, Enum):
     fp16 = "fp16"
 
 
+class NoiseMode(str, Enum):
+    embedded = "embedded"
+    seed = "seed"
+
+
 class Provider(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -168,6 +173,7 @@ def export(
     image: Annotated[ExportImage, typer.Option(help="output: network on the fixed noise; ema / best: the fit's EMA or auto-stop image (stored correction)")] = ExportImage.output,
     bn: Annotated[BatchNormMode, typer.Option(help="frozen: statistics of the fixed noise folded into convs; batch: live statistics, exact for any noise")] = BatchNormMode.frozen,
     weights: Annotated[Weights, typer.Option(help="weight storage: fp32, or fp16 (half the size, not bit-exact)")] = Weights.fp32,
+    noise: Annotated[NoiseMode, typer.Option(help="embedded: the noise is in the file (empty feed works anywhere); seed: rebuilt from the seed by regenerate (file ~ weights)")] = NoiseMode.embedded,
     verify: Annotated[bool, typer.Option("--verify", help="rerun the export and compare with the fit's image")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
 ) -> None:
@@ -175,12 +181,16 @@ def export(
     from . import exporters
 
     written = exporters.export_checkpoints(checkpoints, output, fmt=fmt.value, image=image.value, bn=bn.value,
-                                           weights=weights.value, verify=verify, force=force)
-    failed = False
+                                           weights=weights.value, noise=noise.value, verify=verify, force=force)
+    failed, noted = False, set()
     for w in written:
         mib = 1024 * 1024
         typer.echo(f"{w.checkpoint} -> {w.path} ({w.format}, {w.bytes / mib:.2f} MiB: weights "
                    f"{w.weight_bytes / mib:.2f} MiB fp32 + noise {w.noise_bytes / mib:.2f} MiB)")
+        note = exporters.fit_image_note(w.metadata)
+        if note and w.checkpoint not in noted:
+            noted.add(w.checkpoint)
+            typer.echo(f"  {note}")
         if w.check is not None:
             ok = exporters.passes(w.check)
             exact = weights.value == "fp32"

@@ -50,6 +50,7 @@ OPSET = 17
 IMAGES = ("output", "ema", "best")
 BN_MODES = ("frozen", "batch")
 WEIGHTS = ("fp32", "fp16")
+NOISE = ("embedded", "seed")
 
 
 @dataclass
@@ -82,6 +83,7 @@ class ExportPlan:
     target: torch.Tensor  # (1, C, H, W): the image the export reproduces on ``noise``
     metadata: dict[str, str]
     weights: str  # fp32 | fp16
+    embed_noise: bool = True  # False: the ONNX noise input has no initializer; regenerate.py rebuilds it from the seed
 
 
 # --- building the graph ---------------------------------------------------------------------------------------
@@ -304,14 +306,18 @@ def _target(ckpt: Checkpoint, fitter: Any, image: str) -> torch.Tensor:
 
 
 def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", weights: str = "fp32",
-                fold: bool = True) -> ExportPlan:
+                noise_mode: str = "embedded", fold: bool = True) -> ExportPlan:
     """Builds the inference graph and metadata of a checkpoint's network (on the CPU, float32)."""
+    if noise_mode not in NOISE:
+        raise DipError(f"unknown --noise {noise_mode!r}; choose embedded or seed")
     if weights not in WEIGHTS:
         raise DipError(f"unknown --weights {weights!r}; choose fp32 or fp16")
     if image not in IMAGES:
         raise DipError(f"unknown --image {image!r}; choose output, ema or best")
     fitter = ckpt.fitter(device="cpu", config=ckpt.config.replace(device="cpu", backend="eager"))
     net, noise, problem = fitter.net, fitter.net_input.float(), fitter.problem
+    if noise_mode == "seed":
+        _check_seed_noise(ckpt, noise)
     output = fitter.output()
     target = _target(ckpt, fitter, image).cpu()
     correction = None if image == "output" else target - output
@@ -347,6 +353,13 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
         "loss": f"{loss:.8g}",
         "psnr_observation": f"{psnr(problem.operator(target), problem.observation).item():.4f}",
         "psnr_reference": (f"{psnr(target, problem.reference).item():.4f}" if problem.reference is not None else ""),
+        "noise": noise_mode,
+        "noise_note": ("the fixed noise is the initializer of the noise input: an empty feed regenerates the image"
+                       if noise_mode == "embedded" else
+                       "the fixed noise is not stored: it is torch.rand(noise_shape) * noise_scale from a CPU "
+                       "generator seeded with noise_seed (MT19937), rebuilt by regenerate.py and checked against "
+                       "noise_sha256; other ONNX Runtime callers must feed it"),
+        "noise_seed": str(cfg.seed),
         "noise_sha256": noise_checksum(noise), "noise_shape": "x".join(str(s) for s in noise.shape),
         "noise_kind": cfg.net.input_kind, "noise_scale": str(cfg.net.input_scale),
         "parameters": str(sum(p.numel() for p in net.parameters())),
@@ -357,7 +370,18 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
     }
     del fit_image
-    return ExportPlan(graph, noise.contiguous(), target.contiguous(), {k: str(v) for k, v in meta.items()}, weights)
+    return ExportPlan(graph, noise.contiguous(), target.contiguous(), {k: str(v) for k, v in meta.items()}, weights,
+                      embed_noise=noise_mode == "embedded")
+
+
+def _check_seed_noise(ckpt: Checkpoint, noise: torch.Tensor) -> None:
+    """--noise seed is only offered when the seed really rebuilds the checkpoint's noise, bit for bit."""
+    cfg = ckpt.config.net
+    if cfg.input_kind != "noise":
+        raise DipError(f"--noise seed needs a random-noise input; this fit used a {cfg.input_kind} input")
+    rebuilt = replay.seed_noise(ckpt.config.seed, tuple(noise.shape), cfg.input_scale)
+    if not np.array_equal(rebuilt, noise.numpy()):
+        raise DipError("this checkpoint's noise cannot be rebuilt from its seed; use --noise embedded")
 
 
 def half_rounded(net: nn.Module) -> nn.Module:
@@ -389,7 +413,7 @@ def to_onnx(plan: ExportPlan) -> Any:
     from onnx import TensorProto, helper
 
     g = plan.graph
-    nodes, inits = [], [_initializer("noise", plan.noise)]
+    nodes, inits = [], [_initializer("noise", plan.noise)] if plan.embed_noise else []
     fp16 = plan.weights == "fp16"
 
     def weight(name: str, t: torch.Tensor, shape: tuple[int, ...] | None = None, half: bool = False) -> str:
@@ -489,10 +513,12 @@ def write_onnx(plan: ExportPlan, path: str | Path) -> Path:
 
 
 def write_torchscript(plan: ExportPlan, path: str | Path) -> Path:
+    """The TorchScript file always carries its noise (as the module's ``noise`` buffer)."""
     from .imageio import atomic_write
 
     module = to_torchscript(plan)
-    extra = {"dip_compile.json": json.dumps(plan.metadata, sort_keys=True)}
+    meta = {**plan.metadata, "noise": "embedded", "noise_note": "the fixed noise is the module's noise buffer"}
+    extra = {"dip_compile.json": json.dumps(meta, sort_keys=True)}
     buffer = io.BytesIO()
     torch.jit.save(module, buffer, _extra_files=extra)
     data = buffer.getvalue()
@@ -540,6 +566,7 @@ class Written:
     bytes: int
     weight_bytes: int
     noise_bytes: int
+    metadata: dict[str, str] = field(default_factory=dict)
     check: dict[str, float] | None = None
 
 
@@ -562,13 +589,21 @@ def output_paths(checkpoints: list[Path], output: Path, fmt: str) -> list[tuple[
     return [(c, f, output / (c.stem + SUFFIX[f])) for c in checkpoints for f in formats]
 
 
+def fit_image_note(metadata: dict[str, str]) -> str | None:
+    """A hint when the exported image is not the one the fit itself returned (e.g. the fit returned its EMA)."""
+    fit = {"auto-stop best": "best"}.get(metadata.get("fit_image", ""), metadata.get("fit_image", ""))
+    if fit and fit != metadata.get("image"):
+        return f"note: this fit returned its {metadata['fit_image']} image; --image {fit} exports that one"
+    return None
+
+
 def passes(check: dict[str, float], tolerance: float = 1e-4) -> bool:
     """The exactness target: max abs difference <= 1e-4, >= 99.9% identical 8-bit pixels, none off by more than 1."""
     return check["max_abs_diff"] <= tolerance and replay.passes(check)
 
 
 def export_checkpoints(checkpoints: list[Path], output: Path, *, fmt: str = "onnx", image: str = "output",
-                       bn: str = "frozen", weights: str = "fp32", verify: bool = False,
+                       bn: str = "frozen", weights: str = "fp32", noise: str = "embedded", verify: bool = False,
                        force: bool = False) -> list[Written]:
     """Exports each checkpoint; checks every input and output before writing anything, writes atomically."""
     from .checkpoint import load_checkpoint
@@ -584,12 +619,13 @@ def export_checkpoints(checkpoints: list[Path], output: Path, *, fmt: str = "onn
     for _, _, path in jobs:
         check_output(path, force)
     loaded = {c: load_checkpoint(c) for c in dict.fromkeys(c for c, _, _ in jobs)}
-    plans = {c: plan_export(ck, image=image, bn=bn, weights=weights) for c, ck in loaded.items()}
+    plans = {c: plan_export(ck, image=image, bn=bn, weights=weights, noise_mode=noise) for c, ck in loaded.items()}
     written = []
     for ckpt_path, f, path in jobs:
         plan = plans[ckpt_path]
         (write_onnx if f == "onnx" else write_torchscript)(plan, path)
-        result = Written(ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), plan.noise.numel() * 4)
+        noise_bytes = plan.noise.numel() * 4 if plan.embed_noise or f == "torchscript" else 0
+        result = Written(ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), noise_bytes, plan.metadata)
         if verify:
             got = run_onnx(path) if f == "onnx" else run_torchscript(path)
             result.check = agreement(got, plan.target)

@@ -84,9 +84,36 @@ def metadata(session: Any) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
+def seed_noise(seed: int, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    """torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * scale, bit for bit, without torch:
+    torch's CPU generator is MT19937 seeded like numpy's RandomState, and torch.rand keeps the low 24 bits of
+    each 32-bit draw as k * 2**-24."""
+    count = int(np.prod(shape))
+    raw = np.random.RandomState(int(seed) % 2**32).randint(0, 2**32, size=count, dtype=np.uint32)
+    uniform = (raw & np.uint32(2**24 - 1)).astype(np.float32) * np.float32(2.0**-24)
+    return (uniform * np.float32(scale)).reshape(shape)
+
+
+def shipped_noise(meta: dict[str, str]) -> np.ndarray:
+    """The fixed noise of a ``--noise seed`` export, rebuilt from its seed and checked against its checksum."""
+    import hashlib
+
+    try:
+        shape = tuple(int(s) for s in meta["noise_shape"].split("x"))
+        noise = seed_noise(int(meta["noise_seed"]), shape, float(meta["noise_scale"]))
+    except (KeyError, ValueError):
+        raise ReplayError("the model stores no noise and its metadata cannot rebuild it") from None
+    digest = "sha256:" + hashlib.sha256(noise.astype("<f4").tobytes()).hexdigest()
+    if digest != meta.get("noise_sha256"):
+        raise ReplayError("the noise rebuilt from the seed does not match the model's noise checksum")
+    return noise
+
+
 def run(session: Any, noise: np.ndarray | None = None) -> np.ndarray:
     """The image (N, C, H, W) float32 in [0, 1]: on the shipped noise (empty feed) or on ``noise``."""
     feed = {}
+    if noise is None and metadata(session).get("noise") == "seed":
+        noise = shipped_noise(metadata(session))
     if noise is not None:
         # an input with an initializer is listed by onnxruntime as an overridable initializer, not as an input
         args = [a for a in session.get_inputs() + session.get_overridable_initializers() if a.name == "noise"]

@@ -122,6 +122,7 @@ def test_export_all_with_verify_writes_both_files_and_reports_exactness(fitted, 
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.pt").is_file()
     verify_lines = [line for line in result.output.splitlines() if "verify:" in line]
     assert len(verify_lines) == 2 and all("identical 8-bit pixels 100.000%" in v and "(OK)" in v for v in verify_lines)
+    assert "this fit returned its ema image; --image ema exports that one" in result.output  # denoise uses EMA
 
 
 def test_checkpoints_at_other_iterations_export_their_own_images(tmp_path):

@@ -148,3 +148,27 @@ def test_existing_output_without_force_is_one_line_exit_2_and_untouched(exported
     assert out.read_bytes() == b"keep me"
     assert invoke("regenerate", exported["model"], "-o", out, "--force").exit_code == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(exported["fit"])))
+
+
+def test_seed_noise_rebuilds_torch_rand_bit_for_bit_without_torch():
+    import torch
+
+    for seed in (0, 7, 2**32 + 5):
+        expected = torch.rand(1, 4, 16, 24, generator=torch.Generator().manual_seed(seed)) * 0.1
+        assert np.array_equal(replay.seed_noise(seed, (1, 4, 16, 24), 0.1), expected.numpy())
+
+
+def test_seed_mode_export_drops_the_noise_from_the_file_and_still_regenerates_exactly(exported, tmp_path):
+    ckpt = exported["dir"] / "fit.ckpt"
+    result = invoke("export", ckpt, "-o", tmp_path / "s.onnx", "--noise", "seed", "--verify")
+    assert result.exit_code == 0, result.output
+    noise_bytes = 8 * 32 * 48 * 4
+    assert exported["model"].stat().st_size - (tmp_path / "s.onnx").stat().st_size > noise_bytes - 1000  # longer note
+    assert replay.main([str(tmp_path / "s.onnx"), "-o", str(tmp_path / "s.png"), "--check", str(exported["fit"])]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "s.png")), np.asarray(Image.open(exported["fit"])))
+    tampered = onnx.load(tmp_path / "s.onnx")
+    next(p for p in tampered.metadata_props if p.key == "noise_seed").value = "1"
+    onnx.save(tampered, tmp_path / "t.onnx")
+    result = invoke("regenerate", tmp_path / "t.onnx", "-o", tmp_path / "t.png")
+    assert result.exit_code == 2 and "does not match the model's noise checksum" in result.stderr
+    assert not (tmp_path / "t.png").exists()
