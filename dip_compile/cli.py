@@ -108,6 +108,8 @@ def fit(
     skip_channels: Annotated[Optional[int], typer.Option(help="skip channels per level (0 = no skips)")] = None,
     upsample: Annotated[Optional[str], typer.Option(help="nearest, bilinear or bicubic")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    backend: Annotated[str, typer.Option(help="training step: auto, eager, inductor (torch.compile) or script (TorchScript)")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 (CPUs with AVX512-BF16/AMX, CUDA) or fp16 (CUDA)")] = "auto",
     log_every: Annotated[int, typer.Option(help="read loss/PSNR from the device every N iterations")] = 10,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -122,7 +124,7 @@ def fit(
         text=text, factor=factor, from_reference=from_reference, sigma=sigma, iterations=iterations, lr=lr,
         reg_noise=reg_noise, stop=stop, stop_rule=stop_rule, stop_window=stop_window, stop_patience=stop_patience,
         checkpoint=checkpoint, resume=resume, report=report, reference=reference,
-        seed=seed, snapshot_every=snapshot_every, compare=compare, device=device, log_every=log_every,
+        seed=seed, snapshot_every=snapshot_every, compare=compare, device=device, backend=backend, precision=precision, log_every=log_every,
         force=force, quiet=quiet,
         net_overrides=lambda cfg: _net_overrides(cfg, structure, depth, channels, skip_channels, upsample),
     )

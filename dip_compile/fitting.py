@@ -8,6 +8,7 @@ Per-iteration bookkeeping stays on the fitting device; the host reads values onl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from .acceleration import Fallback, build_step, choose, fp32_plan
 from .config import FitConfig
 from .metrics import psnr
 from .network import build_network, make_input
@@ -47,6 +49,8 @@ class FitResult:
     iterations_per_second: float
     backtracks: int
     stop_info: dict[str, Any] = field(default_factory=dict)
+    plan: str = "eager fp32"  # the backend and precision the step ran with (acceleration.Plan.describe)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)  # NaN/inf events that switched to fp32
 
 
 class EagerStep:
@@ -63,6 +67,12 @@ class EagerStep:
         loss = F.mse_loss(self.problem.operator(out), self.problem.observation)
         loss.backward()
         return loss.detach(), out.detach()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def poll(self) -> int:
+        return 0  # fp32 needs no NaN guard
 
 
 @contextlib.contextmanager
@@ -97,7 +107,9 @@ class Fitter:
             self.net = build_network(config.net).to(self.device)
         self.net_input = make_input(config.net, *problem.canvas, seed=config.seed).to(self.device)
         self.crop = CenterCrop(problem.canvas, problem.size)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.plan = choose(config, self.device, problem.canvas)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, **self.plan.optimizer_options())
+        self.fallbacks: list[dict[str, Any]] = []
         self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.iteration = 0
         self.ema: torch.Tensor | None = None
@@ -112,7 +124,17 @@ class Fitter:
         self.step = self.make_step()
 
     def make_step(self) -> Callable[[torch.Tensor, torch.optim.Optimizer], tuple[torch.Tensor, torch.Tensor]]:
-        return EagerStep(self.net, self.problem, self.crop)
+        return build_step(self.plan, self.net, self.problem, self.crop, self.device)
+
+    def _check_finite(self) -> None:
+        """At a log point (the host syncs there anyway): after NaN/inf in reduced precision, go on in fp32."""
+        bad = self.step.poll()
+        if bad:
+            before = self.plan
+            self.plan = fp32_plan(before)
+            self.step = self.make_step()
+            self.fallbacks.append(dataclasses.asdict(Fallback(self.iteration, bad, before.describe(),
+                                                              self.plan.describe())))
 
     # --- images --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -154,7 +176,7 @@ class Fitter:
         loss, out = self.step(self.perturbed_input(), self.optimizer)
         if self.config.backtrack_db is not None:
             self._backtrack(out)
-        self.optimizer.step()
+        self.step.optimizer_step(self.optimizer)
         out = out.float()
         if self.config.ema is not None:
             self.ema = out.clone() if self.ema is None else self.ema.lerp_(out, 1.0 - self.config.ema)
@@ -205,6 +227,7 @@ class Fitter:
                     now = time.perf_counter()
                     if self.iteration > it_window:
                         rate = (self.iteration - it_window) / max(now - t_window, 1e-9)
+                    self._check_finite()
                     record = self._log(loss, out, total, rate)
                     if on_log is not None:
                         on_log(record)
@@ -224,6 +247,7 @@ class Fitter:
             iterations_per_second=(done - 1) / steady if done > 1 and steady > 0 else (done / fit_seconds if fit_seconds else 0.0),
             backtracks=int(self.backtracks.item()),
             stop_info=self.stopper.info() if self.stopper is not None else {},
+            plan=self.plan.describe(), fallbacks=list(self.fallbacks),
         )
 
     # --- checkpointing -------------------------------------------------------------------------------------

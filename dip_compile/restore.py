@@ -50,6 +50,8 @@ class FitJob:
     snapshot_every: int = 0
     compare: Optional[Path] = None
     device: str = "auto"
+    backend: str = "auto"
+    precision: str = "auto"
     log_every: int = 10
     force: bool = False
     quiet: bool = False
@@ -74,7 +76,7 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
     if job.task == "super-resolve" and factor not in (2, 4, 8):
         raise DipError(f"--factor must be 2, 4 or 8, got {factor}")
     config = preset(job.task, factor=factor, output_channels=channels)
-    changes: dict = {"seed": job.seed, "log_every": job.log_every}
+    changes: dict = {"seed": job.seed, "log_every": job.log_every, **step_options(job)}
     if job.iterations is not None:
         changes["iterations"] = job.iterations
     if job.lr is not None:
@@ -98,6 +100,17 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
         return job.net_overrides(config.replace(**changes))
     except ValueError as exc:
         raise DipError(str(exc)) from None
+
+
+def step_options(job: FitJob) -> dict:
+    """--backend and --precision; they change how a step runs, never the fit's state, so a resume may change them."""
+    from .acceleration import BACKENDS, PRECISIONS
+
+    if job.backend not in BACKENDS:
+        raise DipError(f"--backend must be one of {', '.join(BACKENDS)}, got {job.backend!r}")
+    if job.precision not in PRECISIONS:
+        raise DipError(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
+    return {"backend": job.backend, "precision": job.precision}
 
 
 def _make_mask(job: FitJob, size: tuple[int, int]) -> tuple[torch.Tensor, bool]:
@@ -169,7 +182,7 @@ def run_job(job: FitJob, console_file=None) -> int:
         if job.task is not None or job.image is not None:
             raise DipError("--resume continues a saved fit: give no TASK or IMAGE with it")
         ckpt = load_checkpoint(job.resume)
-        changes = {"log_every": job.log_every}
+        changes = {"log_every": job.log_every, **step_options(job)}
         if job.iterations is not None:
             changes["iterations"] = job.iterations
         config = ckpt.config.replace(**changes)
@@ -193,7 +206,11 @@ def run_job(job: FitJob, console_file=None) -> int:
         for it in range(job.snapshot_every, config.iterations + 1, job.snapshot_every):
             check_output(snapshot_path(job.output, it), job.force)
 
-    fitter = ckpt.fitter(device, config) if ckpt is not None else Fitter(config, problem, device=device)
+    try:
+        fitter = ckpt.fitter(device, config) if ckpt is not None else Fitter(config, problem, device=device)
+    except ValueError as exc:  # e.g. --precision fp16 on a CPU
+        raise DipError(str(exc)) from None
+    console.print(f"step: {fitter.plan.describe()}")
     saver = BestSaver(fitter, job.output, job.checkpoint) if fitter.stopper is not None else None
     result = _run_with_progress(fitter, config, job, console, saver)
 
