@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	mkdir -p demo
 	$(VENV)/bin/dipc fit inpaint dip_compile/data/example.png --mask dip_compile/data/example_mask.png \
-		-o demo/restored.png --iterations 400 --compare demo/before_after.png \
+		-o demo/restored.png --iterations 300 --compare demo/before_after.png \
 		--report demo/report.json --checkpoint demo/restored.ckpt --force
 	@echo "demo: restored image demo/restored.png, before/after demo/before_after.png"
 

@@ -77,22 +77,23 @@ class EagerStep:
 
 @contextlib.contextmanager
 def interrupt_flag() -> Iterator[Callable[[], bool]]:
-    """First Ctrl-C asks the loop to stop after the current iteration; a second one interrupts at once."""
+    """Ctrl-C (or SIGTERM) asks the loop to stop after the current iteration; a second Ctrl-C interrupts at once."""
     hit = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield hit.is_set
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if hit.is_set():
+        if hit.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         hit.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield hit.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Fitter:
