@@ -149,7 +149,7 @@ def inpaint_case(name: str, image: torch.Tensor, mask: torch.Tensor, args, out_d
     return row
 
 
-def denoise_case(image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
+def denoise_case(name: str, image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
     config = preset("denoise", output_channels=image.shape[0]).replace(
         seed=args.seed, stop_window=args.stop_window, stop_patience=args.stop_patience)
     iterations = args.denoise_iterations or config.iterations
@@ -160,7 +160,7 @@ def denoise_case(image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
                 Tracker("wmv_raw", VarianceStopper("wmv", w, p, config.stop_alpha, dev), keep_ema=False),
                 Tracker("emv_raw", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=False),
                 Tracker("emv_ema", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=True)]
-    fit = run_fit(config.replace(stop="fixed"), problem, iterations, trackers, "denoise")
+    fit = run_fit(config.replace(stop="fixed"), problem, iterations, trackers, name)
     ref = image.unsqueeze(0)
     fixed = fit["fitter"].image()[0].cpu()  # what --stop fixed returns at the last iteration (the EMA)
     oracle_ema, oracle_raw = best(fit["ema"]), best(fit["raw"])
@@ -172,7 +172,7 @@ def denoise_case(image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
                         "oracle_psnr": oracle[0], "oracle_iteration": oracle[1],
                         "gap_db": None if value is None else oracle[0] - value}
     main = trackers[0]
-    row = {"case": "denoise", "task": "denoise", "sigma": 25, "noise_seed": args.noise_seed,
+    row = {"case": name, "task": "denoise", "sigma": 25, "noise_seed": args.noise_seed,
            "params": params(config, iterations, config.iterations, tuple(image.shape[-2:])) | {
                "stop_window": w, "stop_patience": p, "stop_alpha": config.stop_alpha},
            "seconds": fit["seconds"], "seconds_per_iteration": fit["seconds_per_iteration"],
@@ -181,7 +181,7 @@ def denoise_case(image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
            "fixed_count_iteration": iterations, "auto": auto,
            "psnr_curve_every_10": {"raw": fit["raw"][9::10], "ema": fit["ema"][9::10]}}
     panels = [noisy.unsqueeze(0), fixed, main.image if main.image is not None else fixed, ref]
-    save_side_by_side(panels, out_dir / "denoise.png")
+    save_side_by_side(panels, out_dir / f"{name}.png")
     return row
 
 
@@ -239,19 +239,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with the paper's images")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--json", default="quality.json", help="name of the JSON file in --out")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--size", type=int, help="resize the short side to this and centre-crop a square")
     parser.add_argument("--iterations", type=int, help="cap on the inpainting and super-resolution iterations")
     parser.add_argument("--denoise-iterations", type=int, help="denoising iterations (preset 3000)")
     parser.add_argument("--stop-window", type=int, default=100)
     parser.add_argument("--stop-patience", type=int, default=1000)
+    parser.add_argument("--denoise-images", nargs="+", default=["F16_GT.png"], help="images for the denoising case")
     parser.add_argument("--extra-image", default="F16_GT.png", help="image for the text and random-hole cases")
     parser.add_argument("--holes", type=float, default=0.5, help="fraction of pixels dropped in the random-hole case")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--quick", action="store_true", help=f"defaults for a run of minutes: {QUICK}")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved runs and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table([row for path in args.table for row in json.loads(path.read_text())["cases"]]))
+        return 0
     if args.quick:
         for key, value in QUICK.items():
             if getattr(args, key) in (None, parser.get_default(key)):
@@ -272,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             mask = (fit_size(mask_image, args.size, Image.Resampling.NEAREST)[0] > 0.5).float()
             rows.append(inpaint_case("kate", image, mask, args, args.out))
         elif case == "denoise":
-            rows.append(denoise_case(fit_size(load_image(args.data / "F16_GT.png"), args.size), args, args.out))
+            for name in args.denoise_images:
+                label = "denoise" if name == "F16_GT.png" else f"denoise-{Path(name).stem}"
+                rows.append(denoise_case(label, fit_size(load_image(args.data / name), args.size), args, args.out))
         elif case == "sr":
             rows.append(sr_case(fit_size(load_image(args.data / "zebra_GT.png"), args.size), args, args.out))
         else:
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"run": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "threads": torch.get_num_threads(), "torch": torch.__version__,
                   "machine": platform.processor() or platform.machine(), "cases": rows}
-        (args.out / "quality.json").write_text(json.dumps(report, indent=2))  # rewritten after each case
+        (args.out / args.json).write_text(json.dumps(report, indent=2))  # rewritten after each case
     print(table(rows))
     return 0
 
