@@ -3,10 +3,10 @@
 A step does noise-perturbed forward, degradation, loss and backward; ``optimizer_step`` then applies Adam (the
 fitter runs backtracking in between). Every step here has the call signature of ``fitting.EagerStep``.
 
-Measured on the CI machine (2-core AMD EPYC, AVX2, no bf16 hardware): convolutions take most of an iteration and
-run near the fp32 matmul peak, bf16 autocast is emulated and ~12x slower, and torch.compile costs minutes of
-compilation for little gain. So ``auto`` picks bf16 only where the CPU has AVX512-BF16/AMX (and bf16 or fp16 on
-CUDA), and compiles only where the fit is long enough to amortise compilation (see ``choose``).
+Measured on the CI machine (2-core AMD EPYC, AVX2, no bf16 hardware): convolutions take most of an iteration,
+bf16 autocast is emulated (bf16 matmuls run at ~1% of the fp32 rate), and the torch.compile'd step is slower
+than eager after minutes of compilation. So ``auto`` picks bf16 only where the CPU has AVX512-BF16/AMX (bf16 or
+fp16 on CUDA), compiles only on CUDA for long fits, and otherwise gains only the fused Adam step.
 
 Reduced precision keeps the loss, the optimizer state, the EMA and PSNR in fp32 (autocast covers the network
 only). A non-finite loss or gradient is caught on the device without a host sync: the fused Adam step is
@@ -17,7 +17,6 @@ fitter sees the flag and continues in fp32 (``Fallback``).
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -34,9 +33,11 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Auto compiles only when the fit is long enough for compilation to pay back within 10% of its iterations.
-# Per-iteration saving of inductor over eager, and compile seconds, as measured (see benchmarks/fit_speed.py).
-CPU_COMPILE_SAVING = 0.0  # fraction of eager time saved on an AVX2 CPU in fp32: none measured (see the report)
-CPU_COMPILE_SECONDS = 120.0
+# Measured with benchmarks/fit_speed.py on the CI CPU (paper denoising net, 256x256, fp32): the inductor step
+# ran at 0.54x (1 thread) and 0.60x (2 threads) the speed of eager after 250-300 s of compilation, so on a
+# CPU the saving is taken as none and auto stays eager. The CUDA figures are estimates (no GPU to measure on).
+CPU_COMPILE_SAVING = 0.0  # fraction of eager time that compiling saves per iteration on a CPU
+CPU_COMPILE_SECONDS = 280.0
 CUDA_COMPILE_SECONDS = 60.0
 
 
@@ -141,15 +142,12 @@ def choose(config: FitConfig, device: torch.device | str, canvas: tuple[int, int
     return Plan(
         backend=backend, precision=precision,
         channels_last=auto and (cuda or precision != "fp32"),
-        # fused Adam is needed where the NaN guard skips steps on the device, and pays where auto may choose it
-        fused_adam=(auto and _fused_adam_pays(cap)) or precision != "fp32",
+        # fused Adam: one kernel instead of a Python loop over 112 parameters (~85 ms -> ~3 ms per step on the
+        # CI CPU); needed where the NaN guard skips a step on the device. Explicit eager fp32 stays the baseline.
+        fused_adam=auto or precision != "fp32",
         cuda_graphs=cuda and backend != "script",
         reason="; ".join(reasons),
     )
-
-
-def _fused_adam_pays(cap: Capability) -> bool:
-    return True
 
 
 def _auto_backend(config: FitConfig, cap: Capability, canvas: tuple[int, int], precision: str,
@@ -162,20 +160,17 @@ def _auto_backend(config: FitConfig, cap: Capability, canvas: tuple[int, int], p
             return "inductor"
         reasons.append(f"eager ({config.iterations} iterations are too few to amortise compilation)")
         return "eager"
-    # CPU: eager seconds per iteration scale with pixels (paper net ~1.8 s at 256x256 fp32 on 2 AVX2 cores)
-    eager_seconds = 1.8 * pixels / 256**2 * 128 / max(config.net.channels_down[0], 1) ** 0 * _width_factor(config)
+    # CPU: eager seconds per iteration scale with pixels and the square of the width (paper net: 128 channels,
+    # ~1.8 s at 256x256 in fp32 on 2 AVX2 cores)
+    eager_seconds = 1.8 * pixels / 256**2 * (max(config.net.channels_down) / 128) ** 2
     saving = CPU_COMPILE_SAVING * eager_seconds * 0.1 * config.iterations
     if saving > CPU_COMPILE_SECONDS:
         reasons.append(f"inductor (saves ~{saving:.0f} s in the first 10% of iterations, compiles in ~{CPU_COMPILE_SECONDS:.0f} s)")
         return "inductor"
-    why = "measured no gain from compiling on this CPU" if CPU_COMPILE_SAVING <= 0 else "too short to amortise compiling"
+    why = ("torch.compile measured slower than eager on CPU" if CPU_COMPILE_SAVING <= 0
+           else "too short to amortise compiling")
     reasons.append(f"eager ({why})")
     return "eager"
-
-
-def _width_factor(config: FitConfig) -> float:
-    """Conv cost relative to the paper net (128 channels): quadratic in width."""
-    return (max(config.net.channels_down) / 128.0) ** 2
 
 
 # --- the step ---------------------------------------------------------------------------------------------
@@ -366,9 +361,3 @@ class Fallback:
 
 def fp32_plan(plan: Plan) -> Plan:
     return replace(plan, precision="fp32", reason=f"fallback to fp32 after non-finite values in {plan.precision}")
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
