@@ -43,11 +43,17 @@ CASES = ("kate", "denoise", "sr", "text", "holes")
 QUICK = dict(size=64, iterations=400, denoise_iterations=1500, stop_window=50, stop_patience=300)
 
 
-def fit_size(image: torch.Tensor, size: int | None, resample: int = Image.Resampling.LANCZOS) -> torch.Tensor:
-    """Resizes so the short side is ``size`` and centre-crops a ``size`` square (unchanged when size is None)."""
+def fit_size(image: torch.Tensor, size: int | None, resample: int = Image.Resampling.LANCZOS,
+             crop_only: bool = False) -> torch.Tensor:
+    """Resizes so the short side is ``size`` and centre-crops a ``size`` square (unchanged when size is None).
+
+    With ``crop_only`` the image keeps its resolution and only the centre square is cut out."""
     if size is None:
         return image
     c, h, w = image.shape
+    if crop_only:
+        top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        return image[:, top:top + size, left:left + size].contiguous()
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     array = (image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
@@ -208,7 +214,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| case | size | iterations | baseline PSNR (dB) | DIP PSNR (dB) | notes | s/it |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        p, size = r["params"], f"{r['params']['width']}x{r['params']['height']}"
+        p, size = r["params"], f"{r['params']['width']}x{r['params']['height']} {r['params'].get('scaling', 'resized')}"
         its = f"{p['iterations_run']} of {p['preset_iterations']}"
         if r["task"] == "inpaint":
             base = (f"masked {r['psnr']['masked_input']:.2f} (hole {r['psnr_hole']['masked_input']:.2f}); "
@@ -242,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="quality.json", help="name of the JSON file in --out")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--size", type=int, help="resize the short side to this and centre-crop a square")
+    parser.add_argument("--crop", action="store_true", help="with --size: cut the centre square without resizing")
     parser.add_argument("--iterations", type=int, help="cap on the inpainting and super-resolution iterations")
     parser.add_argument("--denoise-iterations", type=int, help="denoising iterations (preset 3000)")
     parser.add_argument("--stop-window", type=int, default=100)
@@ -269,25 +276,30 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"quality benchmark: {vars(args)}, threads {torch.get_num_threads()}", flush=True)
 
+    def sized(image: torch.Tensor, resample: int = Image.Resampling.LANCZOS) -> torch.Tensor:
+        return fit_size(image, args.size, resample, crop_only=args.crop)
+
     rows = []
     for case in args.cases:
         t0 = time.perf_counter()
         if case == "kate":
-            image = fit_size(load_image(args.data / "kate.png"), args.size)
+            image = sized(load_image(args.data / "kate.png"))
             mask_image = load_image(args.data / "kate_mask.png")
-            mask = (fit_size(mask_image, args.size, Image.Resampling.NEAREST)[0] > 0.5).float()
+            mask = (sized(mask_image, Image.Resampling.NEAREST)[0] > 0.5).float()
             rows.append(inpaint_case("kate", image, mask, args, args.out))
         elif case == "denoise":
             for name in args.denoise_images:
                 label = "denoise" if name == "F16_GT.png" else f"denoise-{Path(name).stem}"
-                rows.append(denoise_case(label, fit_size(load_image(args.data / name), args.size), args, args.out))
+                rows.append(denoise_case(label, sized(load_image(args.data / name)), args, args.out))
         elif case == "sr":
-            rows.append(sr_case(fit_size(load_image(args.data / "zebra_GT.png"), args.size), args, args.out))
+            rows.append(sr_case(sized(load_image(args.data / "zebra_GT.png")), args, args.out))
         else:
-            image = fit_size(load_image(args.data / args.extra_image), args.size)
+            image = sized(load_image(args.data / args.extra_image))
             h, w = image.shape[-2:]
             mask = text_mask(h, w) if case == "text" else random_holes_mask(h, w, args.holes, seed=args.seed)
             rows.append(inpaint_case(case, image, mask, args, args.out))
+        for row in rows:
+            row["params"].setdefault("scaling", "full size" if args.size is None else ("centre crop" if args.crop else "resized"))
         print(f"{case}: done in {time.perf_counter() - t0:.0f} s", flush=True)
         report = {"run": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "threads": torch.get_num_threads(), "torch": torch.__version__,
