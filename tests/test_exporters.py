@@ -45,6 +45,15 @@ def fit(tmp: Path, name: str = "fit.ckpt", iterations: int = 4, task: str = "den
     return fitter
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets on a shared 2-core machine: two threads stall on each other far more than they help."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[Fitter, Path]:
     tmp = tmp_path_factory.mktemp("export")
@@ -109,7 +118,8 @@ def test_torchscript_loads_with_torch_jit_load_alone_and_matches(fitted, tmp_pat
     assert result.exit_code == 0, result.output
     script = ("import sys, torch, numpy; m = torch.jit.load(sys.argv[1]); x = m(); "
               "assert not any(k.startswith('dip_compile') for k in sys.modules); numpy.save(sys.argv[2], x.numpy())")
-    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "x.npy")], check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "x.npy")], check=True, cwd=tmp_path,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert exporters.agreement(np.load(tmp_path / "x.npy"), fitter.output())["max_abs_diff"] <= TOL
     loaded = torch.jit.load(str(out))
     assert torch.equal(loaded(fitter.net_input), loaded())  # the shipped noise is the default input

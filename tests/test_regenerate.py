@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 from PIL import Image
 from typer.testing import CliRunner
@@ -24,6 +25,15 @@ from dip_compile.problem import add_noise, make_problem
 from dip_compile.replay import regenerate as replay
 
 PROGRAM = Path(__file__).resolve().parents[1] / "export" / "regenerate.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets on a shared 2-core machine: two threads stall on each other far more than they help."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +161,6 @@ def test_existing_output_without_force_is_one_line_exit_2_and_untouched(exported
 
 
 def test_seed_noise_rebuilds_torch_rand_bit_for_bit_without_torch():
-    import torch
-
     for seed in (0, 7, 2**32 + 5):
         expected = torch.rand(1, 4, 16, 24, generator=torch.Generator().manual_seed(seed)) * 0.1
         assert np.array_equal(replay.seed_noise(seed, (1, 4, 16, 24), 0.1), expected.numpy())
