@@ -146,8 +146,8 @@ class Fitter:
     def image(self) -> tuple[torch.Tensor, str]:
         """The image this fit returns now, and where it comes from."""
         if self.stopper is not None and self.stopper.best_image is not None:
-            # the stopper watches raw outputs but keeps the EMA at the minimum when the EMA is on
-            return self.stopper.best_image, "auto-stop best (ema)" if self.config.ema is not None else "auto-stop best"
+            # the stopper watches raw outputs but keeps the EMA at the minimum when the EMA is on (stop_info says which)
+            return self.stopper.best_image, "auto-stop best"
         if self.ema is not None:
             return self.ema, "ema"
         return self.output(), "output"
@@ -247,7 +247,8 @@ class Fitter:
             history=self.history, fit_seconds=fit_seconds, first_step_seconds=first_step,
             iterations_per_second=(done - 1) / steady if done > 1 and steady > 0 else (done / fit_seconds if fit_seconds else 0.0),
             backtracks=int(self.backtracks.item()),
-            stop_info=self.stopper.info() if self.stopper is not None else {},
+            stop_info={**self.stopper.info(), "kept_image": "ema" if self.config.ema is not None else "output"}
+            if self.stopper is not None else {},
             plan=self.plan.describe(), fallbacks=list(self.fallbacks),
         )
 

@@ -51,7 +51,8 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         report["final_ssim"] = float(ssim(result.image, ref))
         report["input_psnr"] = float(psnr(problem.corrupted_view().cpu(), ref))
         # best PSNR of the kind of image returned (EMA or raw output), sampled at the log interval
-        key = "psnr_reference_ema" if "ema" in result.image_source else "psnr_reference"
+        ema = result.image_source == "ema" or result.stop_info.get("kept_image") == "ema"
+        key = "psnr_reference_ema" if ema else "psnr_reference"
         hist = result.history.get(key) or []
         if hist:
             best = max(range(len(hist)), key=hist.__getitem__)

@@ -168,7 +168,7 @@ def test_auto_stop_ends_before_the_fixed_count_and_returns_the_ema_at_the_chosen
     chosen = result.stop_info["chosen_iteration"]
     assert result.stop_reason == "auto-stop" and result.iterations < 400
     assert 40 <= result.iterations - chosen < 45  # patience, checked every log interval
-    assert result.image_source == "auto-stop best (ema)"
+    assert result.image_source == "auto-stop best" and result.stop_info["kept_image"] == "ema"
     # the same fit run for exactly `chosen` iterations without the stopper holds the same EMA, bit for bit
     replay = Fitter(config.replace(stop="fixed"), problem, device="cpu")
     replay.run(chosen)
@@ -205,7 +205,7 @@ def test_cli_auto_stop_reports_the_chosen_iteration_and_the_detection_gap(tmp_pa
     assert report["iterations"] - report["chosen_iteration"] >= 40
     assert report["best_psnr_seen"] >= report["final_psnr"] - 1e-6
     assert report["detection_gap_db"] == pytest.approx(report["best_psnr_seen"] - report["final_psnr"])
-    assert report["image_source"] == "auto-stop best (ema)" and report["best_psnr_series"] == "psnr_reference_ema"
+    assert report["stop"]["kept_image"] == "ema" and report["best_psnr_series"] == "psnr_reference_ema"
     saved = load_checkpoint(tmp_path / "c.ckpt").state["stopper"]["best_image"]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), to_uint8(saved))
 
