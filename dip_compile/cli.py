@@ -188,7 +188,9 @@ def export(
     for w in written:
         mib = 1024 * 1024
         typer.echo(f"{w.checkpoint} -> {w.path} ({w.format}, {w.bytes / mib:.2f} MiB: weights "
-                   f"{w.weight_bytes / mib:.2f} MiB fp32 + noise {w.noise_bytes / mib:.2f} MiB)")
+                   f"{w.weight_bytes / mib:.2f} MiB fp32 + noise {w.noise_bytes / mib:.2f} MiB"
+                   + (f" + {w.metadata['image']} correction {w.correction_bytes / mib:.2f} MiB" if w.correction_bytes else "")
+                   + ")")
         note = exporters.fit_image_note(w.metadata)
         if note and w.checkpoint not in noted:
             noted.add(w.checkpoint)

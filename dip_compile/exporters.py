@@ -567,6 +567,7 @@ class Written:
     weight_bytes: int
     noise_bytes: int
     metadata: dict[str, str] = field(default_factory=dict)
+    correction_bytes: int = 0  # the stored EMA / auto-stop correction (--image ema|best)
     check: dict[str, float] | None = None
 
 
@@ -625,7 +626,9 @@ def export_checkpoints(checkpoints: list[Path], output: Path, *, fmt: str = "onn
         plan = plans[ckpt_path]
         (write_onnx if f == "onnx" else write_torchscript)(plan, path)
         noise_bytes = plan.noise.numel() * 4 if plan.embed_noise or f == "torchscript" else 0
-        result = Written(ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), noise_bytes, plan.metadata)
+        correction = sum(n.tensors["value"].numel() * 4 for n in plan.graph.nodes if n.op == "add")
+        result = Written(ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), noise_bytes, plan.metadata,
+                         correction)
         if verify:
             got = run_onnx(path) if f == "onnx" else run_torchscript(path)
             result.check = agreement(got, plan.target)
