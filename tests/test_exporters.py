@@ -247,3 +247,16 @@ def test_format_all_checks_every_output_before_writing_any(fitted, tmp_path):
     result = invoke("export", fitted[1], "-o", tmp_path / "m", "--format", "all")
     assert result.exit_code == 2 and "m.pt exists" in result.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_best_export_reproduces_the_auto_stop_image(tmp_path):
+    config = tiny_config("denoise", iterations=6, log_every=1, stop="auto", stop_window=2, stop_patience=100)
+    clean = smooth_image(30, 45)
+    fitter = Fitter(config, make_problem(config, add_noise(clean, 0.1), reference=clean))
+    fitter.run(6)
+    save_checkpoint(fitter, tmp_path / "auto.ckpt")
+    best, source = fitter.image()
+    assert source == "auto-stop best"
+    plan = exporters.plan_export(load_checkpoint(tmp_path / "auto.ckpt"), image="best")
+    assert exporters.agreement(onnx_image(exporters.to_onnx(plan)), best)["max_abs_diff"] <= TOL
+    assert exporters.fit_image_note(plan.metadata) is None  # the export is the image the fit returned
