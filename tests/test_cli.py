@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import save_png, smooth_image
+from conftest import save_png
 from dip_compile import restore
 from dip_compile.cli import app
 from dip_compile.imageio import load_image

@@ -45,15 +45,6 @@ def fit(tmp: Path, name: str = "fit.ckpt", iterations: int = 4, task: str = "den
     return fitter
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on a shared 2-core machine: two threads stall on each other far more than they help."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[Fitter, Path]:
     tmp = tmp_path_factory.mktemp("export")

@@ -27,15 +27,6 @@ from dip_compile.replay import regenerate as replay
 PROGRAM = Path(__file__).resolve().parents[1] / "export" / "regenerate.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on a shared 2-core machine: two threads stall on each other far more than they help."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
     """A tiny fit's ONNX export and the PNG of the fit's own output (what regeneration must reproduce)."""

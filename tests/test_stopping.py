@@ -24,15 +24,6 @@ from dip_compile.stopping import VarianceStopper
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets run ~10x faster on one thread than on two oversubscribed ones on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quiet_dip(length: int = 400, quiet_at: int = 200, seed: int = 0) -> list[torch.Tensor]:
     """Outputs that jitter around a fixed image with an amplitude that is smallest at ``quiet_at``."""
     g = torch.Generator().manual_seed(seed)
