@@ -245,9 +245,11 @@ class AcceleratedStep:
             optimizer.found_inf = found  # read by fused Adam: skips the update on the device
         self.found = found
         self.nonfinite += found
+        bad = found.bool()
         if self.last is not None:
-            bad = found.bool()
             loss, out = torch.where(bad, self.last[0], loss), torch.where(bad, self.last[1], out)
+        else:  # nothing good yet: keep NaN out of the EMA and the stopping statistics
+            loss, out = torch.where(bad, float("inf"), loss), torch.where(bad, 0.5, out)
         self.last = (loss, out)
         return loss, out
 
