@@ -33,9 +33,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Auto compiles only when the fit is long enough for compilation to pay back within 10% of its iterations.
-# Measured with benchmarks/fit_speed.py on the CI CPU (paper denoising net, 256x256, fp32): the inductor step
-# ran at 0.54x (1 thread) and 0.60x (2 threads) the speed of eager after 250-300 s of compilation, so on a
-# CPU the saving is taken as none and auto stays eager. The CUDA figures are estimates (no GPU to measure on).
+# Measured with benchmarks/fit_speed.py on the CI CPU (paper denoising net, fp32): the inductor step ran at
+# 0.54-0.60x the speed of eager at 256x256 (under load, 250-300 s to compile) and 0.67x at 512x512 (near idle,
+# 63 s to compile): its backward of bilinear upsampling and reflection padding becomes atomic-add scatter
+# kernels. So on a CPU the saving is taken as none and auto stays eager. CUDA figures are estimates (no GPU).
 CPU_COMPILE_SAVING = 0.0  # fraction of eager time that compiling saves per iteration on a CPU
 CPU_COMPILE_SECONDS = 280.0
 CUDA_COMPILE_SECONDS = 60.0
