@@ -237,12 +237,26 @@ def regenerate(
         raise typer.Exit(code)
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: usage errors too become one line on stderr with exit code 2."""
     try:
-        app()
+        from typer import TyperException as UsageProblem  # typer that vendors click
+    except ImportError:  # older typer on top of click
+        from click import ClickException as UsageProblem
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = app(args=args or ["--help"], prog_name="dipc", standalone_mode=False)
+    except UsageProblem as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"dipc: error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
     except DipError as exc:
         print(f"dipc: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         "seed": fitter.config.seed,
         "image_size": {"height": problem.size[0], "width": problem.size[1], "channels": problem.channels},
         "canvas_size": {"height": problem.canvas[0], "width": problem.canvas[1]},
-        "versions": {"dip_compile": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"dip_compile": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         "device": _device_name(fitter.device),
         "threads": torch.get_num_threads(),
         "iterations": result.iterations,
