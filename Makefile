@@ -18,7 +18,7 @@ demo: setup
 	mkdir -p demo
 	$(VENV)/bin/dipc fit inpaint dip_compile/data/example.png --mask dip_compile/data/example_mask.png \
 		-o demo/restored.png --iterations 300 --compare demo/before_after.png \
-		--report demo/report.json --checkpoint demo/restored.ckpt --force
+		--reference dip_compile/data/example.png --report demo/report.json --checkpoint demo/restored.ckpt --force
 	@echo "demo: restored image demo/restored.png, before/after demo/before_after.png"
 
 test: setup
