@@ -53,6 +53,12 @@ WEIGHTS = ("fp32", "fp16")
 NOISE = ("embedded", "seed")
 
 
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    """One-line error for an option value outside its choices (the library is callable without the CLI's enums)."""
+    if value not in choices:
+        raise DipError(f"unknown {option} {value!r}; choose {' or '.join(choices)}")
+
+
 @dataclass
 class Node:
     """One operation: conv | affine | norm | leaky | sigmoid | upsample | concat | crop | add | clip."""
@@ -308,12 +314,9 @@ def _target(ckpt: Checkpoint, fitter: Any, image: str) -> torch.Tensor:
 def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", weights: str = "fp32",
                 noise_mode: str = "embedded", fold: bool = True) -> ExportPlan:
     """Builds the inference graph and metadata of a checkpoint's network (on the CPU, float32)."""
-    if noise_mode not in NOISE:
-        raise DipError(f"unknown --noise {noise_mode!r}; choose embedded or seed")
-    if weights not in WEIGHTS:
-        raise DipError(f"unknown --weights {weights!r}; choose fp32 or fp16")
-    if image not in IMAGES:
-        raise DipError(f"unknown --image {image!r}; choose output, ema or best")
+    check_choice("--noise", noise_mode, NOISE)
+    check_choice("--weights", weights, WEIGHTS)
+    check_choice("--image", image, IMAGES)
     fitter = ckpt.fitter(device="cpu", config=ckpt.config.replace(device="cpu", backend="eager"))
     net, noise, problem = fitter.net, fitter.net_input.float(), fitter.problem
     if noise_mode == "seed":
@@ -610,12 +613,9 @@ def export_checkpoints(checkpoints: list[Path], output: Path, *, fmt: str = "onn
     from .checkpoint import load_checkpoint
     from .imageio import check_output
 
-    if bn not in BN_MODES:
-        raise DipError(f"unknown --bn {bn!r}; choose frozen or batch")
-    if weights not in WEIGHTS:
-        raise DipError(f"unknown --weights {weights!r}; choose fp32 or fp16")
-    if image not in IMAGES:
-        raise DipError(f"unknown --image {image!r}; choose output, ema or best")
+    for option, value, choices in (("--bn", bn, BN_MODES), ("--weights", weights, WEIGHTS),
+                                   ("--image", image, IMAGES), ("--noise", noise, NOISE)):
+        check_choice(option, value, choices)
     jobs = output_paths([Path(c) for c in checkpoints], Path(output), fmt)
     for _, _, path in jobs:
         check_output(path, force)

@@ -78,14 +78,13 @@ def writable(folder: Path) -> bool:
 
 def check_output(path: str | Path, force: bool) -> Path:
     """Fails early, before any work, if ``path`` exists (without ``force``) or its folder is not writable."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise DipError(f"output {path} exists; pass --force to overwrite it")
-    if path.is_dir():
-        raise DipError(f"output {path} is a folder")
+    from .replay.regenerate import ReplayError, check_output as check_path
+
+    try:
+        path = check_path(path, force)  # the torch-free side's check: one implementation of the rules
+    except ReplayError as exc:
+        raise DipError(str(exc)) from None
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise DipError(f"output folder {folder} does not exist")
     if not writable(folder):
         raise DipError(f"output folder {folder} is not writable")
     return path
