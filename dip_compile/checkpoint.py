@@ -71,8 +71,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError) as exc:
-        raise DipError(f"{path} is not a readable dip-compile checkpoint (corrupted or truncated: "
-                       f"{str(exc).splitlines()[0][:120] if str(exc) else exc.__class__.__name__})") from None
+        raise DipError(f"{path} is not a readable dip-compile checkpoint (corrupted or truncated, "
+                       f"or another kind of file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DipError(f"{path} is not a dip-compile checkpoint")
     if payload.get("version") != VERSION:
