@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise DipError(f"checkpoint {path} is a folder")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError):
         raise DipError(f"{path} is not a readable dip-compile checkpoint (corrupted or truncated, "
                        f"or another kind of file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
