@@ -118,8 +118,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """Writes in the format the extension names (``.jpg``, ``.tif``, ...), PNG when it names none."""
     pil = to_pil(image)
-    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    return atomic_write(path, lambda tmp: pil.save(tmp, format=fmt))
 
 
 def save_side_by_side(images: list[torch.Tensor], path: str | Path, gap: int = 4) -> Path:

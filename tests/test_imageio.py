@@ -16,6 +16,12 @@ def test_png_round_trip_is_exact_at_8_bits(tmp_path):
     assert torch.equal(load_image(tmp_path / "a.png"), image)
 
 
+def test_output_format_follows_the_extension(tmp_path):
+    save_image(smooth_image(16, 16), tmp_path / "a.jpg")
+    save_image(smooth_image(16, 16), tmp_path / "b.out")
+    assert Image.open(tmp_path / "a.jpg").format == "JPEG" and Image.open(tmp_path / "b.out").format == "PNG"
+
+
 def test_grayscale_and_rgba_images_load_with_one_and_three_channels(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "g.png")
     Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "rgba.png")
