@@ -102,6 +102,7 @@ def fit(
     seed: Annotated[int, typer.Option(help="seed of the network weights, the input noise and --sigma noise")] = 0,
     snapshot_every: Annotated[int, typer.Option(help="write OUT-<iteration>.png every N iterations (0 = never)")] = 0,
     compare: Annotated[Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")] = None,
+    keep_known: Annotated[bool, typer.Option("--keep-known", help="inpaint: keep the observed pixels in the output, use the network only in the holes")] = False,
     structure: Annotated[Optional[str], typer.Option(help="network structure: paper or seed")] = None,
     depth: Annotated[Optional[int], typer.Option(help="hourglass levels (preset 5)")] = None,
     channels: Annotated[Optional[int], typer.Option(help="channels per level, down and up (preset 128)")] = None,
@@ -124,7 +125,7 @@ def fit(
         text=text, factor=factor, from_reference=from_reference, sigma=sigma, iterations=iterations, lr=lr,
         reg_noise=reg_noise, stop=stop, stop_rule=stop_rule, stop_window=stop_window, stop_patience=stop_patience,
         checkpoint=checkpoint, resume=resume, report=report, reference=reference,
-        seed=seed, snapshot_every=snapshot_every, compare=compare, device=device, backend=backend, precision=precision, log_every=log_every,
+        seed=seed, snapshot_every=snapshot_every, compare=compare, keep_known=keep_known, device=device, backend=backend, precision=precision, log_every=log_every,
         force=force, quiet=quiet,
         net_overrides=lambda cfg: _net_overrides(cfg, structure, depth, channels, skip_channels, upsample),
     )

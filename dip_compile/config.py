@@ -79,6 +79,7 @@ class FitConfig:
     precision: str = "fp32"
     device: str = "cpu"
     log_every: int = 10  # host reads of loss/PSNR happen only this often
+    keep_known: bool = False  # inpainting: paste the observed pixels back into the returned image (not in the paper)
 
     def __post_init__(self) -> None:
         if self.iterations <= 0:
@@ -97,6 +98,8 @@ class FitConfig:
             raise ValueError("stop window, stop patience and log interval must be positive")
         if not 0 < self.stop_alpha <= 1:
             raise ValueError("stop alpha must be in (0, 1]")
+        if self.keep_known and self.task != "inpaint":
+            raise ValueError("keeping the known pixels only applies to inpainting")
 
     def replace(self, **changes: Any) -> "FitConfig":
         return dataclasses.replace(self, **changes)

@@ -145,6 +145,14 @@ class Fitter:
 
     def image(self) -> tuple[torch.Tensor, str]:
         """The image this fit returns now, and where it comes from."""
+        image, source = self._chosen_image()
+        if self.config.keep_known and self.problem.mask is not None:
+            # the observed pixels are exact: keep them, and the network's values only in the holes
+            known = self.problem.mask.to(image)
+            return image * (1 - known) + self.problem.observation * known, source + " + known pixels"
+        return image, source
+
+    def _chosen_image(self) -> tuple[torch.Tensor, str]:
         if self.stopper is not None and self.stopper.best_image is not None:
             # the stopper watches raw outputs but keeps the EMA at the minimum when the EMA is on (stop_info says which)
             return self.stopper.best_image, "auto-stop best"

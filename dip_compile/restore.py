@@ -54,6 +54,7 @@ class FitJob:
     log_every: int = 10
     force: bool = False
     quiet: bool = False
+    keep_known: bool = False
     net_overrides: Callable[[FitConfig], FitConfig] = field(default=lambda cfg: cfg)
 
 
@@ -76,6 +77,10 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
         raise DipError(f"--factor must be 2, 4 or 8, got {factor}")
     config = preset(job.task, factor=factor, output_channels=channels)
     changes: dict = {"seed": job.seed, "log_every": job.log_every, **step_options(job)}
+    if job.keep_known:
+        if job.task != "inpaint":
+            raise DipError("--keep-known only applies to inpaint")
+        changes["keep_known"] = True
     if job.iterations is not None:
         changes["iterations"] = job.iterations
     if job.lr is not None:

@@ -117,6 +117,7 @@ def bad_input_cases(tmp: Path, image: Path):
         "future checkpoint": (["fit", "--resume", tmp / "future.ckpt", "-o", out], "version 99"),
         "missing checkpoint": (["fit", "--resume", tmp / "gone.ckpt", "-o", out], "not found"),
         "no output": (["fit", "denoise", image], "--output"),
+        "keep-known on denoise": (["fit", "denoise", image, "--keep-known", "-o", out], "only applies to inpaint"),
         "bad depth": (["fit", "denoise", image, "--depth", "0", "-o", out], "--depth"),
     }
 

@@ -41,6 +41,17 @@ def test_super_resolution_output_downsamples_to_the_observation():
     assert result.history["psnr_reference"][-1] > result.history["psnr_reference"][0] + 5
 
 
+def test_keep_known_returns_the_observed_pixels_and_the_network_in_the_holes():
+    cfg = tiny_config("inpaint", iterations=3, keep_known=True)
+    mask = random_holes_mask(32, 32, 0.5, seed=0)
+    fitter = Fitter(cfg, make_problem(cfg, CLEAN, mask=mask))
+    result = fitter.run()
+    known, hole = (mask == 1).expand(3, -1, -1), (mask == 0).expand(3, -1, -1)
+    assert torch.equal(result.image[0][known], CLEAN[known])
+    assert torch.equal(result.image[0][hole], fitter.output()[0][hole])
+    assert result.image_source == "output + known pixels"
+
+
 def test_sizes_the_hourglass_cannot_take_are_restored_at_their_own_size():
     cfg = tiny_config("denoise", iterations=2, stop="fixed")
     image = smooth_image(37, 45)
