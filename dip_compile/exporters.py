@@ -595,7 +595,13 @@ def output_paths(checkpoints: list[Path], output: Path, fmt: str) -> list[tuple[
 
 def fit_image_note(metadata: dict[str, str]) -> str | None:
     """A hint when the exported image is not the one the fit itself returned (e.g. the fit returned its EMA)."""
-    fit = {"auto-stop best": "best"}.get(metadata.get("fit_image", ""), metadata.get("fit_image", ""))
+    returned = metadata.get("fit_image", "")
+    pasted = returned.endswith(" + known pixels")
+    returned = returned.removesuffix(" + known pixels")
+    fit = {"auto-stop best": "best"}.get(returned, returned)
+    if pasted and fit == metadata.get("image"):
+        return ("note: the fit also kept the observed pixels (--keep-known); the export reproduces the network's "
+                "image without them")
     if fit and fit != metadata.get("image"):
         return f"note: this fit returned its {metadata['fit_image']} image; --image {fit} exports that one"
     return None
