@@ -330,7 +330,7 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
         net = half_rounded(net)
         fold = False
     graph = build_graph(net, noise, problem.canvas, problem.size, bn=bn, fold=fold, correction=correction)
-    fit_image, fit_source = fitter.image()
+    fit_source = fitter.image_source()
     cfg = ckpt.config
     loss = F.mse_loss(problem.operator(target), problem.observation).item()
     meta: dict[str, Any] = {
@@ -372,7 +372,6 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
     }
-    del fit_image
     return ExportPlan(graph, noise.contiguous(), target.contiguous(), {k: str(v) for k, v in meta.items()}, weights,
                       embed_noise=noise_mode == "embedded")
 

@@ -143,22 +143,27 @@ class Fitter:
         """The network's image on the unperturbed input, with train-mode BatchNorm: what an export reproduces."""
         return self.crop(self.net(self.net_input)).float()
 
-    def image(self) -> tuple[torch.Tensor, str]:
-        """The image this fit returns now, and where it comes from."""
-        image, source = self._chosen_image()
-        if self.config.keep_known and self.problem.mask is not None:
-            # the observed pixels are exact: keep them, and the network's values only in the holes
-            known = self.problem.mask.to(image)
-            return image * (1 - known) + self.problem.observation * known, source + " + known pixels"
-        return image, source
-
-    def _chosen_image(self) -> tuple[torch.Tensor, str]:
+    def image_source(self) -> str:
+        """Where the returned image comes from, without computing it."""
         if self.stopper is not None and self.stopper.best_image is not None:
             # the stopper watches raw outputs but keeps the EMA at the minimum when the EMA is on (stop_info says which)
-            return self.stopper.best_image, "auto-stop best"
-        if self.ema is not None:
-            return self.ema, "ema"
-        return self.output(), "output"
+            source = "auto-stop best"
+        else:
+            source = "ema" if self.ema is not None else "output"
+        return source + (" + known pixels" if self.config.keep_known and self.problem.mask is not None else "")
+
+    def image(self) -> tuple[torch.Tensor, str]:
+        """The image this fit returns now, and where it comes from."""
+        source = self.image_source()
+        if source.startswith("auto-stop best"):
+            image = self.stopper.best_image
+        else:
+            image = self.ema if source.startswith("ema") else self.output()
+        if source.endswith(" + known pixels"):
+            # the observed pixels are exact: keep them, and the network's values only in the holes
+            known = self.problem.mask.to(image)
+            image = image * (1 - known) + self.problem.observation * known
+        return image, source
 
     # --- one iteration -------------------------------------------------------------------------------------
     def perturbed_input(self) -> torch.Tensor:

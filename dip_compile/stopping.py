@@ -105,12 +105,13 @@ class VarianceStopper:
         return int(self.best_iteration.item()) if self.best_image is not None else None
 
     def should_stop(self, iteration: int) -> bool:
-        if iteration % self.check_every != 0 or self.best_image is None:
+        if iteration % self.check_every != 0:
             return False
-        return iteration - int(self.best_iteration.item()) >= self.patience
+        best = self.chosen_iteration()
+        return best is not None and iteration - best >= self.patience
 
     def info(self) -> dict[str, Any]:
-        best = int(self.best_iteration.item()) if self.best_image is not None else None
+        best = self.chosen_iteration()
         return {"rule": f"es-{self.variant}", "window": self.window, "patience": self.patience,
                 "alpha": self.alpha, "chosen_iteration": best,
                 "min_variance": float(self.best_var.item()) if best is not None else None}
