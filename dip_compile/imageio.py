@@ -65,11 +65,11 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(H, W, C) uint8 from a (C, H, W) or (1, C, H, W) tensor in [0, 1]."""
-    if image.dim() == 4:
-        image = image[0]
-    array = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-    return np.round(array * 255.0).astype(np.uint8)
+    """(H, W, C) uint8 from a (C, H, W) or (1, C, H, W) tensor in [0, 1], with the torch-free side's rounding, so
+    a regenerated PNG can match the fit's bit for bit."""
+    from .replay.regenerate import to_uint8 as quantize
+
+    return quantize(image.detach().float().cpu().numpy())
 
 
 def writable(folder: Path) -> bool:
