@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import tempfile
+import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -15,31 +12,76 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DipError
 
+T = TypeVar("T")
+
+
+def _replay_errors(call: Callable[[], T]) -> T:
+    """Runs a helper of the torch-free side, turning its errors into DipError (one implementation of the rules)."""
+    from .replay.regenerate import ReplayError
+
+    try:
+        return call()
+    except ReplayError as exc:
+        raise DipError(str(exc)) from None
+
+
+def check_input(path: str | Path, what: str) -> Path:
+    """An existing, readable regular file (a FIFO given as the image would block forever)."""
+    from .replay.regenerate import check_input as check
+
+    return _replay_errors(lambda: check(path, what))
+
 
 def _open(path: str | Path, what: str) -> Image.Image:
-    path = Path(path)
-    if not path.exists():
-        raise DipError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise DipError(f"{what} is a folder, not an image: {path}")
+    path = check_input(path, what)
     try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DipError(f"{what} {path} is too large: more than {Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DipError(f"cannot read {what} {path}: not a readable image ({exc.__class__.__name__})") from None
+    except MemoryError:
+        raise DipError(f"{what} {path} is too large to load into memory") from None
     if image.width == 0 or image.height == 0:
         raise DipError(f"{what} {path} is empty")
     return image
 
 
+def _value_range(image: Image.Image, path: Path, what: str) -> float:
+    """The full-scale value of a single-channel integer or float image: by its mode and bit depth, never by the
+    values it happens to hold (a dark 16-bit photo stays dark; a float image is taken as 0..1)."""
+    if image.mode == "F":
+        return 1.0
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    bits = None
+    if image.format == "PNG":
+        bits = 16  # Pillow reads 16-bit PNGs as mode I
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None and 258 in tags:  # TIFF BitsPerSample
+        value = tags[258]
+        bits = int(value[0] if isinstance(value, tuple) else value)
+    if bits is None or bits > 16:
+        raise DipError(f"{what} {path} holds {bits or 32}-bit integers; convert it to 8 or 16 bits, or to float 0..1")
+    return float(2**bits - 1)
+
+
 def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
-    """(C, H, W) float32 in [0, 1]; C is 1 for grayscale images and 3 otherwise (alpha is dropped)."""
+    """(C, H, W) float32 in [0, 1]; C is 1 for grayscale images and 3 otherwise (alpha is dropped).
+
+    8-bit images are divided by 255, 16-bit ones by 65535, float images are taken as 0..1 (values outside are
+    clipped)."""
     image = _open(path, what)
-    if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-        if image.mode.startswith("I") or image.mode == "F":
-            array = np.asarray(image, dtype=np.float32)
-            peak = 65535.0 if array.max() > 255 else 255.0
-            return torch.from_numpy(np.clip(array / peak, 0, 1)).unsqueeze(0)
+    if image.mode.startswith("I") or image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise DipError(f"{what} {path} contains NaN or infinite values")
+        scaled = np.clip(array / _value_range(image, Path(path), what), 0, 1).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(scaled)).unsqueeze(0)
+    if image.mode in ("1", "L", "LA", "La"):
         array = np.asarray(image.convert("L"), dtype=np.float32)[None]
     else:
         array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
@@ -72,59 +114,29 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return quantize(image.detach().float().cpu().numpy())
 
 
-def writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK)
-
-
 def check_output(path: str | Path, force: bool) -> Path:
     """Fails early, before any work, if ``path`` exists (without ``force``) or its folder is not writable."""
-    from .replay.regenerate import ReplayError, check_output as check_path
+    from .replay.regenerate import check_output as check
 
-    try:
-        path = check_path(path, force)  # the torch-free side's check: one implementation of the rules
-    except ReplayError as exc:
-        raise DipError(str(exc)) from None
-    folder = path.parent if str(path.parent) else Path(".")
-    if not writable(folder):
-        raise DipError(f"output folder {folder} is not writable")
-    return path
+    return _replay_errors(lambda: check(path, force))
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temp path beside ``path``; on success it replaces ``path``, on any failure it is removed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise DipError(f"no space left on the device while writing {path}") from None
-        raise DipError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+    """Writes through a temp file beside ``path``, renamed into place once complete (see
+    ``replay.regenerate.write_atomic``: mode as ``open()`` gives it, exclusive without ``overwrite``)."""
+    from .replay.regenerate import write_atomic
+
+    return _replay_errors(lambda: write_atomic(path, write, overwrite=overwrite))
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    with atomic_path(path) as tmp:
-        write(tmp)
-    return Path(path)
-
-
-def save_image(image: torch.Tensor, path: str | Path) -> Path:
+def save_image(image: torch.Tensor, path: str | Path, *, overwrite: bool = True) -> Path:
     """Writes in the format the extension names (``.jpg``, ``.tif``, ...), PNG when it names none."""
     pil = to_pil(image)
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    return atomic_write(path, lambda tmp: pil.save(tmp, format=fmt))
+    return atomic_write(path, lambda tmp: pil.save(tmp, format=fmt), overwrite=overwrite)
 
 
-def save_side_by_side(images: list[torch.Tensor], path: str | Path, gap: int = 4) -> Path:
+def save_side_by_side(images: list[torch.Tensor], path: str | Path, gap: int = 4, *, overwrite: bool = True) -> Path:
     """Panels left to right (e.g. corrupted | restored | reference), grayscale promoted to RGB."""
     pils = [to_pil(im).convert("RGB") for im in images]
     height = max(p.height for p in pils)
@@ -133,4 +145,4 @@ def save_side_by_side(images: list[torch.Tensor], path: str | Path, gap: int = 4
     for p in pils:
         canvas.paste(p, (x, 0))
         x += p.width + gap
-    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"), overwrite=overwrite)

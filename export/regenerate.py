@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -27,7 +29,7 @@ VERSION = 1
 PROVIDERS = ("auto", "cpu", "cuda")
 
 
-class ReplayError(Exception):
+class ReplayError(ValueError):
     """A problem with the user's input (bad model file, existing output): one line, exit code 2."""
 
 
@@ -172,39 +174,173 @@ def compare(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "identical_8bit": float(np.mean(diff8 == 0)), "max_8bit_diff": int(diff8.max())}
 
 
+def check_input(path: str | Path, what: str) -> Path:
+    """Fails in one line unless ``path`` is an existing regular file (a FIFO or a device would hang or never end)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ReplayError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ReplayError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ReplayError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ReplayError(f"{what} {path} is not a regular file (a pipe, socket or device)")
+    if not os.access(path, os.R_OK):
+        raise ReplayError(f"cannot read {what} {path}: permission denied")
+    return path
+
+
 def check_output(path: str | Path, force: bool) -> Path:
     path = Path(path)
-    if path.exists() and not force:
-        raise ReplayError(f"output {path} exists; pass --force to overwrite it")
     if path.is_dir():
         raise ReplayError(f"output {path} is a folder")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise ReplayError(f"output {path} exists; pass --force to overwrite it")
+    if path.exists() and not path.is_file():
+        raise ReplayError(f"output {path} is not a regular file")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ReplayError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ReplayError(f"output folder {folder} is not writable")
     return path
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
-    """Writes atomically: a temp file beside ``path``, renamed over it only once complete."""
-    from PIL import Image
+# --- writing files: atomically, with the mode open() would give, never replacing what appeared meanwhile --------
 
-    path = Path(path)
-    array = to_uint8(image)
-    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
     try:
-        pil.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(path: Path) -> list[Path]:
+    """Removes ``.NAME.<pid>.*.tmp`` files beside ``path`` left by a writer that was killed (its pid is gone)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    removed = []
+    with contextlib.suppress(OSError):
+        for candidate in folder.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
+            middle = candidate.name[len(path.name) + 2:].split(".", 1)[0]
+            if middle.isdigit() and int(middle) != os.getpid() and not _pid_alive(int(middle)):
+                with contextlib.suppress(OSError):
+                    candidate.unlink()
+                    removed.append(candidate)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _conflict_path(path: Path) -> Path:
+    for n in range(1, 1000):
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise ReplayError(f"output {path} exists and no free name was found beside it")
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+    """Calls ``write(tmp)`` on a temp file beside ``path`` and publishes it only once complete.
+
+    The file gets the mode a plain ``open()`` would give: an existing file's mode is kept, a new one gets 0666 minus
+    the umask. Without ``overwrite`` the rename is exclusive (a hard link): if another process created ``path``
+    while this one worked, nothing is replaced and the result is kept under a free sibling name, which the error
+    names. A failure (a full disk) or an interrupt leaves no temp file and the old file untouched.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    clean_stale_temps(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode) if overwrite and path.is_file() else 0o666 & ~_umask()
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_exclusive(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ReplayError(f"cannot write {path}: {exc.strerror or exc}") from None
+            tmp.unlink()
+        raise _write_error(path, exc) from None
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            tmp.unlink()
         raise
     return path
+
+
+def _publish_exclusive(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        kept = _conflict_path(path)
+        os.replace(tmp, kept)
+        raise ReplayError(f"output {path} was created by another process while this one ran; nothing was "
+                          f"overwritten and this result was written to {kept}") from None
+    except OSError as exc:  # a file system without hard links: check, then rename (not race-free there)
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if path.exists():
+            kept = _conflict_path(path)
+            os.replace(tmp, kept)
+            raise ReplayError(f"output {path} was created by another process while this one ran; nothing was "
+                              f"overwritten and this result was written to {kept}") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def _write_error(path: Path, exc: OSError) -> ReplayError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ReplayError(f"no space left on the device while writing {path}; the previous file, if any, is "
+                           f"untouched")
+    if exc.errno == errno.EFBIG:
+        return ReplayError(f"cannot write {path}: file too large for this file system or process limit")
+    return ReplayError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def save_png(image: np.ndarray, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Writes the image as PNG, atomically (see ``write_atomic``)."""
+    from PIL import Image
+
+    array = to_uint8(image)
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return write_atomic(path, lambda tmp: pil.save(tmp, format="PNG"), overwrite=overwrite)
 
 
 # --- the program --------------------------------------------------------------------------------------------
@@ -231,7 +367,7 @@ def regenerate(model: str | Path, output: str | Path | None, *, provider: str = 
     if check is not None:
         result["check"] = compare(image[:1], load_png(check, image.shape[1]))
     if output is not None:
-        save_png(image[:1], output)
+        save_png(image[:1], output, overwrite=force)
         result["output"] = str(output)
     return result
 
