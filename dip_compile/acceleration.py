@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FitConfig
+from .config import Backend, ConfigError, FitConfig, Precision
 from .problem import CenterCrop, Problem
 
-BACKENDS: tuple[str, ...] = ("auto", "eager", "inductor", "script")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+BACKENDS: tuple[str, ...] = Backend.values()
+PRECISIONS: tuple[str, ...] = Precision.values()
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Auto compiles only when the fit is long enough for compilation to pay back within 10% of its iterations.
@@ -104,13 +104,6 @@ class Plan:
         return {"fused": True} if self.fused_adam else {}
 
 
-def validate(backend: str, precision: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-
-
 def choose(config: FitConfig, device: torch.device | str, canvas: tuple[int, int],
            cap: Capability | None = None) -> Plan:
     """Resolves ``auto`` backend and precision for this device, image size and iteration count.
@@ -118,11 +111,10 @@ def choose(config: FitConfig, device: torch.device | str, canvas: tuple[int, int
     Explicit choices are kept as given (``eager fp32`` is the unmodified baseline); only ``auto`` adds the
     layout and optimizer choices that paid in measurements.
     """
-    validate(config.backend, config.precision)
     device = torch.device(device)
     cap = cap or capability(device)
     reasons: list[str] = []
-    precision = config.precision
+    precision = str(config.precision)
     if precision == "auto":
         if cap.fast_bf16:
             precision = "bf16"
@@ -134,8 +126,8 @@ def choose(config: FitConfig, device: torch.device | str, canvas: tuple[int, int
             precision = "fp32"
             reasons.append(f"fp32 ({cap.isa} has no native bf16: autocast would be emulated and slower)")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is for CUDA; on a CPU use bf16 (with AVX512-BF16/AMX) or fp32")
-    backend = config.backend
+        raise ConfigError("--precision fp16 is for CUDA; on a CPU use bf16 (with AVX512-BF16/AMX) or fp32")
+    backend = str(config.backend)
     if backend == "auto":
         backend = _auto_backend(config, cap, canvas, precision, reasons)
     auto = config.backend == "auto" or config.precision == "auto"

@@ -6,11 +6,14 @@ checkpoint alone is enough to resume a fit, regenerate its image or export its n
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -19,8 +22,9 @@ from .config import FitConfig
 from .degradations import make_operator
 from .errors import DipError
 from .fitting import Fitter
-from .imageio import atomic_write
-from .problem import Problem
+from .imageio import atomic_write, check_input
+from .network import build_network
+from .problem import Problem, canvas_for
 
 FORMAT = "dip-compile-checkpoint"
 VERSION = 1
@@ -40,11 +44,16 @@ class Checkpoint:
     def fitter(self, device: str | torch.device | None = None, config: FitConfig | None = None) -> Fitter:
         """A fitter in exactly the saved state; ``config`` may change settings that do not alter the state."""
         fitter = Fitter(config or self.config, self.problem, device=device)
-        fitter.load_state_dict(self.state)
+        try:
+            fitter.load_state_dict(self.state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # a check in load_checkpoint missed it
+            raise DipError(f"the checkpoint's fitting state cannot be restored ({exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         return fitter
 
 
-def save_checkpoint(fitter: Fitter, path: str | Path) -> Path:
+def save_checkpoint(fitter: Fitter, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Writes atomically; without ``overwrite`` an existing file (e.g. one made meanwhile by another run) is kept."""
     p = fitter.problem
     payload = {
         "format": FORMAT,
@@ -52,25 +61,57 @@ def save_checkpoint(fitter: Fitter, path: str | Path) -> Path:
         "meta": {"package_version": __version__, "torch_version": str(torch.__version__)},
         "config": fitter.config.to_dict(),
         "problem": {
-            "task": p.task, "size": list(p.size), "canvas": list(p.canvas),
+            "task": str(p.task), "size": list(p.size), "canvas": list(p.canvas),
             "observation": p.observation.cpu(),
             "mask": None if p.mask is None else p.mask.cpu(),
             "reference": None if p.reference is None else p.reference.cpu(),
         },
         "state": fitter.state_dict(),
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: _torch_save(payload, tmp), overwrite=overwrite)
+
+
+class _ReportingFile(io.RawIOBase):
+    """A write-only file that remembers the OSError of a failed write: torch.save reports a full disk as a bare
+    RuntimeError, and this lets the caller raise the OSError (ENOSPC) it really was."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.error = raw, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def _torch_save(payload: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as raw:
+        out = _ReportingFile(raw)
+        try:
+            torch.save(payload, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+        raw.flush()
+        os.fsync(raw.fileno())
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    path = Path(path)
-    if not path.exists():
-        raise DipError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise DipError(f"checkpoint {path} is a folder")
+    """Reads and validates a checkpoint: every tensor has the shape its configuration implies, so a damaged or
+    edited file is refused in one line here instead of failing deep inside a resume or an export."""
+    path = check_input(path, "checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError):
+        with warnings.catch_warnings():  # torch warns (on stderr) before failing on a raw pickle
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError,
+            AttributeError, TypeError, IndexError, UnicodeDecodeError, MemoryError):
         raise DipError(f"{path} is not a readable dip-compile checkpoint (corrupted or truncated, "
                        f"or another kind of file)") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -81,13 +122,64 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         config = FitConfig.from_dict(payload["config"])
         prob = payload["problem"]
-        mask = prob["mask"]
-        channels = prob["observation"].shape[1]
-        operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
-        problem = Problem(prob["task"], prob["observation"], operator, tuple(prob["size"]), tuple(prob["canvas"]),
-                          mask, prob["reference"])
+        problem = _problem(config, prob)
         state = payload["state"]
-        int(state["iteration"])
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        _check_state(config, problem, state)
+    except DipError as exc:
+        raise DipError(f"{path} is a damaged dip-compile checkpoint: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
         raise DipError(f"{path} is a damaged dip-compile checkpoint ({exc.__class__.__name__}: {exc})") from None
-    return Checkpoint(config, problem, state, payload.get("meta", {}))
+    meta = payload.get("meta", {})
+    return Checkpoint(config, problem, state, meta if isinstance(meta, dict) else {})
+
+
+def _shape(t: Any, what: str, shape: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise DipError(f"{what} is missing")
+    if tuple(t.shape) != shape:
+        raise DipError(f"{what} has shape {tuple(t.shape)}, expected {shape}")
+
+
+def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
+    size, canvas = tuple(int(s) for s in prob["size"]), tuple(int(s) for s in prob["canvas"])
+    if len(size) != 2 or min(size) <= 0 or canvas != canvas_for(config.net, size):
+        raise DipError(f"image size {size} and canvas {canvas} do not agree with its network")
+    channels = config.net.output_channels
+    low = size if config.task != "super-resolve" else (size[0] // config.factor, size[1] // config.factor)
+    _shape(prob["observation"], "the observation", (1, channels, *low))
+    mask = prob["mask"]
+    if config.task == "inpaint":
+        _shape(mask, "the mask", size)
+    if prob["reference"] is not None:
+        _shape(prob["reference"], "the reference", (1, channels, *size))
+    if prob["task"] != config.task:
+        raise DipError(f"its problem is {prob['task']!r} but its configuration {config.task!r}")
+    operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
+    return Problem(str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"])
+
+
+def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> None:
+    iteration = int(state["iteration"])
+    if not 0 <= iteration:
+        raise DipError(f"its iteration count {iteration} is negative")
+    with torch.device("meta"):  # shapes only: no memory, no work
+        expected = {k: tuple(v.shape) for k, v in build_network(config.net).state_dict().items()}
+    weights = state["net"]
+    if set(weights) != set(expected):
+        raise DipError("its network weights do not belong to its network configuration")
+    for key, shape in expected.items():
+        _shape(weights[key], f"weight {key}", shape)
+    with torch.device("meta"):
+        params = [tuple(p.shape) for p in build_network(config.net).parameters()]
+    for index, moments in dict(state["optimizer"]["state"]).items():
+        if not 0 <= int(index) < len(params):
+            raise DipError("its optimizer state does not belong to its network")
+        for name in ("exp_avg", "exp_avg_sq"):
+            _shape(moments[name], f"Adam state {name} of parameter {index}", params[int(index)])
+    _shape(state["net_input"], "the network input", (1, config.net.input_depth, *problem.canvas))
+    image = (1, config.net.output_channels, *problem.size)
+    if state.get("ema") is not None:
+        _shape(state["ema"], "the EMA image", image)
+    stopper = state.get("stopper")
+    if isinstance(stopper, dict) and stopper.get("best_image") is not None:
+        _shape(stopper["best_image"], "the auto-stop image", image)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from .config import FitConfig
+from .config import Backend, Precision, StopRule, StopVariant, Structure, Task, Upsample
 from .errors import DipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,111 +22,89 @@ def root() -> None:
     """Deep Image Prior restoration: fit an image, export the fitted network, regenerate its image anywhere."""
 
 
-class Task(str, Enum):
-    inpaint = "inpaint"
-    denoise = "denoise"
-    super_resolve = "super-resolve"
-
-
 def fail(message: str) -> None:
     raise DipError(message)
 
 
-def user_errors(command):
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turns a DipError into one line on stderr and exit code 2, for the CLI and typer's test runner alike."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except DipError as exc:
             typer.echo(f"dipc: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("dipc: interrupted; nothing more was saved", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
 
-def _net_overrides(config: FitConfig, structure: Optional[str], depth: Optional[int], channels: Optional[int],
-                   skip_channels: Optional[int], upsample: Optional[str]) -> FitConfig:
-    net = config.net
-    changes: dict = {}
-    if structure is not None:
-        if structure not in ("paper", "seed"):
-            fail(f"--structure must be paper or seed, got {structure!r}")
-        changes["structure"] = structure
-        if structure == "seed" and upsample is None:
-            changes["upsample"] = "bicubic"
-    if upsample is not None:
-        if upsample not in ("nearest", "bilinear", "bicubic"):
-            fail(f"--upsample must be nearest, bilinear or bicubic, got {upsample!r}")
-        changes["upsample"] = upsample
-    d = depth if depth is not None else net.depth
-    if depth is not None and not 1 <= depth <= 8:
-        fail(f"--depth must be between 1 and 8, got {depth}")
-    if channels is not None and channels <= 0:
-        fail(f"--channels must be positive, got {channels}")
-    if skip_channels is not None and skip_channels < 0:
-        fail(f"--skip-channels must be >= 0, got {skip_channels}")
-    if depth is not None or channels is not None or skip_channels is not None:
-        c = channels if channels is not None else net.channels_down[0]
-        s = skip_channels if skip_channels is not None else net.channels_skip[0]
-        changes.update(channels_down=(c,) * d, channels_up=(c,) * d, channels_skip=(s,) * d)
-    return config.replace(net=dataclasses.replace(net, **changes)) if changes else config
+RESUMABLE = "may change on --resume"
 
 
 @app.command()
 @user_errors
 def fit(
-    task: Annotated[Optional[Task], typer.Argument(help="inpaint, denoise or super-resolve")] = None,
-    image: Annotated[Optional[Path], typer.Argument(help="the corrupted image (or clean one with --sigma / --from-reference)")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="restored PNG")] = None,
+    task: Annotated[Optional[Task], typer.Argument(help="the problem", show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Argument(help="the corrupted image (or clean one with --sigma / --from-reference)", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="restored image (format from the extension, PNG otherwise)")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="inpainting mask, same size, white = known pixel")] = None,
     holes: Annotated[Optional[float], typer.Option(help="inpaint: make a mask dropping this fraction of pixels at random")] = None,
     box: Annotated[Optional[float], typer.Option(help="inpaint: make a mask with a centred hole of this area fraction")] = None,
     text: Annotated[bool, typer.Option("--text", help="inpaint: make a text-overlay mask")] = False,
-    factor: Annotated[Optional[int], typer.Option(help="super-resolution factor: 2, 4 or 8")] = None,
+    factor: Annotated[Optional[int], typer.Option(help="super-resolution factor: 2, 4 or 8 (default 4)")] = None,
     from_reference: Annotated[bool, typer.Option("--from-reference", help="super-resolve: IMAGE is high-resolution; downsample it for the input and use it as reference")] = False,
     sigma: Annotated[Optional[float], typer.Option(help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="total iterations (preset: the paper's count)")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate")] = None,
-    reg_noise: Annotated[Optional[float], typer.Option(help="std of the input perturbation per iteration")] = None,
-    stop: Annotated[Optional[str], typer.Option(help="fixed or auto (variance-based early stopping; denoise default auto)")] = None,
-    stop_rule: Annotated[Optional[str], typer.Option(help="auto stopping rule: wmv (window of W outputs) or emv (exponential, no buffer)")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help=f"total iterations (preset: the paper's count); {RESUMABLE}")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate; {RESUMABLE}")] = None,
+    reg_noise: Annotated[Optional[float], typer.Option(help=f"std of the input perturbation per iteration; {RESUMABLE}")] = None,
+    stop: Annotated[Optional[StopRule], typer.Option(help="auto: variance-based early stopping (denoise default)")] = None,
+    stop_rule: Annotated[Optional[StopVariant], typer.Option(help="auto stopping rule: wmv (window of W outputs) or emv (exponential, no buffer)")] = None,
     stop_window: Annotated[Optional[int], typer.Option(help="auto stopping window W (preset 100)")] = None,
-    stop_patience: Annotated[Optional[int], typer.Option(help="auto stopping: stop after this many iterations without a new variance minimum (preset 1000)")] = None,
+    stop_patience: Annotated[Optional[int], typer.Option(help=f"auto stopping: stop after this many iterations without a new variance minimum (preset 1000); {RESUMABLE}")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="write a checkpoint here at the end (and on Ctrl-C)")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="continue the fit saved in this checkpoint")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue the fit saved in this checkpoint (only the options marked so may change)")] = None,
     report: Annotated[Optional[Path], typer.Option(help="write a JSON report here")] = None,
     reference: Annotated[Optional[Path], typer.Option(help="clean image: PSNR is logged against it")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the network weights, the input noise and --sigma noise")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")] = None,
     snapshot_every: Annotated[int, typer.Option(help="write OUT-<iteration>.png every N iterations (0 = never)")] = 0,
     compare: Annotated[Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")] = None,
-    keep_known: Annotated[bool, typer.Option("--keep-known", help="inpaint: keep the observed pixels in the output, use the network only in the holes")] = False,
-    structure: Annotated[Optional[str], typer.Option(help="network structure: paper or seed")] = None,
+    keep_known: Annotated[bool, typer.Option("--keep-known", help=f"inpaint: keep the observed pixels in the output, use the network only in the holes; {RESUMABLE}")] = False,
+    structure: Annotated[Optional[Structure], typer.Option(help="network structure (preset paper)")] = None,
     depth: Annotated[Optional[int], typer.Option(help="hourglass levels (preset 5)")] = None,
     channels: Annotated[Optional[int], typer.Option(help="channels per level, down and up (preset 128)")] = None,
     skip_channels: Annotated[Optional[int], typer.Option(help="skip channels per level (0 = no skips)")] = None,
-    upsample: Annotated[Optional[str], typer.Option(help="nearest, bilinear or bicubic")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
-    backend: Annotated[str, typer.Option(help="training step: auto, eager, inductor (torch.compile) or script (TorchScript)")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 (CPUs with AVX512-BF16/AMX, CUDA) or fp16 (CUDA)")] = "auto",
-    log_every: Annotated[int, typer.Option(help="read loss/PSNR from the device every N iterations")] = 10,
+    upsample: Annotated[Optional[Upsample], typer.Option(help="upsampling mode (preset: bilinear; nearest for inpainting)")] = None,
+    device: Annotated[str, typer.Option(help=f"cpu, cuda, cuda:N or auto; {RESUMABLE}")] = "auto",
+    backend: Annotated[Backend, typer.Option(help=f"training step: eager, inductor (torch.compile), script (TorchScript) or auto; {RESUMABLE}")] = Backend.auto,
+    precision: Annotated[Precision, typer.Option(help=f"bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), fp32 or auto; {RESUMABLE}")] = Precision.auto,
+    log_every: Annotated[Optional[int], typer.Option(help=f"read loss/PSNR from the device every N iterations (default 10); {RESUMABLE}")] = None,
+    status_every: Annotated[float, typer.Option(help="seconds between plain progress lines when stderr is not a terminal (logs, CI)")] = 30.0,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Fit the Deep Image Prior to one image: dipc fit TASK IMAGE -o OUT.png, or dipc fit --resume CKPT -o OUT.png."""
     from . import restore
 
     if output is None:
-        fail("missing -o/--output: where to write the restored PNG")
+        fail("missing -o/--output: where to write the restored image")
+    assert output is not None
+    settings = {"iterations": iterations, "lr": lr, "reg_noise_std": reg_noise, "stop": stop,
+                "stop_variant": stop_rule, "stop_window": stop_window, "stop_patience": stop_patience,
+                "seed": seed, "factor": factor, "keep_known": keep_known or None, "device": device,
+                "backend": backend, "precision": precision, "log_every": log_every}
     job = restore.FitJob(
-        task=task.value if task is not None else None, image=image, output=output, mask=mask, holes=holes, box=box,
-        text=text, factor=factor, from_reference=from_reference, sigma=sigma, iterations=iterations, lr=lr,
-        reg_noise=reg_noise, stop=stop, stop_rule=stop_rule, stop_window=stop_window, stop_patience=stop_patience,
-        checkpoint=checkpoint, resume=resume, report=report, reference=reference,
-        seed=seed, snapshot_every=snapshot_every, compare=compare, keep_known=keep_known, device=device, backend=backend, precision=precision, log_every=log_every,
-        force=force, quiet=quiet,
-        net_overrides=lambda cfg: _net_overrides(cfg, structure, depth, channels, skip_channels, upsample),
+        output=output, task=task.value if task is not None else None, image=image, mask=mask, holes=holes, box=box,
+        text=text, from_reference=from_reference, sigma=sigma, reference=reference,
+        settings={k: v for k, v in settings.items() if v is not None},
+        net=restore.NetShape(structure=structure, depth=depth, channels=channels, skip_channels=skip_channels,
+                             upsample=upsample),
+        checkpoint=checkpoint, resume=resume, report=report, compare=compare, snapshot_every=snapshot_every,
+        force=force, quiet=quiet, status_every=status_every,
     )
     code = restore.run_job(job)
     if code:

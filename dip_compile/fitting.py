@@ -76,21 +76,27 @@ class EagerStep:
 
 
 @contextlib.contextmanager
-def interrupt_flag() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C (or SIGTERM) asks the loop to stop after the current iteration; a second Ctrl-C interrupts at once."""
-    hit = threading.Event()
+def interrupt_flag(notify: Callable[[str], None] | None = None) -> Iterator[Callable[[], bool]]:
+    """Ctrl-C (or SIGTERM) asks to stop after the current iteration and save; a second one only says that the save
+    is under way; a third quits at once (``KeyboardInterrupt``: atomic writes leave no half-written file)."""
+    hits = 0
     if threading.current_thread() is not threading.main_thread():
-        yield hit.is_set
+        yield lambda: False
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if hit.is_set() and signum == signal.SIGINT:
+        nonlocal hits
+        hits += 1
+        if hits >= 3:
             raise KeyboardInterrupt
-        hit.set()
+        if notify is not None:
+            notify("stopping after this iteration and saving a checkpoint (press Ctrl-C twice more to quit "
+                   "without saving)" if hits == 1 else
+                   "still stopping and saving; press Ctrl-C once more to quit without saving")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield hit.is_set
+        yield lambda: hits > 0
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -215,8 +221,12 @@ class Fitter:
         return record
 
     def run(self, iterations: int | None = None, *, on_log: Callable[[LogRecord], None] | None = None,
-            snapshot_every: int = 0, on_snapshot: Callable[[int, torch.Tensor], None] | None = None) -> FitResult:
-        """Fits until ``iterations`` in total (the config's count by default), an auto-stop, or Ctrl-C."""
+            snapshot_every: int = 0, on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
+            stop_requested: Callable[[], bool] | None = None) -> FitResult:
+        """Fits until ``iterations`` in total (the config's count by default), an auto-stop, or Ctrl-C.
+
+        ``stop_requested`` replaces the Ctrl-C handling installed here (a caller that must also save after the loop
+        installs ``interrupt_flag`` around both)."""
         total = iterations if iterations is not None else self.config.iterations
         if total <= 0:
             raise ValueError(f"iterations must be positive, got {total}")
@@ -225,7 +235,7 @@ class Fitter:
         t_start = time.perf_counter()
         t_window, it_window = t_start, self.iteration
         rate = 0.0
-        with interrupt_flag() as interrupted:
+        with contextlib.nullcontext(stop_requested) if stop_requested is not None else interrupt_flag() as interrupted:
             while self.iteration < total:
                 if interrupted():
                     reason = "interrupted"
@@ -288,6 +298,8 @@ class Fitter:
         self.iteration = int(state["iteration"])
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a resumed fit may change the learning rate
+            group["lr"] = self.config.lr
         self.net_input = state["net_input"].to(dev)
         self.generator.set_state(state["generator"])
         self.ema = None if state["ema"] is None else state["ema"].to(dev)

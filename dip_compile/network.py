@@ -121,6 +121,23 @@ def build_network(cfg: NetConfig) -> Hourglass:
     return Hourglass(cfg)
 
 
+def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4) -> int:
+    """About how much memory one fitting step needs at this canvas: the activations the backward pass keeps
+    (per level: skip, down, upsampled, merged and up tensors) twice over for their gradients, plus the weights and
+    Adam state. A pre-flight estimate, to refuse an image that cannot fit before allocating anything."""
+    area = canvas[0] * canvas[1]
+    floats = 0.0
+    for level in range(cfg.depth):
+        here, below = area / 4**level, area / 4 ** (level + 1)
+        down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
+        deeper = cfg.channels_up[level + 1] if level + 1 < cfg.depth else down
+        merged = skip + deeper
+        floats += here * (3 * skip + deeper + 2 * merged + (6 if cfg.need_1x1_up else 3) * up) + below * 6 * down
+    floats += area * (cfg.input_depth + 2 * cfg.output_channels)
+    weights = 4 * 4 * sum(p.numel() for p in build_network(cfg).parameters()) if area else 0
+    return int(2 * floats * precision_bytes + weights)
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 

@@ -1,8 +1,9 @@
 """A restoration problem: the observation, the operator that maps the restored image onto it, and the sizes.
 
-The hourglass needs sides divisible by 2^depth. Rather than cropping the user's image (as the paper does), the
-network works on a padded canvas and its output is centre-cropped to the image size before the operator, so
-every pixel of the input is restored and the output has exactly the input's size.
+The hourglass needs sides divisible by 2^depth, and its coarsest level needs at least 2 pixels a side. Rather than
+cropping the user's image (as the paper does), the network works on a padded canvas and its output is
+centre-cropped to the image size before the operator, so every pixel of the input is restored and the output has
+exactly the input's size, however small the image.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FitConfig
+from .config import FitConfig, NetConfig
 from .degradations import make_operator
 from .errors import DipError
 
@@ -47,6 +48,13 @@ class Problem:
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def canvas_for(net: NetConfig, size: tuple[int, int]) -> tuple[int, int]:
+    """The size the network runs at: each side rounded up to a multiple of 2^depth and at least ``net.min_side``,
+    so the coarsest level keeps enough pixels for BatchNorm and reflection padding (a small image is fitted on a
+    larger canvas and cropped back)."""
+    return tuple(max(round_up(s, net.multiple), net.min_side) for s in size)  # type: ignore[return-value]
 
 
 def crop_box(canvas: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -94,11 +102,10 @@ def make_problem(config: FitConfig, image: torch.Tensor, *, mask: torch.Tensor |
             rh, rw = reference.shape[-2:]
             raise DipError(f"reference is {rw}x{rh} with {reference.shape[1]} channel(s); "
                            f"expected {size[1]}x{size[0]} with {channels}")
-    multiple = config.net.multiple
-    canvas = (round_up(size[0], multiple), round_up(size[1], multiple))
+    canvas = canvas_for(config.net, size)
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
     observation = operator(image) if config.task == "inpaint" else image
-    return Problem(config.task, observation.contiguous(), operator, size, canvas, mask, reference)
+    return Problem(str(config.task), observation.contiguous(), operator, size, canvas, mask, reference)
 
 
 def add_noise(image: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:

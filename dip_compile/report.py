@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,17 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def save_report(report: dict[str, Any], path: str | Path) -> Path:
-    text = json.dumps(report, indent=2, default=str)
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+def save_report(report: dict[str, Any], path: str | Path, *, overwrite: bool = True) -> Path:
+    """Strict JSON: a non-finite number (an inf loss before the first good step) is written as null."""
+    text = json.dumps(finite_json(report), indent=2, default=str, allow_nan=False)
+    return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
+
+
+def finite_json(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

@@ -2,160 +2,188 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import FitConfig, preset
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import FitConfig, NetConfig, flag_of, preset
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
-from .fitting import Fitter, FitResult, LogRecord
+from .fitting import Fitter, FitResult, LogRecord, interrupt_flag
 from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side
+from .network import fit_bytes
 from .problem import Problem, add_noise, downsample_reference, make_problem
 from .report import build_report, save_report
 
 INTERRUPTED = 130
 
 
+@dataclass(frozen=True)
+class NetShape:
+    """The network options of ``dipc fit`` (None = the preset's): one value for every level."""
+
+    structure: Optional[str] = None
+    depth: Optional[int] = None
+    channels: Optional[int] = None
+    skip_channels: Optional[int] = None
+    upsample: Optional[str] = None
+
+    def given(self) -> list[str]:
+        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def apply(self, net: NetConfig) -> NetConfig:
+        changes: dict[str, Any] = {}
+        if self.structure is not None:
+            changes["structure"] = self.structure
+            if self.structure == "seed" and self.upsample is None:
+                changes["upsample"] = "bicubic"
+        if self.upsample is not None:
+            changes["upsample"] = self.upsample
+        if self.depth is not None or self.channels is not None or self.skip_channels is not None:
+            depth = net.depth if self.depth is None else self.depth
+            if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+                raise DipError(f"--depth must be a whole number >= 1, got {depth!r}")
+            c = self.channels if self.channels is not None else net.channels_down[0]
+            s = self.skip_channels if self.skip_channels is not None else net.channels_skip[0]
+            changes.update(channels_down=(c,) * depth, channels_up=(c,) * depth, channels_skip=(s,) * depth)
+        return dataclasses.replace(net, **changes) if changes else net
+
+
 @dataclass
 class FitJob:
-    task: Optional[str]
-    image: Optional[Path]
+    """Files in, files out. ``settings`` holds the ``FitConfig`` fields the user set (by field name); the preset
+    gives the rest. With ``resume`` the checkpoint gives the problem and the settings, and only the fields that
+    ``FitConfig.resumable()`` names may change."""
+
     output: Path
+    task: Optional[str] = None
+    image: Optional[Path] = None
     mask: Optional[Path] = None
     holes: Optional[float] = None
     box: Optional[float] = None
     text: bool = False
-    factor: Optional[int] = None
     from_reference: bool = False
     sigma: Optional[float] = None
-    iterations: Optional[int] = None
-    lr: Optional[float] = None
-    reg_noise: Optional[float] = None
-    stop: Optional[str] = None
-    stop_rule: Optional[str] = None  # wmv or emv
-    stop_window: Optional[int] = None
-    stop_patience: Optional[int] = None
+    reference: Optional[Path] = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    net: NetShape = field(default_factory=NetShape)
     checkpoint: Optional[Path] = None
     resume: Optional[Path] = None
     report: Optional[Path] = None
-    reference: Optional[Path] = None
-    seed: int = 0
-    snapshot_every: int = 0
     compare: Optional[Path] = None
-    device: str = "auto"
-    backend: str = "auto"
-    precision: str = "auto"
-    log_every: int = 10
+    snapshot_every: int = 0
     force: bool = False
     quiet: bool = False
-    keep_known: bool = False
-    net_overrides: Callable[[FitConfig], FitConfig] = field(default=lambda cfg: cfg)
+    status_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
 
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise DipError(f"unknown device {name!r}; use cpu, cuda or auto")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DipError("--device cuda asked for, but no CUDA GPU is available")
     return name
 
 
+def _problem_options(job: FitJob) -> list[str]:
+    """The options that describe the problem (the checkpoint holds it on --resume)."""
+    given = {"TASK": job.task is not None, "IMAGE": job.image is not None, "--mask": job.mask is not None,
+             "--holes": job.holes is not None, "--box": job.box is not None, "--text": job.text,
+             "--from-reference": job.from_reference, "--sigma": job.sigma is not None,
+             "--reference": job.reference is not None}
+    return [name for name, on in given.items() if on]
+
+
 def build_config(job: FitJob, channels: int) -> FitConfig:
-    """The task's paper preset with the job's overrides; nonsense numbers become one-line errors."""
-    if job.factor is not None and job.task != "super-resolve":
+    """The task's paper preset with the job's settings; FitConfig validates every value (one-line ConfigError)."""
+    settings = dict(job.settings)
+    if job.task != "super-resolve" and settings.get("factor") is not None:
         raise DipError("--factor only applies to super-resolve")
-    factor = job.factor if job.factor is not None else 4
+    factor = settings.pop("factor", None) or 4
     if job.task == "super-resolve" and factor not in (2, 4, 8):
         raise DipError(f"--factor must be 2, 4 or 8, got {factor}")
-    config = preset(job.task, factor=factor, output_channels=channels)
-    changes: dict = {"seed": job.seed, "log_every": job.log_every, **step_options(job)}
-    if job.keep_known:
-        if job.task != "inpaint":
-            raise DipError("--keep-known only applies to inpaint")
-        changes["keep_known"] = True
-    if job.iterations is not None:
-        changes["iterations"] = job.iterations
-    if job.lr is not None:
-        changes["lr"] = job.lr
-    if job.reg_noise is not None:
-        changes["reg_noise_std"] = job.reg_noise
-    if job.stop is not None:
-        if job.stop not in ("fixed", "auto"):
-            raise DipError(f"--stop must be fixed or auto, got {job.stop!r}")
-        changes["stop"] = job.stop
-    if job.stop_rule is not None:
-        if job.stop_rule not in ("wmv", "emv"):
-            raise DipError(f"--stop-rule must be wmv or emv, got {job.stop_rule!r}")
-        changes["stop_variant"] = job.stop_rule
-    for name, value in (("window", job.stop_window), ("patience", job.stop_patience)):
-        if value is not None:
-            if value <= 0:
-                raise DipError(f"--stop-{name} must be positive, got {value}")
-            changes[f"stop_{name}"] = value
-    try:
-        return job.net_overrides(config.replace(**changes))
-    except ValueError as exc:
-        raise DipError(str(exc)) from None
+    config = preset(str(job.task), factor=factor, output_channels=channels)
+    config = config.replace(**{k: v for k, v in settings.items() if v is not None})
+    return config.replace(net=job.net.apply(config.net))
 
 
-def step_options(job: FitJob) -> dict:
-    """--backend and --precision; they change how a step runs, never the fit's state, so a resume may change them."""
-    from .acceleration import BACKENDS, PRECISIONS
+def resume_config(job: FitJob, ckpt: Checkpoint) -> FitConfig:
+    """The checkpoint's configuration with the changes a resumed fit may take; refuses the others in one line."""
+    problem = _problem_options(job)
+    if problem:
+        raise DipError(f"--resume continues the saved fit, whose checkpoint holds the image, the task and its "
+                       f"inputs: drop {', '.join(problem)}")
+    if job.net.given():
+        raise DipError(f"--resume continues the saved network: drop {', '.join(job.net.given())}")
+    saved, changes = ckpt.config, {}
+    for name, value in job.settings.items():
+        if value is None or value == getattr(saved, name):
+            continue
+        if name not in FitConfig.resumable():
+            flag = flag_of(FitConfig, name)
+            raise DipError(f"{flag} cannot change when resuming (the checkpoint has {getattr(saved, name)}); "
+                           f"a resumed fit may change only {resumable_flags()}")
+        changes[name] = value
+    config = saved.replace(**changes)
+    if config.iterations <= ckpt.iteration:
+        raise DipError(f"the checkpoint is already at iteration {ckpt.iteration}; "
+                       f"pass --iterations larger than that to continue")
+    return config
 
-    if job.backend not in BACKENDS:
-        raise DipError(f"--backend must be one of {', '.join(BACKENDS)}, got {job.backend!r}")
-    if job.precision not in PRECISIONS:
-        raise DipError(f"--precision must be one of {', '.join(PRECISIONS)}, got {job.precision!r}")
-    return {"backend": job.backend, "precision": job.precision}
+
+def resumable_flags() -> str:
+    return ", ".join(sorted(flag_of(FitConfig, name) for name in FitConfig.resumable()))
 
 
-def _make_mask(job: FitJob, size: tuple[int, int]) -> tuple[torch.Tensor, bool]:
+def _make_mask(job: FitJob, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, bool]:
     """The inpainting mask, and whether it was made here (then the image is the clean reference)."""
     sources = [job.mask is not None, job.holes is not None, job.box is not None, job.text]
     if sum(sources) != 1:
         raise DipError("inpaint needs exactly one of --mask, --holes, --box or --text")
     if job.mask is not None:
         return load_mask(job.mask, size), False
-    try:
-        if job.holes is not None:
-            return random_holes_mask(*size, job.holes, seed=job.seed), True
-        if job.box is not None:
-            return box_mask(*size, job.box), True
-    except ValueError as exc:
-        raise DipError(str(exc)) from None
+    if job.holes is not None:
+        return random_holes_mask(*size, _fraction(job.holes, "--holes"), seed=seed), True
+    if job.box is not None:
+        return box_mask(*size, _fraction(job.box, "--box")), True
     return text_mask(*size), True
 
 
-def load_problem(job: FitJob, config_for: Callable[[int], FitConfig]) -> tuple[FitConfig, Problem]:
+def _fraction(value: float, flag: str) -> float:
+    if not 0 < value < 1:  # also false for nan
+        raise DipError(f"{flag} is the fraction of pixels to drop and must be in (0, 1), got {value}")
+    return value
+
+
+def load_problem(job: FitJob) -> tuple[FitConfig, Problem]:
     if job.task is None or job.image is None:
         raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
     if job.task != "inpaint" and (job.mask or job.holes is not None or job.box is not None or job.text):
         raise DipError(f"--mask/--holes/--box/--text only apply to inpaint, not {job.task}")
     if job.sigma is not None and job.task != "denoise":
         raise DipError("--sigma only applies to denoise")
+    if job.sigma is not None and not 0 < job.sigma <= 255:  # also false for nan
+        raise DipError(f"--sigma is on the 0-255 scale and must be in (0, 255], got {job.sigma}")
     if job.from_reference and job.task != "super-resolve":
         raise DipError("--from-reference only applies to super-resolve")
     image = load_image(job.image)
-    config = config_for(image.shape[0])
+    config = build_config(job, image.shape[0])
     reference = load_image(job.reference, "reference") if job.reference is not None else None
     mask = None
     if job.task == "inpaint":
-        mask, made = _make_mask(job, tuple(image.shape[-2:]))
+        mask, made = _make_mask(job, (image.shape[-2], image.shape[-1]), config.seed)
         if made and reference is None:
             reference = image
     elif job.task == "denoise" and job.sigma is not None:
-        if not 0 < job.sigma <= 255:
-            raise DipError(f"--sigma is on the 0-255 scale and must be in (0, 255], got {job.sigma}")
         reference = reference if reference is not None else image
-        image = add_noise(image, job.sigma / 255.0, seed=job.seed)
+        image = add_noise(image, job.sigma / 255.0, seed=config.seed)
     elif job.task == "super-resolve" and job.from_reference:
         image, high = downsample_reference(image, config.factor)
         reference = reference if reference is not None else high
@@ -165,79 +193,148 @@ def load_problem(job: FitJob, config_for: Callable[[int], FitConfig]) -> tuple[F
 
 
 def default_checkpoint_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".ckpt")
+    """Where Ctrl-C saves the fit when no --checkpoint was given: OUT.ckpt beside the image."""
+    path = output.with_name(output.stem + ".ckpt")
+    return path if path != output else output.with_name(output.name + ".ckpt")
 
 
 def snapshot_path(output: Path, iteration: int) -> Path:
     return output.with_name(f"{output.stem}-{iteration:06d}.png")
 
 
-def run_job(job: FitJob, console_file=None) -> int:
+class Outputs:
+    """Every file one run writes. They must be distinct (two outputs never share a path), are checked before any
+    work, and the first write of each is exclusive unless ``force``: a file that another process created
+    meanwhile is never replaced. Later writes of a file this run already wrote replace it."""
+
+    def __init__(self, force: bool) -> None:
+        self.force = force
+        self.paths: dict[Path, str] = {}
+        self.mine: set[Path] = set()
+
+    def add(self, path: Optional[Path], role: str, *, check: bool = True, own: bool = False) -> None:
+        if path is None:
+            return
+        key = Path(os.path.abspath(path))
+        if key in self.paths:
+            raise DipError(f"{self.paths[key]} and {role} share the path {path}: give them different paths")
+        self.paths[key] = role
+        if own:  # e.g. --checkpoint equal to --resume: the run continues its own file
+            self.mine.add(key)
+        elif check:
+            check_output(path, self.force)
+
+    def owns(self, path: Path) -> bool:
+        return Path(os.path.abspath(path)) in self.mine
+
+    def write(self, path: Path, write: Callable[[bool], Any]) -> None:
+        """Calls ``write(overwrite)``; the first write of a path is exclusive unless --force."""
+        key = Path(os.path.abspath(path))
+        write(self.force or key in self.mine)
+        self.mine.add(key)
+
+
+def _check_memory(config: FitConfig, problem: Problem, device: str) -> None:
+    """Refuses, before any allocation, an image whose fit cannot fit in this machine's memory."""
+    need = fit_bytes(config.net, problem.canvas)
+    if device.startswith("cuda"):
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        where = "GPU memory"
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+        where = "memory"
+    if need > 0.9 * have:
+        gib = 2**30
+        raise DipError(f"fitting at {problem.canvas[1]}x{problem.canvas[0]} needs about {need / gib:.1f} GiB but this "
+                       f"machine has {have / gib:.1f} GiB of {where}: use a smaller image or a smaller network "
+                       f"(--channels, --depth)")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+
+
+def run_job(job: FitJob, console_file: Any = None) -> int:
     """Runs the job; returns the exit code (0, or 130 after Ctrl-C, with checkpoint and image saved)."""
     from rich.console import Console
 
-    console = Console(file=console_file or sys.stderr)
-    device = resolve_device(job.device)
-    if job.log_every <= 0:
-        raise DipError(f"--log-every must be positive, got {job.log_every}")
-    if job.snapshot_every < 0:
+    console = Console(file=console_file or sys.stderr, highlight=False)
+    if isinstance(job.snapshot_every, bool) or job.snapshot_every < 0:
         raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
+    if not job.status_every > 0:
+        raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
+    ckpt: Optional[Checkpoint] = None
     if job.resume is not None:
-        if job.task is not None or job.image is not None:
-            raise DipError("--resume continues a saved fit: give no TASK or IMAGE with it")
         ckpt = load_checkpoint(job.resume)
-        changes = {"log_every": job.log_every, **step_options(job)}
-        if job.iterations is not None:
-            changes["iterations"] = job.iterations
-        config = ckpt.config.replace(**changes)
-        if config.iterations <= ckpt.iteration:
-            raise DipError(f"the checkpoint is already at iteration {ckpt.iteration}; "
-                           f"pass --iterations larger than that to continue")
-        problem = ckpt.problem
+        config, problem = resume_config(job, ckpt), ckpt.problem
     else:
-        config, problem = load_problem(job, lambda channels: build_config(job, channels))
-        ckpt = None
+        config, problem = load_problem(job)
+    device = resolve_device(str(config.device))
+    config = config.replace(device=device)
 
-    outputs = [job.output, job.report, job.compare]
-    ckpt_path = job.checkpoint or default_checkpoint_path(job.output)
-    same_as_resume = job.resume is not None and ckpt_path.resolve() == job.resume.resolve()
-    for path in outputs:
-        if path is not None:
-            check_output(path, job.force)
-    if job.checkpoint is not None and not same_as_resume:
-        check_output(job.checkpoint, job.force)
+    outputs = Outputs(job.force)
+    outputs.add(job.output, "-o")
+    same_as_resume = (job.resume is not None and job.checkpoint is not None
+                      and os.path.abspath(job.checkpoint) == os.path.abspath(job.resume))
+    outputs.add(job.checkpoint, "--checkpoint", own=same_as_resume)
+    outputs.add(job.report, "--report")
+    outputs.add(job.compare, "--compare")
     if job.snapshot_every:
         for it in range(job.snapshot_every, config.iterations + 1, job.snapshot_every):
-            check_output(snapshot_path(job.output, it), job.force)
+            outputs.add(snapshot_path(job.output, it), f"snapshot {it}")
+    interrupt_ckpt = job.checkpoint or default_checkpoint_path(job.output)
+    if job.checkpoint is None:  # on Ctrl-C: OUT.ckpt, the resumed file itself, or OUT-<iteration>.ckpt if taken
+        continues = job.resume is not None and os.path.abspath(interrupt_ckpt) == os.path.abspath(job.resume)
+        outputs.add(interrupt_ckpt, "the Ctrl-C checkpoint", check=False, own=continues)
+    if job.resume is not None and not same_as_resume and not outputs.owns(job.resume):
+        outputs.add(job.resume, "--resume", check=False)  # an input: no output may be written over it
+    _check_memory(config, problem, device)
 
     try:
         fitter = ckpt.fitter(device, config) if ckpt is not None else Fitter(config, problem, device=device)
-    except ValueError as exc:  # e.g. --precision fp16 on a CPU
-        raise DipError(str(exc)) from None
-    console.print(f"step: {fitter.plan.describe()}")
-    saver = BestSaver(fitter, job.output, job.checkpoint) if fitter.stopper is not None else None
-    result = _run_with_progress(fitter, config, job, console, saver)
+        console.print(f"step: {fitter.plan.describe()}")
+        with interrupt_flag(lambda message: console.print(message)) as stop_requested:
+            saver = BestSaver(fitter, job.output, job.checkpoint, outputs) if fitter.stopper is not None else None
+            result = _run_with_progress(fitter, config, job, console, outputs, saver, stop_requested)
+            return _finish(fitter, result, job, console, outputs, interrupt_ckpt)
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise DipError(f"out of memory while fitting at {problem.canvas[1]}x{problem.canvas[0]}: use a smaller "
+                           f"image or a smaller network (--channels, --depth)") from None
+        raise
 
+
+def _finish(fitter: Fitter, result: FitResult, job: FitJob, console: Any, outputs: Outputs,
+            interrupt_ckpt: Path) -> int:
+    problem = fitter.problem
     if result.stop_reason == "interrupted":
-        if ckpt_path.exists() and not (job.force or same_as_resume or job.checkpoint is not None):
-            ckpt_path = ckpt_path.with_name(ckpt_path.stem + f"-{fitter.iteration}.ckpt")
-        save_checkpoint(fitter, ckpt_path)
-        save_image(result.image, job.output)
+        path = interrupt_ckpt
+        if job.checkpoint is None and path.exists() and not (job.force or outputs.owns(path)):
+            path = path.with_name(path.stem + f"-{fitter.iteration}.ckpt")
+        outputs.write(path, lambda overwrite: save_checkpoint(fitter, path, overwrite=overwrite))
+        outputs.write(job.output, lambda overwrite: save_image(result.image, job.output, overwrite=overwrite))
         console.print(f"interrupted at iteration {fitter.iteration}: image written to {job.output}, checkpoint to "
-                      f"{ckpt_path}; continue with: dipc fit --resume {ckpt_path} -o {job.output} --force")
+                      f"{path}; continue with: dipc fit --resume {path} -o {job.output} --force")
         return INTERRUPTED
-
-    save_image(result.image, job.output)
+    outputs.write(job.output, lambda overwrite: save_image(result.image, job.output, overwrite=overwrite))
     if job.checkpoint is not None:
-        save_checkpoint(fitter, job.checkpoint)
+        ckpt = job.checkpoint
+        outputs.write(ckpt, lambda overwrite: save_checkpoint(fitter, ckpt, overwrite=overwrite))
     if job.compare is not None:
         panels = [problem.corrupted_view().cpu(), result.image]
         if problem.reference is not None:
             panels.append(problem.reference.cpu())
-        save_side_by_side(panels, job.compare)
+        compare = job.compare
+        outputs.write(compare, lambda overwrite: save_side_by_side(panels, compare, overwrite=overwrite))
     report = build_report(fitter, result)
     if job.report is not None:
-        save_report(report, job.report)
+        path = job.report
+        outputs.write(path, lambda overwrite: save_report(report, path, overwrite=overwrite))
     _summary(console, result, report, job)
     return 0
 
@@ -253,30 +350,35 @@ class BestSaver:
     """
 
     def __init__(self, fitter: Fitter, image_path: Path, checkpoint_path: Optional[Path],
-                 image_seconds: float = 10.0, checkpoint_seconds: float = 60.0) -> None:
+                 outputs: Optional[Outputs] = None, image_seconds: float = 10.0,
+                 checkpoint_seconds: float = 60.0) -> None:
         self.fitter, self.image_path, self.checkpoint_path = fitter, image_path, checkpoint_path
+        self.outputs = outputs or Outputs(force=True)
         self.image_seconds, self.checkpoint_seconds = image_seconds, checkpoint_seconds
         self.image_written: tuple[Optional[int], float] = (None, float("-inf"))  # (minimum written, when)
         self.checkpoint_written: tuple[Optional[int], float] = (None, float("-inf"))
         self.writes = {"image": 0, "checkpoint": 0}
 
     def __call__(self, record: LogRecord) -> None:
+        assert self.fitter.stopper is not None
         chosen = self.fitter.stopper.chosen_iteration()
         if chosen is None:
             return
         now = time.monotonic()
         if chosen != self.image_written[0] and now - self.image_written[1] >= self.image_seconds:
-            save_image(self.fitter.image()[0], self.image_path)
+            image, path = self.fitter.image()[0], self.image_path
+            self.outputs.write(path, lambda overwrite: save_image(image, path, overwrite=overwrite))
             self.image_written = (chosen, now)
             self.writes["image"] += 1
-        if (self.checkpoint_path is not None and chosen != self.checkpoint_written[0]
+        ckpt = self.checkpoint_path
+        if (ckpt is not None and chosen != self.checkpoint_written[0]
                 and now - self.checkpoint_written[1] >= self.checkpoint_seconds):
-            save_checkpoint(self.fitter, self.checkpoint_path)
+            self.outputs.write(ckpt, lambda overwrite: save_checkpoint(self.fitter, ckpt, overwrite=overwrite))
             self.checkpoint_written = (chosen, now)
             self.writes["checkpoint"] += 1
 
 
-def _summary(console, result: FitResult, report: dict, job: FitJob) -> None:
+def _summary(console: Any, result: FitResult, report: dict[str, Any], job: FitJob) -> None:
     line = (f"{result.iterations} iterations ({result.stop_reason}), {result.iterations_per_second:.2f} it/s, "
             f"image from {result.image_source}")
     if result.stop_info.get("chosen_iteration") is not None:
@@ -287,16 +389,42 @@ def _summary(console, result: FitResult, report: dict, job: FitJob) -> None:
     console.print(line)
 
 
-def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console,
-                       saver: Optional[Callable[[LogRecord], None]] = None) -> FitResult:
+def status_line(task: str, r: LogRecord, ema: bool) -> str:
+    """The plain progress line printed when stderr is not a terminal (CI, nohup, a cluster job's log)."""
+    line = f"{task} {r.iteration}/{r.total} loss {r.loss:.3e}"
+    if r.psnr_reference is not None:
+        line += f" PSNR {r.psnr_reference:.2f} dB" + (f" (EMA {r.psnr_reference_ema:.2f})" if ema else "")
+    line += f" {r.iterations_per_second:.2f} it/s"
+    if r.iterations_per_second > 0:
+        left = int((r.total - r.iteration) / r.iterations_per_second)
+        line += f" ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+    return line
+
+
+def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console: Any, outputs: Outputs,
+                       saver: Optional[Callable[[LogRecord], None]], stop_requested: Callable[[], bool]) -> FitResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     def snapshot(iteration: int, image: torch.Tensor) -> None:
-        save_image(image, snapshot_path(job.output, iteration))
+        path = snapshot_path(job.output, iteration)
+        outputs.write(path, lambda overwrite: save_image(image, path, overwrite=overwrite))
 
-    kwargs = dict(snapshot_every=job.snapshot_every, on_snapshot=snapshot)
+    kwargs: dict[str, Any] = dict(snapshot_every=job.snapshot_every, on_snapshot=snapshot,
+                                  stop_requested=stop_requested)
     if job.quiet:
         return fitter.run(config.iterations, on_log=saver, **kwargs)
+    if not console.is_terminal:
+        last = [time.monotonic()]
+
+        def plain(r: LogRecord) -> None:
+            now = time.monotonic()
+            if now - last[0] >= job.status_every or r.iteration == r.total:
+                last[0] = now
+                console.print(status_line(str(config.task), r, fitter.ema is not None), soft_wrap=True)
+            if saver is not None:
+                saver(r)
+
+        return fitter.run(config.iterations, on_log=plain, **kwargs)
     columns = [TextColumn(f"{config.task}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
@@ -313,3 +441,4 @@ def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console,
                 saver(r)
 
         return fitter.run(config.iterations, on_log=on_log, **kwargs)
+

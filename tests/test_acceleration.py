@@ -1,11 +1,10 @@
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from conftest import smooth_image, tiny_config
 from dip_compile import acceleration
 from dip_compile.acceleration import AcceleratedStep, Capability, LossModule, choose
-from dip_compile.cli import app
+from dip_compile.cli import main
 from dip_compile.config import NetConfig
 from dip_compile.fitting import EagerStep, Fitter
 from dip_compile.problem import add_noise, make_problem
@@ -66,24 +65,31 @@ def test_explicit_eager_fp32_is_the_unchanged_baseline_step():
 
 
 def test_unknown_backend_or_fp16_on_cpu_is_refused():
-    with pytest.raises(ValueError, match="unknown backend 'jit'"):
-        choose(tiny_config(backend="jit"), "cpu", (32, 32), AVX2)
+    with pytest.raises(ValueError, match="--backend must be one of auto, eager, inductor, script, got 'jit'"):
+        tiny_config(backend="jit")
     with pytest.raises(ValueError, match="fp16 is for CUDA"):
-        choose(tiny_config(precision="fp16"), "cpu", (32, 32), AVX2)
+        choose(tiny_config(precision="fp16", device="auto"), "cpu", (32, 32), AVX2)
 
 
-def test_cli_rejects_unknown_backend_and_precision_in_one_line(tmp_path, image_png):
-    for option, value, text in (("--backend", "jit", "--backend must be one of"),
-                                ("--precision", "fp8", "--precision must be one of"),
+def test_cli_rejects_unknown_backend_and_precision_in_one_line(tmp_path, image_png, capsys):
+    for option, value, text in (("--backend", "jit", "'jit' is not one of"),
+                                ("--precision", "fp8", "'fp8' is not one of"),
                                 ("--precision", "fp16", "fp16 is for CUDA")):
-        result = CliRunner().invoke(app, ["fit", "denoise", str(image_png), "-o", str(tmp_path / "o.png"),
-                                          "--iterations", "1", "--depth", "2", "--channels", "4", "--device",
-                                          "cpu", option, value])
-        assert result.exit_code == 2
-        assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", "denoise", str(image_png), "-o", str(tmp_path / "o.png"), "--iterations", "1", "--depth", "2",
+                  "--channels", "4", "--device", "cpu", option, value])
+        stderr = capsys.readouterr().err
+        assert exit_.value.code == 2
+        assert text in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
-def test_fused_adam_under_auto_follows_the_eager_loss_trajectory():
+def test_auto_on_the_faked_cpu_picks_what_the_fake_says(fake_cpu_capability):
+    plan = Fitter(tiny_config(backend="auto", precision="auto"), make_problem(tiny_config(), NOISY)).plan
+    assert plan.precision == ("bf16" if fake_cpu_capability.fast_bf16 else "fp32")
+
+
+def test_fused_adam_under_auto_follows_the_eager_loss_trajectory(monkeypatch):
+    monkeypatch.setattr(acceleration, "capability", lambda device: AVX2)  # auto = fp32 + fused Adam
     eager, auto = fit("eager", "fp32", 8), fit("auto", "auto", 8)
     assert auto.plan.fused_adam
     torch.testing.assert_close(torch.tensor(auto.history["loss"]), torch.tensor(eager.history["loss"]),

@@ -2,9 +2,12 @@
 
 import json
 import os
+import pickle
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +100,11 @@ def bad_input_cases(tmp: Path, image: Path):
     (tmp / "broken.ckpt").write_bytes(b"PK\x03\x04 not really a checkpoint")
     torch.save({"format": "something-else"}, tmp / "other.ckpt")
     torch.save({"format": "dip-compile-checkpoint", "version": 99}, tmp / "future.ckpt")
+    with open(tmp / "pickle.ckpt", "wb") as f:
+        pickle.dump({"format": "dip-compile-checkpoint"}, f)
+    os.mkfifo(tmp / "fifo.png")
+    (tmp / "bomb.png").write_bytes(png_header(100_000, 100_000))
+    Image.fromarray(np.full((8, 8), 70000, np.int32), mode="I").save(tmp / "int32.tif")
     out = tmp / "o.png"
     return {
         "missing image": (["fit", "denoise", tmp / "nope.png", "-o", out], "not found"),
@@ -106,10 +114,22 @@ def bad_input_cases(tmp: Path, image: Path):
         "no mask": (["fit", "inpaint", image, "-o", out], "exactly one of --mask"),
         "mask on denoise": (["fit", "denoise", image, "--mask", small_mask, "-o", out], "only apply to inpaint"),
         "wrong factor": (["fit", "super-resolve", image, "--factor", "3", "-o", out], "2, 4 or 8"),
-        "zero iterations": (["fit", "denoise", image, "--iterations", "0", "-o", out], "iterations must be positive"),
-        "negative lr": (["fit", "denoise", image, "--lr", "-1", "-o", out], "learning rate must be positive"),
+        "zero iterations": (["fit", "denoise", image, "--iterations", "0", "-o", out], "--iterations must be a whole"),
+        "negative lr": (["fit", "denoise", image, "--lr", "-1", "-o", out], "--lr must be a finite number"),
+        "infinite lr": (["fit", "denoise", image, "--lr", "inf", "-o", out], "--lr must be a finite number"),
+        "nan reg-noise": (["fit", "denoise", image, "--reg-noise", "nan", "-o", out], "--reg-noise must be a finite"),
+        "inf reg-noise": (["fit", "denoise", image, "--reg-noise", "inf", "-o", out], "--reg-noise must be a finite"),
+        "nan sigma": (["fit", "denoise", image, "--sigma", "nan", "-o", out], "--sigma"),
+        "nan holes": (["fit", "inpaint", image, "--holes", "nan", "-o", out], "--holes"),
         "bad sigma": (["fit", "denoise", image, "--sigma", "-5", "-o", out], "--sigma"),
-        "bad hole fraction": (["fit", "inpaint", image, "--holes", "1.5", "-o", out], "hole fraction"),
+        "bad hole fraction": (["fit", "inpaint", image, "--holes", "1.5", "-o", out], "--holes"),
+        "-o is --checkpoint": (["fit", "denoise", image, "-o", out, "--checkpoint", out], "share the path"),
+        "-o is --report": (["fit", "denoise", image, "-o", out, "--report", out], "share the path"),
+        "-o is --compare": (["fit", "denoise", image, "-o", out, "--compare", out], "share the path"),
+        "raw pickle checkpoint": (["fit", "--resume", tmp / "pickle.ckpt", "-o", out], "not a readable"),
+        "image is a fifo": (["fit", "denoise", tmp / "fifo.png", "-o", out], "not a regular file"),
+        "decompression bomb": (["fit", "denoise", tmp / "bomb.png", "-o", out], "too large"),
+        "32-bit integer image": (["fit", "denoise", tmp / "int32.tif", "-o", out], "32-bit"),
         "existing output": (["fit", "denoise", image, "-o", tmp / "existing.png"], "--force"),
         "missing output folder": (["fit", "denoise", image, "-o", tmp / "no" / "o.png"], "does not exist"),
         "corrupted checkpoint": (["fit", "--resume", tmp / "broken.ckpt", "-o", out], "not a readable"),
@@ -120,6 +140,15 @@ def bad_input_cases(tmp: Path, image: Path):
         "keep-known on denoise": (["fit", "denoise", image, "--keep-known", "-o", out], "only applies to inpaint"),
         "bad depth": (["fit", "denoise", image, "--depth", "0", "-o", out], "--depth"),
     }
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims a size in its header and holds no pixels (what a decompression bomb looks like)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(
+        b"IEND", b"")
 
 
 def test_every_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, image_png):
@@ -135,9 +164,8 @@ def test_every_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, image_
 
 def test_unwritable_output_folder_is_reported_before_fitting(tmp_path, image_png, monkeypatch):
     # tests run as root, who may write anywhere: make the permission check see a read-only folder
-    import dip_compile.imageio as imageio
-
-    monkeypatch.setattr(imageio, "writable", lambda folder: False)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK else real(path, mode))
     result = invoke("fit", "denoise", image_png, "-o", tmp_path / "o.png")
     assert result.exit_code == 2 and "not writable" in result.stderr
     assert not (tmp_path / "o.png").exists()
@@ -149,3 +177,126 @@ def test_console_script_turns_usage_errors_into_one_line(tmp_path, image_png):
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--iterations" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_small_and_odd_sizes_are_fitted_on_a_larger_canvas_and_keep_their_size(tmp_path):
+    for width, height, extra in ((8, 8, []), (100, 20, TINY), (5, 3, TINY)):
+        image = save_png(np.random.default_rng(0).random((3, height, width)).astype(np.float32),
+                         tmp_path / f"{width}x{height}.png")
+        out = tmp_path / f"out-{width}x{height}.png"
+        result = invoke("fit", "denoise", image, "-o", out, "--iterations", "2", "--stop", "fixed", "-q", *extra)
+        assert result.exit_code == 0, result.stderr
+        assert Image.open(out).size == (width, height)
+
+
+def test_an_image_too_large_for_memory_is_refused_before_any_work(tmp_path):
+    image = save_png(np.zeros((3, 100_000, 1), np.float32), tmp_path / "line.png")
+    result = invoke("fit", "denoise", image, "-o", tmp_path / "o.png", "--iterations", "1")
+    assert result.exit_code == 2 and "GiB" in result.stderr and "smaller network" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_options_that_would_change_the_saved_fit(tmp_path, image_png):
+    ckpt = tmp_path / "a.ckpt"
+    first = invoke("fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "2", "--checkpoint", ckpt,
+                   "--stop", "fixed", *TINY)
+    assert first.exit_code == 0, first.stderr
+    refused = {
+        "--mask": (["--mask", image_png], "drop --mask"), "--sigma": (["--sigma", "25"], "drop --sigma"),
+        "--reference": (["--reference", image_png], "drop --reference"),
+        "--depth": (["--depth", "2"], "drop --depth"), "--channels": (["--channels", "8"], "drop --channels"),
+        "--upsample": (["--upsample", "nearest"], "drop --upsample"),
+        "--structure": (["--structure", "seed"], "drop --structure"),
+        "--seed": (["--seed", "3"], "--seed cannot change when resuming"),
+        "--stop": (["--stop", "auto"], "--stop cannot change"), "--factor": (["--factor", "4"], "--factor"),
+        "--stop-window": (["--stop-window", "7"], "--stop-window cannot change"),
+    }
+    for name, (extra, text) in refused.items():
+        result = invoke("fit", "--resume", ckpt, "-o", tmp_path / "b.png", "--iterations", "4", "-q", *extra)
+        assert result.exit_code == 2, (name, result.stderr)
+        assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
+    # what may change mid-fit is applied, and the report says so
+    result = invoke("fit", "--resume", ckpt, "-o", tmp_path / "b.png", "--iterations", "4", "--lr", "0.002",
+                    "--reg-noise", "0", "--report", tmp_path / "r.json", "-q")
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((tmp_path / "r.json").read_text())["config"]
+    assert config["lr"] == 0.002 and config["reg_noise_std"] == 0 and config["iterations"] == 4
+
+
+def test_resume_applies_the_new_learning_rate_to_the_optimizer(tmp_path, image_png):
+    from dip_compile.checkpoint import load_checkpoint
+
+    ckpt = tmp_path / "a.ckpt"
+    invoke("fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "2", "--checkpoint", ckpt, *TINY)
+    loaded = load_checkpoint(ckpt)
+    fitter = loaded.fitter("cpu", loaded.config.replace(lr=0.123))
+    assert {g["lr"] for g in fitter.optimizer.param_groups} == {0.123}
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, image_png):
+    result = invoke("fit", "denoise", image_png, "--sigma", "25", "-o", tmp_path / "o.png", "--iterations", "20",
+                    "--stop", "fixed", "--status-every", "0.000001", *TINY[:-1])
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("denoise ")]
+    assert [line.split()[1] for line in lines] == ["10/20", "20/20"]
+    assert "loss" in lines[0] and "PSNR" in lines[0] and "it/s" in lines[0] and "ETA" in lines[0]
+
+
+def test_double_ctrl_c_still_saves_the_checkpoint(tmp_path, image_png, monkeypatch):
+    original = restore.Fitter.iterate
+
+    def iterate_then_interrupt_twice(self):
+        out = original(self)
+        if self.iteration == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(restore.Fitter, "iterate", iterate_then_interrupt_twice)
+    result = invoke("fit", "denoise", image_png, "-o", tmp_path / "out.png", "--iterations", "100", *TINY)
+    assert result.exit_code == 130
+    assert (tmp_path / "out.ckpt").exists() and "still stopping and saving" in result.stderr
+
+
+def test_an_output_created_meanwhile_by_another_run_is_not_replaced(tmp_path, image_png, monkeypatch):
+    out = tmp_path / "out.png"
+    original = restore.Fitter.run
+
+    def run_while_another_process_writes_out(self, *args, **kwargs):
+        out.write_bytes(b"the other run's image")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(restore.Fitter, "run", run_while_another_process_writes_out)
+    result = invoke("fit", "denoise", image_png, "-o", out, "--iterations", "2", *TINY)
+    assert result.exit_code == 2 and "created by another process" in result.stderr
+    assert out.read_bytes() == b"the other run's image"
+    assert load_image(tmp_path / "out.1.png").shape == (3, 32, 32)
+
+
+def test_report_is_strict_json_even_with_non_finite_values(tmp_path):
+    from dip_compile.report import save_report
+
+    save_report({"loss": float("inf"), "history": {"loss": [float("nan"), 1.0]}}, tmp_path / "r.json")
+    def refuse(name: str) -> None:
+        raise ValueError(name)
+
+    data = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    assert data == {"loss": None, "history": {"loss": [None, 1.0]}}
+
+
+def test_a_checkpoint_with_tensors_of_the_wrong_shape_is_refused_in_one_line(tmp_path, image_png):
+    ckpt = tmp_path / "a.ckpt"
+    invoke("fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "2", "--checkpoint", ckpt, *TINY)
+    payload = torch.load(ckpt, weights_only=True)
+    for name, damage in (("weight", lambda p: p["state"]["net"].__setitem__(
+            "head.0.weight", torch.zeros(3, 5, 1, 1))),
+                         ("observation", lambda p: p["problem"].__setitem__("observation", torch.zeros(1, 3, 8, 8)))):
+        broken = torch.load(ckpt, weights_only=True)
+        damage(broken)
+        torch.save(broken, tmp_path / f"{name}.ckpt")
+        result = invoke("fit", "--resume", tmp_path / f"{name}.ckpt", "-o", tmp_path / "b.png", "--iterations", "4")
+        assert result.exit_code == 2 and "damaged" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        exported = invoke("export", tmp_path / f"{name}.ckpt", "-o", tmp_path / f"{name}.onnx")
+        assert exported.exit_code == 2 and "damaged" in exported.stderr, exported.stderr
+    assert payload["state"]["iteration"] == 2

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import dipc
+
 from dip_compile.checkpoint import load_checkpoint
 from dip_compile.cli import app
 from dip_compile.config import preset
@@ -201,13 +203,14 @@ def test_cli_auto_stop_reports_the_chosen_iteration_and_the_detection_gap(tmp_pa
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), to_uint8(saved))
 
 
-@pytest.mark.parametrize("flag, value, message", [("--stop-rule", "median", "--stop-rule must be wmv or emv"),
-                                                  ("--stop-patience", "0", "--stop-patience must be positive"),
-                                                  ("--stop", "sometimes", "--stop must be fixed or auto")])
+@pytest.mark.parametrize("flag, value, message", [("--stop-rule", "median", "'median' is not one of 'wmv', 'emv'"),
+                                                  ("--stop-patience", "0", "--stop-patience must be a whole number"),
+                                                  ("--stop-window", "-3", "--stop-window must be a whole number"),
+                                                  ("--stop", "sometimes", "'sometimes' is not one of 'fixed', 'auto'")])
 def test_cli_rejects_bad_stopping_options_in_one_line(tmp_path, flag, value, message):
     Image.fromarray(to_uint8(tiny_clean())).save(tmp_path / "clean.png")
-    run = CliRunner().invoke(app, ["fit", "denoise", str(tmp_path / "clean.png"), "--sigma", "25",
-                                   "-o", str(tmp_path / "out.png"), flag, value])
-    assert run.exit_code == 2
-    assert message in run.output and run.output.strip().count("\n") == 0
+    code, stderr = dipc("fit", "denoise", tmp_path / "clean.png", "--sigma", "25", "-o", tmp_path / "out.png",
+                        flag, value)
+    assert code == 2
+    assert message in stderr and stderr.strip().count("\n") == 0
     assert not (tmp_path / "out.png").exists()
