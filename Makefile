@@ -21,8 +21,22 @@ demo: setup
 		--reference dip_compile/data/example.png --report demo/report.json --checkpoint demo/restored.ckpt --force
 	@echo "demo: restored image demo/restored.png, before/after demo/before_after.png"
 
+# Lint, format check and type check, then the suite twice: with `auto` resolving as on a CPU without native bf16
+# and as on one with it (the capability is faked, so both runs pass on any CPU).
 test: setup
-	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	DIPC_TEST_AUTO_PRECISION=fp32 $(PY) -m pytest -q
+	DIPC_TEST_AUTO_PRECISION=bf16 $(PY) -m pytest -q
+
+# On demand, not in CI: speed and quality figures (tables on stdout, JSON under benchmarks/results/).
+bench-speed: setup
+	$(PY) benchmarks/fit_speed.py --nets denoise,inpaint --sizes 256 --backends eager,auto --precisions fp32,auto
+
+bench-quality: setup
+	$(PY) benchmarks/quality.py --threads 1 --size 96 --iterations 400 --denoise-iterations 1800 \
+		--stop-patience 300
 
 clean:
 	rm -rf $(VENV) demo *.egg-info

@@ -158,6 +158,7 @@ def quality(iterations: int, device: torch.device, size: int = 256) -> dict[str,
         problem = make_problem(config, noisy, reference=clean.unsqueeze(0))
         fitter = Fitter(config, problem, device=device)
         result = fitter.run()
+        assert problem.reference is not None
         ref = problem.reference.cpu()
         key = f"{backend}/{precision}"
         out[key] = {"plan": result.plan, "psnr_output": float(psnr(fitter.output().cpu(), ref)),

@@ -87,6 +87,7 @@ class Tracker:
         chosen = self.stopper.chosen_iteration()
         if chosen is not None and fitter.iteration - chosen >= self.stopper.patience:
             self.trigger, self.chosen = fitter.iteration, chosen
+            assert self.stopper.best_image is not None
             self.image = self.stopper.best_image.clone()
 
     def finish(self) -> None:
@@ -123,7 +124,7 @@ def best(series: list[float]) -> tuple[float, int]:
     return series[i], i + 1
 
 
-def params(config: FitConfig, iterations: int, preset_iterations: int, size: tuple[int, int]) -> dict[str, Any]:
+def params(config: FitConfig, iterations: int, preset_iterations: int, size: tuple[int, ...]) -> dict[str, Any]:
     return {"height": size[0], "width": size[1], "iterations_run": iterations, "preset_iterations": preset_iterations,
             "lr": config.lr, "reg_noise_std": config.reg_noise_std, "ema": config.ema,
             "backtrack_db": config.backtrack_db, "net": {"structure": config.net.structure,

@@ -174,7 +174,9 @@ class LossModule(nn.Module):
     def __init__(self, net: nn.Module, problem: Problem, crop: CenterCrop, precision: str, device_type: str,
                  cache_autocast: bool = True) -> None:
         super().__init__()
-        self.net, self.operator, self.crop = net, problem.operator, crop
+        self.net, self.crop = net, crop
+        self.operator: Callable[[torch.Tensor], torch.Tensor] = problem.operator
+        self.observation: torch.Tensor
         self.register_buffer("observation", problem.observation, persistent=False)
         self.dtype = DTYPES[precision]
         self.device_type = device_type
@@ -235,7 +237,7 @@ class AcceleratedStep:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones((), device=self.device))
             found = found.clamp(max=1.0)
-            optimizer.found_inf = found  # read by fused Adam: skips the update on the device
+            optimizer.found_inf = found  # type: ignore[attr-defined]  # read by fused Adam: skips the step on device
         self.found = found
         self.nonfinite += found
         bad = found.bool()

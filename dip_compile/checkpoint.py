@@ -76,7 +76,8 @@ class _ReportingFile(io.RawIOBase):
     RuntimeError, and this lets the caller raise the OSError (ENOSPC) it really was."""
 
     def __init__(self, raw: BinaryIO) -> None:
-        self.raw, self.error = raw, None
+        self.raw = raw
+        self.error: OSError | None = None
 
     def writable(self) -> bool:
         return True
@@ -93,7 +94,7 @@ def _torch_save(payload: dict[str, Any], path: Path) -> None:
     with open(path, "wb") as raw:
         out = _ReportingFile(raw)
         try:
-            torch.save(payload, out)
+            torch.save(payload, out)  # type: ignore[arg-type]  # a file object: torch calls write()
         except RuntimeError:
             if out.error is not None:
                 raise out.error from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -12,6 +11,7 @@ import typer
 
 from .config import Backend, Precision, StopRule, StopVariant, Structure, Task, Upsample
 from .errors import DipError
+from .export_options import BatchNormMode, ExportFormat, ExportImage, ExportOptions, NoiseMode, Provider, Weights
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Image Prior restoration: fit, export and regenerate.")
@@ -111,46 +111,13 @@ def fit(
         raise typer.Exit(code)
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-    all = "all"
-
-
-class ExportImage(str, Enum):
-    output = "output"
-    ema = "ema"
-    best = "best"
-
-
-class BatchNormMode(str, Enum):
-    frozen = "frozen"
-    batch = "batch"
-
-
-class Weights(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-
-
-class NoiseMode(str, Enum):
-    embedded = "embedded"
-    seed = "seed"
-
-
-class Provider(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 @app.command()
 @user_errors
 def export(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint(s) written by dipc fit --checkpoint")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output file (a folder for several checkpoints)")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx, torchscript or all (OUT.onnx + OUT.pt)")] = ExportFormat.onnx,
-    image: Annotated[ExportImage, typer.Option(help="output: network on the fixed noise; ema / best: the fit's EMA or auto-stop image (stored correction)")] = ExportImage.output,
+    image: Annotated[ExportImage, typer.Option(help="fit: the image the fit returned (default); output: network on the fixed noise; ema / best: the fit's EMA or auto-stop image (stored correction)")] = ExportImage.fit,
     bn: Annotated[BatchNormMode, typer.Option(help="frozen: statistics of the fixed noise folded into convs; batch: live statistics, exact for any noise")] = BatchNormMode.frozen,
     weights: Annotated[Weights, typer.Option(help="weight storage: fp32, or fp16 (half the size, not bit-exact)")] = Weights.fp32,
     noise: Annotated[NoiseMode, typer.Option(help="embedded: the noise is in the file (empty feed works anywhere); seed: rebuilt from the seed by regenerate (file ~ weights)")] = NoiseMode.embedded,
@@ -160,8 +127,8 @@ def export(
     """Export a fitted network with its fixed noise: ONNX (runs with an empty feed) and/or TorchScript."""
     from . import exporters
 
-    written = exporters.export_checkpoints(checkpoints, output, fmt=fmt.value, image=image.value, bn=bn.value,
-                                           weights=weights.value, noise=noise.value, verify=verify, force=force)
+    options = ExportOptions(fmt=fmt, image=image, bn=bn, weights=weights, noise=noise, verify=verify, force=force)
+    written = exporters.export_checkpoints(checkpoints, output, options)
     failed, noted = False, set()
     for w in written:
         mib = 1024 * 1024
@@ -175,11 +142,10 @@ def export(
             typer.echo(f"  {note}")
         if w.check is not None:
             ok = exporters.passes(w.check)
-            exact = weights.value == "fp32"
+            exact = weights == Weights.fp32
             failed |= exact and not ok
             verdict = ("OK" if ok else "MISMATCH") if exact else "fp16 weights: not held to the exactness target"
-            typer.echo(f"  verify: max abs diff {w.check['max_abs_diff']:.3g}, identical 8-bit pixels "
-                       f"{100 * w.check['identical_8bit']:.3f}%, max 8-bit diff {w.check['max_8bit_diff']} ({verdict})")
+            typer.echo(f"  verify: {exporters.replay.check_line(w.check, verdict)}")
     if failed:
         raise typer.Exit(1)
 
@@ -215,17 +181,26 @@ def regenerate(
         raise typer.Exit(code)
 
 
+def _usage_exception() -> type[Exception]:
+    """The exception typer raises for usage errors: its own where it vendors click, click's otherwise."""
+    try:
+        from typer import TyperException
+
+        return TyperException
+    except ImportError:
+        from click import ClickException
+
+        return ClickException
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: usage errors too become one line on stderr with exit code 2."""
-    try:
-        from typer import TyperException as UsageProblem  # typer that vendors click
-    except ImportError:  # older typer on top of click
-        from click import ClickException as UsageProblem
+    usage_problem = _usage_exception()
 
     args = sys.argv[1:] if argv is None else argv
     try:
         code = app(args=args or ["--help"], prog_name="dipc", standalone_mode=False)
-    except UsageProblem as exc:
+    except usage_problem as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         print(f"dipc: error: {' '.join(message.split())}", file=sys.stderr)
         sys.exit(2)

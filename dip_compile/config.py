@@ -284,22 +284,22 @@ def _plain(value: Any) -> Any:
 PAPER_NET = NetConfig()
 
 # The kate inpainting net: 128 skip channels and nearest upsampling (3,002,627 parameters).
-PAPER_INPAINT_NET = NetConfig(channels_skip=(128, 128, 128, 128, 128), upsample="nearest")
+PAPER_INPAINT_NET = NetConfig(channels_skip=(128, 128, 128, 128, 128), upsample=Upsample.nearest)
 
 
 def preset(task: str, *, factor: int = 4, output_channels: int = 3) -> FitConfig:
     """The paper notebooks' settings for a task (kate inpainting, F16 denoising, x4/x8 super-resolution)."""
     if task == "inpaint":
         net = dataclasses.replace(PAPER_INPAINT_NET, output_channels=output_channels)
-        return FitConfig(task="inpaint", net=net, iterations=6000, lr=0.01, reg_noise_std=0.03,
+        return FitConfig(task=Task.inpaint, net=net, iterations=6000, lr=0.01, reg_noise_std=0.03,
                          ema=None, backtrack_db=None)
     if task == "denoise":
         net = dataclasses.replace(PAPER_NET, output_channels=output_channels)
-        return FitConfig(task="denoise", net=net, iterations=3000, lr=0.01, reg_noise_std=1.0 / 30.0,
-                         ema=0.99, backtrack_db=5.0, stop="auto")
+        return FitConfig(task=Task.denoise, net=net, iterations=3000, lr=0.01, reg_noise_std=1.0 / 30.0,
+                         ema=0.99, backtrack_db=5.0, stop=StopRule.auto)
     if task == "super-resolve":
         net = dataclasses.replace(PAPER_NET, output_channels=output_channels)
         iterations, reg = {2: (2000, 0.03), 4: (2000, 0.03), 8: (4000, 0.05)}.get(factor, (2000, 0.03))
-        return FitConfig(task="super-resolve", net=net, iterations=iterations, lr=0.01, reg_noise_std=reg,
+        return FitConfig(task=Task.super_resolve, net=net, iterations=iterations, lr=0.01, reg_noise_std=reg,
                          ema=None, backtrack_db=None, factor=factor)
     raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

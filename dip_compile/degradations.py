@@ -23,6 +23,8 @@ class Identity(nn.Module):
 class Mask(nn.Module):
     """Inpainting: only known pixels (mask 1) count. The paper's loss is MSE(out * m, img * m)."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask.reshape(1, 1, *mask.shape[-2:]).float())
@@ -53,6 +55,7 @@ class Downsampler(nn.Module):
     def __init__(self, factor: int, channels: int = 3) -> None:
         super().__init__()
         self.factor = factor
+        self.weight: torch.Tensor
         kernel = torch.from_numpy(lanczos2_kernel(factor)).float()
         self.register_buffer("weight", kernel.expand(channels, 1, *kernel.shape).contiguous())
         k = kernel.shape[0]

@@ -17,19 +17,22 @@ The graph is a small list of nodes (:class:`Node`) built by walking the hourglas
 so both files hold the same network. The image is cropped from the canvas to the image size inside the graph.
 With fp16 weights only the convolutions are stored in half precision; BN then stays a separate fp32 scale+shift
 whose frozen statistics are taken from the fp16-rounded network, so they match the weights that ship.
-The EMA (or auto-stop) image is not a function of the network: it is shipped as a stored constant correction
-``target - output`` added to the network's output, and the metadata says so.
+The EMA (or auto-stop) image is not a function of the network, nor is an inpainting fit's image with its observed
+pixels kept (``--keep-known``): it is shipped as a stored constant correction ``target - output`` added to the
+network's output, and the metadata says so. By default (``--image fit``) the export reproduces the image the fit
+returned, whichever of these it was.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import Checkpoint
 from .errors import DipError
+from .export_options import BatchNormMode, ExportFormat, ExportImage, ExportOptions, NoiseMode, Weights, choice
 from .metrics import psnr
 from .network import Hourglass, PaperLevel, SeedLevel
 from .problem import crop_box
@@ -47,16 +51,9 @@ from .replay import regenerate as replay
 FORMAT = replay.FORMAT
 VERSION = replay.VERSION
 OPSET = 17
-IMAGES = ("output", "ema", "best")
-BN_MODES = ("frozen", "batch")
-WEIGHTS = ("fp32", "fp16")
-NOISE = ("embedded", "seed")
-
-
-def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    """One-line error for an option value outside its choices (the library is callable without the CLI's enums)."""
-    if value not in choices:
-        raise DipError(f"unknown {option} {value!r}; choose {' or '.join(choices)}")
+DEFAULTS = ExportOptions()
+KNOWN_PIXELS = " + known pixels"  # Fitter.image_source()'s suffix when the fit pasted the observed pixels
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -88,7 +85,7 @@ class ExportPlan:
     noise: torch.Tensor  # (1, D, Hc, Wc) float32
     target: torch.Tensor  # (1, C, H, W): the image the export reproduces on ``noise``
     metadata: dict[str, str]
-    weights: str  # fp32 | fp16
+    weights: Weights
     embed_noise: bool = True  # False: the ONNX noise input has no initializer; regenerate.py rebuilds it from the seed
 
 
@@ -205,20 +202,19 @@ def _rename(nodes: list[Node], old: str, new: str) -> None:
 
 
 def build_graph(net: Hourglass, noise: torch.Tensor, canvas: tuple[int, int], size: tuple[int, int], *,
-                bn: str = "frozen", fold: bool = True, correction: torch.Tensor | None = None) -> Graph:
+                bn: str = DEFAULTS.bn, fold: bool = True, correction: torch.Tensor | None = None) -> Graph:
     """The inference graph of ``net`` on the canvas, cropped to ``size``; ``correction`` is added after the crop."""
-    if bn not in BN_MODES:
-        raise DipError(f"unknown BatchNorm mode {bn!r}; choose frozen or batch")
-    stats = capture_bn_statistics(net, noise) if bn == "frozen" else {}
+    bn = choice(BatchNormMode, bn, "--bn")
+    stats = capture_bn_statistics(net, noise) if bn == BatchNormMode.frozen else {}
     b = _Builder(stats, bn)
     y = b.module(net, "noise")
     if tuple(canvas) != tuple(size):
-        y = b.add("crop", [y], box=crop_box(tuple(canvas), tuple(size)))
+        y = b.add("crop", [y], box=crop_box(canvas, size))
     if correction is not None:
         y = b.add("add", [y], {"value": correction.detach().double()})
         y = b.add("clip", [y])
     graph = Graph(b.nodes, "noise", y)
-    return fold_affines(graph) if fold and bn == "frozen" else graph
+    return fold_affines(graph) if fold and bn == BatchNormMode.frozen else graph
 
 
 # --- the torch executor (what TorchScript records, and the torch side of verification) ------------------------
@@ -291,47 +287,80 @@ class Regenerator(nn.Module):
 # --- plans, metadata, exporters --------------------------------------------------------------------------------
 
 def noise_checksum(noise: torch.Tensor) -> str:
-    """sha256 of the noise as little-endian float32 in C order (what the ONNX initializer stores)."""
-    array = np.ascontiguousarray(noise.detach().cpu().float().numpy()).astype("<f4", copy=False)
-    return "sha256:" + hashlib.sha256(array.tobytes()).hexdigest()
+    """sha256 of the noise as little-endian float32 in C order (what the ONNX initializer stores), computed by the
+    code regenerate.py checks it with."""
+    return replay.checksum(noise.detach().cpu().float().numpy())
 
 
-def _target(ckpt: Checkpoint, fitter: Any, image: str) -> torch.Tensor:
-    if image == "output":
-        return fitter.output()
-    if image == "ema":
+def _target(fitter: Any, image: ExportImage) -> tuple[torch.Tensor, str]:
+    """The image the export reproduces and what it is: output, ema, best, or (for ``fit``) the fit's own choice,
+    with ``KNOWN_PIXELS`` appended when the fit pasted the observed pixels."""
+    if image == ExportImage.fit:
+        target, source = fitter.image()
+        return target.float(), image_kind(source)
+    if image == ExportImage.output:
+        return fitter.output(), "output"
+    if image == ExportImage.ema:
         if fitter.ema is None:
-            raise DipError("this checkpoint has no EMA image (the fit ran without --ema smoothing); use --image output")
-        return fitter.ema.float()
-    if image == "best":
-        best = fitter.stopper.best_image if fitter.stopper is not None else None
-        if best is None:
-            raise DipError("this checkpoint has no auto-stop image (the fit did not use --stop auto); use --image output")
-        return best.float()
-    raise DipError(f"unknown --image {image!r}; choose output, ema or best")
+            raise DipError("this checkpoint has no EMA image (the fit ran without --ema smoothing); use --image fit")
+        return fitter.ema.float(), "ema"
+    best = fitter.stopper.best_image if fitter.stopper is not None else None
+    if best is None:
+        raise DipError("this checkpoint has no auto-stop image (the fit did not use --stop auto); use --image fit")
+    return best.float(), "best"
 
 
-def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", weights: str = "fp32",
-                noise_mode: str = "embedded", fold: bool = True) -> ExportPlan:
-    """Builds the inference graph and metadata of a checkpoint's network (on the CPU, float32)."""
-    check_choice("--noise", noise_mode, NOISE)
-    check_choice("--weights", weights, WEIGHTS)
-    check_choice("--image", image, IMAGES)
+def image_kind(source: str) -> str:
+    """The metadata's name (``image``) for a ``Fitter.image_source()``: the --image choice it corresponds to, with
+    ``KNOWN_PIXELS`` kept."""
+    return source.replace("auto-stop best", ExportImage.best.value)
+
+
+def _finite(tensors: Any) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+IMAGE_NOTES = {"output": "network output on the fixed noise, BatchNorm in train mode (batch statistics)",
+               "ema": "the fit's EMA image = network output + a stored constant correction (clipped to [0,1])",
+               "best": "the auto-stop image = network output + a stored constant correction (clipped to [0,1])"}
+
+
+def _image_note(kind: str) -> str:
+    base = kind.removesuffix(KNOWN_PIXELS)
+    if kind == base:
+        return IMAGE_NOTES[kind]
+    return (f"the fit's image with its observed pixels kept (--keep-known): its {base} image in the holes and the "
+            f"observed pixels elsewhere = network output + a stored constant correction (clipped to [0,1])")
+
+
+def plan_export(ckpt: Checkpoint, *, image: str = DEFAULTS.image, bn: str = DEFAULTS.bn,
+                weights: str = DEFAULTS.weights, noise_mode: str = DEFAULTS.noise, fold: bool = True) -> ExportPlan:
+    """Builds the inference graph and metadata of a checkpoint's network (on the CPU, float32); strings or the
+    Enums of :mod:`export_options`."""
+    options = ExportOptions.of(image=image, bn=bn, weights=weights, noise=noise_mode)
     fitter = ckpt.fitter(device="cpu", config=ckpt.config.replace(device="cpu", backend="eager"))
     net, noise, problem = fitter.net, fitter.net_input.float(), fitter.problem
-    if noise_mode == "seed":
+    if not _finite(net.parameters()):
+        raise DipError("the fit diverged: its network weights contain NaN/inf; nothing to export")
+    if options.noise == NoiseMode.seed:
         _check_seed_noise(ckpt, noise)
     output = fitter.output()
-    target = _target(ckpt, fitter, image).cpu()
-    correction = None if image == "output" else target - output
-    if weights == "fp16":
+    target, kind = _target(fitter, options.image)
+    target = target.cpu()
+    if not _finite([target]):
+        raise DipError(f"the fit's {kind} image contains NaN/inf; nothing to export")
+    correction = None if kind == "output" else target - output
+    if options.weights == Weights.fp16:
         # Round the convolutions to fp16 first and take the frozen statistics of that network, so the statistics
         # match the weights that ship; BN stays an fp32 scale+shift (folding would round the products again).
         net = half_rounded(net)
         fold = False
-    graph = build_graph(net, noise, problem.canvas, problem.size, bn=bn, fold=fold, correction=correction)
+        if not _finite(net.parameters()):
+            raise DipError("some network weights exceed fp16's range (65504); use --weights fp32")
+    graph = build_graph(net, noise, problem.canvas, problem.size, bn=options.bn, fold=fold, correction=correction)
     fit_source = fitter.image_source()
     cfg = ckpt.config
+    bn, weights, noise_mode = options.bn.value, options.weights.value, options.noise.value
     loss = F.mse_loss(problem.operator(target), problem.observation).item()
     meta: dict[str, Any] = {
         "format": FORMAT, "format_version": str(VERSION),
@@ -339,11 +368,9 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
         "image_height": str(problem.size[0]), "image_width": str(problem.size[1]),
         "canvas": f"{problem.canvas[1]}x{problem.canvas[0]}", "channels": str(cfg.net.output_channels),
         "iterations": str(ckpt.iteration), "seed": str(cfg.seed),
-        "image": image,
-        "image_note": {"output": "network output on the fixed noise, BatchNorm in train mode (batch statistics)",
-                       "ema": "the fit's EMA image = network output + a stored constant correction (clipped to [0,1])",
-                       "best": "the auto-stop image = network output + a stored constant correction (clipped to [0,1])",
-                       }[image],
+        "image": kind,
+        "image_option": options.image.value,
+        "image_note": _image_note(kind),
         "fit_image": fit_source,
         "bn": bn,
         "bn_note": ("BatchNorm statistics frozen to those of the shipped noise and folded into the convolutions; "
@@ -372,8 +399,8 @@ def plan_export(ckpt: Checkpoint, *, image: str = "output", bn: str = "frozen", 
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
     }
-    return ExportPlan(graph, noise.contiguous(), target.contiguous(), {k: str(v) for k, v in meta.items()}, weights,
-                      embed_noise=noise_mode == "embedded")
+    return ExportPlan(graph, noise.contiguous(), target.contiguous(), {k: str(v) for k, v in meta.items()},
+                      options.weights, embed_noise=options.noise == NoiseMode.embedded)
 
 
 def _check_seed_noise(ckpt: Checkpoint, noise: torch.Tensor) -> None:
@@ -386,7 +413,7 @@ def _check_seed_noise(ckpt: Checkpoint, noise: torch.Tensor) -> None:
         raise DipError("this checkpoint's noise cannot be rebuilt from its seed; use --noise embedded")
 
 
-def half_rounded(net: nn.Module) -> nn.Module:
+def half_rounded(net: M) -> M:
     """A copy of ``net`` whose convolution weights and biases are rounded to fp16 (and kept in fp32)."""
     import copy
 
@@ -427,7 +454,7 @@ def to_onnx(plan: ExportPlan) -> Any:
         nodes.append(helper.make_node("Cast", [name + "_fp16"], [name], to=TensorProto.FLOAT))
         return name
 
-    def const(name: str, values: list[int] | list[float], dtype: Any = np.int64) -> str:
+    def const(name: str, values: float | list[int] | list[float], dtype: Any = np.int64) -> str:
         inits.append(onnx.numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
         return name
 
@@ -460,6 +487,7 @@ def to_onnx(plan: ExportPlan) -> Any:
             nodes.append(helper.make_node("Sigmoid", x, [out]))
         elif n.op == "upsample":
             scales = const(f"{out}.scales", [1.0, 1.0, 2.0, 2.0], np.float32)
+            kw: dict[str, Any]
             if a["mode"] == "nearest":
                 kw = dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
             elif a["mode"] == "bilinear":
@@ -470,9 +498,9 @@ def to_onnx(plan: ExportPlan) -> Any:
         elif n.op == "concat":
             nodes.append(helper.make_node("Concat", x, [out], axis=1))
         elif n.op == "crop":
-            top, left, h, w = a["box"]
+            top, left, height, width = a["box"]
             nodes.append(helper.make_node("Slice", [x[0], const(f"{out}.starts", [top, left]),
-                                                    const(f"{out}.ends", [top + h, left + w]),
+                                                    const(f"{out}.ends", [top + height, left + width]),
                                                     const(f"{out}.axes", [2, 3])], [out]))
         elif n.op == "add":
             inits.append(_initializer(f"{out}.value", n.tensors["value"]))
@@ -485,11 +513,11 @@ def to_onnx(plan: ExportPlan) -> Any:
     nodes.append(helper.make_node("Identity", [g.output], ["image"]))
 
     _, d, hc, wc = plan.noise.shape
-    _, c, h, w = plan.target.shape
+    _, c, height, width = plan.target.shape
     graph = helper.make_graph(
         nodes, "dip_compile_regenerate",
         [helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["batch", d, hc, wc])],
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", c, h, w])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", c, height, width])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="dip-compile", producer_version=__version__,
@@ -507,24 +535,27 @@ def to_torchscript(plan: ExportPlan) -> torch.jit.ScriptModule:
     return torch.jit.script(Regenerator(core, plan.noise))
 
 
-def write_onnx(plan: ExportPlan, path: str | Path) -> Path:
+def _write_bytes(path: str | Path, data: bytes) -> Path:
     from .imageio import atomic_write
 
-    data = to_onnx(plan).SerializeToString()
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    def write(tmp: Path) -> None:
+        Path(tmp).write_bytes(data)
+
+    return atomic_write(path, write)
+
+
+def write_onnx(plan: ExportPlan, path: str | Path) -> Path:
+    return _write_bytes(path, to_onnx(plan).SerializeToString())
 
 
 def write_torchscript(plan: ExportPlan, path: str | Path) -> Path:
     """The TorchScript file always carries its noise (as the module's ``noise`` buffer)."""
-    from .imageio import atomic_write
-
     module = to_torchscript(plan)
     meta = {**plan.metadata, "noise": "embedded", "noise_note": "the fixed noise is the module's noise buffer"}
     extra = {"dip_compile.json": json.dumps(meta, sort_keys=True)}
     buffer = io.BytesIO()
     torch.jit.save(module, buffer, _extra_files=extra)
-    data = buffer.getvalue()
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return _write_bytes(path, buffer.getvalue())
 
 
 # --- verification -------------------------------------------------------------------------------------------
@@ -556,8 +587,7 @@ def weight_bytes(plan: ExportPlan) -> int:
 
 # --- the export job (what ``dipc export`` runs) -------------------------------------------------------------
 
-FORMATS = ("onnx", "torchscript", "all")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+SUFFIX = {ExportFormat.onnx: ".onnx", ExportFormat.torchscript: ".pt"}
 
 
 @dataclass
@@ -569,63 +599,66 @@ class Written:
     weight_bytes: int
     noise_bytes: int
     metadata: dict[str, str] = field(default_factory=dict)
-    correction_bytes: int = 0  # the stored EMA / auto-stop correction (--image ema|best)
+    correction_bytes: int = 0  # the stored correction (an EMA, auto-stop or known-pixels image)
     check: dict[str, float] | None = None
 
 
 def output_paths(checkpoints: list[Path], output: Path, fmt: str) -> list[tuple[Path, str, Path]]:
     """(checkpoint, format, path) for every file to write. One checkpoint: ``output`` is the file (its suffix
     replaced per format with --format all); several: ``output`` is a folder that gets ``<checkpoint stem>.onnx``."""
-    if fmt not in FORMATS:
-        raise DipError(f"unknown --format {fmt!r}; choose onnx, torchscript or all")
-    formats = ["onnx", "torchscript"] if fmt == "all" else [fmt]
+    fmt = choice(ExportFormat, fmt, "--format")
+    formats = list(SUFFIX) if fmt == ExportFormat.all else [fmt]
     if len(checkpoints) == 1 and not output.is_dir():
-        if fmt == "all":
-            return [(checkpoints[0], f, output.with_suffix(SUFFIX[f])) for f in formats]
+        if fmt == ExportFormat.all:
+            return [(checkpoints[0], f.value, output.with_suffix(SUFFIX[f])) for f in formats]
         path = output if output.suffix else output.with_suffix(SUFFIX[fmt])
-        return [(checkpoints[0], fmt, path)]
+        return [(checkpoints[0], fmt.value, path)]
     if not output.is_dir():
         raise DipError(f"with several checkpoints, -o must be an existing folder (got {output})")
     stems = [c.stem for c in checkpoints]
     if len(set(stems)) != len(stems):
         raise DipError("two checkpoints share a file name; export them to different folders")
-    return [(c, f, output / (c.stem + SUFFIX[f])) for c in checkpoints for f in formats]
+    return [(c, f.value, output / (c.stem + SUFFIX[f])) for c in checkpoints for f in formats]
 
 
 def fit_image_note(metadata: dict[str, str]) -> str | None:
-    """A hint when the exported image is not the one the fit itself returned (e.g. the fit returned its EMA)."""
+    """A hint when an explicit --image exported another image than the one the fit returned (``--image fit``,
+    the default, always exports that one)."""
     returned = metadata.get("fit_image", "")
-    pasted = returned.endswith(" + known pixels")
-    returned = returned.removesuffix(" + known pixels")
-    fit = {"auto-stop best": "best"}.get(returned, returned)
-    if pasted and fit == metadata.get("image"):
-        return ("note: the fit also kept the observed pixels (--keep-known); the export reproduces the network's "
-                "image without them")
-    if fit and fit != metadata.get("image"):
-        return f"note: this fit returned its {metadata['fit_image']} image; --image {fit} exports that one"
-    return None
+    if not returned or image_kind(returned) == metadata.get("image"):
+        return None
+    base = returned.removesuffix(KNOWN_PIXELS)
+    what = f"{base} image" + (" with the observed pixels kept (--keep-known)" if base != returned else "")
+    return f"note: this fit returned its {what}; --image fit (the default) exports that one"
 
 
 def passes(check: dict[str, float], tolerance: float = 1e-4) -> bool:
-    """The exactness target: max abs difference <= 1e-4, >= 99.9% identical 8-bit pixels, none off by more than 1."""
+    """The exactness target: no NaN/inf, max abs difference <= 1e-4, >= 99.9% identical 8-bit pixels, none off
+    by more than 1."""
     return check["max_abs_diff"] <= tolerance and replay.passes(check)
 
 
-def export_checkpoints(checkpoints: list[Path], output: Path, *, fmt: str = "onnx", image: str = "output",
-                       bn: str = "frozen", weights: str = "fp32", noise: str = "embedded", verify: bool = False,
-                       force: bool = False) -> list[Written]:
-    """Exports each checkpoint; checks every input and output before writing anything, writes atomically."""
+def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path, options: ExportOptions | None = None,
+                       **choices: Any) -> list[Written]:
+    """Exports each checkpoint; checks every input and output before writing anything, writes atomically.
+
+    ``options``, or keyword choices over the defaults (``fmt="onnx", image="fit", bn=..., weights=..., noise=...,
+    verify=..., force=...``, strings or Enums), so library callers need not build an ExportOptions."""
     from .checkpoint import load_checkpoint
     from .imageio import check_output
 
-    for option, value, choices in (("--bn", bn, BN_MODES), ("--weights", weights, WEIGHTS),
-                                   ("--image", image, IMAGES), ("--noise", noise, NOISE)):
-        check_choice(option, value, choices)
-    jobs = output_paths([Path(c) for c in checkpoints], Path(output), fmt)
+    options = dataclasses.replace(options or DEFAULTS, **choices)
+    jobs = output_paths([Path(c) for c in checkpoints], Path(output), options.fmt)
     for _, _, path in jobs:
-        check_output(path, force)
+        check_output(path, options.force)
     loaded = {c: load_checkpoint(c) for c in dict.fromkeys(c for c, _, _ in jobs)}
-    plans = {c: plan_export(ck, image=image, bn=bn, weights=weights, noise_mode=noise) for c, ck in loaded.items()}
+    plans = {}
+    for c, ck in loaded.items():
+        try:
+            plans[c] = plan_export(ck, image=options.image, bn=options.bn, weights=options.weights,
+                                   noise_mode=options.noise)
+        except DipError as exc:
+            raise DipError(f"{c}: {exc}" if len(loaded) > 1 else str(exc)) from None
     written = []
     for ckpt_path, f, path in jobs:
         plan = plans[ckpt_path]
@@ -634,7 +667,7 @@ def export_checkpoints(checkpoints: list[Path], output: Path, *, fmt: str = "onn
         correction = sum(n.tensors["value"].numel() * 4 for n in plan.graph.nodes if n.op == "add")
         result = Written(ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), noise_bytes, plan.metadata,
                          correction)
-        if verify:
+        if options.verify:
             got = run_onnx(path) if f == "onnx" else run_torchscript(path)
             result.check = agreement(got, plan.target)
         written.append(result)

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,21 @@ class FitResult:
     stop_info: dict[str, Any] = field(default_factory=dict)
     plan: str = "eager fp32"  # the backend and precision the step ran with (acceleration.Plan.describe)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)  # NaN/inf events that switched to fp32
+
+
+class Step(Protocol):
+    """One fitting step (forward, loss, backward), the optimizer step, and the NaN/inf count since the last poll."""
+
+    name: str
+
+    def __call__(self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        ...
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        ...
+
+    def poll(self) -> int:
+        ...
 
 
 class EagerStep:
@@ -130,7 +145,7 @@ class Fitter:
         self.elapsed = 0.0
         self.step = self.make_step()
 
-    def make_step(self) -> Callable[[torch.Tensor, torch.optim.Optimizer], tuple[torch.Tensor, torch.Tensor]]:
+    def make_step(self) -> Step:
         return build_step(self.plan, self.net, self.problem, self.crop, self.device)
 
     def _check_finite(self) -> None:
@@ -161,11 +176,13 @@ class Fitter:
     def image(self) -> tuple[torch.Tensor, str]:
         """The image this fit returns now, and where it comes from."""
         source = self.image_source()
+        image: torch.Tensor | None
         if source.startswith("auto-stop best"):
-            image = self.stopper.best_image
+            image = self.stopper.best_image if self.stopper is not None else None
         else:
             image = self.ema if source.startswith("ema") else self.output()
-        if source.endswith(" + known pixels"):
+        assert image is not None
+        if source.endswith(" + known pixels") and self.problem.mask is not None:
             # the observed pixels are exact: keep them, and the network's values only in the holes
             known = self.problem.mask.to(image)
             image = image * (1 - known) + self.problem.observation * known
@@ -185,6 +202,7 @@ class Fitter:
         if self.backtrack_saved is None:
             self.backtrack_saved = [p.clone() for p in params]
         current = psnr(self.problem.operator(out), self.problem.observation)
+        assert self.config.backtrack_db is not None
         bad = (self.backtrack_psnr - current) > self.config.backtrack_db
         for param, saved in zip(params, self.backtrack_saved):
             param.copy_(torch.where(bad, saved, param))
@@ -215,7 +233,7 @@ class Fitter:
         self.history["iteration"].append(self.iteration)
         self.history["loss"].append(record.loss)
         self.history["psnr_observation"].append(p_obs)
-        if ref is not None:
+        if p_ref is not None and p_ema is not None:
             self.history["psnr_reference"].append(p_ref)
             self.history["psnr_reference_ema"].append(p_ema)
         return record

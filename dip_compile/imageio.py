@@ -82,10 +82,10 @@ def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
         scaled = np.clip(array / _value_range(image, Path(path), what), 0, 1).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(scaled)).unsqueeze(0)
     if image.mode in ("1", "L", "LA", "La"):
-        array = np.asarray(image.convert("L"), dtype=np.float32)[None]
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)[None]
     else:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array) / 255.0)
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(pixels) / 255.0)
 
 
 def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:

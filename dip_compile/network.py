@@ -16,6 +16,8 @@ step compilable and CUDA-graph safe, and makes ``eval()`` harmless).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -23,7 +25,7 @@ from .config import NetConfig
 
 
 def conv(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    mode = "reflect" if cfg.padding == "reflection" else "zeros"
+    mode: Literal["reflect", "zeros"] = "reflect" if cfg.padding == "reflection" else "zeros"
     return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, padding_mode=mode)
 
 

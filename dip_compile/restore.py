@@ -263,7 +263,7 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
     """Runs the job; returns the exit code (0, or 130 after Ctrl-C, with checkpoint and image saved)."""
     from rich.console import Console
 
-    console = Console(file=console_file or sys.stderr, highlight=False)
+    console = Console(file=console_file or sys.stderr, highlight=False, soft_wrap=True)
     if isinstance(job.snapshot_every, bool) or job.snapshot_every < 0:
         raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
     if not job.status_every > 0:
@@ -420,7 +420,7 @@ def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console: 
             now = time.monotonic()
             if now - last[0] >= job.status_every or r.iteration == r.total:
                 last[0] = now
-                console.print(status_line(str(config.task), r, fitter.ema is not None), soft_wrap=True)
+                console.print(status_line(str(config.task), r, fitter.ema is not None))
             if saver is not None:
                 saver(r)
 

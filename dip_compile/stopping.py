@@ -67,6 +67,7 @@ class VarianceStopper:
             self.buffer = torch.zeros((self.window, *x.shape), dtype=x.dtype, device=x.device)
             self.sum = torch.zeros_like(x64)
             self.sum_sq = torch.zeros_like(x64)
+        assert self.buffer is not None and self.sum is not None and self.sum_sq is not None
         slot = self.count % self.window
         if self.count >= self.window:
             old = self.buffer[slot].double()
@@ -80,7 +81,7 @@ class VarianceStopper:
             return None
         # sum over pixels of the per-pixel variance, normalised per pixel as the paper's VAR (mean over pixels)
         w = float(self.window)
-        per_pixel = (self.sum_sq / w - (self.sum / w).pow(2)).clamp_min(0)
+        per_pixel = (self.sum_sq / w - torch.pow(self.sum / w, 2)).clamp_min(0)
         self.var = per_pixel.mean()
         return self.var
 
@@ -122,7 +123,9 @@ class VarianceStopper:
                 "best_image": self.best_image, "variance_history": self.variance_history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        move = (lambda t: None if t is None else t.to(self.device))
+        def move(t: Any) -> Any:
+            return None if t is None else t.to(self.device)
+
         self.buffer, self.sum, self.sum_sq = move(state["buffer"]), move(state["sum"]), move(state["sum_sq"])
         self.mean, self.var = move(state["mean"]), move(state["var"])
         self.count = int(state["count"])

@@ -7,6 +7,11 @@ The model carries the fitted network and the fixed noise it was fed (the initial
 so an empty feed returns the restored image (N, C, H, W) in [0, 1]; ``--noise other.npy`` feeds other noise.
 This file is also ``dip_compile.replay.regenerate``: ``dipc regenerate`` runs this same code. It must never
 import torch or dip_compile (a test runs it with torch made unimportable).
+
+Before running, the model is checked against what its metadata records: the embedded noise against ``noise_sha256``
+(this needs the ``onnx`` package, present wherever dip_compile is installed; without it that check is skipped
+silently, onnxruntime cannot read initializers), a ``--noise seed`` model's ``noise_shape`` against its declared
+``noise`` input (before any noise is allocated), and afterwards the image against ``image_width``/``image_height``.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
+import math
 import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,12 +54,7 @@ def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any
         raise ReplayError(f"unknown provider {provider!r}; choose auto, cpu or cuda")
     name = "model" if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes):
-        path = Path(model)
-        if not path.exists():
-            raise ReplayError(f"model not found: {path}")
-        if path.is_dir():
-            raise ReplayError(f"model {path} is a folder, not an ONNX file")
-        model = str(path)
+        model = str(check_input(model, "model"))
     wanted = ["CPUExecutionProvider"]
     if provider != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         wanted.insert(0, "CUDAExecutionProvider")
@@ -96,47 +99,142 @@ def seed_noise(seed: int, shape: tuple[int, ...], scale: float) -> np.ndarray:
     return (uniform * np.float32(scale)).reshape(shape)
 
 
-def shipped_noise(meta: dict[str, str]) -> np.ndarray:
-    """The fixed noise of a ``--noise seed`` export, rebuilt from its seed and checked against its checksum."""
-    import hashlib
+MAX_NOISE_VALUES = 2**28  # 1 GiB of float32; DIP's largest inputs (32 x 1024 x 1024) are 2**25
 
+
+def noise_input(session: Any) -> Any | None:
+    """The model's ``noise`` argument: a graph input, or (when it has an initializer) an overridable initializer."""
+    args = [a for a in session.get_inputs() + session.get_overridable_initializers() if a.name == "noise"]
+    return args[0] if args else None
+
+
+def check_noise_shape(shape: Sequence[int], arg: Any | None, what: str = "noise") -> tuple[int, ...]:
+    """Refuses noise whose shape disagrees with the model's static ``noise`` dims or is absurdly large, before any
+    of it is allocated or read (a shape comes from metadata or a .npy header, both under the user's control)."""
+    if arg is None:
+        raise ReplayError("the model has no noise input")
+    shape = tuple(int(s) for s in shape)
+    declared = list(arg.shape)
+    if (len(shape) != len(declared) or min(shape, default=0) < 1
+            or any(isinstance(d, int) and d != s for d, s in zip(declared, shape, strict=True))):
+        want = "x".join(str(d) if isinstance(d, int) else "(N)" for d in declared)
+        raise ReplayError(f"{what} has shape {'x'.join(map(str, shape))}; the model takes {want}")
+    values = math.prod(shape)
+    if values > MAX_NOISE_VALUES:
+        raise ReplayError(f"{what} has shape {'x'.join(map(str, shape))}: {values} values, more than the "
+                          f"{MAX_NOISE_VALUES} this program accepts")
+    return shape
+
+
+def shipped_noise(meta: dict[str, str], arg: Any | None) -> np.ndarray:
+    """The fixed noise of a ``--noise seed`` export, rebuilt from its seed and checked against its checksum; its
+    recorded shape is checked against the model's ``noise`` input first (altered metadata must not allocate)."""
     try:
         shape = tuple(int(s) for s in meta["noise_shape"].split("x"))
-        noise = seed_noise(int(meta["noise_seed"]), shape, float(meta["noise_scale"]))
+        seed, scale = int(meta["noise_seed"]), float(meta["noise_scale"])
     except (KeyError, ValueError):
         raise ReplayError("the model stores no noise and its metadata cannot rebuild it") from None
-    digest = "sha256:" + hashlib.sha256(noise.astype("<f4").tobytes()).hexdigest()
-    if digest != meta.get("noise_sha256"):
+    noise = seed_noise(seed, check_noise_shape(shape, arg, "the noise its metadata records"), scale)
+    if checksum(noise) != meta.get("noise_sha256"):
         raise ReplayError("the noise rebuilt from the seed does not match the model's noise checksum")
     return noise
 
 
+def checksum(noise: np.ndarray) -> str:
+    """sha256 of the noise as little-endian float32 in C order: the exporter's ``noise_sha256``."""
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(noise, dtype="<f4").tobytes()).hexdigest()
+
+
+def check_embedded_noise(model: str | Path, meta: dict[str, str]) -> None:
+    """Refuses a model whose embedded noise is not the one its metadata's checksum records (the file was altered).
+    Needs the ``onnx`` package to read the initializer; without it the check is skipped."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+        tensor = next((t for t in graph.initializer if t.name == "noise"), None)
+        noise = None if tensor is None else numpy_helper.to_array(tensor)
+    except Exception as exc:  # onnx raises protobuf's DecodeError and its own errors; onnxruntime read it already
+        raise ReplayError(f"cannot read the noise of {model} to check it ({exc.__class__.__name__})") from None
+    if noise is None:
+        return  # not embedded: run() says what is missing
+    if noise.dtype != np.float32 or checksum(noise) != meta.get("noise_sha256"):
+        raise ReplayError("the model's noise does not match its recorded checksum: the file was altered")
+
+
+def load_noise(path: str | Path) -> np.ndarray:
+    """A .npy of noise, memory-mapped (its shape is checked before any of it is read) and never unpickled."""
+    path = check_input(path, "noise")
+    try:
+        noise = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:120]
+        raise ReplayError(f"cannot read noise {path}: not a readable .npy array ({reason})") from None
+    if not isinstance(noise, np.ndarray):  # an .npz archive
+        noise.close()
+        raise ReplayError(f"noise {path} is an .npz archive; give one array as .npy")
+    if noise.dtype.kind not in "fiu":
+        raise ReplayError(f"noise {path} holds {noise.dtype} values; give real numbers")
+    return noise
+
+
+def recorded_size(meta: dict[str, str]) -> tuple[int, int] | None:
+    """(height, width) of the image the export recorded, or None when it records none."""
+    try:
+        if "image_width" in meta and "image_height" in meta:
+            return int(meta["image_height"]), int(meta["image_width"])
+        if "image_size" in meta:
+            width, height = meta["image_size"].split("x")
+            return int(height), int(width)
+    except ValueError:
+        raise ReplayError("the model's recorded image size is not readable: the file was altered") from None
+    return None
+
+
 def run(session: Any, noise: np.ndarray | None = None) -> np.ndarray:
-    """The image (N, C, H, W) float32 in [0, 1]: on the shipped noise (empty feed) or on ``noise``."""
+    """The image (N, C, H, W) float32 in [0, 1]: on the shipped noise (empty feed) or on ``noise``. A model that
+    needs an input nobody gives, or whose image is not the size it records, is a one-line ReplayError."""
+    meta = metadata(session)
+    arg = noise_input(session)
+    if noise is None and meta.get("noise") == "seed":
+        noise = shipped_noise(meta, arg)
     feed = {}
-    if noise is None and metadata(session).get("noise") == "seed":
-        noise = shipped_noise(metadata(session))
     if noise is not None:
-        # an input with an initializer is listed by onnxruntime as an overridable initializer, not as an input
-        args = [a for a in session.get_inputs() + session.get_overridable_initializers() if a.name == "noise"]
-        expected = args[0].shape
-        noise = np.ascontiguousarray(noise, dtype=np.float32)
         if noise.ndim == 3:
             noise = noise[None]
-        if noise.ndim != 4 or list(noise.shape[1:]) != list(expected[1:]):
-            want = "x".join(str(s) for s in expected[1:])
-            raise ReplayError(f"noise has shape {'x'.join(map(str, noise.shape))}; the model takes (N)x{want}")
-        feed["noise"] = noise
-    return session.run(["image"], feed)[0]
+        check_noise_shape(noise.shape, arg)
+        feed["noise"] = np.ascontiguousarray(noise, dtype=np.float32)
+    missing = [a.name for a in session.get_inputs() if a.name not in feed]
+    if "noise" in missing:
+        raise ReplayError("the model stores no noise (its noise input has no initializer) and its metadata does "
+                          "not say how to rebuild it: feed noise with --noise FILE.npy")
+    if missing:
+        raise ReplayError(f"the model needs input {', '.join(missing)}, which it does not carry and this program "
+                          f"cannot feed: not a model dip-compile wrote, or an altered one")
+    if "image" not in [o.name for o in session.get_outputs()]:
+        raise ReplayError("the model has no image output: not a model dip-compile wrote, or an altered one")
+    image = session.run(["image"], feed)[0]
+    if image.ndim != 4:
+        raise ReplayError(f"the model returned a {image.ndim}-D image, not (N, C, H, W): the file was altered")
+    size = recorded_size(meta)
+    if size is not None and tuple(image.shape[2:]) != size:
+        raise ReplayError(f"the model returned a {image.shape[3]}x{image.shape[2]} image but records "
+                          f"{size[1]}x{size[0]}: the file was altered")
+    return image
 
 
 # --- images -------------------------------------------------------------------------------------------------
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W, C) uint8 from (C, H, W) or (1, C, H, W) in [0, 1], rounded as dip-compile's PNG writer rounds."""
+    """(H, W, C) uint8 from (C, H, W) or (1, C, H, W) in [0, 1], rounded as dip-compile's PNG writer rounds.
+    NaN becomes 0 and inf is clipped, defined rather than whatever the float-to-int cast gives (``compare``
+    counts such values, so a diverged image cannot pass a check)."""
     if image.ndim == 4:
         image = image[0]
-    array = np.clip(np.asarray(image, dtype=np.float32), 0, 1).transpose(1, 2, 0)
+    array = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0), 0, 1).transpose(1, 2, 0)
     return np.round(array * 255.0).astype(np.uint8)
 
 
@@ -144,9 +242,7 @@ def load_png(path: str | Path, channels: int) -> np.ndarray:
     """(H, W, C) uint8 of an image file, as RGB or grayscale to match ``channels``."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.exists():
-        raise ReplayError(f"image to check against not found: {path}")
+    path = check_input(path, "image to check against")
     try:
         with Image.open(path) as im:
             array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
@@ -157,7 +253,8 @@ def load_png(path: str | Path, channels: int) -> np.ndarray:
 
 def compare(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Agreement of ``image`` with ``reference`` (both (..., C, H, W) float in [0, 1], or (H, W, C) uint8 for
-    the reference): max absolute difference in [0, 1], share of identical 8-bit pixels, largest 8-bit difference."""
+    the reference): max absolute difference in [0, 1], share of identical 8-bit pixels, largest 8-bit difference,
+    and the number of NaN/inf values in ``image`` (which its 8-bit form cannot show)."""
     ours = to_uint8(image).astype(np.int16)
     if reference.dtype == np.uint8:
         theirs_float = reference.astype(np.float32).transpose(2, 0, 1) / 255.0
@@ -171,7 +268,8 @@ def compare(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
                           f"{theirs.shape[1]}x{theirs.shape[0]}x{theirs.shape[2]} (width x height x channels)")
     diff8 = np.abs(ours - theirs)
     return {"max_abs_diff": float(np.max(np.abs(mine.astype(np.float64) - theirs_float.astype(np.float64)))),
-            "identical_8bit": float(np.mean(diff8 == 0)), "max_8bit_diff": int(diff8.max())}
+            "identical_8bit": float(np.mean(diff8 == 0)), "max_8bit_diff": int(diff8.max()),
+            "nonfinite": int(np.count_nonzero(~np.isfinite(mine)))}
 
 
 def check_input(path: str | Path, what: str) -> Path:
@@ -347,23 +445,23 @@ def save_png(image: np.ndarray, path: str | Path, *, overwrite: bool = True) -> 
 
 def regenerate(model: str | Path, output: str | Path | None, *, provider: str = "auto", check: str | Path | None = None,
                noise: str | Path | None = None, force: bool = False) -> dict[str, Any]:
-    """Runs the model and writes its image; returns what happened (provider, seconds, the check's numbers)."""
+    """Runs the model and writes its image; returns what happened (provider, seconds, the check's numbers).
+    Every input is checked before the model runs."""
     import time
 
     if output is not None:
         check_output(output, force)
+    fed = None if noise is None else load_noise(noise)
+    if check is not None:
+        check_input(check, "image to check against")
     session, used = open_session(model, provider)
-    fed = None
-    if noise is not None:
-        try:
-            fed = np.load(noise)
-        except (OSError, ValueError) as exc:
-            raise ReplayError(f"cannot read noise {noise}: {exc.__class__.__name__}") from None
+    meta = metadata(session)
+    if fed is None and meta.get("noise") != "seed":
+        check_embedded_noise(model, meta)
     t0 = time.perf_counter()
     image = run(session, fed)
     seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {"provider": used, "seconds": seconds, "shape": list(image.shape),
-                              "metadata": metadata(session)}
+    result: dict[str, Any] = {"provider": used, "seconds": seconds, "shape": list(image.shape), "metadata": meta}
     if check is not None:
         result["check"] = compare(image[:1], load_png(check, image.shape[1]))
     if output is not None:
@@ -373,8 +471,16 @@ def regenerate(model: str | Path, output: str | Path | None, *, provider: str = 
 
 
 def passes(check: dict[str, float]) -> bool:
-    """The export target: at least 99.9% identical 8-bit pixels and none off by more than 1."""
-    return check["identical_8bit"] >= 0.999 and check["max_8bit_diff"] <= 1
+    """The export target: no NaN/inf, at least 99.9% identical 8-bit pixels and none off by more than 1."""
+    return check["nonfinite"] == 0 and check["identical_8bit"] >= 0.999 and check["max_8bit_diff"] <= 1
+
+
+def check_line(check: dict[str, float], verdict: str) -> str:
+    """The numbers of a check and its verdict in one line; NaN/inf values are named, not hidden in the numbers."""
+    if check["nonfinite"]:
+        return f"{check['nonfinite']} non-finite values (NaN/inf) in the regenerated image: {verdict}"
+    return (f"max abs diff {check['max_abs_diff']:.3g}, identical 8-bit pixels {100 * check['identical_8bit']:.3f}%, "
+            f"max 8-bit diff {check['max_8bit_diff']} ({verdict})")
 
 
 def describe(meta: dict[str, str]) -> str:
@@ -417,8 +523,7 @@ def report(result: dict[str, Any]) -> int:
     if check is None:
         return 0
     ok = passes(check)
-    print(f"check: max abs diff {check['max_abs_diff']:.3g}, identical 8-bit pixels {100 * check['identical_8bit']:.3f}%, "
-          f"max 8-bit diff {check['max_8bit_diff']} ({'OK' if ok else 'MISMATCH'})")
+    print(f"check: {check_line(check, 'OK' if ok else 'MISMATCH')}")
     return 0 if ok else 1
 
 

@@ -23,7 +23,18 @@ from dip_compile import exporters
 from dip_compile.checkpoint import load_checkpoint, save_checkpoint
 from dip_compile.cli import app
 from dip_compile.degradations import random_holes_mask
+from dip_compile.errors import DipError
+from dip_compile.export_options import (
+    BatchNormMode,
+    ExportFormat,
+    ExportImage,
+    ExportOptions,
+    NoiseMode,
+    Provider,
+    Weights,
+)
 from dip_compile.fitting import Fitter
+from dip_compile.imageio import save_image
 from dip_compile.problem import add_noise, make_problem
 
 TOL = 1e-4
@@ -63,7 +74,7 @@ def onnx_image(path_or_model, noise: np.ndarray | None = None) -> np.ndarray:
 @pytest.mark.parametrize("bn", ["frozen", "batch"])
 def test_onnx_image_equals_fit_output_within_1e4_with_empty_feed(fitted, bn):
     fitter, ckpt = fitted
-    plan = exporters.plan_export(load_checkpoint(ckpt), bn=bn)
+    plan = exporters.plan_export(load_checkpoint(ckpt), bn=bn, image="output")
     image = onnx_image(exporters.to_onnx(plan))
     assert image.shape == (1, 3, 30, 45)  # cropped from the 32x48 canvas to the image size
     check = exporters.agreement(image, fitter.output())
@@ -72,7 +83,8 @@ def test_onnx_image_equals_fit_output_within_1e4_with_empty_feed(fitted, bn):
 
 def test_frozen_export_folds_every_batchnorm_into_the_convolutions(fitted):
     _, ckpt = fitted
-    ops = Counter(n.op_type for n in exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt))).graph.node)
+    plan = exporters.plan_export(load_checkpoint(ckpt), image="output")
+    ops = Counter(n.op_type for n in exporters.to_onnx(plan).graph.node)
     assert "BatchNormalization" not in ops and "InstanceNormalization" not in ops
     assert "Mul" not in ops  # the BN after each concat folded into the reflection-padded conv after it
     assert ops["Conv"] == 16 and ops["Slice"] == 1
@@ -83,7 +95,7 @@ def test_frozen_export_folds_every_batchnorm_into_the_convolutions(fitted):
 def test_zero_padded_net_keeps_the_merge_norm_as_scale_and_shift_and_stays_exact(tmp_path):
     config_net = dataclasses.replace(tiny_config().net, padding="zeros")
     fitter = fit(tmp_path, net=config_net)
-    plan = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"))
+    plan = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"), image="output")
     ops = Counter(n.op_type for n in exporters.to_onnx(plan).graph.node)
     assert ops["Mul"] == 3 and "Pad" not in ops
     assert exporters.agreement(onnx_image(exporters.to_onnx(plan)), fitter.output())["max_abs_diff"] <= TOL
@@ -94,9 +106,10 @@ def test_other_noise_gets_batch_statistics_in_batch_mode_and_frozen_ones_in_froz
     other = torch.rand(fitter.net_input.shape, generator=torch.Generator().manual_seed(7)) * 0.1
     with torch.no_grad():
         dip = fitter.crop(fitter.net(other))  # DIP semantics: BN with the statistics of this input
-    batch = onnx_image(exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt), bn="batch")), other.numpy())
+    plan = exporters.plan_export(load_checkpoint(ckpt), bn="batch", image="output")
+    batch = onnx_image(exporters.to_onnx(plan), other.numpy())
     assert exporters.agreement(batch, dip)["max_abs_diff"] <= TOL
-    plan = exporters.plan_export(load_checkpoint(ckpt), bn="frozen")
+    plan = exporters.plan_export(load_checkpoint(ckpt), bn="frozen", image="output")
     frozen = onnx_image(exporters.to_onnx(plan), other.numpy())
     assert np.abs(frozen - onnx_image(exporters.to_onnx(plan))).max() > 1e-3  # the feed is really used
     assert np.abs(frozen - exporters.GraphModule(plan.graph)(other).numpy()).max() <= TOL
@@ -105,7 +118,7 @@ def test_other_noise_gets_batch_statistics_in_batch_mode_and_frozen_ones_in_froz
 def test_torchscript_loads_with_torch_jit_load_alone_and_matches(fitted, tmp_path):
     fitter, ckpt = fitted
     out = tmp_path / "net.pt"
-    result = invoke("export", ckpt, "-o", out, "--format", "torchscript")
+    result = invoke("export", ckpt, "-o", out, "--format", "torchscript", "--image", "output")
     assert result.exit_code == 0, result.output
     script = ("import sys, torch, numpy; m = torch.jit.load(sys.argv[1]); x = m(); "
               "assert not any(k.startswith('dip_compile') for k in sys.modules); numpy.save(sys.argv[2], x.numpy())")
@@ -118,12 +131,13 @@ def test_torchscript_loads_with_torch_jit_load_alone_and_matches(fitted, tmp_pat
 
 def test_export_all_with_verify_writes_both_files_and_reports_exactness(fitted, tmp_path):
     _, ckpt = fitted
-    result = invoke("export", ckpt, "-o", tmp_path / "model", "--format", "all", "--verify")
+    result = invoke("export", ckpt, "-o", tmp_path / "model", "--format", "all", "--verify", "--image", "output")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.pt").is_file()
     verify_lines = [line for line in result.output.splitlines() if "verify:" in line]
     assert len(verify_lines) == 2 and all("identical 8-bit pixels 100.000%" in v and "(OK)" in v for v in verify_lines)
-    assert "this fit returned its ema image; --image ema exports that one" in result.output  # denoise uses EMA
+    # denoise returns its EMA image
+    assert "note: this fit returned its ema image; --image fit (the default) exports that one" in result.output
 
 
 def test_checkpoints_at_other_iterations_export_their_own_images(tmp_path):
@@ -133,7 +147,7 @@ def test_checkpoints_at_other_iterations_export_their_own_images(tmp_path):
     save_checkpoint(early, tmp_path / "late.ckpt")
     folder = tmp_path / "models"
     folder.mkdir()
-    result = invoke("export", tmp_path / "early.ckpt", tmp_path / "late.ckpt", "-o", folder)
+    result = invoke("export", tmp_path / "early.ckpt", tmp_path / "late.ckpt", "-o", folder, "--image", "output")
     assert result.exit_code == 0, result.output
     got_early, got_late = onnx_image(str(folder / "early.onnx")), onnx_image(str(folder / "late.onnx"))
     assert exporters.agreement(got_early, early_image)["max_abs_diff"] <= TOL
@@ -162,7 +176,7 @@ def test_inpainting_checkpoint_without_ema_refuses_image_ema(tmp_path):
 
 def test_fp16_weights_halve_the_weights_and_stay_within_one_8bit_level(fitted):
     fitter, ckpt = fitted
-    plans = {w: exporters.plan_export(load_checkpoint(ckpt), weights=w) for w in ("fp32", "fp16")}
+    plans = {w: exporters.plan_export(load_checkpoint(ckpt), weights=w, image="output") for w in ("fp32", "fp16")}
     models = {w: exporters.to_onnx(p) for w, p in plans.items()}
     half = sum(len(t.raw_data) for t in models["fp16"].graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     conv32 = sum(len(t.raw_data) for t in models["fp32"].graph.initializer
@@ -177,7 +191,8 @@ def test_metadata_records_what_a_user_needs_to_trust_the_model(fitted):
     model = exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt)))
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["task"] == "denoise" and meta["image_size"] == "45x30" and meta["iterations"] == "4"
-    assert meta["seed"] == "0" and meta["bn"] == "frozen" and meta["image"] == "output"
+    assert meta["seed"] == "0" and meta["bn"] == "frozen" and meta["image"] == "ema"  # the fit's image
+    assert meta["image_option"] == "fit" and meta["fit_image"] == "ema"
     assert meta["package_version"] and meta["torch_version"] == str(torch.__version__)
     assert float(meta["psnr_reference"]) > 10 and float(meta["loss"]) > 0
     noise = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "noise")
@@ -251,3 +266,88 @@ def test_best_export_reproduces_the_auto_stop_image(tmp_path):
     plan = exporters.plan_export(load_checkpoint(tmp_path / "auto.ckpt"), image="best")
     assert exporters.agreement(onnx_image(exporters.to_onnx(plan)), best)["max_abs_diff"] <= TOL
     assert exporters.fit_image_note(plan.metadata) is None  # the export is the image the fit returned
+
+
+# --- the default image is the one the fit returned -------------------------------------------------------------
+
+def test_default_export_reproduces_the_image_the_fit_returned_so_regenerate_check_passes(fitted, tmp_path):
+    fitter, ckpt = fitted  # the denoise preset returns its EMA image
+    save_image(fitter.image()[0], tmp_path / "restored.png")  # what dipc fit -o writes
+    [written] = exporters.export_checkpoints([ckpt], tmp_path / "m.onnx", verify=True)
+    assert written.metadata["image"] == "ema" and written.metadata["image_option"] == "fit"
+    assert exporters.passes(written.check) and exporters.fit_image_note(written.metadata) is None
+    result = invoke("regenerate", tmp_path / "m.onnx", "--check", tmp_path / "restored.png")
+    assert result.exit_code == 0 and "(OK)" in result.output, result.output
+    # the network's own output is another image: exported on request, and the note says which one the fit returned
+    [output] = exporters.export_checkpoints([ckpt], tmp_path / "o.onnx", fmt="onnx", image="output", bn="frozen",
+                                            weights="fp32", noise="embedded")
+    assert exporters.fit_image_note(output.metadata) == ("note: this fit returned its ema image; --image fit (the "
+                                                         "default) exports that one")
+    assert invoke("regenerate", tmp_path / "o.onnx", "--check", tmp_path / "restored.png").exit_code == 1
+
+
+def test_keep_known_fit_exports_its_image_with_the_observed_pixels_by_default(tmp_path):
+    config = tiny_config("inpaint", iterations=3, log_every=1, stop="fixed", keep_known=True)
+    fitter = Fitter(config, make_problem(config, smooth_image(30, 45), mask=random_holes_mask(30, 45, 0.3)))
+    fitter.run(3)
+    save_checkpoint(fitter, tmp_path / "fit.ckpt")
+    pasted, source = fitter.image()
+    assert source == "output + known pixels" and np.abs((pasted - fitter.output()).numpy()).max() > 1e-2
+    plan = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"))
+    assert exporters.agreement(onnx_image(exporters.to_onnx(plan)), pasted)["max_abs_diff"] <= TOL
+    assert plan.metadata["image"] == "output + known pixels" and "--keep-known" in plan.metadata["image_note"]
+    assert exporters.fit_image_note(plan.metadata) is None
+    raw = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"), image="output")
+    assert exporters.fit_image_note(raw.metadata) == (
+        "note: this fit returned its output image with the observed pixels kept (--keep-known); "
+        "--image fit (the default) exports that one")
+
+
+# --- non-finite values: refused at export, never passing a check --------------------------------------------
+
+def test_checkpoint_whose_weights_are_not_finite_is_refused_in_one_line(tmp_path):
+    fitter = fit(tmp_path, iterations=2)
+    with torch.no_grad():
+        next(fitter.net.parameters()).view(-1)[0] = float("nan")
+    save_checkpoint(fitter, tmp_path / "nan.ckpt")
+    bad(invoke("export", tmp_path / "nan.ckpt", "-o", tmp_path / "m.onnx"),
+        "the fit diverged: its network weights contain NaN/inf; nothing to export", tmp_path / "m.onnx")
+    with pytest.raises(DipError, match="fit diverged"):
+        exporters.plan_export(load_checkpoint(tmp_path / "nan.ckpt"))
+
+
+def test_agreement_counts_non_finite_values_and_they_never_pass(fitted):
+    fitter, _ = fitted
+    image = fitter.output().numpy().copy()
+    image[0, 0, :2] = np.nan
+    check = exporters.agreement(image, fitter.output())
+    assert check["nonfinite"] == 90 and not exporters.passes(check)
+    assert exporters.replay.check_line(check, "MISMATCH") == ("90 non-finite values (NaN/inf) in the regenerated "
+                                                               "image: MISMATCH")
+    clean = exporters.agreement(fitter.output(), fitter.output())
+    assert clean["nonfinite"] == 0 and exporters.passes(clean)
+
+
+# --- the options: one set of Enums for the CLI and the library ----------------------------------------------
+
+def test_export_options_coerce_strings_and_refuse_unknown_values_in_one_line():
+    options = ExportOptions(fmt="all", image="best", bn="batch", weights="fp16", noise="seed", verify=True)
+    assert (options.fmt, options.image, options.bn, options.weights, options.noise) == (
+        ExportFormat.all, ExportImage.best, BatchNormMode.batch, Weights.fp16, NoiseMode.seed)
+    assert ExportOptions().image is ExportImage.fit and ExportOptions(image=ExportImage.ema).image is ExportImage.ema
+    with pytest.raises(DipError, match=r"^unknown --image 'outptu'; choose fit, output, ema or best$"):
+        ExportOptions(image="outptu")
+    with pytest.raises(ValueError, match=r"^unknown --format 'zip'; choose onnx, torchscript or all$"):
+        ExportOptions(fmt="zip")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.fmt = "onnx"
+    with pytest.raises(DipError, match=r"^unknown --bn 'eval'; choose frozen or batch$"):
+        exporters.plan_export(None, bn="eval")  # refused before the checkpoint is touched
+    assert tuple(p.value for p in Provider) == exporters.replay.PROVIDERS
+
+
+def test_export_options_import_neither_torch_nor_onnx():
+    code = ("import sys, dip_compile.export_options; "
+            "print(sorted({'torch', 'onnx', 'numpy', 'dip_compile.exporters'} & set(sys.modules)))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

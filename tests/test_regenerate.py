@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,13 +29,13 @@ PROGRAM = Path(__file__).resolve().parents[1] / "export" / "regenerate.py"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
-    """A tiny fit's ONNX export and the PNG of the fit's own output (what regeneration must reproduce)."""
+    """A tiny fit's ONNX export and the PNG of the image the fit returned (what regeneration must reproduce)."""
     tmp = tmp_path_factory.mktemp("replay")
     config = tiny_config("denoise", iterations=3, log_every=1, stop="fixed")
     fitter = Fitter(config, make_problem(config, add_noise(smooth_image(30, 45), 0.1)))
     fitter.run(3)
     save_checkpoint(fitter, tmp / "fit.ckpt")
-    save_image(fitter.output(), tmp / "fit.png")
+    save_image(fitter.image()[0], tmp / "fit.png")
     exporters.write_onnx(exporters.plan_export(load_checkpoint(tmp / "fit.ckpt")), tmp / "model.onnx")
     return {"model": tmp / "model.onnx", "fit": tmp / "fit.png", "dir": tmp}
 
@@ -159,7 +159,8 @@ def test_seed_noise_rebuilds_torch_rand_bit_for_bit_without_torch():
 
 def test_seed_mode_export_drops_the_noise_from_the_file_and_still_regenerates_exactly(exported, tmp_path):
     ckpt = exported["dir"] / "fit.ckpt"
-    result = invoke("export", ckpt, "-o", tmp_path / "s.onnx", "--noise", "seed", "--verify")
+    # --image ema: the image this denoising fit returned (fit.png)
+    result = invoke("export", ckpt, "-o", tmp_path / "s.onnx", "--noise", "seed", "--image", "ema", "--verify")
     assert result.exit_code == 0, result.output
     noise_bytes = 8 * 32 * 48 * 4
     assert exported["model"].stat().st_size - (tmp_path / "s.onnx").stat().st_size > noise_bytes - 1000  # longer note
@@ -171,3 +172,161 @@ def test_seed_mode_export_drops_the_noise_from_the_file_and_still_regenerates_ex
     result = invoke("regenerate", tmp_path / "t.onnx", "-o", tmp_path / "t.png")
     assert result.exit_code == 2 and "does not match the model's noise checksum" in result.stderr
     assert not (tmp_path / "t.png").exists()
+
+
+# --- what the model needs, what its metadata records: checked before (or right after) it runs -------------------
+
+def one_line_exit_2(model: Path, needle: str, *extra) -> None:
+    """The program and ``dipc regenerate`` both fail with one line naming ``needle``, exit 2, nothing written.
+    The program runs first, in a subprocess with a timeout: an input that hangs or exhausts memory fails the test."""
+    out = model.parent / "never.png"
+    run = subprocess.run([sys.executable, str(PROGRAM), str(model), "-o", str(out), *map(str, extra)],
+                         capture_output=True, text=True, timeout=60)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and needle in lines[0], run.stderr
+    result = invoke("regenerate", model, "-o", out, *extra)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not out.exists()
+
+
+def edited(model: Path, path: Path, edit) -> Path:
+    proto = onnx.load(model)
+    edit(proto)
+    onnx.save(proto, path)
+    return path
+
+
+def set_meta(proto: onnx.ModelProto, **values: str | None) -> None:
+    for key, value in values.items():
+        props = [p for p in proto.metadata_props if p.key == key]
+        for prop in props:
+            proto.metadata_props.remove(prop)
+        if value is not None:
+            proto.metadata_props.add(key=key, value=value)
+
+
+def add_second_input(proto: onnx.ModelProto) -> None:
+    proto.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+    last = proto.graph.node[-1]  # Identity(...) -> image
+    proto.graph.node.remove(last)
+    proto.graph.node.append(helper.make_node("Add", [last.input[0], "extra"], ["image"]))
+
+
+def drop_noise_initializer(proto: onnx.ModelProto) -> None:
+    proto.graph.initializer.remove(next(t for t in proto.graph.initializer if t.name == "noise"))
+
+
+@pytest.mark.parametrize("case, needle", [("second input", "needs input extra"),
+                                          ("noise without initializer", "stores no noise")])
+def test_model_needing_an_input_it_was_not_given_is_one_line_exit_2(exported, tmp_path, case, needle):
+    edit = add_second_input if case == "second input" else drop_noise_initializer
+    model = edited(exported["model"], tmp_path / "m.onnx", edit)
+    one_line_exit_2(model, needle)
+    with pytest.raises(replay.ReplayError, match=needle):
+        replay.regenerate(model, None, check=exported["fit"])
+    with pytest.raises(replay.ReplayError, match=needle):
+        replay.run(replay.open_session(model)[0])
+
+
+@pytest.mark.parametrize("what", ["model", "noise", "check"])
+def test_a_fifo_for_any_input_is_refused_in_one_line_without_hanging(exported, tmp_path, what):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    model = fifo if what == "model" else exported["model"]
+    extra = {"model": [], "noise": ["--noise", fifo], "check": ["--check", fifo]}[what]
+    one_line_exit_2(model, "not a regular file", *extra)
+
+
+def test_seed_model_asking_for_huge_noise_is_refused_before_allocating_it(exported, tmp_path):
+    seeded = tmp_path / "s.onnx"
+    exporters.export_checkpoints([exported["dir"] / "fit.ckpt"], seeded, noise="seed")
+    huge = edited(seeded, tmp_path / "huge.onnx", lambda m: set_meta(m, noise_shape="1x32x1048576x1048576"))
+    one_line_exit_2(huge, "the noise its metadata records has shape 1x32x1048576x1048576; the model takes (N)x8x32x48")
+    wide = edited(seeded, tmp_path / "wide.onnx", lambda m: set_meta(m, noise_shape="100000000x8x32x48"))
+    one_line_exit_2(wide, "more than the 268435456 this program accepts")
+
+
+def test_noise_shapes_are_checked_against_the_models_static_dims_and_a_size_cap(exported):
+    arg = replay.noise_input(replay.open_session(exported["model"])[0])
+    assert list(arg.shape[1:]) == [8, 32, 48] and not isinstance(arg.shape[0], int)
+    assert replay.check_noise_shape((2, 8, 32, 48), arg) == (2, 8, 32, 48)
+    for shape, needle in [((1, 8, 32), "the model takes (N)x8x32x48"), ((1, 8, 32, 0), "takes"),
+                          ((1, 4, 32, 48), "noise has shape 1x4x32x48"), ((10**6, 8, 32, 48), "more than the")]:
+        with pytest.raises(replay.ReplayError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            replay.check_noise_shape(shape, arg)
+
+
+def npy_header_only(path: Path, shape: tuple[int, ...]) -> Path:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return path
+
+
+def test_noise_npy_is_memory_mapped_never_unpickled_and_huge_ones_refused_cheaply(exported, tmp_path):
+    lying = npy_header_only(tmp_path / "lying.npy", (1, 8, 1048576, 1048576))  # header only: 32 TiB claimed
+    one_line_exit_2(exported["model"], "cannot read noise", "--noise", lying)
+    big = npy_header_only(tmp_path / "big.npy", (30000, 8, 32, 48))  # 1.5 GB, sparse: nothing is read
+    with open(big, "r+b") as f:
+        f.truncate(f.seek(0, 2) + 30000 * 8 * 32 * 48 * 4)
+    one_line_exit_2(exported["model"], "noise has shape 30000x8x32x48: 368640000 values, more than", "--noise", big)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    one_line_exit_2(exported["model"], "cannot read noise", "--noise", tmp_path / "obj.npy")
+    np.savez(tmp_path / "two.npz", a=np.zeros((1, 8, 32, 48), np.float32))
+    one_line_exit_2(exported["model"], "is an .npz archive; give one array as .npy", "--noise", tmp_path / "two.npz")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    one_line_exit_2(exported["model"], "cannot read noise", "--noise", tmp_path / "empty.npy")
+
+
+def alter_noise(proto: onnx.ModelProto) -> None:
+    tensor = next(t for t in proto.graph.initializer if t.name == "noise")
+    noise = numpy_helper.to_array(tensor).copy()
+    noise.flat[0] += 0.01
+    tensor.CopyFrom(numpy_helper.from_array(noise, "noise"))
+
+
+def test_embedded_noise_altered_after_export_is_refused_and_the_check_needs_onnx_only(exported, tmp_path):
+    altered = edited(exported["model"], tmp_path / "a.onnx", alter_noise)
+    one_line_exit_2(altered, "the model's noise does not match its recorded checksum: the file was altered")
+    with pytest.raises(replay.ReplayError, match="recorded checksum"):
+        replay.regenerate(altered, None, check=exported["fit"])
+    # where onnx is not installed, the check is skipped silently and the altered noise is used
+    blocked = tmp_path / "blocked"
+    (blocked / "onnx").mkdir(parents=True)
+    (blocked / "onnx" / "__init__.py").write_text("raise ImportError('onnx is blocked in this test')\n")
+    run = subprocess.run([sys.executable, str(PROGRAM), str(altered), "-o", str(tmp_path / "x.png")],
+                         env={**os.environ, "PYTHONPATH": str(blocked)}, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    # fed noise replaces the embedded one: nothing to check
+    np.save(tmp_path / "n.npy", np.zeros((1, 8, 32, 48), np.float32))
+    assert replay.main([str(altered), "-o", str(tmp_path / "n.png"), "--noise", str(tmp_path / "n.npy")]) == 0
+
+
+@pytest.mark.parametrize("meta, recorded", [({"image_width": "46"}, "46x30"),
+                                            ({"image_width": None, "image_height": None, "image_size": "45x31"},
+                                             "45x31")])
+def test_image_size_that_disagrees_with_the_recorded_one_is_refused(exported, tmp_path, meta, recorded):
+    model = edited(exported["model"], tmp_path / "m.onnx", lambda m: set_meta(m, **meta))
+    one_line_exit_2(model, f"the model returned a 45x30 image but records {recorded}: the file was altered")
+
+
+def nan_bias(proto: onnx.ModelProto) -> None:
+    tensor = next(t for t in proto.graph.initializer if t.name.endswith(".bias"))
+    tensor.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(tensor).shape, np.nan, np.float32),
+                                            tensor.name))
+
+
+def test_nan_image_is_reported_as_non_finite_and_never_passes_a_check(exported, tmp_path):
+    model = edited(exported["model"], tmp_path / "nan.onnx", nan_bias)
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros((30, 45, 3), np.uint8)).save(black)
+    run = subprocess.run([sys.executable, str(PROGRAM), str(model), "--check", str(black)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr == "", run.stderr
+    assert run.stdout.splitlines()[-1] == ("check: 4050 non-finite values (NaN/inf) in the regenerated image: "
+                                           "MISMATCH")
+    check = replay.compare(np.full((1, 3, 4, 4), np.nan, np.float32), np.zeros((4, 4, 3), np.uint8))
+    assert check["nonfinite"] == 48 and check["identical_8bit"] == 1.0 and not replay.passes(check)
+    finite = replay.compare(np.zeros((1, 3, 4, 4), np.float32), np.zeros((4, 4, 3), np.uint8))
+    assert finite["nonfinite"] == 0 and replay.passes(finite)

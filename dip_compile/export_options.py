@@ -1,0 +1,91 @@
+"""The choices of ``dipc export`` / ``dipc regenerate`` in one place: the CLI's options are these Enums and the
+library validates its string arguments through them, so a value is accepted or refused the same way everywhere.
+
+Imports neither torch nor onnx (nor numpy), so ``dipc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, TypeVar
+
+from .config import Choice
+from .errors import DipError
+
+
+class ExportFormat(Choice):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    all = "all"  # both: OUT.onnx and OUT.pt
+
+
+class ExportImage(Choice):
+    fit = "fit"  # the image the fit returned (Fitter.image_source()): output, EMA or auto-stop, known pixels kept
+    output = "output"  # the network on the unperturbed fixed noise
+    ema = "ema"  # the fit's EMA image (a stored correction)
+    best = "best"  # the auto-stop image (a stored correction)
+
+
+class BatchNormMode(Choice):
+    frozen = "frozen"
+    batch = "batch"
+
+
+class Weights(Choice):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class NoiseMode(Choice):
+    embedded = "embedded"
+    seed = "seed"
+
+
+class Provider(Choice):
+    """onnxruntime provider of ``dipc regenerate`` (export/regenerate.py cannot import this: its PROVIDERS
+    tuple must list the same values, which a test checks)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def choice(kind: type[E], value: Any, option: str) -> E:
+    """``value`` (a string or a member) as a member of ``kind``; a one-line DipError naming the choices otherwise."""
+    try:
+        return kind(value)
+    except ValueError:
+        names = [m.value for m in kind]
+        shown = value.value if isinstance(value, Enum) else value
+        raise DipError(f"unknown {option} {shown!r}; choose {', '.join(names[:-1])} or {names[-1]}") from None
+
+
+def _option(default: Enum, flag: str) -> Any:
+    return field(default=default, metadata={"flag": flag})
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``dipc export`` was asked for; strings are coerced to the Enums, unknown values refused in one line."""
+
+    fmt: ExportFormat = _option(ExportFormat.onnx, "--format")
+    image: ExportImage = _option(ExportImage.fit, "--image")
+    bn: BatchNormMode = _option(BatchNormMode.frozen, "--bn")
+    weights: Weights = _option(Weights.fp32, "--weights")
+    noise: NoiseMode = _option(NoiseMode.embedded, "--noise")
+    verify: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if "flag" in f.metadata:
+                object.__setattr__(self, f.name, choice(type(f.default), getattr(self, f.name), f.metadata["flag"]))
+
+    @classmethod
+    def of(cls, **choices: Any) -> ExportOptions:
+        """From plain strings (or Enums), as library callers pass them; typed ``Any`` since coercion happens here."""
+        return cls(**choices)
