@@ -19,13 +19,15 @@ Prints a table and writes JSON to benchmarks/results/export_speed.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -47,7 +49,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return image[..., top:top + size, left:left + size].contiguous()
+    return image[..., top : top + size, left : left + size].contiguous()
 
 
 def fitted(net: str, size: int, iterations: int, seed: int = 0, reuse: bool = False) -> tuple[Fitter, Path]:
@@ -87,11 +89,24 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
     ckpt = load_checkpoint(ckpt_path)
     params = sum(p.numel() for p in fitter.net.parameters())
     noise_bytes = fitter.net_input.numel() * 4
-    out: dict[str, Any] = {"net": net, "size": size, "fit_iterations": iterations, "parameters": params,
-                           "weights_fp32_bytes": params * 4, "noise_bytes": noise_bytes, "variants": [], "timing": {}}
-    variants = [("frozen", "fp32", "output", "embedded"), ("batch", "fp32", "output", "embedded"),
-                ("frozen", "fp16", "output", "embedded"), ("batch", "fp16", "output", "embedded"),
-                ("frozen", "fp32", "output", "seed"), ("frozen", "fp16", "output", "seed")]
+    out: dict[str, Any] = {
+        "net": net,
+        "size": size,
+        "fit_iterations": iterations,
+        "parameters": params,
+        "weights_fp32_bytes": params * 4,
+        "noise_bytes": noise_bytes,
+        "variants": [],
+        "timing": {},
+    }
+    variants = [
+        ("frozen", "fp32", "output", "embedded"),
+        ("batch", "fp32", "output", "embedded"),
+        ("frozen", "fp16", "output", "embedded"),
+        ("batch", "fp16", "output", "embedded"),
+        ("frozen", "fp32", "output", "seed"),
+        ("frozen", "fp16", "output", "seed"),
+    ]
     if fitter.ema is not None:
         variants.append(("frozen", "fp32", "ema", "embedded"))
     sessions: dict[str, Any] = {}
@@ -106,21 +121,33 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
         load_s = time.perf_counter() - t0
         got = replay.run(session)
         check = exporters.agreement(got, plan.target)
-        row = {"bn": bn, "weights": weights, "image": image, "noise": noise, "file_bytes": path.stat().st_size,
-               "write_s": export_s, "session_load_s": load_s, **check,
-               "passes_target": exporters.passes(check)}
+        row: dict[str, Any] = {
+            "bn": bn,
+            "weights": weights,
+            "image": image,
+            "noise": noise,
+            "file_bytes": path.stat().st_size,
+            "write_s": export_s,
+            "session_load_s": load_s,
+            **check,
+            "passes_target": exporters.passes(check),
+        }
         out["variants"].append(row)
-        print(f"[{net}] {bn:6s} {weights} {image:6s} {noise:8s}: max abs {check['max_abs_diff']:.2e}, identical "
-              f"{100 * check['identical_8bit']:.3f}%, max 8-bit {check['max_8bit_diff']}, "
-              f"{row['file_bytes'] / 2**20:.2f} MiB", flush=True)
+        print(
+            f"[{net}] {bn:6s} {weights} {image:6s} {noise:8s}: max abs {check['max_abs_diff']:.2e}, identical "
+            f"{100 * check['identical_8bit']:.3f}%, max 8-bit {check['max_8bit_diff']}, "
+            f"{row['file_bytes'] / 2**20:.2f} MiB",
+            flush=True,
+        )
         if image == "output" and weights == "fp32" and noise == "embedded":
             sessions[f"onnxruntime {bn}"] = session
             if bn == "frozen":
                 ts_path = RESULTS / f"export_{net}_{size}.pt"
                 exporters.write_torchscript(plan, ts_path)
                 sessions["torchscript frozen"] = torch.jit.load(str(ts_path))
-    runners: dict[str, Callable[[], Any]] = {name: (lambda s=s: replay.run(s)) for name, s in sessions.items()
-                                             if name.startswith("onnxruntime")}
+    runners: dict[str, Callable[[], Any]] = {
+        name: functools.partial(replay.run, s) for name, s in sessions.items() if name.startswith("onnxruntime")
+    }
     script = sessions["torchscript frozen"]
     net_module, net_input, crop = fitter.net, fitter.net_input, fitter.crop
 
@@ -143,8 +170,13 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
     eager_median = statistics.median(times["torch eager (train-mode BN)"])
     for name, ts in times.items():
         med = statistics.median(ts)
-        out["timing"][name] = {"median_s": med, "min_s": min(ts), "max_s": max(ts), "runs": len(ts),
-                               "speedup_vs_eager": eager_median / med}
+        out["timing"][name] = {
+            "median_s": med,
+            "min_s": min(ts),
+            "max_s": max(ts),
+            "runs": len(ts),
+            "speedup_vs_eager": eager_median / med,
+        }
     return out
 
 
@@ -157,24 +189,52 @@ def show(results: list[dict[str, Any]]) -> None:
         return
     console = Console(width=170)
     t = Table(title="Exactness and size of the ONNX export (ONNX Runtime CPU vs the fit's image)")
-    for col in ("net", "BN", "weights", "image", "noise", "max abs diff", "identical 8-bit", "max 8-bit diff", "target",
-                "file MiB", "weights fp32 MiB", "noise MiB", "file / weights"):
+    for col in (
+        "net",
+        "BN",
+        "weights",
+        "image",
+        "noise",
+        "max abs diff",
+        "identical 8-bit",
+        "max 8-bit diff",
+        "target",
+        "file MiB",
+        "weights fp32 MiB",
+        "noise MiB",
+        "file / weights",
+    ):
         t.add_column(col, justify="right")
     for r in results:
         for v in r["variants"]:
-            t.add_row(f"{r['net']} {r['size']}", v["bn"], v["weights"], v["image"], v["noise"], f"{v['max_abs_diff']:.2e}",
-                      f"{100 * v['identical_8bit']:.3f}%", str(v["max_8bit_diff"]), "yes" if v["passes_target"] else "no",
-                      f"{v['file_bytes'] / 2**20:.2f}", f"{r['weights_fp32_bytes'] / 2**20:.2f}",
-                      f"{r['noise_bytes'] / 2**20:.2f}",
-                      f"{v['file_bytes'] / r['weights_fp32_bytes']:.3f}")
+            t.add_row(
+                f"{r['net']} {r['size']}",
+                v["bn"],
+                v["weights"],
+                v["image"],
+                v["noise"],
+                f"{v['max_abs_diff']:.2e}",
+                f"{100 * v['identical_8bit']:.3f}%",
+                str(v["max_8bit_diff"]),
+                "yes" if v["passes_target"] else "no",
+                f"{v['file_bytes'] / 2**20:.2f}",
+                f"{r['weights_fp32_bytes'] / 2**20:.2f}",
+                f"{r['noise_bytes'] / 2**20:.2f}",
+                f"{v['file_bytes'] / r['weights_fp32_bytes']:.3f}",
+            )
     console.print(t)
     t = Table(title="Regeneration time of one image (median, interleaved runs)")
     for col in ("net", "runtime", "median s", "min-max s", "speedup vs torch eager"):
         t.add_column(col, justify="right")
     for r in results:
         for name, v in r["timing"].items():
-            t.add_row(f"{r['net']} {r['size']}", name, f"{v['median_s']:.3f}", f"{v['min_s']:.3f}-{v['max_s']:.3f}",
-                      f"{v['speedup_vs_eager']:.2f}x")
+            t.add_row(
+                f"{r['net']} {r['size']}",
+                name,
+                f"{v['median_s']:.3f}",
+                f"{v['min_s']:.3f}-{v['max_s']:.3f}",
+                f"{v['speedup_vs_eager']:.2f}x",
+            )
     console.print(t)
 
 
@@ -185,7 +245,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3, help="fit iterations before exporting")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per runtime (median reported)")
     parser.add_argument("--out", type=Path, default=RESULTS / "export_speed.json")
-    parser.add_argument("--reuse", action="store_true", help="reuse the checkpoints an earlier run saved (skip fitting)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse the checkpoints an earlier run saved (skip fitting)"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     import onnxruntime
@@ -196,10 +258,16 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
     show(results)
-    payload = {"results": results, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-               "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-               "loadavg_before": load_before, "loadavg_after": load_after,
-               "command": " ".join(sys.argv)}
+    payload = {
+        "results": results,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "command": " ".join(sys.argv),
+    }
     args.out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {args.out}")
 

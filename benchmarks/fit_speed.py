@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dip_compile.acceleration import capability, choose  # noqa: E402
+from dip_compile.acceleration import capability  # noqa: E402
 from dip_compile.config import FitConfig, preset  # noqa: E402
 from dip_compile.fitting import Fitter  # noqa: E402
 from dip_compile.imageio import load_image  # noqa: E402
@@ -81,8 +81,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_variants(config: FitConfig, problem: Problem, device: torch.device, variants: list[tuple[str, str]],
-                  warmup: int, iterations: int) -> dict[str, dict[str, Any]]:
+def time_variants(
+    config: FitConfig,
+    problem: Problem,
+    device: torch.device,
+    variants: list[tuple[str, str]],
+    warmup: int,
+    iterations: int,
+) -> dict[str, dict[str, Any]]:
     fitters: dict[str, Fitter] = {}
     rows: dict[str, dict[str, Any]] = {}
     for backend, precision in variants:
@@ -97,8 +103,13 @@ def time_variants(config: FitConfig, problem: Problem, device: torch.device, var
             fitter.iterate()
         sync(device)
         fitters[name] = fitter
-        rows[name] = {"backend": backend, "precision": precision, "plan": fitter.plan.describe(),
-                      "first_step_s": first, "times_s": []}
+        rows[name] = {
+            "backend": backend,
+            "precision": precision,
+            "plan": fitter.plan.describe(),
+            "first_step_s": first,
+            "times_s": [],
+        }
         print(f"  {name}: {fitter.plan.describe()}; first step {first:.1f} s", flush=True)
     for _ in range(iterations):
         for name, fitter in fitters.items():
@@ -108,7 +119,7 @@ def time_variants(config: FitConfig, problem: Problem, device: torch.device, var
             sync(device)
             rows[name]["times_s"].append(time.perf_counter() - t0)
             rows[name]["loss_after"] = float(loss)  # same seeds: variants should agree closely
-    for name, fitter in fitters.items():
+    for name in fitters:
         row = rows[name]
         row["median_ms"] = 1000 * statistics.median(row["times_s"])
         row["min_ms"], row["max_ms"] = 1000 * min(row["times_s"]), 1000 * max(row["times_s"])
@@ -133,8 +144,9 @@ def child(spec: str) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def cuda_peak_memory(config: FitConfig, problem: Problem, device: torch.device, backend: str, precision: str,
-                     iterations: int) -> float:
+def cuda_peak_memory(
+    config: FitConfig, problem: Problem, device: torch.device, backend: str, precision: str, iterations: int
+) -> float:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
@@ -149,24 +161,36 @@ def quality(iterations: int, device: torch.device, size: int = 256) -> dict[str,
     """F16 at sigma 25, centre crop: PSNR to the clean crop after the same iterations, eager fp32 vs auto."""
     image = load_image(DATA / "F16_GT.png")
     h, w = image.shape[-2:]
-    clean = image[:, (h - size) // 2:(h + size) // 2, (w - size) // 2:(w + size) // 2].contiguous()
+    clean = image[:, (h - size) // 2 : (h + size) // 2, (w - size) // 2 : (w + size) // 2].contiguous()
     noisy = add_noise(clean, 25 / 255, seed=0)
     out: dict[str, Any] = {"image": "F16_GT.png", "crop": size, "sigma": 25, "iterations": iterations}
     for backend, precision in (("eager", "fp32"), ("auto", "auto")):
-        config = preset("denoise").replace(iterations=iterations, stop="fixed", backend=backend,
-                                           precision=precision, log_every=max(iterations // 10, 1))
+        config = preset("denoise").replace(
+            iterations=iterations,
+            stop="fixed",
+            backend=backend,
+            precision=precision,
+            log_every=max(iterations // 10, 1),
+        )
         problem = make_problem(config, noisy, reference=clean.unsqueeze(0))
         fitter = Fitter(config, problem, device=device)
         result = fitter.run()
         assert problem.reference is not None
         ref = problem.reference.cpu()
         key = f"{backend}/{precision}"
-        out[key] = {"plan": result.plan, "psnr_output": float(psnr(fitter.output().cpu(), ref)),
-                    "psnr_returned": float(psnr(result.image, ref)), "image_source": result.image_source,
-                    "iterations_per_second": result.iterations_per_second,
-                    "first_step_seconds": result.first_step_seconds}
-        print(f"  {key}: {result.plan}; PSNR output {out[key]['psnr_output']:.3f} dB, "
-              f"returned ({result.image_source}) {out[key]['psnr_returned']:.3f} dB", flush=True)
+        out[key] = {
+            "plan": result.plan,
+            "psnr_output": float(psnr(fitter.output().cpu(), ref)),
+            "psnr_returned": float(psnr(result.image, ref)),
+            "image_source": result.image_source,
+            "iterations_per_second": result.iterations_per_second,
+            "first_step_seconds": result.first_step_seconds,
+        }
+        print(
+            f"  {key}: {result.plan}; PSNR output {out[key]['psnr_output']:.3f} dB, "
+            f"returned ({result.image_source}) {out[key]['psnr_returned']:.3f} dB",
+            flush=True,
+        )
     a, b = out["eager/fp32"], out["auto/auto"]
     out["psnr_difference_db"] = b["psnr_returned"] - a["psnr_returned"]
     out["psnr_output_difference_db"] = b["psnr_output"] - a["psnr_output"]
@@ -197,26 +221,43 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cap = capability(device)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     report: dict[str, Any] = {
-        "device": str(device), "capability": cap.__dict__, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "platform": platform.platform(), "loadavg_at_start": load,
-        "matmul_peak_gflops": peaks, "warmup": args.warmup, "iterations": args.iterations, "cases": [],
+        "device": str(device),
+        "capability": cap.__dict__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+        "matmul_peak_gflops": peaks,
+        "warmup": args.warmup,
+        "iterations": args.iterations,
+        "cases": [],
     }
-    print(f"{device} {cap.isa}, {torch.get_num_threads()} threads, load {' '.join(load)}; matmul peak "
-          f"fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s", flush=True)
-    variants = [(b, p) for b in args.backends.split(",") for p in args.precisions.split(",")
-                if not (b == "auto") or p == args.precisions.split(",")[0]]
+    print(
+        f"{device} {cap.isa}, {torch.get_num_threads()} threads, load {' '.join(load)}; matmul peak "
+        f"fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s",
+        flush=True,
+    )
+    variants = [
+        (b, p)
+        for b in args.backends.split(",")
+        for p in args.precisions.split(",")
+        if not (b == "auto") or p == args.precisions.split(",")[0]
+    ]
     variants = [("auto", "auto") if b == "auto" else (b, p) for b, p in variants]
     if ("eager", "fp32") not in variants:
         variants.insert(0, ("eager", "fp32"))
     console = Console(width=200)
-    for net in ([] if args.skip_speed else args.nets.split(",")):
+    for net in [] if args.skip_speed else args.nets.split(","):
         for size in map(int, args.sizes.split(",")):
             config, problem = make_case(net, size, device)
             print(f"{net} {size}x{size}:", flush=True)
@@ -224,8 +265,17 @@ def main() -> None:
             rows = time_variants(config, problem, device, variants, args.warmup, args.iterations)
             base = rows["eager/fp32"]["median_ms"]
             table = Table(title=f"{net} net, {size}x{size}, {device} ({cap.isa}), {flops / 1e9:.1f} GFLOP/iter")
-            for col in ("variant", "plan", "ms/iter (min-max)", "speedup", "GFLOP/s", "% fp32 peak",
-                        "% bf16 peak", "compile s", "peak MiB"):
+            for col in (
+                "variant",
+                "plan",
+                "ms/iter (min-max)",
+                "speedup",
+                "GFLOP/s",
+                "% fp32 peak",
+                "% bf16 peak",
+                "compile s",
+                "peak MiB",
+            ):
                 table.add_column(col)
             for name, row in rows.items():
                 row["speedup"] = base / row["median_ms"]
@@ -234,13 +284,22 @@ def main() -> None:
                 row["fraction_bf16_peak"] = row["gflops"] / peaks["bf16"]
                 if args.memory:
                     b, p = row["backend"], row["precision"]
-                    row["peak_mib"] = (cuda_peak_memory(config, problem, device, b, p, 2) if device.type == "cuda"
-                                       else child_peak_memory(net, size, b, p, 2))
-                table.add_row(name, row["plan"].split(":")[0],
-                              f"{row['median_ms']:.0f} ({row['min_ms']:.0f}-{row['max_ms']:.0f})",
-                              f"{row['speedup']:.2f}x", f"{row['gflops']:.1f}", f"{100 * row['fraction_fp32_peak']:.0f}%",
-                              f"{100 * row['fraction_bf16_peak']:.0f}%", f"{row['compile_s']:.1f}",
-                              f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-")
+                    row["peak_mib"] = (
+                        cuda_peak_memory(config, problem, device, b, p, 2)
+                        if device.type == "cuda"
+                        else child_peak_memory(net, size, b, p, 2)
+                    )
+                table.add_row(
+                    name,
+                    row["plan"].split(":")[0],
+                    f"{row['median_ms']:.0f} ({row['min_ms']:.0f}-{row['max_ms']:.0f})",
+                    f"{row['speedup']:.2f}x",
+                    f"{row['gflops']:.1f}",
+                    f"{100 * row['fraction_fp32_peak']:.0f}%",
+                    f"{100 * row['fraction_bf16_peak']:.0f}%",
+                    f"{row['compile_s']:.1f}",
+                    f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-",
+                )
             console.print(table)
             report["cases"].append({"net": net, "size": size, "gflop_per_iteration": flops / 1e9, "variants": rows})
     if args.quality:

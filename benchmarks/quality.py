@@ -43,8 +43,9 @@ CASES = ("kate", "denoise", "sr", "text", "holes")
 QUICK = dict(size=64, iterations=400, denoise_iterations=1500, stop_window=50, stop_patience=300)
 
 
-def fit_size(image: torch.Tensor, size: int | None, resample: int = Image.Resampling.LANCZOS,
-             crop_only: bool = False) -> torch.Tensor:
+def fit_size(
+    image: torch.Tensor, size: int | None, resample: int = Image.Resampling.LANCZOS, crop_only: bool = False
+) -> torch.Tensor:
     """Resizes so the short side is ``size`` and centre-crops a ``size`` square (unchanged when size is None).
 
     With ``crop_only`` the image keeps its resolution and only the centre square is cut out."""
@@ -53,7 +54,7 @@ def fit_size(image: torch.Tensor, size: int | None, resample: int = Image.Resamp
     c, h, w = image.shape
     if crop_only:
         top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-        return image[:, top:top + size, left:left + size].contiguous()
+        return image[:, top : top + size, left : left + size].contiguous()
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     array = (image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
@@ -61,7 +62,7 @@ def fit_size(image: torch.Tensor, size: int | None, resample: int = Image.Resamp
     out = np.asarray(pil, dtype=np.float32) / 255.0
     out = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
     top, left = (nh - size) // 2, (nw - size) // 2
-    return torch.from_numpy(np.ascontiguousarray(out[:, top:top + size, left:left + size]))
+    return torch.from_numpy(np.ascontiguousarray(out[:, top : top + size, left : left + size]))
 
 
 def masked_psnr(x: torch.Tensor, y: torch.Tensor, region: torch.Tensor) -> float:
@@ -111,8 +112,12 @@ def run_fit(config: FitConfig, problem, iterations: int, trackers: list[Tracker]
             tracker.update(fitter, out)
         if (i + 1) % 50 == 0 or i + 1 == iterations:
             spent = time.perf_counter() - t0
-            print(f"  [{label}] {i + 1}/{iterations}  PSNR {raw[-1]:.2f}" + (f" (EMA {ema[-1]:.2f})" if ema else "")
-                  + f"  {spent / (i + 1):.2f} s/it", flush=True)
+            print(
+                f"  [{label}] {i + 1}/{iterations}  PSNR {raw[-1]:.2f}"
+                + (f" (EMA {ema[-1]:.2f})" if ema else "")
+                + f"  {spent / (i + 1):.2f} s/it",
+                flush=True,
+            )
     for tracker in trackers:
         tracker.finish()
     seconds = time.perf_counter() - t0
@@ -125,15 +130,26 @@ def best(series: list[float]) -> tuple[float, int]:
 
 
 def params(config: FitConfig, iterations: int, preset_iterations: int, size: tuple[int, ...]) -> dict[str, Any]:
-    return {"height": size[0], "width": size[1], "iterations_run": iterations, "preset_iterations": preset_iterations,
-            "lr": config.lr, "reg_noise_std": config.reg_noise_std, "ema": config.ema,
-            "backtrack_db": config.backtrack_db, "net": {"structure": config.net.structure,
-                                                          "channels_down": config.net.channels_down,
-                                                          "channels_skip": config.net.channels_skip,
-                                                          "upsample": config.net.upsample}}
+    return {
+        "height": size[0],
+        "width": size[1],
+        "iterations_run": iterations,
+        "preset_iterations": preset_iterations,
+        "lr": config.lr,
+        "reg_noise_std": config.reg_noise_std,
+        "ema": config.ema,
+        "backtrack_db": config.backtrack_db,
+        "net": {
+            "structure": config.net.structure,
+            "channels_down": config.net.channels_down,
+            "channels_skip": config.net.channels_skip,
+            "upsample": config.net.upsample,
+        },
+    }
 
 
 # --- the cases -------------------------------------------------------------------------------------------------
+
 
 def inpaint_case(name: str, image: torch.Tensor, mask: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
     config = preset("inpaint", output_channels=image.shape[0]).replace(seed=args.seed)
@@ -144,29 +160,43 @@ def inpaint_case(name: str, image: torch.Tensor, mask: torch.Tensor, args, out_d
     ref, hole = image.unsqueeze(0), (1 - mask)
     masked = problem.observation.cpu()
     filled = diffusion_fill(masked, mask)
-    row = {"case": name, "task": "inpaint", "hole_fraction": float(hole.mean()),
-           "params": params(config, iterations, config.iterations, tuple(image.shape[-2:])),
-           "seconds": fit["seconds"], "seconds_per_iteration": fit["seconds_per_iteration"],
-           "psnr": {"masked_input": float(psnr(masked, ref)), "diffusion_fill": float(psnr(filled, ref)),
-                    "dip": float(psnr(result, ref))},
-           "psnr_hole": {"masked_input": masked_psnr(masked, ref, hole), "diffusion_fill": masked_psnr(filled, ref, hole),
-                         "dip": masked_psnr(result, ref, hole)},
-           "best_psnr_seen": best(fit["raw"])}
+    row = {
+        "case": name,
+        "task": "inpaint",
+        "hole_fraction": float(hole.mean()),
+        "params": params(config, iterations, config.iterations, tuple(image.shape[-2:])),
+        "seconds": fit["seconds"],
+        "seconds_per_iteration": fit["seconds_per_iteration"],
+        "psnr": {
+            "masked_input": float(psnr(masked, ref)),
+            "diffusion_fill": float(psnr(filled, ref)),
+            "dip": float(psnr(result, ref)),
+        },
+        "psnr_hole": {
+            "masked_input": masked_psnr(masked, ref, hole),
+            "diffusion_fill": masked_psnr(filled, ref, hole),
+            "dip": masked_psnr(result, ref, hole),
+        },
+        "best_psnr_seen": best(fit["raw"]),
+    }
     save_side_by_side([masked, filled, result, ref], out_dir / f"{name}.png")
     return row
 
 
 def denoise_case(name: str, image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
     config = preset("denoise", output_channels=image.shape[0]).replace(
-        seed=args.seed, stop_window=args.stop_window, stop_patience=args.stop_patience)
+        seed=args.seed, stop_window=args.stop_window, stop_patience=args.stop_patience
+    )
     iterations = args.denoise_iterations or config.iterations
     noisy = add_noise(image, 25 / 255.0, seed=args.noise_seed)
     problem = make_problem(config, noisy, reference=image)
     w, p, dev = config.stop_window, config.stop_patience, torch.device("cpu")
-    trackers = [Tracker("wmv_ema", VarianceStopper("wmv", w, p, config.stop_alpha, dev), keep_ema=True),
-                Tracker("wmv_raw", VarianceStopper("wmv", w, p, config.stop_alpha, dev), keep_ema=False),
-                Tracker("emv_raw", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=False),
-                Tracker("emv_ema", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=True)]
+    trackers = [
+        Tracker("wmv_ema", VarianceStopper("wmv", w, p, config.stop_alpha, dev), keep_ema=True),
+        Tracker("wmv_raw", VarianceStopper("wmv", w, p, config.stop_alpha, dev), keep_ema=False),
+        Tracker("emv_raw", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=False),
+        Tracker("emv_ema", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=True),
+    ]
     fit = run_fit(config.replace(stop="fixed"), problem, iterations, trackers, name)
     ref = image.unsqueeze(0)
     fixed = fit["fitter"].image()[0].cpu()  # what --stop fixed returns at the last iteration (the EMA)
@@ -175,18 +205,34 @@ def denoise_case(name: str, image: torch.Tensor, args, out_dir: Path) -> dict[st
     for t in trackers:
         value = float(psnr(t.image, ref)) if t.image is not None else None
         oracle = oracle_ema if t.keep_ema else oracle_raw
-        auto[t.name] = {"triggered_at": t.trigger, "chosen_iteration": t.chosen, "psnr": value,
-                        "oracle_psnr": oracle[0], "oracle_iteration": oracle[1],
-                        "gap_db": None if value is None else oracle[0] - value}
+        auto[t.name] = {
+            "triggered_at": t.trigger,
+            "chosen_iteration": t.chosen,
+            "psnr": value,
+            "oracle_psnr": oracle[0],
+            "oracle_iteration": oracle[1],
+            "gap_db": None if value is None else oracle[0] - value,
+        }
     main = trackers[0]
-    row = {"case": name, "task": "denoise", "sigma": 25, "noise_seed": args.noise_seed,
-           "params": params(config, iterations, config.iterations, tuple(image.shape[-2:])) | {
-               "stop_window": w, "stop_patience": p, "stop_alpha": config.stop_alpha},
-           "seconds": fit["seconds"], "seconds_per_iteration": fit["seconds_per_iteration"],
-           "psnr": {"noisy_input": float(psnr(noisy.unsqueeze(0), ref)), "fixed_count": float(psnr(fixed, ref)),
-                    "auto": auto[main.name]["psnr"], "oracle": oracle_ema[0]},
-           "fixed_count_iteration": iterations, "auto": auto,
-           "psnr_curve_every_10": {"raw": fit["raw"][9::10], "ema": fit["ema"][9::10]}}
+    row = {
+        "case": name,
+        "task": "denoise",
+        "sigma": 25,
+        "noise_seed": args.noise_seed,
+        "params": params(config, iterations, config.iterations, tuple(image.shape[-2:]))
+        | {"stop_window": w, "stop_patience": p, "stop_alpha": config.stop_alpha},
+        "seconds": fit["seconds"],
+        "seconds_per_iteration": fit["seconds_per_iteration"],
+        "psnr": {
+            "noisy_input": float(psnr(noisy.unsqueeze(0), ref)),
+            "fixed_count": float(psnr(fixed, ref)),
+            "auto": auto[main.name]["psnr"],
+            "oracle": oracle_ema[0],
+        },
+        "fixed_count_iteration": iterations,
+        "auto": auto,
+        "psnr_curve_every_10": {"raw": fit["raw"][9::10], "ema": fit["ema"][9::10]},
+    }
     panels = [noisy.unsqueeze(0), fixed, main.image if main.image is not None else fixed, ref]
     save_side_by_side(panels, out_dir / f"{name}.png")
     return row
@@ -200,26 +246,36 @@ def sr_case(image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
     fit = run_fit(config, problem, iterations, [], "sr")
     result = fit["fitter"].output().cpu()
     ref, bicubic = high.unsqueeze(0), problem.corrupted_view().cpu()
-    row = {"case": "sr", "task": "super-resolve", "factor": 4,
-           "params": params(config, iterations, config.iterations, tuple(high.shape[-2:])),
-           "seconds": fit["seconds"], "seconds_per_iteration": fit["seconds_per_iteration"],
-           "psnr": {"bicubic": float(psnr(bicubic, ref)), "dip": float(psnr(result, ref))},
-           "best_psnr_seen": best(fit["raw"])}
+    row = {
+        "case": "sr",
+        "task": "super-resolve",
+        "factor": 4,
+        "params": params(config, iterations, config.iterations, tuple(high.shape[-2:])),
+        "seconds": fit["seconds"],
+        "seconds_per_iteration": fit["seconds_per_iteration"],
+        "psnr": {"bicubic": float(psnr(bicubic, ref)), "dip": float(psnr(result, ref))},
+        "best_psnr_seen": best(fit["raw"]),
+    }
     save_side_by_side([bicubic, result, ref], out_dir / "sr.png")
     return row
 
 
 # --- the table -------------------------------------------------------------------------------------------------
 
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | size | iterations | baseline PSNR (dB) | DIP PSNR (dB) | notes | s/it |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| case | size | iterations | baseline PSNR (dB) | DIP PSNR (dB) | notes | s/it |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         p, size = r["params"], f"{r['params']['width']}x{r['params']['height']} {r['params'].get('scaling', 'resized')}"
         its = f"{p['iterations_run']} of {p['preset_iterations']}"
         if r["task"] == "inpaint":
-            base = (f"masked {r['psnr']['masked_input']:.2f} (hole {r['psnr_hole']['masked_input']:.2f}); "
-                    f"diffusion {r['psnr']['diffusion_fill']:.2f} (hole {r['psnr_hole']['diffusion_fill']:.2f})")
+            base = (
+                f"masked {r['psnr']['masked_input']:.2f} (hole {r['psnr_hole']['masked_input']:.2f}); "
+                f"diffusion {r['psnr']['diffusion_fill']:.2f} (hole {r['psnr_hole']['diffusion_fill']:.2f})"
+            )
             # known pixels pasted back: only the hole differs, so its PSNR follows from the hole PSNR
             composite = r["psnr_hole"]["dip"] - 10 * np.log10(r["hole_fraction"])
             dip = f"raw {r['psnr']['dip']:.2f}, known pixels kept {composite:.2f} (hole {r['psnr_hole']['dip']:.2f})"
@@ -228,14 +284,22 @@ def table(rows: list[dict[str, Any]]) -> str:
             a = r["auto"]["wmv_ema"]
             base = f"noisy {r['psnr']['noisy_input']:.2f}"
             auto = "n/a" if a["psnr"] is None else f"{a['psnr']:.2f}"
-            dip = (f"fixed@{r['fixed_count_iteration']} {r['psnr']['fixed_count']:.2f}; auto {auto}; "
-                   f"oracle {r['psnr']['oracle']:.2f}")
+            dip = (
+                f"fixed@{r['fixed_count_iteration']} {r['psnr']['fixed_count']:.2f}; auto {auto}; "
+                f"oracle {r['psnr']['oracle']:.2f}"
+            )
             trig = "did not fire" if a["triggered_at"] is None else f"fired @ {a['triggered_at']}"
-            gaps = ", ".join(f"{k} {v['gap_db']:.2f} dB (chose {v['chosen_iteration']}, "
-                             + ("no stop" if v["triggered_at"] is None else f"stop {v['triggered_at']}") + ")"
-                             for k, v in r["auto"].items() if v["gap_db"] is not None)
-            notes = (f"auto ES-WMV on EMA chose {a['chosen_iteration']}, {trig}; oracle @ {a['oracle_iteration']}; "
-                     f"W={p['stop_window']} P={p['stop_patience']}; gaps: {gaps}")
+            gaps = ", ".join(
+                f"{k} {v['gap_db']:.2f} dB (chose {v['chosen_iteration']}, "
+                + ("no stop" if v["triggered_at"] is None else f"stop {v['triggered_at']}")
+                + ")"
+                for k, v in r["auto"].items()
+                if v["gap_db"] is not None
+            )
+            notes = (
+                f"auto ES-WMV on EMA chose {a['chosen_iteration']}, {trig}; oracle @ {a['oracle_iteration']}; "
+                f"W={p['stop_window']} P={p['stop_patience']}; gaps: {gaps}"
+            )
         else:
             base = f"bicubic {r['psnr']['bicubic']:.2f}"
             dip = f"{r['psnr']['dip']:.2f}"
@@ -246,7 +310,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with the paper's images")
+    parser.add_argument(
+        "--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with the paper's images"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--json", default="quality.json", help="name of the JSON file in --out")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
@@ -302,11 +368,17 @@ def main(argv: list[str] | None = None) -> int:
             mask = text_mask(h, w) if case == "text" else random_holes_mask(h, w, args.holes, seed=args.seed)
             rows.append(inpaint_case(case, image, mask, args, args.out))
         for row in rows:
-            row["params"].setdefault("scaling", "full size" if args.size is None else ("centre crop" if args.crop else "resized"))
+            row["params"].setdefault(
+                "scaling", "full size" if args.size is None else ("centre crop" if args.crop else "resized")
+            )
         print(f"{case}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-        report = {"run": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "threads": torch.get_num_threads(), "torch": torch.__version__,
-                  "machine": platform.processor() or platform.machine(), "cases": rows}
+        report = {
+            "run": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "cases": rows,
+        }
         (args.out / args.json).write_text(json.dumps(report, indent=2))  # rewritten after each case
     print(table(rows))
     return 0

@@ -17,9 +17,9 @@ fitter sees the flag and continues in fp32 (``Fallback``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ def cpu_has_fast_bf16() -> bool:
     return torch.backends.cpu.get_cpu_capability() == "AVX512_BF16" or "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_capability(index: int) -> Capability:
     major, _ = torch.cuda.get_device_capability(index)
     return Capability("cuda", torch.cuda.get_device_name(index), fast_bf16=major >= 8, fast_fp16=major >= 7)
@@ -95,8 +95,15 @@ class Plan:
     reason: str = ""
 
     def describe(self) -> str:
-        extras = [name for name, on in (("channels-last", self.channels_last), ("fused Adam", self.fused_adam),
-                                        ("CUDA graphs", self.cuda_graphs)) if on]
+        extras = [
+            name
+            for name, on in (
+                ("channels-last", self.channels_last),
+                ("fused Adam", self.fused_adam),
+                ("CUDA graphs", self.cuda_graphs),
+            )
+            if on
+        ]
         text = f"{self.backend} {self.precision}" + (f" ({', '.join(extras)})" if extras else "")
         return text + (f": {self.reason}" if self.reason else "")
 
@@ -104,8 +111,9 @@ class Plan:
         return {"fused": True} if self.fused_adam else {}
 
 
-def choose(config: FitConfig, device: torch.device | str, canvas: tuple[int, int],
-           cap: Capability | None = None) -> Plan:
+def choose(
+    config: FitConfig, device: torch.device | str, canvas: tuple[int, int], cap: Capability | None = None
+) -> Plan:
     """Resolves ``auto`` backend and precision for this device, image size and iteration count.
 
     Explicit choices are kept as given (``eager fp32`` is the unmodified baseline); only ``auto`` adds the
@@ -133,7 +141,8 @@ def choose(config: FitConfig, device: torch.device | str, canvas: tuple[int, int
     auto = config.backend == "auto" or config.precision == "auto"
     cuda = device.type == "cuda"
     return Plan(
-        backend=backend, precision=precision,
+        backend=backend,
+        precision=precision,
         channels_last=auto and (cuda or precision != "fp32"),
         # fused Adam: one kernel instead of a Python loop over 112 parameters (~85 ms -> ~3 ms per step on the
         # CI CPU); needed where the NaN guard skips a step on the device. Explicit eager fp32 stays the baseline.
@@ -143,13 +152,16 @@ def choose(config: FitConfig, device: torch.device | str, canvas: tuple[int, int
     )
 
 
-def _auto_backend(config: FitConfig, cap: Capability, canvas: tuple[int, int], precision: str,
-                  reasons: list[str]) -> str:
+def _auto_backend(
+    config: FitConfig, cap: Capability, canvas: tuple[int, int], precision: str, reasons: list[str]
+) -> str:
     pixels = canvas[0] * canvas[1]
     if cap.device == "cuda":
         # ~1 ms of kernel launches per eager step dominates small images; compiling pays after a few hundred steps
         if config.iterations >= 500:
-            reasons.append(f"inductor ({config.iterations} iterations amortise ~{CUDA_COMPILE_SECONDS:.0f} s of compilation)")
+            reasons.append(
+                f"inductor ({config.iterations} iterations amortise ~{CUDA_COMPILE_SECONDS:.0f} s of compilation)"
+            )
             return "inductor"
         reasons.append(f"eager ({config.iterations} iterations are too few to amortise compilation)")
         return "eager"
@@ -158,21 +170,34 @@ def _auto_backend(config: FitConfig, cap: Capability, canvas: tuple[int, int], p
     eager_seconds = 1.8 * pixels / 256**2 * (max(config.net.channels_down) / 128) ** 2
     saving = CPU_COMPILE_SAVING * eager_seconds * 0.1 * config.iterations
     if saving > CPU_COMPILE_SECONDS:
-        reasons.append(f"inductor (saves ~{saving:.0f} s in the first 10% of iterations, compiles in ~{CPU_COMPILE_SECONDS:.0f} s)")
+        reasons.append(
+            f"inductor (saves ~{saving:.0f} s in the first 10% of iterations, compiles in ~{CPU_COMPILE_SECONDS:.0f} s)"
+        )
         return "inductor"
-    why = ("torch.compile measured slower than eager on CPU" if CPU_COMPILE_SAVING <= 0
-           else "too short to amortise compiling")
+    why = (
+        "torch.compile measured slower than eager on CPU"
+        if CPU_COMPILE_SAVING <= 0
+        else "too short to amortise compiling"
+    )
     reasons.append(f"eager ({why})")
     return "eager"
 
 
 # --- the step ---------------------------------------------------------------------------------------------
 
+
 class LossModule(nn.Module):
     """net -> crop -> operator -> MSE, with autocast over the network only (loss and output in fp32)."""
 
-    def __init__(self, net: nn.Module, problem: Problem, crop: CenterCrop, precision: str, device_type: str,
-                 cache_autocast: bool = True) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        problem: Problem,
+        crop: CenterCrop,
+        precision: str,
+        device_type: str,
+        cache_autocast: bool = True,
+    ) -> None:
         super().__init__()
         self.net, self.crop = net, crop
         self.operator: Callable[[torch.Tensor], torch.Tensor] = problem.operator
@@ -199,8 +224,7 @@ class AcceleratedStep:
         self.plan = plan
         self.name = plan.backend
         self.device = device
-        self.module = LossModule(net, problem, crop, plan.precision, device.type,
-                                 cache_autocast=not plan.cuda_graphs)
+        self.module = LossModule(net, problem, crop, plan.precision, device.type, cache_autocast=not plan.cuda_graphs)
         self.forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self._build()
         self.scaler = torch.amp.GradScaler(device.type) if plan.precision == "fp16" else None
         self.guarded = plan.precision != "fp32"
@@ -229,8 +253,9 @@ class AcceleratedStep:
             loss, out = self._guard(loss, out, optimizer)
         return loss, out
 
-    def _guard(self, loss: torch.Tensor, out: torch.Tensor, optimizer: torch.optim.Optimizer
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _guard(
+        self, loss: torch.Tensor, out: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Flags a non-finite loss or gradient on the device; the fused Adam step then does nothing."""
         found = (~torch.isfinite(loss)).float()
         if self.scaler is None:  # fp16 gradients overflow routinely: the grad scaler deals with those
@@ -315,8 +340,11 @@ class CudaGraphStep:
             optimizer.zero_grad(set_to_none=True)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                loss, out = inner.forward(self.static_input.contiguous(memory_format=torch.channels_last)
-                                          if inner.plan.channels_last else self.static_input)
+                loss, out = inner.forward(
+                    self.static_input.contiguous(memory_format=torch.channels_last)
+                    if inner.plan.channels_last
+                    else self.static_input
+                )
                 (inner.scaler.scale(loss) if inner.scaler is not None else loss).backward()
             self.static = (loss.detach(), out.detach())
         assert self.static_input is not None and self.static is not None

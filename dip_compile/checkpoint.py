@@ -47,8 +47,10 @@ class Checkpoint:
         try:
             fitter.load_state_dict(self.state)
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # a check in load_checkpoint missed it
-            raise DipError(f"the checkpoint's fitting state cannot be restored ({exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise DipError(
+                f"the checkpoint's fitting state cannot be restored ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
         return fitter
 
 
@@ -61,7 +63,9 @@ def save_checkpoint(fitter: Fitter, path: str | Path, *, overwrite: bool = True)
         "meta": {"package_version": __version__, "torch_version": str(torch.__version__)},
         "config": fitter.config.to_dict(),
         "problem": {
-            "task": str(p.task), "size": list(p.size), "canvas": list(p.canvas),
+            "task": str(p.task),
+            "size": list(p.size),
+            "canvas": list(p.canvas),
             "observation": p.observation.cpu(),
             "mask": None if p.mask is None else p.mask.cpu(),
             "reference": None if p.reference is None else p.reference.cpu(),
@@ -111,15 +115,29 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         with warnings.catch_warnings():  # torch warns (on stderr) before failing on a raw pickle
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, KeyError,
-            AttributeError, TypeError, IndexError, UnicodeDecodeError, MemoryError):
-        raise DipError(f"{path} is not a readable dip-compile checkpoint (corrupted or truncated, "
-                       f"or another kind of file)") from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        IndexError,
+        UnicodeDecodeError,
+        MemoryError,
+    ):
+        raise DipError(
+            f"{path} is not a readable dip-compile checkpoint (corrupted or truncated, or another kind of file)"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DipError(f"{path} is not a dip-compile checkpoint")
     if payload.get("version") != VERSION:
-        raise DipError(f"{path} has checkpoint format version {payload.get('version')}; "
-                       f"this dip-compile reads version {VERSION}")
+        raise DipError(
+            f"{path} has checkpoint format version {payload.get('version')}; this dip-compile reads version {VERSION}"
+        )
     try:
         config = FitConfig.from_dict(payload["config"])
         prob = payload["problem"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -13,8 +14,12 @@ from .config import Backend, Precision, StopRule, StopVariant, Structure, Task, 
 from .errors import DipError
 from .export_options import BatchNormMode, ExportFormat, ExportImage, ExportOptions, NoiseMode, Provider, Weights
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Deep Image Prior restoration: fit, export and regenerate.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Deep Image Prior restoration: fit, export and regenerate.",
+)
 
 
 @app.callback()
@@ -50,40 +55,100 @@ RESUMABLE = "may change on --resume"
 @user_errors
 def fit(
     task: Annotated[Optional[Task], typer.Argument(help="the problem", show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Argument(help="the corrupted image (or clean one with --sigma / --from-reference)", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="restored image (format from the extension, PNG otherwise)")] = None,
+    image: Annotated[
+        Optional[Path],
+        typer.Argument(help="the corrupted image (or clean one with --sigma / --from-reference)", show_default=False),
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="restored image (format from the extension, PNG otherwise)")
+    ] = None,
     mask: Annotated[Optional[Path], typer.Option(help="inpainting mask, same size, white = known pixel")] = None,
-    holes: Annotated[Optional[float], typer.Option(help="inpaint: make a mask dropping this fraction of pixels at random")] = None,
-    box: Annotated[Optional[float], typer.Option(help="inpaint: make a mask with a centred hole of this area fraction")] = None,
+    holes: Annotated[
+        Optional[float], typer.Option(help="inpaint: make a mask dropping this fraction of pixels at random")
+    ] = None,
+    box: Annotated[
+        Optional[float], typer.Option(help="inpaint: make a mask with a centred hole of this area fraction")
+    ] = None,
     text: Annotated[bool, typer.Option("--text", help="inpaint: make a text-overlay mask")] = False,
     factor: Annotated[Optional[int], typer.Option(help="super-resolution factor: 2, 4 or 8 (default 4)")] = None,
-    from_reference: Annotated[bool, typer.Option("--from-reference", help="super-resolve: IMAGE is high-resolution; downsample it for the input and use it as reference")] = False,
-    sigma: Annotated[Optional[float], typer.Option(help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help=f"total iterations (preset: the paper's count); {RESUMABLE}")] = None,
+    from_reference: Annotated[
+        bool,
+        typer.Option(
+            "--from-reference",
+            help="super-resolve: IMAGE is high-resolution; downsample it for the input and use it as reference",
+        ),
+    ] = False,
+    sigma: Annotated[
+        Optional[float],
+        typer.Option(
+            help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference"
+        ),
+    ] = None,
+    iterations: Annotated[
+        Optional[int], typer.Option(help=f"total iterations (preset: the paper's count); {RESUMABLE}")
+    ] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate; {RESUMABLE}")] = None,
-    reg_noise: Annotated[Optional[float], typer.Option(help=f"std of the input perturbation per iteration; {RESUMABLE}")] = None,
-    stop: Annotated[Optional[StopRule], typer.Option(help="auto: variance-based early stopping (denoise default)")] = None,
-    stop_rule: Annotated[Optional[StopVariant], typer.Option(help="auto stopping rule: wmv (window of W outputs) or emv (exponential, no buffer)")] = None,
+    reg_noise: Annotated[
+        Optional[float], typer.Option(help=f"std of the input perturbation per iteration; {RESUMABLE}")
+    ] = None,
+    stop: Annotated[
+        Optional[StopRule], typer.Option(help="auto: variance-based early stopping (denoise default)")
+    ] = None,
+    stop_rule: Annotated[
+        Optional[StopVariant],
+        typer.Option(help="auto stopping rule: wmv (window of W outputs) or emv (exponential, no buffer)"),
+    ] = None,
     stop_window: Annotated[Optional[int], typer.Option(help="auto stopping window W (preset 100)")] = None,
-    stop_patience: Annotated[Optional[int], typer.Option(help=f"auto stopping: stop after this many iterations without a new variance minimum (preset 1000); {RESUMABLE}")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="write a checkpoint here at the end (and on Ctrl-C)")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="continue the fit saved in this checkpoint (only the options marked so may change)")] = None,
+    stop_patience: Annotated[
+        Optional[int],
+        typer.Option(
+            help=f"auto stopping: stop after this many iterations without a new variance minimum (preset 1000); {RESUMABLE}"
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="write a checkpoint here at the end (and on Ctrl-C)")
+    ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(help="continue the fit saved in this checkpoint (only the options marked so may change)"),
+    ] = None,
     report: Annotated[Optional[Path], typer.Option(help="write a JSON report here")] = None,
     reference: Annotated[Optional[Path], typer.Option(help="clean image: PSNR is logged against it")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")
+    ] = None,
     snapshot_every: Annotated[int, typer.Option(help="write OUT-<iteration>.png every N iterations (0 = never)")] = 0,
-    compare: Annotated[Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")] = None,
-    keep_known: Annotated[bool, typer.Option("--keep-known", help=f"inpaint: keep the observed pixels in the output, use the network only in the holes; {RESUMABLE}")] = False,
+    compare: Annotated[
+        Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")
+    ] = None,
+    keep_known: Annotated[
+        bool,
+        typer.Option(
+            "--keep-known",
+            help=f"inpaint: keep the observed pixels in the output, use the network only in the holes; {RESUMABLE}",
+        ),
+    ] = False,
     structure: Annotated[Optional[Structure], typer.Option(help="network structure (preset paper)")] = None,
     depth: Annotated[Optional[int], typer.Option(help="hourglass levels (preset 5)")] = None,
     channels: Annotated[Optional[int], typer.Option(help="channels per level, down and up (preset 128)")] = None,
     skip_channels: Annotated[Optional[int], typer.Option(help="skip channels per level (0 = no skips)")] = None,
-    upsample: Annotated[Optional[Upsample], typer.Option(help="upsampling mode (preset: bilinear; nearest for inpainting)")] = None,
+    upsample: Annotated[
+        Optional[Upsample], typer.Option(help="upsampling mode (preset: bilinear; nearest for inpainting)")
+    ] = None,
     device: Annotated[str, typer.Option(help=f"cpu, cuda, cuda:N or auto; {RESUMABLE}")] = "auto",
-    backend: Annotated[Backend, typer.Option(help=f"training step: eager, inductor (torch.compile), script (TorchScript) or auto; {RESUMABLE}")] = Backend.auto,
-    precision: Annotated[Precision, typer.Option(help=f"bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), fp32 or auto; {RESUMABLE}")] = Precision.auto,
-    log_every: Annotated[Optional[int], typer.Option(help=f"read loss/PSNR from the device every N iterations (default 10); {RESUMABLE}")] = None,
-    status_every: Annotated[float, typer.Option(help="seconds between plain progress lines when stderr is not a terminal (logs, CI)")] = 30.0,
+    backend: Annotated[
+        Backend,
+        typer.Option(help=f"training step: eager, inductor (torch.compile), script (TorchScript) or auto; {RESUMABLE}"),
+    ] = Backend.auto,
+    precision: Annotated[
+        Precision, typer.Option(help=f"bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), fp32 or auto; {RESUMABLE}")
+    ] = Precision.auto,
+    log_every: Annotated[
+        Optional[int], typer.Option(help=f"read loss/PSNR from the device every N iterations (default 10); {RESUMABLE}")
+    ] = None,
+    status_every: Annotated[
+        float, typer.Option(help="seconds between plain progress lines when stderr is not a terminal (logs, CI)")
+    ] = 30.0,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
@@ -93,18 +158,45 @@ def fit(
     if output is None:
         fail("missing -o/--output: where to write the restored image")
     assert output is not None
-    settings = {"iterations": iterations, "lr": lr, "reg_noise_std": reg_noise, "stop": stop,
-                "stop_variant": stop_rule, "stop_window": stop_window, "stop_patience": stop_patience,
-                "seed": seed, "factor": factor, "keep_known": keep_known or None, "device": device,
-                "backend": backend, "precision": precision, "log_every": log_every}
+    settings = {
+        "iterations": iterations,
+        "lr": lr,
+        "reg_noise_std": reg_noise,
+        "stop": stop,
+        "stop_variant": stop_rule,
+        "stop_window": stop_window,
+        "stop_patience": stop_patience,
+        "seed": seed,
+        "factor": factor,
+        "keep_known": keep_known or None,
+        "device": device,
+        "backend": backend,
+        "precision": precision,
+        "log_every": log_every,
+    }
     job = restore.FitJob(
-        output=output, task=task.value if task is not None else None, image=image, mask=mask, holes=holes, box=box,
-        text=text, from_reference=from_reference, sigma=sigma, reference=reference,
+        output=output,
+        task=task.value if task is not None else None,
+        image=image,
+        mask=mask,
+        holes=holes,
+        box=box,
+        text=text,
+        from_reference=from_reference,
+        sigma=sigma,
+        reference=reference,
         settings={k: v for k, v in settings.items() if v is not None},
-        net=restore.NetShape(structure=structure, depth=depth, channels=channels, skip_channels=skip_channels,
-                             upsample=upsample),
-        checkpoint=checkpoint, resume=resume, report=report, compare=compare, snapshot_every=snapshot_every,
-        force=force, quiet=quiet, status_every=status_every,
+        net=restore.NetShape(
+            structure=structure, depth=depth, channels=channels, skip_channels=skip_channels, upsample=upsample
+        ),
+        checkpoint=checkpoint,
+        resume=resume,
+        report=report,
+        compare=compare,
+        snapshot_every=snapshot_every,
+        force=force,
+        quiet=quiet,
+        status_every=status_every,
     )
     code = restore.run_job(job)
     if code:
@@ -116,11 +208,30 @@ def fit(
 def export(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint(s) written by dipc fit --checkpoint")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output file (a folder for several checkpoints)")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx, torchscript or all (OUT.onnx + OUT.pt)")] = ExportFormat.onnx,
-    image: Annotated[ExportImage, typer.Option(help="fit: the image the fit returned (default); output: network on the fixed noise; ema / best: the fit's EMA or auto-stop image (stored correction)")] = ExportImage.fit,
-    bn: Annotated[BatchNormMode, typer.Option(help="frozen: statistics of the fixed noise folded into convs; batch: live statistics, exact for any noise")] = BatchNormMode.frozen,
-    weights: Annotated[Weights, typer.Option(help="weight storage: fp32, or fp16 (half the size, not bit-exact)")] = Weights.fp32,
-    noise: Annotated[NoiseMode, typer.Option(help="embedded: the noise is in the file (empty feed works anywhere); seed: rebuilt from the seed by regenerate (file ~ weights)")] = NoiseMode.embedded,
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="onnx, torchscript or all (OUT.onnx + OUT.pt)")
+    ] = ExportFormat.onnx,
+    image: Annotated[
+        ExportImage,
+        typer.Option(
+            help="fit: the image the fit returned (default); output: network on the fixed noise; ema / best: the fit's EMA or auto-stop image (stored correction)"
+        ),
+    ] = ExportImage.fit,
+    bn: Annotated[
+        BatchNormMode,
+        typer.Option(
+            help="frozen: statistics of the fixed noise folded into convs; batch: live statistics, exact for any noise"
+        ),
+    ] = BatchNormMode.frozen,
+    weights: Annotated[
+        Weights, typer.Option(help="weight storage: fp32, or fp16 (half the size, not bit-exact)")
+    ] = Weights.fp32,
+    noise: Annotated[
+        NoiseMode,
+        typer.Option(
+            help="embedded: the noise is in the file (empty feed works anywhere); seed: rebuilt from the seed by regenerate (file ~ weights)"
+        ),
+    ] = NoiseMode.embedded,
     verify: Annotated[bool, typer.Option("--verify", help="rerun the export and compare with the fit's image")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
 ) -> None:
@@ -132,10 +243,12 @@ def export(
     failed, noted = False, set()
     for w in written:
         mib = 1024 * 1024
-        typer.echo(f"{w.checkpoint} -> {w.path} ({w.format}, {w.bytes / mib:.2f} MiB: weights "
-                   f"{w.weight_bytes / mib:.2f} MiB fp32 + noise {w.noise_bytes / mib:.2f} MiB"
-                   + (f" + {w.metadata['image']} correction {w.correction_bytes / mib:.2f} MiB" if w.correction_bytes else "")
-                   + ")")
+        typer.echo(
+            f"{w.checkpoint} -> {w.path} ({w.format}, {w.bytes / mib:.2f} MiB: weights "
+            f"{w.weight_bytes / mib:.2f} MiB fp32 + noise {w.noise_bytes / mib:.2f} MiB"
+            + (f" + {w.metadata['image']} correction {w.correction_bytes / mib:.2f} MiB" if w.correction_bytes else "")
+            + ")"
+        )
         note = exporters.fit_image_note(w.metadata)
         if note and w.checkpoint not in noted:
             noted.add(w.checkpoint)
@@ -156,8 +269,12 @@ def regenerate(
     model: Annotated[Path, typer.Argument(help="an ONNX file written by dipc export")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write")] = None,
     provider: Annotated[Provider, typer.Option(help="onnxruntime provider; CUDA falls back to CPU")] = Provider.auto,
-    check: Annotated[Optional[Path], typer.Option(help="compare with this PNG: max abs diff, identical 8-bit pixels")] = None,
-    noise: Annotated[Optional[Path], typer.Option(help="a .npy of other noise to feed instead of the shipped one")] = None,
+    check: Annotated[
+        Optional[Path], typer.Option(help="compare with this PNG: max abs diff, identical 8-bit pixels")
+    ] = None,
+    noise: Annotated[
+        Optional[Path], typer.Option(help="a .npy of other noise to feed instead of the shipped one")
+    ] = None,
     info: Annotated[bool, typer.Option("--info", help="print the model's metadata as JSON")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
 ) -> None:

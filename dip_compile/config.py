@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import DipError
 
+
 class Choice(str, Enum):
     """A string option with a fixed set of values: typer lists them in --help, and it prints as its value."""
 
@@ -98,12 +99,21 @@ def _coerce(obj: Any, name: str, kind: type[Choice]) -> None:
     try:
         object.__setattr__(obj, name, kind(value))
     except ValueError:
-        raise ConfigError(f"{flag_of(type(obj), name)} must be one of {', '.join(kind.values())}, "
-                          f"got {value!r}") from None
+        raise ConfigError(
+            f"{flag_of(type(obj), name)} must be one of {', '.join(kind.values())}, got {value!r}"
+        ) from None
 
 
-def _finite(obj: Any, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
-            high_open: bool = False, allow_none: bool = False) -> None:
+def _finite(
+    obj: Any,
+    name: str,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> None:
     """One rule for every float setting: a real, finite number in its range (nan and inf are never valid)."""
     value = getattr(obj, name)
     if value is None and allow_none:
@@ -144,8 +154,12 @@ class NetConfig:
     input_scale: float = option(0.1, flag="input_scale")  # the paper's noise is U[0, 1) * 1/10
 
     def __post_init__(self) -> None:
-        for name, kind in (("structure", Structure), ("upsample", Upsample), ("padding", Padding),
-                           ("input_kind", InputKind)):
+        for name, kind in (
+            ("structure", Structure),
+            ("upsample", Upsample),
+            ("padding", Padding),
+            ("input_kind", InputKind),
+        ):
             _coerce(self, name, kind)
         for name in ("channels_down", "channels_up", "channels_skip"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -220,8 +234,13 @@ class FitConfig:
     keep_known: bool = option(False, flag="--keep-known", resume=True)
 
     def __post_init__(self) -> None:
-        for name, kind in (("task", Task), ("stop", StopRule), ("stop_variant", StopVariant),
-                           ("backend", Backend), ("precision", Precision)):
+        for name, kind in (
+            ("task", Task),
+            ("stop", StopRule),
+            ("stop_variant", StopVariant),
+            ("backend", Backend),
+            ("precision", Precision),
+        ):
             _coerce(self, name, kind)
         if not isinstance(self.net, NetConfig):
             raise ConfigError("net must be a NetConfig")
@@ -248,7 +267,7 @@ class FitConfig:
         if self.precision == Precision.fp16 and device == "cpu":
             raise ConfigError("--precision fp16 is for CUDA; on a CPU use bf16 (with AVX512-BF16/AMX) or fp32")
 
-    def replace(self, **changes: Any) -> "FitConfig":
+    def replace(self, **changes: Any) -> FitConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,7 +275,7 @@ class FitConfig:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FitConfig":
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
         data = dict(data)
         net = dict(data.pop("net"))
         for key in ("channels_down", "channels_up", "channels_skip"):
@@ -291,15 +310,32 @@ def preset(task: str, *, factor: int = 4, output_channels: int = 3) -> FitConfig
     """The paper notebooks' settings for a task (kate inpainting, F16 denoising, x4/x8 super-resolution)."""
     if task == "inpaint":
         net = dataclasses.replace(PAPER_INPAINT_NET, output_channels=output_channels)
-        return FitConfig(task=Task.inpaint, net=net, iterations=6000, lr=0.01, reg_noise_std=0.03,
-                         ema=None, backtrack_db=None)
+        return FitConfig(
+            task=Task.inpaint, net=net, iterations=6000, lr=0.01, reg_noise_std=0.03, ema=None, backtrack_db=None
+        )
     if task == "denoise":
         net = dataclasses.replace(PAPER_NET, output_channels=output_channels)
-        return FitConfig(task=Task.denoise, net=net, iterations=3000, lr=0.01, reg_noise_std=1.0 / 30.0,
-                         ema=0.99, backtrack_db=5.0, stop=StopRule.auto)
+        return FitConfig(
+            task=Task.denoise,
+            net=net,
+            iterations=3000,
+            lr=0.01,
+            reg_noise_std=1.0 / 30.0,
+            ema=0.99,
+            backtrack_db=5.0,
+            stop=StopRule.auto,
+        )
     if task == "super-resolve":
         net = dataclasses.replace(PAPER_NET, output_channels=output_channels)
         iterations, reg = {2: (2000, 0.03), 4: (2000, 0.03), 8: (4000, 0.05)}.get(factor, (2000, 0.03))
-        return FitConfig(task=Task.super_resolve, net=net, iterations=iterations, lr=0.01, reg_noise_std=reg,
-                         ema=None, backtrack_db=None, factor=factor)
+        return FitConfig(
+            task=Task.super_resolve,
+            net=net,
+            iterations=iterations,
+            lr=0.01,
+            reg_noise_std=reg,
+            ema=None,
+            backtrack_db=None,
+            factor=factor,
+        )
     raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -80,6 +80,7 @@ def make_operator(task: str, *, mask: torch.Tensor | None = None, factor: int = 
 
 # --- Test masks (the paper evaluates text overlays, random holes and large regions) -------------------------
 
+
 def random_holes_mask(height: int, width: int, fraction: float, seed: int = 0) -> torch.Tensor:
     """Drops ``fraction`` of the pixels at random (1 = known)."""
     if not 0 <= fraction < 1:
@@ -95,7 +96,7 @@ def box_mask(height: int, width: int, fraction: float = 0.25) -> torch.Tensor:
     mask = torch.ones(height, width)
     bh, bw = round(height * math.sqrt(fraction)), round(width * math.sqrt(fraction))
     top, left = (height - bh) // 2, (width - bw) // 2
-    mask[top:top + bh, left:left + bw] = 0
+    mask[top : top + bh, left : left + bw] = 0
     return mask
 
 

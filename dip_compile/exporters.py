@@ -91,6 +91,7 @@ class ExportPlan:
 
 # --- building the graph ---------------------------------------------------------------------------------------
 
+
 def capture_bn_statistics(net: Hourglass, noise: torch.Tensor) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     """Runs the network once on ``noise`` and records, per BatchNorm, the batch mean and biased variance it used."""
     stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -128,11 +129,18 @@ class _Builder:
             return x
         if isinstance(m, nn.Conv2d):
             bias = m.bias.detach().double() if m.bias is not None else torch.zeros(m.out_channels, dtype=torch.float64)
-            return self.add("conv", [x], {"weight": m.weight.detach().double(), "bias": bias},
-                            stride=m.stride[0], pad=m.padding[0],
-                            pad_mode="reflect" if m.padding_mode == "reflect" else "zeros")
+            return self.add(
+                "conv",
+                [x],
+                {"weight": m.weight.detach().double(), "bias": bias},
+                stride=m.stride[0],
+                pad=m.padding[0],
+                pad_mode="reflect" if m.padding_mode == "reflect" else "zeros",
+            )
         if isinstance(m, nn.BatchNorm2d):
-            gamma = m.weight.detach().double() if m.weight is not None else torch.ones(m.num_features, dtype=torch.float64)
+            gamma = (
+                m.weight.detach().double() if m.weight is not None else torch.ones(m.num_features, dtype=torch.float64)
+            )
             beta = m.bias.detach().double() if m.bias is not None else torch.zeros(m.num_features, dtype=torch.float64)
             if self.bn == "batch":
                 return self.add("norm", [x], {"weight": gamma, "bias": beta}, eps=m.eps)
@@ -183,9 +191,11 @@ def fold_affines(graph: Graph) -> Graph:
                 changed = True
                 continue
             after = [n for n in nodes if a.output in n.inputs]
-            if after and graph.output != a.output and all(
-                    n.op == "conv" and (n.attrs["pad"] == 0 or n.attrs["pad_mode"] == "reflect")
-                    for n in after):
+            if (
+                after
+                and graph.output != a.output
+                and all(n.op == "conv" and (n.attrs["pad"] == 0 or n.attrs["pad_mode"] == "reflect") for n in after)
+            ):
                 for conv in after:
                     w = conv.tensors["weight"]
                     conv.tensors["bias"] = conv.tensors["bias"] + (w * shift[None, :, None, None]).sum((1, 2, 3))
@@ -201,8 +211,16 @@ def _rename(nodes: list[Node], old: str, new: str) -> None:
         n.inputs = [new if i == old else i for i in n.inputs]
 
 
-def build_graph(net: Hourglass, noise: torch.Tensor, canvas: tuple[int, int], size: tuple[int, int], *,
-                bn: str = DEFAULTS.bn, fold: bool = True, correction: torch.Tensor | None = None) -> Graph:
+def build_graph(
+    net: Hourglass,
+    noise: torch.Tensor,
+    canvas: tuple[int, int],
+    size: tuple[int, int],
+    *,
+    bn: str = DEFAULTS.bn,
+    fold: bool = True,
+    correction: torch.Tensor | None = None,
+) -> Graph:
     """The inference graph of ``net`` on the canvas, cropped to ``size``; ``correction`` is added after the crop."""
     bn = choice(BatchNormMode, bn, "--bn")
     stats = capture_bn_statistics(net, noise) if bn == BatchNormMode.frozen else {}
@@ -218,6 +236,7 @@ def build_graph(net: Hourglass, noise: torch.Tensor, canvas: tuple[int, int], si
 
 
 # --- the torch executor (what TorchScript records, and the torch side of verification) ------------------------
+
 
 class GraphModule(nn.Module):
     """Executes a :class:`Graph` with torch ops; weights are stored in ``dtype`` and computed in float32."""
@@ -260,7 +279,7 @@ class GraphModule(nn.Module):
                 y = torch.cat(x, dim=1)
             elif node.op == "crop":
                 top, left, h, w = a["box"]
-                y = x[0][:, :, top:top + h, left:left + w]
+                y = x[0][:, :, top : top + h, left : left + w]
             elif node.op == "add":
                 y = x[0] + self.tensor(i, "value")
             elif node.op == "clip":
@@ -285,6 +304,7 @@ class Regenerator(nn.Module):
 
 
 # --- plans, metadata, exporters --------------------------------------------------------------------------------
+
 
 def noise_checksum(noise: torch.Tensor) -> str:
     """sha256 of the noise as little-endian float32 in C order (what the ONNX initializer stores), computed by the
@@ -320,21 +340,32 @@ def _finite(tensors: Any) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-IMAGE_NOTES = {"output": "network output on the fixed noise, BatchNorm in train mode (batch statistics)",
-               "ema": "the fit's EMA image = network output + a stored constant correction (clipped to [0,1])",
-               "best": "the auto-stop image = network output + a stored constant correction (clipped to [0,1])"}
+IMAGE_NOTES = {
+    "output": "network output on the fixed noise, BatchNorm in train mode (batch statistics)",
+    "ema": "the fit's EMA image = network output + a stored constant correction (clipped to [0,1])",
+    "best": "the auto-stop image = network output + a stored constant correction (clipped to [0,1])",
+}
 
 
 def _image_note(kind: str) -> str:
     base = kind.removesuffix(KNOWN_PIXELS)
     if kind == base:
         return IMAGE_NOTES[kind]
-    return (f"the fit's image with its observed pixels kept (--keep-known): its {base} image in the holes and the "
-            f"observed pixels elsewhere = network output + a stored constant correction (clipped to [0,1])")
+    return (
+        f"the fit's image with its observed pixels kept (--keep-known): its {base} image in the holes and the "
+        f"observed pixels elsewhere = network output + a stored constant correction (clipped to [0,1])"
+    )
 
 
-def plan_export(ckpt: Checkpoint, *, image: str = DEFAULTS.image, bn: str = DEFAULTS.bn,
-                weights: str = DEFAULTS.weights, noise_mode: str = DEFAULTS.noise, fold: bool = True) -> ExportPlan:
+def plan_export(
+    ckpt: Checkpoint,
+    *,
+    image: str = DEFAULTS.image,
+    bn: str = DEFAULTS.bn,
+    weights: str = DEFAULTS.weights,
+    noise_mode: str = DEFAULTS.noise,
+    fold: bool = True,
+) -> ExportPlan:
     """Builds the inference graph and metadata of a checkpoint's network (on the CPU, float32); strings or the
     Enums of :mod:`export_options`."""
     options = ExportOptions.of(image=image, bn=bn, weights=weights, noise=noise_mode)
@@ -363,44 +394,66 @@ def plan_export(ckpt: Checkpoint, *, image: str = DEFAULTS.image, bn: str = DEFA
     bn, weights, noise_mode = options.bn.value, options.weights.value, options.noise.value
     loss = F.mse_loss(problem.operator(target), problem.observation).item()
     meta: dict[str, Any] = {
-        "format": FORMAT, "format_version": str(VERSION),
-        "task": cfg.task, "image_size": f"{problem.size[1]}x{problem.size[0]}",
-        "image_height": str(problem.size[0]), "image_width": str(problem.size[1]),
-        "canvas": f"{problem.canvas[1]}x{problem.canvas[0]}", "channels": str(cfg.net.output_channels),
-        "iterations": str(ckpt.iteration), "seed": str(cfg.seed),
+        "format": FORMAT,
+        "format_version": str(VERSION),
+        "task": cfg.task,
+        "image_size": f"{problem.size[1]}x{problem.size[0]}",
+        "image_height": str(problem.size[0]),
+        "image_width": str(problem.size[1]),
+        "canvas": f"{problem.canvas[1]}x{problem.canvas[0]}",
+        "channels": str(cfg.net.output_channels),
+        "iterations": str(ckpt.iteration),
+        "seed": str(cfg.seed),
         "image": kind,
         "image_option": options.image.value,
         "image_note": _image_note(kind),
         "fit_image": fit_source,
         "bn": bn,
-        "bn_note": ("BatchNorm statistics frozen to those of the shipped noise and folded into the convolutions; "
-                    "exact for the shipped noise" if bn == "frozen" else
-                    "BatchNorm uses each sample's own statistics (InstanceNormalization), exact for any noise"),
+        "bn_note": (
+            "BatchNorm statistics frozen to those of the shipped noise and folded into the convolutions; "
+            "exact for the shipped noise"
+            if bn == "frozen"
+            else "BatchNorm uses each sample's own statistics (InstanceNormalization), exact for any noise"
+        ),
         "weights": weights,
-        "weights_note": ("convolution weights in fp32" if weights == "fp32" else
-                         "convolution weights stored in fp16 and cast to fp32 in the graph; BatchNorm scale/shift "
-                         "in fp32 with the statistics of the fp16-rounded network (not bit-exact)"),
+        "weights_note": (
+            "convolution weights in fp32"
+            if weights == "fp32"
+            else "convolution weights stored in fp16 and cast to fp32 in the graph; BatchNorm scale/shift "
+            "in fp32 with the statistics of the fp16-rounded network (not bit-exact)"
+        ),
         "loss": f"{loss:.8g}",
         "psnr_observation": f"{psnr(problem.operator(target), problem.observation).item():.4f}",
         "psnr_reference": (f"{psnr(target, problem.reference).item():.4f}" if problem.reference is not None else ""),
         "noise": noise_mode,
-        "noise_note": ("the fixed noise is the initializer of the noise input: an empty feed regenerates the image"
-                       if noise_mode == "embedded" else
-                       "the fixed noise is not stored: it is torch.rand(noise_shape) * noise_scale from a CPU "
-                       "generator seeded with noise_seed (MT19937), rebuilt by regenerate.py and checked against "
-                       "noise_sha256; other ONNX Runtime callers must feed it"),
+        "noise_note": (
+            "the fixed noise is the initializer of the noise input: an empty feed regenerates the image"
+            if noise_mode == "embedded"
+            else "the fixed noise is not stored: it is torch.rand(noise_shape) * noise_scale from a CPU "
+            "generator seeded with noise_seed (MT19937), rebuilt by regenerate.py and checked against "
+            "noise_sha256; other ONNX Runtime callers must feed it"
+        ),
         "noise_seed": str(cfg.seed),
-        "noise_sha256": noise_checksum(noise), "noise_shape": "x".join(str(s) for s in noise.shape),
-        "noise_kind": cfg.net.input_kind, "noise_scale": str(cfg.net.input_scale),
+        "noise_sha256": noise_checksum(noise),
+        "noise_shape": "x".join(str(s) for s in noise.shape),
+        "noise_kind": cfg.net.input_kind,
+        "noise_scale": str(cfg.net.input_scale),
         "parameters": str(sum(p.numel() for p in net.parameters())),
-        "package_version": __version__, "torch_version": torch.__version__,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
         "fit_package_version": str(ckpt.meta.get("package_version", "")),
         "fit_torch_version": str(ckpt.meta.get("torch_version", "")),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
     }
-    return ExportPlan(graph, noise.contiguous(), target.contiguous(), {k: str(v) for k, v in meta.items()},
-                      options.weights, embed_noise=options.noise == NoiseMode.embedded)
+    return ExportPlan(
+        graph,
+        noise.contiguous(),
+        target.contiguous(),
+        {k: str(v) for k, v in meta.items()},
+        options.weights,
+        embed_noise=options.noise == NoiseMode.embedded,
+    )
 
 
 def _check_seed_noise(ckpt: Checkpoint, noise: torch.Tensor) -> None:
@@ -466,12 +519,18 @@ def to_onnx(plan: ExportPlan) -> Any:
             pad, src = a["pad"], x[0]
             if pad and a["pad_mode"] == "reflect":
                 src = f"{out}.padded"
-                nodes.append(helper.make_node("Pad", [x[0], const(f"{out}.pads", [0, 0, pad, pad, 0, 0, pad, pad])],
-                                              [src], mode="reflect"))
+                nodes.append(
+                    helper.make_node(
+                        "Pad", [x[0], const(f"{out}.pads", [0, 0, pad, pad, 0, 0, pad, pad])], [src], mode="reflect"
+                    )
+                )
                 pad = 0
             k = n.tensors["weight"].shape[-1]
-            nodes.append(helper.make_node("Conv", [src, w, b], [out], kernel_shape=[k, k],
-                                          strides=[a["stride"]] * 2, pads=[pad] * 4))
+            nodes.append(
+                helper.make_node(
+                    "Conv", [src, w, b], [out], kernel_shape=[k, k], strides=[a["stride"]] * 2, pads=[pad] * 4
+                )
+            )
         elif n.op == "affine":
             c = n.tensors["scale"].numel()
             s = weight(f"{out}.scale", n.tensors["scale"], (1, c, 1, 1))
@@ -499,15 +558,27 @@ def to_onnx(plan: ExportPlan) -> Any:
             nodes.append(helper.make_node("Concat", x, [out], axis=1))
         elif n.op == "crop":
             top, left, height, width = a["box"]
-            nodes.append(helper.make_node("Slice", [x[0], const(f"{out}.starts", [top, left]),
-                                                    const(f"{out}.ends", [top + height, left + width]),
-                                                    const(f"{out}.axes", [2, 3])], [out]))
+            nodes.append(
+                helper.make_node(
+                    "Slice",
+                    [
+                        x[0],
+                        const(f"{out}.starts", [top, left]),
+                        const(f"{out}.ends", [top + height, left + width]),
+                        const(f"{out}.axes", [2, 3]),
+                    ],
+                    [out],
+                )
+            )
         elif n.op == "add":
             inits.append(_initializer(f"{out}.value", n.tensors["value"]))
             nodes.append(helper.make_node("Add", [x[0], f"{out}.value"], [out]))
         elif n.op == "clip":
-            nodes.append(helper.make_node("Clip", [x[0], const(f"{out}.min", 0.0, np.float32),
-                                                   const(f"{out}.max", 1.0, np.float32)], [out]))
+            nodes.append(
+                helper.make_node(
+                    "Clip", [x[0], const(f"{out}.min", 0.0, np.float32), const(f"{out}.max", 1.0, np.float32)], [out]
+                )
+            )
         else:
             raise ValueError(f"unknown node {n.op}")
     nodes.append(helper.make_node("Identity", [g.output], ["image"]))
@@ -515,14 +586,20 @@ def to_onnx(plan: ExportPlan) -> Any:
     _, d, hc, wc = plan.noise.shape
     _, c, height, width = plan.target.shape
     graph = helper.make_graph(
-        nodes, "dip_compile_regenerate",
+        nodes,
+        "dip_compile_regenerate",
         [helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["batch", d, hc, wc])],
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", c, height, width])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="dip-compile", producer_version=__version__,
-                              doc_string="Deep Image Prior network with its fixed noise: run with an empty feed "
-                                         "to regenerate the restored image.")
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="dip-compile",
+        producer_version=__version__,
+        doc_string="Deep Image Prior network with its fixed noise: run with an empty feed "
+        "to regenerate the restored image.",
+    )
     model.ir_version = 8  # opset 17's IR version: loadable by onnxruntime >= 1.13
     helper.set_model_props(model, plan.metadata)
     onnx.checker.check_model(model)
@@ -560,6 +637,7 @@ def write_torchscript(plan: ExportPlan, path: str | Path) -> Path:
 
 # --- verification -------------------------------------------------------------------------------------------
 
+
 def run_onnx(path_or_bytes: str | Path | bytes, noise: np.ndarray | None = None, provider: str = "cpu") -> np.ndarray:
     """The image (N, C, H, W) an exported ONNX model returns (empty feed unless ``noise`` is given)."""
     session, _ = replay.open_session(path_or_bytes, provider)
@@ -574,6 +652,7 @@ def run_torchscript(path: str | Path, noise: torch.Tensor | None = None) -> torc
 
 def agreement(image: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> dict[str, float]:
     """max |a - b| in [0, 1], the share of identical 8-bit pixels and the largest 8-bit difference."""
+
     def arr(t: Any) -> np.ndarray:
         return t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
 
@@ -638,8 +717,9 @@ def passes(check: dict[str, float], tolerance: float = 1e-4) -> bool:
     return check["max_abs_diff"] <= tolerance and replay.passes(check)
 
 
-def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path, options: ExportOptions | None = None,
-                       **choices: Any) -> list[Written]:
+def export_checkpoints(
+    checkpoints: Sequence[str | Path], output: str | Path, options: ExportOptions | None = None, **choices: Any
+) -> list[Written]:
     """Exports each checkpoint; checks every input and output before writing anything, writes atomically.
 
     ``options``, or keyword choices over the defaults (``fmt="onnx", image="fit", bn=..., weights=..., noise=...,
@@ -655,8 +735,9 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path, op
     plans = {}
     for c, ck in loaded.items():
         try:
-            plans[c] = plan_export(ck, image=options.image, bn=options.bn, weights=options.weights,
-                                   noise_mode=options.noise)
+            plans[c] = plan_export(
+                ck, image=options.image, bn=options.bn, weights=options.weights, noise_mode=options.noise
+            )
         except DipError as exc:
             raise DipError(f"{c}: {exc}" if len(loaded) > 1 else str(exc)) from None
     written = []
@@ -665,8 +746,9 @@ def export_checkpoints(checkpoints: Sequence[str | Path], output: str | Path, op
         (write_onnx if f == "onnx" else write_torchscript)(plan, path)
         noise_bytes = plan.noise.numel() * 4 if plan.embed_noise or f == "torchscript" else 0
         correction = sum(n.tensors["value"].numel() * 4 for n in plan.graph.nodes if n.op == "add")
-        result = Written(ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), noise_bytes, plan.metadata,
-                         correction)
+        result = Written(
+            ckpt_path, f, path, path.stat().st_size, weight_bytes(plan), noise_bytes, plan.metadata, correction
+        )
         if options.verify:
             got = run_onnx(path) if f == "onnx" else run_torchscript(path)
             result.check = agreement(got, plan.target)

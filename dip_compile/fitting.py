@@ -12,8 +12,9 @@ import dataclasses
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -58,14 +59,13 @@ class Step(Protocol):
 
     name: str
 
-    def __call__(self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
-        ...
+    def __call__(
+        self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        ...
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
 
-    def poll(self) -> int:
-        ...
+    def poll(self) -> int: ...
 
 
 class EagerStep:
@@ -105,9 +105,11 @@ def interrupt_flag(notify: Callable[[str], None] | None = None) -> Iterator[Call
         if hits >= 3:
             raise KeyboardInterrupt
         if notify is not None:
-            notify("stopping after this iteration and saving a checkpoint (press Ctrl-C twice more to quit "
-                   "without saving)" if hits == 1 else
-                   "still stopping and saving; press Ctrl-C once more to quit without saving")
+            notify(
+                "stopping after this iteration and saving a checkpoint (press Ctrl-C twice more to quit without saving)"
+                if hits == 1
+                else "still stopping and saving; press Ctrl-C once more to quit without saving"
+            )
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -155,8 +157,9 @@ class Fitter:
             before = self.plan
             self.plan = fp32_plan(before)
             self.step = self.make_step()
-            self.fallbacks.append(dataclasses.asdict(Fallback(self.iteration, bad, before.describe(),
-                                                              self.plan.describe())))
+            self.fallbacks.append(
+                dataclasses.asdict(Fallback(self.iteration, bad, before.describe(), self.plan.describe()))
+            )
 
     # --- images --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -204,7 +207,7 @@ class Fitter:
         current = psnr(self.problem.operator(out), self.problem.observation)
         assert self.config.backtrack_db is not None
         bad = (self.backtrack_psnr - current) > self.config.backtrack_db
-        for param, saved in zip(params, self.backtrack_saved):
+        for param, saved in zip(params, self.backtrack_saved, strict=True):
             param.copy_(torch.where(bad, saved, param))
             saved.copy_(param)
         self.backtrack_psnr = torch.where(bad, self.backtrack_psnr, current)
@@ -238,9 +241,15 @@ class Fitter:
             self.history["psnr_reference_ema"].append(p_ema)
         return record
 
-    def run(self, iterations: int | None = None, *, on_log: Callable[[LogRecord], None] | None = None,
-            snapshot_every: int = 0, on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
-            stop_requested: Callable[[], bool] | None = None) -> FitResult:
+    def run(
+        self,
+        iterations: int | None = None,
+        *,
+        on_log: Callable[[LogRecord], None] | None = None,
+        snapshot_every: int = 0,
+        on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> FitResult:
         """Fits until ``iterations`` in total (the config's count by default), an auto-stop, or Ctrl-C.
 
         ``stop_requested`` replaces the Ctrl-C handling installed here (a caller that must also save after the loop
@@ -284,13 +293,22 @@ class Fitter:
         steady = fit_seconds - first_step
         image, source = self.image()
         return FitResult(
-            image=image.detach().cpu(), iterations=self.iteration, stop_reason=reason, image_source=source,
-            history=self.history, fit_seconds=fit_seconds, first_step_seconds=first_step,
-            iterations_per_second=(done - 1) / steady if done > 1 and steady > 0 else (done / fit_seconds if fit_seconds else 0.0),
+            image=image.detach().cpu(),
+            iterations=self.iteration,
+            stop_reason=reason,
+            image_source=source,
+            history=self.history,
+            fit_seconds=fit_seconds,
+            first_step_seconds=first_step,
+            iterations_per_second=(done - 1) / steady
+            if done > 1 and steady > 0
+            else (done / fit_seconds if fit_seconds else 0.0),
             backtracks=int(self.backtracks.item()),
             stop_info={**self.stopper.info(), "kept_image": "ema" if self.config.ema is not None else "output"}
-            if self.stopper is not None else {},
-            plan=self.plan.describe(), fallbacks=list(self.fallbacks),
+            if self.stopper is not None
+            else {},
+            plan=self.plan.describe(),
+            fallbacks=list(self.fallbacks),
         )
 
     # --- checkpointing -------------------------------------------------------------------------------------

@@ -53,8 +53,9 @@ class PaperLevel(nn.Module):
         super().__init__()
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
         self.skip = nn.Sequential(*conv_bn_act(cfg, c_in, skip, cfg.kernel_skip)) if skip else None
-        self.down = nn.Sequential(*conv_bn_act(cfg, c_in, down, cfg.kernel_down, stride=2),
-                                  *conv_bn_act(cfg, down, down, cfg.kernel_down))
+        self.down = nn.Sequential(
+            *conv_bn_act(cfg, c_in, down, cfg.kernel_down, stride=2), *conv_bn_act(cfg, down, down, cfg.kernel_down)
+        )
         self.deeper = deeper
         self.upsample = upsample(cfg)
         merged = skip + (cfg.channels_up[level + 1] if deeper is not None else down)
@@ -80,8 +81,9 @@ class SeedLevel(nn.Module):
     def __init__(self, cfg: NetConfig, level: int, c_in: int, deeper: nn.Module | None) -> None:
         super().__init__()
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
-        self.down = nn.Sequential(*conv_bn_act(cfg, c_in, down, cfg.kernel_down, stride=2),
-                                  *conv_bn_act(cfg, down, down, cfg.kernel_down))
+        self.down = nn.Sequential(
+            *conv_bn_act(cfg, c_in, down, cfg.kernel_down, stride=2), *conv_bn_act(cfg, down, down, cfg.kernel_down)
+        )
         self.skip = nn.Sequential(*conv_bn_act(cfg, down, skip, cfg.kernel_skip)) if skip else None
         self.deeper = deeper
         merged = skip + (cfg.channels_up[level + 1] if deeper is not None else down)

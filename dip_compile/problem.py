@@ -40,10 +40,19 @@ class Problem:
             return up.clamp(0, 1)
         return self.observation
 
-    def to(self, device: torch.device | str) -> "Problem":
-        move = (lambda t: None if t is None else t.to(device))
-        return Problem(self.task, self.observation.to(device), self.operator.to(device), self.size, self.canvas,
-                       move(self.mask), move(self.reference))
+    def to(self, device: torch.device | str) -> Problem:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Problem(
+            self.task,
+            self.observation.to(device),
+            self.operator.to(device),
+            self.size,
+            self.canvas,
+            move(self.mask),
+            move(self.reference),
+        )
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -71,11 +80,12 @@ class CenterCrop(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, left, h, w = self.box
-        return x[:, :, top:top + h, left:left + w]
+        return x[:, :, top : top + h, left : left + w]
 
 
-def make_problem(config: FitConfig, image: torch.Tensor, *, mask: torch.Tensor | None = None,
-                 reference: torch.Tensor | None = None) -> Problem:
+def make_problem(
+    config: FitConfig, image: torch.Tensor, *, mask: torch.Tensor | None = None, reference: torch.Tensor | None = None
+) -> Problem:
     """``image`` is the corrupted observation (C, H, W): masked/noisy image, or the low-resolution one."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
@@ -100,8 +110,10 @@ def make_problem(config: FitConfig, image: torch.Tensor, *, mask: torch.Tensor |
             reference = reference.unsqueeze(0)
         if tuple(reference.shape[-2:]) != size or reference.shape[1] != channels:
             rh, rw = reference.shape[-2:]
-            raise DipError(f"reference is {rw}x{rh} with {reference.shape[1]} channel(s); "
-                           f"expected {size[1]}x{size[0]} with {channels}")
+            raise DipError(
+                f"reference is {rw}x{rh} with {reference.shape[1]} channel(s); "
+                f"expected {size[1]}x{size[0]} with {channels}"
+            )
     canvas = canvas_for(config.net, size)
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
     observation = operator(image) if config.task == "inpaint" else image
@@ -130,7 +142,7 @@ def downsample_reference(image: torch.Tensor, factor: int) -> tuple[torch.Tensor
     if h2 == 0 or w2 == 0:
         raise DipError(f"image {w}x{h} is smaller than the factor {factor}")
     top, left = (h - h2) // 2, (w - w2) // 2
-    cropped = image.reshape(c, h, w)[:, top:top + h2, left:left + w2]
+    cropped = image.reshape(c, h, w)[:, top : top + h2, left : left + w2]
     small = to_pil(cropped).resize((w2 // factor, h2 // factor), Image.Resampling.LANCZOS)
     array = np.asarray(small, dtype=np.float32) / 255.0
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

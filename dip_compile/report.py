@@ -34,7 +34,8 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         "first_step_seconds": result.first_step_seconds,
         # the first step minus a steady one: what compiling (or capturing a CUDA graph) cost
         "compile_seconds": max(result.first_step_seconds - 1.0 / result.iterations_per_second, 0.0)
-        if result.iterations_per_second > 0 else result.first_step_seconds,
+        if result.iterations_per_second > 0
+        else result.first_step_seconds,
         "backend": fitter.plan.backend,
         "precision": fitter.plan.precision,
         "step_plan": result.plan,

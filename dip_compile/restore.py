@@ -6,9 +6,10 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -16,7 +17,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import FitConfig, NetConfig, flag_of, preset
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
-from .fitting import Fitter, FitResult, LogRecord, interrupt_flag
+from .fitting import FitResult, Fitter, LogRecord, interrupt_flag
 from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side
 from .network import fit_bytes
 from .problem import Problem, add_noise, downsample_reference, make_problem
@@ -94,10 +95,17 @@ def resolve_device(name: str) -> str:
 
 def _problem_options(job: FitJob) -> list[str]:
     """The options that describe the problem (the checkpoint holds it on --resume)."""
-    given = {"TASK": job.task is not None, "IMAGE": job.image is not None, "--mask": job.mask is not None,
-             "--holes": job.holes is not None, "--box": job.box is not None, "--text": job.text,
-             "--from-reference": job.from_reference, "--sigma": job.sigma is not None,
-             "--reference": job.reference is not None}
+    given = {
+        "TASK": job.task is not None,
+        "IMAGE": job.image is not None,
+        "--mask": job.mask is not None,
+        "--holes": job.holes is not None,
+        "--box": job.box is not None,
+        "--text": job.text,
+        "--from-reference": job.from_reference,
+        "--sigma": job.sigma is not None,
+        "--reference": job.reference is not None,
+    }
     return [name for name, on in given.items() if on]
 
 
@@ -118,8 +126,10 @@ def resume_config(job: FitJob, ckpt: Checkpoint) -> FitConfig:
     """The checkpoint's configuration with the changes a resumed fit may take; refuses the others in one line."""
     problem = _problem_options(job)
     if problem:
-        raise DipError(f"--resume continues the saved fit, whose checkpoint holds the image, the task and its "
-                       f"inputs: drop {', '.join(problem)}")
+        raise DipError(
+            f"--resume continues the saved fit, whose checkpoint holds the image, the task and its "
+            f"inputs: drop {', '.join(problem)}"
+        )
     if job.net.given():
         raise DipError(f"--resume continues the saved network: drop {', '.join(job.net.given())}")
     saved, changes = ckpt.config, {}
@@ -128,13 +138,16 @@ def resume_config(job: FitJob, ckpt: Checkpoint) -> FitConfig:
             continue
         if name not in FitConfig.resumable():
             flag = flag_of(FitConfig, name)
-            raise DipError(f"{flag} cannot change when resuming (the checkpoint has {getattr(saved, name)}); "
-                           f"a resumed fit may change only {resumable_flags()}")
+            raise DipError(
+                f"{flag} cannot change when resuming (the checkpoint has {getattr(saved, name)}); "
+                f"a resumed fit may change only {resumable_flags()}"
+            )
         changes[name] = value
     config = saved.replace(**changes)
     if config.iterations <= ckpt.iteration:
-        raise DipError(f"the checkpoint is already at iteration {ckpt.iteration}; "
-                       f"pass --iterations larger than that to continue")
+        raise DipError(
+            f"the checkpoint is already at iteration {ckpt.iteration}; pass --iterations larger than that to continue"
+        )
     return config
 
 
@@ -248,15 +261,20 @@ def _check_memory(config: FitConfig, problem: Problem, device: str) -> None:
         where = "memory"
     if need > 0.9 * have:
         gib = 2**30
-        raise DipError(f"fitting at {problem.canvas[1]}x{problem.canvas[0]} needs about {need / gib:.1f} GiB but this "
-                       f"machine has {have / gib:.1f} GiB of {where}: use a smaller image or a smaller network "
-                       f"(--channels, --depth)")
+        raise DipError(
+            f"fitting at {problem.canvas[1]}x{problem.canvas[0]} needs about {need / gib:.1f} GiB but this "
+            f"machine has {have / gib:.1f} GiB of {where}: use a smaller image or a smaller network "
+            f"(--channels, --depth)"
+        )
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+    return (
+        (oom is not None and isinstance(exc, oom))
+        or isinstance(exc, MemoryError)
+        or (isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+    )
 
 
 def run_job(job: FitJob, console_file: Any = None) -> int:
@@ -279,8 +297,11 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
 
     outputs = Outputs(job.force)
     outputs.add(job.output, "-o")
-    same_as_resume = (job.resume is not None and job.checkpoint is not None
-                      and os.path.abspath(job.checkpoint) == os.path.abspath(job.resume))
+    same_as_resume = (
+        job.resume is not None
+        and job.checkpoint is not None
+        and os.path.abspath(job.checkpoint) == os.path.abspath(job.resume)
+    )
     outputs.add(job.checkpoint, "--checkpoint", own=same_as_resume)
     outputs.add(job.report, "--report")
     outputs.add(job.compare, "--compare")
@@ -304,13 +325,16 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
             return _finish(fitter, result, job, console, outputs, interrupt_ckpt)
     except Exception as exc:
         if _is_out_of_memory(exc):
-            raise DipError(f"out of memory while fitting at {problem.canvas[1]}x{problem.canvas[0]}: use a smaller "
-                           f"image or a smaller network (--channels, --depth)") from None
+            raise DipError(
+                f"out of memory while fitting at {problem.canvas[1]}x{problem.canvas[0]}: use a smaller "
+                f"image or a smaller network (--channels, --depth)"
+            ) from None
         raise
 
 
-def _finish(fitter: Fitter, result: FitResult, job: FitJob, console: Any, outputs: Outputs,
-            interrupt_ckpt: Path) -> int:
+def _finish(
+    fitter: Fitter, result: FitResult, job: FitJob, console: Any, outputs: Outputs, interrupt_ckpt: Path
+) -> int:
     problem = fitter.problem
     if result.stop_reason == "interrupted":
         path = interrupt_ckpt
@@ -318,8 +342,10 @@ def _finish(fitter: Fitter, result: FitResult, job: FitJob, console: Any, output
             path = path.with_name(path.stem + f"-{fitter.iteration}.ckpt")
         outputs.write(path, lambda overwrite: save_checkpoint(fitter, path, overwrite=overwrite))
         outputs.write(job.output, lambda overwrite: save_image(result.image, job.output, overwrite=overwrite))
-        console.print(f"interrupted at iteration {fitter.iteration}: image written to {job.output}, checkpoint to "
-                      f"{path}; continue with: dipc fit --resume {path} -o {job.output} --force")
+        console.print(
+            f"interrupted at iteration {fitter.iteration}: image written to {job.output}, checkpoint to "
+            f"{path}; continue with: dipc fit --resume {path} -o {job.output} --force"
+        )
         return INTERRUPTED
     outputs.write(job.output, lambda overwrite: save_image(result.image, job.output, overwrite=overwrite))
     if job.checkpoint is not None:
@@ -349,9 +375,15 @@ class BestSaver:
     The end of the fit always writes both, so a crash loses at most those intervals and never the chosen image.
     """
 
-    def __init__(self, fitter: Fitter, image_path: Path, checkpoint_path: Optional[Path],
-                 outputs: Optional[Outputs] = None, image_seconds: float = 10.0,
-                 checkpoint_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        fitter: Fitter,
+        image_path: Path,
+        checkpoint_path: Optional[Path],
+        outputs: Optional[Outputs] = None,
+        image_seconds: float = 10.0,
+        checkpoint_seconds: float = 60.0,
+    ) -> None:
         self.fitter, self.image_path, self.checkpoint_path = fitter, image_path, checkpoint_path
         self.outputs = outputs or Outputs(force=True)
         self.image_seconds, self.checkpoint_seconds = image_seconds, checkpoint_seconds
@@ -371,16 +403,21 @@ class BestSaver:
             self.image_written = (chosen, now)
             self.writes["image"] += 1
         ckpt = self.checkpoint_path
-        if (ckpt is not None and chosen != self.checkpoint_written[0]
-                and now - self.checkpoint_written[1] >= self.checkpoint_seconds):
+        if (
+            ckpt is not None
+            and chosen != self.checkpoint_written[0]
+            and now - self.checkpoint_written[1] >= self.checkpoint_seconds
+        ):
             self.outputs.write(ckpt, lambda overwrite: save_checkpoint(self.fitter, ckpt, overwrite=overwrite))
             self.checkpoint_written = (chosen, now)
             self.writes["checkpoint"] += 1
 
 
 def _summary(console: Any, result: FitResult, report: dict[str, Any], job: FitJob) -> None:
-    line = (f"{result.iterations} iterations ({result.stop_reason}), {result.iterations_per_second:.2f} it/s, "
-            f"image from {result.image_source}")
+    line = (
+        f"{result.iterations} iterations ({result.stop_reason}), {result.iterations_per_second:.2f} it/s, "
+        f"image from {result.image_source}"
+    )
     if result.stop_info.get("chosen_iteration") is not None:
         line += f" at iteration {result.stop_info['chosen_iteration']}"
     line += f" -> {job.output}"
@@ -401,16 +438,31 @@ def status_line(task: str, r: LogRecord, ema: bool) -> str:
     return line
 
 
-def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console: Any, outputs: Outputs,
-                       saver: Optional[Callable[[LogRecord], None]], stop_requested: Callable[[], bool]) -> FitResult:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def _run_with_progress(
+    fitter: Fitter,
+    config: FitConfig,
+    job: FitJob,
+    console: Any,
+    outputs: Outputs,
+    saver: Optional[Callable[[LogRecord], None]],
+    stop_requested: Callable[[], bool],
+) -> FitResult:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     def snapshot(iteration: int, image: torch.Tensor) -> None:
         path = snapshot_path(job.output, iteration)
         outputs.write(path, lambda overwrite: save_image(image, path, overwrite=overwrite))
 
-    kwargs: dict[str, Any] = dict(snapshot_every=job.snapshot_every, on_snapshot=snapshot,
-                                  stop_requested=stop_requested)
+    kwargs: dict[str, Any] = dict(
+        snapshot_every=job.snapshot_every, on_snapshot=snapshot, stop_requested=stop_requested
+    )
     if job.quiet:
         return fitter.run(config.iterations, on_log=saver, **kwargs)
     if not console.is_terminal:
@@ -425,8 +477,15 @@ def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console: 
                 saver(r)
 
         return fitter.run(config.iterations, on_log=plain, **kwargs)
-    columns = [TextColumn(f"{config.task}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns = [
+        TextColumn(f"{config.task}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("fit", total=config.iterations, completed=fitter.iteration, stats="")
 
@@ -441,4 +500,3 @@ def _run_with_progress(fitter: Fitter, config: FitConfig, job: FitJob, console: 
                 saver(r)
 
         return fitter.run(config.iterations, on_log=on_log, **kwargs)
-

@@ -32,8 +32,9 @@ from .config import FitConfig
 class VarianceStopper:
     """Tracks the running variance of the outputs and keeps the output at its minimum."""
 
-    def __init__(self, variant: str, window: int, patience: int, alpha: float, device: torch.device,
-                 check_every: int = 10) -> None:
+    def __init__(
+        self, variant: str, window: int, patience: int, alpha: float, device: torch.device, check_every: int = 10
+    ) -> None:
         if variant not in ("wmv", "emv"):
             raise ValueError(f"unknown stopping variant {variant!r}; choose wmv or emv")
         self.variant, self.window, self.patience, self.alpha = variant, window, patience, alpha
@@ -113,14 +114,28 @@ class VarianceStopper:
 
     def info(self) -> dict[str, Any]:
         best = self.chosen_iteration()
-        return {"rule": f"es-{self.variant}", "window": self.window, "patience": self.patience,
-                "alpha": self.alpha, "chosen_iteration": best,
-                "min_variance": float(self.best_var.item()) if best is not None else None}
+        return {
+            "rule": f"es-{self.variant}",
+            "window": self.window,
+            "patience": self.patience,
+            "alpha": self.alpha,
+            "chosen_iteration": best,
+            "min_variance": float(self.best_var.item()) if best is not None else None,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer, "sum": self.sum, "sum_sq": self.sum_sq, "mean": self.mean, "var": self.var,
-                "count": self.count, "best_var": self.best_var, "best_iteration": self.best_iteration,
-                "best_image": self.best_image, "variance_history": self.variance_history}
+        return {
+            "buffer": self.buffer,
+            "sum": self.sum,
+            "sum_sq": self.sum_sq,
+            "mean": self.mean,
+            "var": self.var,
+            "count": self.count,
+            "best_var": self.best_var,
+            "best_iteration": self.best_iteration,
+            "best_image": self.best_image,
+            "variance_history": self.variance_history,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         def move(t: Any) -> Any:
@@ -137,5 +152,11 @@ class VarianceStopper:
 def make_stopper(config: FitConfig, device: torch.device) -> VarianceStopper | None:
     if config.stop == "fixed":
         return None
-    return VarianceStopper(config.stop_variant, config.stop_window, config.stop_patience, config.stop_alpha,
-                           device, check_every=config.log_every)
+    return VarianceStopper(
+        config.stop_variant,
+        config.stop_window,
+        config.stop_patience,
+        config.stop_alpha,
+        device,
+        check_every=config.log_every,
+    )

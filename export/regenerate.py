@@ -43,6 +43,7 @@ class ReplayError(ValueError):
 
 # --- the model ----------------------------------------------------------------------------------------------
 
+
 def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any, str]:
     """An onnxruntime session of a dip-compile export and the provider it runs on; CUDA falls back to CPU."""
     try:
@@ -69,16 +70,18 @@ def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any
         reason = first.split(" failed:", 1)[-1].strip()  # drop onnxruntime's "... Load model from PATH failed:"
         if reason.startswith("/") and ") " in reason:  # and its source location and C++ signature
             reason = reason.rsplit(") ", 1)[-1]
-        raise ReplayError(f"{name} is not a readable ONNX model (corrupted, truncated or unsupported: "
-                          f"{reason[:120]})") from None
+        raise ReplayError(
+            f"{name} is not a readable ONNX model (corrupted, truncated or unsupported: {reason[:120]})"
+        ) from None
     finally:
         ort.set_default_logger_severity(2)
     meta = metadata(session)
     if meta.get("format") != FORMAT:
         raise ReplayError(f"{name} is an ONNX model but not a dip-compile export (no {FORMAT} metadata)")
     if meta.get("format_version") != str(VERSION):
-        raise ReplayError(f"{name} has export format version {meta.get('format_version')}; "
-                          f"this program reads version {VERSION}")
+        raise ReplayError(
+            f"{name} has export format version {meta.get('format_version')}; this program reads version {VERSION}"
+        )
     used = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
     if provider == "cuda" and used != "cuda":
         print("note: the CUDA provider is not usable here; running on the CPU", file=sys.stderr)
@@ -115,14 +118,19 @@ def check_noise_shape(shape: Sequence[int], arg: Any | None, what: str = "noise"
         raise ReplayError("the model has no noise input")
     shape = tuple(int(s) for s in shape)
     declared = list(arg.shape)
-    if (len(shape) != len(declared) or min(shape, default=0) < 1
-            or any(isinstance(d, int) and d != s for d, s in zip(declared, shape, strict=True))):
+    if (
+        len(shape) != len(declared)
+        or min(shape, default=0) < 1
+        or any(isinstance(d, int) and d != s for d, s in zip(declared, shape, strict=True))
+    ):
         want = "x".join(str(d) if isinstance(d, int) else "(N)" for d in declared)
         raise ReplayError(f"{what} has shape {'x'.join(map(str, shape))}; the model takes {want}")
     values = math.prod(shape)
     if values > MAX_NOISE_VALUES:
-        raise ReplayError(f"{what} has shape {'x'.join(map(str, shape))}: {values} values, more than the "
-                          f"{MAX_NOISE_VALUES} this program accepts")
+        raise ReplayError(
+            f"{what} has shape {'x'.join(map(str, shape))}: {values} values, more than the "
+            f"{MAX_NOISE_VALUES} this program accepts"
+        )
     return shape
 
 
@@ -209,11 +217,15 @@ def run(session: Any, noise: np.ndarray | None = None) -> np.ndarray:
         feed["noise"] = np.ascontiguousarray(noise, dtype=np.float32)
     missing = [a.name for a in session.get_inputs() if a.name not in feed]
     if "noise" in missing:
-        raise ReplayError("the model stores no noise (its noise input has no initializer) and its metadata does "
-                          "not say how to rebuild it: feed noise with --noise FILE.npy")
+        raise ReplayError(
+            "the model stores no noise (its noise input has no initializer) and its metadata does "
+            "not say how to rebuild it: feed noise with --noise FILE.npy"
+        )
     if missing:
-        raise ReplayError(f"the model needs input {', '.join(missing)}, which it does not carry and this program "
-                          f"cannot feed: not a model dip-compile wrote, or an altered one")
+        raise ReplayError(
+            f"the model needs input {', '.join(missing)}, which it does not carry and this program "
+            f"cannot feed: not a model dip-compile wrote, or an altered one"
+        )
     if "image" not in [o.name for o in session.get_outputs()]:
         raise ReplayError("the model has no image output: not a model dip-compile wrote, or an altered one")
     image = session.run(["image"], feed)[0]
@@ -221,12 +233,15 @@ def run(session: Any, noise: np.ndarray | None = None) -> np.ndarray:
         raise ReplayError(f"the model returned a {image.ndim}-D image, not (N, C, H, W): the file was altered")
     size = recorded_size(meta)
     if size is not None and tuple(image.shape[2:]) != size:
-        raise ReplayError(f"the model returned a {image.shape[3]}x{image.shape[2]} image but records "
-                          f"{size[1]}x{size[0]}: the file was altered")
+        raise ReplayError(
+            f"the model returned a {image.shape[3]}x{image.shape[2]} image but records "
+            f"{size[1]}x{size[0]}: the file was altered"
+        )
     return image
 
 
 # --- images -------------------------------------------------------------------------------------------------
+
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """(H, W, C) uint8 from (C, H, W) or (1, C, H, W) in [0, 1], rounded as dip-compile's PNG writer rounds.
@@ -264,12 +279,17 @@ def compare(image: np.ndarray, reference: np.ndarray) -> dict[str, float]:
         theirs = to_uint8(reference).astype(np.int16)
     mine = image[0] if image.ndim == 4 else image
     if ours.shape != theirs.shape:
-        raise ReplayError(f"image sizes differ: {ours.shape[1]}x{ours.shape[0]}x{ours.shape[2]} vs "
-                          f"{theirs.shape[1]}x{theirs.shape[0]}x{theirs.shape[2]} (width x height x channels)")
+        raise ReplayError(
+            f"image sizes differ: {ours.shape[1]}x{ours.shape[0]}x{ours.shape[2]} vs "
+            f"{theirs.shape[1]}x{theirs.shape[0]}x{theirs.shape[2]} (width x height x channels)"
+        )
     diff8 = np.abs(ours - theirs)
-    return {"max_abs_diff": float(np.max(np.abs(mine.astype(np.float64) - theirs_float.astype(np.float64)))),
-            "identical_8bit": float(np.mean(diff8 == 0)), "max_8bit_diff": int(diff8.max()),
-            "nonfinite": int(np.count_nonzero(~np.isfinite(mine)))}
+    return {
+        "max_abs_diff": float(np.max(np.abs(mine.astype(np.float64) - theirs_float.astype(np.float64)))),
+        "identical_8bit": float(np.mean(diff8 == 0)),
+        "max_8bit_diff": int(diff8.max()),
+        "nonfinite": int(np.count_nonzero(~np.isfinite(mine))),
+    }
 
 
 def check_input(path: str | Path, what: str) -> Path:
@@ -343,7 +363,7 @@ def clean_stale_temps(path: Path) -> list[Path]:
     removed = []
     with contextlib.suppress(OSError):
         for candidate in folder.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
-            middle = candidate.name[len(path.name) + 2:].split(".", 1)[0]
+            middle = candidate.name[len(path.name) + 2 :].split(".", 1)[0]
             if middle.isdigit() and int(middle) != os.getpid() and not _pid_alive(int(middle)):
                 with contextlib.suppress(OSError):
                     candidate.unlink()
@@ -408,16 +428,20 @@ def _publish_exclusive(tmp: Path, path: Path) -> None:
     except FileExistsError:
         kept = _conflict_path(path)
         os.replace(tmp, kept)
-        raise ReplayError(f"output {path} was created by another process while this one ran; nothing was "
-                          f"overwritten and this result was written to {kept}") from None
+        raise ReplayError(
+            f"output {path} was created by another process while this one ran; nothing was "
+            f"overwritten and this result was written to {kept}"
+        ) from None
     except OSError as exc:  # a file system without hard links: check, then rename (not race-free there)
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         if path.exists():
             kept = _conflict_path(path)
             os.replace(tmp, kept)
-            raise ReplayError(f"output {path} was created by another process while this one ran; nothing was "
-                              f"overwritten and this result was written to {kept}") from None
+            raise ReplayError(
+                f"output {path} was created by another process while this one ran; nothing was "
+                f"overwritten and this result was written to {kept}"
+            ) from None
         os.replace(tmp, path)
         return
     tmp.unlink()
@@ -425,8 +449,7 @@ def _publish_exclusive(tmp: Path, path: Path) -> None:
 
 def _write_error(path: Path, exc: OSError) -> ReplayError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ReplayError(f"no space left on the device while writing {path}; the previous file, if any, is "
-                           f"untouched")
+        return ReplayError(f"no space left on the device while writing {path}; the previous file, if any, is untouched")
     if exc.errno == errno.EFBIG:
         return ReplayError(f"cannot write {path}: file too large for this file system or process limit")
     return ReplayError(f"cannot write {path}: {exc.strerror or exc}")
@@ -443,8 +466,16 @@ def save_png(image: np.ndarray, path: str | Path, *, overwrite: bool = True) -> 
 
 # --- the program --------------------------------------------------------------------------------------------
 
-def regenerate(model: str | Path, output: str | Path | None, *, provider: str = "auto", check: str | Path | None = None,
-               noise: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+
+def regenerate(
+    model: str | Path,
+    output: str | Path | None,
+    *,
+    provider: str = "auto",
+    check: str | Path | None = None,
+    noise: str | Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Runs the model and writes its image; returns what happened (provider, seconds, the check's numbers).
     Every input is checked before the model runs."""
     import time
@@ -479,13 +510,28 @@ def check_line(check: dict[str, float], verdict: str) -> str:
     """The numbers of a check and its verdict in one line; NaN/inf values are named, not hidden in the numbers."""
     if check["nonfinite"]:
         return f"{check['nonfinite']} non-finite values (NaN/inf) in the regenerated image: {verdict}"
-    return (f"max abs diff {check['max_abs_diff']:.3g}, identical 8-bit pixels {100 * check['identical_8bit']:.3f}%, "
-            f"max 8-bit diff {check['max_8bit_diff']} ({verdict})")
+    return (
+        f"max abs diff {check['max_abs_diff']:.3g}, identical 8-bit pixels {100 * check['identical_8bit']:.3f}%, "
+        f"max 8-bit diff {check['max_8bit_diff']} ({verdict})"
+    )
 
 
 def describe(meta: dict[str, str]) -> str:
-    keys = ("task", "image_size", "iterations", "seed", "image", "bn", "weights", "loss", "psnr_observation",
-            "psnr_reference", "noise_sha256", "package_version", "torch_version")
+    keys = (
+        "task",
+        "image_size",
+        "iterations",
+        "seed",
+        "image",
+        "bn",
+        "weights",
+        "loss",
+        "psnr_observation",
+        "psnr_reference",
+        "noise_sha256",
+        "package_version",
+        "torch_version",
+    )
     return "\n".join(f"{k}: {meta[k]}" for k in keys if meta.get(k))
 
 
@@ -493,8 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="regenerate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a dip-compile ONNX export")
     parser.add_argument("-o", "--output", help="PNG to write")
-    parser.add_argument("--provider", default="auto", choices=PROVIDERS, help="onnxruntime provider (CUDA falls back to CPU)")
-    parser.add_argument("--check", help="compare with this PNG (e.g. the fit's output): max abs diff, identical 8-bit pixels")
+    parser.add_argument(
+        "--provider", default="auto", choices=PROVIDERS, help="onnxruntime provider (CUDA falls back to CPU)"
+    )
+    parser.add_argument(
+        "--check", help="compare with this PNG (e.g. the fit's output): max abs diff, identical 8-bit pixels"
+    )
     parser.add_argument("--noise", help="a .npy of other noise to feed instead of the shipped one")
     parser.add_argument("--info", action="store_true", help="print the model's metadata as JSON and exit")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -506,8 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.output is None and args.check is None:
             raise ReplayError("nothing to do: give -o OUT.png and/or --check PNG")
-        result = regenerate(args.model, args.output, provider=args.provider, check=args.check, noise=args.noise,
-                            force=args.force)
+        result = regenerate(
+            args.model, args.output, provider=args.provider, check=args.check, noise=args.noise, force=args.force
+        )
     except ReplayError as exc:
         print(f"regenerate: error: {exc}", file=sys.stderr)
         return 2

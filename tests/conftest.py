@@ -24,8 +24,12 @@ from dip_compile.config import FitConfig, NetConfig, preset
 AUTO_PRECISION = os.environ.get("DIPC_TEST_AUTO_PRECISION", "fp32")
 if AUTO_PRECISION not in ("fp32", "bf16"):
     raise ValueError(f"DIPC_TEST_AUTO_PRECISION must be fp32 or bf16, got {AUTO_PRECISION!r}")
-FAKE_CPU = Capability("cpu", f"faked CPU ({'AVX512-BF16' if AUTO_PRECISION == 'bf16' else 'AVX2'})",
-                      fast_bf16=AUTO_PRECISION == "bf16", fast_fp16=False)
+FAKE_CPU = Capability(
+    "cpu",
+    f"faked CPU ({'AVX512-BF16' if AUTO_PRECISION == 'bf16' else 'AVX2'})",
+    fast_bf16=AUTO_PRECISION == "bf16",
+    fast_fp16=False,
+)
 
 TINY_NET = NetConfig(input_depth=8, channels_down=(16, 16, 16), channels_up=(16, 16, 16), channels_skip=(4, 4, 4))
 

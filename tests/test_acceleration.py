@@ -21,8 +21,9 @@ T4 = Capability("cuda", "Tesla T4", fast_bf16=False, fast_fp16=True)
 
 
 def fit(backend: str, precision: str, iterations: int, net: NetConfig | None = None, **changes) -> Fitter:
-    cfg = tiny_config("denoise", iterations=iterations, stop="fixed", backend=backend, precision=precision,
-                      log_every=1, **changes)
+    cfg = tiny_config(
+        "denoise", iterations=iterations, stop="fixed", backend=backend, precision=precision, log_every=1, **changes
+    )
     if net is not None:
         cfg = cfg.replace(net=net)
     fitter = Fitter(cfg, make_problem(cfg, NOISY, reference=CLEAN[None]))
@@ -42,8 +43,10 @@ def test_auto_picks_bf16_where_the_cpu_has_native_bf16():
 
 
 def test_auto_on_cuda_picks_bf16_or_fp16_and_compiles_only_long_fits():
-    long_fit, short_fit = tiny_config(backend="auto", precision="auto", iterations=3000), tiny_config(
-        backend="auto", precision="auto", iterations=100)
+    long_fit, short_fit = (
+        tiny_config(backend="auto", precision="auto", iterations=3000),
+        tiny_config(backend="auto", precision="auto", iterations=100),
+    )
     assert choose(long_fit, "cuda", (256, 256), A100).backend == "inductor"
     assert choose(long_fit, "cuda", (256, 256), A100).precision == "bf16"
     assert choose(long_fit, "cuda", (256, 256), T4).precision == "fp16"
@@ -72,12 +75,31 @@ def test_unknown_backend_or_fp16_on_cpu_is_refused():
 
 
 def test_cli_rejects_unknown_backend_and_precision_in_one_line(tmp_path, image_png, capsys):
-    for option, value, text in (("--backend", "jit", "'jit' is not one of"),
-                                ("--precision", "fp8", "'fp8' is not one of"),
-                                ("--precision", "fp16", "fp16 is for CUDA")):
+    for option, value, text in (
+        ("--backend", "jit", "'jit' is not one of"),
+        ("--precision", "fp8", "'fp8' is not one of"),
+        ("--precision", "fp16", "fp16 is for CUDA"),
+    ):
         with pytest.raises(SystemExit) as exit_:
-            main(["fit", "denoise", str(image_png), "-o", str(tmp_path / "o.png"), "--iterations", "1", "--depth", "2",
-                  "--channels", "4", "--device", "cpu", option, value])
+            main(
+                [
+                    "fit",
+                    "denoise",
+                    str(image_png),
+                    "-o",
+                    str(tmp_path / "o.png"),
+                    "--iterations",
+                    "1",
+                    "--depth",
+                    "2",
+                    "--channels",
+                    "4",
+                    "--device",
+                    "cpu",
+                    option,
+                    value,
+                ]
+            )
         stderr = capsys.readouterr().err
         assert exit_.value.code == 2
         assert text in stderr and len(stderr.strip().splitlines()) == 1, stderr
@@ -92,23 +114,26 @@ def test_fused_adam_under_auto_follows_the_eager_loss_trajectory(monkeypatch):
     monkeypatch.setattr(acceleration, "capability", lambda device: AVX2)  # auto = fp32 + fused Adam
     eager, auto = fit("eager", "fp32", 8), fit("auto", "auto", 8)
     assert auto.plan.fused_adam
-    torch.testing.assert_close(torch.tensor(auto.history["loss"]), torch.tensor(eager.history["loss"]),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(auto.history["loss"]), torch.tensor(eager.history["loss"]), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_torchscript_step_follows_the_eager_loss_trajectory():
     eager, script = fit("eager", "fp32", 5, MINI_NET), fit("script", "fp32", 5, MINI_NET)
     assert script.step.name == "script"
-    torch.testing.assert_close(torch.tensor(script.history["loss"]), torch.tensor(eager.history["loss"]),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(script.history["loss"]), torch.tensor(eager.history["loss"]), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_inductor_step_follows_the_eager_loss_trajectory():
     # The one torch.compile test of the suite (compiling costs tens of seconds on 2 cores).
     eager, compiled = fit("eager", "fp32", 4, MINI_NET), fit("inductor", "fp32", 4, MINI_NET)
     assert compiled.step.name == "inductor"
-    torch.testing.assert_close(torch.tensor(compiled.history["loss"]), torch.tensor(eager.history["loss"]),
-                               rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(compiled.history["loss"]), torch.tensor(eager.history["loss"]), rtol=1e-3, atol=1e-6
+    )
 
 
 def test_bf16_step_keeps_fp32_output_and_improves_psnr():
@@ -122,8 +147,9 @@ def test_bf16_step_keeps_fp32_output_and_improves_psnr():
 
 
 def test_nan_guard_keeps_the_last_good_weights_and_continues_in_fp32(monkeypatch):
-    cfg = tiny_config("denoise", iterations=12, stop="fixed", backend="eager", precision="bf16", log_every=4,
-                      backtrack_db=None).replace(net=MINI_NET)
+    cfg = tiny_config(
+        "denoise", iterations=12, stop="fixed", backend="eager", precision="bf16", log_every=4, backtrack_db=None
+    ).replace(net=MINI_NET)
     fitter = Fitter(cfg, make_problem(cfg, NOISY, reference=CLEAN[None]))
     fitter.run(5)  # logs at 4; iteration 5 is the last good one
     good = [p.detach().clone() for p in fitter.net.parameters()]
@@ -131,13 +157,19 @@ def test_nan_guard_keeps_the_last_good_weights_and_continues_in_fp32(monkeypatch
     monkeypatch.setattr(LossModule, "forward", lambda self, x: tuple(t * float("nan") for t in forward(self, x)))
     fitter.iterate()  # iteration 6: NaN loss and gradients
     monkeypatch.setattr(LossModule, "forward", forward)
-    assert all(torch.equal(p, g) for p, g in zip(fitter.net.parameters(), good))
+    assert all(torch.equal(p, g) for p, g in zip(fitter.net.parameters(), good, strict=True))
     assert fitter.plan.precision == "bf16"  # noticed at the next log point, where the host reads the device
     result = fitter.run(12)
     assert fitter.plan.precision == "fp32" and isinstance(fitter.step, EagerStep)
-    assert result.fallbacks == [{"iteration": 8, "nonfinite_steps": 1, "from_plan": "eager bf16 (fused Adam)",
-                                 "to_plan": fitter.plan.describe()}]
+    assert result.fallbacks == [
+        {
+            "iteration": 8,
+            "nonfinite_steps": 1,
+            "from_plan": "eager bf16 (fused Adam)",
+            "to_plan": fitter.plan.describe(),
+        }
+    ]
     assert all(torch.isfinite(torch.tensor(result.history["loss"])))
     assert all(torch.isfinite(p).all() for p in fitter.net.parameters())
-    psnrs = dict(zip(result.history["iteration"], result.history["psnr_reference"]))
+    psnrs = dict(zip(result.history["iteration"], result.history["psnr_reference"], strict=True))
     assert psnrs[12] > psnrs[5]  # the fit goes on improving from the last good weights

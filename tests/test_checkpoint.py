@@ -44,8 +44,9 @@ def test_checkpoint_with_damaged_contents_is_a_user_error(tmp_path):
         load_checkpoint(tmp_path / "d.ckpt")
 
 
-def test_a_full_disk_while_saving_a_checkpoint_is_a_one_line_error_and_keeps_the_old_file(checkpoint_file,
-                                                                                          monkeypatch, tmp_path):
+def test_a_full_disk_while_saving_a_checkpoint_is_a_one_line_error_and_keeps_the_old_file(
+    checkpoint_file, monkeypatch, tmp_path
+):
     path, fitter = checkpoint_file
     before = path.read_bytes()
 

@@ -29,9 +29,26 @@ def invoke(*args: str):
 
 def test_fit_denoise_writes_image_report_checkpoint_and_comparison(tmp_path, image_png):
     out = tmp_path / "out.png"
-    result = invoke("fit", "denoise", image_png, "--sigma", "25", "-o", out, "--iterations", "30", "--stop", "fixed",
-                    "--report", tmp_path / "r.json", "--checkpoint", tmp_path / "c.ckpt",
-                    "--compare", tmp_path / "cmp.png", *TINY)
+    result = invoke(
+        "fit",
+        "denoise",
+        image_png,
+        "--sigma",
+        "25",
+        "-o",
+        out,
+        "--iterations",
+        "30",
+        "--stop",
+        "fixed",
+        "--report",
+        tmp_path / "r.json",
+        "--checkpoint",
+        tmp_path / "c.ckpt",
+        "--compare",
+        tmp_path / "cmp.png",
+        *TINY,
+    )
     assert result.exit_code == 0, result.stderr
     assert load_image(out).shape == (3, 32, 32)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -55,8 +72,21 @@ def test_fit_inpaint_with_a_mask_file_and_a_made_mask(tmp_path, image_png):
 
 def test_fit_super_resolve_from_reference_outputs_the_high_resolution_size(tmp_path, image_png):
     out = tmp_path / "sr.png"
-    result = invoke("fit", "super-resolve", image_png, "--factor", "2", "--from-reference", "-o", out,
-                    "--iterations", "3", "--report", tmp_path / "r.json", *TINY)
+    result = invoke(
+        "fit",
+        "super-resolve",
+        image_png,
+        "--factor",
+        "2",
+        "--from-reference",
+        "-o",
+        out,
+        "--iterations",
+        "3",
+        "--report",
+        tmp_path / "r.json",
+        *TINY,
+    )
     assert result.exit_code == 0, result.stderr
     assert load_image(out).shape == (3, 32, 32)
     assert "final_psnr" in json.loads((tmp_path / "r.json").read_text())
@@ -65,10 +95,21 @@ def test_fit_super_resolve_from_reference_outputs_the_high_resolution_size(tmp_p
 def test_resume_continues_to_the_new_total_and_matches_a_straight_run(tmp_path, image_png):
     common = ["--sigma", "25", "--stop", "fixed", *TINY]
     invoke("fit", "denoise", image_png, "-o", tmp_path / "straight.png", "--iterations", "8", *common)
-    invoke("fit", "denoise", image_png, "-o", tmp_path / "half.png", "--iterations", "4",
-           "--checkpoint", tmp_path / "half.ckpt", *common)
-    result = invoke("fit", "--resume", tmp_path / "half.ckpt", "-o", tmp_path / "resumed.png", "--iterations", "8",
-                    "-q")
+    invoke(
+        "fit",
+        "denoise",
+        image_png,
+        "-o",
+        tmp_path / "half.png",
+        "--iterations",
+        "4",
+        "--checkpoint",
+        tmp_path / "half.ckpt",
+        *common,
+    )
+    result = invoke(
+        "fit", "--resume", tmp_path / "half.ckpt", "-o", tmp_path / "resumed.png", "--iterations", "8", "-q"
+    )
     assert result.exit_code == 0, result.stderr
     assert torch.equal(load_image(tmp_path / "resumed.png"), load_image(tmp_path / "straight.png"))
 
@@ -144,11 +185,15 @@ def bad_input_cases(tmp: Path, image: Path):
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that claims a size in its header and holds no pixels (what a decompression bomb looks like)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(
-        b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_every_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, image_png):
@@ -172,8 +217,18 @@ def test_unwritable_output_folder_is_reported_before_fitting(tmp_path, image_png
 
 
 def test_console_script_turns_usage_errors_into_one_line(tmp_path, image_png):
-    cmd = [sys.executable, "-c", "from dip_compile.cli import main; main()", "fit", "denoise", str(image_png),
-           "-o", str(tmp_path / "o.png"), "--iterations", "lots"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from dip_compile.cli import main; main()",
+        "fit",
+        "denoise",
+        str(image_png),
+        "-o",
+        str(tmp_path / "o.png"),
+        "--iterations",
+        "lots",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--iterations" in done.stderr and "Traceback" not in done.stderr
@@ -181,8 +236,9 @@ def test_console_script_turns_usage_errors_into_one_line(tmp_path, image_png):
 
 def test_small_and_odd_sizes_are_fitted_on_a_larger_canvas_and_keep_their_size(tmp_path):
     for width, height, extra in ((8, 8, []), (100, 20, TINY), (5, 3, TINY)):
-        image = save_png(np.random.default_rng(0).random((3, height, width)).astype(np.float32),
-                         tmp_path / f"{width}x{height}.png")
+        image = save_png(
+            np.random.default_rng(0).random((3, height, width)).astype(np.float32), tmp_path / f"{width}x{height}.png"
+        )
         out = tmp_path / f"out-{width}x{height}.png"
         result = invoke("fit", "denoise", image, "-o", out, "--iterations", "2", "--stop", "fixed", "-q", *extra)
         assert result.exit_code == 0, result.stderr
@@ -198,17 +254,32 @@ def test_an_image_too_large_for_memory_is_refused_before_any_work(tmp_path):
 
 def test_resume_refuses_options_that_would_change_the_saved_fit(tmp_path, image_png):
     ckpt = tmp_path / "a.ckpt"
-    first = invoke("fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "2", "--checkpoint", ckpt,
-                   "--stop", "fixed", *TINY)
+    first = invoke(
+        "fit",
+        "denoise",
+        image_png,
+        "-o",
+        tmp_path / "a.png",
+        "--iterations",
+        "2",
+        "--checkpoint",
+        ckpt,
+        "--stop",
+        "fixed",
+        *TINY,
+    )
     assert first.exit_code == 0, first.stderr
     refused = {
-        "--mask": (["--mask", image_png], "drop --mask"), "--sigma": (["--sigma", "25"], "drop --sigma"),
+        "--mask": (["--mask", image_png], "drop --mask"),
+        "--sigma": (["--sigma", "25"], "drop --sigma"),
         "--reference": (["--reference", image_png], "drop --reference"),
-        "--depth": (["--depth", "2"], "drop --depth"), "--channels": (["--channels", "8"], "drop --channels"),
+        "--depth": (["--depth", "2"], "drop --depth"),
+        "--channels": (["--channels", "8"], "drop --channels"),
         "--upsample": (["--upsample", "nearest"], "drop --upsample"),
         "--structure": (["--structure", "seed"], "drop --structure"),
         "--seed": (["--seed", "3"], "--seed cannot change when resuming"),
-        "--stop": (["--stop", "auto"], "--stop cannot change"), "--factor": (["--factor", "4"], "--factor"),
+        "--stop": (["--stop", "auto"], "--stop cannot change"),
+        "--factor": (["--factor", "4"], "--factor"),
         "--stop-window": (["--stop-window", "7"], "--stop-window cannot change"),
     }
     for name, (extra, text) in refused.items():
@@ -216,8 +287,22 @@ def test_resume_refuses_options_that_would_change_the_saved_fit(tmp_path, image_
         assert result.exit_code == 2, (name, result.stderr)
         assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
     # what may change mid-fit is applied, and the report says so
-    result = invoke("fit", "--resume", ckpt, "-o", tmp_path / "b.png", "--iterations", "4", "--lr", "0.002",
-                    "--reg-noise", "0", "--report", tmp_path / "r.json", "-q")
+    result = invoke(
+        "fit",
+        "--resume",
+        ckpt,
+        "-o",
+        tmp_path / "b.png",
+        "--iterations",
+        "4",
+        "--lr",
+        "0.002",
+        "--reg-noise",
+        "0",
+        "--report",
+        tmp_path / "r.json",
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
     config = json.loads((tmp_path / "r.json").read_text())["config"]
     assert config["lr"] == 0.002 and config["reg_noise_std"] == 0 and config["iterations"] == 4
@@ -234,8 +319,22 @@ def test_resume_applies_the_new_learning_rate_to_the_optimizer(tmp_path, image_p
 
 
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, image_png):
-    result = invoke("fit", "denoise", image_png, "--sigma", "25", "-o", tmp_path / "o.png", "--iterations", "20",
-                    "--stop", "fixed", "--status-every", "0.000001", *TINY[:-1])
+    result = invoke(
+        "fit",
+        "denoise",
+        image_png,
+        "--sigma",
+        "25",
+        "-o",
+        tmp_path / "o.png",
+        "--iterations",
+        "20",
+        "--stop",
+        "fixed",
+        "--status-every",
+        "0.000001",
+        *TINY[:-1],
+    )
     assert result.exit_code == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("denoise ")]
     assert [line.split()[1] for line in lines] == ["10/20", "20/20"]
@@ -277,6 +376,7 @@ def test_report_is_strict_json_even_with_non_finite_values(tmp_path):
     from dip_compile.report import save_report
 
     save_report({"loss": float("inf"), "history": {"loss": [float("nan"), 1.0]}}, tmp_path / "r.json")
+
     def refuse(name: str) -> None:
         raise ValueError(name)
 
@@ -288,9 +388,10 @@ def test_a_checkpoint_with_tensors_of_the_wrong_shape_is_refused_in_one_line(tmp
     ckpt = tmp_path / "a.ckpt"
     invoke("fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "2", "--checkpoint", ckpt, *TINY)
     payload = torch.load(ckpt, weights_only=True)
-    for name, damage in (("weight", lambda p: p["state"]["net"].__setitem__(
-            "head.0.weight", torch.zeros(3, 5, 1, 1))),
-                         ("observation", lambda p: p["problem"].__setitem__("observation", torch.zeros(1, 3, 8, 8)))):
+    for name, damage in (
+        ("weight", lambda p: p["state"]["net"].__setitem__("head.0.weight", torch.zeros(3, 5, 1, 1))),
+        ("observation", lambda p: p["problem"].__setitem__("observation", torch.zeros(1, 3, 8, 8))),
+    ):
         broken = torch.load(ckpt, weights_only=True)
         damage(broken)
         torch.save(broken, tmp_path / f"{name}.ckpt")

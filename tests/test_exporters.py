@@ -88,7 +88,9 @@ def test_frozen_export_folds_every_batchnorm_into_the_convolutions(fitted):
     assert "BatchNormalization" not in ops and "InstanceNormalization" not in ops
     assert "Mul" not in ops  # the BN after each concat folded into the reflection-padded conv after it
     assert ops["Conv"] == 16 and ops["Slice"] == 1
-    batch = Counter(n.op_type for n in exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt), bn="batch")).graph.node)
+    batch = Counter(
+        n.op_type for n in exporters.to_onnx(exporters.plan_export(load_checkpoint(ckpt), bn="batch")).graph.node
+    )
     assert batch["InstanceNormalization"] == 18
 
 
@@ -120,10 +122,16 @@ def test_torchscript_loads_with_torch_jit_load_alone_and_matches(fitted, tmp_pat
     out = tmp_path / "net.pt"
     result = invoke("export", ckpt, "-o", out, "--format", "torchscript", "--image", "output")
     assert result.exit_code == 0, result.output
-    script = ("import sys, torch, numpy; m = torch.jit.load(sys.argv[1]); x = m(); "
-              "assert not any(k.startswith('dip_compile') for k in sys.modules); numpy.save(sys.argv[2], x.numpy())")
-    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "x.npy")], check=True, cwd=tmp_path,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    script = (
+        "import sys, torch, numpy; m = torch.jit.load(sys.argv[1]); x = m(); "
+        "assert not any(k.startswith('dip_compile') for k in sys.modules); numpy.save(sys.argv[2], x.numpy())"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(out), str(tmp_path / "x.npy")],
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert exporters.agreement(np.load(tmp_path / "x.npy"), fitter.output())["max_abs_diff"] <= TOL
     loaded = torch.jit.load(str(out))
     assert torch.equal(loaded(fitter.net_input), loaded())  # the shipped noise is the default input
@@ -179,8 +187,11 @@ def test_fp16_weights_halve_the_weights_and_stay_within_one_8bit_level(fitted):
     plans = {w: exporters.plan_export(load_checkpoint(ckpt), weights=w, image="output") for w in ("fp32", "fp16")}
     models = {w: exporters.to_onnx(p) for w, p in plans.items()}
     half = sum(len(t.raw_data) for t in models["fp16"].graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-    conv32 = sum(len(t.raw_data) for t in models["fp32"].graph.initializer
-                 if t.name.startswith("conv_") and t.name.endswith((".weight", ".bias")))
+    conv32 = sum(
+        len(t.raw_data)
+        for t in models["fp32"].graph.initializer
+        if t.name.startswith("conv_") and t.name.endswith((".weight", ".bias"))
+    )
     assert half * 2 == conv32 and conv32 > 0.9 * exporters.weight_bytes(plans["fp32"])
     check = exporters.agreement(onnx_image(models["fp16"]), fitter.output())
     assert check["max_8bit_diff"] <= 1 and check["max_abs_diff"] < 5e-3
@@ -203,6 +214,7 @@ def test_metadata_records_what_a_user_needs_to_trust_the_model(fitted):
 
 # --- bad input: one line on stderr, exit code 2, nothing written ---------------------------------------------
 
+
 def bad(result, needle: str, out: Path) -> None:
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
@@ -218,7 +230,11 @@ def test_missing_checkpoint_is_one_line_exit_2(tmp_path):
 def test_truncated_checkpoint_is_one_line_exit_2(fitted, tmp_path):
     data = fitted[1].read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
-    bad(invoke("export", tmp_path / "cut.ckpt", "-o", tmp_path / "m.onnx"), "corrupted or truncated", tmp_path / "m.onnx")
+    bad(
+        invoke("export", tmp_path / "cut.ckpt", "-o", tmp_path / "m.onnx"),
+        "corrupted or truncated",
+        tmp_path / "m.onnx",
+    )
 
 
 def test_checkpoint_of_another_format_version_is_one_line_exit_2(fitted, tmp_path):
@@ -270,6 +286,7 @@ def test_best_export_reproduces_the_auto_stop_image(tmp_path):
 
 # --- the default image is the one the fit returned -------------------------------------------------------------
 
+
 def test_default_export_reproduces_the_image_the_fit_returned_so_regenerate_check_passes(fitted, tmp_path):
     fitter, ckpt = fitted  # the denoise preset returns its EMA image
     save_image(fitter.image()[0], tmp_path / "restored.png")  # what dipc fit -o writes
@@ -279,10 +296,12 @@ def test_default_export_reproduces_the_image_the_fit_returned_so_regenerate_chec
     result = invoke("regenerate", tmp_path / "m.onnx", "--check", tmp_path / "restored.png")
     assert result.exit_code == 0 and "(OK)" in result.output, result.output
     # the network's own output is another image: exported on request, and the note says which one the fit returned
-    [output] = exporters.export_checkpoints([ckpt], tmp_path / "o.onnx", fmt="onnx", image="output", bn="frozen",
-                                            weights="fp32", noise="embedded")
-    assert exporters.fit_image_note(output.metadata) == ("note: this fit returned its ema image; --image fit (the "
-                                                         "default) exports that one")
+    [output] = exporters.export_checkpoints(
+        [ckpt], tmp_path / "o.onnx", fmt="onnx", image="output", bn="frozen", weights="fp32", noise="embedded"
+    )
+    assert exporters.fit_image_note(output.metadata) == (
+        "note: this fit returned its ema image; --image fit (the default) exports that one"
+    )
     assert invoke("regenerate", tmp_path / "o.onnx", "--check", tmp_path / "restored.png").exit_code == 1
 
 
@@ -300,18 +319,23 @@ def test_keep_known_fit_exports_its_image_with_the_observed_pixels_by_default(tm
     raw = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"), image="output")
     assert exporters.fit_image_note(raw.metadata) == (
         "note: this fit returned its output image with the observed pixels kept (--keep-known); "
-        "--image fit (the default) exports that one")
+        "--image fit (the default) exports that one"
+    )
 
 
 # --- non-finite values: refused at export, never passing a check --------------------------------------------
+
 
 def test_checkpoint_whose_weights_are_not_finite_is_refused_in_one_line(tmp_path):
     fitter = fit(tmp_path, iterations=2)
     with torch.no_grad():
         next(fitter.net.parameters()).view(-1)[0] = float("nan")
     save_checkpoint(fitter, tmp_path / "nan.ckpt")
-    bad(invoke("export", tmp_path / "nan.ckpt", "-o", tmp_path / "m.onnx"),
-        "the fit diverged: its network weights contain NaN/inf; nothing to export", tmp_path / "m.onnx")
+    bad(
+        invoke("export", tmp_path / "nan.ckpt", "-o", tmp_path / "m.onnx"),
+        "the fit diverged: its network weights contain NaN/inf; nothing to export",
+        tmp_path / "m.onnx",
+    )
     with pytest.raises(DipError, match="fit diverged"):
         exporters.plan_export(load_checkpoint(tmp_path / "nan.ckpt"))
 
@@ -322,18 +346,25 @@ def test_agreement_counts_non_finite_values_and_they_never_pass(fitted):
     image[0, 0, :2] = np.nan
     check = exporters.agreement(image, fitter.output())
     assert check["nonfinite"] == 90 and not exporters.passes(check)
-    assert exporters.replay.check_line(check, "MISMATCH") == ("90 non-finite values (NaN/inf) in the regenerated "
-                                                               "image: MISMATCH")
+    assert exporters.replay.check_line(check, "MISMATCH") == (
+        "90 non-finite values (NaN/inf) in the regenerated image: MISMATCH"
+    )
     clean = exporters.agreement(fitter.output(), fitter.output())
     assert clean["nonfinite"] == 0 and exporters.passes(clean)
 
 
 # --- the options: one set of Enums for the CLI and the library ----------------------------------------------
 
+
 def test_export_options_coerce_strings_and_refuse_unknown_values_in_one_line():
     options = ExportOptions(fmt="all", image="best", bn="batch", weights="fp16", noise="seed", verify=True)
     assert (options.fmt, options.image, options.bn, options.weights, options.noise) == (
-        ExportFormat.all, ExportImage.best, BatchNormMode.batch, Weights.fp16, NoiseMode.seed)
+        ExportFormat.all,
+        ExportImage.best,
+        BatchNormMode.batch,
+        Weights.fp16,
+        NoiseMode.seed,
+    )
     assert ExportOptions().image is ExportImage.fit and ExportOptions(image=ExportImage.ema).image is ExportImage.ema
     with pytest.raises(DipError, match=r"^unknown --image 'outptu'; choose fit, output, ema or best$"):
         ExportOptions(image="outptu")
@@ -347,7 +378,9 @@ def test_export_options_coerce_strings_and_refuse_unknown_values_in_one_line():
 
 
 def test_export_options_import_neither_torch_nor_onnx():
-    code = ("import sys, dip_compile.export_options; "
-            "print(sorted({'torch', 'onnx', 'numpy', 'dip_compile.exporters'} & set(sys.modules)))")
+    code = (
+        "import sys, dip_compile.export_options; "
+        "print(sorted({'torch', 'onnx', 'numpy', 'dip_compile.exporters'} & set(sys.modules)))"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"

@@ -87,12 +87,15 @@ def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     resumed = load_checkpoint(tmp_path / "fit.ckpt").fitter()
     resumed.run(12)
 
-    for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
+    for a, b in zip(straight.net.parameters(), resumed.net.parameters(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(straight.ema, resumed.ema)
     assert torch.equal(straight.output(), resumed.output())
+
     # the interrupted run also logged its last iteration (7); every record of the straight run is identical
-    rows = lambda h: {it: tuple(h[k][i] for k in sorted(h)) for i, it in enumerate(h["iteration"])}
+    def rows(h):
+        return {it: tuple(h[k][i] for k in sorted(h)) for i, it in enumerate(h["iteration"])}
+
     assert rows(straight.history).items() <= rows(resumed.history).items()
 
 
@@ -107,7 +110,7 @@ def test_backtracking_restores_weights_after_a_collapse():
     fitter.run(6)
     assert fitter.backtracks.item() == 1
     # weights went back to those of the last good output, then took one Adam step (as in the paper)
-    drift = max((p - g).abs().max().item() for p, g in zip(fitter.net.parameters(), good))
+    drift = max((p - g).abs().max().item() for p, g in zip(fitter.net.parameters(), good, strict=True))
     assert drift <= 2 * cfg.lr
 
 
@@ -130,8 +133,9 @@ def test_first_ctrl_c_stops_after_the_current_iteration():
     assert result.stop_reason == "interrupted" and fitter.iteration == 3
 
 
-@pytest.mark.parametrize("changes", [dict(iterations=0), dict(lr=0.0), dict(lr=-1.0), dict(reg_noise_std=-0.1),
-                                     dict(ema=1.0)])
+@pytest.mark.parametrize(
+    "changes", [dict(iterations=0), dict(lr=0.0), dict(lr=-1.0), dict(reg_noise_std=-0.1), dict(ema=1.0)]
+)
 def test_nonsense_fit_settings_are_rejected(changes):
     with pytest.raises(ValueError):
         tiny_config("denoise", **changes)

@@ -16,16 +16,29 @@ def test_paper_kate_inpainting_net_has_the_original_parameter_count():
 @pytest.mark.parametrize("structure", ["paper", "seed"])
 @pytest.mark.parametrize("upsample", ["nearest", "bilinear", "bicubic"])
 def test_output_has_input_size_and_lies_in_unit_interval(structure, upsample):
-    cfg = NetConfig(structure=structure, upsample=upsample, input_depth=4, channels_down=(8, 8, 8),
-                    channels_up=(8, 8, 8), channels_skip=(2, 0, 2))
+    cfg = NetConfig(
+        structure=structure,
+        upsample=upsample,
+        input_depth=4,
+        channels_down=(8, 8, 8),
+        channels_up=(8, 8, 8),
+        channels_skip=(2, 0, 2),
+    )
     out = build_network(cfg)(make_input(cfg, 32, 24, seed=0))
     assert out.shape == (1, 3, 32, 24)
     assert 0 < out.min() and out.max() < 1
 
 
 def test_grayscale_net_outputs_one_channel_with_zero_padding():
-    cfg = NetConfig(output_channels=1, padding="zeros", input_depth=4, channels_down=(8, 8),
-                    channels_up=(8, 8), channels_skip=(4, 4), need_1x1_up=False)
+    cfg = NetConfig(
+        output_channels=1,
+        padding="zeros",
+        input_depth=4,
+        channels_down=(8, 8),
+        channels_up=(8, 8),
+        channels_skip=(4, 4),
+        need_1x1_up=False,
+    )
     assert build_network(cfg)(make_input(cfg, 16, 16, 0)).shape == (1, 1, 16, 16)
 
 
@@ -52,8 +65,15 @@ def test_meshgrid_input_spans_the_unit_square():
     assert grid[0, 0, 0, -1] == 1 and grid[0, 1, -1, 0] == 1 and grid.min() == 0
 
 
-@pytest.mark.parametrize("bad", [dict(channels_down=(8,), channels_up=(8, 8), channels_skip=(4, 4)),
-                                 dict(kernel_down=2), dict(output_channels=2), dict(channels_skip=(-1,) * 5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(channels_down=(8,), channels_up=(8, 8), channels_skip=(4, 4)),
+        dict(kernel_down=2),
+        dict(output_channels=2),
+        dict(channels_skip=(-1,) * 5),
+    ],
+)
 def test_inconsistent_network_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         NetConfig(**bad)

@@ -54,9 +54,23 @@ def test_program_regenerates_the_fit_png_with_torch_unimportable(exported, tmp_p
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "blocked" in probe.stderr
     out = tmp_path / "out.png"
-    run = subprocess.run([sys.executable, str(PROGRAM), str(exported["model"]), "-o", str(out),
-                          "--check", str(exported["fit"]), "--provider", "cpu"],
-                         env=env, capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(PROGRAM),
+            str(exported["model"]),
+            "-o",
+            str(out),
+            "--check",
+            str(exported["fit"]),
+            "--provider",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert "identical 8-bit pixels 100.000%" in run.stdout and "(OK)" in run.stdout
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(exported["fit"])))
@@ -98,8 +112,11 @@ def test_info_prints_the_metadata_as_json(exported, capsys):
 
 
 def test_cuda_request_falls_back_to_cpu_with_one_note_line(exported, tmp_path):
-    run = subprocess.run([sys.executable, str(PROGRAM), str(exported["model"]), "-o", str(tmp_path / "c.png"),
-                          "--provider", "cuda"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(PROGRAM), str(exported["model"]), "-o", str(tmp_path / "c.png"), "--provider", "cuda"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     if "on cpu" in run.stdout:  # no usable GPU here: one clean note, none of onnxruntime's own error logging
         assert run.stderr.strip().splitlines() == ["note: the CUDA provider is not usable here; running on the CPU"]
@@ -108,10 +125,15 @@ def test_cuda_request_falls_back_to_cpu_with_one_note_line(exported, tmp_path):
 
 # --- bad input: one line, exit code 2, nothing written -------------------------------------------------------
 
+
 def not_a_dip_export(path: Path) -> Path:
     node = helper.make_node("Identity", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -122,10 +144,12 @@ def bad_inputs(exported: dict[str, Path], tmp: Path) -> dict[str, tuple[Path, st
     data = exported["model"].read_bytes()
     (tmp / "cut.onnx").write_bytes(data[: len(data) // 3])
     (tmp / "junk.onnx").write_bytes(b"this is not an onnx file at all")
-    return {"missing": (tmp / "nope.onnx", "not found"),
-            "truncated": (tmp / "cut.onnx", "not a readable ONNX model (corrupted, truncated"),
-            "junk": (tmp / "junk.onnx", "not a readable ONNX model (corrupted, truncated"),
-            "foreign": (not_a_dip_export(tmp / "foreign.onnx"), "not a dip-compile export")}
+    return {
+        "missing": (tmp / "nope.onnx", "not found"),
+        "truncated": (tmp / "cut.onnx", "not a readable ONNX model (corrupted, truncated"),
+        "junk": (tmp / "junk.onnx", "not a readable ONNX model (corrupted, truncated"),
+        "foreign": (not_a_dip_export(tmp / "foreign.onnx"), "not a dip-compile export"),
+    }
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "junk", "foreign"])
@@ -176,12 +200,17 @@ def test_seed_mode_export_drops_the_noise_from_the_file_and_still_regenerates_ex
 
 # --- what the model needs, what its metadata records: checked before (or right after) it runs -------------------
 
+
 def one_line_exit_2(model: Path, needle: str, *extra) -> None:
     """The program and ``dipc regenerate`` both fail with one line naming ``needle``, exit 2, nothing written.
     The program runs first, in a subprocess with a timeout: an input that hangs or exhausts memory fails the test."""
     out = model.parent / "never.png"
-    run = subprocess.run([sys.executable, str(PROGRAM), str(model), "-o", str(out), *map(str, extra)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, str(PROGRAM), str(model), "-o", str(out), *map(str, extra)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1 and needle in lines[0], run.stderr
     result = invoke("regenerate", model, "-o", out, *extra)
@@ -218,8 +247,9 @@ def drop_noise_initializer(proto: onnx.ModelProto) -> None:
     proto.graph.initializer.remove(next(t for t in proto.graph.initializer if t.name == "noise"))
 
 
-@pytest.mark.parametrize("case, needle", [("second input", "needs input extra"),
-                                          ("noise without initializer", "stores no noise")])
+@pytest.mark.parametrize(
+    "case, needle", [("second input", "needs input extra"), ("noise without initializer", "stores no noise")]
+)
 def test_model_needing_an_input_it_was_not_given_is_one_line_exit_2(exported, tmp_path, case, needle):
     edit = add_second_input if case == "second input" else drop_noise_initializer
     model = edited(exported["model"], tmp_path / "m.onnx", edit)
@@ -252,8 +282,12 @@ def test_noise_shapes_are_checked_against_the_models_static_dims_and_a_size_cap(
     arg = replay.noise_input(replay.open_session(exported["model"])[0])
     assert list(arg.shape[1:]) == [8, 32, 48] and not isinstance(arg.shape[0], int)
     assert replay.check_noise_shape((2, 8, 32, 48), arg) == (2, 8, 32, 48)
-    for shape, needle in [((1, 8, 32), "the model takes (N)x8x32x48"), ((1, 8, 32, 0), "takes"),
-                          ((1, 4, 32, 48), "noise has shape 1x4x32x48"), ((10**6, 8, 32, 48), "more than the")]:
+    for shape, needle in [
+        ((1, 8, 32), "the model takes (N)x8x32x48"),
+        ((1, 8, 32, 0), "takes"),
+        ((1, 4, 32, 48), "noise has shape 1x4x32x48"),
+        ((10**6, 8, 32, 48), "more than the"),
+    ]:
         with pytest.raises(replay.ReplayError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             replay.check_noise_shape(shape, arg)
 
@@ -295,17 +329,22 @@ def test_embedded_noise_altered_after_export_is_refused_and_the_check_needs_onnx
     blocked = tmp_path / "blocked"
     (blocked / "onnx").mkdir(parents=True)
     (blocked / "onnx" / "__init__.py").write_text("raise ImportError('onnx is blocked in this test')\n")
-    run = subprocess.run([sys.executable, str(PROGRAM), str(altered), "-o", str(tmp_path / "x.png")],
-                         env={**os.environ, "PYTHONPATH": str(blocked)}, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(PROGRAM), str(altered), "-o", str(tmp_path / "x.png")],
+        env={**os.environ, "PYTHONPATH": str(blocked)},
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0 and run.stderr == "", run.stderr
     # fed noise replaces the embedded one: nothing to check
     np.save(tmp_path / "n.npy", np.zeros((1, 8, 32, 48), np.float32))
     assert replay.main([str(altered), "-o", str(tmp_path / "n.png"), "--noise", str(tmp_path / "n.npy")]) == 0
 
 
-@pytest.mark.parametrize("meta, recorded", [({"image_width": "46"}, "46x30"),
-                                            ({"image_width": None, "image_height": None, "image_size": "45x31"},
-                                             "45x31")])
+@pytest.mark.parametrize(
+    "meta, recorded",
+    [({"image_width": "46"}, "46x30"), ({"image_width": None, "image_height": None, "image_size": "45x31"}, "45x31")],
+)
 def test_image_size_that_disagrees_with_the_recorded_one_is_refused(exported, tmp_path, meta, recorded):
     model = edited(exported["model"], tmp_path / "m.onnx", lambda m: set_meta(m, **meta))
     one_line_exit_2(model, f"the model returned a 45x30 image but records {recorded}: the file was altered")
@@ -313,19 +352,20 @@ def test_image_size_that_disagrees_with_the_recorded_one_is_refused(exported, tm
 
 def nan_bias(proto: onnx.ModelProto) -> None:
     tensor = next(t for t in proto.graph.initializer if t.name.endswith(".bias"))
-    tensor.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(tensor).shape, np.nan, np.float32),
-                                            tensor.name))
+    tensor.CopyFrom(
+        numpy_helper.from_array(np.full(numpy_helper.to_array(tensor).shape, np.nan, np.float32), tensor.name)
+    )
 
 
 def test_nan_image_is_reported_as_non_finite_and_never_passes_a_check(exported, tmp_path):
     model = edited(exported["model"], tmp_path / "nan.onnx", nan_bias)
     black = tmp_path / "black.png"
     Image.fromarray(np.zeros((30, 45, 3), np.uint8)).save(black)
-    run = subprocess.run([sys.executable, str(PROGRAM), str(model), "--check", str(black)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(PROGRAM), str(model), "--check", str(black)], capture_output=True, text=True
+    )
     assert run.returncode == 1 and run.stderr == "", run.stderr
-    assert run.stdout.splitlines()[-1] == ("check: 4050 non-finite values (NaN/inf) in the regenerated image: "
-                                           "MISMATCH")
+    assert run.stdout.splitlines()[-1] == ("check: 4050 non-finite values (NaN/inf) in the regenerated image: MISMATCH")
     check = replay.compare(np.full((1, 3, 4, 4), np.nan, np.float32), np.zeros((4, 4, 3), np.uint8))
     assert check["nonfinite"] == 48 and check["identical_8bit"] == 1.0 and not replay.passes(check)
     finite = replay.compare(np.zeros((1, 3, 4, 4), np.float32), np.zeros((4, 4, 3), np.uint8))

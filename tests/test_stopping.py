@@ -12,7 +12,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import dipc
-
 from dip_compile.checkpoint import load_checkpoint
 from dip_compile.cli import app
 from dip_compile.config import preset
@@ -39,7 +38,7 @@ def wmv_reference(xs: list[torch.Tensor], window: int) -> np.ndarray:
     out = np.full(len(xs), np.nan)
     stack = torch.stack([x.double() for x in xs])
     for t in range(window - 1, len(xs)):
-        win = stack[t - window + 1:t + 1]
+        win = stack[t - window + 1 : t + 1]
         out[t] = float(((win - win.mean(0)) ** 2).mean())
     return out
 
@@ -139,6 +138,7 @@ def feed_from(stopper: VarianceStopper, xs: list[torch.Tensor], start: int) -> i
 
 # --- real fits on a tiny noisy image ---------------------------------------------------------------------------
 
+
 def tiny_clean(n: int = 32) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
     return torch.stack([0.5 + 0.4 * torch.sin(6 * xx), 0.5 + 0.4 * torch.cos(5 * yy), (xx + yy) / 2]).clamp(0, 1)
@@ -146,8 +146,9 @@ def tiny_clean(n: int = 32) -> torch.Tensor:
 
 def tiny_config(**changes):
     config = preset("denoise")
-    net = dataclasses.replace(config.net, channels_down=(16,) * 3, channels_up=(16,) * 3, channels_skip=(4,) * 3,
-                              input_depth=8)
+    net = dataclasses.replace(
+        config.net, channels_down=(16,) * 3, channels_up=(16,) * 3, channels_skip=(4,) * 3, input_depth=8
+    )
     settings = dict(net=net, iterations=400, stop_window=10, stop_patience=40, log_every=5)
     return config.replace(**(settings | changes))
 
@@ -186,10 +187,36 @@ def test_best_saver_writes_the_chosen_image_while_the_fit_runs(tmp_path):
 
 def test_cli_auto_stop_reports_the_chosen_iteration_and_the_detection_gap(tmp_path):
     Image.fromarray(to_uint8(tiny_clean())).save(tmp_path / "clean.png")
-    args = ["fit", "denoise", str(tmp_path / "clean.png"), "--sigma", "50", "-o", str(tmp_path / "out.png"),
-            "--iterations", "400", "--stop-window", "10", "--stop-patience", "40", "--depth", "3",
-            "--channels", "16", "--skip-channels", "4", "--log-every", "5", "--quiet", "--device", "cpu",
-            "--report", str(tmp_path / "r.json"), "--checkpoint", str(tmp_path / "c.ckpt")]
+    args = [
+        "fit",
+        "denoise",
+        str(tmp_path / "clean.png"),
+        "--sigma",
+        "50",
+        "-o",
+        str(tmp_path / "out.png"),
+        "--iterations",
+        "400",
+        "--stop-window",
+        "10",
+        "--stop-patience",
+        "40",
+        "--depth",
+        "3",
+        "--channels",
+        "16",
+        "--skip-channels",
+        "4",
+        "--log-every",
+        "5",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--report",
+        str(tmp_path / "r.json"),
+        "--checkpoint",
+        str(tmp_path / "c.ckpt"),
+    ]
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 0, run.output
     report = json.loads((tmp_path / "r.json").read_text())
@@ -203,14 +230,20 @@ def test_cli_auto_stop_reports_the_chosen_iteration_and_the_detection_gap(tmp_pa
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), to_uint8(saved))
 
 
-@pytest.mark.parametrize("flag, value, message", [("--stop-rule", "median", "'median' is not one of 'wmv', 'emv'"),
-                                                  ("--stop-patience", "0", "--stop-patience must be a whole number"),
-                                                  ("--stop-window", "-3", "--stop-window must be a whole number"),
-                                                  ("--stop", "sometimes", "'sometimes' is not one of 'fixed', 'auto'")])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--stop-rule", "median", "'median' is not one of 'wmv', 'emv'"),
+        ("--stop-patience", "0", "--stop-patience must be a whole number"),
+        ("--stop-window", "-3", "--stop-window must be a whole number"),
+        ("--stop", "sometimes", "'sometimes' is not one of 'fixed', 'auto'"),
+    ],
+)
 def test_cli_rejects_bad_stopping_options_in_one_line(tmp_path, flag, value, message):
     Image.fromarray(to_uint8(tiny_clean())).save(tmp_path / "clean.png")
-    code, stderr = dipc("fit", "denoise", tmp_path / "clean.png", "--sigma", "25", "-o", tmp_path / "out.png",
-                        flag, value)
+    code, stderr = dipc(
+        "fit", "denoise", tmp_path / "clean.png", "--sigma", "25", "-o", tmp_path / "out.png", flag, value
+    )
     assert code == 2
     assert message in stderr and stderr.strip().count("\n") == 0
     assert not (tmp_path / "out.png").exists()
