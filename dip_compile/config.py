@@ -134,6 +134,11 @@ def _count(obj: Any, name: str, low: int = 1, high: int | None = None) -> None:
         raise ConfigError(f"{flag_of(type(obj), name)} must be a whole number {rng}, got {value!r}")
 
 
+def check_depth(depth: int) -> None:
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+        raise ConfigError(f"--depth (levels of the hourglass) must be between 1 and {MAX_DEPTH}, got {depth!r}")
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """The hourglass. Lists run from the finest level (0) to the coarsest; a skip of 0 drops that skip."""
@@ -164,10 +169,9 @@ class NetConfig:
         for name in ("channels_down", "channels_up", "channels_skip"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.channels_down)
-        if n == 0 or len(self.channels_up) != n or len(self.channels_skip) != n:
-            raise ConfigError("channels_down, channels_up and channels_skip must be non-empty and of equal length")
-        if n > MAX_DEPTH:
-            raise ConfigError(f"--depth must be between 1 and {MAX_DEPTH}, got {n}")
+        check_depth(n)
+        if len(self.channels_up) != n or len(self.channels_skip) != n:
+            raise ConfigError("channels_down, channels_up and channels_skip must have one entry per level")
         for c in self.channels_down + self.channels_up:
             if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS:
                 raise ConfigError(f"--channels must be whole numbers between 1 and {MAX_CHANNELS}, got {c!r}")
@@ -264,8 +268,6 @@ class FitConfig:
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
         if self.keep_known and self.task != Task.inpaint:
             raise ConfigError("--keep-known only applies to inpaint")
-        if self.precision == Precision.fp16 and device == "cpu":
-            raise ConfigError("--precision fp16 is for CUDA; on a CPU use bf16 (with AVX512-BF16/AMX) or fp32")
 
     def replace(self, **changes: Any) -> FitConfig:
         return dataclasses.replace(self, **changes)

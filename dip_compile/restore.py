@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import FitConfig, NetConfig, flag_of, preset
+from .config import FitConfig, NetConfig, check_depth, flag_of, preset
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
 from .fitting import FitResult, Fitter, LogRecord, interrupt_flag
@@ -49,8 +49,7 @@ class NetShape:
             changes["upsample"] = self.upsample
         if self.depth is not None or self.channels is not None or self.skip_channels is not None:
             depth = net.depth if self.depth is None else self.depth
-            if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-                raise DipError(f"--depth must be a whole number >= 1, got {depth!r}")
+            check_depth(depth)
             c = self.channels if self.channels is not None else net.channels_down[0]
             s = self.skip_channels if self.skip_channels is not None else net.channels_skip[0]
             changes.update(channels_down=(c,) * depth, channels_up=(c,) * depth, channels_skip=(s,) * depth)
@@ -111,14 +110,9 @@ def _problem_options(job: FitJob) -> list[str]:
 
 def build_config(job: FitJob, channels: int) -> FitConfig:
     """The task's paper preset with the job's settings; FitConfig validates every value (one-line ConfigError)."""
-    settings = dict(job.settings)
-    if job.task != "super-resolve" and settings.get("factor") is not None:
-        raise DipError("--factor only applies to super-resolve")
-    factor = settings.pop("factor", None) or 4
-    if job.task == "super-resolve" and factor not in (2, 4, 8):
-        raise DipError(f"--factor must be 2, 4 or 8, got {factor}")
-    config = preset(str(job.task), factor=factor, output_channels=channels)
-    config = config.replace(**{k: v for k, v in settings.items() if v is not None})
+    settings = {k: v for k, v in job.settings.items() if v is not None}
+    config = preset(str(job.task), factor=settings.get("factor", 4), output_channels=channels)
+    config = config.replace(**settings)
     return config.replace(net=job.net.apply(config.net))
 
 
