@@ -426,25 +426,25 @@ def _publish_exclusive(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        kept = _conflict_path(path)
-        os.replace(tmp, kept)
-        raise ReplayError(
-            f"output {path} was created by another process while this one ran; nothing was "
-            f"overwritten and this result was written to {kept}"
-        ) from None
+        _keep_beside(tmp, path)
     except OSError as exc:  # a file system without hard links: check, then rename (not race-free there)
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         if path.exists():
-            kept = _conflict_path(path)
-            os.replace(tmp, kept)
-            raise ReplayError(
-                f"output {path} was created by another process while this one ran; nothing was "
-                f"overwritten and this result was written to {kept}"
-            ) from None
+            _keep_beside(tmp, path)
         os.replace(tmp, path)
         return
     tmp.unlink()
+
+
+def _keep_beside(tmp: Path, path: Path) -> None:
+    """``path`` appeared while this process worked: keep its file, move ours to a free sibling name, and say so."""
+    kept = _conflict_path(path)
+    os.replace(tmp, kept)
+    raise ReplayError(
+        f"output {path} was created by another process while this one ran; nothing was "
+        f"overwritten and this result was written to {kept}"
+    )
 
 
 def _write_error(path: Path, exc: OSError) -> ReplayError:
