@@ -323,6 +323,12 @@ def check_output(path: str | Path, force: bool) -> Path:
         raise ReplayError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ReplayError(f"output folder {folder} is not writable")
+    try:  # os.access says yes to root everywhere: a temp file proves it (read-only mounts, /proc, quotas)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ReplayError(f"output folder {folder} is not writable: {exc.strerror or exc}") from None
     return path
 
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import save_png
+from conftest import dipc, save_png
 from dip_compile import restore
 from dip_compile.cli import app
 from dip_compile.imageio import load_image
@@ -179,6 +179,7 @@ def bad_input_cases(tmp: Path, image: Path):
         "missing checkpoint": (["fit", "--resume", tmp / "gone.ckpt", "-o", out], "not found"),
         "no output": (["fit", "denoise", image], "--output"),
         "keep-known on denoise": (["fit", "denoise", image, "--keep-known", "-o", out], "only applies to inpaint"),
+        "output in a folder nobody can write": (["fit", "denoise", image, "-o", "/proc/o.png"], "not writable"),
         "bad depth": (["fit", "denoise", image, "--depth", "0", "-o", out], "--depth"),
     }
 
@@ -401,3 +402,19 @@ def test_a_checkpoint_with_tensors_of_the_wrong_shape_is_refused_in_one_line(tmp
         exported = invoke("export", tmp_path / f"{name}.ckpt", "-o", tmp_path / f"{name}.onnx")
         assert exported.exit_code == 2 and "damaged" in exported.stderr, exported.stderr
     assert payload["state"]["iteration"] == 2
+
+
+def test_a_third_ctrl_c_quits_at_once_in_one_line(tmp_path, image_png, monkeypatch):
+    original = restore.Fitter.iterate
+
+    def iterate_then_interrupt_three_times(self):
+        out = original(self)
+        if self.iteration == 2:
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(restore.Fitter, "iterate", iterate_then_interrupt_three_times)
+    code, stderr = dipc("fit", "denoise", image_png, "-o", tmp_path / "out.png", "--iterations", "100", *TINY)
+    assert code == 130 and stderr.strip().splitlines()[-1] == "dipc: interrupted; nothing more was saved"
+    assert not (tmp_path / "out.png").exists() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
