@@ -143,7 +143,7 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
             sessions[f"onnxruntime {bn}"] = session
             if bn == "frozen":
                 ts_path = RESULTS / f"export_{net}_{size}.pt"
-                exporters.write_torchscript(plan, ts_path)
+                exporters.write_torch(plan, ts_path, "torchscript")
                 sessions["torchscript frozen"] = torch.jit.load(str(ts_path))
     runners: dict[str, Callable[[], Any]] = {
         name: functools.partial(replay.run, s) for name, s in sessions.items() if name.startswith("onnxruntime")

@@ -21,13 +21,41 @@ from . import __version__
 from .config import FitConfig
 from .degradations import make_operator
 from .errors import DipError
-from .fitting import Fitter
+from .fitting import Fitter, ImageKind, describe_image, paste_known, returned_kind
 from .imageio import atomic_write, check_input
-from .network import build_network
-from .problem import Problem, canvas_for
+from .network import Hourglass, build_network
+from .problem import CenterCrop, Problem, canvas_for
 
 FORMAT = "dip-compile-checkpoint"
 VERSION = 1
+
+
+@dataclass(frozen=True)
+class FitImages:
+    """The images a saved fit has: its network output, EMA and auto-stop image (where it kept them), which of them
+    it returned, and whether it returned that one with the observed pixels pasted in (inpainting --keep-known)."""
+
+    output: torch.Tensor
+    ema: torch.Tensor | None
+    best: torch.Tensor | None
+    returned: ImageKind
+    known_pixels: bool
+    problem: Problem
+
+    def get(self, kind: ImageKind) -> torch.Tensor | None:
+        return {ImageKind.output: self.output, ImageKind.ema: self.ema, ImageKind.best: self.best}[kind]
+
+    def fit_image(self) -> torch.Tensor:
+        """The image ``dipc fit`` wrote."""
+        image = self.get(self.returned)
+        assert image is not None
+        if self.known_pixels:
+            assert self.problem.mask is not None
+            return paste_known(image, self.problem.mask, self.problem.observation)
+        return image
+
+    def describe(self) -> str:
+        return describe_image(self.returned, self.known_pixels)
 
 
 @dataclass
@@ -40,6 +68,33 @@ class Checkpoint:
     @property
     def iteration(self) -> int:
         return int(self.state["iteration"])
+
+    def network(self) -> Hourglass:
+        """The fitted network on the CPU (no optimizer, no step plan: what export and reports need)."""
+        net = build_network(self.config.net)
+        net.load_state_dict(self.state["net"])
+        return net.eval()  # harmless: BatchNorm here always normalises with the statistics of its input
+
+    def fixed_input(self) -> torch.Tensor:
+        """The fixed noise (or meshgrid) the network was fitted on: (1, input_depth, canvas height, canvas width)."""
+        return self.state["net_input"].float()
+
+    def images(self) -> FitImages:
+        """The fit's images and which one it returned, as typed values."""
+        with torch.no_grad():
+            output = CenterCrop(self.problem.canvas, self.problem.size)(self.network()(self.fixed_input()))
+        stopper = self.state.get("stopper")
+        best = stopper.get("best_image") if isinstance(stopper, dict) else None
+        ema = self.state.get("ema")
+        known = self.config.keep_known and self.problem.mask is not None
+        return FitImages(
+            output.float(),
+            None if ema is None else ema.float(),
+            None if best is None else best.float(),
+            returned_kind(best, ema),
+            known,
+            self.problem,
+        )
 
     def fitter(self, device: str | torch.device | None = None, config: FitConfig | None = None) -> Fitter:
         """A fitter in exactly the saved state; ``config`` may change settings that do not alter the state."""

@@ -209,7 +209,11 @@ def export(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint(s) written by dipc fit --checkpoint")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output file (a folder for several checkpoints)")],
     fmt: Annotated[
-        ExportFormat, typer.Option("--format", help="onnx, torchscript or all (OUT.onnx + OUT.pt)")
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="onnx; pt2 (torch.export); torchscript (legacy: torch.jit is deprecated); all (OUT.onnx + OUT.pt2 + OUT.pt)",
+        ),
     ] = ExportFormat.onnx,
     image: Annotated[
         ExportImage,

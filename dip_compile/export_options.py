@@ -16,8 +16,9 @@ from .errors import DipError
 
 class ExportFormat(Choice):
     onnx = "onnx"
-    torchscript = "torchscript"
-    all = "all"  # both: OUT.onnx and OUT.pt
+    pt2 = "pt2"  # torch.export: torch.export.load(...).module()
+    torchscript = "torchscript"  # legacy (torch.jit is deprecated): kept while torch ships it
+    all = "all"  # every format: OUT.onnx, OUT.pt2 and OUT.pt
 
 
 class ExportImage(Choice):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .acceleration import Fallback, build_step, choose, fp32_plan
-from .config import FitConfig
+from .config import Choice, FitConfig
 from .metrics import psnr
 from .network import build_network, make_input
 from .problem import CenterCrop, Problem
@@ -52,6 +52,33 @@ class FitResult:
     stop_info: dict[str, Any] = field(default_factory=dict)
     plan: str = "eager fp32"  # the backend and precision the step ran with (acceleration.Plan.describe)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)  # NaN/inf events that switched to fp32
+
+
+class ImageKind(Choice):
+    """The images a fit can return: the network on the fixed input, the EMA of its outputs, the auto-stop image."""
+
+    output = "output"
+    ema = "ema"
+    best = "best"
+
+
+def returned_kind(best: torch.Tensor | None, ema: torch.Tensor | None) -> ImageKind:
+    """The one rule for what a fit returns: the auto-stop image when there is one, else the EMA when the fit keeps
+    one, else the network output."""
+    if best is not None:
+        return ImageKind.best
+    return ImageKind.ema if ema is not None else ImageKind.output
+
+
+def describe_image(kind: ImageKind, known: bool) -> str:
+    words = {ImageKind.best: "auto-stop best", ImageKind.ema: "ema", ImageKind.output: "output"}[kind]
+    return words + (" + known pixels" if known else "")
+
+
+def paste_known(image: torch.Tensor, mask: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
+    """Inpainting with --keep-known: the observed pixels exactly, the network's values only in the holes."""
+    known = mask.to(image)
+    return image * (1 - known) + observation.to(image) * known
 
 
 class Step(Protocol):
@@ -167,29 +194,31 @@ class Fitter:
         """The network's image on the unperturbed input, with train-mode BatchNorm: what an export reproduces."""
         return self.crop(self.net(self.net_input)).float()
 
+    def returned_kind(self) -> ImageKind:
+        """Which image the fit returns, without computing it (the stopper watches raw outputs but keeps the EMA at
+        the minimum when the EMA is on; stop_info says which)."""
+        return returned_kind(self.stopper.best_image if self.stopper is not None else None, self.ema)
+
+    def keeps_known(self) -> bool:
+        return self.config.keep_known and self.problem.mask is not None
+
     def image_source(self) -> str:
-        """Where the returned image comes from, without computing it."""
-        if self.stopper is not None and self.stopper.best_image is not None:
-            # the stopper watches raw outputs but keeps the EMA at the minimum when the EMA is on (stop_info says which)
-            source = "auto-stop best"
-        else:
-            source = "ema" if self.ema is not None else "output"
-        return source + (" + known pixels" if self.config.keep_known and self.problem.mask is not None else "")
+        """Where the returned image comes from, in words (reports, export metadata)."""
+        return describe_image(self.returned_kind(), self.keeps_known())
 
     def image(self) -> tuple[torch.Tensor, str]:
         """The image this fit returns now, and where it comes from."""
-        source = self.image_source()
-        image: torch.Tensor | None
-        if source.startswith("auto-stop best"):
-            image = self.stopper.best_image if self.stopper is not None else None
-        else:
-            image = self.ema if source.startswith("ema") else self.output()
+        kind = self.returned_kind()
+        image = {
+            ImageKind.best: lambda: self.stopper.best_image if self.stopper else None,
+            ImageKind.ema: lambda: self.ema,
+            ImageKind.output: self.output,
+        }[kind]()
         assert image is not None
-        if source.endswith(" + known pixels") and self.problem.mask is not None:
-            # the observed pixels are exact: keep them, and the network's values only in the holes
-            known = self.problem.mask.to(image)
-            image = image * (1 - known) + self.problem.observation * known
-        return image, source
+        if self.keeps_known():
+            assert self.problem.mask is not None
+            image = paste_known(image, self.problem.mask, self.problem.observation)
+        return image, self.image_source()
 
     # --- one iteration -------------------------------------------------------------------------------------
     def perturbed_input(self) -> torch.Tensor:

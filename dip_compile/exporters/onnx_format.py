@@ -1,0 +1,101 @@
+"""ONNX through torch's own exporter (``torch.onnx.export(..., dynamo=True)``), then a small ``onnx`` post-pass for what
+the exporter does not do: fp16 storage of the convolution weights, the fixed noise as the default of the ``noise``
+input, and the metadata. Every file passes ONNX's checker with full shape inference."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..export_options import Weights
+from ..replay import regenerate as replay
+from .plan import ExportPlan
+from .torch_formats import example_batch
+
+DOC = "Deep Image Prior network with its fixed noise: run with an empty feed to regenerate the restored image."
+
+
+def exported_program(plan: ExportPlan) -> Any:
+    """torch.onnx's ONNXProgram of the inference module: input ``noise`` with a dynamic batch, output ``image``."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet, logger = io.StringIO(), logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # progress lines and "torchvision is not installed" notes
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(
+                plan.module,
+                (example_batch(plan),),
+                dynamo=True,
+                input_names=["noise"],
+                output_names=["image"],
+                dynamic_shapes={"noise": {0: batch}},
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        logger.setLevel(level)
+
+
+def _half_conv_weights(model: Any) -> None:
+    """Stores every Conv weight and bias as fp16, cast back to fp32 by a Cast node in front of the graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    names = {name for n in model.graph.node if n.op_type == "Conv" for name in n.input[1:] if name in inits}
+    casts = []
+    for name in sorted(names):
+        array = numpy_helper.to_array(inits[name]).astype(np.float16)
+        half = numpy_helper.from_array(array, f"{name}_fp16")
+        model.graph.initializer.remove(inits[name])
+        model.graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT, name=f"cast_{name}"))
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    assert isinstance(model, onnx.ModelProto)
+
+
+def to_onnx(plan: ExportPlan) -> Any:
+    """The ONNX model: input ``noise`` (its initializer is the fixed noise when embedded, so an empty feed works),
+    output ``image`` (N, C, H, W) in [0, 1], the metadata as model properties."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = exported_program(plan).model_proto
+    if plan.weights == Weights.fp16:
+        _half_conv_weights(model)
+    if plan.embed_noise:
+        model.graph.initializer.append(numpy_helper.from_array(plan.noise.numpy().astype(np.float32), "noise"))
+    model.producer_name, model.producer_version, model.doc_string = "dip-compile", __version__, DOC
+    del model.metadata_props[:]
+    helper.set_model_props(model, plan.metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def write_onnx(plan: ExportPlan, path: str | Path, *, overwrite: bool = True) -> Path:
+    from ..imageio import atomic_write
+
+    data = to_onnx(plan).SerializeToString()
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+def run_onnx(path_or_bytes: str | Path | bytes, noise: np.ndarray | None = None, provider: str = "cpu") -> np.ndarray:
+    """The image (N, C, H, W) an exported ONNX model returns (empty feed unless ``noise`` is given)."""
+    session, _ = replay.open_session(path_or_bytes, provider)
+    return replay.run(session, noise)
