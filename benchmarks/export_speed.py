@@ -19,6 +19,7 @@ Prints a table and writes JSON to benchmarks/results/export_speed.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import platform
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from dip_compile import exporters  # noqa: E402
 from dip_compile.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from dip_compile.config import preset  # noqa: E402
+from dip_compile.config import Structure, Upsample, preset  # noqa: E402
 from dip_compile.fitting import Fitter  # noqa: E402
 from dip_compile.imageio import load_image, load_mask  # noqa: E402
 from dip_compile.problem import add_noise, make_problem  # noqa: E402
@@ -69,6 +70,10 @@ def fitted(net: str, size: int, iterations: int, seed: int = 0, reuse: bool = Fa
     else:
         clean = center_crop(load_image(DATA / "F16_GT.png"), size)
         config = preset("denoise").replace(iterations=iterations, log_every=1, seed=seed, stop="fixed")
+        if net == "seed":  # the seed structure: skip after the down block, upsampling at the end of the up block
+            config = config.replace(
+                net=dataclasses.replace(config.net, structure=Structure.seed, upsample=Upsample.bicubic)
+            )
         problem = make_problem(config, add_noise(clean, 25 / 255, seed), reference=clean)
     fitter = Fitter(config, problem)
     t0 = time.perf_counter()
@@ -145,6 +150,9 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
                 ts_path = RESULTS / f"export_{net}_{size}.pt"
                 exporters.write_torch(plan, ts_path, "torchscript")
                 sessions["torchscript frozen"] = torch.jit.load(str(ts_path))
+                pt2_path = RESULTS / f"export_{net}_{size}.pt2"
+                exporters.write_torch(plan, pt2_path, "pt2")
+                sessions["pt2 frozen"] = exporters.load_pt2(pt2_path)
     runners: dict[str, Callable[[], Any]] = {
         name: functools.partial(replay.run, s) for name, s in sessions.items() if name.startswith("onnxruntime")
     }
@@ -159,8 +167,15 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
         with torch.no_grad():
             return script()
 
+    pt2_module, pt2_noise, _ = sessions["pt2 frozen"]
+
+    def pt2() -> torch.Tensor:
+        with torch.no_grad():
+            return pt2_module(pt2_noise)
+
     runners["torch eager (train-mode BN)"] = eager
     runners["torchscript frozen"] = torchscript
+    runners["pt2 frozen (torch.export)"] = pt2
     for fn in runners.values():  # warm-up: allocator, oneDNN primitive caches, ORT arenas
         fn()
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -240,7 +255,11 @@ def show(results: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", default="inpaint,denoise", help="comma list: inpaint (kate), denoise (F16)")
+    parser.add_argument(
+        "--nets",
+        default="inpaint,denoise",
+        help="comma list: inpaint (kate), denoise (F16), seed (F16, seed structure)",
+    )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--iterations", type=int, default=3, help="fit iterations before exporting")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per runtime (median reported)")

@@ -12,7 +12,16 @@ import typer
 
 from .config import Backend, Precision, StopRule, StopVariant, Structure, Task, Upsample
 from .errors import DipError
-from .export_options import BatchNormMode, ExportFormat, ExportImage, ExportOptions, NoiseMode, Provider, Weights
+from .export_options import (
+    BatchNormMode,
+    ExportFormat,
+    ExportImage,
+    ExportOptions,
+    NoiseMode,
+    Profile,
+    Provider,
+    Weights,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -236,13 +245,21 @@ def export(
             help="embedded: the noise is in the file (empty feed works anywhere); seed: rebuilt from the seed by regenerate (file ~ weights)"
         ),
     ] = NoiseMode.embedded,
+    profile: Annotated[
+        Profile,
+        typer.Option(
+            help="runtime: dynamic batch, noise inside (ONNX Runtime, empty feed); portable: batch 1, noise a plain input saved as OUT.noise.npy (OpenCV DNN and other runtimes)"
+        ),
+    ] = Profile.runtime,
     verify: Annotated[bool, typer.Option("--verify", help="rerun the export and compare with the fit's image")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
 ) -> None:
     """Export a fitted network with its fixed noise: ONNX (runs with an empty feed) and/or TorchScript."""
     from . import exporters
 
-    options = ExportOptions(fmt=fmt, image=image, bn=bn, weights=weights, noise=noise, verify=verify, force=force)
+    options = ExportOptions(
+        fmt=fmt, image=image, bn=bn, weights=weights, noise=noise, profile=profile, verify=verify, force=force
+    )
     written = exporters.export_checkpoints(checkpoints, output, options)
     failed, noted = False, set()
     for w in written:
@@ -283,14 +300,15 @@ def regenerate(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
 ) -> None:
     """Regenerate the restored image from an exported ONNX model (the same code as export/regenerate.py)."""
-    import json
 
     from .replay import regenerate as replay
 
     try:
         if info:
-            session, _ = replay.open_session(model, "cpu")
-            typer.echo(json.dumps(replay.metadata(session), indent=2, sort_keys=True))
+            text, code = replay.info(model)
+            typer.echo(text)
+            if code:
+                raise typer.Exit(code)
             return
         if output is None and check is None:
             fail("nothing to do: give -o OUT.png and/or --check PNG")

@@ -43,6 +43,15 @@ class NoiseMode(Choice):
     seed = "seed"
 
 
+class Profile(Choice):
+    """runtime: dynamic batch and the noise as the default of the noise input (an empty feed regenerates the image
+    in ONNX Runtime); portable: static batch 1 and the noise as a plain input, its values in a ``.noise.npy`` beside
+    the model (what OpenCV's DNN module and other runtimes load)."""
+
+    runtime = "runtime"
+    portable = "portable"
+
+
 class Provider(Choice):
     """onnxruntime provider of ``dipc regenerate`` (export/regenerate.py cannot import this: its PROVIDERS
     tuple must list the same values, which a test checks)."""
@@ -78,6 +87,7 @@ class ExportOptions:
     bn: BatchNormMode = _option(BatchNormMode.frozen, "--bn")
     weights: Weights = _option(Weights.fp32, "--weights")
     noise: NoiseMode = _option(NoiseMode.embedded, "--noise")
+    profile: Profile = _option(Profile.runtime, "--profile")
     verify: bool = False
     force: bool = False
 

@@ -148,6 +148,52 @@ def shipped_noise(meta: dict[str, str], arg: Any | None) -> np.ndarray:
     return noise
 
 
+def integrity(graph: bytes, meta: dict[str, str]) -> str:
+    """The seal of an export: sha256 over its serialized graph (weights, noise) and its metadata (except this
+    field). A model edited after export no longer matches."""
+    fields = {k: v for k, v in meta.items() if k != "integrity_sha256"}
+    digest = hashlib.sha256(graph)
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def check_integrity(model: str | Path | bytes, meta: dict[str, str]) -> str:
+    """``ok``, ``unsealed`` (an export older than the seal) or ``unchecked`` (no ``onnx`` package); an altered
+    model is a one-line ReplayError."""
+    if "integrity_sha256" not in meta:
+        return "unsealed"
+    try:
+        import onnx
+    except ImportError:
+        return "unchecked"
+    try:
+        proto = (
+            onnx.load_from_string(model)
+            if isinstance(model, bytes)
+            else onnx.load(str(model), load_external_data=False)
+        )
+        graph = proto.graph.SerializeToString(deterministic=True)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors; onnxruntime read it already
+        raise ReplayError(f"cannot read the model to check it ({exc.__class__.__name__})") from None
+    if integrity(graph, meta) != meta["integrity_sha256"]:
+        raise ReplayError(
+            "the model was altered after export: its weights, graph or metadata differ from what "
+            "dip-compile wrote (integrity_sha256 does not match)"
+        )
+    return "ok"
+
+
+def noise_beside(model: str | Path, meta: dict[str, str]) -> np.ndarray:
+    """The fixed noise a portable export keeps beside the model (``noise_file``), checked against its checksum."""
+    name = meta["noise_file"]
+    if Path(name).name != name:
+        raise ReplayError(f"the model's noise_file {name!r} is not a plain file name: the metadata was altered")
+    noise = load_noise(Path(model).parent / name)
+    if checksum(np.asarray(noise)) != meta.get("noise_sha256"):
+        raise ReplayError(f"{name} does not match the model's noise checksum: not this model's noise")
+    return noise
+
+
 def checksum(noise: np.ndarray) -> str:
     """sha256 of the noise as little-endian float32 in C order: the exporter's ``noise_sha256``."""
     return "sha256:" + hashlib.sha256(np.ascontiguousarray(noise, dtype="<f4").tobytes()).hexdigest()
@@ -493,18 +539,34 @@ def regenerate(
         check_input(check, "image to check against")
     session, used = open_session(model, provider)
     meta = metadata(session)
-    if fed is None and meta.get("noise") != "seed":
+    check_integrity(model, meta)
+    if fed is None and meta.get("noise_file"):
+        fed = noise_beside(model, meta)
+    elif fed is None and meta.get("noise") != "seed":
         check_embedded_noise(model, meta)
     t0 = time.perf_counter()
     image = run(session, fed)
     seconds = time.perf_counter() - t0
     result: dict[str, Any] = {"provider": used, "seconds": seconds, "shape": list(image.shape), "metadata": meta}
+    result["image"] = image
     if check is not None:
         result["check"] = compare(image[:1], load_png(check, image.shape[1]))
     if output is not None:
         save_png(image[:1], output, overwrite=force)
         result["output"] = str(output)
     return result
+
+
+def info(model: str | Path) -> tuple[str, int]:
+    """The model's metadata as JSON with its ``integrity`` (ok, unsealed, unchecked, or altered: exit code 1)."""
+    check_input(model, "model")
+    session, _ = open_session(model, "cpu")
+    meta = metadata(session)
+    try:
+        meta["integrity"], code = check_integrity(model, meta), 0
+    except ReplayError as exc:
+        meta["integrity"], code = f"ALTERED: {exc}", 1
+    return json.dumps(meta, indent=2, sort_keys=True), code
 
 
 def passes(check: dict[str, float]) -> bool:
@@ -557,9 +619,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.info:
-            session, _ = open_session(args.model, "cpu")
-            print(json.dumps(metadata(session), indent=2, sort_keys=True))
-            return 0
+            text, code = info(args.model)
+            print(text)
+            return code
         if args.output is None and args.check is None:
             raise ReplayError("nothing to do: give -o OUT.png and/or --check PNG")
         result = regenerate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -190,9 +191,7 @@ def test_seed_mode_export_drops_the_noise_from_the_file_and_still_regenerates_ex
     assert exported["model"].stat().st_size - (tmp_path / "s.onnx").stat().st_size > noise_bytes - 1000  # longer note
     assert replay.main([str(tmp_path / "s.onnx"), "-o", str(tmp_path / "s.png"), "--check", str(exported["fit"])]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "s.png")), np.asarray(Image.open(exported["fit"])))
-    tampered = onnx.load(tmp_path / "s.onnx")
-    next(p for p in tampered.metadata_props if p.key == "noise_seed").value = "1"
-    onnx.save(tampered, tmp_path / "t.onnx")
+    edited(tmp_path / "s.onnx", tmp_path / "t.onnx", lambda m: set_meta(m, noise_seed="1"))  # resealed
     result = invoke("regenerate", tmp_path / "t.onnx", "-o", tmp_path / "t.png")
     assert result.exit_code == 2 and "does not match the model's noise checksum" in result.stderr
     assert not (tmp_path / "t.png").exists()
@@ -220,11 +219,29 @@ def one_line_exit_2(model: Path, needle: str, *extra) -> None:
     assert not out.exists()
 
 
-def edited(model: Path, path: Path, edit) -> Path:
+def edited(model: Path, path: Path, edit, *, resealed: bool = True) -> Path:
+    """The model with ``edit`` applied. ``resealed``: with a matching integrity seal, as a careless tool (or an older,
+    unsealed export) would leave it, so the defences behind the seal are tested too."""
     proto = onnx.load(model)
     edit(proto)
+    if resealed:
+        meta = {p.key: p.value for p in proto.metadata_props}
+        seal = replay.integrity(proto.graph.SerializeToString(deterministic=True), meta)
+        set_meta(proto, integrity_sha256=seal)
     onnx.save(proto, path)
     return path
+
+
+@pytest.mark.parametrize("what", ["weights", "metadata", "noise"])
+def test_a_model_edited_after_export_is_reported_by_check_and_info(exported, tmp_path, what, capsys):
+    edit = {"weights": nan_bias, "metadata": lambda m: set_meta(m, iterations="9999"), "noise": alter_noise}[what]
+    model = edited(exported["model"], tmp_path / "m.onnx", edit, resealed=False)
+    assert replay.main([str(model), "--check", str(exported["fit"])]) == 2
+    assert "the model was altered after export" in capsys.readouterr().err
+    assert replay.main([str(model), "--info"]) == 1
+    assert json.loads(capsys.readouterr().out)["integrity"].startswith("ALTERED: the model was altered")
+    assert replay.main([str(exported["model"]), "--info"]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity"] == "ok"
 
 
 def set_meta(proto: onnx.ModelProto, **values: str | None) -> None:

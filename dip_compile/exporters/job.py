@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from ..errors import DipError
-from ..export_options import ExportFormat, ExportOptions, choice
+from ..export_options import ExportFormat, ExportOptions, NoiseMode, Profile, choice
 from ..replay import regenerate as replay
-from .onnx_format import run_onnx, write_onnx
+from .onnx_format import noise_path, write_onnx
 from .plan import DEFAULTS, KNOWN_PIXELS, image_kind, plan_export
 from .torch_formats import run_pt2, run_torchscript, write_torch
 
@@ -82,7 +82,7 @@ def passes(check: dict[str, float], tolerance: float = 1e-4) -> bool:
 def run_file(path: Path, fmt: str) -> Any:
     """The image an exported file returns on its own noise, read back the way its users would."""
     if fmt == "onnx":
-        return run_onnx(path)
+        return replay.regenerate(path, None)["image"]
     return run_pt2(path) if fmt == "pt2" else run_torchscript(path)
 
 
@@ -99,14 +99,21 @@ def export_checkpoints(
 
     options = dataclasses.replace(options or DEFAULTS, **choices)
     jobs = output_paths([Path(c) for c in checkpoints], Path(output), options.fmt)
-    for _, _, path in jobs:
+    for _, f, path in jobs:
         check_output(path, options.force)
+        if f == "onnx" and options.profile == Profile.portable and options.noise == NoiseMode.embedded:
+            check_output(noise_path(path), options.force)
     loaded = {c: load_checkpoint(c) for c in dict.fromkeys(c for c, _, _ in jobs)}
     plans = {}
     for c, ck in loaded.items():
         try:
             plans[c] = plan_export(
-                ck, image=options.image, bn=options.bn, weights=options.weights, noise_mode=options.noise
+                ck,
+                image=options.image,
+                bn=options.bn,
+                weights=options.weights,
+                noise_mode=options.noise,
+                profile=options.profile,
             )
         except DipError as exc:
             raise DipError(f"{c}: {exc}" if len(loaded) > 1 else str(exc)) from None
@@ -117,7 +124,7 @@ def export_checkpoints(
             write_onnx(plan, path, overwrite=options.force)
         else:
             write_torch(plan, path, f, overwrite=options.force)
-        noise_bytes = plan.noise.numel() * 4 if plan.embed_noise or f != "onnx" else 0
+        noise_bytes = plan.noise.numel() * 4 if (plan.embed_noise and not plan.portable) or f != "onnx" else 0
         result = Written(
             ckpt_path,
             f,

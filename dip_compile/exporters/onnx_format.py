@@ -24,8 +24,10 @@ DOC = "Deep Image Prior network with its fixed noise: run with an empty feed to 
 
 
 def exported_program(plan: ExportPlan) -> Any:
-    """torch.onnx's ONNXProgram of the inference module: input ``noise`` with a dynamic batch, output ``image``."""
+    """torch.onnx's ONNXProgram of the inference module: input ``noise`` (dynamic batch, or batch 1 for the portable
+    profile), output ``image``."""
     batch = torch.export.Dim("batch", min=1, max=4096)
+    example, dynamic = (plan.noise, None) if plan.portable else (example_batch(plan), {"noise": {0: batch}})
     quiet, logger = io.StringIO(), logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)  # progress lines and "torchvision is not installed" notes
@@ -34,12 +36,12 @@ def exported_program(plan: ExportPlan) -> Any:
             warnings.simplefilter("ignore")
             return torch.onnx.export(
                 plan.module,
-                (example_batch(plan),),
+                (example,),
                 dynamo=True,
                 input_names=["noise"],
                 output_names=["image"],
-                dynamic_shapes={"noise": {0: batch}},
-                optimize=True,
+                dynamic_shapes=dynamic,
+                optimize=plan.weights == Weights.fp32,  # fp16: keep BN apart from the rounded weights
                 verbose=False,
             )
     finally:
@@ -66,28 +68,48 @@ def _half_conv_weights(model: Any) -> None:
     assert isinstance(model, onnx.ModelProto)
 
 
-def to_onnx(plan: ExportPlan) -> Any:
-    """The ONNX model: input ``noise`` (its initializer is the fixed noise when embedded, so an empty feed works),
-    output ``image`` (N, C, H, W) in [0, 1], the metadata as model properties."""
+def to_onnx(plan: ExportPlan, noise_file: str | None = None) -> Any:
+    """The ONNX model: input ``noise`` (its initializer is the fixed noise when embedded in the runtime profile, so an
+    empty feed works), output ``image`` (N, C, H, W) in [0, 1], the metadata as model properties, sealed by
+    ``integrity_sha256`` over the graph (weights, noise) and the metadata, which regenerate.py checks."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = exported_program(plan).model_proto
     if plan.weights == Weights.fp16:
         _half_conv_weights(model)
-    if plan.embed_noise:
+    if plan.embed_noise and not plan.portable:
         model.graph.initializer.append(numpy_helper.from_array(plan.noise.numpy().astype(np.float32), "noise"))
     model.producer_name, model.producer_version, model.doc_string = "dip-compile", __version__, DOC
+    meta = dict(plan.metadata)
+    if plan.noise_beside:
+        meta["noise_file"] = noise_file or "noise.npy"
+    meta["integrity_sha256"] = replay.integrity(model.graph.SerializeToString(deterministic=True), meta)
     del model.metadata_props[:]
-    helper.set_model_props(model, plan.metadata)
+    helper.set_model_props(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
+def noise_path(path: str | Path) -> Path:
+    """Where the portable profile puts the fixed noise: ``OUT.noise.npy`` beside ``OUT.onnx``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".noise.npy")
+
+
 def write_onnx(plan: ExportPlan, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Writes the model (and, for the portable profile with embedded noise, ``OUT.noise.npy`` first)."""
     from ..imageio import atomic_write
 
-    data = to_onnx(plan).SerializeToString()
+    beside = noise_path(path)
+    data = to_onnx(plan, beside.name).SerializeToString()
+    if plan.noise_beside:
+
+        def write_noise(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, plan.noise.numpy().astype(np.float32), allow_pickle=False)
+
+        atomic_write(beside, write_noise, overwrite=overwrite)
 
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)

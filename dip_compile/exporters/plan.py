@@ -16,7 +16,7 @@ from torch import nn
 from .. import __version__
 from ..checkpoint import Checkpoint, FitImages
 from ..errors import DipError
-from ..export_options import BatchNormMode, ExportImage, ExportOptions, NoiseMode, Weights
+from ..export_options import BatchNormMode, ExportImage, ExportOptions, NoiseMode, Profile, Weights
 from ..fitting import ImageKind, describe_image
 from ..metrics import psnr
 from ..replay import regenerate as replay
@@ -36,6 +36,12 @@ class ExportPlan:
     metadata: dict[str, str]
     weights: Weights
     embed_noise: bool = True  # False: the ONNX noise input has no initializer; regenerate.py rebuilds it from the seed
+    portable: bool = False  # static batch 1, noise a plain input (its values beside the model when embedded)
+
+    @property
+    def noise_beside(self) -> bool:
+        """The portable profile ships embedded noise as a ``.noise.npy`` file beside the ONNX model."""
+        return self.portable and self.embed_noise
 
     @property
     def correction_bytes(self) -> int:
@@ -80,9 +86,10 @@ def plan_export(
     bn: str = DEFAULTS.bn,
     weights: str = DEFAULTS.weights,
     noise_mode: str = DEFAULTS.noise,
+    profile: str = DEFAULTS.profile,
 ) -> ExportPlan:
     """The inference module and metadata of a checkpoint's network; strings or the Enums of ``export_options``."""
-    options = ExportOptions.of(image=image, bn=bn, weights=weights, noise=noise_mode)
+    options = ExportOptions.of(image=image, bn=bn, weights=weights, noise=noise_mode, profile=profile)
     net: nn.Module = ckpt.network()
     noise, problem = ckpt.fixed_input(), ckpt.problem
     if not _finite(net.parameters()):
@@ -108,6 +115,7 @@ def plan_export(
         meta,
         options.weights,
         embed_noise=options.noise == NoiseMode.embedded,
+        portable=options.profile == Profile.portable,
     )
 
 
@@ -141,6 +149,7 @@ def metadata(
     cfg, problem = ckpt.config, ckpt.problem
     frozen = options.bn == BatchNormMode.frozen
     embedded = options.noise == NoiseMode.embedded
+    portable = options.profile == Profile.portable
     loss = F.mse_loss(problem.operator(target), problem.observation).item()
     meta: dict[str, Any] = {
         "format": replay.FORMAT,
@@ -171,7 +180,10 @@ def metadata(
         "psnr_observation": f"{psnr(problem.operator(target), problem.observation).item():.4f}",
         "psnr_reference": f"{psnr(target, problem.reference).item():.4f}" if problem.reference is not None else "",
         "noise": options.noise.value,
-        "noise_note": "the fixed noise is the initializer of the noise input: an empty feed regenerates the image"
+        "profile": options.profile.value,
+        "noise_note": "the fixed noise is the file noise_file beside the model (.npy); feed it to the noise input"
+        if embedded and portable
+        else "the fixed noise is the initializer of the noise input: an empty feed regenerates the image"
         if embedded
         else "the fixed noise is not stored: it is torch.rand(noise_shape) * noise_scale from a CPU generator "
         "seeded with noise_seed (MT19937), rebuilt by regenerate.py and checked against noise_sha256; other ONNX "
