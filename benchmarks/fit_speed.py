@@ -201,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", default="inpaint,denoise")
     parser.add_argument("--sizes", default="256,512")
-    parser.add_argument("--backends", default="eager,script,inductor,auto")
+    parser.add_argument("--backends", default="eager,inductor,auto")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per variant (the first compiles)")

@@ -87,7 +87,7 @@ def capability(device: torch.device) -> Capability:
 class Plan:
     """The resolved way to run the step. ``reason`` says why auto chose it (shown by ``dipc fit``)."""
 
-    backend: str = "eager"  # eager, inductor or script
+    backend: str = "eager"  # eager or inductor
     precision: str = "fp32"  # fp32, bf16 or fp16
     channels_last: bool = False  # the input (hence every activation) in NHWC; weights stay NCHW
     fused_adam: bool = False  # one fused Adam kernel instead of a Python loop over 112 parameters
@@ -147,7 +147,7 @@ def choose(
         # fused Adam: one kernel instead of a Python loop over 112 parameters (~85 ms -> ~3 ms per step on the
         # CI CPU); needed where the NaN guard skips a step on the device. Explicit eager fp32 stays the baseline.
         fused_adam=auto or precision != "fp32",
-        cuda_graphs=cuda and backend != "script",
+        cuda_graphs=cuda,
         reason="; ".join(reasons),
     )
 
@@ -236,8 +236,6 @@ class AcceleratedStep:
         if self.plan.backend == "inductor":
             mode = "reduce-overhead" if self.plan.cuda_graphs else None
             return torch.compile(self.module, mode=mode, dynamic=False)
-        if self.plan.backend == "script":
-            return ScriptedForward(self.module)
         return self.module
 
     def __call__(self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,22 +289,8 @@ class AcceleratedStep:
         return count
 
 
-class ScriptedForward:
-    """TorchScript: the loss module traced on its first input (the graph is static), then run by the JIT."""
-
-    def __init__(self, module: LossModule) -> None:
-        self.module = module
-        self.traced: torch.jit.ScriptModule | None = None
-
-    def __call__(self, net_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.traced is None:
-            with torch.jit.optimized_execution(True):
-                self.traced = torch.jit.trace(self.module, (net_input,), check_trace=False)
-        return self.traced(net_input)
-
-
 class CudaGraphStep:
-    """Eager or scripted steps on CUDA, replayed from one captured CUDA graph (forward, loss, backward).
+    """Eager steps on CUDA, replayed from one captured CUDA graph (forward, loss, backward).
 
     Safe with our BatchNorm: built with ``track_running_stats=False`` it mutates no buffers, so a replay
     is the same computation as an eager step. The gradients are the graph's static tensors: after capture

@@ -147,7 +147,7 @@ def fit(
     device: Annotated[str, typer.Option(help=f"cpu, cuda, cuda:N or auto; {RESUMABLE}")] = "auto",
     backend: Annotated[
         Backend,
-        typer.Option(help=f"training step: eager, inductor (torch.compile), script (TorchScript) or auto; {RESUMABLE}"),
+        typer.Option(help=f"training step: eager, inductor (torch.compile) or auto; {RESUMABLE}"),
     ] = Backend.auto,
     precision: Annotated[
         Precision, typer.Option(help=f"bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), fp32 or auto; {RESUMABLE}")
@@ -254,7 +254,7 @@ def export(
     verify: Annotated[bool, typer.Option("--verify", help="rerun the export and compare with the fit's image")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
 ) -> None:
-    """Export a fitted network with its fixed noise: ONNX (runs with an empty feed) and/or TorchScript."""
+    """Export a fitted network with its fixed noise: ONNX (runs with an empty feed), pt2 and/or TorchScript."""
     from . import exporters
 
     options = ExportOptions(

@@ -66,7 +66,6 @@ class Backend(Choice):
     auto = "auto"
     eager = "eager"
     inductor = "inductor"
-    script = "script"
 
 
 class Precision(Choice):
@@ -283,6 +282,8 @@ class FitConfig:
         for key in ("channels_down", "channels_up", "channels_skip"):
             net[key] = tuple(net[key])
         known = {f.name for f in dataclasses.fields(cls)}
+        if data.get("backend") == "script":  # checkpoints from before the TorchScript step was removed
+            data["backend"] = Backend.eager.value
         return cls(net=NetConfig(**net), **{k: v for k, v in data.items() if k in known})
 
     @staticmethod

@@ -76,6 +76,9 @@ def to_onnx(plan: ExportPlan, noise_file: str | None = None) -> Any:
     from onnx import helper, numpy_helper
 
     model = exported_program(plan).model_proto
+    for node in model.graph.node:  # the exporter's per-node stack traces: bytes, and the exporting machine's paths
+        del node.metadata_props[:]
+        node.doc_string = ""
     if plan.weights == Weights.fp16:
         _half_conv_weights(model)
     if plan.embed_noise and not plan.portable:
