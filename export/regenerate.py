@@ -157,25 +157,29 @@ def integrity(graph: bytes, meta: dict[str, str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def check_integrity(model: str | Path | bytes, meta: dict[str, str]) -> str:
+def read_proto(model: str | Path | bytes) -> Any | None:
+    """The model as an ``onnx`` ModelProto, read once for every check of its contents; None without the ``onnx``
+    package (the checks are then skipped)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        if isinstance(model, bytes):
+            return onnx.load_from_string(model)
+        return onnx.load(str(model), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors; onnxruntime read it already
+        raise ReplayError(f"cannot read the model to check it ({exc.__class__.__name__})") from None
+
+
+def check_integrity(proto: Any | None, meta: dict[str, str]) -> str:
     """``ok``, ``unsealed`` (an export older than the seal) or ``unchecked`` (no ``onnx`` package); an altered
     model is a one-line ReplayError."""
     if "integrity_sha256" not in meta:
         return "unsealed"
-    try:
-        import onnx
-    except ImportError:
+    if proto is None:
         return "unchecked"
-    try:
-        proto = (
-            onnx.load_from_string(model)
-            if isinstance(model, bytes)
-            else onnx.load(str(model), load_external_data=False)
-        )
-        graph = proto.graph.SerializeToString(deterministic=True)
-    except Exception as exc:  # protobuf's DecodeError and onnx's own errors; onnxruntime read it already
-        raise ReplayError(f"cannot read the model to check it ({exc.__class__.__name__})") from None
-    if integrity(graph, meta) != meta["integrity_sha256"]:
+    if integrity(proto.graph.SerializeToString(deterministic=True), meta) != meta["integrity_sha256"]:
         raise ReplayError(
             "the model was altered after export: its weights, graph or metadata differ from what "
             "dip-compile wrote (integrity_sha256 does not match)"
@@ -199,22 +203,17 @@ def checksum(noise: np.ndarray) -> str:
     return "sha256:" + hashlib.sha256(np.ascontiguousarray(noise, dtype="<f4").tobytes()).hexdigest()
 
 
-def check_embedded_noise(model: str | Path, meta: dict[str, str]) -> None:
+def check_embedded_noise(proto: Any | None, meta: dict[str, str]) -> None:
     """Refuses a model whose embedded noise is not the one its metadata's checksum records (the file was altered).
-    Needs the ``onnx`` package to read the initializer; without it the check is skipped."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:
+    Needs the ``onnx`` package to read the initializer (``proto`` is None without it: the check is skipped)."""
+    if proto is None:
         return
-    try:
-        graph = onnx.load(str(model), load_external_data=False).graph
-        tensor = next((t for t in graph.initializer if t.name == "noise"), None)
-        noise = None if tensor is None else numpy_helper.to_array(tensor)
-    except Exception as exc:  # onnx raises protobuf's DecodeError and its own errors; onnxruntime read it already
-        raise ReplayError(f"cannot read the noise of {model} to check it ({exc.__class__.__name__})") from None
-    if noise is None:
+    from onnx import numpy_helper
+
+    tensor = next((t for t in proto.graph.initializer if t.name == "noise"), None)
+    if tensor is None:
         return  # not embedded: run() says what is missing
+    noise = numpy_helper.to_array(tensor)
     if noise.dtype != np.float32 or checksum(noise) != meta.get("noise_sha256"):
         raise ReplayError("the model's noise does not match its recorded checksum: the file was altered")
 
@@ -539,11 +538,13 @@ def regenerate(
         check_input(check, "image to check against")
     session, used = open_session(model, provider)
     meta = metadata(session)
-    check_integrity(model, meta)
+    proto = read_proto(model)
+    check_integrity(proto, meta)
     if fed is None and meta.get("noise_file"):
         fed = noise_beside(model, meta)
     elif fed is None and meta.get("noise") != "seed":
-        check_embedded_noise(model, meta)
+        check_embedded_noise(proto, meta)
+    del proto  # the session holds the model; do not keep a second copy while it runs
     t0 = time.perf_counter()
     image = run(session, fed)
     seconds = time.perf_counter() - t0
@@ -563,7 +564,7 @@ def info(model: str | Path) -> tuple[str, int]:
     session, _ = open_session(model, "cpu")
     meta = metadata(session)
     try:
-        meta["integrity"], code = check_integrity(model, meta), 0
+        meta["integrity"], code = check_integrity(read_proto(model), meta), 0
     except ReplayError as exc:
         meta["integrity"], code = f"ALTERED: {exc}", 1
     return json.dumps(meta, indent=2, sort_keys=True), code
