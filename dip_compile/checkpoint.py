@@ -21,7 +21,7 @@ from . import __version__
 from .config import FitConfig
 from .degradations import make_operator
 from .errors import DipError
-from .fitting import Fitter, ImageKind, describe_image, paste_known, returned_kind
+from .fitting import Fitter, ImageKind, describe_image, keeps_known, returned_image, returned_kind
 from .imageio import atomic_write, check_input
 from .network import Hourglass, build_network
 from .problem import CenterCrop, Problem, canvas_for
@@ -47,12 +47,7 @@ class FitImages:
 
     def fit_image(self) -> torch.Tensor:
         """The image ``dipc fit`` wrote."""
-        image = self.get(self.returned)
-        assert image is not None
-        if self.known_pixels:
-            assert self.problem.mask is not None
-            return paste_known(image, self.problem.mask, self.problem.observation)
-        return image
+        return returned_image(self.returned, lambda: self.output, self.ema, self.best, self.problem, self.known_pixels)
 
     def describe(self) -> str:
         return describe_image(self.returned, self.known_pixels)
@@ -86,7 +81,7 @@ class Checkpoint:
         stopper = self.state.get("stopper")
         best = stopper.get("best_image") if isinstance(stopper, dict) else None
         ema = self.state.get("ema")
-        known = self.config.keep_known and self.problem.mask is not None
+        known = keeps_known(self.config, self.problem)
         return FitImages(
             output.float(),
             None if ema is None else ema.float(),

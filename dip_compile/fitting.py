@@ -81,6 +81,29 @@ def paste_known(image: torch.Tensor, mask: torch.Tensor, observation: torch.Tens
     return image * (1 - known) + observation.to(image) * known
 
 
+def keeps_known(config: FitConfig, problem: Problem) -> bool:
+    """Whether the returned image has the observed pixels pasted in (inpainting with --keep-known)."""
+    return config.keep_known and problem.mask is not None
+
+
+def returned_image(
+    kind: ImageKind,
+    output: Callable[[], torch.Tensor],
+    ema: torch.Tensor | None,
+    best: torch.Tensor | None,
+    problem: Problem,
+    known_pixels: bool,
+) -> torch.Tensor:
+    """The image of ``kind`` (the output computed only when it is the one), with the observed pixels pasted in
+    when the fit keeps them: what a running fit and a saved one return alike."""
+    image = {ImageKind.best: lambda: best, ImageKind.ema: lambda: ema, ImageKind.output: output}[kind]()
+    assert image is not None
+    if known_pixels:
+        assert problem.mask is not None
+        return paste_known(image, problem.mask, problem.observation)
+    return image
+
+
 class Step(Protocol):
     """One fitting step (forward, loss, backward), the optimizer step, and the NaN/inf count since the last poll."""
 
@@ -200,7 +223,7 @@ class Fitter:
         return returned_kind(self.stopper.best_image if self.stopper is not None else None, self.ema)
 
     def keeps_known(self) -> bool:
-        return self.config.keep_known and self.problem.mask is not None
+        return keeps_known(self.config, self.problem)
 
     def image_source(self) -> str:
         """Where the returned image comes from, in words (reports, export metadata)."""
@@ -208,16 +231,8 @@ class Fitter:
 
     def image(self) -> tuple[torch.Tensor, str]:
         """The image this fit returns now, and where it comes from."""
-        kind = self.returned_kind()
-        image = {
-            ImageKind.best: lambda: self.stopper.best_image if self.stopper else None,
-            ImageKind.ema: lambda: self.ema,
-            ImageKind.output: self.output,
-        }[kind]()
-        assert image is not None
-        if self.keeps_known():
-            assert self.problem.mask is not None
-            image = paste_known(image, self.problem.mask, self.problem.observation)
+        best = self.stopper.best_image if self.stopper is not None else None
+        image = returned_image(self.returned_kind(), self.output, self.ema, best, self.problem, self.keeps_known())
         return image, self.image_source()
 
     # --- one iteration -------------------------------------------------------------------------------------

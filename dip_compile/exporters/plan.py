@@ -62,7 +62,7 @@ def noise_checksum(noise: torch.Tensor) -> str:
 def _target(images: FitImages, image: ExportImage) -> tuple[torch.Tensor, str]:
     """The image the export reproduces and its metadata name (``ema``, ``best + known pixels``, ...)."""
     if image == ExportImage.fit:
-        return images.fit_image(), image_kind(images.describe())
+        return images.fit_image(), images.returned.value + (KNOWN_PIXELS if images.known_pixels else "")
     found = images.get(ImageKind(image.value))
     if found is None:
         why = {ExportImage.ema: "the fit kept no EMA image", ExportImage.best: "the fit did not use --stop auto"}
