@@ -93,14 +93,21 @@ def flag_of(cls: type, name: str) -> str:
     return next(f.metadata.get("flag", name) for f in dataclasses.fields(cls) if f.name == name)
 
 
-def _coerce(obj: Any, name: str, kind: type[Choice]) -> None:
-    value = getattr(obj, name)
-    try:
-        object.__setattr__(obj, name, kind(value))
-    except ValueError:
-        raise ConfigError(
-            f"{flag_of(type(obj), name)} must be one of {', '.join(kind.values())}, got {value!r}"
-        ) from None
+def choice_fields(obj: Any) -> list[tuple[str, type[Choice]]]:
+    """(name, Enum) of every field whose default is a ``Choice``: the Enum is read from the default, not restated."""
+    return [(f.name, type(f.default)) for f in dataclasses.fields(obj) if isinstance(f.default, Choice)]
+
+
+def _coerce_choices(obj: Any) -> None:
+    """Turns the strings given for Choice fields into their members; an unknown value is a one-line ConfigError."""
+    for name, kind in choice_fields(obj):
+        value = getattr(obj, name)
+        try:
+            object.__setattr__(obj, name, kind(value))
+        except ValueError:
+            raise ConfigError(
+                f"{flag_of(type(obj), name)} must be one of {', '.join(kind.values())}, got {value!r}"
+            ) from None
 
 
 def _finite(
@@ -158,13 +165,7 @@ class NetConfig:
     input_scale: float = option(0.1, flag="input_scale")  # the paper's noise is U[0, 1) * 1/10
 
     def __post_init__(self) -> None:
-        for name, kind in (
-            ("structure", Structure),
-            ("upsample", Upsample),
-            ("padding", Padding),
-            ("input_kind", InputKind),
-        ):
-            _coerce(self, name, kind)
+        _coerce_choices(self)
         for name in ("channels_down", "channels_up", "channels_skip"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.channels_down)
@@ -237,14 +238,7 @@ class FitConfig:
     keep_known: bool = option(False, flag="--keep-known", resume=True)
 
     def __post_init__(self) -> None:
-        for name, kind in (
-            ("task", Task),
-            ("stop", StopRule),
-            ("stop_variant", StopVariant),
-            ("backend", Backend),
-            ("precision", Precision),
-        ):
-            _coerce(self, name, kind)
+        _coerce_choices(self)
         if not isinstance(self.net, NetConfig):
             raise ConfigError("net must be a NetConfig")
         _count(self, "iterations", 1, 10**9)

@@ -6,11 +6,11 @@ Imports neither torch nor onnx (nor numpy), so ``dipc --help`` stays fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
-from .config import Choice
+from .config import Choice, choice_fields, flag_of, option
 from .errors import DipError
 
 
@@ -74,27 +74,22 @@ def choice(kind: type[E], value: Any, option: str) -> E:
         raise DipError(f"unknown {option} {shown!r}; choose {', '.join(names[:-1])} or {names[-1]}") from None
 
 
-def _option(default: Enum, flag: str) -> Any:
-    return field(default=default, metadata={"flag": flag})
-
-
 @dataclass(frozen=True)
 class ExportOptions:
     """What ``dipc export`` was asked for; strings are coerced to the Enums, unknown values refused in one line."""
 
-    fmt: ExportFormat = _option(ExportFormat.onnx, "--format")
-    image: ExportImage = _option(ExportImage.fit, "--image")
-    bn: BatchNormMode = _option(BatchNormMode.frozen, "--bn")
-    weights: Weights = _option(Weights.fp32, "--weights")
-    noise: NoiseMode = _option(NoiseMode.embedded, "--noise")
-    profile: Profile = _option(Profile.runtime, "--profile")
+    fmt: ExportFormat = option(ExportFormat.onnx, flag="--format")
+    image: ExportImage = option(ExportImage.fit, flag="--image")
+    bn: BatchNormMode = option(BatchNormMode.frozen, flag="--bn")
+    weights: Weights = option(Weights.fp32, flag="--weights")
+    noise: NoiseMode = option(NoiseMode.embedded, flag="--noise")
+    profile: Profile = option(Profile.runtime, flag="--profile")
     verify: bool = False
     force: bool = False
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if "flag" in f.metadata:
-                object.__setattr__(self, f.name, choice(type(f.default), getattr(self, f.name), f.metadata["flag"]))
+        for name, kind in choice_fields(self):
+            object.__setattr__(self, name, choice(kind, getattr(self, name), flag_of(ExportOptions, name)))
 
     @classmethod
     def of(cls, **choices: Any) -> ExportOptions:
