@@ -209,6 +209,11 @@ def snapshot_path(output: Path, iteration: int) -> Path:
     return output.with_name(f"{output.stem}-{iteration:06d}.png")
 
 
+def _key(path: Path) -> Path:
+    """One spelling per file (relative, absolute, ``./``), to compare paths."""
+    return Path(os.path.abspath(path))
+
+
 class Outputs:
     """Every file one run writes. They must be distinct (two outputs never share a path), are checked before any
     work, and the first write of each is exclusive unless ``force``: a file that another process created
@@ -222,7 +227,7 @@ class Outputs:
     def add(self, path: Optional[Path], role: str, *, check: bool = True, own: bool = False) -> None:
         if path is None:
             return
-        key = Path(os.path.abspath(path))
+        key = _key(path)
         if key in self.paths:
             raise DipError(f"{self.paths[key]} and {role} share the path {path}: give them different paths")
         self.paths[key] = role
@@ -232,11 +237,11 @@ class Outputs:
             check_output(path, self.force)
 
     def owns(self, path: Path) -> bool:
-        return Path(os.path.abspath(path)) in self.mine
+        return _key(path) in self.mine
 
     def write(self, path: Path, write: Callable[[bool], Any]) -> None:
         """Calls ``write(overwrite)``; the first write of a path is exclusive unless --force."""
-        key = Path(os.path.abspath(path))
+        key = _key(path)
         write(self.force or key in self.mine)
         self.mine.add(key)
 
@@ -291,11 +296,7 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
 
     outputs = Outputs(job.force)
     outputs.add(job.output, "-o")
-    same_as_resume = (
-        job.resume is not None
-        and job.checkpoint is not None
-        and os.path.abspath(job.checkpoint) == os.path.abspath(job.resume)
-    )
+    same_as_resume = job.resume is not None and job.checkpoint is not None and _key(job.checkpoint) == _key(job.resume)
     outputs.add(job.checkpoint, "--checkpoint", own=same_as_resume)
     outputs.add(job.report, "--report")
     outputs.add(job.compare, "--compare")
@@ -304,9 +305,9 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
             outputs.add(snapshot_path(job.output, it), f"snapshot {it}")
     interrupt_ckpt = job.checkpoint or default_checkpoint_path(job.output)
     if job.checkpoint is None:  # on Ctrl-C: OUT.ckpt, the resumed file itself, or OUT-<iteration>.ckpt if taken
-        continues = job.resume is not None and os.path.abspath(interrupt_ckpt) == os.path.abspath(job.resume)
+        continues = job.resume is not None and _key(interrupt_ckpt) == _key(job.resume)
         outputs.add(interrupt_ckpt, "the Ctrl-C checkpoint", check=False, own=continues)
-    if job.resume is not None and not same_as_resume and not outputs.owns(job.resume):
+    if job.resume is not None and not outputs.owns(job.resume):  # (owned: the run continues the resumed file)
         outputs.add(job.resume, "--resume", check=False)  # an input: no output may be written over it
     _check_memory(config, problem, device)
 
