@@ -122,7 +122,7 @@ def check_output(path: str | Path, force: bool) -> Path:
     return _replay_errors(lambda: check(path, force))
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = True) -> Path:
     """Writes through a temp file beside ``path``, renamed into place once complete (see
     ``replay.regenerate.write_atomic``: mode as ``open()`` gives it, exclusive without ``overwrite``)."""
     from .replay.regenerate import write_atomic

@@ -76,11 +76,7 @@ def _device_name(device: torch.device) -> str:
 def save_report(report: dict[str, Any], path: str | Path, *, overwrite: bool = True) -> Path:
     """Strict JSON: a non-finite number (an inf loss before the first good step) is written as null."""
     text = json.dumps(finite_json(report), indent=2, default=str, allow_nan=False)
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text)
-
-    return atomic_write(path, write, overwrite=overwrite)
+    return atomic_write(path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
 
 
 def finite_json(value: Any) -> Any:

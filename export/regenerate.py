@@ -434,7 +434,7 @@ def _conflict_path(path: Path) -> Path:
     raise ReplayError(f"output {path} exists and no free name was found beside it")
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None], *, overwrite: bool = True) -> Path:
+def write_atomic(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = True) -> Path:
     """Calls ``write(tmp)`` on a temp file beside ``path`` and publishes it only once complete.
 
     The file gets the mode a plain ``open()`` would give: an existing file's mode is kept, a new one gets 0666 minus

@@ -113,11 +113,7 @@ def write_onnx(plan: ExportPlan, path: str | Path, *, overwrite: bool = True) ->
                 np.save(f, plan.noise.numpy().astype(np.float32), allow_pickle=False)
 
         atomic_write(beside, write_noise, overwrite=overwrite)
-
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-
-    return atomic_write(path, write, overwrite=overwrite)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
 
 
 def run_onnx(path_or_bytes: str | Path | bytes, noise: np.ndarray | None = None, provider: str = "cpu") -> np.ndarray:

@@ -81,11 +81,7 @@ def write_torch(plan: ExportPlan, path: str | Path, fmt: str, *, overwrite: bool
     from ..imageio import atomic_write
 
     data = pt2_bytes(plan) if fmt == "pt2" else torchscript_bytes(plan)
-
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-
-    return atomic_write(path, write, overwrite=overwrite)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)
 
 
 def run_torchscript(path: str | Path, noise: torch.Tensor | None = None) -> torch.Tensor:
