@@ -116,6 +116,18 @@ def test_other_noise_gets_batch_statistics_in_batch_mode_and_frozen_ones_in_froz
         assert np.abs(frozen - plan.module(other).numpy()).max() <= TOL  # the same module torch runs
 
 
+def run_without_dip_compile(script: str, model: Path) -> np.ndarray:
+    """Runs ``script MODEL OUT.npy`` in a fresh interpreter (which asserts it never imports dip_compile); its array."""
+    out = model.with_suffix(".npy")
+    subprocess.run(
+        [sys.executable, "-c", script, str(model), str(out)],
+        check=True,
+        cwd=model.parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return np.load(out)
+
+
 def test_torchscript_loads_with_torch_jit_load_alone_and_matches(fitted, tmp_path):
     fitter, ckpt = fitted
     out = tmp_path / "net.pt"
@@ -125,13 +137,7 @@ def test_torchscript_loads_with_torch_jit_load_alone_and_matches(fitted, tmp_pat
         "import sys, torch, numpy; m = torch.jit.load(sys.argv[1]); x = m(); "
         "assert not any(k.startswith('dip_compile') for k in sys.modules); numpy.save(sys.argv[2], x.numpy())"
     )
-    subprocess.run(
-        [sys.executable, "-c", script, str(out), str(tmp_path / "x.npy")],
-        check=True,
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert exporters.agreement(np.load(tmp_path / "x.npy"), fitter.output())["max_abs_diff"] <= TOL
+    assert exporters.agreement(run_without_dip_compile(script, out), fitter.output())["max_abs_diff"] <= TOL
     loaded = torch.jit.load(str(out))
     assert torch.equal(loaded(fitter.net_input), loaded())  # the shipped noise is the default input
 
@@ -150,8 +156,7 @@ def test_pt2_loads_with_torch_export_alone_and_takes_a_batch(fitted, tmp_path):
         "assert not any(k.startswith('dip_compile') for k in sys.modules)\n"
         "numpy.save(sys.argv[2], m(torch.cat([noise, noise])).detach().numpy())\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "x.npy")], check=True, cwd=tmp_path)
-    both = np.load(tmp_path / "x.npy")
+    both = run_without_dip_compile(script, out)
     assert both.shape == (2, 3, 30, 45)
     assert all(exporters.passes(exporters.agreement(image[None], fitter.output())) for image in both)
 
