@@ -18,7 +18,7 @@ from .. import __version__
 from ..export_options import Weights
 from ..replay import regenerate as replay
 from .plan import ExportPlan
-from .torch_formats import example_batch
+from .torch_formats import dynamic_batch
 
 DOC = "Deep Image Prior network with its fixed noise: run with an empty feed to regenerate the restored image."
 
@@ -26,8 +26,7 @@ DOC = "Deep Image Prior network with its fixed noise: run with an empty feed to 
 def exported_program(plan: ExportPlan) -> Any:
     """torch.onnx's ONNXProgram of the inference module: input ``noise`` (dynamic batch, or batch 1 for the portable
     profile), output ``image``."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    example, dynamic = (plan.noise, None) if plan.portable else (example_batch(plan), {"noise": {0: batch}})
+    example, dynamic = (plan.noise, None) if plan.portable else dynamic_batch(plan)
     quiet, logger = io.StringIO(), logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)  # progress lines and "torchvision is not installed" notes

@@ -35,9 +35,11 @@ class Regenerator(nn.Module):
         return self.core(x)
 
 
-def example_batch(plan: ExportPlan) -> torch.Tensor:
-    """Two copies of the noise: torch.export specialises a dimension traced at size 1, and the batch must stay free."""
-    return plan.noise.expand(2, *plan.noise.shape[1:]).contiguous()
+def dynamic_batch(plan: ExportPlan) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The example input and ``dynamic_shapes`` of an export whose batch stays free: two copies of the noise, since
+    torch.export specialises a dimension traced at size 1."""
+    example = plan.noise.expand(2, *plan.noise.shape[1:]).contiguous()
+    return example, {"noise": {0: torch.export.Dim("batch", min=1, max=4096)}}
 
 
 def _quiet() -> contextlib.ExitStack:
@@ -63,9 +65,9 @@ def torchscript_bytes(plan: ExportPlan) -> bytes:
 
 def pt2_bytes(plan: ExportPlan) -> bytes:
     """``torch.export`` of the inference module (dynamic batch), with the noise and metadata as extra files."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    example, dynamic = dynamic_batch(plan)
     with _quiet():
-        program = torch.export.export(plan.module, (example_batch(plan),), dynamic_shapes={"noise": {0: batch}})
+        program = torch.export.export(plan.module, (example,), dynamic_shapes=dynamic)
     noise = io.BytesIO()
     np.save(noise, plan.noise.numpy(), allow_pickle=False)
     extra = {
