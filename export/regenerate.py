@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -363,7 +364,7 @@ def check_output(path: str | Path, force: bool) -> Path:
         raise ReplayError(f"output {path} exists; pass --force to overwrite it")
     if path.exists() and not path.is_file():
         raise ReplayError(f"output {path} is not a regular file")
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise ReplayError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -410,20 +411,16 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale_temps(path: Path) -> list[Path]:
     """Removes ``.NAME.<pid>.*.tmp`` files beside ``path`` left by a writer that was killed (its pid is gone)."""
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     removed = []
     with contextlib.suppress(OSError):
-        for candidate in folder.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
+        for candidate in folder.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
             middle = candidate.name[len(path.name) + 2 :].split(".", 1)[0]
             if middle.isdigit() and int(middle) != os.getpid() and not _pid_alive(int(middle)):
                 with contextlib.suppress(OSError):
                     candidate.unlink()
                     removed.append(candidate)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _conflict_path(path: Path) -> Path:
@@ -443,7 +440,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], *, overwrite
     names. A failure (a full disk) or an interrupt leaves no temp file and the old file untouched.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     clean_stale_temps(path)
     try:
         fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=folder)
