@@ -232,14 +232,14 @@ def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> 
     if not 0 <= iteration:
         raise DipError(f"its iteration count {iteration} is negative")
     with torch.device("meta"):  # shapes only: no memory, no work
-        expected = {k: tuple(v.shape) for k, v in build_network(config.net).state_dict().items()}
+        net = build_network(config.net)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    params = [tuple(p.shape) for p in net.parameters()]
     weights = state["net"]
     if set(weights) != set(expected):
         raise DipError("its network weights do not belong to its network configuration")
     for key, shape in expected.items():
         _shape(weights[key], f"weight {key}", shape)
-    with torch.device("meta"):
-        params = [tuple(p.shape) for p in build_network(config.net).parameters()]
     for index, moments in dict(state["optimizer"]["state"]).items():
         if not 0 <= int(index) < len(params):
             raise DipError("its optimizer state does not belong to its network")

@@ -138,7 +138,8 @@ def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4)
         merged = skip + deeper
         floats += here * (3 * skip + deeper + 2 * merged + (6 if cfg.need_1x1_up else 3) * up) + below * 6 * down
     floats += area * (cfg.input_depth + 2 * cfg.output_channels)
-    weights = 4 * 4 * sum(p.numel() for p in build_network(cfg).parameters()) if area else 0
+    with torch.device("meta"):  # parameter count only: no memory, no initialisation
+        weights = 4 * 4 * count_parameters(build_network(cfg))
     return int(2 * floats * precision_bytes + weights)
 
 
