@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from dip_compile import exporters  # noqa: E402
 from dip_compile.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from dip_compile.config import Structure, Upsample, preset  # noqa: E402
+from dip_compile.config import Structure, Upsample  # noqa: E402
 from dip_compile.fitting import Fitter  # noqa: E402
 from dip_compile.imageio import load_image, load_mask  # noqa: E402
+from dip_compile.presets import preset  # noqa: E402
 from dip_compile.problem import add_noise, make_problem  # noqa: E402
 from dip_compile.replay import regenerate as replay  # noqa: E402
 
@@ -72,7 +73,7 @@ def fitted(net: str, size: int, iterations: int, seed: int = 0, reuse: bool = Fa
         config = preset("denoise").replace(iterations=iterations, log_every=1, seed=seed, stop="fixed")
         if net == "seed":  # the seed structure: skip after the down block, upsampling at the end of the up block
             config = config.replace(
-                net=dataclasses.replace(config.net, structure=Structure.seed, upsample=Upsample.bicubic)
+                net=dataclasses.replace(config.net, structure=Structure.seed, upsample=(Upsample.bicubic,))
             )
         problem = make_problem(config, add_noise(clean, 25 / 255, seed), reference=clean)
     fitter = Fitter(config, problem)

@@ -26,9 +26,9 @@ def measure(net: str, size: int) -> dict[str, Any]:
     """In this (child) process: the fit's peak RSS growth and the estimate, in bytes."""
     import torch
 
-    from dip_compile.config import preset
     from dip_compile.fitting import Fitter
     from dip_compile.network import fit_bytes
+    from dip_compile.presets import preset
     from dip_compile.problem import make_problem
 
     torch.set_num_threads(2)

@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dip_compile.baselines import diffusion_fill  # noqa: E402
-from dip_compile.config import FitConfig, preset  # noqa: E402
+from dip_compile.config import FitConfig  # noqa: E402
 from dip_compile.degradations import random_holes_mask, text_mask  # noqa: E402
 from dip_compile.fitting import Fitter  # noqa: E402
 from dip_compile.imageio import load_image, save_side_by_side  # noqa: E402
 from dip_compile.metrics import psnr  # noqa: E402
+from dip_compile.presets import preset  # noqa: E402
 from dip_compile.problem import add_noise, downsample_reference, make_problem  # noqa: E402
 from dip_compile.stopping import VarianceStopper  # noqa: E402
 

@@ -41,13 +41,27 @@ class FitImages:
     returned: ImageKind
     known_pixels: bool
     problem: Problem
+    perturbed: torch.Tensor | None = None  # the network on the last perturbed input, when the fit returns it
 
     def get(self, kind: ImageKind) -> torch.Tensor | None:
-        return {ImageKind.output: self.output, ImageKind.ema: self.ema, ImageKind.best: self.best}[kind]
+        return {
+            ImageKind.output: self.output,
+            ImageKind.ema: self.ema,
+            ImageKind.best: self.best,
+            ImageKind.perturbed: self.perturbed,
+        }[kind]
 
     def fit_image(self) -> torch.Tensor:
         """The image ``dipc fit`` wrote."""
-        return returned_image(self.returned, lambda: self.output, self.ema, self.best, self.problem, self.known_pixels)
+        return returned_image(
+            self.returned,
+            lambda: self.output,
+            self.ema,
+            self.best,
+            self.problem,
+            self.known_pixels,
+            lambda: self.perturbed,
+        )
 
     def describe(self) -> str:
         return describe_image(self.returned, self.known_pixels)
@@ -76,20 +90,28 @@ class Checkpoint:
 
     def images(self) -> FitImages:
         """The fit's images and which one it returned, as typed values."""
+        net, crop = self.network(), CenterCrop(self.problem.canvas, self.problem.size)
+        kind = returned_kind(self._best(), self.state.get("ema"), self.config.final_image)
+        perturbed = None
         with torch.no_grad():
-            output = CenterCrop(self.problem.canvas, self.problem.size)(self.network()(self.fixed_input()))
-        stopper = self.state.get("stopper")
-        best = stopper.get("best_image") if isinstance(stopper, dict) else None
-        ema = self.state.get("ema")
-        known = keeps_known(self.config, self.problem)
+            output = crop(net(self.fixed_input())).float()
+            if kind == ImageKind.perturbed:
+                last = self.state.get("last_input")
+                perturbed = output if last is None else crop(net(last.float())).float()
+        ema, best = self.state.get("ema"), self._best()
         return FitImages(
-            output.float(),
+            output,
             None if ema is None else ema.float(),
             None if best is None else best.float(),
-            returned_kind(best, ema),
-            known,
+            kind,
+            keeps_known(self.config, self.problem),
             self.problem,
+            perturbed,
         )
+
+    def _best(self) -> torch.Tensor | None:
+        stopper = self.state.get("stopper")
+        return stopper.get("best_image") if isinstance(stopper, dict) else None
 
     def fitter(self, device: str | torch.device | None = None, config: FitConfig | None = None) -> Fitter:
         """A fitter in exactly the saved state; ``config`` may change settings that do not alter the state."""
@@ -119,6 +141,7 @@ def save_checkpoint(fitter: Fitter, path: str | Path, *, overwrite: bool = True)
             "observation": p.observation.cpu(),
             "mask": None if p.mask is None else p.mask.cpu(),
             "reference": None if p.reference is None else p.reference.cpu(),
+            "guide": None if p.guide is None else p.guide.cpu(),
         },
         "state": fitter.state_dict(),
     }
@@ -223,8 +246,11 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
         _shape(prob["reference"], "the reference", (1, channels, *size))
     if prob["task"] != config.task:
         raise DipError(f"its problem is {prob['task']!r} but its configuration {config.task!r}")
+    guide = prob.get("guide")
+    if config.net.input_kind == "image":
+        _shape(guide, "the guide image", (1, config.net.input_depth, *size))
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
-    return Problem(str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"])
+    return Problem(str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"], guide)
 
 
 def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> None:
@@ -249,6 +275,8 @@ def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> 
     image = (1, config.net.output_channels, *problem.size)
     if state.get("ema") is not None:
         _shape(state["ema"], "the EMA image", image)
+    if state.get("last_input") is not None:
+        _shape(state["last_input"], "the last perturbed input", (1, config.net.input_depth, *problem.canvas))
     stopper = state.get("stopper")
     if isinstance(stopper, dict) and stopper.get("best_image") is not None:
         _shape(stopper["best_image"], "the auto-stop image", image)

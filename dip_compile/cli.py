@@ -10,7 +10,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .config import Backend, Precision, StopRule, StopVariant, Structure, Task, Upsample
+from . import presets
+from .config import Backend, Downsample, InputKind, Precision, StopRule, StopVariant, Structure, Task, Upsample
 from .errors import DipError
 from .export_options import (
     BatchNormMode,
@@ -58,6 +59,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 RESUMABLE = "may change on --resume"
+LEVELS = "comma-separated from the finest level (16,32,64,128,128)"
 
 
 @app.command()
@@ -137,13 +139,53 @@ def fit(
             help=f"inpaint: keep the observed pixels in the output, use the network only in the holes; {RESUMABLE}",
         ),
     ] = False,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"start from this preset ({', '.join(presets.NAMES)}; dipc presets lists them); default: the task's"
+        ),
+    ] = None,
+    paper_exact: Annotated[
+        bool,
+        typer.Option("--paper-exact", help="run the notebook's choices where dip-compile differs (see the README)"),
+    ] = False,
+    flash: Annotated[
+        Optional[Path], typer.Option(help="flash-no-flash: the flash photo (the network's input), same size as IMAGE")
+    ] = None,
+    backtrack: Annotated[
+        Optional[float],
+        typer.Option(
+            help="restore the last good weights when the PSNR to the input drops by more than DB dB (0 = off)"
+        ),
+    ] = None,
+    backtrack_every: Annotated[
+        Optional[int], typer.Option(help="check for backtracking every N iterations (preset 1; 50 for restoration)")
+    ] = None,
     structure: Annotated[Optional[Structure], typer.Option(help="network structure (preset paper)")] = None,
     depth: Annotated[Optional[int], typer.Option(help="hourglass levels (preset 5)")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="channels per level, down and up (preset 128)")] = None,
-    skip_channels: Annotated[Optional[int], typer.Option(help="skip channels per level (0 = no skips)")] = None,
-    upsample: Annotated[
-        Optional[Upsample], typer.Option(help="upsampling mode (preset: bilinear; nearest for inpainting)")
+    channels: Annotated[
+        Optional[str], typer.Option(help=f"channels per level, down and up: one value or one per level, {LEVELS}")
     ] = None,
+    channels_down: Annotated[Optional[str], typer.Option(help="channels of the down blocks, per level")] = None,
+    channels_up: Annotated[Optional[str], typer.Option(help="channels of the up blocks, per level")] = None,
+    skip_channels: Annotated[Optional[str], typer.Option(help="skip channels per level (0 = no skip)")] = None,
+    upsample: Annotated[
+        Optional[str], typer.Option(help=f"upsampling: {'|'.join(Upsample.values())}, one or per level")
+    ] = None,
+    downsample: Annotated[
+        Optional[str], typer.Option(help=f"downsampling: {'|'.join(Downsample.values())}, one or per level")
+    ] = None,
+    kernel_down: Annotated[Optional[str], typer.Option(help="kernel size of the down convs (odd), per level")] = None,
+    kernel_up: Annotated[Optional[str], typer.Option(help="kernel size of the up convs (odd), per level")] = None,
+    kernel_skip: Annotated[Optional[int], typer.Option(help="kernel size of the skip convs (odd; preset 1)")] = None,
+    need_1x1_up: Annotated[
+        Optional[bool], typer.Option("--1x1-up/--no-1x1-up", help="the 1x1 conv at the end of each up block")
+    ] = None,
+    net_input: Annotated[
+        Optional[InputKind],
+        typer.Option("--input", help="the fixed input: noise, a 2-channel meshgrid, or the flash image"),
+    ] = None,
+    input_depth: Annotated[Optional[int], typer.Option(help="channels of the noise input (preset 32)")] = None,
     device: Annotated[str, typer.Option(help=f"cpu, cuda, cuda:N or auto; {RESUMABLE}")] = "auto",
     backend: Annotated[
         Backend,
@@ -182,6 +224,8 @@ def fit(
         "backend": backend,
         "precision": precision,
         "log_every": log_every,
+        "backtrack_db": backtrack,
+        "backtrack_every": backtrack_every,
     }
     job = restore.FitJob(
         output=output,
@@ -195,8 +239,24 @@ def fit(
         sigma=sigma,
         reference=reference,
         settings={k: v for k, v in settings.items() if v is not None},
+        flash=flash,
+        preset=preset,
+        paper_exact=paper_exact,
         net=restore.NetShape(
-            structure=structure, depth=depth, channels=channels, skip_channels=skip_channels, upsample=upsample
+            structure=structure,
+            depth=depth,
+            channels=channels,
+            channels_down=channels_down,
+            channels_up=channels_up,
+            skip_channels=skip_channels,
+            upsample=upsample,
+            downsample=downsample,
+            kernel_down=kernel_down,
+            kernel_up=kernel_up,
+            kernel_skip=kernel_skip,
+            need_1x1_up=need_1x1_up,
+            input=net_input.value if net_input is not None else None,
+            input_depth=input_depth,
         ),
         checkpoint=checkpoint,
         resume=resume,
@@ -210,6 +270,33 @@ def fit(
     code = restore.run_job(job)
     if code:
         raise typer.Exit(code)
+
+
+@app.command("presets")
+@user_errors
+def list_presets(
+    as_json: Annotated[bool, typer.Option("--json", help="print the table as JSON")] = False,
+) -> None:
+    """List the presets: every experiment of the paper's notebooks, with its network and settings."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = presets.rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="dip-compile presets (dipc fit TASK IMAGE --preset NAME)")
+    for column in rows[0]:
+        table.add_column(
+            column.replace("_", "-"), justify="right" if column in ("parameters", "iterations") else "left"
+        )
+    for row in rows:
+        table.add_row(
+            *(f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values())
+        )
+    Console(width=200).print(table)
 
 
 @app.command()

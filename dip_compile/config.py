@@ -29,6 +29,7 @@ class Task(Choice):
     inpaint = "inpaint"
     denoise = "denoise"
     super_resolve = "super-resolve"
+    flash_no_flash = "flash-no-flash"
 
 
 class Structure(Choice):
@@ -42,6 +43,16 @@ class Upsample(Choice):
     bicubic = "bicubic"
 
 
+class Downsample(Choice):
+    """How a down block halves the size: a stride-2 conv, or a stride-1 conv followed by a pooling or a fixed
+    Lanczos2 filter (the original's ``downsample_mode``)."""
+
+    stride = "stride"
+    avg = "avg"
+    max = "max"
+    lanczos2 = "lanczos2"
+
+
 class Padding(Choice):
     reflection = "reflection"
     zeros = "zeros"
@@ -50,6 +61,16 @@ class Padding(Choice):
 class InputKind(Choice):
     noise = "noise"
     meshgrid = "meshgrid"
+    image = "image"  # a guide image (flash-no-flash: the flash photo)
+
+
+class FinalImage(Choice):
+    """What a fit returns: ``auto`` is the auto-stop image, else the EMA, else the network on its fixed input;
+    ``perturbed`` is the network on the last perturbed input, which is what several notebooks' last cell shows
+    (they keep the perturbed input in a global), chosen by --paper-exact."""
+
+    auto = "auto"
+    perturbed = "perturbed"
 
 
 class StopRule(Choice):
@@ -147,21 +168,23 @@ def check_depth(depth: int) -> None:
 
 @dataclass(frozen=True)
 class NetConfig:
-    """The hourglass. Lists run from the finest level (0) to the coarsest; a skip of 0 drops that skip."""
+    """The hourglass. Lists run from the finest level (0) to the coarsest; a skip of 0 drops that skip. The per-level
+    options (upsample, downsample, kernel_down, kernel_up) hold one value for every level or one per level."""
 
     structure: Structure = option(Structure.paper, flag="--structure")
-    input_depth: int = option(32, flag="input_depth")
+    input_depth: int = option(32, flag="--input-depth")
     output_channels: int = option(3, flag="output channels")
-    channels_down: tuple[int, ...] = option((128, 128, 128, 128, 128), flag="--channels")
-    channels_up: tuple[int, ...] = option((128, 128, 128, 128, 128), flag="--channels")
+    channels_down: tuple[int, ...] = option((128, 128, 128, 128, 128), flag="--channels-down")
+    channels_up: tuple[int, ...] = option((128, 128, 128, 128, 128), flag="--channels-up")
     channels_skip: tuple[int, ...] = option((4, 4, 4, 4, 4), flag="--skip-channels")
-    kernel_down: int = option(3, flag="kernel_down")
-    kernel_up: int = option(3, flag="kernel_up")
-    kernel_skip: int = option(1, flag="kernel_skip")
-    upsample: Upsample = option(Upsample.bilinear, flag="--upsample")
-    padding: Padding = option(Padding.reflection, flag="padding")
-    need_1x1_up: bool = option(True, flag="need_1x1_up")
-    input_kind: InputKind = option(InputKind.noise, flag="input_kind")
+    kernel_down: tuple[int, ...] = option((3,), flag="--kernel-down")
+    kernel_up: tuple[int, ...] = option((3,), flag="--kernel-up")
+    kernel_skip: int = option(1, flag="--kernel-skip")
+    upsample: tuple[Upsample, ...] = option((Upsample.bilinear,), flag="--upsample")
+    downsample: tuple[Downsample, ...] = option((Downsample.stride,), flag="--downsample")
+    padding: Padding = option(Padding.reflection, flag="--padding")
+    need_1x1_up: bool = option(True, flag="--1x1-up")
+    input_kind: InputKind = option(InputKind.noise, flag="--input")
     input_scale: float = option(0.1, flag="input_scale")  # the paper's noise is U[0, 1) * 1/10
 
     def __post_init__(self) -> None:
@@ -171,7 +194,10 @@ class NetConfig:
         n = len(self.channels_down)
         check_depth(n)
         if len(self.channels_up) != n or len(self.channels_skip) != n:
-            raise ConfigError("channels_down, channels_up and channels_skip must have one entry per level")
+            raise ConfigError(
+                f"--channels-down, --channels-up and --skip-channels need one entry per level, got "
+                f"{len(self.channels_down)}, {len(self.channels_up)} and {len(self.channels_skip)}"
+            )
         for c in self.channels_down + self.channels_up:
             if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS:
                 raise ConfigError(f"--channels must be whole numbers between 1 and {MAX_CHANNELS}, got {c!r}")
@@ -181,13 +207,21 @@ class NetConfig:
         _count(self, "input_depth", 1, MAX_CHANNELS)
         if self.output_channels not in (1, 3):
             raise ConfigError(f"output channels must be 1 or 3, got {self.output_channels!r}")
-        for name in ("kernel_down", "kernel_up", "kernel_skip"):
-            _count(self, name, 1, 31)
-            if getattr(self, name) % 2 == 0:
-                raise ConfigError(f"{name} must be odd, got {getattr(self, name)}")
+        _per_level(self, "upsample", Upsample)
+        _per_level(self, "downsample", Downsample)
+        for name in ("kernel_down", "kernel_up"):
+            _per_level(self, name, int)
+            for k in getattr(self, name):
+                _kernel(flag_of(NetConfig, name), k)
+        _kernel("--kernel-skip", self.kernel_skip)
         _finite(self, "input_scale", 0, low_open=True)
         if self.input_kind == InputKind.meshgrid and self.input_depth != 2:
-            raise ConfigError("a meshgrid input has 2 channels: set input_depth to 2")
+            raise ConfigError(f"a meshgrid input has 2 channels, but --input-depth is {self.input_depth}")
+
+    def at(self, name: str, level: int) -> Any:
+        """A per-level option's value at ``level`` (0 = finest)."""
+        values = getattr(self, name)
+        return values[0] if len(values) == 1 else values[level]
 
     @property
     def depth(self) -> int:
@@ -202,13 +236,56 @@ class NetConfig:
     def min_coarsest(self) -> int:
         """The smallest side the coarsest level may have: BatchNorm needs more than one value per channel, and
         reflection padding needs a side larger than the pad of every convolution."""
-        pad = max(self.kernel_down, self.kernel_up, self.kernel_skip) // 2
+        pad = max(*self.kernel_down, *self.kernel_up, self.kernel_skip) // 2
         return max(2, pad + 1)
 
     @property
     def min_side(self) -> int:
-        """The smallest canvas side this network runs at (a smaller image is fitted on a canvas this big)."""
+        """The smallest canvas side this network runs at (a smaller image is fitted on a larger canvas)."""
         return self.min_coarsest * self.multiple
+
+    def summary(self) -> str:
+        """One line for tables: levels, channels, skips and the options that differ from the paper's defaults."""
+
+        def short(values: tuple[Any, ...]) -> str:
+            return str(values[0]) if len(set(values)) == 1 else ",".join(str(v) for v in values)
+
+        parts = [f"{self.depth} levels", f"ch {short(self.channels_down)}"]
+        if self.channels_up != self.channels_down:
+            parts.append(f"up {short(self.channels_up)}")
+        parts.append(f"skip {short(self.channels_skip)}")
+        parts.append(short(self.upsample))
+        if self.downsample != (Downsample.stride,):
+            parts.append(f"{short(self.downsample)} down")
+        if self.kernel_down != (3,) or self.kernel_up != (3,):
+            parts.append(f"k {short(self.kernel_down)}/{short(self.kernel_up)}")
+        if not self.need_1x1_up:
+            parts.append("no 1x1 up")
+        parts.append(f"input {self.input_kind} x{self.input_depth}")
+        if self.structure != Structure.paper:
+            parts.append(f"{self.structure} structure")
+        return ", ".join(parts)
+
+
+def _per_level(obj: NetConfig, name: str, kind: type) -> None:
+    """A per-level option becomes a tuple of one value (every level) or one value per level, each of ``kind``."""
+    value = getattr(obj, name)
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    flag = flag_of(type(obj), name)
+    if len(values) not in (1, obj.depth):
+        raise ConfigError(f"{flag} needs one value or one per level ({obj.depth}), got {len(values)}")
+    if issubclass(kind, Choice):
+        try:
+            values = tuple(kind(v) for v in values)
+        except ValueError:
+            bad = next(v for v in values if v not in kind.values())
+            raise ConfigError(f"{flag} must be one of {', '.join(kind.values())}, got {bad!r}") from None
+    object.__setattr__(obj, name, values)
+
+
+def _kernel(flag: str, k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 31 or k % 2 == 0:
+        raise ConfigError(f"{flag} must be odd whole numbers between 1 and 31, got {k!r}")
 
 
 @dataclass(frozen=True)
@@ -221,8 +298,10 @@ class FitConfig:
     lr: float = option(0.01, flag="--lr", resume=True)
     reg_noise_std: float = option(1.0 / 30.0, flag="--reg-noise", resume=True)
     ema: float | None = option(0.99, flag="ema")  # the paper's output smoothing (exp_weight); None disables it
-    # restore the last weights when PSNR to the target drops by more than this
-    backtrack_db: float | None = option(5.0, flag="backtrack_db")
+    # restore the last good weights when the PSNR to the observation drops by more than this many dB (None: off)
+    backtrack_db: float | None = option(5.0, flag="--backtrack")
+    backtrack_every: int = option(1, flag="--backtrack-every")  # check at 0-based iterations divisible by this
+    backtrack_skip: int = option(0, flag="backtrack_skip")  # never check at multiples of this (0: none), see presets
     factor: int = option(1, flag="--factor")  # super-resolution factor
     seed: int = option(0, flag="--seed")
     stop: StopRule = option(StopRule.fixed, flag="--stop")
@@ -236,6 +315,10 @@ class FitConfig:
     log_every: int = option(10, flag="--log-every", resume=True)  # host reads of loss/PSNR happen only this often
     # inpainting: paste the observed pixels back into the returned image (not in the paper)
     keep_known: bool = option(False, flag="--keep-known", resume=True)
+    final_image: FinalImage = option(FinalImage.auto, flag="final_image")
+    crop_to: int = option(1, flag="crop_to")  # centre-crop the image to a multiple of this (the notebooks' crops)
+    paper_exact: bool = option(False, flag="--paper-exact")  # the notebook's choices where ours differ
+    preset: str = option("", flag="--preset")  # the named preset the settings started from ("" = none)
 
     def __post_init__(self) -> None:
         _coerce_choices(self)
@@ -245,7 +328,9 @@ class FitConfig:
         _finite(self, "lr", 0, 10, low_open=True)
         _finite(self, "reg_noise_std", 0, 100)
         _finite(self, "ema", 0, 1, high_open=True, allow_none=True)
-        _finite(self, "backtrack_db", 0, low_open=True, allow_none=True)
+        _finite(self, "backtrack_db", 0, allow_none=True)
+        if self.backtrack_db == 0:  # --backtrack 0 turns it off
+            object.__setattr__(self, "backtrack_db", None)
         _count(self, "seed", 0, 2**63 - 1)
         if self.task == Task.super_resolve:
             if self.factor not in (2, 4, 8):
@@ -261,6 +346,13 @@ class FitConfig:
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
         if self.keep_known and self.task != Task.inpaint:
             raise ConfigError("--keep-known only applies to inpaint")
+        _count(self, "backtrack_every", 1, 10**9)
+        _count(self, "backtrack_skip", 0, 10**9)
+        _count(self, "crop_to", 1, 4096)
+        if self.task == Task.flash_no_flash and self.net.input_kind != InputKind.image:
+            raise ConfigError("flash-no-flash fits the network on the flash image: --input must be image")
+        if self.net.input_kind == InputKind.image and self.task != Task.flash_no_flash:
+            raise ConfigError(f"--input image takes the flash image of flash-no-flash, not a {self.task} input")
 
     def replace(self, **changes: Any) -> FitConfig:
         return dataclasses.replace(self, **changes)
@@ -273,8 +365,17 @@ class FitConfig:
     def from_dict(cls, data: dict[str, Any]) -> FitConfig:
         data = dict(data)
         net = dict(data.pop("net"))
-        for key in ("channels_down", "channels_up", "channels_skip"):
-            net[key] = tuple(net[key])
+        for key in (
+            "channels_down",
+            "channels_up",
+            "channels_skip",
+            "upsample",
+            "downsample",
+            "kernel_down",
+            "kernel_up",
+        ):
+            if key in net:  # checkpoints from before per-level options held one value
+                net[key] = tuple(net[key]) if isinstance(net[key], (list, tuple)) else (net[key],)
         known = {f.name for f in dataclasses.fields(cls)}
         if data.get("backend") == "script":  # checkpoints from before the TorchScript step was removed
             data["backend"] = Backend.eager.value
@@ -294,45 +395,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     return value
-
-
-# The paper's "skip" net for denoising and super-resolution (2,217,831 parameters at 3 output channels).
-PAPER_NET = NetConfig()
-
-# The kate inpainting net: 128 skip channels and nearest upsampling (3,002,627 parameters).
-PAPER_INPAINT_NET = NetConfig(channels_skip=(128, 128, 128, 128, 128), upsample=Upsample.nearest)
-
-
-def preset(task: str, *, factor: int = 4, output_channels: int = 3) -> FitConfig:
-    """The paper notebooks' settings for a task (kate inpainting, F16 denoising, x4/x8 super-resolution)."""
-    if task == "inpaint":
-        net = dataclasses.replace(PAPER_INPAINT_NET, output_channels=output_channels)
-        return FitConfig(
-            task=Task.inpaint, net=net, iterations=6000, lr=0.01, reg_noise_std=0.03, ema=None, backtrack_db=None
-        )
-    if task == "denoise":
-        net = dataclasses.replace(PAPER_NET, output_channels=output_channels)
-        return FitConfig(
-            task=Task.denoise,
-            net=net,
-            iterations=3000,
-            lr=0.01,
-            reg_noise_std=1.0 / 30.0,
-            ema=0.99,
-            backtrack_db=5.0,
-            stop=StopRule.auto,
-        )
-    if task == "super-resolve":
-        net = dataclasses.replace(PAPER_NET, output_channels=output_channels)
-        iterations, reg = {2: (2000, 0.03), 4: (2000, 0.03), 8: (4000, 0.05)}.get(factor, (2000, 0.03))
-        return FitConfig(
-            task=Task.super_resolve,
-            net=net,
-            iterations=iterations,
-            lr=0.01,
-            reg_noise_std=reg,
-            ema=None,
-            backtrack_db=None,
-            factor=factor,
-        )
-    raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -14,7 +14,7 @@ from torch import nn
 
 
 class Identity(nn.Module):
-    """Denoising: the observation is the image itself."""
+    """Denoising and flash-no-flash: the observation is the image itself."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -71,7 +71,7 @@ def make_operator(task: str, *, mask: torch.Tensor | None = None, factor: int = 
         if mask is None:
             raise ValueError("inpainting needs a mask")
         return Mask(mask)
-    if task == "denoise":
+    if task in ("denoise", "flash-no-flash"):
         return Identity()
     if task == "super-resolve":
         return Downsampler(factor, channels)

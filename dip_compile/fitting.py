@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .acceleration import Fallback, build_step, choose, fp32_plan
-from .config import Choice, FitConfig
+from .config import Choice, FinalImage, FitConfig
 from .metrics import psnr
 from .network import build_network, make_input
 from .problem import CenterCrop, Problem
@@ -55,23 +55,34 @@ class FitResult:
 
 
 class ImageKind(Choice):
-    """The images a fit can return: the network on the fixed input, the EMA of its outputs, the auto-stop image."""
+    """The images a fit can return: the network on the fixed input, the EMA of its outputs, the auto-stop image,
+    and the network on the last perturbed input (the notebooks' last cell, under --paper-exact)."""
 
     output = "output"
     ema = "ema"
     best = "best"
+    perturbed = "perturbed"
 
 
-def returned_kind(best: torch.Tensor | None, ema: torch.Tensor | None) -> ImageKind:
-    """The one rule for what a fit returns: the auto-stop image when there is one, else the EMA when the fit keeps
-    one, else the network output."""
+def returned_kind(
+    best: torch.Tensor | None, ema: torch.Tensor | None, final: FinalImage = FinalImage.auto
+) -> ImageKind:
+    """The one rule for what a fit returns: with ``final`` perturbed, the network on the last perturbed input;
+    otherwise the auto-stop image when there is one, else the EMA when the fit keeps one, else the network output."""
+    if final == FinalImage.perturbed:
+        return ImageKind.perturbed
     if best is not None:
         return ImageKind.best
     return ImageKind.ema if ema is not None else ImageKind.output
 
 
 def describe_image(kind: ImageKind, known: bool) -> str:
-    words = {ImageKind.best: "auto-stop best", ImageKind.ema: "ema", ImageKind.output: "output"}[kind]
+    words = {
+        ImageKind.best: "auto-stop best",
+        ImageKind.ema: "ema",
+        ImageKind.output: "output",
+        ImageKind.perturbed: "output on the last perturbed input",
+    }[kind]
     return words + (" + known pixels" if known else "")
 
 
@@ -93,10 +104,16 @@ def returned_image(
     best: torch.Tensor | None,
     problem: Problem,
     known_pixels: bool,
+    perturbed: Callable[[], torch.Tensor | None] = lambda: None,
 ) -> torch.Tensor:
-    """The image of ``kind`` (the output computed only when it is the one), with the observed pixels pasted in
-    when the fit keeps them: what a running fit and a saved one return alike."""
-    image = {ImageKind.best: lambda: best, ImageKind.ema: lambda: ema, ImageKind.output: output}[kind]()
+    """The image of ``kind`` (the network images computed only when they are the one), with the observed pixels
+    pasted in when the fit keeps them: what a running fit and a saved one return alike."""
+    image = {
+        ImageKind.best: lambda: best,
+        ImageKind.ema: lambda: ema,
+        ImageKind.output: output,
+        ImageKind.perturbed: perturbed,
+    }[kind]()
     assert image is not None
     if known_pixels:
         assert problem.mask is not None
@@ -179,7 +196,8 @@ class Fitter:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.net = build_network(config.net).to(self.device)
-        self.net_input = make_input(config.net, *problem.canvas, seed=config.seed).to(self.device)
+        self.net_input = make_input(config.net, *problem.canvas, seed=config.seed, guide=problem.guide).to(self.device)
+        self.last_input: torch.Tensor | None = None  # the last perturbed input, kept for FinalImage.perturbed
         self.crop = CenterCrop(problem.canvas, problem.size)
         self.plan = choose(config, self.device, problem.canvas)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, **self.plan.optimizer_options())
@@ -217,10 +235,16 @@ class Fitter:
         """The network's image on the unperturbed input, with train-mode BatchNorm: what an export reproduces."""
         return self.crop(self.net(self.net_input)).float()
 
+    @torch.no_grad()
+    def perturbed_output(self) -> torch.Tensor:
+        """The network's image on the last perturbed input (the fixed input before the first iteration)."""
+        return self.crop(self.net(self.net_input if self.last_input is None else self.last_input)).float()
+
     def returned_kind(self) -> ImageKind:
         """Which image the fit returns, without computing it (the stopper watches raw outputs but keeps the EMA at
         the minimum when the EMA is on; stop_info says which)."""
-        return returned_kind(self.stopper.best_image if self.stopper is not None else None, self.ema)
+        best = self.stopper.best_image if self.stopper is not None else None
+        return returned_kind(best, self.ema, self.config.final_image)
 
     def keeps_known(self) -> bool:
         return keeps_known(self.config, self.problem)
@@ -232,7 +256,9 @@ class Fitter:
     def image(self) -> tuple[torch.Tensor, str]:
         """The image this fit returns now, and where it comes from."""
         best = self.stopper.best_image if self.stopper is not None else None
-        image = returned_image(self.returned_kind(), self.output, self.ema, best, self.problem, self.keeps_known())
+        image = returned_image(
+            self.returned_kind(), self.output, self.ema, best, self.problem, self.keeps_known(), self.perturbed_output
+        )
         return image, self.image_source()
 
     # --- one iteration -------------------------------------------------------------------------------------
@@ -241,6 +267,16 @@ class Fitter:
             return self.net_input
         noise = torch.randn(self.net_input.shape, generator=self.generator, device=self.device)
         return self.net_input + self.config.reg_noise_std * noise
+
+    def backtracks_now(self) -> bool:
+        """Whether this iteration (0-based, before it runs) checks for backtracking: every ``backtrack_every``-th,
+        except multiples of ``backtrack_skip`` (the denoising notebook's ``if i % show_every`` under --paper-exact)."""
+        cfg, i = self.config, self.iteration
+        return (
+            cfg.backtrack_db is not None
+            and i % cfg.backtrack_every == 0
+            and not (cfg.backtrack_skip and i % cfg.backtrack_skip == 0)
+        )
 
     def _backtrack(self, out: torch.Tensor) -> None:
         """The paper's fallback: when PSNR to the observation drops by more than ``backtrack_db`` dB, the weights
@@ -258,8 +294,11 @@ class Fitter:
         self.backtracks += bad.long()
 
     def iterate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, out = self.step(self.perturbed_input(), self.optimizer)
-        if self.config.backtrack_db is not None:
+        net_input = self.perturbed_input()
+        if self.config.final_image == FinalImage.perturbed:
+            self.last_input = net_input
+        loss, out = self.step(net_input, self.optimizer)
+        if self.backtracks_now():
             self._backtrack(out)
         self.step.optimizer_step(self.optimizer)
         out = out.float()
@@ -365,6 +404,7 @@ class Fitter:
             "net_input": self.net_input.cpu(),
             "generator": self.generator.get_state().cpu(),
             "ema": None if self.ema is None else self.ema.cpu(),
+            "last_input": None if self.last_input is None else self.last_input.cpu(),
             "backtrack_saved": None if self.backtrack_saved is None else [t.cpu() for t in self.backtrack_saved],
             "backtrack_psnr": self.backtrack_psnr.cpu(),
             "backtracks": self.backtracks.cpu(),
@@ -383,6 +423,8 @@ class Fitter:
         self.net_input = state["net_input"].to(dev)
         self.generator.set_state(state["generator"])
         self.ema = None if state["ema"] is None else state["ema"].to(dev)
+        last = state.get("last_input")
+        self.last_input = None if last is None else last.to(dev)
         saved = state["backtrack_saved"]
         self.backtrack_saved = None if saved is None else [t.to(dev) for t in saved]
         self.backtrack_psnr = state["backtrack_psnr"].to(dev)

@@ -101,6 +101,12 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     return mask
 
 
+def to_grayscale(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB to (1, H, W) luma with ITU-R 601 weights, the ones Pillow's ``convert("L")`` uses."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype).view(3, 1, 1)
+    return (image * weights).sum(dim=0, keepdim=True)
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(C, H, W) or (1, C, H, W) in [0, 1] to an 8-bit PIL image (rounded, as every PNG writer here does)."""
     array = to_uint8(image)

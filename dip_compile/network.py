@@ -19,9 +19,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import NetConfig
+from .degradations import Downsampler
 
 
 def conv(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -41,9 +43,31 @@ def conv_bn_act(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int 
     return [conv(cfg, c_in, c_out, kernel, stride), norm(c_out), act()]
 
 
-def upsample(cfg: NetConfig) -> nn.Upsample:
-    align = None if cfg.upsample == "nearest" else False
-    return nn.Upsample(scale_factor=2, mode=cfg.upsample, align_corners=align)
+def upsample(cfg: NetConfig, level: int) -> nn.Upsample:
+    mode = cfg.at("upsample", level)
+    return nn.Upsample(scale_factor=2, mode=str(mode), align_corners=None if mode == "nearest" else False)
+
+
+def down_conv(cfg: NetConfig, level: int, c_in: int, c_out: int) -> list[nn.Module]:
+    """The conv that halves the size: stride 2, or stride 1 followed by pooling or the paper's Lanczos2 filter
+    (``downsample``). The Lanczos2 filter is fixed per channel; the original wraps it in a dense trainable conv
+    initialised to that kernel (see the README)."""
+    kernel, mode = cfg.at("kernel_down", level), cfg.at("downsample", level)
+    if mode == "stride":
+        return [conv(cfg, c_in, c_out, kernel, stride=2)]
+    pool = {
+        "avg": lambda: nn.AvgPool2d(2, 2),
+        "max": lambda: nn.MaxPool2d(2, 2),
+        "lanczos2": lambda: Downsampler(2, c_out),
+    }
+    return [conv(cfg, c_in, c_out, kernel), pool[str(mode)]()]
+
+
+def down_block(cfg: NetConfig, level: int, c_in: int, c_out: int) -> nn.Sequential:
+    kernel = cfg.at("kernel_down", level)
+    return nn.Sequential(
+        *down_conv(cfg, level, c_in, c_out), norm(c_out), act(), *conv_bn_act(cfg, c_out, c_out, kernel)
+    )
 
 
 class PaperLevel(nn.Module):
@@ -53,14 +77,12 @@ class PaperLevel(nn.Module):
         super().__init__()
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
         self.skip = nn.Sequential(*conv_bn_act(cfg, c_in, skip, cfg.kernel_skip)) if skip else None
-        self.down = nn.Sequential(
-            *conv_bn_act(cfg, c_in, down, cfg.kernel_down, stride=2), *conv_bn_act(cfg, down, down, cfg.kernel_down)
-        )
+        self.down = down_block(cfg, level, c_in, down)
         self.deeper = deeper
-        self.upsample = upsample(cfg)
+        self.upsample = upsample(cfg, level)
         merged = skip + (cfg.channels_up[level + 1] if deeper is not None else down)
         self.merge_norm = norm(merged)
-        layers = conv_bn_act(cfg, merged, up, cfg.kernel_up)
+        layers = conv_bn_act(cfg, merged, up, cfg.at("kernel_up", level))
         if cfg.need_1x1_up:
             layers += conv_bn_act(cfg, up, up, 1)
         self.up = nn.Sequential(*layers)
@@ -81,16 +103,14 @@ class SeedLevel(nn.Module):
     def __init__(self, cfg: NetConfig, level: int, c_in: int, deeper: nn.Module | None) -> None:
         super().__init__()
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
-        self.down = nn.Sequential(
-            *conv_bn_act(cfg, c_in, down, cfg.kernel_down, stride=2), *conv_bn_act(cfg, down, down, cfg.kernel_down)
-        )
+        self.down = down_block(cfg, level, c_in, down)
         self.skip = nn.Sequential(*conv_bn_act(cfg, down, skip, cfg.kernel_skip)) if skip else None
         self.deeper = deeper
         merged = skip + (cfg.channels_up[level + 1] if deeper is not None else down)
-        layers: list[nn.Module] = [norm(merged), *conv_bn_act(cfg, merged, up, cfg.kernel_up)]
+        layers: list[nn.Module] = [norm(merged), *conv_bn_act(cfg, merged, up, cfg.at("kernel_up", level))]
         if cfg.need_1x1_up:
             layers += conv_bn_act(cfg, up, up, 1)
-        self.up = nn.Sequential(*layers, upsample(cfg))
+        self.up = nn.Sequential(*layers, upsample(cfg, level))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.down(x)
@@ -137,6 +157,8 @@ def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4)
         deeper = cfg.channels_up[level + 1] if level + 1 < cfg.depth else down
         merged = skip + deeper
         floats += here * (3 * skip + deeper + 2 * merged + (6 if cfg.need_1x1_up else 3) * up) + below * 6 * down
+        if cfg.at("downsample", level) != "stride":  # the stride-1 conv's full-size output before the pooling
+            floats += here * down
     floats += area * (cfg.input_depth + 2 * cfg.output_channels)
     with torch.device("meta"):  # parameter count only: no memory, no initialisation
         weights = 4 * 4 * count_parameters(build_network(cfg))
@@ -147,13 +169,30 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def make_input(cfg: NetConfig, height: int, width: int, seed: int) -> torch.Tensor:
-    """The fixed network input: U[0,1) * input_scale noise (the paper's default) or a 2-channel meshgrid."""
+def make_input(cfg: NetConfig, height: int, width: int, seed: int, guide: torch.Tensor | None = None) -> torch.Tensor:
+    """The fixed network input (1, input_depth, height, width): U[0,1) * input_scale noise (the paper's default), a
+    2-channel meshgrid, or the guide image (flash-no-flash) centred on the canvas and reflected into its margins."""
     if cfg.input_kind == "meshgrid":
         if cfg.input_depth != 2:
             raise ValueError("a meshgrid input has 2 channels: set input_depth to 2")
         ys = torch.linspace(0, 1, height).view(height, 1).expand(height, width)
         xs = torch.linspace(0, 1, width).view(1, width).expand(height, width)
         return torch.stack([xs, ys]).unsqueeze(0).contiguous()
+    if cfg.input_kind == "image":
+        if guide is None:
+            raise ValueError("an image input needs the guide image (flash-no-flash: --flash)")
+        return pad_to(guide.reshape(1, -1, *guide.shape[-2:]).float(), (height, width))
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(1, cfg.input_depth, height, width, generator=generator) * cfg.input_scale
+
+
+def pad_to(image: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
+    """``image`` (1, C, h, w) centred on a ``canvas`` (the inverse of ``problem.CenterCrop``), margins reflected
+    where the image is large enough and replicated otherwise."""
+    h, w = image.shape[-2:]
+    top, left = (canvas[0] - h) // 2, (canvas[1] - w) // 2
+    pad = (left, canvas[1] - w - left, top, canvas[0] - h - top)
+    if not any(pad):
+        return image.contiguous()
+    mode = "reflect" if max(pad[0], pad[1]) < w and max(pad[2], pad[3]) < h else "replicate"
+    return F.pad(image, pad, mode=mode).contiguous()

@@ -28,6 +28,7 @@ class Problem:
     canvas: tuple[int, int]  # (H, W) the network runs at: size rounded up to a multiple of 2^depth
     mask: torch.Tensor | None = None  # (H, W), inpainting only
     reference: torch.Tensor | None = None  # (1, C, H, W) clean image for PSNR, if the user has one
+    guide: torch.Tensor | None = None  # (1, C, H, W) the network's input image (flash-no-flash: the flash photo)
 
     @property
     def channels(self) -> int:
@@ -52,6 +53,7 @@ class Problem:
             self.canvas,
             move(self.mask),
             move(self.reference),
+            move(self.guide),
         )
 
 
@@ -84,9 +86,15 @@ class CenterCrop(nn.Module):
 
 
 def make_problem(
-    config: FitConfig, image: torch.Tensor, *, mask: torch.Tensor | None = None, reference: torch.Tensor | None = None
+    config: FitConfig,
+    image: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    reference: torch.Tensor | None = None,
+    guide: torch.Tensor | None = None,
 ) -> Problem:
-    """``image`` is the corrupted observation (C, H, W): masked/noisy image, or the low-resolution one."""
+    """``image`` is the corrupted observation (C, H, W): masked/noisy image, the low-resolution one, or the no-flash
+    photo; ``guide`` the flash photo of flash-no-flash (the network's input)."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
     channels, (h, w) = image.shape[1], image.shape[-2:]
@@ -114,10 +122,32 @@ def make_problem(
                 f"reference is {rw}x{rh} with {reference.shape[1]} channel(s); "
                 f"expected {size[1]}x{size[0]} with {channels}"
             )
+    if config.net.input_kind == "image":
+        if guide is None:
+            raise DipError("flash-no-flash needs the flash image: --flash FLASH")
+        guide = guide.reshape(1, -1, *guide.shape[-2:])
+        gh, gw = guide.shape[-2:]
+        if (gh, gw) != size:
+            raise DipError(f"the flash image is {gw}x{gh} but the no-flash image is {size[1]}x{size[0]}")
+        if guide.shape[1] != channels:
+            raise DipError(f"the flash image has {guide.shape[1]} channel(s) but the no-flash image has {channels}")
+    elif guide is not None:
+        raise DipError(f"a flash image only applies to flash-no-flash, not to {config.task}")
     canvas = canvas_for(config.net, size)
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
     observation = operator(image) if config.task == "inpaint" else image
-    return Problem(str(config.task), observation.contiguous(), operator, size, canvas, mask, reference)
+    return Problem(str(config.task), observation.contiguous(), operator, size, canvas, mask, reference, guide)
+
+
+def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """The centred crop of ``image`` (..., H, W) to sides divisible by ``multiple``: the notebooks' ``crop_image``
+    (used by --paper-exact; this project otherwise fits any size on a padded canvas)."""
+    h, w = image.shape[-2:]
+    h2, w2 = h - h % multiple, w - w % multiple
+    if h2 == 0 or w2 == 0:
+        raise DipError(f"the image ({w}x{h}) is smaller than the notebook's crop multiple {multiple}")
+    top, left = (h - h2) // 2, (w - w2) // 2
+    return image[..., top : top + h2, left : left + w2]
 
 
 def add_noise(image: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:

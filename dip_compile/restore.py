@@ -13,14 +13,15 @@ from typing import Any, Optional
 
 import torch
 
+from . import presets
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import FitConfig, NetConfig, check_depth, flag_of, preset
+from .config import FitConfig, NetConfig, check_depth, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
 from .fitting import FitResult, Fitter, LogRecord, interrupt_flag
-from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side
+from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side, to_grayscale
 from .network import fit_bytes
-from .problem import Problem, add_noise, downsample_reference, make_problem
+from .problem import Problem, add_noise, crop_to_multiple, downsample_reference, make_problem
 from .report import build_report, save_report
 
 INTERRUPTED = 130
@@ -28,32 +29,89 @@ INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class NetShape:
-    """The network options of ``dipc fit`` (None = the preset's): one value for every level."""
+    """The network options of ``dipc fit`` (None = the preset's). List options take one value for every level or
+    comma-separated values, one per level (``16,32,64,128,128``), as text or as sequences."""
 
     structure: Optional[str] = None
     depth: Optional[int] = None
-    channels: Optional[int] = None
-    skip_channels: Optional[int] = None
-    upsample: Optional[str] = None
+    channels: Any = None  # down and up alike
+    channels_down: Any = None
+    channels_up: Any = None
+    skip_channels: Any = None
+    upsample: Any = None
+    downsample: Any = None
+    kernel_down: Any = None
+    kernel_up: Any = None
+    kernel_skip: Optional[int] = None
+    need_1x1_up: Optional[bool] = None
+    input: Optional[str] = None
+    input_depth: Optional[int] = None
 
     def given(self) -> list[str]:
         return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
 
     def apply(self, net: NetConfig) -> NetConfig:
+        """The preset's network with these options. A new --depth keeps the preset's finest levels (as the library
+        notebook's ``[:depth]`` does) or repeats its coarsest level's values; lists given here must match it."""
+        given = {
+            "channels_down": _levels(_first(self.channels_down, self.channels), "--channels-down", int),
+            "channels_up": _levels(_first(self.channels_up, self.channels), "--channels-up", int),
+            "channels_skip": _levels(self.skip_channels, "--skip-channels", int),
+            "upsample": _levels(self.upsample, "--upsample", str),
+            "downsample": _levels(self.downsample, "--downsample", str),
+            "kernel_down": _levels(self.kernel_down, "--kernel-down", int),
+            "kernel_up": _levels(self.kernel_up, "--kernel-up", int),
+        }
+        if self.depth is not None:
+            check_depth(self.depth)
+        lengths = [len(v) for k, v in given.items() if v is not None and len(v) > 1]
+        depth = self.depth or (lengths[0] if lengths else net.depth)
         changes: dict[str, Any] = {}
+        for name, value in given.items():
+            if value is not None:
+                changes[name] = value * depth if len(value) == 1 and name.startswith("channels") else value
+            elif depth != net.depth and len(getattr(net, name)) > 1:
+                old = getattr(net, name)
+                changes[name] = old[:depth] + (old[-1],) * max(0, depth - len(old))
         if self.structure is not None:
             changes["structure"] = self.structure
             if self.structure == "seed" and self.upsample is None:
-                changes["upsample"] = "bicubic"
-        if self.upsample is not None:
-            changes["upsample"] = self.upsample
-        if self.depth is not None or self.channels is not None or self.skip_channels is not None:
-            depth = net.depth if self.depth is None else self.depth
-            check_depth(depth)
-            c = self.channels if self.channels is not None else net.channels_down[0]
-            s = self.skip_channels if self.skip_channels is not None else net.channels_skip[0]
-            changes.update(channels_down=(c,) * depth, channels_up=(c,) * depth, channels_skip=(s,) * depth)
+                changes["upsample"] = ("bicubic",)
+        for name in ("kernel_skip", "need_1x1_up", "input_depth"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        if self.input is not None:
+            changes["input_kind"] = self.input
+            if self.input == "meshgrid" and self.input_depth is None:
+                changes["input_depth"] = 2  # a meshgrid has two channels
         return dataclasses.replace(net, **changes) if changes else net
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _levels(value: Any, flag: str, kind: type) -> Optional[tuple[Any, ...]]:
+    """``"16,32,64"``, ``16`` or ``[16, 32, 64]`` as a tuple; a value that does not parse is a one-line error."""
+    if value is None:
+        return None
+    items = (
+        [v.strip() for v in value.split(",")]
+        if isinstance(value, str)
+        else list(value)
+        if isinstance(value, (list, tuple))
+        else [value]
+    )
+    if not items or any(v == "" for v in items):
+        raise DipError(f"{flag} takes one value or comma-separated values, one per level, got {value!r}")
+    if kind is int:
+        try:
+            return tuple(int(v) for v in items)
+        except (TypeError, ValueError):
+            raise DipError(
+                f"{flag} takes whole numbers (one, or one per level separated by commas), got {value!r}"
+            ) from None
+    return tuple(str(v) for v in items)
 
 
 @dataclass
@@ -72,6 +130,9 @@ class FitJob:
     from_reference: bool = False
     sigma: Optional[float] = None
     reference: Optional[Path] = None
+    flash: Optional[Path] = None  # flash-no-flash: the flash photo, the network's input
+    preset: Optional[str] = None  # a name from ``presets.NAMES`` (None: the task's default preset)
+    paper_exact: bool = False  # the notebook's choices where this project differs (see presets.Preset.paper)
     settings: dict[str, Any] = field(default_factory=dict)
     net: NetShape = field(default_factory=NetShape)
     checkpoint: Optional[Path] = None
@@ -104,14 +165,24 @@ def _problem_options(job: FitJob) -> list[str]:
         "--from-reference": job.from_reference,
         "--sigma": job.sigma is not None,
         "--reference": job.reference is not None,
+        "--flash": job.flash is not None,
+        "--preset": job.preset is not None,
+        "--paper-exact": job.paper_exact,
     }
     return [name for name, on in given.items() if on]
 
 
 def build_config(job: FitJob, channels: int) -> FitConfig:
-    """The task's paper preset with the job's settings; FitConfig validates every value (one-line ConfigError)."""
+    """The task's preset (named, or the task's default) with the job's settings on top; FitConfig validates every
+    value (one-line ConfigError)."""
     settings = {k: v for k, v in job.settings.items() if v is not None}
-    config = preset(str(job.task), factor=settings.get("factor", 4), output_channels=channels)
+    config = presets.preset(
+        str(job.task),
+        factor=settings.get("factor"),
+        output_channels=channels,
+        name=job.preset,
+        paper_exact=job.paper_exact,
+    )
     config = config.replace(**settings)
     return config.replace(net=job.net.apply(config.net))
 
@@ -149,10 +220,15 @@ def resumable_flags() -> str:
     return ", ".join(sorted(flag_of(FitConfig, name) for name in FitConfig.resumable()))
 
 
-def _make_mask(job: FitJob, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, bool]:
-    """The inpainting mask, and whether it was made here (then the image is the clean reference)."""
+def _make_mask(
+    job: FitJob, size: tuple[int, int], seed: int, preset_holes: Optional[float] = None
+) -> tuple[torch.Tensor, bool]:
+    """The inpainting mask, and whether it was made here (then the image is the clean reference). A restoration
+    preset (barbara, kate-98) drops its fraction of pixels at random when no mask source is given."""
     sources = [job.mask is not None, job.holes is not None, job.box is not None, job.text]
-    if sum(sources) != 1:
+    if sum(sources) == 0 and preset_holes is not None:
+        job = dataclasses.replace(job, holes=preset_holes)
+    elif sum(sources) != 1:
         raise DipError("inpaint needs exactly one of --mask, --holes, --box or --text")
     if job.mask is not None:
         return load_mask(job.mask, size), False
@@ -180,12 +256,22 @@ def load_problem(job: FitJob) -> tuple[FitConfig, Problem]:
         raise DipError(f"--sigma is on the 0-255 scale and must be in (0, 255], got {job.sigma}")
     if job.from_reference and job.task != "super-resolve":
         raise DipError("--from-reference only applies to super-resolve")
-    image = load_image(job.image)
+    if (job.flash is not None) != (job.task == "flash-no-flash"):
+        raise DipError(
+            "flash-no-flash needs --flash FLASH (the flash photo)"
+            if job.flash is None
+            else f"--flash only applies to flash-no-flash, not {job.task}"
+        )
+    chosen = presets.get(job.preset or presets.default_name(job.task, job.settings.get("factor")), job.task)
+    image = _as_preset_channels(load_image(job.image), chosen, "IMAGE")
+    reference = _as_preset_channels(load_image(job.reference, "reference"), chosen) if job.reference else None
+    guide = _as_preset_channels(load_image(job.flash, "flash image"), chosen) if job.flash is not None else None
     config = build_config(job, image.shape[0])
-    reference = load_image(job.reference, "reference") if job.reference is not None else None
+    if config.crop_to > 1:  # --paper-exact: the notebook's crop instead of our padded canvas
+        image, reference, guide = _paper_crop(config, image, reference, guide, low_resolution=not job.from_reference)
     mask = None
     if job.task == "inpaint":
-        mask, made = _make_mask(job, (image.shape[-2], image.shape[-1]), config.seed)
+        mask, made = _make_mask(job, (image.shape[-2], image.shape[-1]), config.seed, chosen.holes)
         if made and reference is None:
             reference = image
     elif job.task == "denoise" and job.sigma is not None:
@@ -196,7 +282,38 @@ def load_problem(job: FitJob) -> tuple[FitConfig, Problem]:
         reference = reference if reference is not None else high
     if reference is not None and reference.shape[0] != image.shape[0]:
         raise DipError(f"reference has {reference.shape[0]} channel(s) but the image has {image.shape[0]}")
-    return config, make_problem(config, image, mask=mask, reference=reference)
+    return config, make_problem(config, image, mask=mask, reference=reference, guide=guide)
+
+
+def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset, what: str = "") -> torch.Tensor:
+    """A grayscale preset (barbara) converts a colour image to grayscale (ITU-R 601 luma, as Pillow's "L"), so
+    its network and parameter count are the paper's; colour presets take grayscale images as they are."""
+    if chosen.channels == 1 and image.shape[0] == 3:
+        if what:
+            print(f"dipc: note: preset {chosen.name} is grayscale: {what} converted to grayscale", file=sys.stderr)
+        return to_grayscale(image)
+    return image
+
+
+def _paper_crop(
+    config: FitConfig,
+    image: torch.Tensor,
+    reference: Optional[torch.Tensor],
+    guide: Optional[torch.Tensor],
+    *,
+    low_resolution: bool,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The notebooks' centred crop of the restored image to a multiple of ``crop_to``. A low-resolution input of
+    super-resolution is cropped to a multiple of crop_to / factor, so that its high-resolution image is one."""
+    if config.task == "super-resolve" and low_resolution:
+        image = crop_to_multiple(image, max(1, config.crop_to // config.factor))
+        reference = None if reference is None else crop_to_multiple(reference, config.crop_to)
+        return image, reference, guide
+
+    def crop(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else crop_to_multiple(t, config.crop_to)
+
+    return crop_to_multiple(image, config.crop_to), crop(reference), crop(guide)
 
 
 def default_checkpoint_path(output: Path) -> Path:

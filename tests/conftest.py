@@ -19,7 +19,8 @@ from PIL import Image
 
 from dip_compile import acceleration
 from dip_compile.acceleration import Capability
-from dip_compile.config import FitConfig, NetConfig, preset
+from dip_compile.config import FitConfig, NetConfig
+from dip_compile.presets import preset
 
 AUTO_PRECISION = os.environ.get("DIPC_TEST_AUTO_PRECISION", "fp32")
 if AUTO_PRECISION not in ("fp32", "bf16"):

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from dip_compile.config import PAPER_INPAINT_NET, PAPER_NET, NetConfig
+from dip_compile.config import NetConfig
 from dip_compile.network import build_network, count_parameters, make_input
+from dip_compile.presets import PAPER_INPAINT_NET, PAPER_NET
 
 
 def test_paper_denoising_net_has_the_original_parameter_count():

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from conftest import dipc
 from dip_compile.checkpoint import load_checkpoint
 from dip_compile.cli import app
-from dip_compile.config import preset
 from dip_compile.fitting import Fitter
 from dip_compile.imageio import to_uint8
 from dip_compile.metrics import psnr
+from dip_compile.presets import preset
 from dip_compile.problem import add_noise, make_problem
 from dip_compile.restore import BestSaver
 from dip_compile.stopping import VarianceStopper

@@ -1,0 +1,182 @@
+"""Named presets: every experiment of the original notebooks, as the settings a fit starts from.
+
+One registry feeds ``dipc presets``, the ``--preset`` choices, the task defaults and the README. A preset is a
+complete ``FitConfig`` (at the paper image's channel count) plus what ``--paper-exact`` changes to run the notebook's
+own choice where this project knowingly differs, and the parameter count the original code prints for its network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import Downsample, FinalImage, FitConfig, InputKind, NetConfig, StopRule, Task, Upsample
+from .errors import DipError
+
+# The paper's "skip" net for denoising and super-resolution (2,217,831 parameters at 3 output channels).
+PAPER_NET = NetConfig()
+# The kate inpainting net: 128 skip channels and nearest upsampling (3,002,627 parameters).
+PAPER_INPAINT_NET = NetConfig(channels_skip=(128,) * 5, upsample=(Upsample.nearest,))
+
+# What --paper-exact changes, per notebook family (each is one README line under "Where dip-compile differs").
+_DENOISE_NOTEBOOK = {  # denoising.ipynb
+    "stop": StopRule.fixed,  # the notebook runs its fixed count; we stop automatically
+    "final_image": FinalImage.perturbed,  # its last cell runs the net on the last perturbed input (a global)
+    "backtrack_skip": 100,  # its check reads `if i % show_every:`, so it skips every 100th iteration
+    "crop_to": 32,
+}
+_INPAINT_NOTEBOOK = {"crop_to": 64}  # inpainting.ipynb: dim_div_by = 64; its last cell uses the fixed input
+_RESTORE_NOTEBOOK = {"final_image": FinalImage.perturbed}  # restoration.ipynb keeps the perturbed input global
+_SR_NOTEBOOK = {"final_image": FinalImage.perturbed, "crop_to": 32}  # super-resolution.ipynb: enforse_div32='CROP'
+_FLASH_NOTEBOOK = {"crop_to": 32}  # flash-no-flash.ipynb: enforse_div32='CROP', no perturbation (reg-noise 0)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    reproduces: str  # the notebook experiment, for the table
+    config: FitConfig  # at ``channels`` output channels
+    parameters: int  # what the original code prints for this network
+    paper: dict[str, Any] = field(default_factory=dict)  # FitConfig changes that --paper-exact applies
+    holes: float | None = None  # restoration: with no mask given, drop this fraction of pixels at random
+    channels: int = 3  # 1: a grayscale preset (a colour image is converted to grayscale)
+
+    @property
+    def task(self) -> Task:
+        return self.config.task
+
+    def fit_config(self, *, output_channels: int | None = None, paper_exact: bool = False) -> FitConfig:
+        """The preset's settings for an image of ``output_channels`` (the preset's own by default)."""
+        channels = self.channels if output_channels is None else output_channels
+        net = dataclasses.replace(self.config.net, output_channels=channels)
+        if self.config.net.input_kind == InputKind.image:
+            net = dataclasses.replace(net, input_depth=channels)  # the guide image has the image's channels
+        config = self.config.replace(net=net, preset=self.name)
+        return config.replace(**self.paper, paper_exact=True) if paper_exact else config
+
+    def network_parameters(self) -> int:
+        from .network import build_network, count_parameters
+
+        with torch.device("meta"):  # a count only: no memory, no initialisation
+            return count_parameters(build_network(self.config.net))
+
+
+def _fit(task: Task, net: NetConfig, iterations: int, lr: float, reg_noise: float, **changes: Any) -> FitConfig:
+    """A notebook's loop: no EMA, no backtracking and a fixed count unless it says otherwise."""
+    base: dict[str, Any] = {"ema": None, "backtrack_db": None, "stop": StopRule.fixed}
+    return FitConfig(task=task, net=net, iterations=iterations, lr=lr, reg_noise_std=reg_noise, **{**base, **changes})
+
+
+_DENOISE = {"ema": 0.99, "backtrack_db": 5.0, "stop": StopRule.auto}  # EMA, backtracking, auto-stop
+_RESTORE = {"backtrack_db": 5.0, "backtrack_every": 50}  # backtracking on the masked PSNR every 50 iterations
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("f16", "F16 denoising, sigma 25 (denoising)", _fit(Task.denoise, PAPER_NET, 3000, 0.01, 1 / 30, **_DENOISE),
+           2_217_831, _DENOISE_NOTEBOOK),
+    Preset("f16-sigma50", "F16 denoising, sigma 50: reg-noise 1/20 (denoising)",
+           _fit(Task.denoise, PAPER_NET, 3000, 0.01, 1 / 20, **_DENOISE), 2_217_831, _DENOISE_NOTEBOOK),
+    Preset("snail", "snail JPEG artefacts (denoising)",
+           _fit(Task.denoise, NetConfig(input_depth=3, channels_down=(8, 16, 32, 64, 128),
+                                        channels_up=(8, 16, 32, 64, 128), channels_skip=(0, 0, 0, 4, 4)),
+                2400, 0.01, 1 / 30, **_DENOISE),
+           572_827, _DENOISE_NOTEBOOK),
+    Preset("kate", "kate inpainting, Fig. 7 top (inpainting)", _fit(Task.inpaint, PAPER_INPAINT_NET, 6001, 0.01, 0.03),
+           3_002_627, _INPAINT_NOTEBOOK),
+    Preset("vase", "vase inpainting, meshgrid input, Fig. 6 (inpainting)",
+           _fit(Task.inpaint, NetConfig(input_depth=2, input_kind=InputKind.meshgrid, channels_skip=(0,) * 5,
+                                        upsample=(Upsample.nearest,)), 5001, 0.01, 0.03),
+           2_157_955, _INPAINT_NOTEBOOK),
+    Preset("library", "library inpainting, depth 6, Fig. 8 (inpainting)",
+           _fit(Task.inpaint, NetConfig(input_depth=1, channels_down=(16, 32, 64, 128, 128, 128),
+                                        channels_up=(16, 32, 64, 128, 128, 128), channels_skip=(0,) * 6,
+                                        kernel_down=(5,), need_1x1_up=False, upsample=(Upsample.nearest,)),
+                3001, 0.01, 0.0),
+           2_996_467, _INPAINT_NOTEBOOK),
+    Preset("barbara", "barbara, 50% of pixels missing, Fig. 7 bottom (restoration)",
+           _fit(Task.inpaint, dataclasses.replace(PAPER_NET, output_channels=1), 11000, 0.001, 0.03, **_RESTORE),
+           2_217_573, _RESTORE_NOTEBOOK, holes=0.5, channels=1),
+    Preset("kate-98", "kate, 98% of pixels missing, supp. Fig. 14 (restoration)",
+           _fit(Task.inpaint, NetConfig(channels_down=(16, 32, 64, 128, 128), channels_up=(16, 32, 64, 128, 128),
+                                        channels_skip=(0,) * 5, downsample=(Downsample.avg,)),
+                1000, 0.01, 0.0, **_RESTORE),
+           1_027_379, _RESTORE_NOTEBOOK, holes=0.98),
+    Preset("sr-x4", "super-resolution x4 (super-resolution)",
+           _fit(Task.super_resolve, PAPER_NET, 2000, 0.01, 0.03, factor=4), 2_217_831, _SR_NOTEBOOK),
+    Preset("sr-x8", "super-resolution x8 (super-resolution)",
+           _fit(Task.super_resolve, PAPER_NET, 4000, 0.01, 0.05, factor=8), 2_217_831, _SR_NOTEBOOK),
+    Preset("flash", "cave flash / no-flash (flash-no-flash)",
+           _fit(Task.flash_no_flash,
+                NetConfig(input_depth=3, input_kind=InputKind.image,
+                          upsample=(Upsample.nearest, Upsample.nearest, Upsample.bilinear, Upsample.bilinear,
+                                    Upsample.bilinear)),
+                601, 0.1, 0.0),
+           2_184_307, _FLASH_NOTEBOOK),
+)  # fmt: skip
+
+BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}
+NAMES: tuple[str, ...] = tuple(BY_NAME)
+DEFAULTS: dict[str, str] = {"denoise": "f16", "inpaint": "kate", "super-resolve": "sr-x4", "flash-no-flash": "flash"}
+
+
+class PresetError(DipError):
+    """An unknown preset, or one for another task."""
+
+
+def default_name(task: str, factor: int | None = None) -> str:
+    if task == "super-resolve" and factor == 8:
+        return "sr-x8"
+    try:
+        return DEFAULTS[task]
+    except KeyError:
+        raise PresetError(f"unknown task {task!r}; choose one of {', '.join(Task.values())}") from None
+
+
+def get(name: str, task: str | None = None) -> Preset:
+    """The preset called ``name``; with ``task``, it must be one of that task's."""
+    found = BY_NAME.get(name)
+    if found is None:
+        raise PresetError(f"unknown preset {name!r}; choose one of {', '.join(NAMES)} (dipc presets lists them)")
+    if task is not None and found.task != task:
+        same = [p.name for p in PRESETS if p.task == task]
+        raise PresetError(
+            f"preset {name!r} is for {found.task}, not {task}; {task} presets: {', '.join(same) or 'none'}"
+        )
+    return found
+
+
+def preset(
+    task: str,
+    *,
+    factor: int | None = None,
+    output_channels: int = 3,
+    name: str | None = None,
+    paper_exact: bool = False,
+) -> FitConfig:
+    """The settings a fit of ``task`` starts from: the named preset, or the task's default one. A super-resolution
+    ``factor`` other than the preset's replaces it (x8 picks sr-x8 by default)."""
+    chosen = get(name or default_name(task, factor), task)
+    config = chosen.fit_config(output_channels=output_channels, paper_exact=paper_exact)
+    if factor is not None and task == "super-resolve":
+        config = config.replace(factor=factor)
+    return config
+
+
+def rows() -> list[dict[str, Any]]:
+    """The table ``dipc presets`` prints and the README shows."""
+    defaults = {v: k for k, v in DEFAULTS.items()}
+    return [
+        {
+            "preset": p.name + (f" (default for {defaults[p.name]})" if p.name in defaults else ""),
+            "task": str(p.task),
+            "reproduces": p.reproduces,
+            "network": p.config.net.summary(),
+            "parameters": p.network_parameters(),
+            "iterations": p.config.iterations,
+            "lr": p.config.lr,
+            "reg_noise": p.config.reg_noise_std,
+        }
+        for p in PRESETS
+    ]
