@@ -51,8 +51,9 @@ class NetShape:
         return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
 
     def apply(self, net: NetConfig) -> NetConfig:
-        """The preset's network with these options. A new --depth keeps the preset's finest levels (as the library
-        notebook's ``[:depth]`` does) or repeats its coarsest level's values; lists given here must match it."""
+        """The preset's network with these options. The depth is --depth, else the length of a channel list given
+        here, else the preset's. A new depth keeps the preset's finest levels (as the library notebook's ``[:depth]``
+        does) or repeats its coarsest level's values; every list given here must match it."""
         given = {
             "channels_down": _levels(_first(self.channels_down, self.channels), "--channels-down", int),
             "channels_up": _levels(_first(self.channels_up, self.channels), "--channels-up", int),
@@ -64,7 +65,7 @@ class NetShape:
         }
         if self.depth is not None:
             check_depth(self.depth)
-        lengths = [len(v) for k, v in given.items() if v is not None and len(v) > 1]
+        lengths = [len(v) for k, v in given.items() if v is not None and len(v) > 1 and k.startswith("channels")]
         depth = self.depth or (lengths[0] if lengths else net.depth)
         changes: dict[str, Any] = {}
         for name, value in given.items():

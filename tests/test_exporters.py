@@ -92,9 +92,21 @@ def test_onnx_passes_the_full_checker_and_takes_a_batch_of_noises(fitted):
     assert np.abs(both[1:] - onnx_image(model, other)).max() <= TOL
 
 
-@pytest.mark.parametrize("padding, structure", [("zeros", "paper"), ("reflection", "seed")])
-def test_any_network_the_fit_builds_exports_without_exporter_changes(tmp_path, padding, structure):
-    net = dataclasses.replace(tiny_config().net, padding=padding, structure=structure, upsample="bicubic")
+NETWORK_VARIANTS = {
+    "zeros padding, bicubic": dict(padding="zeros", upsample=("bicubic",)),
+    "seed structure": dict(structure="seed", upsample=("bicubic",)),
+    "meshgrid, lanczos2 down, kernel 5, no 1x1 up": dict(
+        input_kind="meshgrid", input_depth=2, downsample=("lanczos2",), kernel_down=(5,), need_1x1_up=False
+    ),
+    "avg/max/stride down, per-level up and kernels": dict(
+        downsample=("avg", "max", "stride"), upsample=("nearest", "bilinear", "bicubic"), kernel_up=(1, 3, 5)
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", NETWORK_VARIANTS)
+def test_any_network_the_fit_builds_exports_without_exporter_changes(tmp_path, variant):
+    net = dataclasses.replace(tiny_config().net, **NETWORK_VARIANTS[variant])
     fitter = fit(tmp_path, net=net)
     plan = exporters.plan_export(load_checkpoint(tmp_path / "fit.ckpt"), image="output")
     check = exporters.agreement(onnx_image(exporters.to_onnx(plan)), fitter.output())

@@ -1,7 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
+from torch import nn
 
-from dip_compile.config import NetConfig
+from dip_compile.config import FitConfig, NetConfig
+from dip_compile.degradations import Downsampler
 from dip_compile.network import build_network, count_parameters, make_input
 from dip_compile.presets import PAPER_INPAINT_NET, PAPER_NET
 
@@ -78,3 +82,55 @@ def test_meshgrid_input_spans_the_unit_square():
 def test_inconsistent_network_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         NetConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    "mode, module", [("avg", nn.AvgPool2d), ("max", nn.MaxPool2d), ("lanczos2", Downsampler), ("stride", None)]
+)
+def test_downsampling_modes_halve_the_size_like_the_original(mode, module):
+    """Stride: a stride-2 conv; the others: a stride-1 conv followed by the pooling or the Lanczos2 filter."""
+    cfg = NetConfig(input_depth=4, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(4, 4), downsample=mode)
+    net = build_network(cfg)
+    first = net.body.down[0]
+    assert first.stride == ((2, 2) if module is None else (1, 1))
+    if module is not None:
+        assert isinstance(net.body.down[1], module)
+    assert net(make_input(cfg, 16, 24, 0)).shape == (1, 3, 16, 24)
+    trainable = count_parameters(net)
+    assert trainable == count_parameters(build_network(dataclasses.replace(cfg, downsample=("stride",))))
+
+
+def test_per_level_options_apply_level_by_level():
+    cfg = NetConfig(
+        input_depth=4,
+        channels_down=(8, 8, 8),
+        channels_up=(8, 8, 8),
+        channels_skip=(4, 4, 4),
+        upsample=("nearest", "bilinear", "bicubic"),
+        kernel_down=(3, 5, 1),
+        kernel_up=(1, 3, 5),
+    )
+    levels, level = [], build_network(cfg).body
+    while level is not None:
+        levels.append(level)
+        level = level.deeper
+    assert [lv.upsample.mode for lv in levels] == ["nearest", "bilinear", "bicubic"]
+    assert [lv.down[0].kernel_size[0] for lv in levels] == [3, 5, 1]
+    assert [lv.up[0].kernel_size[0] for lv in levels] == [1, 3, 5]
+    assert cfg.min_coarsest == 3  # kernel 5 pads by 2: the coarsest side must be larger
+
+
+def test_image_input_is_the_guide_centred_on_the_canvas():
+    cfg = NetConfig(input_kind="image", input_depth=3)
+    guide = torch.rand(3, 20, 30)
+    fixed = make_input(cfg, 32, 32, seed=0, guide=guide)
+    assert fixed.shape == (1, 3, 32, 32)
+    assert torch.equal(fixed[0, :, 6:26, 1:31], guide)
+
+
+def test_configs_saved_before_per_level_options_still_load():
+    saved = FitConfig().to_dict()
+    saved["net"].update(upsample="nearest", kernel_down=3, kernel_up=3)
+    del saved["net"]["downsample"]
+    net = FitConfig.from_dict(saved).net
+    assert net.upsample == ("nearest",) and net.kernel_down == (3,) and net.downsample == ("stride",)

@@ -123,6 +123,8 @@ IMAGE_NOTES = {
     "output": "network output on the fixed noise, BatchNorm in train mode (batch statistics)",
     "ema": "the fit's EMA image = network output + a stored constant correction (clipped to [0,1])",
     "best": "the auto-stop image = network output + a stored constant correction (clipped to [0,1])",
+    "perturbed": "the network on the fit's last perturbed input (--paper-exact) = network output + a stored "
+    "constant correction (clipped to [0,1])",
 }
 
 
@@ -208,7 +210,7 @@ def _check_seed_noise(ckpt: Checkpoint, noise: torch.Tensor) -> None:
     """--noise seed is only offered when the seed really rebuilds the checkpoint's noise, bit for bit."""
     cfg = ckpt.config.net
     if cfg.input_kind != "noise":
-        raise DipError(f"--noise seed needs a random-noise input; this fit used a {cfg.input_kind} input")
+        raise DipError(f"--noise seed needs a random-noise input; this fit's input is a {cfg.input_kind}")
     rebuilt = replay.seed_noise(ckpt.config.seed, tuple(noise.shape), cfg.input_scale)
     if not np.array_equal(rebuilt, noise.numpy()):
         raise DipError("this checkpoint's noise cannot be rebuilt from its seed; use --noise embedded")
