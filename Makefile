@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-speed bench-quality clean
+.PHONY: setup demo test bench-speed bench-quality bench-presets clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test: setup
 # On demand, not in CI: speed and quality figures (tables on stdout, JSON under benchmarks/results/).
 bench-speed: setup
 	$(PY) benchmarks/fit_speed.py --nets denoise,inpaint --sizes 256 --backends eager,auto --precisions fp32,auto
+
+bench-presets: setup
+	$(PY) benchmarks/presets_quality.py --size 128 --iterations 600 --threads 2
 
 bench-quality: setup
 	$(PY) benchmarks/quality.py --threads 1 --size 96 --iterations 400 --denoise-iterations 1800 \

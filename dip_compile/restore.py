@@ -465,7 +465,8 @@ def _finish(
         ckpt = job.checkpoint
         outputs.write(ckpt, lambda overwrite: save_checkpoint(fitter, ckpt, overwrite=overwrite))
     if job.compare is not None:
-        panels = [problem.corrupted_view().cpu(), result.image]
+        guide = [] if problem.guide is None else [problem.guide.cpu()]  # flash-no-flash: the flash photo first
+        panels = [*guide, problem.corrupted_view().cpu(), result.image]
         if problem.reference is not None:
             panels.append(problem.reference.cpu())
         compare = job.compare

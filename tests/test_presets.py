@@ -260,3 +260,18 @@ def test_dipc_presets_prints_every_preset_with_its_count(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert code == 0
     assert {r["preset"].split(" ")[0]: r["parameters"] for r in rows} == ORIGINAL_COUNTS
+
+
+def test_paper_exact_crops_like_the_notebook_and_ours_keeps_every_pixel(tmp_path: Path):
+    image = save_png(smooth_image(70, 50), tmp_path / "in.png")
+    tiny = ("--channels", "8", "--depth", "3", "--iterations", "2", "--sigma", "25", "-q")
+    code, err = dipc("fit", "denoise", image, "-o", tmp_path / "ours.png", *tiny)
+    assert code == 0, err
+    assert Image.open(tmp_path / "ours.png").size == (50, 70)
+    code, err = dipc("fit", "denoise", image, "-o", tmp_path / "paper.png", "--paper-exact", *tiny)
+    assert code == 0, err
+    assert Image.open(tmp_path / "paper.png").size == (32, 64)  # the denoising notebook's crop to a multiple of 32
+    low = save_png(smooth_image(20, 13), tmp_path / "low.png")
+    code, err = dipc("fit", "super-resolve", low, "-o", tmp_path / "sr.png", "--paper-exact", *tiny[:-3], "-q")
+    assert code == 0, err
+    assert Image.open(tmp_path / "sr.png").size == (32, 64)  # low-resolution 8x16 so that x4 is a multiple of 32
