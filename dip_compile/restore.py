@@ -246,7 +246,8 @@ def _fraction(value: float, flag: str) -> float:
     return value
 
 
-def load_problem(job: FitJob) -> tuple[FitConfig, Problem]:
+def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem]:
+    """The configuration and problem of a new fit; what the user should know (a conversion) goes to ``notes``."""
     if job.task is None or job.image is None:
         raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
     if job.task != "inpaint" and (job.mask or job.holes is not None or job.box is not None or job.text):
@@ -264,7 +265,10 @@ def load_problem(job: FitJob) -> tuple[FitConfig, Problem]:
             else f"--flash only applies to flash-no-flash, not {job.task}"
         )
     chosen = presets.get(job.preset or presets.default_name(job.task, job.settings.get("factor")), job.task)
-    image = _as_preset_channels(load_image(job.image), chosen, "IMAGE")
+    image = load_image(job.image)
+    if chosen.channels == 1 and image.shape[0] == 3 and notes is not None:
+        notes.append(f"preset {chosen.name} is grayscale: IMAGE converted to grayscale (ITU-R 601 luma)")
+    image = _as_preset_channels(image, chosen)
     reference = _as_preset_channels(load_image(job.reference, "reference"), chosen) if job.reference else None
     guide = _as_preset_channels(load_image(job.flash, "flash image"), chosen) if job.flash is not None else None
     config = build_config(job, image.shape[0])
@@ -286,14 +290,10 @@ def load_problem(job: FitJob) -> tuple[FitConfig, Problem]:
     return config, make_problem(config, image, mask=mask, reference=reference, guide=guide)
 
 
-def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset, what: str = "") -> torch.Tensor:
+def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset) -> torch.Tensor:
     """A grayscale preset (barbara) converts a colour image to grayscale (ITU-R 601 luma, as Pillow's "L"), so
     its network and parameter count are the paper's; colour presets take grayscale images as they are."""
-    if chosen.channels == 1 and image.shape[0] == 3:
-        if what:
-            print(f"dipc: note: preset {chosen.name} is grayscale: {what} converted to grayscale", file=sys.stderr)
-        return to_grayscale(image)
-    return image
+    return to_grayscale(image) if chosen.channels == 1 and image.shape[0] == 3 else image
 
 
 def _paper_crop(
@@ -408,7 +408,10 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
         ckpt = load_checkpoint(job.resume)
         config, problem = resume_config(job, ckpt), ckpt.problem
     else:
-        config, problem = load_problem(job)
+        notes: list[str] = []
+        config, problem = load_problem(job, notes)
+        for note in notes:
+            console.print(f"note: {note}")
     device = resolve_device(str(config.device))
     config = config.replace(device=device)
 

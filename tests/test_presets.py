@@ -251,7 +251,7 @@ def test_grayscale_preset_converts_a_colour_image(image_png: Path, tmp_path: Pat
         "--iterations", "2", "-q",
     )  # fmt: skip
     assert code == 0, err
-    assert "preset barbara is grayscale: IMAGE converted to grayscale" in err
+    assert "note: preset barbara is grayscale: IMAGE converted to grayscale" in err
     assert Image.open(out).mode == "L"
 
 
