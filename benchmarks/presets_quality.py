@@ -71,7 +71,7 @@ def run(data: Path, out: Path, name: str, size: int, iterations: int) -> dict[st
     chosen = presets.get(name)
     job, side = prepare(data, out, name, size)
     count = min(iterations, chosen.config.iterations)
-    job.settings = {"iterations": count, "log_every": 10}
+    job.settings = {"iterations": count, "log_every": 10, "backend": "auto", "precision": "auto"}  # as dipc fit
     job.checkpoint, job.report, job.compare = out / f"{name}.ckpt", out / f"{name}.json", out / f"{name}-compare.png"
     job.force, job.quiet = True, True
     t0 = time.perf_counter()

@@ -48,7 +48,9 @@ class NetShape:
     input_depth: Optional[int] = None
 
     def given(self) -> list[str]:
-        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        """The flags given, as the user typed them."""
+        names = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        return ["--1x1-up" if n == "need_1x1_up" else f"--{n.replace('_', '-')}" for n in names]
 
     def apply(self, net: NetConfig) -> NetConfig:
         """The preset's network with these options. The depth is --depth, else the length of a channel list given
