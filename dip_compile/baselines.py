@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -27,3 +29,44 @@ def diffusion_fill(image: torch.Tensor, mask: torch.Tensor, iterations: int = 20
         if change < tol:
             break
     return torch.from_numpy(x).float().reshape(shape)
+
+
+def _padded_otf(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The kernel's transfer function on a grid of ``shape``, centred at the origin (what ``Blur`` applies)."""
+    kh, kw = kernel.shape
+    psf = np.zeros(shape)
+    psf[:kh, :kw] = kernel
+    psf = np.roll(psf, (-((kh - 1) // 2), -((kw - 1) // 2)), axis=(0, 1))
+    return np.fft.rfft2(psf)
+
+
+def wiener_deconvolve(observation: torch.Tensor, kernel: torch.Tensor, nsr: float) -> torch.Tensor:
+    """Wiener deconvolution with a constant noise-to-signal ratio ``nsr``. The image is padded by reflection (the
+    boundary the ``Blur`` operator assumes) before the FFT, so the circular wrap falls in the padding.
+
+    ``observation`` is (C, H, W) or (1, C, H, W) in [0, 1]; returns the same shape, clipped to [0, 1]."""
+    shape = observation.shape
+    y = observation.reshape(-1, *shape[-2:]).detach().cpu().double().numpy()
+    k = kernel.detach().cpu().double().numpy()
+    pad = max(k.shape)
+    mode: Literal["reflect", "edge"] = "reflect" if pad < min(shape[-2:]) else "edge"
+    padded = np.pad(y, ((0, 0), (pad, pad), (pad, pad)), mode=mode)
+    otf = _padded_otf(k, padded.shape[-2:])
+    filt = np.conj(otf) / (np.abs(otf) ** 2 + nsr)
+    x = np.fft.irfft2(np.fft.rfft2(padded) * filt, s=padded.shape[-2:])[:, pad:-pad, pad:-pad]
+    return torch.from_numpy(np.clip(x, 0, 1)).float().reshape(shape)
+
+
+def richardson_lucy(observation: torch.Tensor, kernel: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+    """Richardson-Lucy deconvolution (the maximum-likelihood iteration for Poisson noise), with the fit's own
+    ``Blur`` operator and its adjoint (the flipped kernel), starting from the observation."""
+    from .degradations import Blur
+
+    shape = observation.shape
+    y = observation.reshape(1, -1, *shape[-2:]).float().clamp_min(1e-6)
+    blur, adjoint = Blur(kernel, y.shape[1]), Blur(kernel.flip(-2, -1), y.shape[1])
+    x = y.clone()
+    with torch.no_grad():
+        for _ in range(iterations):
+            x = x * adjoint(y / blur(x).clamp_min(1e-6))
+    return x.clamp(0, 1).reshape(shape)

@@ -142,6 +142,7 @@ def save_checkpoint(fitter: Fitter, path: str | Path, *, overwrite: bool = True)
             "mask": None if p.mask is None else p.mask.cpu(),
             "reference": None if p.reference is None else p.reference.cpu(),
             "guide": None if p.guide is None else p.guide.cpu(),
+            "kernel": None if p.kernel is None else p.kernel.cpu(),
         },
         "state": fitter.state_dict(),
     }
@@ -249,8 +250,14 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
     guide = prob.get("guide")
     if config.net.input_kind == "image":
         _shape(guide, "the guide image", (1, config.net.input_depth, *size))
-    operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
-    return Problem(str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"], guide)
+    kernel = prob.get("kernel")
+    if config.task == "deblur":
+        if not isinstance(kernel, torch.Tensor) or kernel.dim() != 2 or not 0 < kernel.numel():
+            raise DipError("its blur kernel is missing or not 2-D")
+    operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)
+    return Problem(
+        str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"], guide, kernel
+    )
 
 
 def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> None:

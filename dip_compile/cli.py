@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from . import presets
+from . import kernels, presets
 from .config import Backend, Downsample, InputKind, Precision, StopRule, StopVariant, Structure, Task, Upsample
 from .errors import DipError
 from .export_options import (
@@ -86,15 +86,17 @@ def fit(
         bool,
         typer.Option(
             "--from-reference",
-            help="super-resolve: IMAGE is high-resolution; downsample it for the input and use it as reference",
+            help="super-resolve / deblur: IMAGE is sharp; downsample or blur it for the input, use it as reference",
         ),
     ] = False,
     sigma: Annotated[
         Optional[float],
         typer.Option(
-            help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference"
+            help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference; "
+            "deblur --from-reference: the noise added after the blur"
         ),
     ] = None,
+    kernel: Annotated[Optional[str], typer.Option(help=f"deblur: the known blur, {kernels.SPECS}")] = None,
     iterations: Annotated[
         Optional[int], typer.Option(help=f"total iterations (preset: the paper's count); {RESUMABLE}")
     ] = None,
@@ -219,6 +221,7 @@ def fit(
         "stop_patience": stop_patience,
         "seed": seed,
         "factor": factor,
+        "kernel": kernel,
         "keep_known": keep_known or None,
         "device": device,
         "backend": backend,

@@ -30,6 +30,7 @@ class Task(Choice):
     denoise = "denoise"
     super_resolve = "super-resolve"
     flash_no_flash = "flash-no-flash"
+    deblur = "deblur"
 
 
 class Structure(Choice):
@@ -303,6 +304,7 @@ class FitConfig:
     backtrack_every: int = option(1, flag="--backtrack-every")  # check at 0-based iterations divisible by this
     backtrack_skip: int = option(0, flag="backtrack_skip")  # never check at multiples of this (0: none), see presets
     factor: int = option(1, flag="--factor")  # super-resolution factor
+    kernel: str = option("", flag="--kernel")  # deblurring: the kernel spec (the checkpoint holds the kernel itself)
     seed: int = option(0, flag="--seed")
     stop: StopRule = option(StopRule.fixed, flag="--stop")
     stop_window: int = option(100, flag="--stop-window")  # ES-WMV window W
@@ -344,6 +346,8 @@ class FitConfig:
         device = self.device
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+        if self.kernel and self.task != Task.deblur:
+            raise ConfigError("--kernel only applies to deblur")
         if self.keep_known and self.task != Task.inpaint:
             raise ConfigError("--keep-known only applies to inpaint")
         _count(self, "backtrack_every", 1, 10**9)

@@ -66,7 +66,32 @@ class Downsampler(nn.Module):
         return F.conv2d(x, self.weight.to(x.dtype), stride=self.factor, groups=x.shape[1])
 
 
-def make_operator(task: str, *, mask: torch.Tensor | None = None, factor: int = 1, channels: int = 3) -> nn.Module:
+class Blur(nn.Module):
+    """Deblurring: the convolution with a known kernel (flipped, as a true convolution), the image padded by
+    reflection so the blurred image keeps its size. ``--from-reference`` makes test data with this same operator."""
+
+    weight: torch.Tensor
+
+    def __init__(self, kernel: torch.Tensor, channels: int = 3) -> None:
+        super().__init__()
+        k = torch.as_tensor(kernel, dtype=torch.float32).flip(-2, -1)
+        self.register_buffer("weight", k.expand(channels, 1, *k.shape).contiguous())
+        kh, kw = k.shape
+        self.pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.pad, mode="reflect") if any(self.pad) else x
+        return F.conv2d(x, self.weight.to(x.dtype), groups=x.shape[1])
+
+
+def make_operator(
+    task: str,
+    *,
+    mask: torch.Tensor | None = None,
+    factor: int = 1,
+    channels: int = 3,
+    kernel: torch.Tensor | None = None,
+) -> nn.Module:
     if task == "inpaint":
         if mask is None:
             raise ValueError("inpainting needs a mask")
@@ -75,6 +100,10 @@ def make_operator(task: str, *, mask: torch.Tensor | None = None, factor: int = 
         return Identity()
     if task == "super-resolve":
         return Downsampler(factor, channels)
+    if task == "deblur":
+        if kernel is None:
+            raise ValueError("deblurring needs a kernel")
+        return Blur(kernel, channels)
     raise ValueError(f"unknown task {task!r}")
 
 

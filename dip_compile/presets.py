@@ -43,6 +43,7 @@ class Preset:
     paper: dict[str, Any] = field(default_factory=dict)  # FitConfig changes that --paper-exact applies
     holes: float | None = None  # restoration: with no mask given, drop this fraction of pixels at random
     channels: int = 3  # 1: a grayscale preset (a colour image is converted to grayscale)
+    notebook: bool = True  # False: beyond the paper (no original count to match; ``parameters`` is ours)
 
     @property
     def task(self) -> Task:
@@ -114,11 +115,20 @@ PRESETS: tuple[Preset, ...] = (
                                     Upsample.bilinear)),
                 601, 0.1, 0.0),
            2_184_307, _FLASH_NOTEBOOK),
+    Preset("deblur", "beyond the paper: a known blur (--kernel), the F16 loop",
+           _fit(Task.deblur, PAPER_NET, 2000, 0.01, 1 / 30, ema=0.99, backtrack_db=5.0),
+           2_217_831, notebook=False),
 )  # fmt: skip
 
 BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
-DEFAULTS: dict[str, str] = {"denoise": "f16", "inpaint": "kate", "super-resolve": "sr-x4", "flash-no-flash": "flash"}
+DEFAULTS: dict[str, str] = {
+    "denoise": "f16",
+    "inpaint": "kate",
+    "super-resolve": "sr-x4",
+    "flash-no-flash": "flash",
+    "deblur": "deblur",
+}
 
 
 class PresetError(DipError):

@@ -29,6 +29,7 @@ class Problem:
     mask: torch.Tensor | None = None  # (H, W), inpainting only
     reference: torch.Tensor | None = None  # (1, C, H, W) clean image for PSNR, if the user has one
     guide: torch.Tensor | None = None  # (1, C, H, W) the network's input image (flash-no-flash: the flash photo)
+    kernel: torch.Tensor | None = None  # (kh, kw) deblurring: the blur kernel, sum 1
 
     @property
     def channels(self) -> int:
@@ -54,6 +55,7 @@ class Problem:
             move(self.mask),
             move(self.reference),
             move(self.guide),
+            self.kernel,
         )
 
 
@@ -92,6 +94,7 @@ def make_problem(
     mask: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
     guide: torch.Tensor | None = None,
+    kernel: torch.Tensor | None = None,
 ) -> Problem:
     """``image`` is the corrupted observation (C, H, W): masked/noisy image, the low-resolution one, or the no-flash
     photo; ``guide`` the flash photo of flash-no-flash (the network's input)."""
@@ -133,10 +136,18 @@ def make_problem(
             raise DipError(f"the flash image has {guide.shape[1]} channel(s) but the no-flash image has {channels}")
     elif guide is not None:
         raise DipError(f"a flash image only applies to flash-no-flash, not to {config.task}")
+    if config.task == "deblur":
+        if kernel is None:
+            raise DipError("deblurring needs the blur kernel: --kernel SPEC")
+        kh, kw = kernel.shape
+        if kh > size[0] or kw > size[1]:
+            raise DipError(f"the {kw}x{kh} blur kernel is larger than the {size[1]}x{size[0]} image")
+    elif kernel is not None:
+        raise DipError(f"a blur kernel only applies to deblur, not to {config.task}")
     canvas = canvas_for(config.net, size)
-    operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels)
+    operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)
     observation = operator(image) if config.task == "inpaint" else image
-    return Problem(str(config.task), observation.contiguous(), operator, size, canvas, mask, reference, guide)
+    return Problem(str(config.task), observation.contiguous(), operator, size, canvas, mask, reference, guide, kernel)
 
 
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -148,6 +159,14 @@ def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
         raise DipError(f"the image ({w}x{h}) is smaller than the notebook's crop multiple {multiple}")
     top, left = (h - h2) // 2, (w - w2) // 2
     return image[..., top : top + h2, left : left + w2]
+
+
+def blur_reference(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The blurred observation of a sharp image, with the operator the fit uses (reflection padding)."""
+    from .degradations import Blur
+
+    with torch.no_grad():
+        return Blur(kernel, image.shape[-3])(image.reshape(1, *image.shape[-3:]))[0].clamp(0, 1)
 
 
 def add_noise(image: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import presets
+from . import kernels, presets
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import FitConfig, NetConfig, check_depth, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
@@ -21,7 +21,7 @@ from .errors import DipError
 from .fitting import FitResult, Fitter, LogRecord, interrupt_flag
 from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side, to_grayscale
 from .network import fit_bytes
-from .problem import Problem, add_noise, crop_to_multiple, downsample_reference, make_problem
+from .problem import Problem, add_noise, blur_reference, crop_to_multiple, downsample_reference, make_problem
 from .report import build_report, save_report
 
 INTERRUPTED = 130
@@ -254,12 +254,12 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
         raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
     if job.task != "inpaint" and (job.mask or job.holes is not None or job.box is not None or job.text):
         raise DipError(f"--mask/--holes/--box/--text only apply to inpaint, not {job.task}")
-    if job.sigma is not None and job.task != "denoise":
-        raise DipError("--sigma only applies to denoise")
+    if job.sigma is not None and not (job.task == "denoise" or job.task == "deblur" and job.from_reference):
+        raise DipError("--sigma only applies to denoise, and to deblur with --from-reference")
     if job.sigma is not None and not 0 < job.sigma <= 255:  # also false for nan
         raise DipError(f"--sigma is on the 0-255 scale and must be in (0, 255], got {job.sigma}")
-    if job.from_reference and job.task != "super-resolve":
-        raise DipError("--from-reference only applies to super-resolve")
+    if job.from_reference and job.task not in ("super-resolve", "deblur"):
+        raise DipError("--from-reference only applies to super-resolve and deblur")
     if (job.flash is not None) != (job.task == "flash-no-flash"):
         raise DipError(
             "flash-no-flash needs --flash FLASH (the flash photo)"
@@ -276,7 +276,17 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
     config = build_config(job, image.shape[0])
     if config.crop_to > 1:  # --paper-exact: the notebook's crop instead of our padded canvas
         image, reference, guide = _paper_crop(config, image, reference, guide, low_resolution=not job.from_reference)
-    mask = None
+    mask, kernel = None, None
+    if job.task == "deblur":
+        if not config.kernel:
+            raise DipError(f"deblur needs --kernel: {kernels.SPECS}")
+        kernel = torch.from_numpy(kernels.parse_kernel(config.kernel)).float()
+        kernels.check_fits(kernel.numpy(), (image.shape[-2], image.shape[-1]))
+        if job.from_reference:  # IMAGE is sharp: blur it with the fit's own operator, add --sigma noise
+            reference = reference if reference is not None else image
+            image = blur_reference(image, kernel)
+            if job.sigma is not None:
+                image = add_noise(image, job.sigma / 255.0, seed=config.seed)
     if job.task == "inpaint":
         mask, made = _make_mask(job, (image.shape[-2], image.shape[-1]), config.seed, chosen.holes)
         if made and reference is None:
@@ -289,7 +299,7 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
         reference = reference if reference is not None else high
     if reference is not None and reference.shape[0] != image.shape[0]:
         raise DipError(f"reference has {reference.shape[0]} channel(s) but the image has {image.shape[0]}")
-    return config, make_problem(config, image, mask=mask, reference=reference, guide=guide)
+    return config, make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
 
 
 def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset) -> torch.Tensor:
