@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import Backend, ConfigError, FitConfig, Precision
@@ -187,7 +186,7 @@ def _auto_backend(
 
 
 class LossModule(nn.Module):
-    """net -> crop -> operator -> MSE, with autocast over the network only (loss and output in fp32)."""
+    """net -> crop -> operator -> the problem's loss, with autocast over the network only (loss and output in fp32)."""
 
     def __init__(
         self,
@@ -201,6 +200,7 @@ class LossModule(nn.Module):
         super().__init__()
         self.net, self.crop = net, crop
         self.operator: Callable[[torch.Tensor], torch.Tensor] = problem.operator
+        self.fidelity = problem.fidelity
         self.observation: torch.Tensor
         self.register_buffer("observation", problem.observation, persistent=False)
         self.dtype = DTYPES[precision]
@@ -214,7 +214,7 @@ class LossModule(nn.Module):
             with torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=self.cache_autocast):
                 out = self.crop(self.net(net_input))
             out = out.float()
-        return F.mse_loss(self.operator(out), self.observation), out
+        return self.fidelity(self.operator(out), self.observation), out
 
 
 class AcceleratedStep:

@@ -70,3 +70,42 @@ def richardson_lucy(observation: torch.Tensor, kernel: torch.Tensor, iterations:
         for _ in range(iterations):
             x = x * adjoint(y / blur(x).clamp_min(1e-6))
     return x.clamp(0, 1).reshape(shape)
+
+
+def gaussian_filter(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing (cut at 3 sigma, reflection at the borders); the shape of ``image`` is kept."""
+    from .kernels import gaussian
+
+    shape = image.shape
+    x = image.reshape(1, -1, *shape[-2:]).float()
+    g = torch.from_numpy(gaussian(sigma).sum(axis=0)).float()
+    half = len(g) // 2
+    mode = "reflect" if half < min(shape[-2:]) else "replicate"
+    c = x.shape[1]
+    x = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (half, half, 0, 0), mode=mode), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c
+    )
+    x = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (0, 0, half, half), mode=mode), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
+    )
+    return x.reshape(shape)
+
+
+def median_filter(image: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """The median of each ``size`` x ``size`` neighbourhood per channel (reflection at the borders): the classic
+    baseline for impulse (salt-and-pepper) noise."""
+    shape = image.shape
+    x = image.reshape(1, -1, *shape[-2:]).float()
+    half = size // 2
+    padded = torch.nn.functional.pad(x, (half, half, half, half), mode="reflect")
+    patches = padded.unfold(2, size, 1).unfold(3, size, 1)
+    return patches.reshape(*patches.shape[:4], -1).median(dim=-1).values.reshape(shape)
+
+
+def anscombe_filter(observation: torch.Tensor, peak: float, sigma: float) -> torch.Tensor:
+    """Poisson denoising by variance stabilisation: the Anscombe transform of the counts (noise becomes nearly
+    Gaussian with unit variance), Gaussian smoothing, and the asymptotically unbiased inverse."""
+    counts = observation.float().clamp_min(0) * peak
+    stabilised = 2.0 * torch.sqrt(counts + 3.0 / 8.0)
+    smoothed = gaussian_filter(stabilised, sigma)
+    return ((smoothed / 2.0) ** 2 - 1.0 / 8.0).clamp_min(0).div(peak).clamp(0, 1)

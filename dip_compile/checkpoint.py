@@ -23,6 +23,7 @@ from .degradations import make_operator
 from .errors import DipError
 from .fitting import Fitter, ImageKind, describe_image, keeps_known, returned_image, returned_kind
 from .imageio import atomic_write, check_input
+from .losses import make_loss
 from .network import Hourglass, build_network
 from .problem import CenterCrop, Problem, canvas_for
 
@@ -255,8 +256,9 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
         if not isinstance(kernel, torch.Tensor) or kernel.dim() != 2 or not 0 < kernel.numel():
             raise DipError("its blur kernel is missing or not 2-D")
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)
+    fidelity = make_loss(str(config.loss), config.peak)
     return Problem(
-        str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"], guide, kernel
+        str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"], guide, kernel, fidelity
     )
 
 

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from . import kernels, presets
-from .config import Backend, Downsample, InputKind, Precision, StopRule, StopVariant, Structure, Task, Upsample
+from . import noise as noise_models
+from .config import Backend, Downsample, InputKind, Loss, Precision, StopRule, StopVariant, Structure, Task, Upsample
 from .errors import DipError
 from .export_options import (
     BatchNormMode,
@@ -97,6 +98,16 @@ def fit(
         ),
     ] = None,
     kernel: Annotated[Optional[str], typer.Option(help=f"deblur: the known blur, {kernels.SPECS}")] = None,
+    noise: Annotated[
+        Optional[str],
+        typer.Option(help=f"make the observation from a clean IMAGE with {noise_models.SPECS}; IMAGE is the reference"),
+    ] = None,
+    loss: Annotated[
+        Optional[Loss], typer.Option(help="data fidelity: mse (Gaussian noise), l1 (impulse noise), poisson (counts)")
+    ] = None,
+    peak: Annotated[
+        Optional[float], typer.Option(help="--loss poisson: photons of a white pixel (default: --noise poisson:PEAK's)")
+    ] = None,
     iterations: Annotated[
         Optional[int], typer.Option(help=f"total iterations (preset: the paper's count); {RESUMABLE}")
     ] = None,
@@ -222,6 +233,8 @@ def fit(
         "seed": seed,
         "factor": factor,
         "kernel": kernel,
+        "loss": loss,
+        "peak": peak,
         "keep_known": keep_known or None,
         "device": device,
         "backend": backend,
@@ -243,6 +256,7 @@ def fit(
         reference=reference,
         settings={k: v for k, v in settings.items() if v is not None},
         flash=flash,
+        noise=noise,
         preset=preset,
         paper_exact=paper_exact,
         net=restore.NetShape(

@@ -84,6 +84,14 @@ class StopVariant(Choice):
     emv = "emv"
 
 
+class Loss(Choice):
+    """The data fidelity, one per noise model: mse (Gaussian, the paper's), l1 (impulse), poisson (photon counts)."""
+
+    mse = "mse"
+    l1 = "l1"
+    poisson = "poisson"
+
+
 class Backend(Choice):
     auto = "auto"
     eager = "eager"
@@ -305,6 +313,8 @@ class FitConfig:
     backtrack_skip: int = option(0, flag="backtrack_skip")  # never check at multiples of this (0: none), see presets
     factor: int = option(1, flag="--factor")  # super-resolution factor
     kernel: str = option("", flag="--kernel")  # deblurring: the kernel spec (the checkpoint holds the kernel itself)
+    loss: Loss = option(Loss.mse, flag="--loss")
+    peak: float | None = option(None, flag="--peak")  # the Poisson loss: photons of a white pixel
     seed: int = option(0, flag="--seed")
     stop: StopRule = option(StopRule.fixed, flag="--stop")
     stop_window: int = option(100, flag="--stop-window")  # ES-WMV window W
@@ -346,6 +356,16 @@ class FitConfig:
         device = self.device
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+        _finite(self, "peak", 0, 1e6, low_open=True, allow_none=True)
+        if self.loss == Loss.poisson and self.peak is None:
+            raise ConfigError(
+                "--loss poisson needs --peak (the photon count of a white pixel), or --noise poisson:PEAK"
+            )
+        if self.loss == Loss.poisson and self.task == Task.super_resolve:
+            raise ConfigError(
+                "--loss poisson does not fit super-resolve: its Lanczos downsampler has negative lobes, so the rates "
+                "it compares with the counts can be negative; use mse or l1"
+            )
         if self.kernel and self.task != Task.deblur:
             raise ConfigError("--kernel only applies to deblur")
         if self.keep_known and self.task != Task.inpaint:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from .acceleration import Fallback, build_step, choose, fp32_plan
 from .config import Choice, FinalImage, FitConfig
@@ -146,7 +145,7 @@ class EagerStep:
     def __call__(self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
         out = self.crop(self.net(net_input))
-        loss = F.mse_loss(self.problem.operator(out), self.problem.observation)
+        loss = self.problem.fidelity(self.problem.operator(out), self.problem.observation)
         loss.backward()
         return loss.detach(), out.detach()
 

@@ -8,7 +8,7 @@ exactly the input's size, however small the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import nn
 from .config import FitConfig, NetConfig
 from .degradations import make_operator
 from .errors import DipError
+from .losses import MSE, make_loss
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Problem:
     reference: torch.Tensor | None = None  # (1, C, H, W) clean image for PSNR, if the user has one
     guide: torch.Tensor | None = None  # (1, C, H, W) the network's input image (flash-no-flash: the flash photo)
     kernel: torch.Tensor | None = None  # (kh, kw) deblurring: the blur kernel, sum 1
+    fidelity: nn.Module = field(default_factory=MSE)  # loss(operator(output), observation)
 
     @property
     def channels(self) -> int:
@@ -56,6 +58,7 @@ class Problem:
             move(self.reference),
             move(self.guide),
             self.kernel,
+            self.fidelity,
         )
 
 
@@ -147,7 +150,10 @@ def make_problem(
     canvas = canvas_for(config.net, size)
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)
     observation = operator(image) if config.task == "inpaint" else image
-    return Problem(str(config.task), observation.contiguous(), operator, size, canvas, mask, reference, guide, kernel)
+    fidelity = make_loss(str(config.loss), config.peak)
+    return Problem(
+        str(config.task), observation.contiguous(), operator, size, canvas, mask, reference, guide, kernel, fidelity
+    )
 
 
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 
 from . import kernels, presets
+from . import noise as noise_models
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import FitConfig, NetConfig, check_depth, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
@@ -21,7 +22,7 @@ from .errors import DipError
 from .fitting import FitResult, Fitter, LogRecord, interrupt_flag
 from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side, to_grayscale
 from .network import fit_bytes
-from .problem import Problem, add_noise, blur_reference, crop_to_multiple, downsample_reference, make_problem
+from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
 from .report import build_report, save_report
 
 INTERRUPTED = 130
@@ -134,6 +135,7 @@ class FitJob:
     sigma: Optional[float] = None
     reference: Optional[Path] = None
     flash: Optional[Path] = None  # flash-no-flash: the flash photo, the network's input
+    noise: Optional[str] = None  # --noise SPEC: makes the observation from a clean IMAGE (see noise.py)
     preset: Optional[str] = None  # a name from ``presets.NAMES`` (None: the task's default preset)
     paper_exact: bool = False  # the notebook's choices where this project differs (see presets.Preset.paper)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +169,7 @@ def _problem_options(job: FitJob) -> list[str]:
         "--text": job.text,
         "--from-reference": job.from_reference,
         "--sigma": job.sigma is not None,
+        "--noise": job.noise is not None,
         "--reference": job.reference is not None,
         "--flash": job.flash is not None,
         "--preset": job.preset is not None,
@@ -254,10 +257,6 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
         raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
     if job.task != "inpaint" and (job.mask or job.holes is not None or job.box is not None or job.text):
         raise DipError(f"--mask/--holes/--box/--text only apply to inpaint, not {job.task}")
-    if job.sigma is not None and not (job.task == "denoise" or job.task == "deblur" and job.from_reference):
-        raise DipError("--sigma only applies to denoise, and to deblur with --from-reference")
-    if job.sigma is not None and not 0 < job.sigma <= 255:  # also false for nan
-        raise DipError(f"--sigma is on the 0-255 scale and must be in (0, 255], got {job.sigma}")
     if job.from_reference and job.task not in ("super-resolve", "deblur"):
         raise DipError("--from-reference only applies to super-resolve and deblur")
     if (job.flash is not None) != (job.task == "flash-no-flash"):
@@ -266,6 +265,7 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
             if job.flash is None
             else f"--flash only applies to flash-no-flash, not {job.task}"
         )
+    noise = _noise(job)
     chosen = presets.get(job.preset or presets.default_name(job.task, job.settings.get("factor")), job.task)
     image = load_image(job.image)
     if chosen.channels == 1 and image.shape[0] == 3 and notes is not None:
@@ -273,33 +273,60 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
     image = _as_preset_channels(image, chosen)
     reference = _as_preset_channels(load_image(job.reference, "reference"), chosen) if job.reference else None
     guide = _as_preset_channels(load_image(job.flash, "flash image"), chosen) if job.flash is not None else None
+    if noise is not None and noise.kind == "poisson" and job.settings.get("loss") == "poisson":
+        job = dataclasses.replace(job, settings={"peak": noise.value, **job.settings})  # the peak it was made with
     config = build_config(job, image.shape[0])
     if config.crop_to > 1:  # --paper-exact: the notebook's crop instead of our padded canvas
         image, reference, guide = _paper_crop(config, image, reference, guide, low_resolution=not job.from_reference)
+    clean = image  # what --noise and the made degradations start from (the reference when they apply)
     mask, kernel = None, None
     if job.task == "deblur":
-        if not config.kernel:
-            raise DipError(f"deblur needs --kernel: {kernels.SPECS}")
-        kernel = torch.from_numpy(kernels.parse_kernel(config.kernel)).float()
-        kernels.check_fits(kernel.numpy(), (image.shape[-2], image.shape[-1]))
-        if job.from_reference:  # IMAGE is sharp: blur it with the fit's own operator, add --sigma noise
-            reference = reference if reference is not None else image
+        kernel = _kernel(config, image)
+        if job.from_reference:  # IMAGE is sharp: blur it with the fit's own operator
             image = blur_reference(image, kernel)
-            if job.sigma is not None:
-                image = add_noise(image, job.sigma / 255.0, seed=config.seed)
-    if job.task == "inpaint":
+    elif job.task == "inpaint":
         mask, made = _make_mask(job, (image.shape[-2], image.shape[-1]), config.seed, chosen.holes)
-        if made and reference is None:
+        if made and noise is None and reference is None:
             reference = image
-    elif job.task == "denoise" and job.sigma is not None:
-        reference = reference if reference is not None else image
-        image = add_noise(image, job.sigma / 255.0, seed=config.seed)
     elif job.task == "super-resolve" and job.from_reference:
-        image, high = downsample_reference(image, config.factor)
-        reference = reference if reference is not None else high
+        image, clean = downsample_reference(image, config.factor)
+    if noise is not None:
+        image = noise.apply(image, seed=config.seed)
+    if noise is not None or job.from_reference:
+        reference = reference if reference is not None else clean
     if reference is not None and reference.shape[0] != image.shape[0]:
         raise DipError(f"reference has {reference.shape[0]} channel(s) but the image has {image.shape[0]}")
     return config, make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
+
+
+def _noise(job: FitJob) -> Optional[noise_models.Noise]:
+    """The noise that makes the observation from a clean IMAGE (``--noise``, or ``--sigma`` for Gaussian noise)."""
+    if job.sigma is not None and job.noise is not None:
+        raise DipError("give --sigma or --noise, not both (--sigma S is --noise gaussian:S)")
+    if job.sigma is None and job.noise is None:
+        return None
+    flag = "--sigma" if job.sigma is not None else "--noise"
+    made_mask = job.holes is not None or job.box is not None or job.text or (job.task == "inpaint" and not job.mask)
+    clean_image = job.task == "denoise" or job.from_reference or (job.task == "inpaint" and made_mask)
+    if not clean_image:
+        raise DipError(
+            f"{flag} makes evaluation data from a clean IMAGE: it applies to denoise, to inpaint with a made mask "
+            "(--holes/--box/--text or a restoration preset) and to deblur or super-resolve with --from-reference"
+        )
+    if job.sigma is not None:
+        if not 0 < job.sigma <= 255:  # also false for nan
+            raise DipError(f"--sigma is on the 0-255 scale and must be in (0, 255], got {job.sigma}")
+        return noise_models.Noise("gaussian", job.sigma)
+    assert job.noise is not None
+    return noise_models.parse_noise(job.noise)
+
+
+def _kernel(config: FitConfig, image: torch.Tensor) -> torch.Tensor:
+    if not config.kernel:
+        raise DipError(f"deblur needs --kernel: {kernels.SPECS}")
+    kernel = kernels.parse_kernel(config.kernel)
+    kernels.check_fits(kernel, (image.shape[-2], image.shape[-1]))
+    return torch.from_numpy(kernel).float()
 
 
 def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset) -> torch.Tensor:

@@ -128,7 +128,7 @@ def test_deblur_bad_input_is_one_line(tmp_path: Path):
     cases = [
         ((), "deblur needs --kernel"),
         (("--kernel", "gaussian:5"), "the 31x31 blur kernel is larger than the 24x24 image"),
-        (("--kernel", "box:3", "--sigma", "5"), "--sigma only applies to denoise, and to deblur with --from-reference"),
+        (("--kernel", "box:3", "--sigma", "5"), "--sigma makes evaluation data from a clean IMAGE"),
     ]
     for extra, message in cases:
         code, err = dipc("fit", "deblur", image, "-o", out, *extra, *TINY)

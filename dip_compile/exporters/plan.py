@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
@@ -152,7 +151,7 @@ def metadata(
     frozen = options.bn == BatchNormMode.frozen
     embedded = options.noise == NoiseMode.embedded
     portable = options.profile == Profile.portable
-    loss = F.mse_loss(problem.operator(target), problem.observation).item()
+    loss = problem.fidelity(problem.operator(target), problem.observation).item()
     meta: dict[str, Any] = {
         "format": replay.FORMAT,
         "format_version": str(replay.VERSION),

@@ -1,0 +1,47 @@
+"""Data fidelity: how the operator's output is compared with the observation, one module per noise model.
+
+``mse`` is the Gaussian log-likelihood (the paper's loss), ``l1`` the Laplacian one (robust to impulse noise),
+``poisson`` the Poisson negative log-likelihood of photon counts at ``peak`` photons for a white pixel, divided by the
+peak so that its scale stays that of the image. Each is an ``nn.Module`` so the compiled step traces it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MSE(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(x, y)
+
+
+class L1(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(x, y)
+
+
+class PoissonNLL(nn.Module):
+    """mean(peak * x - peak * y * log(peak * x)) / peak, up to a constant: the Poisson likelihood of the counts
+    ``peak * y`` at the rates ``peak * x``."""
+
+    def __init__(self, peak: float) -> None:
+        super().__init__()
+        self.peak = float(peak)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = self.peak
+        return F.poisson_nll_loss(x * p, y * p, log_input=False, full=False, eps=1e-6) / p
+
+
+def make_loss(kind: str, peak: float | None = None) -> nn.Module:
+    if kind == "mse":
+        return MSE()
+    if kind == "l1":
+        return L1()
+    if kind == "poisson":
+        if peak is None:
+            raise ValueError("the Poisson loss needs a peak")
+        return PoissonNLL(peak)
+    raise ValueError(f"unknown loss {kind!r}")
