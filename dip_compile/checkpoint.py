@@ -24,7 +24,7 @@ from .errors import DipError
 from .fitting import Fitter, ImageKind, describe_image, keeps_known, returned_image, returned_kind
 from .imageio import atomic_write, check_input
 from .losses import make_loss
-from .network import Hourglass, build_network
+from .network import Network, build_network
 from .problem import CenterCrop, Problem, canvas_for
 
 FORMAT = "dip-compile-checkpoint"
@@ -79,7 +79,7 @@ class Checkpoint:
     def iteration(self) -> int:
         return int(self.state["iteration"])
 
-    def network(self) -> Hourglass:
+    def network(self) -> Network:
         """The fitted network on the CPU (no optimizer, no step plan: what export and reports need)."""
         net = build_network(self.config.net)
         net.load_state_dict(self.state["net"])
@@ -280,12 +280,12 @@ def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> 
             raise DipError("its optimizer state does not belong to its network")
         for name in ("exp_avg", "exp_avg_sq"):
             _shape(moments[name], f"Adam state {name} of parameter {index}", params[int(index)])
-    _shape(state["net_input"], "the network input", (1, config.net.input_depth, *problem.canvas))
+    _shape(state["net_input"], "the network input", config.net.input_shape(problem.canvas))
     image = (1, config.net.output_channels, *problem.size)
     if state.get("ema") is not None:
         _shape(state["ema"], "the EMA image", image)
     if state.get("last_input") is not None:
-        _shape(state["last_input"], "the last perturbed input", (1, config.net.input_depth, *problem.canvas))
+        _shape(state["last_input"], "the last perturbed input", config.net.input_shape(problem.canvas))
     stopper = state.get("stopper")
     if isinstance(stopper, dict) and stopper.get("best_image") is not None:
         _shape(stopper["best_image"], "the auto-stop image", image)

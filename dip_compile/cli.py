@@ -12,7 +12,19 @@ import typer
 
 from . import kernels, presets
 from . import noise as noise_models
-from .config import Backend, Downsample, InputKind, Loss, Precision, StopRule, StopVariant, Structure, Task, Upsample
+from .config import (
+    Backend,
+    Downsample,
+    Generator,
+    InputKind,
+    Loss,
+    Precision,
+    StopRule,
+    StopVariant,
+    Structure,
+    Task,
+    Upsample,
+)
 from .errors import DipError
 from .export_options import (
     BatchNormMode,
@@ -174,6 +186,12 @@ def fit(
     backtrack_every: Annotated[
         Optional[int], typer.Option(help="check for backtracking every N iterations (preset 1; 50 for restoration)")
     ] = None,
+    generator: Annotated[
+        Optional[Generator],
+        typer.Option(
+            help="skip (the paper's hourglass), convdecoder or deepdecoder (decoders from a small noise input)"
+        ),
+    ] = None,
     structure: Annotated[Optional[Structure], typer.Option(help="network structure (preset paper)")] = None,
     depth: Annotated[Optional[int], typer.Option(help="hourglass levels (preset 5)")] = None,
     channels: Annotated[
@@ -260,6 +278,7 @@ def fit(
         preset=preset,
         paper_exact=paper_exact,
         net=restore.NetShape(
+            generator=generator.value if generator is not None else None,
             structure=structure,
             depth=depth,
             channels=channels,

@@ -38,6 +38,15 @@ class Structure(Choice):
     seed = "seed"
 
 
+class Generator(Choice):
+    """The network that maps the fixed input to the image: the paper's hourglass with skips, or a decoder from a
+    small input (ConvDecoder, Darestani & Heckel 2021; Deep Decoder, Heckel & Hand 2019)."""
+
+    skip = "skip"
+    convdecoder = "convdecoder"
+    deepdecoder = "deepdecoder"
+
+
 class Upsample(Choice):
     nearest = "nearest"
     bilinear = "bilinear"
@@ -180,7 +189,8 @@ class NetConfig:
     """The hourglass. Lists run from the finest level (0) to the coarsest; a skip of 0 drops that skip. The per-level
     options (upsample, downsample, kernel_down, kernel_up) hold one value for every level or one per level."""
 
-    structure: Structure = option(Structure.paper, flag="--structure")
+    generator: Generator = option(Generator.skip, flag="--generator")
+    structure: Structure = option(Structure.paper, flag="--structure")  # of the skip generator
     input_depth: int = option(32, flag="--input-depth")
     output_channels: int = option(3, flag="output channels")
     channels_down: tuple[int, ...] = option((128, 128, 128, 128, 128), flag="--channels-down")
@@ -224,6 +234,10 @@ class NetConfig:
                 _kernel(flag_of(NetConfig, name), k)
         _kernel("--kernel-skip", self.kernel_skip)
         _finite(self, "input_scale", 0, low_open=True)
+        if self.generator != Generator.skip and self.input_kind != InputKind.noise:
+            raise ConfigError(
+                f"the {self.generator} generator starts from a small noise input, not a {self.input_kind}"
+            )
         if self.input_kind == InputKind.meshgrid and self.input_depth != 2:
             raise ConfigError(f"a meshgrid input has 2 channels, but --input-depth is {self.input_depth}")
 
@@ -248,6 +262,13 @@ class NetConfig:
         pad = max(*self.kernel_down, *self.kernel_up, self.kernel_skip) // 2
         return max(2, pad + 1)
 
+    def input_shape(self, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The fixed input's shape for a canvas: the canvas for the hourglass, canvas / 2^depth for a decoder (each of
+        its levels doubles the size)."""
+        if self.generator == Generator.skip:
+            return (1, self.input_depth, *canvas)
+        return (1, self.input_depth, canvas[0] // self.multiple, canvas[1] // self.multiple)
+
     @property
     def min_side(self) -> int:
         """The smallest canvas side this network runs at (a smaller image is fitted on a larger canvas)."""
@@ -259,6 +280,11 @@ class NetConfig:
         def short(values: tuple[Any, ...]) -> str:
             return str(values[0]) if len(set(values)) == 1 else ",".join(str(v) for v in values)
 
+        if self.generator != Generator.skip:
+            return (
+                f"{self.generator}, {self.depth} levels, ch {short(self.channels_up)}, {short(self.upsample)}, "
+                f"kernel {short(self.kernel_up)}, input noise x{self.input_depth}"
+            )
         parts = [f"{self.depth} levels", f"ch {short(self.channels_down)}"]
         if self.channels_up != self.channels_down:
             parts.append(f"up {short(self.channels_up)}")

@@ -139,10 +139,56 @@ class Hourglass(nn.Module):
         return self.head(self.body(x))
 
 
-def build_network(cfg: NetConfig) -> Hourglass:
+class ConvDecoder(nn.Module):
+    """ConvDecoder (Darestani & Heckel 2021): from a small noise input, per level an x2 upsampling, a kxk conv, ReLU
+    and BatchNorm; then a kxk conv, ReLU, BatchNorm and a 1x1 conv to the image (a sigmoid keeps it in (0, 1)).
+    ``channels_up`` and ``kernel_up`` run from the finest level, as everywhere."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        layers: list[nn.Module] = []
+        c_in = cfg.input_depth
+        for level in reversed(range(cfg.depth)):
+            c = cfg.channels_up[level]
+            layers += [upsample(cfg, level), conv(cfg, c_in, c, cfg.at("kernel_up", level)), nn.ReLU(), norm(c)]
+            c_in = c
+        layers += [conv(cfg, c_in, c_in, cfg.at("kernel_up", 0)), nn.ReLU(), norm(c_in)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Conv2d(c_in, cfg.output_channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class DeepDecoder(nn.Module):
+    """Deep Decoder (Heckel & Hand 2019): per level a 1x1 conv, an x2 upsampling, ReLU and channel normalisation
+    (BatchNorm at batch 1); then a 1x1 conv to the image and a sigmoid. Under-parameterised: it fits noise slowly."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        layers: list[nn.Module] = []
+        c_in = cfg.input_depth
+        for level in reversed(range(cfg.depth)):
+            c = cfg.channels_up[level]
+            layers += [conv(cfg, c_in, c, 1), upsample(cfg, level), nn.ReLU(), norm(c)]
+            c_in = c
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Conv2d(c_in, cfg.output_channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+Network = Hourglass | ConvDecoder | DeepDecoder
+GENERATORS: dict[str, type[Network]] = {"skip": Hourglass, "convdecoder": ConvDecoder, "deepdecoder": DeepDecoder}
+
+
+def build_network(cfg: NetConfig) -> Network:
     if cfg.structure not in ("paper", "seed"):
         raise ValueError(f"unknown network structure {cfg.structure!r}; choose paper or seed")
-    return Hourglass(cfg)
+    return GENERATORS[str(cfg.generator)](cfg)
 
 
 def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4) -> int:
@@ -151,7 +197,11 @@ def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4)
     Adam state. A pre-flight estimate, to refuse an image that cannot fit before allocating anything."""
     area = canvas[0] * canvas[1]
     floats = 0.0
-    for level in range(cfg.depth):
+    if cfg.generator != "skip":  # per level: upsampled input, conv output, activation, normalised output
+        for level in range(cfg.depth):
+            floats += area / 4**level * (cfg.channels_up[min(level + 1, cfg.depth - 1)] + 3 * cfg.channels_up[level])
+        floats += area * (3 * cfg.channels_up[0] + 2 * cfg.output_channels)
+    for level in range(cfg.depth if cfg.generator == "skip" else 0):
         here, below = area / 4**level, area / 4 ** (level + 1)
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
         deeper = cfg.channels_up[level + 1] if level + 1 < cfg.depth else down
@@ -159,7 +209,8 @@ def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4)
         floats += here * (3 * skip + deeper + 2 * merged + (6 if cfg.need_1x1_up else 3) * up) + below * 6 * down
         if cfg.at("downsample", level) != "stride":  # the stride-1 conv's full-size output before the pooling
             floats += here * down
-    floats += area * (cfg.input_depth + 2 * cfg.output_channels)
+    if cfg.generator == "skip":
+        floats += area * (cfg.input_depth + 2 * cfg.output_channels)
     with torch.device("meta"):  # parameter count only: no memory, no initialisation
         weights = 4 * 4 * count_parameters(build_network(cfg))
     return int(2 * floats * precision_bytes + weights)
@@ -183,7 +234,7 @@ def make_input(cfg: NetConfig, height: int, width: int, seed: int, guide: torch.
             raise ValueError("an image input needs the guide image (flash-no-flash: --flash)")
         return pad_to(guide.reshape(1, -1, *guide.shape[-2:]).float(), (height, width))
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(1, cfg.input_depth, height, width, generator=generator) * cfg.input_scale
+    return torch.rand(cfg.input_shape((height, width)), generator=generator) * cfg.input_scale
 
 
 def pad_to(image: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:

@@ -33,6 +33,7 @@ class NetShape:
     """The network options of ``dipc fit`` (None = the preset's). List options take one value for every level or
     comma-separated values, one per level (``16,32,64,128,128``), as text or as sequences."""
 
+    generator: Optional[str] = None
     structure: Optional[str] = None
     depth: Optional[int] = None
     channels: Any = None  # down and up alike
@@ -77,6 +78,13 @@ class NetShape:
             elif depth != net.depth and len(getattr(net, name)) > 1:
                 old = getattr(net, name)
                 changes[name] = old[:depth] + (old[-1],) * max(0, depth - len(old))
+        if self.generator is not None and self.generator != net.generator:
+            changes["generator"] = self.generator
+            if self.generator != "skip":  # a decoder: its input has its first level's channels, no skips
+                coarsest = changes.get("channels_up", net.channels_up)[-1]
+                changes.setdefault("kernel_up", (3,) if self.generator == "convdecoder" else (1,))
+                changes["input_depth"] = coarsest
+                changes["input_kind"] = "noise"
         if self.structure is not None:
             changes["structure"] = self.structure
             if self.structure == "seed" and self.upsample is None:

@@ -98,6 +98,8 @@ NETWORK_VARIANTS = {
     "meshgrid, lanczos2 down, kernel 5, no 1x1 up": dict(
         input_kind="meshgrid", input_depth=2, downsample=("lanczos2",), kernel_down=(5,), need_1x1_up=False
     ),
+    "convdecoder": dict(generator="convdecoder", input_depth=16),
+    "deepdecoder": dict(generator="deepdecoder", input_depth=16, kernel_up=(1,)),
     "avg/max/stride down, per-level up and kernels": dict(
         downsample=("avg", "max", "stride"), upsample=("nearest", "bilinear", "bicubic"), kernel_up=(1, 3, 5)
     ),

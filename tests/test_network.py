@@ -134,3 +134,25 @@ def test_configs_saved_before_per_level_options_still_load():
     del saved["net"]["downsample"]
     net = FitConfig.from_dict(saved).net
     assert net.upsample == ("nearest",) and net.kernel_down == (3,) and net.downsample == ("stride",)
+
+
+@pytest.mark.parametrize("generator, kernel", [("convdecoder", 3), ("deepdecoder", 1)])
+def test_decoders_grow_a_small_input_to_the_canvas(generator, kernel):
+    cfg = NetConfig(
+        generator=generator, input_depth=8, channels_down=(8, 8, 8), channels_up=(8, 8, 8), channels_skip=(0, 0, 0),
+        kernel_up=kernel,
+    )  # fmt: skip
+    assert cfg.input_shape((32, 48)) == (1, 8, 4, 6)
+    fixed = make_input(cfg, 32, 48, seed=0)
+    out = build_network(cfg)(fixed)
+    assert fixed.shape == (1, 8, 4, 6) and out.shape == (1, 3, 32, 48) and 0 < out.min() and out.max() < 1
+    convs = [m for m in build_network(cfg).modules() if isinstance(m, nn.Conv2d)]
+    expected = 3 * (8 * 8 * kernel**2 + 8) + (8 * 3 + 3)  # one conv a level, then the 1x1 head
+    if generator == "convdecoder":
+        expected += 8 * 8 * 9 + 8  # and its last kxk conv
+    assert sum(c.weight.numel() + c.bias.numel() for c in convs) == expected
+
+
+def test_decoders_refuse_meshgrid_and_image_inputs():
+    with pytest.raises(ValueError, match="starts from a small noise input"):
+        NetConfig(generator="deepdecoder", input_kind="meshgrid", input_depth=2)

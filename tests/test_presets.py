@@ -275,3 +275,20 @@ def test_paper_exact_crops_like_the_notebook_and_ours_keeps_every_pixel(tmp_path
     code, err = dipc("fit", "super-resolve", low, "-o", tmp_path / "sr.png", "--paper-exact", *tiny[:-3], "-q")
     assert code == 0, err
     assert Image.open(tmp_path / "sr.png").size == (32, 64)  # low-resolution 8x16 so that x4 is a multiple of 32
+
+
+@pytest.mark.parametrize("generator", ["convdecoder", "deepdecoder"])
+def test_generator_option_fits_checkpoints_and_resumes(tmp_path: Path, generator):
+    image = save_png(smooth_image(32, 32), tmp_path / "i.png")
+    out, ckpt = tmp_path / "o.png", tmp_path / "g.ckpt"
+    args = ("--channels", "8", "--depth", "3", "--stop", "fixed", "-q")
+    code, err = dipc(
+        "fit", "denoise", image, "--sigma", "25", "--generator", generator, "-o", out, "--checkpoint", ckpt,
+        "--iterations", "3", *args,
+    )  # fmt: skip
+    assert code == 0, err
+    saved = load_checkpoint(ckpt)
+    assert str(saved.config.net.generator) == generator and saved.fixed_input().shape == (1, 8, 4, 4)
+    code, err = dipc("fit", "--resume", ckpt, "-o", out, "--iterations", "5", "--force", "-q")
+    assert code == 0, err
+    assert load_checkpoint(ckpt).iteration == 3  # resume wrote its image, the checkpoint stays where it was
