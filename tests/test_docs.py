@@ -7,14 +7,25 @@ from pathlib import Path
 import pytest
 
 from dip_compile import presets
-from dip_compile.config import Backend, Downsample, InputKind, Precision, StopRule, StopVariant, Structure, Upsample
+from dip_compile.config import (
+    Backend,
+    Downsample,
+    Generator,
+    InputKind,
+    Loss,
+    Precision,
+    StopRule,
+    StopVariant,
+    Structure,
+    Upsample,
+)
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 FLAT = " ".join(README.split())
 
 
 @pytest.mark.parametrize(
-    "choice", [Backend, Precision, StopRule, StopVariant, Structure, Upsample, Downsample, InputKind]
+    "choice", [Backend, Precision, StopRule, StopVariant, Structure, Upsample, Downsample, InputKind, Loss, Generator]
 )
 def test_readme_lists_every_value_of_each_option(choice):
     listed = "|".join(choice.values())

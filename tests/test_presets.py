@@ -18,8 +18,9 @@ from dip_compile.checkpoint import load_checkpoint, save_checkpoint
 from dip_compile.config import FinalImage, StopRule
 from dip_compile.degradations import random_holes_mask
 from dip_compile.fitting import Fitter, ImageKind
+from dip_compile.kernels import parse_kernel
 from dip_compile.metrics import psnr
-from dip_compile.problem import add_noise, make_problem
+from dip_compile.problem import add_noise, blur_reference, make_problem
 from dip_compile.restore import FitJob, NetShape, build_config
 
 # What the original code prints for each notebook's network (the table).
@@ -39,12 +40,13 @@ ORIGINAL_COUNTS = {
 
 
 def test_registry_holds_every_notebook_experiment():
-    assert set(presets.NAMES) == set(ORIGINAL_COUNTS)
-    assert {presets.default_name(t) for t in ("denoise", "inpaint", "super-resolve", "flash-no-flash")} == {
+    assert {p.name for p in presets.PRESETS if p.notebook} == set(ORIGINAL_COUNTS)
+    assert {presets.default_name(t) for t in ("denoise", "inpaint", "super-resolve", "flash-no-flash", "deblur")} == {
         "f16",
         "kate",
         "sr-x4",
         "flash",
+        "deblur",
     }
     assert presets.default_name("super-resolve", 8) == "sr-x8"
 
@@ -63,6 +65,10 @@ def _problem(chosen: presets.Preset, config, size: int):
     if chosen.task == "super-resolve":
         low = torch.nn.functional.avg_pool2d(clean[None], config.factor)[0]
         return make_problem(config, low, reference=clean)
+    if chosen.task == "deblur":
+        kernel = torch.from_numpy(parse_kernel("gaussian:1")).float()
+        blurred = blur_reference(clean, kernel)
+        return make_problem(config, add_noise(blurred, 0.01, seed=2), reference=clean, kernel=kernel)
     if chosen.task == "flash-no-flash":
         flash = smooth_image(size, size, seed=4)
         return make_problem(config, add_noise(clean, 0.1, seed=2), reference=clean, guide=flash)
@@ -259,7 +265,8 @@ def test_dipc_presets_prints_every_preset_with_its_count(capsys):
     code, _ = dipc("presets", "--json")
     rows = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert {r["preset"].split(" ")[0]: r["parameters"] for r in rows} == ORIGINAL_COUNTS
+    counts = {r["preset"].split(" ")[0]: r["parameters"] for r in rows}
+    assert {name: counts[name] for name in ORIGINAL_COUNTS} == ORIGINAL_COUNTS
 
 
 def test_paper_exact_crops_like_the_notebook_and_ours_keeps_every_pixel(tmp_path: Path):
