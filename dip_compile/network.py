@@ -139,10 +139,10 @@ class Hourglass(nn.Module):
         return self.head(self.body(x))
 
 
-class ConvDecoder(nn.Module):
-    """ConvDecoder (Darestani & Heckel 2021): from a small noise input, per level an x2 upsampling, a kxk conv, ReLU
-    and BatchNorm; then a kxk conv, ReLU, BatchNorm and a 1x1 conv to the image (a sigmoid keeps it in (0, 1)).
-    ``channels_up`` and ``kernel_up`` run from the finest level, as everywhere."""
+class Decoder(nn.Module):
+    """A decoder from a small noise input (canvas / 2^depth): per level, coarsest first, the layers of
+    ``level_layers`` (each doubles the size), then ``tail_layers``, a 1x1 conv to the image and a sigmoid (which
+    keeps it in (0, 1) like the hourglass). ``channels_up`` and ``kernel_up`` run from the finest level."""
 
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
@@ -150,35 +150,38 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         c_in = cfg.input_depth
         for level in reversed(range(cfg.depth)):
-            c = cfg.channels_up[level]
-            layers += [upsample(cfg, level), conv(cfg, c_in, c, cfg.at("kernel_up", level)), nn.ReLU(), norm(c)]
-            c_in = c
-        layers += [conv(cfg, c_in, c_in, cfg.at("kernel_up", 0)), nn.ReLU(), norm(c_in)]
-        self.body = nn.Sequential(*layers)
+            layers += self.level_layers(cfg, level, c_in, cfg.channels_up[level])
+            c_in = cfg.channels_up[level]
+        self.body = nn.Sequential(*layers, *self.tail_layers(cfg, c_in))
         self.head = nn.Sequential(nn.Conv2d(c_in, cfg.output_channels, 1), nn.Sigmoid())
+
+    def level_layers(self, cfg: NetConfig, level: int, c_in: int, c: int) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def tail_layers(self, cfg: NetConfig, c: int) -> list[nn.Module]:
+        return []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
 
-class DeepDecoder(nn.Module):
-    """Deep Decoder (Heckel & Hand 2019): per level a 1x1 conv, an x2 upsampling, ReLU and channel normalisation
-    (BatchNorm at batch 1); then a 1x1 conv to the image and a sigmoid. Under-parameterised: it fits noise slowly."""
+class ConvDecoder(Decoder):
+    """ConvDecoder (Darestani & Heckel 2021): per level an x2 upsampling, a kxk conv, ReLU and BatchNorm; then one
+    more kxk conv, ReLU and BatchNorm."""
 
-    def __init__(self, cfg: NetConfig) -> None:
-        super().__init__()
-        self.config = cfg
-        layers: list[nn.Module] = []
-        c_in = cfg.input_depth
-        for level in reversed(range(cfg.depth)):
-            c = cfg.channels_up[level]
-            layers += [conv(cfg, c_in, c, 1), upsample(cfg, level), nn.ReLU(), norm(c)]
-            c_in = c
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Conv2d(c_in, cfg.output_channels, 1), nn.Sigmoid())
+    def level_layers(self, cfg: NetConfig, level: int, c_in: int, c: int) -> list[nn.Module]:
+        return [upsample(cfg, level), conv(cfg, c_in, c, cfg.at("kernel_up", level)), nn.ReLU(), norm(c)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+    def tail_layers(self, cfg: NetConfig, c: int) -> list[nn.Module]:
+        return [conv(cfg, c, c, cfg.at("kernel_up", 0)), nn.ReLU(), norm(c)]
+
+
+class DeepDecoder(Decoder):
+    """Deep Decoder (Heckel & Hand 2019): per level a 1x1 conv (``--kernel-up``), an x2 upsampling, ReLU and channel
+    normalisation (BatchNorm at batch 1). Few weights: meant to fit noise slowly."""
+
+    def level_layers(self, cfg: NetConfig, level: int, c_in: int, c: int) -> list[nn.Module]:
+        return [conv(cfg, c_in, c, cfg.at("kernel_up", level)), upsample(cfg, level), nn.ReLU(), norm(c)]
 
 
 Network = Hourglass | ConvDecoder | DeepDecoder
