@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cases import run_grid  # noqa: E402
 from quality import fit_size  # noqa: E402
 
 from dip_compile.baselines import anscombe_filter, gaussian_filter, median_filter  # noqa: E402
@@ -154,16 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for image in args.images:
-        for spec in args.noises:
-            print(f"{image} {spec} ...", flush=True)
-            rows.append(run(args.data, args.out, image, spec, args))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
-            result = {"machine": platform.platform(), "torch": torch.__version__, "cases": rows}
-            (args.out / "noise_quality.json").write_text(json.dumps(result, indent=2))
-    print(table(rows))
+    run_grid(
+        args.images,
+        args.noises,
+        lambda image, spec: run(args.data, args.out, image, spec, args),
+        table,
+        args.out,
+        "noise_quality.json",
+    )
     return 0
 
 
