@@ -92,14 +92,14 @@ class Checkpoint:
     def images(self) -> FitImages:
         """The fit's images and which one it returned, as typed values."""
         net, crop = self.network(), CenterCrop(self.problem.canvas, self.problem.size)
-        kind = returned_kind(self._best(), self.state.get("ema"), self.config.final_image)
+        ema, best = self.state.get("ema"), self._best()
+        kind = returned_kind(best, ema, self.config.final_image)
         perturbed = None
         with torch.no_grad():
             output = crop(net(self.fixed_input())).float()
             if kind == ImageKind.perturbed:
                 last = self.state.get("last_input")
                 perturbed = output if last is None else crop(net(last.float())).float()
-        ema, best = self.state.get("ema"), self._best()
         return FitImages(
             output,
             None if ema is None else ema.float(),

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import DipError
 
@@ -124,7 +125,7 @@ def parse_kernel(spec: str) -> np.ndarray:
     raise KernelError(f"--kernel {spec!r} is neither a kernel spec nor a file; use {SPECS}")
 
 
-def check_fits(kernel: np.ndarray, size: tuple[int, int]) -> None:
+def check_fits(kernel: np.ndarray | torch.Tensor, size: tuple[int, int]) -> None:
     """A kernel larger than the image cannot blur it (reflection padding needs the image to be larger)."""
     kh, kw = kernel.shape
     if kh > size[0] or kw > size[1]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import NetConfig
 from .degradations import Downsampler
+from .problem import crop_box
 
 
 def conv(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -195,16 +196,19 @@ def build_network(cfg: NetConfig) -> Network:
 
 
 def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4) -> int:
-    """About how much memory one fitting step needs at this canvas: the activations the backward pass keeps
-    (per level: skip, down, upsampled, merged and up tensors) twice over for their gradients, plus the weights and
-    Adam state. A pre-flight estimate, to refuse an image that cannot fit before allocating anything."""
+    """About how much memory one fitting step needs at this canvas: the activations the backward pass keeps twice
+    over for their gradients, plus the weights and Adam state. A pre-flight estimate, to refuse an image that cannot fit before allocating anything."""
     area = canvas[0] * canvas[1]
+    floats = _hourglass_floats(cfg, area) if cfg.generator == "skip" else _decoder_floats(cfg, area)
+    with torch.device("meta"):  # parameter count only: no memory, no initialisation
+        weights = 4 * 4 * count_parameters(build_network(cfg))
+    return int(2 * floats * precision_bytes + weights)
+
+
+def _hourglass_floats(cfg: NetConfig, area: float) -> float:
+    """Per level: skip, down, upsampled, merged and up tensors; then the input and the output."""
     floats = 0.0
-    if cfg.generator != "skip":  # per level: upsampled input, conv output, activation, normalised output
-        for level in range(cfg.depth):
-            floats += area / 4**level * (cfg.channels_up[min(level + 1, cfg.depth - 1)] + 3 * cfg.channels_up[level])
-        floats += area * (3 * cfg.channels_up[0] + 2 * cfg.output_channels)
-    for level in range(cfg.depth if cfg.generator == "skip" else 0):
+    for level in range(cfg.depth):
         here, below = area / 4**level, area / 4 ** (level + 1)
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
         deeper = cfg.channels_up[level + 1] if level + 1 < cfg.depth else down
@@ -212,11 +216,15 @@ def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4)
         floats += here * (3 * skip + deeper + 2 * merged + (6 if cfg.need_1x1_up else 3) * up) + below * 6 * down
         if cfg.at("downsample", level) != "stride":  # the stride-1 conv's full-size output before the pooling
             floats += here * down
-    if cfg.generator == "skip":
-        floats += area * (cfg.input_depth + 2 * cfg.output_channels)
-    with torch.device("meta"):  # parameter count only: no memory, no initialisation
-        weights = 4 * 4 * count_parameters(build_network(cfg))
-    return int(2 * floats * precision_bytes + weights)
+    return floats + area * (cfg.input_depth + 2 * cfg.output_channels)
+
+
+def _decoder_floats(cfg: NetConfig, area: float) -> float:
+    """Per level: upsampled input, conv output, activation, normalised output; then the tail and the output."""
+    floats = 0.0
+    for level in range(cfg.depth):
+        floats += area / 4**level * (cfg.channels_up[min(level + 1, cfg.depth - 1)] + 3 * cfg.channels_up[level])
+    return floats + area * (3 * cfg.channels_up[0] + 2 * cfg.output_channels)
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -241,10 +249,10 @@ def make_input(cfg: NetConfig, height: int, width: int, seed: int, guide: torch.
 
 
 def pad_to(image: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
-    """``image`` (1, C, h, w) centred on a ``canvas`` (the inverse of ``problem.CenterCrop``), margins reflected
+    """``image`` (1, C, h, w) centred on a ``canvas`` (where ``problem.CenterCrop`` takes it back), margins reflected
     where the image is large enough and replicated otherwise."""
     h, w = image.shape[-2:]
-    top, left = (canvas[0] - h) // 2, (canvas[1] - w) // 2
+    top, left, _, _ = crop_box(canvas, (h, w))
     pad = (left, canvas[1] - w - left, top, canvas[0] - h - top)
     if not any(pad):
         return image.contiguous()

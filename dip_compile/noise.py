@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import DipError
+from .problem import add_noise
 
 SPECS = "gaussian:SIGMA (0-255 scale), poisson:PEAK or impulse:FRACTION"
 
@@ -28,10 +29,10 @@ class Noise:
 
     def apply(self, image: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """The noisy observation of ``image`` (any shape ``(..., C, H, W)`` in [0, 1]), clipped to [0, 1]."""
-        generator = torch.Generator().manual_seed(seed)
         if self.kind == "gaussian":
-            noisy = image + self.value / 255.0 * torch.randn(image.shape, generator=generator)
-        elif self.kind == "poisson":
+            return add_noise(image, self.value / 255.0, seed)  # what --sigma has always added
+        generator = torch.Generator().manual_seed(seed)
+        if self.kind == "poisson":
             noisy = torch.poisson(image.clamp(0, 1) * self.value, generator=generator) / self.value
         else:
             pixels = (*image.shape[:-3], 1, *image.shape[-2:])

@@ -8,6 +8,7 @@ exactly the input's size, however small the image.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from .config import FitConfig, NetConfig
 from .degradations import make_operator
 from .errors import DipError
+from .kernels import check_fits
 from .losses import MSE, make_loss
 
 
@@ -48,17 +50,13 @@ class Problem:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
-        return Problem(
-            self.task,
-            self.observation.to(device),
-            self.operator.to(device),
-            self.size,
-            self.canvas,
-            move(self.mask),
-            move(self.reference),
-            move(self.guide),
-            self.kernel,
-            self.fidelity,
+        return dataclasses.replace(
+            self,
+            observation=self.observation.to(device),
+            operator=self.operator.to(device),
+            mask=move(self.mask),
+            reference=move(self.reference),
+            guide=move(self.guide),
         )
 
 
@@ -142,9 +140,7 @@ def make_problem(
     if config.task == "deblur":
         if kernel is None:
             raise DipError("deblurring needs the blur kernel: --kernel SPEC")
-        kh, kw = kernel.shape
-        if kh > size[0] or kw > size[1]:
-            raise DipError(f"the {kw}x{kh} blur kernel is larger than the {size[1]}x{size[0]} image")
+        check_fits(kernel, size)
     elif kernel is not None:
         raise DipError(f"a blur kernel only applies to deblur, not to {config.task}")
     canvas = canvas_for(config.net, size)
@@ -156,14 +152,15 @@ def make_problem(
     )
 
 
-def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+def crop_to_multiple(image: torch.Tensor, multiple: int, too_small: str | None = None) -> torch.Tensor:
     """The centred crop of ``image`` (..., H, W) to sides divisible by ``multiple``: the notebooks' ``crop_image``
-    (used by --paper-exact; this project otherwise fits any size on a padded canvas)."""
+    (--paper-exact) and the high-resolution crop of ``downsample_reference``. ``too_small`` is the error when no
+    side is left."""
     h, w = image.shape[-2:]
-    h2, w2 = h - h % multiple, w - w % multiple
-    if h2 == 0 or w2 == 0:
-        raise DipError(f"the image ({w}x{h}) is smaller than the notebook's crop multiple {multiple}")
-    top, left = (h - h2) // 2, (w - w2) // 2
+    size = (h - h % multiple, w - w % multiple)
+    if 0 in size:
+        raise DipError(too_small or f"the image ({w}x{h}) is smaller than the notebook's crop multiple {multiple}")
+    top, left, h2, w2 = crop_box((h, w), size)
     return image[..., top : top + h2, left : left + w2]
 
 
@@ -193,11 +190,8 @@ def downsample_reference(image: torch.Tensor, factor: int) -> tuple[torch.Tensor
     from .imageio import to_pil
 
     c, h, w = image.shape[-3:]
-    h2, w2 = h - h % factor, w - w % factor
-    if h2 == 0 or w2 == 0:
-        raise DipError(f"image {w}x{h} is smaller than the factor {factor}")
-    top, left = (h - h2) // 2, (w - w2) // 2
-    cropped = image.reshape(c, h, w)[:, top : top + h2, left : left + w2]
+    cropped = crop_to_multiple(image.reshape(c, h, w), factor, f"image {w}x{h} is smaller than the factor {factor}")
+    h2, w2 = cropped.shape[-2:]
     small = to_pil(cropped).resize((w2 // factor, h2 // factor), Image.Resampling.LANCZOS)
     array = np.asarray(small, dtype=np.float32) / 255.0
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
