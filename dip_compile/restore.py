@@ -314,8 +314,8 @@ def _noise(job: FitJob) -> Optional[noise_models.Noise]:
     if job.sigma is None and job.noise is None:
         return None
     flag = "--sigma" if job.sigma is not None else "--noise"
-    made_mask = job.holes is not None or job.box is not None or job.text or (job.task == "inpaint" and not job.mask)
-    clean_image = job.task == "denoise" or job.from_reference or (job.task == "inpaint" and made_mask)
+    # inpaint without --mask makes its mask (--holes/--box/--text, or a restoration preset's): IMAGE is clean
+    clean_image = job.task == "denoise" or job.from_reference or (job.task == "inpaint" and job.mask is None)
     if not clean_image:
         raise DipError(
             f"{flag} makes evaluation data from a clean IMAGE: it applies to denoise, to inpaint with a made mask "
