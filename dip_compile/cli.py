@@ -154,6 +154,9 @@ def fit(
         Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")
     ] = None,
     snapshot_every: Annotated[int, typer.Option(help="write OUT-<iteration>.png every N iterations (0 = never)")] = 0,
+    checkpoint_every: Annotated[
+        float, typer.Option(help="with --checkpoint: also write it every N seconds while fitting (0 = at the end)")
+    ] = 0.0,
     compare: Annotated[
         Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")
     ] = None,
@@ -299,6 +302,7 @@ def fit(
         report=report,
         compare=compare,
         snapshot_every=snapshot_every,
+        checkpoint_every=checkpoint_every,
         force=force,
         quiet=quiet,
         status_every=status_every,

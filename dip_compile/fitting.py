@@ -12,9 +12,9 @@ import dataclasses
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -51,6 +51,30 @@ class FitResult:
     stop_info: dict[str, Any] = field(default_factory=dict)
     plan: str = "eager fp32"  # the backend and precision the step ran with (acceleration.Plan.describe)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)  # NaN/inf events that switched to fp32
+
+
+@dataclass
+class StepRequest:
+    """What a fit session yields once per iteration: compute this fitter's step on this input and send back
+    ``(loss, out)``. ``drive`` runs it on the fitter's own step; a packed driver runs many in one batched step."""
+
+    fitter: Fitter
+    net_input: torch.Tensor
+
+
+T = TypeVar("T")
+Session = Generator[StepRequest, tuple[torch.Tensor, torch.Tensor], T]
+
+
+def drive(session: Session[T]) -> T:
+    """Runs a fit session alone: every step on its fitter's own (eager, accelerated or compiled) step."""
+    try:
+        request = next(session)
+        while True:
+            fitter = request.fitter
+            request = session.send(fitter.step(request.net_input, fitter.optimizer))
+    except StopIteration as done:
+        return done.value
 
 
 class ImageKind(Choice):
@@ -293,10 +317,14 @@ class Fitter:
         self.backtracks += bad.long()
 
     def iterate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return drive(self.iteration_session())
+
+    def iteration_session(self) -> Session[tuple[torch.Tensor, torch.Tensor]]:
+        """One iteration, whose forward/backward step is computed by whoever drives it (see ``StepRequest``)."""
         net_input = self.perturbed_input()
         if self.config.final_image == FinalImage.perturbed:
             self.last_input = net_input
-        loss, out = self.step(net_input, self.optimizer)
+        loss, out = yield StepRequest(self, net_input)
         if self.backtracks_now():
             self._backtrack(out)
         self.step.optimizer_step(self.optimizer)
@@ -336,6 +364,26 @@ class Fitter:
 
         ``stop_requested`` replaces the Ctrl-C handling installed here (a caller that must also save after the loop
         installs ``interrupt_flag`` around both)."""
+        return drive(
+            self.session(
+                iterations,
+                on_log=on_log,
+                snapshot_every=snapshot_every,
+                on_snapshot=on_snapshot,
+                stop_requested=stop_requested,
+            )
+        )
+
+    def session(
+        self,
+        iterations: int | None = None,
+        *,
+        on_log: Callable[[LogRecord], None] | None = None,
+        snapshot_every: int = 0,
+        on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> Session[FitResult]:
+        """``run`` as a session: it yields a ``StepRequest`` per iteration (so a driver can pack many fits)."""
         total = iterations if iterations is not None else self.config.iterations
         if total <= 0:
             raise ValueError(f"iterations must be positive, got {total}")
@@ -350,7 +398,7 @@ class Fitter:
                     reason = "interrupted"
                     break
                 t0 = time.perf_counter()
-                loss, out = self.iterate()
+                loss, out = yield from self.iteration_session()
                 if self.iteration == start_iteration + 1:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)

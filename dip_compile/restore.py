@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -19,7 +20,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import FitConfig, NetConfig, check_depth, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
-from .fitting import FitResult, Fitter, LogRecord, interrupt_flag
+from .fitting import FitResult, Fitter, LogRecord, Session, drive, interrupt_flag
 from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side, to_grayscale
 from .network import fit_bytes
 from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
@@ -153,6 +154,7 @@ class FitJob:
     report: Optional[Path] = None
     compare: Optional[Path] = None
     snapshot_every: int = 0
+    checkpoint_every: float = 0.0  # seconds between checkpoints while fitting (0 = at the end only)
     force: bool = False
     quiet: bool = False
     status_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
@@ -443,6 +445,14 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def run_job(job: FitJob, console_file: Any = None) -> int:
     """Runs the job; returns the exit code (0, or 130 after Ctrl-C, with checkpoint and image saved)."""
+    return drive(fit_session(job, console_file))
+
+
+def fit_session(
+    job: FitJob, console_file: Any = None, stop_requested: Optional[Callable[[], bool]] = None
+) -> Session[int]:
+    """``run_job`` as a fit session (see ``fitting.StepRequest``): a batch driver packs several. ``stop_requested``
+    replaces the Ctrl-C handler this installs otherwise (a batch installs one for all its fits)."""
     from rich.console import Console
 
     console = Console(file=console_file or sys.stderr, highlight=False, soft_wrap=True)
@@ -450,6 +460,8 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
         raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
     if not job.status_every > 0:
         raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
+    if not job.checkpoint_every >= 0:
+        raise DipError(f"--checkpoint-every must be >= 0 seconds, got {job.checkpoint_every}")
     ckpt: Optional[Checkpoint] = None
     if job.resume is not None:
         ckpt = load_checkpoint(job.resume)
@@ -482,9 +494,14 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
     try:
         fitter = ckpt.fitter(device, config) if ckpt is not None else Fitter(config, problem, device=device)
         console.print(f"step: {fitter.plan.describe()}")
-        with interrupt_flag(lambda message: console.print(message)) as stop_requested:
-            saver = BestSaver(fitter, job.output, job.checkpoint, outputs) if fitter.stopper is not None else None
-            result = _run_with_progress(fitter, config, job, console, outputs, saver, stop_requested)
+        flag = (
+            contextlib.nullcontext(stop_requested)
+            if stop_requested is not None
+            else interrupt_flag(lambda message: console.print(message))
+        )
+        with flag as stopping:
+            saver = _savers(fitter, job, outputs)
+            result = yield from _run_with_progress(fitter, config, job, console, outputs, saver, stopping)
             return _finish(fitter, result, job, console, outputs, interrupt_ckpt)
     except Exception as exc:
         if _is_out_of_memory(exc):
@@ -577,6 +594,41 @@ class BestSaver:
             self.writes["checkpoint"] += 1
 
 
+class PeriodicSaver:
+    """``--checkpoint-every``: writes the checkpoint at a log point once ``seconds`` have passed since the last, so
+    that a killed process (a cluster worker, a lost machine) resumes from at most that long ago."""
+
+    def __init__(self, fitter: Fitter, path: Path, outputs: Outputs, seconds: float) -> None:
+        self.fitter, self.path, self.outputs, self.seconds = fitter, path, outputs, seconds
+        self.last = time.monotonic()
+        self.writes = 0
+
+    def __call__(self, record: LogRecord) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.seconds and record.iteration < record.total:
+            path = self.path
+            self.outputs.write(path, lambda overwrite: save_checkpoint(self.fitter, path, overwrite=overwrite))
+            self.last = now
+            self.writes += 1
+
+
+def _savers(fitter: Fitter, job: FitJob, outputs: Outputs) -> Optional[Callable[[LogRecord], None]]:
+    """What runs at each log point besides progress: the auto-stop image keeper and the periodic checkpoint."""
+    savers: list[Callable[[LogRecord], None]] = []
+    if fitter.stopper is not None:
+        savers.append(BestSaver(fitter, job.output, job.checkpoint, outputs))
+    if job.checkpoint_every and job.checkpoint is not None:
+        savers.append(PeriodicSaver(fitter, job.checkpoint, outputs, job.checkpoint_every))
+    if not savers:
+        return None
+
+    def save(record: LogRecord) -> None:
+        for saver in savers:
+            saver(record)
+
+    return save
+
+
 def _summary(console: Any, result: FitResult, report: dict[str, Any], job: FitJob) -> None:
     line = (
         f"{result.iterations} iterations ({result.stop_reason}), {result.iterations_per_second:.2f} it/s, "
@@ -610,7 +662,7 @@ def _run_with_progress(
     outputs: Outputs,
     saver: Optional[Callable[[LogRecord], None]],
     stop_requested: Callable[[], bool],
-) -> FitResult:
+) -> Session[FitResult]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -628,7 +680,7 @@ def _run_with_progress(
         snapshot_every=job.snapshot_every, on_snapshot=snapshot, stop_requested=stop_requested
     )
     if job.quiet:
-        return fitter.run(config.iterations, on_log=saver, **kwargs)
+        return (yield from fitter.session(config.iterations, on_log=saver, **kwargs))
     if not console.is_terminal:
         last = [time.monotonic()]
 
@@ -640,7 +692,7 @@ def _run_with_progress(
             if saver is not None:
                 saver(r)
 
-        return fitter.run(config.iterations, on_log=plain, **kwargs)
+        return (yield from fitter.session(config.iterations, on_log=plain, **kwargs))
     columns = [
         TextColumn(f"{config.task}"),
         BarColumn(),
@@ -663,4 +715,4 @@ def _run_with_progress(
             if saver is not None:
                 saver(r)
 
-        return fitter.run(config.iterations, on_log=on_log, **kwargs)
+        return (yield from fitter.session(config.iterations, on_log=on_log, **kwargs))

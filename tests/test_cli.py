@@ -115,20 +115,19 @@ def test_resume_continues_to_the_new_total_and_matches_a_straight_run(tmp_path, 
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint_and_the_current_image(tmp_path, image_png, monkeypatch):
-    original = restore.Fitter.iterate
+    original = restore.Fitter.perturbed_input
 
-    def iterate_then_interrupt(self):
-        out = original(self)
+    def interrupt_after_two(self):  # the input of the third iteration: Ctrl-C arrives after the second
         if self.iteration == 2:
             os.kill(os.getpid(), signal.SIGINT)
-        return out
+        return original(self)
 
-    monkeypatch.setattr(restore.Fitter, "iterate", iterate_then_interrupt)
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", interrupt_after_two)
     out = tmp_path / "out.png"
     result = invoke("fit", "denoise", image_png, "-o", out, "--iterations", "100", *TINY)
     assert result.exit_code == 130
     assert out.exists() and (tmp_path / "out.ckpt").exists()
-    monkeypatch.setattr(restore.Fitter, "iterate", original)
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", original)
     resumed = invoke("fit", "--resume", tmp_path / "out.ckpt", "-o", out, "--iterations", "4", "--force", "-q")
     assert resumed.exit_code == 0, resumed.stderr
 
@@ -349,16 +348,15 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, image_png)
 
 
 def test_double_ctrl_c_still_saves_the_checkpoint(tmp_path, image_png, monkeypatch):
-    original = restore.Fitter.iterate
+    original = restore.Fitter.perturbed_input
 
-    def iterate_then_interrupt_twice(self):
-        out = original(self)
+    def interrupt_twice_after_two(self):
         if self.iteration == 2:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-        return out
+        return original(self)
 
-    monkeypatch.setattr(restore.Fitter, "iterate", iterate_then_interrupt_twice)
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", interrupt_twice_after_two)
     result = invoke("fit", "denoise", image_png, "-o", tmp_path / "out.png", "--iterations", "100", *TINY)
     assert result.exit_code == 130
     assert (tmp_path / "out.ckpt").exists() and "still stopping and saving" in result.stderr
@@ -366,13 +364,13 @@ def test_double_ctrl_c_still_saves_the_checkpoint(tmp_path, image_png, monkeypat
 
 def test_an_output_created_meanwhile_by_another_run_is_not_replaced(tmp_path, image_png, monkeypatch):
     out = tmp_path / "out.png"
-    original = restore.Fitter.run
+    original = restore.Fitter.session
 
     def run_while_another_process_writes_out(self, *args, **kwargs):
         out.write_bytes(b"the other run's image")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(restore.Fitter, "run", run_while_another_process_writes_out)
+    monkeypatch.setattr(restore.Fitter, "session", run_while_another_process_writes_out)
     result = invoke("fit", "denoise", image_png, "-o", out, "--iterations", "2", *TINY)
     assert result.exit_code == 2 and "created by another process" in result.stderr
     assert out.read_bytes() == b"the other run's image"
@@ -411,16 +409,15 @@ def test_a_checkpoint_with_tensors_of_the_wrong_shape_is_refused_in_one_line(tmp
 
 
 def test_a_third_ctrl_c_quits_at_once_in_one_line(tmp_path, image_png, monkeypatch):
-    original = restore.Fitter.iterate
+    original = restore.Fitter.perturbed_input
 
-    def iterate_then_interrupt_three_times(self):
-        out = original(self)
+    def interrupt_three_times_after_two(self):
         if self.iteration == 2:
             for _ in range(3):
                 os.kill(os.getpid(), signal.SIGINT)
-        return out
+        return original(self)
 
-    monkeypatch.setattr(restore.Fitter, "iterate", iterate_then_interrupt_three_times)
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", interrupt_three_times_after_two)
     code, stderr = dipc("fit", "denoise", image_png, "-o", tmp_path / "out.png", "--iterations", "100", *TINY)
     assert code == 130 and stderr.strip().splitlines()[-1] == "dipc: interrupted; nothing more was saved"
     assert not (tmp_path / "out.png").exists() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
