@@ -351,28 +351,10 @@ class Fitter:
             self.history["psnr_reference_ema"].append(p_ema)
         return record
 
-    def run(
-        self,
-        iterations: int | None = None,
-        *,
-        on_log: Callable[[LogRecord], None] | None = None,
-        snapshot_every: int = 0,
-        on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
-        stop_requested: Callable[[], bool] | None = None,
-    ) -> FitResult:
-        """Fits until ``iterations`` in total (the config's count by default), an auto-stop, or Ctrl-C.
-
-        ``stop_requested`` replaces the Ctrl-C handling installed here (a caller that must also save after the loop
-        installs ``interrupt_flag`` around both)."""
-        return drive(
-            self.session(
-                iterations,
-                on_log=on_log,
-                snapshot_every=snapshot_every,
-                on_snapshot=on_snapshot,
-                stop_requested=stop_requested,
-            )
-        )
+    def run(self, iterations: int | None = None, **options: Any) -> FitResult:
+        """Fits until ``iterations`` in total (the config's count by default), an auto-stop, or Ctrl-C; the options
+        are ``session``'s."""
+        return drive(self.session(iterations, **options))
 
     def session(
         self,
@@ -383,7 +365,10 @@ class Fitter:
         on_snapshot: Callable[[int, torch.Tensor], None] | None = None,
         stop_requested: Callable[[], bool] | None = None,
     ) -> Session[FitResult]:
-        """``run`` as a session: it yields a ``StepRequest`` per iteration (so a driver can pack many fits)."""
+        """``run`` as a session: it yields a ``StepRequest`` per iteration (so a driver can pack many fits).
+
+        ``stop_requested`` replaces the Ctrl-C handling installed here (a caller that must also save after the loop
+        installs ``interrupt_flag`` around both)."""
         total = iterations if iterations is not None else self.config.iterations
         if total <= 0:
             raise ValueError(f"iterations must be positive, got {total}")
