@@ -240,76 +240,197 @@ def fit(
     """Fit the Deep Image Prior to one image: dipc fit TASK IMAGE -o OUT.png, or dipc fit --resume CKPT -o OUT.png."""
     from . import restore
 
-    if output is None:
-        fail("missing -o/--output: where to write the restored image")
-    assert output is not None
-    settings = {
-        "iterations": iterations,
-        "lr": lr,
-        "reg_noise_std": reg_noise,
-        "stop": stop,
-        "stop_variant": stop_rule,
-        "stop_window": stop_window,
-        "stop_patience": stop_patience,
-        "seed": seed,
-        "factor": factor,
-        "kernel": kernel,
-        "loss": loss,
-        "peak": peak,
-        "keep_known": keep_known or None,
-        "device": device,
-        "backend": backend,
-        "precision": precision,
-        "log_every": log_every,
-        "backtrack_db": backtrack,
-        "backtrack_every": backtrack_every,
-    }
-    job = restore.FitJob(
-        output=output,
-        task=task.value if task is not None else None,
-        image=image,
-        mask=mask,
-        holes=holes,
-        box=box,
-        text=text,
-        from_reference=from_reference,
-        sigma=sigma,
-        reference=reference,
-        settings={k: v for k, v in settings.items() if v is not None},
-        flash=flash,
-        noise=noise,
-        preset=preset,
-        paper_exact=paper_exact,
-        net=restore.NetShape(
-            generator=generator.value if generator is not None else None,
-            structure=structure,
-            depth=depth,
-            channels=channels,
-            channels_down=channels_down,
-            channels_up=channels_up,
-            skip_channels=skip_channels,
-            upsample=upsample,
-            downsample=downsample,
-            kernel_down=kernel_down,
-            kernel_up=kernel_up,
-            kernel_skip=kernel_skip,
-            need_1x1_up=need_1x1_up,
-            input=net_input.value if net_input is not None else None,
-            input_depth=input_depth,
-        ),
-        checkpoint=checkpoint,
-        resume=resume,
-        report=report,
-        compare=compare,
-        snapshot_every=snapshot_every,
-        checkpoint_every=checkpoint_every,
-        force=force,
-        quiet=quiet,
-        status_every=status_every,
-    )
-    code = restore.run_job(job)
+    code = restore.run_job(fit_job(locals()))
     if code:
         raise typer.Exit(code)
+
+
+def fit_job(params: dict[str, Any]) -> Any:
+    """The ``restore.FitJob`` of ``dipc fit``'s parsed options (by parameter name)."""
+    from . import restore
+
+    p = dict(params)
+    if p["output"] is None:
+        fail("missing -o/--output: where to write the restored image")
+    settings = {
+        "iterations": p["iterations"],
+        "lr": p["lr"],
+        "reg_noise_std": p["reg_noise"],
+        "stop": p["stop"],
+        "stop_variant": p["stop_rule"],
+        "stop_window": p["stop_window"],
+        "stop_patience": p["stop_patience"],
+        "seed": p["seed"],
+        "factor": p["factor"],
+        "kernel": p["kernel"],
+        "loss": p["loss"],
+        "peak": p["peak"],
+        "keep_known": p["keep_known"] or None,
+        "device": p["device"],
+        "backend": p["backend"],
+        "precision": p["precision"],
+        "log_every": p["log_every"],
+        "backtrack_db": p["backtrack"],
+        "backtrack_every": p["backtrack_every"],
+    }
+    generator, net_input, task = p["generator"], p["net_input"], p["task"]
+    return restore.FitJob(
+        output=p["output"],
+        task=task.value if task is not None else None,
+        image=p["image"],
+        mask=p["mask"],
+        holes=p["holes"],
+        box=p["box"],
+        text=p["text"],
+        from_reference=p["from_reference"],
+        sigma=p["sigma"],
+        reference=p["reference"],
+        settings={k: v for k, v in settings.items() if v is not None},
+        flash=p["flash"],
+        noise=p["noise"],
+        preset=p["preset"],
+        paper_exact=p["paper_exact"],
+        net=restore.NetShape(
+            generator=generator.value if generator is not None else None,
+            structure=p["structure"],
+            depth=p["depth"],
+            channels=p["channels"],
+            channels_down=p["channels_down"],
+            channels_up=p["channels_up"],
+            skip_channels=p["skip_channels"],
+            upsample=p["upsample"],
+            downsample=p["downsample"],
+            kernel_down=p["kernel_down"],
+            kernel_up=p["kernel_up"],
+            kernel_skip=p["kernel_skip"],
+            need_1x1_up=p["need_1x1_up"],
+            input=net_input.value if net_input is not None else None,
+            input_depth=p["input_depth"],
+        ),
+        checkpoint=p["checkpoint"],
+        resume=p["resume"],
+        report=p["report"],
+        compare=p["compare"],
+        snapshot_every=p["snapshot_every"],
+        checkpoint_every=p["checkpoint_every"],
+        force=p["force"],
+        quiet=p["quiet"],
+        status_every=p["status_every"],
+    )
+
+
+def parse_fit_args(args: list[str]) -> Any:
+    """``dipc fit ARGS`` parsed into its ``restore.FitJob`` without running it (``dipc batch`` and manifests use it,
+    so a job's options are exactly ``dipc fit``'s). Bad options raise ``DipError``."""
+    fit_command = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
+    try:
+        ctx = fit_command.make_context("dipc fit", list(args))
+    except _usage_exception() as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        raise DipError(" ".join(message.split())) from None
+    return fit_job(ctx.params)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def batch(
+    ctx: typer.Context,
+    source: Annotated[
+        Path, typer.Argument(help="a folder of images (with --task) or a manifest (.csv / .jsonl, one job a row)")
+    ],
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="folder for NAME.png, NAME.json and the summaries")],
+    task: Annotated[
+        Optional[Task], typer.Option(help="the task of every image of a folder (a manifest's default)")
+    ] = None,
+    mask_dir: Annotated[Optional[Path], typer.Option(help="inpaint: masks matched to the images by file name")] = None,
+    reference_dir: Annotated[
+        Optional[Path], typer.Option(help="clean images matched by file name: PSNR/SSIM in the summary")
+    ] = None,
+    pack: Annotated[int, typer.Option(help="fit K jobs of equal size and network at once, in one batched step")] = 1,
+    checkpoints: Annotated[
+        bool, typer.Option("--checkpoints", help="keep each job's checkpoint in OUTDIR/checkpoints")
+    ] = False,
+    checkpoint_every: Annotated[
+        float, typer.Option(help="seconds between checkpoints of a running job (what an interrupted job resumes from)")
+    ] = 60.0,
+    shard: Annotated[
+        Optional[str], typer.Option(help="run only shard I of N (I/N, 0 <= I < N): every N-th job from the I-th")
+    ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="run the jobs as Ray tasks on RAY_ADDRESS's cluster, or a local Ray")
+    ] = False,
+    cpus_per_fit: Annotated[float, typer.Option(help="--ray: CPUs per job (or pack), also its torch threads")] = 1.0,
+    gpus_per_fit: Annotated[float, typer.Option(help="--ray: GPUs per job (or pack); 0.25 lets four share one")] = 0.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="redo jobs whose outputs exist (finished or from other settings)")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no line per job")] = False,
+) -> None:
+    """Restore many images: every dipc fit option after SOURCE applies to all jobs (a manifest row adds its own).
+
+    A rerun skips finished jobs and resumes interrupted ones. Exit 0 when every job succeeded, 1 when some failed,
+    2 when the batch cannot start (bad manifest, options or OUTDIR), 130 after Ctrl-C."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import batch as batching
+
+    options = batching.BatchOptions(
+        outdir=outdir,
+        common=tuple(ctx.args),
+        pack=pack,
+        checkpoints=checkpoints,
+        checkpoint_every=checkpoint_every,
+        force=force,
+        shard=shard,
+        ray=ray,
+        cpus_per_fit=cpus_per_fit,
+        gpus_per_fit=gpus_per_fit,
+    )
+    jobs = batching.load_jobs(source, task.value if task else None, mask_dir, reference_dir)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    count = [0]
+    total = len(batching.shard(jobs, shard))
+
+    def line(o: Any) -> None:
+        count[0] += 1
+        if quiet:
+            return
+        detail = (
+            o.error
+            if o.error
+            else f"{o.iterations} it, {o.seconds or 0:.0f} s" + (f", {o.psnr:.2f} dB" if o.psnr is not None else "")
+        )
+        console.print(f"[{count[0]}/{total}] {o.job}: {o.status}: {detail}")
+
+    outcomes, interrupted = batching.run_batch(jobs, options, on_outcome=line, notify=console.print)
+    written = batching.write_summary(outcomes, outdir, shard)
+    if not quiet:
+        table = Table(title=f"dipc batch: {len(outcomes)} of {total} jobs")
+        for column in ("job", "task", "status", "iterations", "seconds", "PSNR", "SSIM", "stop", "error"):
+            table.add_column(column)
+        for o in outcomes:
+            table.add_row(
+                o.job,
+                o.task,
+                o.status,
+                str(o.iterations or ""),
+                f"{o.seconds:.1f}" if o.seconds is not None else "",
+                f"{o.psnr:.2f}" if o.psnr is not None else "",
+                f"{o.ssim:.4f}" if o.ssim is not None else "",
+                o.stop_reason or "",
+                o.error or "",
+            )
+        console.print(table)
+        for task_name, m in batching.summary.means(outcomes).items():
+            if m["mean_psnr"] is not None:
+                console.print(f"{task_name}: mean PSNR {m['mean_psnr']:.2f} dB over {m['scored']} job(s)")
+        console.print(f"summary: {', '.join(str(p) for p in written)}")
+    if interrupted:
+        console.print("interrupted: rerun the same command to resume")
+        raise typer.Exit(130)
+    if any(not o.ok for o in outcomes):
+        raise typer.Exit(1)
 
 
 @app.command("presets")

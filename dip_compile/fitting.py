@@ -67,12 +67,18 @@ Session = Generator[StepRequest, tuple[torch.Tensor, torch.Tensor], T]
 
 
 def drive(session: Session[T]) -> T:
-    """Runs a fit session alone: every step on its fitter's own (eager, accelerated or compiled) step."""
+    """Runs a fit session alone: every step on its fitter's own (eager, accelerated or compiled) step. An error in
+    the step is raised inside the session, where the fit would have raised it (so out-of-memory is reported alike)."""
     try:
         request = next(session)
         while True:
             fitter = request.fitter
-            request = session.send(fitter.step(request.net_input, fitter.optimizer))
+            try:
+                reply = fitter.step(request.net_input, fitter.optimizer)
+            except Exception as exc:
+                request = session.throw(exc)
+                continue
+            request = session.send(reply)
     except StopIteration as done:
         return done.value
 

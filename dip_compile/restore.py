@@ -155,9 +155,17 @@ class FitJob:
     compare: Optional[Path] = None
     snapshot_every: int = 0
     checkpoint_every: float = 0.0  # seconds between checkpoints while fitting (0 = at the end only)
+    report_extra: dict[str, Any] = field(default_factory=dict)  # more keys for the report (dipc batch's job)
     force: bool = False
     quiet: bool = False
     status_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
+
+    def resumed(self, checkpoint: Path) -> FitJob:
+        """This job continued from ``checkpoint``: the same outputs and device; the checkpoint holds the rest."""
+        outputs = ("output", "checkpoint", "report", "compare", "snapshot_every", "checkpoint_every", "report_extra")
+        kept = {name: getattr(self, name) for name in (*outputs, "force", "quiet", "status_every")}
+        device = self.settings.get("device")
+        return FitJob(**kept, resume=checkpoint, settings={"device": device} if device else {})
 
 
 def resolve_device(name: str) -> str:
@@ -502,7 +510,8 @@ def fit_session(
         with flag as stopping:
             saver = _savers(fitter, job, outputs)
             result = yield from _run_with_progress(fitter, config, job, console, outputs, saver, stopping)
-            return _finish(fitter, result, job, console, outputs, interrupt_ckpt)
+            resumed_from = ckpt.iteration if ckpt is not None else None
+            return _finish(fitter, result, job, console, outputs, interrupt_ckpt, resumed_from)
     except Exception as exc:
         if _is_out_of_memory(exc):
             raise DipError(
@@ -513,7 +522,13 @@ def fit_session(
 
 
 def _finish(
-    fitter: Fitter, result: FitResult, job: FitJob, console: Any, outputs: Outputs, interrupt_ckpt: Path
+    fitter: Fitter,
+    result: FitResult,
+    job: FitJob,
+    console: Any,
+    outputs: Outputs,
+    interrupt_ckpt: Path,
+    resumed_from: Optional[int] = None,
 ) -> int:
     problem = fitter.problem
     if result.stop_reason == "interrupted":
@@ -538,7 +553,8 @@ def _finish(
             panels.append(problem.reference.cpu())
         compare = job.compare
         outputs.write(compare, lambda overwrite: save_side_by_side(panels, compare, overwrite=overwrite))
-    report = build_report(fitter, result)
+    resumed = {"resumed_from_iteration": resumed_from} if resumed_from is not None else {}
+    report = build_report(fitter, result, **resumed, **job.report_extra)
     if job.report is not None:
         path = job.report
         outputs.write(path, lambda overwrite: save_report(report, path, overwrite=overwrite))

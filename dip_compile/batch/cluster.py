@@ -1,0 +1,102 @@
+"""``dipc batch --ray``: each job (or pack of ``--pack`` jobs) is a Ray task on the cluster at ``RAY_ADDRESS``, or on
+a local Ray started here. Workers write their results into OUTDIR themselves (a shared file system on a real
+cluster), atomically; the driver only collects the summary rows. A task whose worker dies is retried, and its jobs
+resume from their periodic checkpoints (``--checkpoint-every``); jobs it had finished are skipped.
+
+Ray is optional: ``pip install 'dip-compile[ray]'``; dip-compile must be installed on every node.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import DipError
+from .runner import BatchOptions, Outcome, Prepared, run_prepared, sort_for_packing
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise DipError("--ray needs Ray, which is not installed: pip install 'dip-compile[ray]'") from None
+    return ray
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A quick TCP check of ``host:port`` (or ``ray://host:port``), so a wrong address fails in seconds, not after
+    Ray's own long retries."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" and the like: Ray resolves them
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise DipError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): {reason}") from None
+
+
+def connect(ray: Any) -> str:
+    """Connects to ``RAY_ADDRESS`` or starts a local Ray; returns where it runs, in words."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if ray.is_initialized():
+        return "Ray (already connected)"
+    try:
+        if address:
+            check_reachable(address)
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            return f"Ray cluster at {address}"
+        ray.init(log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        where = address or "a new local Ray"
+        raise DipError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
+    return f"local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+def run_task(prepared: Sequence[Prepared], options: BatchOptions) -> list[Outcome]:
+    """What a Ray worker runs: these jobs in its process (as one pack with --pack), with --cpus-per-fit threads."""
+    import torch
+
+    torch.set_num_threads(max(1, int(options.cpus_per_fit)))
+    return run_prepared(prepared, options, stop_requested=lambda: False)
+
+
+def run_on_ray(
+    prepared: Sequence[Prepared], options: BatchOptions, on_outcome: Callable[[Outcome], None]
+) -> tuple[list[Outcome], bool]:
+    ray = import_ray()
+    connect(ray)
+    ordered = sort_for_packing(prepared) if options.pack > 1 else list(prepared)
+    tasks = [ordered[i : i + options.pack] for i in range(0, len(ordered), options.pack)]
+    remote = ray.remote(run_task).options(
+        num_cpus=options.cpus_per_fit,
+        num_gpus=options.gpus_per_fit,
+        max_retries=options.retries,
+        retry_exceptions=False,
+    )
+    pending = {remote.remote(task, options): task for task in tasks}
+    outcomes: list[Outcome] = []
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                task = pending.pop(ref)
+                try:
+                    rows = ray.get(ref)
+                except Exception as exc:  # the task failed for good (retries spent, or a bug): its jobs failed
+                    message = " ".join(str(exc).split())[-300:]
+                    rows = [
+                        Outcome(p.job.name, p.job.task, "failed", error=f"Ray task failed: {message}") for p in task
+                    ]
+                for row in rows:
+                    outcomes.append(row)
+                    on_outcome(row)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)
+        return outcomes, True
+    return outcomes, False

@@ -1,0 +1,267 @@
+"""The jobs of a batch: a folder of images or a manifest (CSV or JSON Lines), each job one ``dipc fit``.
+
+A job's options are ``dipc fit`` flags (the batch's common flags, then the job's own ``options``), parsed by the same
+parser as ``dipc fit``, so every fit option works in a batch and means the same. Everything that can be checked
+before fitting is checked here, for every job, so a bad manifest stops the batch before any work (exit 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import Task
+from ..errors import DipError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+COLUMNS = ("image", "task", "mask", "factor", "preset", "reference", "output", "options")
+# flags that name the files a batch writes itself (OUTDIR/NAME.png, .json, checkpoints/NAME.ckpt)
+BATCH_OWNED = {
+    "checkpoint": "--checkpoint (use --checkpoints)",
+    "resume": "--resume (a rerun resumes by itself)",
+    "report": "--report",
+    "compare": "--compare",
+    "snapshot_every": "--snapshot-every",
+}
+
+
+class ManifestError(DipError):
+    """A batch that cannot start: bad manifest, missing files, duplicate outputs, bad options (exit 2)."""
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One row: a ``dipc fit`` of ``image`` whose outputs are OUTDIR/``name``.png and .json."""
+
+    name: str
+    task: str
+    image: Path
+    mask: Optional[Path] = None
+    reference: Optional[Path] = None
+    factor: Optional[int] = None
+    preset: Optional[str] = None
+    options: tuple[str, ...] = ()  # dipc fit flags for this job only (after the batch's common ones)
+
+    def fit_args(self, common: Sequence[str], output: Path) -> list[str]:
+        """The ``dipc fit`` command line of this job (its own options last, so they win)."""
+        args = [self.task, str(self.image), "-o", str(output)]
+        for flag, value in (
+            ("--mask", self.mask),
+            ("--reference", self.reference),
+            ("--factor", self.factor),
+            ("--preset", self.preset),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        return [*args, *common, *self.options]
+
+
+def fit_job(job: BatchJob, common: Sequence[str], outdir: Path) -> Any:
+    """The job's ``restore.FitJob`` writing OUTDIR/NAME.png; bad options raise ``ManifestError`` naming the job."""
+    from ..cli import parse_fit_args
+
+    try:
+        parsed = parse_fit_args(job.fit_args(common, outdir / f"{job.name}.png"))
+    except DipError as exc:
+        raise ManifestError(f"job {job.name}: {exc}") from None
+    for name, flag in BATCH_OWNED.items():
+        if getattr(parsed, name):
+            raise ManifestError(f"job {job.name}: dipc batch writes OUTDIR/NAME.png and .json itself: drop {flag}")
+    return parsed
+
+
+def fingerprint(fit_job: Any) -> str:
+    """What makes a job's result: its problem and settings, with input files by content (not by path). A rerun
+    skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
+    ignored = {"output", "checkpoint", "resume", "report", "compare", "snapshot_every", "checkpoint_every"}
+    ignored |= {"force", "quiet", "status_every", "report_extra"}
+    fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
+    settings = {k: v for k, v in fields.pop("settings").items() if k != "device"}  # where it runs is not what it is
+    text = json.dumps({**fields, "settings": settings}, sort_keys=True, default=_content)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _content(value: Any) -> Any:
+    if isinstance(value, Path):
+        try:
+            return "sha256:" + hashlib.sha256(value.read_bytes()).hexdigest()
+        except OSError:
+            return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def load_jobs(
+    source: Path,
+    task: Optional[str] = None,
+    mask_dir: Optional[Path] = None,
+    reference_dir: Optional[Path] = None,
+) -> list[BatchJob]:
+    """The jobs of a folder of images (``task`` for all, masks and references matched by file name) or of a
+    manifest (``.csv``, ``.jsonl``/``.ndjson``)."""
+    if task is not None and task not in Task.values():
+        raise ManifestError(f"unknown task {task!r}; choose one of {', '.join(Task.values())}")
+    if source.is_dir():
+        if task is None:
+            raise ManifestError("a folder of images needs --task (a manifest gives a task per row)")
+        jobs = from_folder(source, task, mask_dir, reference_dir)
+    elif source.is_file():
+        if mask_dir is not None or reference_dir is not None:
+            raise ManifestError("--mask-dir and --reference-dir are for a folder of images; a manifest names them")
+        jobs = from_manifest(source, task)
+    else:
+        raise ManifestError(f"{source}: no such folder or manifest")
+    if not jobs:
+        raise ManifestError(f"{source}: no jobs (images: {', '.join(IMAGE_SUFFIXES)})")
+    _check_unique(jobs)
+    return jobs
+
+
+def from_folder(folder: Path, task: str, mask_dir: Optional[Path], reference_dir: Optional[Path]) -> list[BatchJob]:
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for name, directory in (("--mask-dir", mask_dir), ("--reference-dir", reference_dir)):
+        if directory is not None and not directory.is_dir():
+            raise ManifestError(f"{name} {directory}: no such folder")
+    if mask_dir is not None and task != "inpaint":
+        raise ManifestError(f"--mask-dir is for inpaint, not {task}")
+    jobs = []
+    for image in images:
+        mask = _match(image, mask_dir, "mask")
+        reference = _match(image, reference_dir, "reference")
+        jobs.append(BatchJob(image.stem, task, image, mask=mask, reference=reference))
+    return jobs
+
+
+def _match(image: Path, directory: Optional[Path], what: str) -> Optional[Path]:
+    """The file of ``directory`` with ``image``'s name (any image extension)."""
+    if directory is None:
+        return None
+    for suffix in (image.suffix, *IMAGE_SUFFIXES):
+        candidate = directory / (image.stem + suffix)
+        if candidate.is_file():
+            return candidate
+    raise ManifestError(f"no {what} for {image.name} in {directory} (looked for {image.stem}.png and the like)")
+
+
+def from_manifest(path: Path, default_task: Optional[str] = None) -> list[BatchJob]:
+    """Rows of a CSV (header row) or JSON Lines manifest. Paths are relative to the manifest's folder."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.__class__.__name__})") from None
+    suffix = path.suffix.lower()
+    rows: list[tuple[int, dict[str, Any]]]
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        _check_columns(path, reader.fieldnames or [], 1)
+        rows = [(i + 2, dict(row)) for i, row in enumerate(reader)]
+    elif suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{path}:{i}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ManifestError(f"{path}:{i}: each line must be a JSON object")
+            _check_columns(path, list(row), i)
+            rows.append((i, row))
+    else:
+        raise ManifestError(f"{path}: a manifest is .csv or .jsonl, got {path.suffix or 'no extension'}")
+    return [_job(path, line, row, default_task) for line, row in rows]
+
+
+def _check_columns(path: Path, names: Sequence[Any], line: int) -> None:
+    unknown = [str(n) for n in names if n not in COLUMNS]
+    if unknown:
+        raise ManifestError(f"{path}:{line}: unknown column(s) {', '.join(unknown)}; columns are {', '.join(COLUMNS)}")
+    if "image" not in names:
+        raise ManifestError(f"{path}:{line}: the column image is missing")
+
+
+def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]) -> BatchJob:
+    where = f"{path}:{line}"
+    values = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+    values = {k: v for k, v in values.items() if v not in (None, "")}
+
+    def file(key: str) -> Optional[Path]:
+        if key not in values:
+            return None
+        found = path.parent / str(values[key])
+        if not found.is_file():
+            raise ManifestError(f"{where}: {key} {values[key]}: no such file")
+        return found
+
+    image = file("image")
+    if image is None:
+        raise ManifestError(f"{where}: no image")
+    task = str(values.get("task", default_task or ""))
+    if task not in Task.values():
+        raise ManifestError(
+            f"{where}: unknown task {task!r}; choose one of {', '.join(Task.values())}"
+            if task
+            else f"{where}: no task (a task column, or --task for every row)"
+        )
+    factor = values.get("factor")
+    if factor is not None:
+        try:
+            factor = int(factor)
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: factor must be a whole number, got {factor!r}") from None
+    options = values.get("options", "")
+    try:
+        parsed = tuple(shlex.split(options)) if isinstance(options, str) else tuple(str(o) for o in options)
+    except ValueError as exc:
+        raise ManifestError(f"{where}: options: {exc}") from None
+    name = Path(str(values.get("output", image.name))).stem
+    if not name or name in (".", ".."):
+        raise ManifestError(f"{where}: output must be a file name, got {values.get('output')!r}")
+    return BatchJob(
+        name,
+        task,
+        image,
+        mask=file("mask"),
+        reference=file("reference"),
+        factor=factor,
+        preset=str(values["preset"]) if "preset" in values else None,
+        options=parsed,
+    )
+
+
+def _check_unique(jobs: Sequence[BatchJob]) -> None:
+    seen: dict[str, BatchJob] = {}
+    for job in jobs:
+        if job.name in seen:
+            raise ManifestError(
+                f"two jobs write {job.name}.png ({seen[job.name].image} and {job.image}): give them distinct output names"
+            )
+        seen[job.name] = job
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``I/N``: the I-th of N shards, 0 <= I < N (a Slurm array's ``$SLURM_ARRAY_TASK_ID/$N``)."""
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ManifestError(f"--shard takes I/N (e.g. 0/4), got {spec!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ManifestError(f"--shard I/N needs 0 <= I < N, got {spec!r}")
+    return index, count
+
+
+def shard(jobs: Sequence[BatchJob], spec: Optional[str]) -> list[BatchJob]:
+    """Every N-th job from the I-th: shards of one manifest are disjoint and together cover it."""
+    if spec is None:
+        return list(jobs)
+    index, count = parse_shard(spec)
+    return [job for i, job in enumerate(jobs) if i % count == index]

@@ -1,0 +1,244 @@
+"""Runs the jobs of a batch: skips finished ones, resumes interrupted ones, records failures and goes on.
+
+Per job NAME, in OUTDIR: ``NAME.png`` (the restored image), ``NAME.json`` (its ``dipc fit`` report plus the job's
+fingerprint), ``checkpoints/NAME.ckpt`` with ``--checkpoints``, and while it runs ``.partial/NAME.<fingerprint>.ckpt``
+(written every ``checkpoint_every`` seconds and on Ctrl-C; a rerun resumes from it, then it is removed or kept as
+the final checkpoint). Every file is written atomically, so a killed run leaves whole files or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import DipError
+from ..fitting import Session, interrupt_flag
+from .jobs import BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch runs (the fit options are ``common``: ``dipc fit`` flags for every job)."""
+
+    outdir: Path
+    common: tuple[str, ...] = ()
+    pack: int = 1
+    checkpoints: bool = False
+    checkpoint_every: float = 60.0
+    force: bool = False
+    shard: Optional[str] = None
+    ray: bool = False
+    cpus_per_fit: float = 1.0
+    gpus_per_fit: float = 0.0
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pack, bool) or not self.pack >= 1:
+            raise ManifestError(f"--pack must be a whole number >= 1, got {self.pack}")
+        if not self.checkpoint_every > 0:
+            raise ManifestError(f"--checkpoint-every must be > 0 seconds, got {self.checkpoint_every}")
+        if not self.cpus_per_fit > 0:
+            raise ManifestError(f"--cpus-per-fit must be > 0, got {self.cpus_per_fit}")
+        if not self.gpus_per_fit >= 0:
+            raise ManifestError(f"--gpus-per-fit must be >= 0, got {self.gpus_per_fit}")
+        if self.shard is not None:
+            parse_shard(self.shard)
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise ManifestError(f"-o {self.outdir} is a file: OUTDIR must be a folder (it is created if missing)")
+
+
+@dataclass
+class Outcome:
+    """One job's row of the summary."""
+
+    job: str
+    task: str
+    status: str  # done, skipped (finished before, same settings), failed, interrupted
+    iterations: Optional[int] = None
+    seconds: Optional[float] = None
+    psnr: Optional[float] = None
+    ssim: Optional[float] = None
+    stop_reason: Optional[str] = None
+    error: Optional[str] = None
+    output: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "skipped")
+
+
+@dataclass
+class Prepared:
+    """A job with its parsed fit and fingerprint (made up front: bad options stop the batch before any work)."""
+
+    job: BatchJob
+    fit: Any  # restore.FitJob
+    fingerprint: str
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
+    """Parses every job's options and names its files; a bad job raises ``ManifestError`` (exit 2)."""
+    outdir = options.outdir
+    prepared = []
+    for job in shard(jobs, options.shard):
+        fit = fit_job(job, options.common, outdir)
+        fp = fingerprint(fit)
+        paths = {
+            "image": outdir / f"{job.name}.png",
+            "report": outdir / f"{job.name}.json",
+            "partial": outdir / ".partial" / f"{job.name}.{fp}.ckpt",
+            "checkpoint": outdir / "checkpoints" / f"{job.name}.ckpt",
+        }
+        prepared.append(Prepared(job, fit, fp, paths))
+    return prepared
+
+
+def finished_fingerprint(report: Path) -> Optional[str]:
+    """The fingerprint a finished job's report records (None: no report, unreadable, or not from a batch)."""
+    import json
+
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    batch = data.get("batch") if isinstance(data, dict) else None
+    return batch.get("fingerprint") if isinstance(batch, dict) else None
+
+
+def outcome_from_report(p: Prepared, status: str) -> Outcome:
+    import json
+
+    data = json.loads(p.paths["report"].read_text())
+    return Outcome(
+        job=p.job.name,
+        task=p.job.task,
+        status=status,
+        iterations=data.get("iterations"),
+        seconds=data.get("wall_seconds"),
+        psnr=data.get("final_psnr"),
+        ssim=data.get("final_ssim"),
+        stop_reason=data.get("stop_reason"),
+        output=str(p.paths["image"]),
+    )
+
+
+def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[], bool]) -> Session[Outcome]:
+    """One job as a fit session: skips it when done, resumes its partial checkpoint, and turns a bad input into a
+    failed row instead of an exception (the other jobs go on)."""
+    from ..restore import fit_session
+
+    image, report, partial = p.paths["image"], p.paths["report"], p.paths["partial"]
+    try:
+        done = finished_fingerprint(report)
+        if done == p.fingerprint and image.exists() and not options.force:
+            return outcome_from_report(p, "skipped")
+        if (image.exists() or report.exists()) and not options.force and not partial.exists():
+            why = "other settings" if done else "another run"
+            raise DipError(f"{image} exists from {why}: pass --force to redo it")
+        fit = dataclasses.replace(
+            p.fit,
+            checkpoint=partial,
+            report=report,
+            checkpoint_every=options.checkpoint_every,
+            report_extra={"batch": {"job": p.job.name, "fingerprint": p.fingerprint}},
+            quiet=True,
+            force=True,  # checked above: what is there is this job's own (or --force)
+        )
+        if partial.exists() and not options.force:  # interrupted before: continue where it was
+            fit = fit.resumed(partial)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.devnull, "w") as quiet:
+            code = yield from fit_session(fit, quiet, stop_requested)
+        if code:
+            return Outcome(p.job.name, p.job.task, "interrupted", error=f"interrupted; rerun to resume from {partial}")
+        if options.checkpoints:
+            p.paths["checkpoint"].parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, p.paths["checkpoint"])
+        else:
+            partial.unlink(missing_ok=True)
+        return outcome_from_report(p, "done")
+    except DipError as exc:
+        return Outcome(p.job.name, p.job.task, "failed", error=str(exc))
+
+
+def sort_for_packing(prepared: Sequence[Prepared]) -> list[Prepared]:
+    """Jobs likely to share a network and canvas next to each other (same task, preset, options, image size)."""
+    from PIL import Image
+
+    def size(path: Path) -> tuple[int, int]:
+        try:
+            with Image.open(path) as im:
+                return im.size
+        except (OSError, ValueError):
+            return (0, 0)
+
+    def key(p: Prepared) -> tuple[Any, ...]:
+        job = p.job
+        return (job.task, job.preset or "", job.factor or 0, job.options, size(job.image))
+
+    return sorted(prepared, key=key)
+
+
+def run_prepared(
+    prepared: Sequence[Prepared],
+    options: BatchOptions,
+    stop_requested: Callable[[], bool],
+    on_outcome: Callable[[Outcome], None] = lambda o: None,
+) -> list[Outcome]:
+    """Runs jobs in this process, ``options.pack`` at a time in one batched step (see ``packing``)."""
+    from ..fitting import drive
+    from ..packing import drive_packed
+
+    outcomes: list[Outcome] = []
+
+    def sessions() -> Iterator[Session[Outcome]]:
+        for p in sort_for_packing(prepared) if options.pack > 1 else prepared:
+            yield _reporting(job_session(p, options, stop_requested), outcomes, on_outcome)
+
+    if options.pack == 1:
+        for session in sessions():
+            if stop_requested():
+                break
+            drive(session)
+    else:
+        drive_packed(sessions(), options.pack, stop_starting=stop_requested)
+    return outcomes
+
+
+def _reporting(
+    session: Session[Outcome], outcomes: list[Outcome], on_outcome: Callable[[Outcome], None]
+) -> Session[Outcome]:
+    outcome = yield from session
+    outcomes.append(outcome)
+    on_outcome(outcome)
+    return outcome
+
+
+def run_batch(
+    jobs: Sequence[BatchJob],
+    options: BatchOptions,
+    on_outcome: Callable[[Outcome], None] = lambda o: None,
+    notify: Optional[Callable[[str], None]] = None,
+) -> tuple[list[Outcome], bool]:
+    """Every job of the batch (of its shard), in this process or on Ray; returns the outcomes in job order and
+    whether Ctrl-C stopped the batch. Jobs not started are absent."""
+    prepared = prepare(jobs, options)
+    options.outdir.mkdir(parents=True, exist_ok=True)
+    order = {p.job.name: i for i, p in enumerate(prepared)}
+    if options.ray:
+        from .cluster import run_on_ray
+
+        outcomes, interrupted = run_on_ray(prepared, options, on_outcome)
+    else:
+        with interrupt_flag(notify) as stop_requested:
+            outcomes = run_prepared(prepared, options, stop_requested, on_outcome)
+            interrupted = stop_requested()
+    with contextlib.suppress(OSError):  # empty once every job finished
+        (options.outdir / ".partial").rmdir()
+    return sorted(outcomes, key=lambda o: order[o.job]), interrupted

@@ -1,0 +1,77 @@
+"""The batch's summary: summary.csv, summary.json and summary.md in OUTDIR (one row per job, mean PSNR per task)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from ..imageio import atomic_write
+from ..report import finite_json
+from .runner import Outcome
+
+COLUMNS = ("job", "task", "status", "iterations", "seconds", "psnr", "ssim", "stop_reason", "error")
+
+
+def means(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Any]]:
+    """Per task: jobs, failures, and the mean PSNR/SSIM of the jobs with a reference."""
+    result: dict[str, dict[str, Any]] = {}
+    for task in sorted({o.task for o in outcomes}):
+        rows = [o for o in outcomes if o.task == task]
+        scored = [o for o in rows if o.ok and o.psnr is not None]
+        result[task] = {
+            "jobs": len(rows),
+            "failed": sum(o.status == "failed" for o in rows),
+            "scored": len(scored),
+            "mean_psnr": sum(o.psnr for o in scored) / len(scored) if scored else None,  # type: ignore[misc]
+            "mean_ssim": sum(o.ssim or 0.0 for o in scored) / len(scored) if scored else None,
+        }
+    return result
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if "ssim" in column else f"{value:.2f}"
+    return str(value)
+
+
+def markdown(outcomes: Sequence[Outcome]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for o in outcomes:
+        row = dataclasses.asdict(o)
+        lines.append("| " + " | ".join(_cell(row[c], c).replace("|", "/") for c in COLUMNS) + " |")
+    lines += ["", "| task | jobs | failed | mean PSNR (dB) | mean SSIM |", "| --- | --- | --- | --- | --- |"]
+    for task, m in means(outcomes).items():
+        lines.append(
+            f"| {task} | {m['jobs']} | {m['failed']} | {_cell(m['mean_psnr'], 'psnr')} ({m['scored']} with a reference) | "
+            f"{_cell(m['mean_ssim'], 'ssim')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(outcomes: Sequence[Outcome], outdir: Path, shard: Optional[str] = None) -> list[Path]:
+    """Writes the three summaries (``summary-I-of-N.*`` for a shard) atomically; returns their paths."""
+    stem = "summary" if shard is None else "summary-{}-of-{}".format(*shard.split("/"))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for o in outcomes:
+        writer.writerow({k: _cell(v, k) for k, v in dataclasses.asdict(o).items()})
+    data = {"jobs": [dataclasses.asdict(o) for o in outcomes], "per_task": means(outcomes)}
+    texts = {
+        ".csv": buffer.getvalue(),
+        ".json": json.dumps(finite_json(data), indent=2, allow_nan=False),
+        ".md": markdown(outcomes),
+    }
+    written = []
+    for suffix, text in texts.items():
+        path = outdir / f"{stem}{suffix}"
+        atomic_write(path, lambda tmp, text=text: tmp.write_text(text), overwrite=True)  # type: ignore[misc]
+        written.append(path)
+    return written

@@ -1,0 +1,255 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import dipc, save_png, smooth_image
+from dip_compile import restore
+from dip_compile.batch import BatchJob, load_jobs, shard
+from dip_compile.batch.jobs import ManifestError
+from dip_compile.imageio import load_image
+from dip_compile.problem import add_noise
+
+FIT = ["--depth", "3", "--channels", "16", "--skip-channels", "4", "--input-depth", "8", "--iterations", "30"]
+EXACT = ["--precision", "fp32", "--backend", "eager"]  # results that do not depend on the CPU (Ray workers too)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        save_png(smooth_image(32, 32, seed=i), images / f"img{i}.png")
+    return images
+
+
+def test_a_folder_batch_writes_each_image_report_and_the_summaries(tmp_path, folder):
+    out = tmp_path / "out"
+    code, stderr = dipc("batch", folder, "-o", out, "--task", "denoise", "--sigma", "25", *FIT, "--stop", "fixed")
+    assert code == 0, stderr
+    for i in range(3):
+        assert load_image(out / f"img{i}.png").shape == (3, 32, 32)
+        report = json.loads((out / f"img{i}.json").read_text())
+        assert report["iterations"] == 30 and report["batch"]["job"] == f"img{i}"
+    summary = json.loads((out / "summary.json").read_text())
+    psnrs = [job["psnr"] for job in summary["jobs"]]
+    assert [job["status"] for job in summary["jobs"]] == ["done"] * 3 and all(p > 10 for p in psnrs)
+    assert summary["per_task"]["denoise"]["mean_psnr"] == pytest.approx(sum(psnrs) / 3)
+    csv_rows = (out / "summary.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("job,task,status,iterations,seconds,psnr,ssim") and len(csv_rows) == 4
+    assert "| denoise | 3 | 0 |" in (out / "summary.md").read_text()
+    assert not (out / ".partial").exists()
+
+
+def test_a_rerun_skips_finished_jobs_and_redoes_nothing(tmp_path, folder):
+    out = tmp_path / "out"
+    args = ["batch", folder, "-o", out, "--task", "denoise", "--sigma", "25", *FIT, "-q"]
+    assert dipc(*args)[0] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("img*")}
+    code, stderr = dipc(*args)
+    assert code == 0, stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("img*")} == before
+    statuses = [job["status"] for job in json.loads((out / "summary.json").read_text())["jobs"]]
+    assert statuses == ["skipped"] * 3
+    # other settings: not silently replaced, and --force redoes them
+    code, _ = dipc(*args[:-1], "--lr", "0.02", "-q")
+    rows = json.loads((out / "summary.json").read_text())["jobs"]
+    assert code == 1 and "exists from other settings: pass --force" in rows[0]["error"]
+    assert dipc(*args, "--lr", "0.02", "--force")[0] == 0
+
+
+def test_a_manifest_runs_mixed_tasks_with_per_job_options_and_records_bad_inputs(tmp_path):
+    clean = smooth_image(32, 32)
+    save_png(clean, tmp_path / "clean.png")
+    save_png(add_noise(clean, 0.1, seed=0), tmp_path / "noisy.png")
+    mask = torch.ones(32, 32)
+    mask[8:16, 8:16] = 0
+    save_png(mask[None], tmp_path / "mask.png")
+    save_png(torch.ones(1, 16, 16), tmp_path / "small_mask.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,task,mask,reference,output,options\n"
+        "noisy.png,denoise,,clean.png,den,--iterations 20\n"
+        "clean.png,inpaint,mask.png,clean.png,inp,--lr 0.02\n"
+        "clean.png,inpaint,small_mask.png,,bad,\n"
+    )
+    out = tmp_path / "out"
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, *FIT)
+    assert code == 1, stderr
+    rows = {r["job"]: r for r in json.loads((out / "summary.json").read_text())["jobs"]}
+    assert rows["den"]["status"] == "done" and rows["den"]["iterations"] == 20  # the row's option wins
+    assert rows["inp"]["status"] == "done" and rows["inp"]["psnr"] > 20
+    assert json.loads((out / "inp.json").read_text())["config"]["lr"] == 0.02
+    assert rows["bad"]["status"] == "failed" and "mask" in rows["bad"]["error"] and "\n" not in rows["bad"]["error"]
+    assert not (out / "bad.png").exists()
+
+
+def test_a_jsonl_manifest_and_a_task_for_every_row(tmp_path):
+    save_png(smooth_image(32, 32), tmp_path / "a.png")
+    (tmp_path / "jobs.jsonl").write_text(
+        json.dumps({"image": "a.png", "output": "first.png"})
+        + "\n\n"
+        + json.dumps({"image": "a.png", "output": "second", "options": ["--seed", "3"]})
+        + "\n"
+    )
+    jobs = load_jobs(tmp_path / "jobs.jsonl", task="denoise")
+    assert [(j.name, j.task, j.options) for j in jobs] == [
+        ("first", "denoise", ()),
+        ("second", "denoise", ("--seed", "3")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        ("image,colour\na.png,red\n", "unknown column(s) colour; columns are image, task"),
+        ("image,task\nmissing.png,denoise\n", "image missing.png: no such file"),
+        ("image,task\na.png,sharpen\n", "unknown task 'sharpen'"),
+        ("image,task,output\na.png,denoise,x.png\na.png,denoise,x.jpg\n", "two jobs write x.png"),
+        ("image,task,options\na.png,denoise,--iterations lots\n", "job a: Invalid value for '--iterations'"),
+        ("image,task,options\na.png,denoise,--report r.json\n", "job a: dipc batch writes OUTDIR/NAME.png"),
+        ("task\ndenoise\n", "the column image is missing"),
+    ],
+)
+def test_a_bad_manifest_stops_the_batch_in_one_line(tmp_path, manifest, message):
+    save_png(smooth_image(32, 32), tmp_path / "a.png")
+    (tmp_path / "jobs.csv").write_text(manifest)
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *FIT)
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_batch_options_and_outdir_are_one_line(tmp_path, folder):
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--task", "denoise", "-o", tmp_path / "file"], "is a file: OUTDIR must be a folder"),
+        (["-o", tmp_path / "o"], "a folder of images needs --task"),
+        (["--task", "denoise", "-o", tmp_path / "o", "--pack", "0"], "--pack must be a whole number >= 1"),
+        (["--task", "denoise", "-o", tmp_path / "o", "--shard", "2/2"], "--shard I/N needs 0 <= I < N"),
+        (["--task", "inpaint", "-o", tmp_path / "o", "--mask-dir", tmp_path], "no mask for img0.png"),
+    ]
+    for args, message in cases:
+        code, stderr = dipc("batch", folder, *args, *FIT)
+        assert code == 2 and message in stderr, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1
+
+
+def test_shards_split_the_jobs_disjointly_and_cover_them(tmp_path, folder):
+    jobs = [BatchJob(f"j{i}", "denoise", Path(f"{i}.png")) for i in range(7)]
+    parts = [shard(jobs, f"{i}/3") for i in range(3)]
+    assert sorted(j.name for part in parts for j in part) == sorted(j.name for j in jobs)
+    assert [len(p) for p in parts] == [3, 2, 2]
+    with pytest.raises(ManifestError, match="--shard takes I/N"):
+        shard(jobs, "1-3")
+    out = tmp_path / "out"
+    assert dipc("batch", folder, "-o", out, "--task", "denoise", "--shard", "1/2", *FIT, "-q")[0] == 0
+    assert sorted(p.name for p in out.glob("img*.png")) == ["img1.png"]
+    assert (out / "summary-1-of-2.csv").exists() and not (out / "summary.csv").exists()
+
+
+def test_ctrl_c_stops_the_batch_and_a_rerun_resumes_to_the_same_images(tmp_path, folder, monkeypatch):
+    args = [folder, "--task", "denoise", "--sigma", "25", *FIT, *EXACT, "--stop", "fixed", "-q"]
+    assert dipc("batch", "-o", tmp_path / "straight", *args)[0] == 0
+    original = restore.Fitter.perturbed_input
+    seen: list[int] = []
+
+    def ctrl_c_in_the_second_job(self):
+        if self.iteration == 0:
+            seen.append(id(self))
+        if len(seen) == 2 and self.iteration == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", ctrl_c_in_the_second_job)
+    out = tmp_path / "out"
+    code, stderr = dipc("batch", "-o", out, *args)
+    assert code == 130, stderr
+    rows = {r["job"]: r["status"] for r in json.loads((out / "summary.json").read_text())["jobs"]}
+    assert rows == {"img0": "done", "img1": "interrupted"}  # img2 never started
+    assert len(list((out / ".partial").glob("img1.*.ckpt"))) == 1
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", original)
+    code, stderr = dipc("batch", "-o", out, *args)
+    assert code == 0, stderr
+    for i in range(3):
+        assert torch.equal(load_image(out / f"img{i}.png"), load_image(tmp_path / "straight" / f"img{i}.png"))
+    assert json.loads((out / "img1.json").read_text())["iterations"] == 30
+    assert json.loads((out / "img1.json").read_text())["resumed_from_iteration"] == 13  # the iteration under way ends
+
+
+def test_packed_jobs_write_every_output_and_restore_as_well(tmp_path, folder):
+    args = [folder, "--task", "denoise", "--sigma", "25", *FIT, "--iterations", "60", "--stop", "fixed", "-q"]
+    assert dipc("batch", "-o", tmp_path / "alone", *args)[0] == 0
+    code, stderr = dipc("batch", "-o", tmp_path / "packed", "--pack", "2", "--checkpoints", *args)
+    assert code == 0, stderr
+    alone = json.loads((tmp_path / "alone" / "summary.json").read_text())["jobs"]
+    packed = json.loads((tmp_path / "packed" / "summary.json").read_text())["jobs"]
+    for a, p in zip(alone, packed, strict=True):
+        assert p["status"] == "done" and p["iterations"] == 60
+        assert abs(a["psnr"] - p["psnr"]) < 1.0
+        assert (tmp_path / "packed" / "checkpoints" / f"{p['job']}.ckpt").exists()
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(tmp_path, folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code, stderr = dipc("batch", folder, "-o", tmp_path / "out", "--task", "denoise", "--ray", *FIT)
+    assert code == 2 and "pip install 'dip-compile[ray]'" in stderr, stderr
+
+
+def test_an_unreachable_ray_address_is_one_line(tmp_path, folder, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    started = time.monotonic()
+    code, stderr = dipc("batch", folder, "-o", tmp_path / "out", "--task", "denoise", "--ray", *FIT)
+    assert code == 2 and "cannot reach the Ray cluster at 127.0.0.1:9" in stderr, stderr
+    assert time.monotonic() - started < 30
+
+
+def _ray_workers() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().startswith(b"ray::run_task"):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_ray_batch_survives_a_killed_worker_with_identical_outputs(tmp_path, folder):
+    pytest.importorskip("ray")
+    args = [folder, "--task", "denoise", "--sigma", "25", *FIT, *EXACT, "--stop", "fixed", "--iterations", "300"]
+    args += ["--checkpoint-every", "0.5", "-q"]
+    assert dipc("batch", "-o", tmp_path / "straight", *args)[0] == 0
+    out = tmp_path / "ray"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "dip_compile.cli", "batch", "-o", str(out), "--ray", *map(str, args)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and run.poll() is None:
+        partial = list((out / ".partial").glob("*.ckpt")) if (out / ".partial").exists() else []
+        workers = _ray_workers()
+        if partial and workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed = workers[0]
+        time.sleep(0.2)
+    _, stderr = run.communicate(timeout=300)
+    assert killed is not None, "no Ray worker was caught mid-job"
+    assert run.returncode == 0, stderr
+    for i in range(3):
+        assert torch.equal(load_image(out / f"img{i}.png"), load_image(tmp_path / "straight" / f"img{i}.png"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert [r["status"] for r in json.loads((out / "summary.json").read_text())["jobs"]] == ["done"] * 3
+    resumed = [json.loads((out / f"img{i}.json").read_text()).get("resumed_from_iteration") for i in range(3)]
+    assert any(it is not None and 0 < it < 300 for it in resumed), resumed  # the killed job went on from its checkpoint
