@@ -1,7 +1,9 @@
+import dataclasses
+
 import pytest
 import torch
 
-from conftest import smooth_image, tiny_config
+from conftest import TINY_NET, smooth_image, tiny_config
 from dip_compile.degradations import random_holes_mask
 from dip_compile.fitting import Fitter, StepRequest
 from dip_compile.metrics import psnr
@@ -12,7 +14,10 @@ from dip_compile.problem import add_noise, make_problem
 def fitters(cfg_changes: list[dict], task: str = "denoise") -> list[Fitter]:
     made = []
     for i, changes in enumerate(cfg_changes):
+        changes = dict(changes)
+        net = changes.pop("net", None)
         cfg = tiny_config(task, **{"iterations": 12, "stop": "fixed", "log_every": 4, "seed": i, **changes})
+        cfg = cfg.replace(net=net) if net is not None else cfg
         clean = smooth_image(32, 32, seed=i)
         if task == "inpaint":
             problem = make_problem(cfg, clean, mask=random_holes_mask(32, 32, 0.5, seed=i), reference=clean)
@@ -71,3 +76,20 @@ def test_a_pack_of_mixed_sizes_runs_each_group_on_its_own():
     drive_packed(iter([small[0].session(), big.session(), small[1].session()]), pack=3)
     assert torch.equal(big.image()[0].cpu(), alone)  # a group of one runs the fit's own step
     assert all(f.iteration == 12 for f in [*small, big])
+
+
+def test_a_compiled_packed_step_matches_the_eager_step_alone():
+    """One torch.compile test (about a minute): the packed step under inductor, in the precision auto picks."""
+    net = dataclasses.replace(TINY_NET, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(4, 4))
+    changes = [{"backend": "inductor", "net": net}, {"backend": "inductor", "net": net, "lr": 0.02}]
+    packed = fitters(changes)
+    alone = fitters([{**c, "backend": "eager"} for c in changes])
+    assert packed[0].plan.backend == "inductor"
+    replies = PackedStep()([StepRequest(f, f.net_input) for f in packed])
+    for a, (loss, out) in zip(alone, replies, strict=True):
+        own_loss, own_out = a.step(a.net_input, a.optimizer)
+        tolerance = 1e-5 if a.plan.precision == "fp32" else 2e-2  # bf16 rounds the network's activations
+        assert abs(loss.item() - own_loss.item()) <= tolerance * own_loss.item()
+        assert (out - own_out).abs().max() < tolerance
+    results = drive_packed(iter(f.session(3) for f in packed), pack=2)
+    assert [r.iterations for r in results] == [3, 3] and all(torch.isfinite(r.image).all() for r in results)
