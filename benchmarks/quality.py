@@ -1,23 +1,28 @@
-"""Quality benchmark against the paper: the presets on the paper's images, with baselines and auto-stop analysis.
+"""Quality benchmark against the paper: the presets on the paper's images through ``dipc batch``, with baselines.
 
-Not a test: it runs for minutes to hours. For each case it writes a side-by-side PNG (input | baseline | DIP |
-reference) and all numbers to ``quality.json`` in ``--out``, and prints a table. What was run (image size,
-iteration caps, stopping window/patience, threads, seconds per iteration) is recorded next to every number.
+Not a test: it runs for minutes to hours. It writes the cases' inputs and one manifest, runs them as one
+``dipc batch`` (so the figures are what a user of ``dipc batch`` gets; ``--pack``/``--ray`` pass through), then
+reads each job's report and checkpoint for the baselines, writes a side-by-side PNG per case (input | baseline |
+DIP | reference), ``quality.json`` in ``--out``, and prints a table. What was run (image size, iteration caps,
+stopping window/patience, threads, seconds per iteration) is recorded next to every number.
 
     python benchmarks/quality.py                        # the full presets at full size (hours on a CPU)
     python benchmarks/quality.py --quick                # small crops and capped iterations (minutes)
     python benchmarks/quality.py --size 128 --iterations 1000 --denoise-iterations 2500 --stop-patience 400
 
 Cases: kate inpainting with its mask (PSNR over the image and over the hole), F16 denoising at sigma 25 (noisy
-input, output at the preset's count, auto-stopped output, best iteration = oracle), zebra x4 super-resolution
-(bicubic vs DIP), and text-mask and random-hole inpainting on one more image (diffusion fill as the baseline).
+input; the fixed count and the auto-stopped fit as two jobs; the best PSNR the fit saw = oracle), zebra x4
+super-resolution (bicubic vs DIP), and text-mask and random-hole inpainting on one more image (diffusion fill as the
+baseline).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,15 +35,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dip_compile import presets  # noqa: E402
 from dip_compile.baselines import diffusion_fill  # noqa: E402
-from dip_compile.config import FitConfig  # noqa: E402
-from dip_compile.degradations import random_holes_mask, text_mask  # noqa: E402
-from dip_compile.fitting import Fitter  # noqa: E402
-from dip_compile.imageio import load_image, save_side_by_side  # noqa: E402
+from dip_compile.checkpoint import load_checkpoint  # noqa: E402
+from dip_compile.imageio import load_image, save_image, save_side_by_side  # noqa: E402
 from dip_compile.metrics import psnr  # noqa: E402
-from dip_compile.presets import preset  # noqa: E402
-from dip_compile.problem import add_noise, downsample_reference, make_problem  # noqa: E402
-from dip_compile.stopping import VarianceStopper  # noqa: E402
 
 CASES = ("kate", "denoise", "sr", "text", "holes")
 QUICK = dict(size=64, iterations=400, denoise_iterations=1500, stop_window=50, stop_patience=300)
@@ -73,191 +74,131 @@ def masked_psnr(x: torch.Tensor, y: torch.Tensor, region: torch.Tensor) -> float
     return float(-10.0 * torch.log10(diff.pow(2).mean().clamp_min(1e-12)))
 
 
-class Tracker:
-    """One stopping rule watched alongside a fit: where it would stop and what it would return."""
-
-    def __init__(self, name: str, stopper: VarianceStopper, keep_ema: bool) -> None:
-        self.name, self.stopper, self.keep_ema = name, stopper, keep_ema
-        self.trigger: int | None = None
-        self.chosen: int | None = None
-        self.image: torch.Tensor | None = None
-
-    def update(self, fitter: Fitter, out: torch.Tensor) -> None:
-        if self.trigger is not None:
-            return
-        self.stopper.update(out, fitter.iteration, keep=fitter.ema if self.keep_ema else None)
-        chosen = self.stopper.chosen_iteration()
-        if chosen is not None and fitter.iteration - chosen >= self.stopper.patience:
-            self.trigger, self.chosen = fitter.iteration, chosen
-            assert self.stopper.best_image is not None
-            self.image = self.stopper.best_image.clone()
-
-    def finish(self) -> None:
-        """A rule that never fired returns its best-so-far image (as ``dipc fit`` does when iterations run out)."""
-        if self.trigger is None and self.stopper.best_image is not None:
-            self.chosen, self.image = self.stopper.chosen_iteration(), self.stopper.best_image.clone()
+# --- the manifest --------------------------------------------------------------------------------------------
 
 
-def run_fit(config: FitConfig, problem, iterations: int, trackers: list[Tracker], label: str) -> dict[str, Any]:
-    """Runs ``iterations`` steps, recording PSNR of the raw output (and EMA) to the reference every iteration."""
-    fitter = Fitter(config, problem, device="cpu")
-    ref = problem.reference
-    raw, ema = [], []
-    t0 = time.perf_counter()
-    for i in range(iterations):
-        _, out = fitter.iterate()
-        raw.append(float(psnr(out, ref)))
-        if fitter.ema is not None:
-            ema.append(float(psnr(fitter.ema, ref)))
-        for tracker in trackers:
-            tracker.update(fitter, out)
-        if (i + 1) % 50 == 0 or i + 1 == iterations:
-            spent = time.perf_counter() - t0
-            print(
-                f"  [{label}] {i + 1}/{iterations}  PSNR {raw[-1]:.2f}"
-                + (f" (EMA {ema[-1]:.2f})" if ema else "")
-                + f"  {spent / (i + 1):.2f} s/it",
-                flush=True,
+def manifest_rows(args: argparse.Namespace, inputs: Path) -> list[dict[str, Any]]:
+    """One ``dipc batch`` row per case, its inputs written to ``inputs`` at the benchmark's size."""
+
+    def sized(name: str, resample: int = Image.Resampling.LANCZOS) -> str:
+        path = inputs / (Path(name).stem + ".png")
+        save_image(fit_size(load_image(args.data / name), args.size, resample, crop_only=args.crop), path)
+        return path.name
+
+    cap = f" --iterations {args.iterations}" if args.iterations else ""
+    rows: list[dict[str, Any]] = []
+    for case in args.cases:
+        if case == "kate":
+            rows.append(
+                dict(
+                    image=sized("kate.png"),
+                    task="inpaint",
+                    output="kate",
+                    options=cap.strip(),
+                    mask=sized("kate_mask.png", Image.Resampling.NEAREST),
+                    reference="kate.png",
+                )
             )
-    for tracker in trackers:
-        tracker.finish()
-    seconds = time.perf_counter() - t0
-    return {"fitter": fitter, "raw": raw, "ema": ema, "seconds": seconds, "seconds_per_iteration": seconds / iterations}
+        elif case == "denoise":
+            stop = f"--stop-window {args.stop_window} --stop-patience {args.stop_patience}"
+            its = f" --iterations {args.denoise_iterations}" if args.denoise_iterations else ""
+            for name in args.denoise_images:
+                label = "denoise" if name == "F16_GT.png" else f"denoise-{Path(name).stem}"
+                image = sized(name)
+                rows.append(
+                    dict(image=image, task="denoise", output=f"{label}-fixed", options=f"--sigma 25 --stop fixed{its}")
+                )
+                rows.append(
+                    dict(image=image, task="denoise", output=label, options=f"--sigma 25 --stop auto {stop}{its}")
+                )
+        elif case == "sr":
+            rows.append(
+                dict(
+                    image=sized("zebra_GT.png"),
+                    task="super-resolve",
+                    output="sr",
+                    options=f"--from-reference --factor 4{cap}",
+                )
+            )
+        else:
+            flag = "--text" if case == "text" else f"--holes {args.holes}"
+            rows.append(dict(image=sized(args.extra_image), task="inpaint", output=case, options=f"{flag}{cap}"))
+    return rows  # fmt: skip
 
 
-def best(series: list[float]) -> tuple[float, int]:
-    i = int(np.argmax(series))
-    return series[i], i + 1
+def run_batch(args: argparse.Namespace, manifest: Path, outdir: Path) -> float:
+    command = [sys.executable, "-m", "dip_compile.cli", "batch", str(manifest), "-o", str(outdir), "--checkpoints"]
+    command += [
+        "--seed",
+        str(args.seed),
+        "--log-every",
+        "5",
+        "--pack",
+        str(args.pack),
+        *(["--ray"] if args.ray else []),
+    ]
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    t0 = time.perf_counter()
+    done = subprocess.run(command, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"dipc batch failed with exit code {done.returncode}")
+    return time.perf_counter() - t0
 
 
-def params(config: FitConfig, iterations: int, preset_iterations: int, size: tuple[int, ...]) -> dict[str, Any]:
-    return {
-        "height": size[0],
-        "width": size[1],
-        "iterations_run": iterations,
-        "preset_iterations": preset_iterations,
-        "lr": config.lr,
-        "reg_noise_std": config.reg_noise_std,
-        "ema": config.ema,
-        "backtrack_db": config.backtrack_db,
-        "net": {
-            "structure": config.net.structure,
-            "channels_down": config.net.channels_down,
-            "channels_skip": config.net.channels_skip,
-            "upsample": config.net.upsample,
-        },
-    }
+# --- one row per case, from the batch's reports and checkpoints -----------------------------------------------
 
 
-# --- the cases -------------------------------------------------------------------------------------------------
-
-
-def inpaint_case(name: str, image: torch.Tensor, mask: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
-    config = preset("inpaint", output_channels=image.shape[0]).replace(seed=args.seed)
-    iterations = min(config.iterations, args.iterations) if args.iterations else config.iterations
-    problem = make_problem(config, image, mask=mask, reference=image)
-    fit = run_fit(config, problem, iterations, [], name)
-    result = fit["fitter"].output().cpu()
-    ref, hole = image.unsqueeze(0), (1 - mask)
-    masked = problem.observation.cpu()
-    filled = diffusion_fill(masked, mask)
-    row = {
+def case_row(outdir: Path, name: str, args: argparse.Namespace, pictures: Path) -> dict[str, Any]:
+    report = json.loads((outdir / f"{name}.json").read_text())
+    problem = load_checkpoint(outdir / "checkpoints" / f"{name}.ckpt").problem
+    assert problem.reference is not None
+    ref, view = problem.reference.cpu(), problem.corrupted_view().cpu()
+    result = load_image(outdir / f"{name}.png")[None]
+    config = report["config"]
+    row: dict[str, Any] = {
         "case": name,
-        "task": "inpaint",
-        "hole_fraction": float(hole.mean()),
-        "params": params(config, iterations, config.iterations, tuple(image.shape[-2:])),
-        "seconds": fit["seconds"],
-        "seconds_per_iteration": fit["seconds_per_iteration"],
-        "psnr": {
-            "masked_input": float(psnr(masked, ref)),
-            "diffusion_fill": float(psnr(filled, ref)),
-            "dip": float(psnr(result, ref)),
+        "task": report["task"],
+        "params": {
+            "height": report["image_size"]["height"],
+            "width": report["image_size"]["width"],
+            "iterations_run": report["iterations"],
+            "preset_iterations": presets.BY_NAME[config["preset"]].config.iterations
+            if config.get("preset") in presets.BY_NAME
+            else config["iterations"],
+            "lr": config["lr"],
+            "reg_noise_std": config["reg_noise_std"],
+            "ema": config["ema"],
+            "stop": config["stop"],
+            "stop_window": config["stop_window"],
+            "stop_patience": config["stop_patience"],
+            "scaling": "full size" if args.size is None else ("centre crop" if args.crop else "resized"),
         },
-        "psnr_hole": {
-            "masked_input": masked_psnr(masked, ref, hole),
+        "seconds": report["wall_seconds"],
+        "seconds_per_iteration": report["wall_seconds"] / max(report["iterations"], 1),
+        "stop_reason": report["stop_reason"],
+        "chosen_iteration": report["chosen_iteration"],
+        "input_psnr": report["input_psnr"],
+        "dip_psnr": report["final_psnr"],
+        "best_psnr_seen": [report.get("best_psnr_seen"), report.get("best_psnr_iteration")],
+    }
+    panels = [view]
+    if problem.mask is not None:
+        mask = problem.mask.cpu().reshape(problem.mask.shape[-2:])
+        hole = 1 - mask
+        filled = diffusion_fill(view, mask)
+        kept = result * hole + view * mask  # what --keep-known returns
+        row["hole_fraction"] = float(hole.mean())
+        row["diffusion_fill_psnr"] = float(psnr(filled, ref))
+        row["psnr_hole"] = {
+            "masked_input": masked_psnr(view, ref, hole),
             "diffusion_fill": masked_psnr(filled, ref, hole),
             "dip": masked_psnr(result, ref, hole),
-        },
-        "best_psnr_seen": best(fit["raw"]),
-    }
-    save_side_by_side([masked, filled, result, ref], out_dir / f"{name}.png")
-    return row
-
-
-def denoise_case(name: str, image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
-    config = preset("denoise", output_channels=image.shape[0]).replace(
-        seed=args.seed, stop_window=args.stop_window, stop_patience=args.stop_patience
-    )
-    iterations = args.denoise_iterations or config.iterations
-    noisy = add_noise(image, 25 / 255.0, seed=args.noise_seed)
-    problem = make_problem(config, noisy, reference=image)
-    w, p, dev = config.stop_window, config.stop_patience, torch.device("cpu")
-    trackers = [
-        Tracker("wmv_ema", VarianceStopper("wmv", w, p, config.stop_alpha, dev), keep_ema=True),
-        Tracker("wmv_raw", VarianceStopper("wmv", w, p, config.stop_alpha, dev), keep_ema=False),
-        Tracker("emv_raw", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=False),
-        Tracker("emv_ema", VarianceStopper("emv", w, p, config.stop_alpha, dev), keep_ema=True),
-    ]
-    fit = run_fit(config.replace(stop="fixed"), problem, iterations, trackers, name)
-    ref = image.unsqueeze(0)
-    fixed = fit["fitter"].image()[0].cpu()  # what --stop fixed returns at the last iteration (the EMA)
-    oracle_ema, oracle_raw = best(fit["ema"]), best(fit["raw"])
-    auto = {}
-    for t in trackers:
-        value = float(psnr(t.image, ref)) if t.image is not None else None
-        oracle = oracle_ema if t.keep_ema else oracle_raw
-        auto[t.name] = {
-            "triggered_at": t.trigger,
-            "chosen_iteration": t.chosen,
-            "psnr": value,
-            "oracle_psnr": oracle[0],
-            "oracle_iteration": oracle[1],
-            "gap_db": None if value is None else oracle[0] - value,
         }
-    main = trackers[0]
-    row = {
-        "case": name,
-        "task": "denoise",
-        "sigma": 25,
-        "noise_seed": args.noise_seed,
-        "params": params(config, iterations, config.iterations, tuple(image.shape[-2:]))
-        | {"stop_window": w, "stop_patience": p, "stop_alpha": config.stop_alpha},
-        "seconds": fit["seconds"],
-        "seconds_per_iteration": fit["seconds_per_iteration"],
-        "psnr": {
-            "noisy_input": float(psnr(noisy.unsqueeze(0), ref)),
-            "fixed_count": float(psnr(fixed, ref)),
-            "auto": auto[main.name]["psnr"],
-            "oracle": oracle_ema[0],
-        },
-        "fixed_count_iteration": iterations,
-        "auto": auto,
-        "psnr_curve_every_10": {"raw": fit["raw"][9::10], "ema": fit["ema"][9::10]},
-    }
-    panels = [noisy.unsqueeze(0), fixed, main.image if main.image is not None else fixed, ref]
-    save_side_by_side(panels, out_dir / f"{name}.png")
-    return row
-
-
-def sr_case(image: torch.Tensor, args, out_dir: Path) -> dict[str, Any]:
-    config = preset("super-resolve", factor=4, output_channels=image.shape[0]).replace(seed=args.seed)
-    iterations = min(config.iterations, args.iterations) if args.iterations else config.iterations
-    low, high = downsample_reference(image, 4)
-    problem = make_problem(config, low, reference=high)
-    fit = run_fit(config, problem, iterations, [], "sr")
-    result = fit["fitter"].output().cpu()
-    ref, bicubic = high.unsqueeze(0), problem.corrupted_view().cpu()
-    row = {
-        "case": "sr",
-        "task": "super-resolve",
-        "factor": 4,
-        "params": params(config, iterations, config.iterations, tuple(high.shape[-2:])),
-        "seconds": fit["seconds"],
-        "seconds_per_iteration": fit["seconds_per_iteration"],
-        "psnr": {"bicubic": float(psnr(bicubic, ref)), "dip": float(psnr(result, ref))},
-        "best_psnr_seen": best(fit["raw"]),
-    }
-    save_side_by_side([bicubic, result, ref], out_dir / "sr.png")
+        row["dip_known_kept_psnr"] = float(psnr(kept, ref))
+        panels.append(filled)
+    save_side_by_side([*panels, result, ref], pictures / f"{name}.png", overwrite=True)
     return row
 
 
@@ -270,41 +211,31 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        p, size = r["params"], f"{r['params']['width']}x{r['params']['height']} {r['params'].get('scaling', 'resized')}"
+        p = r["params"]
+        size = f"{p['width']}x{p['height']} {p['scaling']}"
         its = f"{p['iterations_run']} of {p['preset_iterations']}"
-        if r["task"] == "inpaint":
+        best, at = r["best_psnr_seen"]
+        seen = f"best seen {best:.2f} @ {at}" if best is not None else ""
+        if "psnr_hole" in r:
+            h = r["psnr_hole"]
             base = (
-                f"masked {r['psnr']['masked_input']:.2f} (hole {r['psnr_hole']['masked_input']:.2f}); "
-                f"diffusion {r['psnr']['diffusion_fill']:.2f} (hole {r['psnr_hole']['diffusion_fill']:.2f})"
+                f"masked {r['input_psnr']:.2f} (hole {h['masked_input']:.2f}); "
+                f"diffusion {r['diffusion_fill_psnr']:.2f} (hole {h['diffusion_fill']:.2f})"
             )
-            # known pixels pasted back: only the hole differs, so its PSNR follows from the hole PSNR
-            composite = r["psnr_hole"]["dip"] - 10 * np.log10(r["hole_fraction"])
-            dip = f"raw {r['psnr']['dip']:.2f}, known pixels kept {composite:.2f} (hole {r['psnr_hole']['dip']:.2f})"
-            notes = f"hole {100 * r['hole_fraction']:.0f}% of pixels; best seen {r['best_psnr_seen'][0]:.2f} @ {r['best_psnr_seen'][1]}"
+            dip = f"raw {r['dip_psnr']:.2f}, known pixels kept {r['dip_known_kept_psnr']:.2f} (hole {h['dip']:.2f})"
+            notes = f"hole {100 * r['hole_fraction']:.0f}% of pixels; {seen}"
         elif r["task"] == "denoise":
-            a = r["auto"]["wmv_ema"]
-            base = f"noisy {r['psnr']['noisy_input']:.2f}"
-            auto = "n/a" if a["psnr"] is None else f"{a['psnr']:.2f}"
-            dip = (
-                f"fixed@{r['fixed_count_iteration']} {r['psnr']['fixed_count']:.2f}; auto {auto}; "
-                f"oracle {r['psnr']['oracle']:.2f}"
-            )
-            trig = "did not fire" if a["triggered_at"] is None else f"fired @ {a['triggered_at']}"
-            gaps = ", ".join(
-                f"{k} {v['gap_db']:.2f} dB (chose {v['chosen_iteration']}, "
-                + ("no stop" if v["triggered_at"] is None else f"stop {v['triggered_at']}")
-                + ")"
-                for k, v in r["auto"].items()
-                if v["gap_db"] is not None
-            )
-            notes = (
-                f"auto ES-WMV on EMA chose {a['chosen_iteration']}, {trig}; oracle @ {a['oracle_iteration']}; "
-                f"W={p['stop_window']} P={p['stop_patience']}; gaps: {gaps}"
-            )
+            base = f"noisy {r['input_psnr']:.2f}"
+            if p["stop"] == "auto":
+                dip = f"auto {r['dip_psnr']:.2f} (oracle {best:.2f}: gap {best - r['dip_psnr']:.2f} dB)"
+                notes = (
+                    f"chose {r['chosen_iteration']}, {r['stop_reason']} at {p['iterations_run']}; oracle @ {at}; "
+                    f"W={p['stop_window']} P={p['stop_patience']}"
+                )
+            else:
+                dip, notes = f"fixed {r['dip_psnr']:.2f}", seen
         else:
-            base = f"bicubic {r['psnr']['bicubic']:.2f}"
-            dip = f"{r['psnr']['dip']:.2f}"
-            notes = f"x4; best seen {r['best_psnr_seen'][0]:.2f} @ {r['best_psnr_seen'][1]}"
+            base, dip, notes = f"bicubic {r['input_psnr']:.2f}", f"{r['dip_psnr']:.2f}", f"x4; {seen}"
         lines.append(f"| {r['case']} | {size} | {its} | {base} | {dip} | {notes} | {r['seconds_per_iteration']:.2f} |")
     return "\n".join(lines)
 
@@ -327,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-image", default="F16_GT.png", help="image for the text and random-hole cases")
     parser.add_argument("--holes", type=float, default=0.5, help="fraction of pixels dropped in the random-hole case")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise-seed", type=int, default=0)
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
+    parser.add_argument("--pack", type=int, default=1, help="dipc batch --pack")
+    parser.add_argument("--ray", action="store_true", help="dipc batch --ray")
     parser.add_argument("--quick", action="store_true", help=f"defaults for a run of minutes: {QUICK}")
     parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved runs and exit")
     args = parser.parse_args(argv)
@@ -339,49 +271,25 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in QUICK.items():
             if getattr(args, key) in (None, parser.get_default(key)):
                 setattr(args, key, value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if not args.data.is_dir():
         parser.error(f"data folder {args.data} not found (pass --data)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    print(f"quality benchmark: {vars(args)}, threads {torch.get_num_threads()}", flush=True)
-
-    def sized(image: torch.Tensor, resample: int = Image.Resampling.LANCZOS) -> torch.Tensor:
-        return fit_size(image, args.size, resample, crop_only=args.crop)
-
-    rows = []
-    for case in args.cases:
-        t0 = time.perf_counter()
-        if case == "kate":
-            image = sized(load_image(args.data / "kate.png"))
-            mask_image = load_image(args.data / "kate_mask.png")
-            mask = (sized(mask_image, Image.Resampling.NEAREST)[0] > 0.5).float()
-            rows.append(inpaint_case("kate", image, mask, args, args.out))
-        elif case == "denoise":
-            for name in args.denoise_images:
-                label = "denoise" if name == "F16_GT.png" else f"denoise-{Path(name).stem}"
-                rows.append(denoise_case(label, sized(load_image(args.data / name)), args, args.out))
-        elif case == "sr":
-            rows.append(sr_case(sized(load_image(args.data / "zebra_GT.png")), args, args.out))
-        else:
-            image = sized(load_image(args.data / args.extra_image))
-            h, w = image.shape[-2:]
-            mask = text_mask(h, w) if case == "text" else random_holes_mask(h, w, args.holes, seed=args.seed)
-            rows.append(inpaint_case(case, image, mask, args, args.out))
-        for row in rows:
-            row["params"].setdefault(
-                "scaling", "full size" if args.size is None else ("centre crop" if args.crop else "resized")
-            )
-        print(f"{case}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-        report = {
-            "run": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-            "cases": rows,
-        }
-        (args.out / args.json).write_text(json.dumps(report, indent=2))  # rewritten after each case
-    print(table(rows))
+    inputs, outdir = args.out / "quality-inputs", args.out / "quality-batch"
+    inputs.mkdir(parents=True, exist_ok=True)
+    print(f"quality benchmark: {vars(args)}", flush=True)
+    rows = manifest_rows(args, inputs)
+    manifest = inputs / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    seconds = run_batch(args, manifest, outdir)
+    cases = [case_row(outdir, row["output"], args, args.out) for row in rows]
+    report = {
+        "run": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "batch_seconds": seconds,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cases": cases,
+    }
+    (args.out / args.json).write_text(json.dumps(report, indent=2))
+    print(table(cases))
     return 0
 
 

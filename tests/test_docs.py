@@ -42,3 +42,9 @@ def test_readme_preset_table_lists_each_preset_with_its_settings(row):
     assert cells[4] == f"{row['parameters']:,}"
     assert int(cells[5]) == row["iterations"] and float(cells[6]) == row["lr"]
     assert abs(float(Fraction(cells[7])) - row["reg_noise"]) < 1e-12  # 1/30 written as the notebooks write it
+
+
+def test_readme_lists_the_manifest_columns():
+    from dip_compile.batch.jobs import COLUMNS
+
+    assert f"columns are {', '.join(COLUMNS)}" in FLAT
