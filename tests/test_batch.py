@@ -253,3 +253,20 @@ def test_ray_batch_survives_a_killed_worker_with_identical_outputs(tmp_path, fol
     assert [r["status"] for r in json.loads((out / "summary.json").read_text())["jobs"]] == ["done"] * 3
     resumed = [json.loads((out / f"img{i}.json").read_text()).get("resumed_from_iteration") for i in range(3)]
     assert any(it is not None and 0 < it < 300 for it in resumed), resumed  # the killed job went on from its checkpoint
+
+
+def test_an_unexpected_error_in_one_job_is_a_row_and_the_others_go_on(tmp_path, folder, monkeypatch):
+    original = restore.Fitter.perturbed_input
+    second = load_image(folder / "img1.png")  # without noise options the observation is the image itself
+
+    def broken_for_the_second_image(self):
+        if torch.equal(self.problem.observation.cpu()[0], second):
+            raise RuntimeError("simulated bug")
+        return original(self)
+
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", broken_for_the_second_image)
+    code, stderr = dipc("batch", folder, "-o", tmp_path / "out", "--task", "denoise", *FIT, "-q")
+    rows = {r["job"]: r for r in json.loads((tmp_path / "out" / "summary.json").read_text())["jobs"]}
+    assert code == 1
+    assert rows["img1"]["error"] == "unexpected error (please report it): RuntimeError: simulated bug"
+    assert rows["img0"]["status"] == rows["img2"]["status"] == "done"

@@ -165,6 +165,9 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
         return outcome_from_report(p, "done")
     except DipError as exc:
         return Outcome(p.job.name, p.job.task, "failed", error=str(exc))
+    except Exception as exc:  # a bug must not cost the other jobs: recorded, in one line, like bad input
+        message = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        return Outcome(p.job.name, p.job.task, "failed", error=f"unexpected error (please report it): {message}")
 
 
 def sort_for_packing(prepared: Sequence[Prepared]) -> list[Prepared]:
