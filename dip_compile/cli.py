@@ -389,6 +389,14 @@ def batch(
     )
     jobs = batching.load_jobs(source, task.value if task else None, mask_dir, reference_dir)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if pack > 1 and not ray and not quiet:
+        import torch
+
+        if not torch.cuda.is_available():
+            console.print(
+                "note: on a CPU a packed step measured slower than fits one after the other (grouped convolutions); "
+                "--pack pays on GPUs (see the README)"
+            )
     count = [0]
     total = len(batching.shard(jobs, shard))
 

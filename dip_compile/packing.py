@@ -76,11 +76,10 @@ class PackedStep:
         if key not in self.forwards:
             self.forwards[key] = PackedForward(lead.net, lead.plan.backend)
         forward = self.forwards[key]
-        forward.template = lead.net
         names = [name for name, _ in lead.net.named_parameters()]
         own = [dict(f.net.named_parameters()) for f in fitters]
-        for f in fitters:
-            f.optimizer.zero_grad(set_to_none=True)
+        for f in fitters:  # zeroed in place: a fit's captured CUDA graph (when it ran alone) keeps its gradients
+            f.optimizer.zero_grad(set_to_none=False)
         params = {name: torch.stack([p[name] for p in own]) for name in names}
         inputs = torch.stack([r.net_input for r in requests])
         precision = lead.plan.precision
@@ -97,7 +96,7 @@ class PackedStep:
         torch.stack(losses).sum().backward()  # each fit's loss reaches only its own weights
         guarded = []
         for f, (loss, out) in zip(fitters, replies, strict=True):
-            step = f.step
+            step = getattr(f.step, "inner", f.step)  # a CUDA-graph step wraps the accelerated one
             if isinstance(step, AcceleratedStep) and step.guarded:  # bf16: the NaN/inf guard, per fit
                 loss, out = step._guard(loss, out, f.optimizer)
             guarded.append((loss, out))

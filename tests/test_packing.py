@@ -93,3 +93,20 @@ def test_a_compiled_packed_step_matches_the_eager_step_alone():
         assert (out - own_out).abs().max() < tolerance
     results = drive_packed(iter(f.session(3) for f in packed), pack=2)
     assert [r.iterations for r in results] == [3, 3] and all(torch.isfinite(r.image).all() for r in results)
+
+
+def test_a_non_finite_fit_in_a_bf16_pack_falls_back_alone():
+    """Each packed fit keeps its own NaN guard: the poisoned one skips its steps and goes on in fp32 (its key
+    changes, so it leaves the pack); its partner never sees a NaN."""
+    healthy, poisoned = fitters([{"precision": "bf16", "iterations": 8}, {"precision": "bf16", "iterations": 8}])
+    original = poisoned.perturbed_input
+
+    def nan_input_from_iteration_2():
+        x = original()
+        return x * float("nan") if poisoned.iteration == 2 else x
+
+    poisoned.perturbed_input = nan_input_from_iteration_2  # type: ignore[method-assign]
+    drive_packed(iter([healthy.session(), poisoned.session()]), pack=2)
+    assert healthy.fallbacks == [] and torch.isfinite(healthy.image()[0]).all()
+    assert poisoned.fallbacks and poisoned.fallbacks[0]["from_plan"].startswith("eager bf16")
+    assert poisoned.plan.precision == "fp32" and torch.isfinite(poisoned.image()[0]).all()
