@@ -238,7 +238,7 @@ class Fitter:
         self.backtrack_psnr = torch.tensor(float("-inf"), device=self.device)
         self.backtracks = torch.zeros((), dtype=torch.long, device=self.device)
         self.stopper = make_stopper(config, self.device)
-        self.history: dict[str, list[float]] = {"iteration": [], "loss": [], "psnr_observation": []}
+        self.history: dict[str, list[float]] = {"iteration": [], "seconds": [], "loss": [], "psnr_observation": []}
         if problem.reference is not None:
             self.history.update(psnr_reference=[], psnr_reference_ema=[])
         self.elapsed = 0.0
@@ -343,13 +343,14 @@ class Fitter:
         return loss, out
 
     # --- the loop ------------------------------------------------------------------------------------------
-    def _log(self, loss: torch.Tensor, out: torch.Tensor, total: int, rate: float) -> LogRecord:
+    def _log(self, loss: torch.Tensor, out: torch.Tensor, total: int, rate: float, seconds: float) -> LogRecord:
         ref = self.problem.reference
         p_obs = psnr(self.problem.operator(out), self.problem.observation).item()
         p_ref = psnr(out, ref).item() if ref is not None else None
         p_ema = psnr(self.ema, ref).item() if ref is not None and self.ema is not None else p_ref
         record = LogRecord(self.iteration, total, float(loss.item()), p_obs, p_ref, p_ema, rate)
         self.history["iteration"].append(self.iteration)
+        self.history.setdefault("seconds", []).append(seconds)  # fitting time so far (over resumes too)
         self.history["loss"].append(record.loss)
         self.history["psnr_observation"].append(p_obs)
         if p_ref is not None and p_ema is not None:
@@ -400,7 +401,7 @@ class Fitter:
                     if self.iteration > it_window:
                         rate = (self.iteration - it_window) / max(now - t_window, 1e-9)
                     self._check_finite()
-                    record = self._log(loss, out, total, rate)
+                    record = self._log(loss, out, total, rate, self.elapsed + now - t_start)
                     if on_log is not None:
                         on_log(record)
                 if snapshot_every and on_snapshot is not None and self.iteration % snapshot_every == 0:

@@ -92,9 +92,10 @@ def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert torch.equal(straight.ema, resumed.ema)
     assert torch.equal(straight.output(), resumed.output())
 
-    # the interrupted run also logged its last iteration (7); every record of the straight run is identical
+    # the interrupted run also logged its last iteration (7); every record of the straight run is identical (but
+    # for the wall-clock seconds)
     def rows(h):
-        return {it: tuple(h[k][i] for k in sorted(h)) for i, it in enumerate(h["iteration"])}
+        return {it: tuple(h[k][i] for k in sorted(h) if k != "seconds") for i, it in enumerate(h["iteration"])}
 
     assert rows(straight.history).items() <= rows(resumed.history).items()
 
@@ -139,3 +140,13 @@ def test_first_ctrl_c_stops_after_the_current_iteration():
 def test_nonsense_fit_settings_are_rejected(changes):
     with pytest.raises(ValueError):
         tiny_config("denoise", **changes)
+
+
+def test_history_records_the_fitting_seconds_of_each_record():
+    cfg = tiny_config("denoise", iterations=12, stop="fixed", log_every=4)
+    fitter = Fitter(cfg, make_problem(cfg, CLEAN, reference=CLEAN))
+    fitter.run(8)
+    fitter.run(12)  # a second call (as after a resume) continues the clock
+    seconds = fitter.history["seconds"]
+    assert fitter.history["iteration"] == [4, 8, 12] and len(seconds) == 3
+    assert 0 < seconds[0] < seconds[1] < seconds[2] <= fitter.elapsed
