@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-speed bench-quality bench-presets clean
+.PHONY: setup demo test bench-speed bench-quality bench-presets bench-batch clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,11 @@ bench-presets: setup
 	$(PY) benchmarks/presets_quality.py --size 128 --iterations 600 --threads 2
 
 bench-quality: setup
-	$(PY) benchmarks/quality.py --threads 1 --size 96 --iterations 400 --denoise-iterations 1800 \
-		--stop-patience 300
+	$(PY) benchmarks/quality.py --size 96 --iterations 900 --denoise-iterations 1800 --stop-patience 300 \
+		--denoise-images F16_GT.png kate.png
+
+bench-batch: setup
+	$(PY) benchmarks/batch_throughput.py --sizes 64,128 --images 8 --iterations 50
 
 clean:
 	rm -rf $(VENV) demo *.egg-info
