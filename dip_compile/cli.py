@@ -364,7 +364,7 @@ def batch(
     force: Annotated[
         bool, typer.Option("--force", help="redo jobs whose outputs exist (finished or from other settings)")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no line per job")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress and no line per job")] = False,
 ) -> None:
     """Restore many images: every dipc fit option after SOURCE applies to all jobs (a manifest row adds its own).
 
@@ -386,6 +386,7 @@ def batch(
         ray=ray,
         cpus_per_fit=cpus_per_fit,
         gpus_per_fit=gpus_per_fit,
+        progress=not quiet,
     )
     jobs = batching.load_jobs(source, task.value if task else None, mask_dir, reference_dir)
     console = Console(stderr=True, highlight=False, soft_wrap=True)

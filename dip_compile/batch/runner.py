@@ -36,6 +36,7 @@ class BatchOptions:
     cpus_per_fit: float = 1.0
     gpus_per_fit: float = 0.0
     retries: int = 3
+    progress: bool = False  # show each fit's progress (one fit at a time in this process only)
 
     def __post_init__(self) -> None:
         if isinstance(self.pack, bool) or not self.pack >= 1:
@@ -147,14 +148,14 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
             report=report,
             checkpoint_every=options.checkpoint_every,
             report_extra={"batch": {"job": p.job.name, "fingerprint": p.fingerprint}},
-            quiet=True,
+            quiet=not (options.progress and options.pack == 1 and not options.ray),
             force=True,  # checked above: what is there is this job's own (or --force)
         )
         if partial.exists() and not options.force:  # interrupted before: continue where it was
             fit = fit.resumed(partial)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        with open(os.devnull, "w") as quiet:
-            code = yield from fit_session(fit, quiet, stop_requested)
+        with open(os.devnull, "w") as devnull:
+            code = yield from fit_session(fit, None if not fit.quiet else devnull, stop_requested)
         if code:
             return Outcome(p.job.name, p.job.task, "interrupted", error=f"interrupted; rerun to resume from {partial}")
         if options.checkpoints:
