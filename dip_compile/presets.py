@@ -116,7 +116,7 @@ PRESETS: tuple[Preset, ...] = (
                 601, 0.1, 0.0),
            2_184_307, _FLASH_NOTEBOOK),
     Preset("deblur", "beyond the paper: a known blur (--kernel), the F16 loop",
-           _fit(Task.deblur, PAPER_NET, 2000, 0.01, 1 / 30, ema=0.99, backtrack_db=5.0),
+           _fit(Task.deblur, PAPER_NET, 4000, 0.01, 1 / 30, ema=0.99, backtrack_db=5.0),
            2_217_831, notebook=False),
 )  # fmt: skip
 
