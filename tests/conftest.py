@@ -32,6 +32,11 @@ FAKE_CPU = Capability(
     fast_fp16=False,
 )
 
+# For slow tests whose settings are explicit (nothing resolves through the faked CPU): one pass of make test is enough
+ONCE = pytest.mark.skipif(
+    AUTO_PRECISION == "bf16", reason="explicit settings, the same in both passes: runs in the fp32 pass only"
+)
+
 TINY_NET = NetConfig(input_depth=8, channels_down=(16, 16, 16), channels_up=(16, 16, 16), channels_skip=(4, 4, 4))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import dipc, save_png, smooth_image
+from conftest import ONCE, dipc, save_png, smooth_image
 from dip_compile import restore
 from dip_compile.batch import BatchJob, load_jobs, shard
 from dip_compile.batch.jobs import ManifestError
@@ -222,6 +222,7 @@ def _ray_workers() -> list[int]:
     return pids
 
 
+@ONCE
 def test_ray_batch_survives_a_killed_worker_with_identical_outputs(tmp_path, folder):
     pytest.importorskip("ray")
     args = [folder, "--task", "denoise", "--sigma", "25", *FIT, *EXACT, "--stop", "fixed", "--iterations", "300"]

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import TINY_NET, smooth_image, tiny_config
+from conftest import ONCE, TINY_NET, smooth_image, tiny_config
 from dip_compile.degradations import random_holes_mask
 from dip_compile.fitting import Fitter, StepRequest
 from dip_compile.metrics import psnr
@@ -78,10 +78,14 @@ def test_a_pack_of_mixed_sizes_runs_each_group_on_its_own():
     assert all(f.iteration == 12 for f in [*small, big])
 
 
+@ONCE
 def test_a_compiled_packed_step_matches_the_eager_step_alone():
-    """One torch.compile test (about a minute): the packed step under inductor, in the precision auto picks."""
+    """One torch.compile test (about a minute): the packed step under inductor and bf16 autocast."""
     net = dataclasses.replace(TINY_NET, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(4, 4))
-    changes = [{"backend": "inductor", "net": net}, {"backend": "inductor", "net": net, "lr": 0.02}]
+    changes = [
+        {"backend": "inductor", "precision": "bf16", "net": net},
+        {"backend": "inductor", "precision": "bf16", "net": net, "lr": 0.02},
+    ]
     packed = fitters(changes)
     alone = fitters([{**c, "backend": "eager"} for c in changes])
     assert packed[0].plan.backend == "inductor"
