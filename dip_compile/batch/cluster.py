@@ -57,10 +57,13 @@ def connect(ray: Any) -> str:
     return f"local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
-def run_task(prepared: Sequence[Prepared], options: BatchOptions) -> list[Outcome]:
-    """What a Ray worker runs: these jobs in its process (as one pack with --pack), with --cpus-per-fit threads."""
+def run_task(prepared: Sequence[Prepared], options: BatchOptions, cwd: str) -> list[Outcome]:
+    """What a Ray worker runs: these jobs in its process (as one pack with --pack), with --cpus-per-fit threads, in
+    the driver's folder where this node has it (relative paths in options then mean what they meant there)."""
     import torch
 
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
     torch.set_num_threads(max(1, int(options.cpus_per_fit)))
     return run_prepared(prepared, options, stop_requested=lambda: False)
 
@@ -78,7 +81,7 @@ def run_on_ray(
         max_retries=options.retries,
         retry_exceptions=False,
     )
-    pending = {remote.remote(task, options): task for task in tasks}
+    pending = {remote.remote(task, options, os.getcwd()): task for task in tasks}
     outcomes: list[Outcome] = []
     try:
         while pending:

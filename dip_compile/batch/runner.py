@@ -84,8 +84,9 @@ class Prepared:
 
 
 def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
-    """Parses every job's options and names its files; a bad job raises ``ManifestError`` (exit 2)."""
-    outdir = options.outdir
+    """Parses every job's options and names its files (absolute: a Ray worker may run elsewhere); a bad job raises
+    ``ManifestError`` (exit 2)."""
+    outdir = options.outdir.absolute()
     prepared = []
     for job in shard(jobs, options.shard):
         fit = fit_job(job, options.common, outdir)
