@@ -61,6 +61,10 @@ class StepRequest:
     fitter: Fitter
     net_input: torch.Tensor
 
+    def alone(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step computed by the fit's own (eager, accelerated or compiled) step."""
+        return self.fitter.step(self.net_input, self.fitter.optimizer)
+
 
 T = TypeVar("T")
 Session = Generator[StepRequest, tuple[torch.Tensor, torch.Tensor], T]
@@ -72,9 +76,8 @@ def drive(session: Session[T]) -> T:
     try:
         request = next(session)
         while True:
-            fitter = request.fitter
             try:
-                reply = fitter.step(request.net_input, fitter.optimizer)
+                reply = request.alone()
             except Exception as exc:
                 request = session.throw(exc)
                 continue

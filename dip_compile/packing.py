@@ -145,11 +145,7 @@ def drive_packed(
             requests = [active[i][1] for i in members]
             replies: list[Any]
             try:
-                if len(requests) == 1:
-                    fitter = requests[0].fitter
-                    replies = [fitter.step(requests[0].net_input, fitter.optimizer)]
-                else:
-                    replies = step(requests)
+                replies = [requests[0].alone()] if len(requests) == 1 else step(requests)
             except Exception as exc:  # e.g. out of memory: each session reports it as it would alone
                 for i in members:
                     session = active[i][0]

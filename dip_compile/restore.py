@@ -617,7 +617,6 @@ class PeriodicSaver:
     def __init__(self, fitter: Fitter, path: Path, outputs: Outputs, seconds: float) -> None:
         self.fitter, self.path, self.outputs, self.seconds = fitter, path, outputs, seconds
         self.last = time.monotonic()
-        self.writes = 0
 
     def __call__(self, record: LogRecord) -> None:
         now = time.monotonic()
@@ -625,7 +624,6 @@ class PeriodicSaver:
             path = self.path
             self.outputs.write(path, lambda overwrite: save_checkpoint(self.fitter, path, overwrite=overwrite))
             self.last = now
-            self.writes += 1
 
 
 def _savers(fitter: Fitter, job: FitJob, outputs: Outputs) -> Optional[Callable[[LogRecord], None]]:

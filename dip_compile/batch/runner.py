@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -101,22 +102,22 @@ def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
     return prepared
 
 
-def finished_fingerprint(report: Path) -> Optional[str]:
-    """The fingerprint a finished job's report records (None: no report, unreadable, or not from a batch)."""
-    import json
-
+def read_report(path: Path) -> Optional[dict[str, Any]]:
+    """A job's report (None: missing or unreadable, e.g. a report of another tool)."""
     try:
-        data = json.loads(report.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    batch = data.get("batch") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def report_fingerprint(report: Optional[dict[str, Any]]) -> Optional[str]:
+    """The fingerprint a finished job's report records (None: no report, or not from a batch)."""
+    batch = report.get("batch") if report is not None else None
     return batch.get("fingerprint") if isinstance(batch, dict) else None
 
 
-def outcome_from_report(p: Prepared, status: str) -> Outcome:
-    import json
-
-    data = json.loads(p.paths["report"].read_text())
+def outcome_from_report(p: Prepared, status: str, data: dict[str, Any]) -> Outcome:
     return Outcome(
         job=p.job.name,
         task=p.job.task,
@@ -137,9 +138,10 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
 
     image, report, partial = p.paths["image"], p.paths["report"], p.paths["partial"]
     try:
-        done = finished_fingerprint(report)
-        if done == p.fingerprint and image.exists() and not options.force:
-            return outcome_from_report(p, "skipped")
+        finished = read_report(report)
+        done = report_fingerprint(finished)
+        if finished is not None and done == p.fingerprint and image.exists() and not options.force:
+            return outcome_from_report(p, "skipped", finished)
         if (image.exists() or report.exists()) and not options.force and not partial.exists():
             why = "other settings" if done else "another run"
             raise DipError(f"{image} exists from {why}: pass --force to redo it")
@@ -164,7 +166,7 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
             os.replace(partial, p.paths["checkpoint"])
         else:
             partial.unlink(missing_ok=True)
-        return outcome_from_report(p, "done")
+        return outcome_from_report(p, "done", json.loads(report.read_text()))
     except DipError as exc:
         return Outcome(p.job.name, p.job.task, "failed", error=str(exc))
     except Exception as exc:  # a bug must not cost the other jobs: recorded, in one line, like bad input
@@ -196,23 +198,14 @@ def run_prepared(
     stop_requested: Callable[[], bool],
     on_outcome: Callable[[Outcome], None] = lambda o: None,
 ) -> list[Outcome]:
-    """Runs jobs in this process, ``options.pack`` at a time in one batched step (see ``packing``)."""
-    from ..fitting import drive
+    """Runs jobs in this process, ``options.pack`` at a time in one batched step (see ``packing``; a pack of one is
+    each fit alone, in job order)."""
     from ..packing import drive_packed
 
     outcomes: list[Outcome] = []
-
-    def sessions() -> Iterator[Session[Outcome]]:
-        for p in sort_for_packing(prepared) if options.pack > 1 else prepared:
-            yield _reporting(job_session(p, options, stop_requested), outcomes, on_outcome)
-
-    if options.pack == 1:
-        for session in sessions():
-            if stop_requested():
-                break
-            drive(session)
-    else:
-        drive_packed(sessions(), options.pack, stop_starting=stop_requested)
+    ordered = sort_for_packing(prepared) if options.pack > 1 else prepared
+    sessions = (_reporting(job_session(p, options, stop_requested), outcomes, on_outcome) for p in ordered)
+    drive_packed(sessions, options.pack, stop_starting=stop_requested)
     return outcomes
 
 
