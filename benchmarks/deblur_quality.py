@@ -12,19 +12,16 @@ case (blurred | Wiener | DIP | reference).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cases import run_grid  # noqa: E402
+from cases import grid_main, grid_parser  # noqa: E402
 from quality import fit_size  # noqa: E402
 
 from dip_compile.baselines import richardson_lucy, wiener_deconvolve  # noqa: E402
@@ -109,31 +106,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deblur")
-    parser.add_argument("--images", nargs="+", default=["F16_GT.png", "kate.png"])
+    parser = grid_parser(__doc__, "deblur", size=128, iterations=1000)
     parser.add_argument("--kernels", nargs="+", default=["gaussian:2", "motion:9,30"])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--sigma", type=float, default=2.55, help="noise std on the 0-255 scale (2.55 = 1%%)")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved runs and exit")
-    args = parser.parse_args(argv)
-    if args.table:
-        print(table([r for path in args.table for r in json.loads(path.read_text())["cases"]]))
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run_grid(
-        args.images,
-        args.kernels,
-        lambda image, spec: run(args.data, args.out, image, spec, args.size, args.iterations, args.sigma),
+    return grid_main(
+        parser,
+        argv,
+        "kernels",
+        lambda a, image, spec: run(a.data, a.out, image, spec, a.size, a.iterations, a.sigma),
         table,
-        args.out,
         "deblur_quality.json",
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cases import run_grid  # noqa: E402
+from cases import grid_main, grid_parser  # noqa: E402
 from quality import fit_size  # noqa: E402
 
 from dip_compile.baselines import anscombe_filter, gaussian_filter, median_filter  # noqa: E402
@@ -138,31 +138,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "noise")
-    parser.add_argument("--images", nargs="+", default=["F16_GT.png", "kate.png"])
+    parser = grid_parser(__doc__, "noise", size=96, iterations=1200)
     parser.add_argument("--noises", nargs="+", default=["poisson:10", "poisson:30", "impulse:0.1"])
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--iterations", type=int, default=1200)
     parser.add_argument("--stop-patience", type=int, default=300)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved runs and exit")
-    args = parser.parse_args(argv)
-    if args.table:
-        print(table([r for path in args.table for r in json.loads(path.read_text())["cases"]]))
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run_grid(
-        args.images,
-        args.noises,
-        lambda image, spec: run(args.data, args.out, image, spec, args),
+    return grid_main(
+        parser,
+        argv,
+        "noises",
+        lambda a, image, spec: run(a.data, a.out, image, spec, a),
         table,
-        args.out,
         "noise_quality.json",
     )
-    return 0
 
 
 if __name__ == "__main__":
