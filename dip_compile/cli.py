@@ -416,20 +416,10 @@ def batch(
     written = batching.write_summary(outcomes, outdir, shard)
     if not quiet:
         table = Table(title=f"dipc batch: {len(outcomes)} of {total} jobs")
-        for column in ("job", "task", "status", "iterations", "seconds", "PSNR", "SSIM", "stop", "error"):
+        for column in batching.summary.COLUMNS:
             table.add_column(column)
         for o in outcomes:
-            table.add_row(
-                o.job,
-                o.task,
-                o.status,
-                str(o.iterations or ""),
-                f"{o.seconds:.1f}" if o.seconds is not None else "",
-                f"{o.psnr:.2f}" if o.psnr is not None else "",
-                f"{o.ssim:.4f}" if o.ssim is not None else "",
-                o.stop_reason or "",
-                o.error or "",
-            )
+            table.add_row(*batching.summary.cells(o))
         console.print(table)
         for task_name, m in batching.summary.means(outcomes).items():
             if m["mean_psnr"] is not None:

@@ -41,11 +41,16 @@ def _cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
+def cells(outcome: Outcome) -> list[str]:
+    """The job's row as text, one cell per ``COLUMNS`` entry (the CSV, the markdown and the CLI's table)."""
+    row = dataclasses.asdict(outcome)
+    return [_cell(row[c], c) for c in COLUMNS]
+
+
 def markdown(outcomes: Sequence[Outcome]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for o in outcomes:
-        row = dataclasses.asdict(o)
-        lines.append("| " + " | ".join(_cell(row[c], c).replace("|", "/") for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells(o)) + " |")
     lines += ["", "| task | jobs | failed | mean PSNR (dB) | mean SSIM |", "| --- | --- | --- | --- | --- |"]
     for task, m in means(outcomes).items():
         lines.append(
@@ -59,10 +64,9 @@ def write_summary(outcomes: Sequence[Outcome], outdir: Path, shard: Optional[str
     """Writes the three summaries (``summary-I-of-N.*`` for a shard) atomically; returns their paths."""
     stem = "summary" if shard is None else "summary-{}-of-{}".format(*shard.split("/"))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for o in outcomes:
-        writer.writerow({k: _cell(v, k) for k, v in dataclasses.asdict(o).items()})
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(cells(o) for o in outcomes)
     data = {"jobs": [dataclasses.asdict(o) for o in outcomes], "per_task": means(outcomes)}
     texts = {
         ".csv": buffer.getvalue(),
