@@ -178,7 +178,7 @@ class EagerStep:
     def __call__(self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
         out = self.crop(self.net(net_input))
-        loss = self.problem.fidelity(self.problem.operator(out), self.problem.observation)
+        loss = self.problem.loss(out)
         loss.backward()
         return loss.detach(), out.detach()
 

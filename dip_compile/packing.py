@@ -90,7 +90,7 @@ class PackedStep:
         losses, replies = [], []
         for f, out in zip(fitters, outs, strict=True):
             out = f.crop(out)
-            loss = f.problem.fidelity(f.problem.operator(out), f.problem.observation)
+            loss = f.problem.loss(out)
             losses.append(loss)
             replies.append((loss.detach(), out.detach()))
         torch.stack(losses).sum().backward()  # each fit's loss reaches only its own weights

@@ -39,6 +39,10 @@ class Problem:
     def channels(self) -> int:
         return self.observation.shape[1]
 
+    def loss(self, output: torch.Tensor) -> torch.Tensor:
+        """The data fidelity of a network output (restored size): the loss the fit minimises."""
+        return self.fidelity(self.operator(output), self.observation)
+
     def corrupted_view(self) -> torch.Tensor:
         """The observation shown at the output size (bicubic for super-resolution), for baselines and pictures."""
         if self.task == "super-resolve":

@@ -151,7 +151,7 @@ def metadata(
     frozen = options.bn == BatchNormMode.frozen
     embedded = options.noise == NoiseMode.embedded
     portable = options.profile == Profile.portable
-    loss = problem.fidelity(problem.operator(target), problem.observation).item()
+    loss = problem.loss(target).item()
     meta: dict[str, Any] = {
         "format": replay.FORMAT,
         "format_version": str(replay.VERSION),
