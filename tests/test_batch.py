@@ -239,11 +239,12 @@ def test_ray_batch_survives_a_killed_worker_with_identical_outputs(tmp_path, fol
     killed = None
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and run.poll() is None:
-        partial = list((out / ".partial").glob("*.ckpt")) if (out / ".partial").exists() else []
         workers = _ray_workers()
-        if partial and workers:
-            os.kill(workers[0], signal.SIGKILL)
-            killed = workers[0]
+        partial = list((out / ".partial").glob("*.ckpt")) if (out / ".partial").exists() else []
+        if workers and len(partial) >= len(workers):  # every running job has checkpointed: kill them all
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            killed = workers
         time.sleep(0.2)
     _, stderr = run.communicate(timeout=300)
     assert killed is not None, "no Ray worker was caught mid-job"
