@@ -1,10 +1,11 @@
-"""How close ``network.fit_bytes`` (the pre-flight memory estimate of ``dipc fit``) comes to the real peak (not a test).
+"""Peak memory and time per iteration of a fit, beside the pre-flight estimate of ``dipc fit`` (not a test).
 
-For each net (the paper's denoising and kate inpainting nets) and size, a child process fits 2 iterations of the
-preset (eager fp32) on a random image and reports its peak RSS minus the RSS before the fit; the table puts the
-estimate beside it. Prints a table and writes JSON to benchmarks/results/memory_estimate.json.
+For each net (the paper's denoising and kate inpainting nets), size, precision and ``--save-memory`` setting, a
+child process fits ``--iterations`` iterations of the preset (eager, fixed stop) on a random image and reports its
+peak RSS minus the RSS before the fit and the seconds per iteration after the first; the table puts
+``estimate.estimate`` beside them. Prints a table and writes JSON to benchmarks/results/memory_estimate.json.
 
-    python benchmarks/memory_estimate.py --nets denoise,inpaint --sizes 128,256
+    python benchmarks/memory_estimate.py --nets denoise --sizes 256,512,1024 --precisions fp32,bf16 --save-memory both
 """
 
 from __future__ import annotations
@@ -22,56 +23,93 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def measure(net: str, size: int) -> dict[str, Any]:
-    """In this (child) process: the fit's peak RSS growth and the estimate, in bytes."""
+def measure(net: str, size: int, precision: str, save_memory: bool, iterations: int) -> dict[str, Any]:
+    """In this (child) process: the fit's peak RSS growth and seconds per iteration, and the estimate."""
     import torch
 
+    from dip_compile.estimate import estimate, probe_seconds
     from dip_compile.fitting import Fitter
-    from dip_compile.network import fit_bytes
     from dip_compile.presets import preset
     from dip_compile.problem import make_problem
 
     torch.set_num_threads(2)
-    config = preset(net).replace(iterations=2, stop="fixed", backend="eager", precision="fp32")
+    config = preset(net).replace(
+        iterations=iterations,
+        stop="fixed",
+        backend="auto" if precision == "auto" else "eager",
+        precision=precision,
+        save_memory=save_memory,
+    )
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
     mask = {"mask": torch.ones(size, size)} if net == "inpaint" else {}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     problem = make_problem(config, image, **mask)
-    Fitter(config, problem).run()
+    fitter = Fitter(config, problem)
+    result = fitter.run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    guess = estimate(config, problem.canvas, image.shape[0], "cpu")
+    probe = probe_seconds(config, problem.canvas, image.shape[0], "cpu")
     return {
         "net": net,
         "size": size,
+        "precision": str(fitter.plan.precision),
+        "save_memory": save_memory,
         "measured_bytes": peak - before,
-        "estimate_bytes": fit_bytes(config.net, problem.canvas),
+        "estimate_bytes": guess.peak_bytes,
+        "seconds_per_iteration": (result.fit_seconds - result.first_step_seconds) / max(1, iterations - 1),
+        "estimate_seconds": probe,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", default="denoise,inpaint")
-    parser.add_argument("--sizes", default="128,256")
-    parser.add_argument("--child", nargs=2, metavar=("NET", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--nets", default="denoise")
+    parser.add_argument("--sizes", default="256,512,1024")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--save-memory", choices=("off", "on", "both"), default="both")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]))))
+        net, size, precision, save = args.child
+        print(json.dumps(measure(net, int(size), precision, save == "on", args.iterations)))
         return
+    saves = ["off", "on"] if args.save_memory == "both" else [args.save_memory]
     rows = []
     for net in args.nets.split(","):
         for size in map(int, args.sizes.split(",")):
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", net, str(size)], capture_output=True, text=True, check=True
-            )
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            for precision in args.precisions.split(","):
+                for save in saves:
+                    command = [sys.executable, __file__, "--iterations", str(args.iterations)]
+                    done = subprocess.run(
+                        [*command, "--child", net, str(size), precision, save], capture_output=True, text=True
+                    )
+                    if done.returncode:
+                        print(f"{net} {size} {precision} save-memory {save}: failed\n{done.stderr[-2000:]}")
+                        continue
+                    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(rows[-1]), flush=True)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="fit_bytes estimate vs measured peak RSS growth (2 iterations, eager fp32)")
-    for col in ("net", "size", "measured MiB", "estimate MiB", "estimate / measured"):
+    table = Table(title=f"estimate vs measured peak RSS growth and s/iteration ({args.iterations} iterations, eager)")
+    columns = ("net", "size", "precision", "save", "MiB", "est. MiB", "est/meas", "s/it", "est. s/it", "est/meas")
+    for col in columns:
         table.add_column(col, justify="right")
     for r in rows:
         m, e = r["measured_bytes"] / 2**20, r["estimate_bytes"] / 2**20
-        table.add_row(r["net"], str(r["size"]), f"{m:.0f}", f"{e:.0f}", f"{e / m:.2f}")
+        table.add_row(
+            r["net"],
+            str(r["size"]),
+            r["precision"],
+            "on" if r["save_memory"] else "off",
+            f"{m:.0f}",
+            f"{e:.0f}",
+            f"{e / m:.2f}",
+            f"{r['seconds_per_iteration']:.2f}",
+            f"{r['estimate_seconds']:.2f}",
+            f"{r['estimate_seconds'] / r['seconds_per_iteration']:.2f}",
+        )
     Console().print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "memory_estimate.json").write_text(json.dumps(rows, indent=2))

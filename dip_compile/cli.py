@@ -160,6 +160,18 @@ def fit(
     compare: Annotated[
         Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")
     ] = None,
+    tile: Annotated[
+        Optional[int],
+        typer.Option(
+            help="denoise / super-resolve of an image too large for one fit: fit SIZE x SIZE tiles one after the "
+            "other and blend them (super-resolve: output pixels, a multiple of --factor); Ctrl-C keeps the finished "
+            "tiles in OUT.tiles/ and rerunning the same command continues",
+            show_default=False,
+        ),
+    ] = None,
+    overlap: Annotated[
+        int, typer.Option(help="--tile: pixels neighbouring tiles share, blended with a smooth ramp")
+    ] = 32,
     keep_known: Annotated[
         bool,
         typer.Option(
@@ -234,6 +246,20 @@ def fit(
     status_every: Annotated[
         float, typer.Option(help="seconds between plain progress lines when stderr is not a terminal (logs, CI)")
     ] = 30.0,
+    save_memory: Annotated[
+        bool,
+        typer.Option(
+            "--save-memory",
+            help=f"recompute activations in the backward pass instead of keeping them: far less memory, about a "
+            f"third more time per iteration, the same results; {RESUMABLE}",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="print the estimated peak memory and time per iteration, fit nothing, write nothing"
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
@@ -250,7 +276,7 @@ def fit_job(params: dict[str, Any]) -> Any:
     from . import restore
 
     p = dict(params)
-    if p["output"] is None:
+    if p["output"] is None and not p["dry_run"]:
         fail("missing -o/--output: where to write the restored image")
     settings = {
         "iterations": p["iterations"],
@@ -272,10 +298,11 @@ def fit_job(params: dict[str, Any]) -> Any:
         "log_every": p["log_every"],
         "backtrack_db": p["backtrack"],
         "backtrack_every": p["backtrack_every"],
+        "save_memory": p["save_memory"] or None,
     }
     generator, net_input, task = p["generator"], p["net_input"], p["task"]
     return restore.FitJob(
-        output=p["output"],
+        output=p["output"] or Path("dry-run.png"),
         task=task.value if task is not None else None,
         image=p["image"],
         mask=p["mask"],
@@ -311,8 +338,11 @@ def fit_job(params: dict[str, Any]) -> Any:
         resume=p["resume"],
         report=p["report"],
         compare=p["compare"],
+        tile=p["tile"],
+        overlap=p["overlap"],
         snapshot_every=p["snapshot_every"],
         checkpoint_every=p["checkpoint_every"],
+        dry_run=p["dry_run"],
         force=p["force"],
         quiet=p["quiet"],
         status_every=p["status_every"],

@@ -350,6 +350,8 @@ class FitConfig:
     backend: Backend = option(Backend.eager, flag="--backend", resume=True)
     precision: Precision = option(Precision.fp32, flag="--precision", resume=True)
     device: str = option("cpu", flag="--device", resume=True)
+    # recompute activations in the backward pass instead of keeping them: less memory, the same results
+    save_memory: bool = option(False, flag="--save-memory", resume=True)
     log_every: int = option(10, flag="--log-every", resume=True)  # host reads of loss/PSNR happen only this often
     # inpainting: paste the observed pixels back into the returned image (not in the paper)
     keep_known: bool = option(False, flag="--keep-known", resume=True)

@@ -21,7 +21,7 @@ import torch
 from .acceleration import Fallback, build_step, choose, fp32_plan
 from .config import Choice, FinalImage, FitConfig
 from .metrics import psnr
-from .network import build_network, make_input
+from .network import build_network, make_input, set_save_memory
 from .problem import CenterCrop, Problem
 from .stopping import make_stopper
 
@@ -228,6 +228,7 @@ class Fitter:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.net = build_network(config.net).to(self.device)
+        set_save_memory(self.net, config.save_memory)
         self.net_input = make_input(config.net, *problem.canvas, seed=config.seed, guide=problem.guide).to(self.device)
         self.last_input: torch.Tensor | None = None  # the last perturbed input, kept for FinalImage.perturbed
         self.crop = CenterCrop(problem.canvas, problem.size)

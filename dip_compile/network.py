@@ -16,11 +16,14 @@ step compilable and CUDA-graph safe, and makes ``eval()`` harmless).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import NetConfig
 from .degradations import Downsampler
@@ -64,6 +67,40 @@ def down_conv(cfg: NetConfig, level: int, c_in: int, c_out: int) -> list[nn.Modu
     return [conv(cfg, c_in, c_out, kernel), pool[str(mode)]()]
 
 
+def segments(block: nn.Sequential) -> list[nn.Sequential]:
+    """``block`` cut before each conv: the units whose activations ``--save-memory`` recomputes instead of keeping.
+    Only each unit's input stays alive between forward and backward (a conv-BN-act keeps one tensor, not three)."""
+    cuts = [i for i, m in enumerate(block) if isinstance(m, nn.Conv2d) and i > 0]
+    bounds = [0, *cuts, len(block)]
+    return [nn.Sequential(*list(block)[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def recomputed(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)`` whose intermediate tensors are recomputed in the backward pass (activation checkpointing)."""
+    return checkpoint(fn, *args, use_reentrant=False)
+
+
+def run_block(block: nn.Sequential, x: torch.Tensor, save_memory: bool) -> torch.Tensor:
+    if not save_memory or not torch.is_grad_enabled():
+        return block(x)
+    for unit in segments(block):
+        x = recomputed(unit, x)
+    return x
+
+
+class Level(nn.Module):
+    """What the hourglass levels share: ``save_memory`` (set by ``set_save_memory``) recomputes their blocks."""
+
+    save_memory = False
+
+
+def set_save_memory(net: nn.Module, on: bool) -> None:
+    """Turns activation checkpointing on or off for every level of ``net`` (weights and results unchanged)."""
+    for module in net.modules():
+        if isinstance(module, Level):
+            module.save_memory = on
+
+
 def down_block(cfg: NetConfig, level: int, c_in: int, c_out: int) -> nn.Sequential:
     kernel = cfg.at("kernel_down", level)
     return nn.Sequential(
@@ -71,7 +108,7 @@ def down_block(cfg: NetConfig, level: int, c_in: int, c_out: int) -> nn.Sequenti
     )
 
 
-class PaperLevel(nn.Module):
+class PaperLevel(Level):
     """One level of the paper's skip network; ``deeper`` is the next level (None at the coarsest)."""
 
     def __init__(self, cfg: NetConfig, level: int, c_in: int, deeper: nn.Module | None) -> None:
@@ -89,16 +126,26 @@ class PaperLevel(nn.Module):
         self.up = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.down(x)
+        save = self.save_memory and torch.is_grad_enabled()
+        y = run_block(self.down, x, save)
         if self.deeper is not None:
             y = self.deeper(y)
+        s = run_block(self.skip, x, save) if self.skip is not None else None
+        if not save:
+            return self.up(self._merge(s, y))
+        first, *rest = segments(self.up)  # the merge and the first up conv-BN-act keep only s and y
+        if s is None:
+            y = recomputed(lambda y_: first(self._merge(None, y_)), y)
+        else:
+            y = recomputed(lambda s_, y_: first(self._merge(s_, y_)), s, y)
+        return run_block(nn.Sequential(*rest), y, save)
+
+    def _merge(self, s: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         y = self.upsample(y)
-        if self.skip is not None:
-            y = torch.cat([self.skip(x), y], dim=1)
-        return self.up(self.merge_norm(y))
+        return self.merge_norm(y if s is None else torch.cat([s, y], dim=1))
 
 
-class SeedLevel(nn.Module):
+class SeedLevel(Level):
     """One level of the seed reproduction: skip after the down block, upsampling at the end of the up block."""
 
     def __init__(self, cfg: NetConfig, level: int, c_in: int, deeper: nn.Module | None) -> None:
@@ -114,11 +161,11 @@ class SeedLevel(nn.Module):
         self.up = nn.Sequential(*layers, upsample(cfg, level))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.down(x)
+        d = run_block(self.down, x, self.save_memory)
         y = self.deeper(d) if self.deeper is not None else d
         if self.skip is not None:
-            y = torch.cat([self.skip(d), y], dim=1)
-        return self.up(y)
+            y = torch.cat([run_block(self.skip, d, self.save_memory), y], dim=1)
+        return run_block(self.up, y, self.save_memory)
 
 
 class Hourglass(nn.Module):
@@ -140,7 +187,7 @@ class Hourglass(nn.Module):
         return self.head(self.body(x))
 
 
-class Decoder(nn.Module):
+class Decoder(Level):
     """A decoder from a small noise input (canvas / 2^depth): per level, coarsest first, the layers of
     ``level_layers`` (each doubles the size), then ``tail_layers``, a 1x1 conv to the image and a sigmoid (which
     keeps it in (0, 1) like the hourglass). ``channels_up`` and ``kernel_up`` run from the finest level."""
@@ -163,7 +210,7 @@ class Decoder(nn.Module):
         return []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(run_block(self.body, x, self.save_memory))
 
 
 class ConvDecoder(Decoder):
@@ -193,38 +240,6 @@ def build_network(cfg: NetConfig) -> Network:
     if cfg.structure not in ("paper", "seed"):
         raise ValueError(f"unknown network structure {cfg.structure!r}; choose paper or seed")
     return GENERATORS[str(cfg.generator)](cfg)
-
-
-def fit_bytes(cfg: NetConfig, canvas: tuple[int, int], precision_bytes: int = 4) -> int:
-    """About how much memory one fitting step needs at this canvas: the activations the backward pass keeps twice
-    over for their gradients, plus the weights and Adam state. A pre-flight estimate, to refuse an image that cannot fit before allocating anything."""
-    area = canvas[0] * canvas[1]
-    floats = _hourglass_floats(cfg, area) if cfg.generator == "skip" else _decoder_floats(cfg, area)
-    with torch.device("meta"):  # parameter count only: no memory, no initialisation
-        weights = 4 * 4 * count_parameters(build_network(cfg))
-    return int(2 * floats * precision_bytes + weights)
-
-
-def _hourglass_floats(cfg: NetConfig, area: float) -> float:
-    """Per level: skip, down, upsampled, merged and up tensors; then the input and the output."""
-    floats = 0.0
-    for level in range(cfg.depth):
-        here, below = area / 4**level, area / 4 ** (level + 1)
-        down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
-        deeper = cfg.channels_up[level + 1] if level + 1 < cfg.depth else down
-        merged = skip + deeper
-        floats += here * (3 * skip + deeper + 2 * merged + (6 if cfg.need_1x1_up else 3) * up) + below * 6 * down
-        if cfg.at("downsample", level) != "stride":  # the stride-1 conv's full-size output before the pooling
-            floats += here * down
-    return floats + area * (cfg.input_depth + 2 * cfg.output_channels)
-
-
-def _decoder_floats(cfg: NetConfig, area: float) -> float:
-    """Per level: upsampled input, conv output, activation, normalised output; then the tail and the output."""
-    floats = 0.0
-    for level in range(cfg.depth):
-        floats += area / 4**level * (cfg.channels_up[min(level + 1, cfg.depth - 1)] + 3 * cfg.channels_up[level])
-    return floats + area * (3 * cfg.channels_up[0] + 2 * cfg.output_channels)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -40,8 +40,9 @@ def pack_key(fitter: Fitter) -> Hashable:
 
 
 def packable(fitter: Fitter) -> bool:
-    """fp16 needs a grad scaler per fit (its loss scale): such fits run their own step."""
-    return fitter.plan.precision != "fp16"
+    """fp16 needs a grad scaler per fit (its loss scale), and activation checkpointing (--save-memory, for images
+    too large to pack anyway) does not run under vmap: such fits run their own step."""
+    return fitter.plan.precision != "fp16" and not fitter.config.save_memory
 
 
 class PackedForward:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -16,17 +17,19 @@ import torch
 
 from . import kernels, presets
 from . import noise as noise_models
+from .acceleration import choose
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import FitConfig, NetConfig, check_depth, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
+from .estimate import Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
 from .fitting import FitResult, Fitter, LogRecord, Session, drive, interrupt_flag
 from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side, to_grayscale
-from .network import fit_bytes
 from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
 from .report import build_report, save_report
 
 INTERRUPTED = 130
+MEMORY_SHARE = 0.9  # of the machine's (or GPU's) memory a fit may plan to use
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ class FitJob:
     force: bool = False
     quiet: bool = False
     status_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
+    dry_run: bool = False  # estimate memory and time, fit nothing, write nothing
+    tile: Optional[int] = None  # --tile SIZE: fit in SIZE x SIZE tiles one after the other and blend (tiling.py)
+    overlap: int = 32  # --overlap PX: pixels neighbouring tiles share
 
     def resumed(self, checkpoint: Path) -> FitJob:
         """This job continued from ``checkpoint``: the same outputs and device; the checkpoint holds the rest."""
@@ -421,25 +427,71 @@ class Outputs:
         self.mine.add(key)
 
 
-def _check_memory(config: FitConfig, problem: Problem, device: str) -> None:
-    """Refuses, before any allocation, an image whose fit cannot fit in this machine's memory."""
-    need = fit_bytes(config.net, problem.canvas)
-    if device.startswith("cuda"):
-        have = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        where = "GPU memory"
-    else:
-        try:
-            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return
-        where = "memory"
-    if need > 0.9 * have:
-        gib = 2**30
-        raise DipError(
-            f"fitting at {problem.canvas[1]}x{problem.canvas[0]} needs about {need / gib:.1f} GiB but this "
-            f"machine has {have / gib:.1f} GiB of {where}: use a smaller image or a smaller network "
-            f"(--channels, --depth)"
-        )
+def _check_memory(config: FitConfig, problem: Problem, device: str) -> Estimate:
+    """The fit's estimated peak memory; refuses, before any allocation, an image whose fit would not fit, naming
+    the largest size that would and the options that would make this one fit."""
+    guess = estimate(config, problem.canvas, problem.channels, device)
+    have = available_bytes(device)
+    if have is None or guess.peak_bytes <= MEMORY_SHARE * have[0]:
+        return guess
+    budget, where = MEMORY_SHARE * have[0], have[1]
+    (h, w), factor = problem.canvas, config.factor if config.task == "super-resolve" else 1
+    side = largest_side(config, problem.canvas, problem.channels, device, budget)
+    ways = []
+    if side >= config.net.multiple:
+        scale = side / max(h, w)
+        ways.append(f"an image of at most about {int(w * scale) // factor}x{int(h * scale) // factor}")
+    ways += _options_that_fit(config, problem, device, guess.precision, budget)
+    from .tiling import TASKS as TILED_TASKS  # (tiling builds on this module)
+
+    if config.task in TILED_TASKS and side >= 2 * config.net.multiple:
+        ways.append(f"--tile {min(side, 1024) // factor * factor}")
+    ways.append("a smaller network (--channels, --depth)")
+    raise DipError(
+        f"fitting at {w}x{h} needs about {size_text(guess.peak_bytes)} ({guess.precision}) but this machine has "
+        f"{size_text(have[0])} of {where}; it would fit with {'; or '.join(ways)}"
+    )
+
+
+def _options_that_fit(config: FitConfig, problem: Problem, device: str, precision: str, budget: float) -> list[str]:
+    """The cheapest switches (alone, else together) under which this fit's estimate is within ``budget``."""
+    switches: list[tuple[str, dict[str, Any], Optional[str]]] = []
+    if not config.save_memory:
+        switches.append(("--save-memory", {"save_memory": True}, None))
+    if precision == "fp32" and choose(config.replace(precision="auto"), device, problem.canvas).precision != "fp32":
+        switches.append(("--precision bf16", {}, "bf16"))
+    if config.stop == "auto" and config.stop_variant == "wmv":  # its window holds stop_window images
+        switches.append(("--stop-rule emv", {"stop_variant": "emv"}, None))
+    fitting: list[str] = []
+    for count in range(1, len(switches) + 1):
+        for chosen in itertools.combinations(switches, count):
+            changes = {k: v for _, c, _ in chosen for k, v in c.items()}
+            lower = next((p for _, _, p in chosen if p), precision)
+            need = estimate(config.replace(**changes), problem.canvas, problem.channels, device, precision=lower)
+            if need.peak_bytes <= budget:
+                fitting.append(f"{' '.join(flag for flag, _, _ in chosen)} (about {size_text(need.peak_bytes)})")
+        if fitting:
+            return fitting
+    return []
+
+
+def _dry_run(config: FitConfig, problem: Problem, device: str, console: Any, done: int = 0) -> int:
+    """``--dry-run``: the memory check and a timed probe at a small canvas; nothing is fitted or written."""
+    guess = _check_memory(config, problem, device)
+    seconds = probe_seconds(config, problem.canvas, problem.channels, device)
+    left = config.iterations - done
+    auto = ", less if auto-stop ends it sooner" if config.stop == "auto" else ""
+    console.print(
+        f"dry run: {guess.describe()}; about {seconds:.2f} s per iteration ({choose(config, device, problem.canvas).describe()}), "
+        f"{left} iterations: about {_duration(left * seconds)}{auto}; nothing was fitted or written"
+    )
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -470,6 +522,10 @@ def fit_session(
         raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
     if not job.checkpoint_every >= 0:
         raise DipError(f"--checkpoint-every must be >= 0 seconds, got {job.checkpoint_every}")
+    if job.tile is not None or job.overlap != FitJob.overlap:
+        from .tiling import tiled_session
+
+        return (yield from tiled_session(job, console, stop_requested))
     ckpt: Optional[Checkpoint] = None
     if job.resume is not None:
         ckpt = load_checkpoint(job.resume)
@@ -481,6 +537,8 @@ def fit_session(
             console.print(f"note: {note}")
     device = resolve_device(str(config.device))
     config = config.replace(device=device)
+    if job.dry_run:
+        return _dry_run(config, problem, device, console, done=ckpt.iteration if ckpt is not None else 0)
 
     outputs = Outputs(job.force)
     outputs.add(job.output, "-o")
@@ -497,11 +555,12 @@ def fit_session(
         outputs.add(interrupt_ckpt, "the Ctrl-C checkpoint", check=False, own=continues)
     if job.resume is not None and not outputs.owns(job.resume):  # (owned: the run continues the resumed file)
         outputs.add(job.resume, "--resume", check=False)  # an input: no output may be written over it
-    _check_memory(config, problem, device)
+    guess = _check_memory(config, problem, device)
 
     try:
         fitter = ckpt.fitter(device, config) if ckpt is not None else Fitter(config, problem, device=device)
         console.print(f"step: {fitter.plan.describe()}")
+        console.print(guess.describe())
         flag = (
             contextlib.nullcontext(stop_requested)
             if stop_requested is not None
@@ -515,8 +574,8 @@ def fit_session(
     except Exception as exc:
         if _is_out_of_memory(exc):
             raise DipError(
-                f"out of memory while fitting at {problem.canvas[1]}x{problem.canvas[0]}: use a smaller "
-                f"image or a smaller network (--channels, --depth)"
+                f"out of memory while fitting at {problem.canvas[1]}x{problem.canvas[0]}: use --save-memory, "
+                f"a smaller image, --tile or a smaller network (--channels, --depth)"
             ) from None
         raise
 

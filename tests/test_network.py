@@ -156,3 +156,36 @@ def test_decoders_grow_a_small_input_to_the_canvas(generator, kernel):
 def test_decoders_refuse_meshgrid_and_image_inputs():
     with pytest.raises(ValueError, match="starts from a small noise input"):
         NetConfig(generator="deepdecoder", input_kind="meshgrid", input_depth=2)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"structure": "seed", "upsample": ("bicubic",)}, {"channels_skip": (0, 4, 0)}],
+    ids=["paper", "seed", "paper-without-some-skips"],
+)
+def test_save_memory_gives_bit_identical_outputs_and_gradients(changes):
+    from dip_compile.network import set_save_memory
+
+    cfg = dataclasses.replace(
+        NetConfig(input_depth=4, channels_down=(8, 8, 8), channels_up=(8, 8, 8), channels_skip=(2, 2, 2)), **changes
+    )
+    x = make_input(cfg, 32, 24, seed=0)
+    results = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        net = build_network(cfg)
+        set_save_memory(net, on)
+        out = net(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in net.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_save_memory_keeps_far_fewer_activations_for_the_backward_pass():
+    from dip_compile.estimate import kept_bytes
+
+    config = FitConfig(net=PAPER_NET)
+    default = kept_bytes(config, (64, 64), "fp32")
+    saving = kept_bytes(config.replace(save_memory=True), (64, 64), "fp32")
+    assert saving < 0.35 * default

@@ -114,3 +114,11 @@ def test_a_non_finite_fit_in_a_bf16_pack_falls_back_alone():
     assert healthy.fallbacks == [] and torch.isfinite(healthy.image()[0]).all()
     assert poisoned.fallbacks and poisoned.fallbacks[0]["from_plan"].startswith("eager bf16")
     assert poisoned.plan.precision == "fp32" and torch.isfinite(poisoned.image()[0]).all()
+
+
+def test_save_memory_fits_run_alone_in_a_pack_with_the_results_they_have_alone():
+    changes = [{"backend": "eager", "precision": "fp32", "save_memory": True}] * 2
+    packed, alone = fitters(changes), fitters(changes)
+    results = drive_packed(iter([f.session() for f in packed]), 2)
+    for a, r in zip(alone, results, strict=True):
+        assert torch.equal(r.image, a.run().image)

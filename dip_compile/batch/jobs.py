@@ -29,6 +29,7 @@ BATCH_OWNED = {
     "report": "--report",
     "compare": "--compare",
     "snapshot_every": "--snapshot-every",
+    "dry_run": "--dry-run",
 }
 
 
@@ -83,7 +84,8 @@ def fingerprint(fit_job: Any) -> str:
     ignored = {"output", "checkpoint", "resume", "report", "compare", "snapshot_every", "checkpoint_every"}
     ignored |= {"force", "quiet", "status_every", "report_extra"}
     fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
-    settings = {k: v for k, v in fields.pop("settings").items() if k != "device"}  # where it runs is not what it is
+    # where and how frugally it runs is not what it is
+    settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
     text = json.dumps({**fields, "settings": settings}, sort_keys=True, default=_content)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

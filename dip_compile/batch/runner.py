@@ -145,22 +145,26 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
         if (image.exists() or report.exists()) and not options.force and not partial.exists():
             why = "other settings" if done else "another run"
             raise DipError(f"{image} exists from {why}: pass --force to redo it")
+        tiled = p.fit.tile is not None  # keeps its own finished tiles in NAME.png.tiles/: a rerun continues there
+        if tiled and options.checkpoints:
+            raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
         fit = dataclasses.replace(
             p.fit,
-            checkpoint=partial,
+            checkpoint=None if tiled else partial,
             report=report,
-            checkpoint_every=options.checkpoint_every,
+            checkpoint_every=0.0 if tiled else options.checkpoint_every,
             report_extra={"batch": {"job": p.job.name, "fingerprint": p.fingerprint}},
             quiet=not (options.progress and options.pack == 1 and not options.ray),
             force=True,  # checked above: what is there is this job's own (or --force)
         )
-        if partial.exists() and not options.force:  # interrupted before: continue where it was
+        if partial.exists() and not options.force and not tiled:  # interrupted before: continue where it was
             fit = fit.resumed(partial)
         partial.parent.mkdir(parents=True, exist_ok=True)
         with open(os.devnull, "w") as devnull:
             code = yield from fit_session(fit, None if not fit.quiet else devnull, stop_requested)
         if code:
-            return Outcome(p.job.name, p.job.task, "interrupted", error=f"interrupted; rerun to resume from {partial}")
+            where = f"its tiles in {p.paths['image']}.tiles" if tiled else partial
+            return Outcome(p.job.name, p.job.task, "interrupted", error=f"interrupted; rerun to resume from {where}")
         if options.checkpoints:
             p.paths["checkpoint"].parent.mkdir(parents=True, exist_ok=True)
             os.replace(partial, p.paths["checkpoint"])

@@ -1,0 +1,182 @@
+"""When is the restored image ready? ``dipc fit`` against the paper's loop, in wall-clock seconds (not a test).
+
+For each case (image, noise) on a centre square of ``--size``, in the same run, one after the other:
+
+* ``dipc fit denoise`` with its defaults (auto precision and backend, auto-stop), run as a user runs it (a
+  subprocess, timed from start to exit: the image is on disk at exit). Its report's history gives when each EMA
+  PSNR was reached (fitting seconds), so also when the fit first came within 0.5 and 0.1 dB of the best PSNR it
+  ever reached.
+* the reference: the loop the paper describes, written here from its text, not from this package's fitting code:
+  the same network and fixed noise input, eager fp32, Adam (lr 0.01), the input perturbed by N(0, 1/30) noise each
+  iteration, the preset's fixed iteration count, EMA 0.99 of the outputs, and backtracking (weights restored when
+  the PSNR to the observation drops by more than 5 dB). Its EMA PSNR is read every 10 iterations.
+
+Reported per case: dipc's total seconds and returned PSNR; the seconds the reference needed to first reach that PSNR
+(EMA); and their ratio: how many times sooner dipc's image is on disk than the reference's image of equal PSNR.
+Prints a table, writes ``time_to_quality.json``.
+
+    python benchmarks/time_to_quality.py --size 256 --images F16_GT.png --noises gaussian:25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from quality import fit_size  # noqa: E402
+
+from dip_compile.imageio import load_image, save_image  # noqa: E402
+from dip_compile.metrics import psnr  # noqa: E402
+from dip_compile.network import build_network, make_input  # noqa: E402
+from dip_compile.noise import parse_noise  # noqa: E402
+from dip_compile.presets import preset  # noqa: E402
+
+
+def first_time(seconds: list[float], values: list[float], target: float) -> float | None:
+    return next((s for s, v in zip(seconds, values, strict=True) if v >= target), None)
+
+
+def run_dipc(noisy: Path, clean: Path, work: Path, options: list[str]) -> dict[str, Any]:
+    out, report = work / "dipc.png", work / "dipc.json"
+    command = [sys.executable, "-m", "dip_compile.cli", "fit", "denoise", str(noisy), "-o", str(out)]
+    command += ["--reference", str(clean), "--report", str(report), "--force", "-q", *options]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    total = time.perf_counter() - started
+    data = json.loads(report.read_text())
+    history = data["history"]
+    ema, seconds = history["psnr_reference_ema"], history["seconds"]
+    best = max(ema)
+    startup = total - seconds[-1]  # process start, loading, writing: wall time outside the fitting loop
+    return {
+        "total_seconds": total,
+        "startup_seconds": startup,
+        "psnr": data["final_psnr"],
+        "best_psnr": best,
+        "iterations": data["iterations"],
+        "chosen_iteration": data["chosen_iteration"],
+        "within_0.5_seconds": startup + (first_time(seconds, ema, best - 0.5) or float("nan")),
+        "within_0.1_seconds": startup + (first_time(seconds, ema, best - 0.1) or float("nan")),
+    }
+
+
+def run_reference(noisy: torch.Tensor, clean: torch.Tensor, iterations: int, seed: int = 0) -> dict[str, Any]:
+    """The paper's loop, plainly: returns its EMA PSNR every 10 iterations with the seconds since it started."""
+    started = time.perf_counter()
+    config = preset("denoise")
+    torch.manual_seed(seed)
+    net = build_network(config.net)
+    h, w = noisy.shape[-2:]
+    net_input = make_input(config.net, h, w, seed=seed)
+    observation = noisy.unsqueeze(0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    ema: torch.Tensor | None = None
+    last_psnr, saved = float("-inf"), [p.detach().clone() for p in net.parameters()]
+    seconds, values = [], []
+    for i in range(iterations):
+        optimizer.zero_grad()
+        out = net(net_input + torch.randn_like(net_input) / 30)
+        loss = torch.nn.functional.mse_loss(out, observation)
+        loss.backward()
+        now = psnr(out.detach(), observation).item()
+        if last_psnr - now > 5:  # backtrack: the last good weights, and skip this step
+            with torch.no_grad():
+                for p, s in zip(net.parameters(), saved, strict=True):
+                    p.copy_(s)
+            continue
+        saved = [p.detach().clone() for p in net.parameters()]
+        last_psnr = now
+        optimizer.step()
+        ema = out.detach() if ema is None else ema * 0.99 + out.detach() * 0.01
+        if (i + 1) % 10 == 0:
+            seconds.append(time.perf_counter() - started)
+            values.append(psnr(ema[0], clean).item())
+    return {"seconds": seconds, "psnr_ema": values, "total_seconds": time.perf_counter() - started}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "time_to_quality")
+    parser.add_argument("--images", nargs="+", default=["F16_GT.png"])
+    parser.add_argument("--noises", nargs="+", default=["gaussian:25"])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--iterations", type=int, help="the reference's count (default: the preset's)")
+    parser.add_argument("--options", default="", help="more dipc fit options, one string")
+    parser.add_argument("--skip-reference", action="store_true", help="time dipc only")
+    args = parser.parse_args(argv)
+    iterations = args.iterations or preset("denoise").iterations
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.images:
+        clean = fit_size(load_image(args.data / name), args.size)
+        for spec in args.noises:
+            noisy = parse_noise(spec).apply(clean, seed=0)
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                save_image(clean, work / "clean.png")
+                save_image(noisy.clamp(0, 1), work / "noisy.png")
+                noisy = load_image(work / "noisy.png")  # both fit the very same (8-bit) observation
+                print(f"{name} {spec}: dipc fit ...", flush=True)
+                dipc = run_dipc(work / "noisy.png", work / "clean.png", work, args.options.split())
+            row: dict[str, Any] = {"image": name, "noise": spec, "size": args.size, "dipc": dipc}
+            if not args.skip_reference:
+                print(f"{name} {spec}: reference loop, {iterations} iterations ...", flush=True)
+                ref = run_reference(noisy, clean, iterations)
+                reached = first_time(ref["seconds"], ref["psnr_ema"], dipc["psnr"])
+                row["reference"] = {
+                    "total_seconds": ref["total_seconds"],
+                    "best_psnr": max(ref["psnr_ema"]),
+                    "seconds_to_dipc_psnr": reached,
+                    "curve": list(zip(ref["seconds"], ref["psnr_ema"], strict=True)),
+                }
+                row["sooner"] = None if reached is None else reached / dipc["total_seconds"]
+            rows.append(row)
+            result = {"machine": platform.platform(), "processor": _cpu(), "torch": torch.__version__, "cases": rows}
+            (args.out / "time_to_quality.json").write_text(json.dumps(result, indent=2))
+    print(table(rows))
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| case | dipc total s | dipc PSNR | best seen | within 0.5 dB at s | within 0.1 dB at s | "
+        "reference s to that PSNR | reference best | sooner |"
+    )
+    lines = [head, "|" + " --- |" * 9]
+    for r in rows:
+        d, ref = r["dipc"], r.get("reference", {})
+        to = ref.get("seconds_to_dipc_psnr")
+        lines.append(
+            f"| {r['image']} {r['noise']} {r['size']} px | {d['total_seconds']:.0f} | {d['psnr']:.2f} | "
+            f"{d['best_psnr']:.2f} | {d['within_0.5_seconds']:.0f} | {d['within_0.1_seconds']:.0f} | "
+            f"{'not reached' if ref and to is None else f'{to:.0f}' if to else ''} | "
+            f"{ref.get('best_psnr', float('nan')):.2f} | {r.get('sooner') or float('nan'):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

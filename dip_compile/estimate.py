@@ -1,0 +1,175 @@
+"""What a fit will cost before it starts: peak memory (always) and seconds per iteration (``dipc fit --dry-run``).
+
+Memory: the activations autograd keeps for the backward pass grow with the pixel count, and they are counted,
+not guessed: one forward pass of this very network, precision and ``--save-memory`` setting at two small canvases,
+with a saved-tensors hook adding up the storages it keeps, gives bytes = a + b * area exactly for a conv net. At
+the real canvas the peak is ``KEEP[save_memory]`` times that (the backward pass holds gradients beside them; the
+factors come from measured peaks: ``benchmarks/memory_estimate.py``), plus the weights with their gradients and
+Adam moments, plus the images the fit keeps (the stopping window, the EMA, the input noise).
+
+Time: a few steps of the same fit at a small canvas, scaled by the pixel count (``probe_seconds``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .acceleration import choose
+from .config import FitConfig
+from .network import build_network, count_parameters, make_input, set_save_memory
+from .problem import Problem, make_problem
+
+GIB = 2**30
+# peak = KEEP[save_memory] * activations kept + weights and images + OVERHEAD_BYTES: least squares on measured peak
+# RSS (benchmarks/memory_estimate.py, 256-1024 px, fp32 and bf16); with --save-memory the backward pass recomputes
+# a level's tensors and holds their gradients beside the kept ones, hence the larger factor
+KEEP = {False: 1.09, True: 2.35}
+OVERHEAD_BYTES = 240 * 2**20  # the kernels' scratch and the libraries' buffers a first step allocates
+
+
+@dataclass(frozen=True)
+class Estimate:
+    canvas: tuple[int, int]
+    precision: str
+    activation_bytes: int  # kept for the backward pass
+    state_bytes: int  # weights, gradients, Adam moments (and the backtracking copy)
+    image_bytes: int  # the images the fit holds: input noise, stopping window, EMA, observation
+    peak_bytes: int
+    seconds_per_iteration: float | None = None  # measured by a probe (dry run) or None
+
+    def describe(self) -> str:
+        text = f"memory: about {size_text(self.peak_bytes)} at {self.canvas[1]}x{self.canvas[0]} ({self.precision})"
+        if self.seconds_per_iteration is not None:
+            text += f"; about {self.seconds_per_iteration:.2f} s per iteration"
+        return text
+
+
+def size_text(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
+
+
+def kept_bytes(config: FitConfig, canvas: tuple[int, int], precision: str, device: str = "cpu") -> int:
+    """The bytes of the tensors autograd keeps for the backward pass of one forward at ``canvas`` (run for real, on
+    the CPU unless ``device`` is given: call it at small canvases)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = build_network(config.net).to(device)
+    set_save_memory(net, config.save_memory)
+    x = make_input(config.net, *canvas, seed=0, guide=_blank_guide(config, canvas)).to(device)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        out = net(x)
+    del out
+    return sum(storages.values())
+
+
+def _blank_guide(config: FitConfig, canvas: tuple[int, int]) -> torch.Tensor | None:
+    if config.net.input_kind != "image":
+        return None
+    return torch.zeros(1, config.net.input_depth, *canvas)
+
+
+def activation_bytes(config: FitConfig, canvas: tuple[int, int], precision: str) -> int:
+    """``kept_bytes`` at ``canvas`` from two small canvases (a + b * area, exact for a conv net up to padding)."""
+    m = config.net.multiple
+    small = [(m * k, m * k) for k in (2, 4)]
+    low, high = (kept_bytes(config, c, precision) for c in small)
+    per_pixel = (high - low) / (small[1][0] ** 2 - small[0][0] ** 2)
+    base = low - per_pixel * small[0][0] ** 2
+    return int(max(0.0, base + per_pixel * canvas[0] * canvas[1]))
+
+
+def estimate(
+    config: FitConfig, canvas: tuple[int, int], channels: int, device: str, *, precision: str | None = None
+) -> Estimate:
+    """The peak memory of fitting ``config`` at ``canvas`` on ``device`` (the precision ``auto`` resolves to)."""
+    precision = precision or choose(config, device, canvas).precision
+    activations = activation_bytes(config, canvas, precision)
+    with torch.device("meta"):  # parameter count only: no memory, no initialisation
+        params = count_parameters(build_network(config.net))
+    copies = 4 + (1 if config.backtrack_db is not None else 0)  # weights, gradients, 2 Adam moments, backtrack copy
+    state = 4 * params * copies
+    pixels = canvas[0] * canvas[1]
+    image = 4 * channels * pixels
+    images = 3 * 4 * config.net.input_depth * pixels + 8 * image  # input, perturbed input, its noise; outputs
+    if config.stop != "fixed":
+        images += (config.stop_window * image if config.stop_variant == "wmv" else 0) + 2 * 2 * image
+    peak = KEEP[config.save_memory] * activations + state + images + OVERHEAD_BYTES
+    return Estimate(canvas, precision, activations, state, images, int(peak))
+
+
+def available_bytes(device: str) -> tuple[int, str] | None:
+    """The memory a fit may use on ``device`` and what it is called, or None when unknown."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory, "GPU memory"
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory"
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def largest_side(config: FitConfig, canvas: tuple[int, int], channels: int, device: str, budget: float) -> int:
+    """The longest side (a multiple of the net's) an image of this aspect ratio may have within ``budget`` bytes."""
+    m = config.net.multiple
+    unit = estimate(config, canvas, channels, device)
+    # peak is affine in the area: solve from two points
+    other = (canvas[0] * 2, canvas[1] * 2)
+    two = estimate(config, other, channels, device, precision=unit.precision)
+    per_area = (two.peak_bytes - unit.peak_bytes) / (3 * canvas[0] * canvas[1])
+    base = unit.peak_bytes - per_area * canvas[0] * canvas[1]
+    if per_area <= 0 or budget <= base:
+        return 0
+    scale = math.sqrt((budget - base) / per_area / (canvas[0] * canvas[1]))
+    return int(max(canvas) * scale) // m * m
+
+
+def probe_seconds(config: FitConfig, canvas: tuple[int, int], channels: int, device: str, steps: int = 3) -> float:
+    """Seconds per iteration at ``canvas`` from ``steps`` timed iterations at a small canvas (after one untimed),
+    scaled by the pixel count."""
+    from .fitting import Fitter
+
+    m = config.net.multiple
+    side = max(m, 128 // m * m)
+    small = (min(side, canvas[0]), min(side, canvas[1]))
+    probe = config.replace(iterations=1 + steps, stop="fixed", log_every=10**6)
+    fitter = Fitter(probe, _probe_problem(probe, small, channels), device=device)
+    fitter.run(1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fitter.run(1 + steps)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - started) / steps
+    return per_step * (canvas[0] * canvas[1]) / (small[0] * small[1])
+
+
+def _probe_problem(config: FitConfig, canvas: tuple[int, int], channels: int) -> Problem:
+    """A problem of ``config``'s task on a random image whose canvas is ``canvas``."""
+    factor = config.factor if config.task == "super-resolve" else 1
+    h, w = canvas[0] // factor, canvas[1] // factor
+    image = torch.rand(channels, h, w, generator=torch.Generator().manual_seed(0))
+    return make_problem(
+        config,
+        image,
+        mask=torch.ones(h, w) if config.task == "inpaint" else None,
+        guide=image if config.net.input_kind == "image" else None,
+        kernel=torch.full((3, 3), 1 / 9) if config.task == "deblur" else None,
+    )

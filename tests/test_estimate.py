@@ -1,0 +1,61 @@
+import re
+
+import pytest
+
+from conftest import dipc, save_png, smooth_image, tiny_config
+from dip_compile import estimate, restore
+from dip_compile.presets import preset
+
+
+def test_activation_bytes_grow_with_the_area_as_counted_at_that_size():
+    config = tiny_config()
+    counted = estimate.kept_bytes(config, (64, 96), "fp32")
+    assert estimate.activation_bytes(config, (64, 96), "fp32") == pytest.approx(counted, rel=0.02)
+
+
+def test_bf16_and_save_memory_lower_the_estimate_and_a_stopping_window_raises_it():
+    config = preset("denoise").replace(stop="fixed")
+    base = estimate.estimate(config, (512, 512), 3, "cpu", precision="fp32").peak_bytes
+    assert estimate.estimate(config, (512, 512), 3, "cpu", precision="bf16").peak_bytes < 0.8 * base
+    assert estimate.estimate(config.replace(save_memory=True), (512, 512), 3, "cpu", precision="fp32").peak_bytes < (
+        0.6 * base
+    )
+    window = config.replace(stop="auto", stop_window=100)  # 100 images of 3 MiB
+    grown = estimate.estimate(window, (512, 512), 3, "cpu", precision="fp32").peak_bytes - base
+    assert 100 * 3 * 2**20 <= grown < 110 * 3 * 2**20
+
+
+def test_the_largest_side_is_the_largest_that_fits_the_budget():
+    config = preset("denoise").replace(stop="fixed", precision="fp32")
+    budget = 2 * 2**30
+    side = estimate.largest_side(config, (256, 256), 3, "cpu", budget)
+    assert side % 32 == 0
+    assert estimate.estimate(config, (side, side), 3, "cpu").peak_bytes <= budget
+    assert estimate.estimate(config, (side + 32, side + 32), 3, "cpu").peak_bytes > budget
+
+
+def test_a_fit_too_large_for_memory_names_the_largest_size_and_the_options_that_fit(tmp_path, monkeypatch):
+    image = save_png(smooth_image(256, 256), tmp_path / "big.png")
+    saving = preset("denoise").replace(stop="fixed", save_memory=True)
+    fits = estimate.estimate(saving, (256, 256), 3, "cpu", precision="fp32").peak_bytes  # only --save-memory fits
+    monkeypatch.setattr(restore, "available_bytes", lambda device: (fits / restore.MEMORY_SHARE * 1.02, "memory"))
+    code, stderr = dipc("fit", "denoise", image, "-o", tmp_path / "o.png", "--precision", "fp32", "--stop", "fixed")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    largest = re.search(r"at most about (\d+)x(\d+)", stderr)
+    assert "fitting at 256x256 needs about" in stderr and largest, stderr
+    assert 128 <= int(largest[1]) == int(largest[2]) < 256
+    assert "--save-memory (about" in stderr and f"--tile {int(largest[1]) // 32 * 32}" in stderr, stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_dry_run_prints_memory_and_time_and_writes_nothing(tmp_path, image_png):
+    out = tmp_path / "o.png"
+    code, stderr = dipc("fit", "denoise", image_png, "-o", out, "--depth", "3", "--channels", "8", "--dry-run")
+    assert code == 0, stderr
+    assert "dry run: memory: about" in stderr and "s per iteration" in stderr and "nothing was fitted" in stderr
+    assert list(tmp_path.iterdir()) == [image_png]
+
+
+def test_dry_run_needs_no_output_path(image_png):
+    code, stderr = dipc("fit", "denoise", image_png, "--depth", "3", "--channels", "8", "--dry-run")
+    assert code == 0 and "dry run" in stderr, stderr
