@@ -11,8 +11,10 @@ For each case (image, noise) on a centre square of ``--size``, in the same run, 
   iteration, the preset's fixed iteration count, EMA 0.99 of the outputs, and backtracking (weights restored when
   the PSNR to the observation drops by more than 5 dB). Its EMA PSNR is read every 10 iterations.
 
-Reported per case: dipc's total seconds and returned PSNR; the seconds the reference needed to first reach that PSNR
-(EMA); and their ratio: how many times sooner dipc's image is on disk than the reference's image of equal PSNR.
+Reported per case: when dipc's output file first held an image within 0.5 (and 0.1) dB of the best PSNR its fit
+ever reached (the file is polled while it runs: auto-stop writes its current choice), when the run ended, the PSNR
+returned; when the reference's EMA first reached that same quality (best - 0.5 dB); and their ratio: how many times
+sooner dipc's image is on disk.
 Prints a table, writes ``time_to_quality.json``.
 
     python benchmarks/time_to_quality.py --size 256 --images F16_GT.png --noises gaussian:25
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from quality import fit_size  # noqa: E402
 
+from dip_compile.errors import DipError  # noqa: E402
 from dip_compile.imageio import load_image, save_image  # noqa: E402
 from dip_compile.metrics import psnr  # noqa: E402
 from dip_compile.network import build_network, make_input  # noqa: E402
@@ -49,26 +52,53 @@ def first_time(seconds: list[float], values: list[float], target: float) -> floa
 
 
 def run_dipc(noisy: Path, clean: Path, work: Path, options: list[str]) -> dict[str, Any]:
+    """Runs ``dipc fit`` as a user does and watches its output file: while it fits, auto-stop writes the image it
+    would return (at most every 10 s) whenever the variance reaches a new minimum, so each version's PSNR and the
+    second it appeared on disk are recorded."""
     out, report = work / "dipc.png", work / "dipc.json"
     command = [sys.executable, "-m", "dip_compile.cli", "fit", "denoise", str(noisy), "-o", str(out)]
     command += ["--reference", str(clean), "--report", str(report), "--force", "-q", *options]
+    reference = load_image(clean)
+    on_disk: list[tuple[float, float]] = []
+    seen = None
+
+    def look() -> None:
+        nonlocal seen
+        try:
+            stamp = out.stat().st_mtime_ns
+            if stamp != seen:
+                image = load_image(out)
+                seen = stamp
+                on_disk.append((time.perf_counter() - started, psnr(image, reference).item()))
+        except (OSError, DipError):
+            pass  # not there yet
+
     started = time.perf_counter()
-    subprocess.run(command, check=True)
+    process = subprocess.Popen(command)
+    while process.poll() is None:
+        look()
+        time.sleep(0.5)
     total = time.perf_counter() - started
+    if process.returncode:
+        raise SystemExit(f"dipc fit failed with exit code {process.returncode}")
+    look()
     data = json.loads(report.read_text())
     history = data["history"]
     ema, seconds = history["psnr_reference_ema"], history["seconds"]
     best = max(ema)
-    startup = total - seconds[-1]  # process start, loading, writing: wall time outside the fitting loop
+    disk_seconds, disk_psnr = [t for t, _ in on_disk], [p for _, p in on_disk]
     return {
         "total_seconds": total,
-        "startup_seconds": startup,
         "psnr": data["final_psnr"],
         "best_psnr": best,
         "iterations": data["iterations"],
         "chosen_iteration": data["chosen_iteration"],
-        "within_0.5_seconds": startup + (first_time(seconds, ema, best - 0.5) or float("nan")),
-        "within_0.1_seconds": startup + (first_time(seconds, ema, best - 0.1) or float("nan")),
+        "on_disk": on_disk,
+        # the first second an image within 0.5 / 0.1 dB of the best PSNR the fit ever reached was on disk
+        "within_0.5_seconds": first_time(disk_seconds, disk_psnr, best - 0.5),
+        "within_0.1_seconds": first_time(disk_seconds, disk_psnr, best - 0.1),
+        # when the fit's EMA first got there (fitting seconds, from the report's history)
+        "fit_within_0.5_seconds": first_time(seconds, ema, best - 0.5),
     }
 
 
@@ -135,14 +165,16 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_reference:
                 print(f"{name} {spec}: reference loop, {iterations} iterations ...", flush=True)
                 ref = run_reference(noisy, clean, iterations)
-                reached = first_time(ref["seconds"], ref["psnr_ema"], dipc["psnr"])
+                target = dipc["best_psnr"] - 0.5  # the quality of dipc's first good-enough image on disk
+                reached = first_time(ref["seconds"], ref["psnr_ema"], target)
                 row["reference"] = {
                     "total_seconds": ref["total_seconds"],
                     "best_psnr": max(ref["psnr_ema"]),
-                    "seconds_to_dipc_psnr": reached,
+                    "seconds_to_target": reached,
                     "curve": list(zip(ref["seconds"], ref["psnr_ema"], strict=True)),
                 }
-                row["sooner"] = None if reached is None else reached / dipc["total_seconds"]
+                ready = dipc["within_0.5_seconds"]
+                row["sooner"] = None if reached is None or ready is None else reached / ready
             rows.append(row)
             result = {"machine": platform.platform(), "processor": _cpu(), "torch": torch.__version__, "cases": rows}
             (args.out / "time_to_quality.json").write_text(json.dumps(result, indent=2))
@@ -162,18 +194,25 @@ def _cpu() -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| case | dipc total s | dipc PSNR | best seen | within 0.5 dB at s | within 0.1 dB at s | "
-        "reference s to that PSNR | reference best | sooner |"
+        "| case | dipc: image within 0.5 dB of its best on disk at | within 0.1 dB at | run ends at | returned PSNR | "
+        "best seen | reference: that PSNR at | reference best | sooner |"
     )
     lines = [head, "|" + " --- |" * 9]
+
+    def sec(value: float | None) -> str:
+        return "never" if value is None else f"{value:.0f} s"
+
     for r in rows:
-        d, ref = r["dipc"], r.get("reference", {})
-        to = ref.get("seconds_to_dipc_psnr")
+        d, ref = r["dipc"], r.get("reference")
         lines.append(
-            f"| {r['image']} {r['noise']} {r['size']} px | {d['total_seconds']:.0f} | {d['psnr']:.2f} | "
-            f"{d['best_psnr']:.2f} | {d['within_0.5_seconds']:.0f} | {d['within_0.1_seconds']:.0f} | "
-            f"{'not reached' if ref and to is None else f'{to:.0f}' if to else ''} | "
-            f"{ref.get('best_psnr', float('nan')):.2f} | {r.get('sooner') or float('nan'):.2f}x |"
+            f"| {r['image']} {r['noise']} {r['size']} px | {sec(d['within_0.5_seconds'])} | "
+            f"{sec(d['within_0.1_seconds'])} | {d['total_seconds']:.0f} s | {d['psnr']:.2f} | {d['best_psnr']:.2f} | "
+            + (
+                f"{sec(ref['seconds_to_target'])} | {ref['best_psnr']:.2f} | "
+                + (f"{r['sooner']:.2f}x |" if r.get("sooner") else "- |")
+                if ref
+                else "- | - | - |"
+            )
         )
     return "\n".join(lines)
 

@@ -138,7 +138,7 @@ def fit(
     stop_patience: Annotated[
         Optional[int],
         typer.Option(
-            help=f"auto stopping: stop after this many iterations without a new variance minimum (preset 1000); {RESUMABLE}"
+            help=f"auto stopping: stop after this many iterations without a new variance minimum (preset 300); {RESUMABLE}"
         ),
     ] = None,
     checkpoint: Annotated[

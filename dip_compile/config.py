@@ -344,7 +344,7 @@ class FitConfig:
     seed: int = option(0, flag="--seed")
     stop: StopRule = option(StopRule.fixed, flag="--stop")
     stop_window: int = option(100, flag="--stop-window")  # ES-WMV window W
-    stop_patience: int = option(1000, flag="--stop-patience", resume=True)  # ES-WMV patience P
+    stop_patience: int = option(300, flag="--stop-patience", resume=True)  # ES-WMV patience P
     stop_variant: StopVariant = option(StopVariant.wmv, flag="--stop-rule")
     stop_alpha: float = option(0.1, flag="stop_alpha")  # ES-EMV smoothing
     backend: Backend = option(Backend.eager, flag="--backend", resume=True)

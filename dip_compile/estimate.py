@@ -1,11 +1,11 @@
 """What a fit will cost before it starts: peak memory (always) and seconds per iteration (``dipc fit --dry-run``).
 
 Memory: the activations autograd keeps for the backward pass grow with the pixel count, and they are counted,
-not guessed: one forward pass of this very network, precision and ``--save-memory`` setting at two small canvases,
-with a saved-tensors hook adding up the storages it keeps, gives bytes = a + b * area exactly for a conv net. At
-the real canvas the peak is ``KEEP[save_memory]`` times that (the backward pass holds gradients beside them; the
-factors come from measured peaks: ``benchmarks/memory_estimate.py``), plus the weights with their gradients and
-Adam moments, plus the images the fit keeps (the stopping window, the EMA, the input noise).
+not guessed: one forward pass of this very network at this precision at two small canvases, with a saved-tensors
+hook adding up the storages it keeps, gives bytes = a + b * area exactly for a conv net. At the real canvas the
+peak is ``KEEP[save_memory]`` times that (the backward pass holds gradients beside them; ``--save-memory`` keeps
+less; the factors come from measured peaks: ``benchmarks/memory_estimate.py``), plus the weights with their
+gradients and Adam moments, plus the images the fit keeps (the stopping window, the EMA, the input noise).
 
 Time: a few steps of the same fit at a small canvas, scaled by the pixel count (``probe_seconds``).
 """
@@ -25,10 +25,14 @@ from .network import build_network, count_parameters, make_input, set_save_memor
 from .problem import Problem, make_problem
 
 GIB = 2**30
-# peak = KEEP[save_memory] * activations kept + weights and images + OVERHEAD_BYTES: least squares on measured peak
-# RSS (benchmarks/memory_estimate.py, 256-1024 px, fp32 and bf16); with --save-memory the backward pass recomputes
-# a level's tensors and holds their gradients beside the kept ones, hence the larger factor
-KEEP = {False: 1.09, True: 2.35}
+# time per iteration grows a little faster than the pixel count (caches): t ~ area ** TIME_EXPONENT, fitted to the
+# probe's error at 256 and 512 px (benchmarks/memory_estimate.py)
+TIME_EXPONENT = 1.05
+# peak = KEEP[save_memory] * the activations a default fit keeps + weights and images + OVERHEAD_BYTES: least squares
+# on measured peak RSS (benchmarks/memory_estimate.py: denoise and kate nets, 256-1024 px, fp32 and bf16). With
+# --save-memory the peak is the kept unit inputs plus the recomputed unit's tensors and gradients: both scale with
+# what the default keeps, hence one factor of it
+KEEP = {False: 1.09, True: 0.54}
 OVERHEAD_BYTES = 240 * 2**20  # the kernels' scratch and the libraries' buffers a first step allocates
 
 
@@ -99,7 +103,7 @@ def estimate(
 ) -> Estimate:
     """The peak memory of fitting ``config`` at ``canvas`` on ``device`` (the precision ``auto`` resolves to)."""
     precision = precision or choose(config, device, canvas).precision
-    activations = activation_bytes(config, canvas, precision)
+    activations = activation_bytes(config.replace(save_memory=False), canvas, precision)
     with torch.device("meta"):  # parameter count only: no memory, no initialisation
         params = count_parameters(build_network(config.net))
     copies = 4 + (1 if config.backtrack_db is not None else 0)  # weights, gradients, 2 Adam moments, backtrack copy
@@ -142,7 +146,7 @@ def largest_side(config: FitConfig, canvas: tuple[int, int], channels: int, devi
 
 def probe_seconds(config: FitConfig, canvas: tuple[int, int], channels: int, device: str, steps: int = 3) -> float:
     """Seconds per iteration at ``canvas`` from ``steps`` timed iterations at a small canvas (after one untimed),
-    scaled by the pixel count."""
+    scaled by the pixel count (to the power ``TIME_EXPONENT``)."""
     from .fitting import Fitter
 
     m = config.net.multiple
@@ -158,7 +162,7 @@ def probe_seconds(config: FitConfig, canvas: tuple[int, int], channels: int, dev
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     per_step = (time.perf_counter() - started) / steps
-    return per_step * (canvas[0] * canvas[1]) / (small[0] * small[1])
+    return float(per_step * ((canvas[0] * canvas[1]) / (small[0] * small[1])) ** TIME_EXPONENT)
 
 
 def _probe_problem(config: FitConfig, canvas: tuple[int, int], channels: int) -> Problem:
