@@ -74,7 +74,8 @@ def kept_bytes(config: FitConfig, canvas: tuple[int, int], precision: str, devic
             storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
         return t
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    # the bytes are what matters: fp16 is counted as bf16 (2 bytes too), which CPU autocast always supports
+    dtype = torch.bfloat16 if precision in ("bf16", "fp16") else None
     autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         out = net(x)
