@@ -13,14 +13,16 @@ Time: a few steps of the same fit at a small canvas, scaled by the pixel count (
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 
 from .acceleration import choose
-from .config import FitConfig
+from .config import FitConfig, NetConfig
 from .network import build_network, count_parameters, make_input, set_save_memory
 from .problem import Problem, make_problem
 
@@ -44,27 +46,26 @@ class Estimate:
     state_bytes: int  # weights, gradients, Adam moments (and the backtracking copy)
     image_bytes: int  # the images the fit holds: input noise, stopping window, EMA, observation
     peak_bytes: int
-    seconds_per_iteration: float | None = None  # measured by a probe (dry run) or None
 
     def describe(self) -> str:
-        text = f"memory: about {size_text(self.peak_bytes)} at {self.canvas[1]}x{self.canvas[0]} ({self.precision})"
-        if self.seconds_per_iteration is not None:
-            text += f"; about {self.seconds_per_iteration:.2f} s per iteration"
-        return text
+        return f"memory: about {size_text(self.peak_bytes)} at {self.canvas[1]}x{self.canvas[0]} ({self.precision})"
 
 
 def size_text(n: float) -> str:
     return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
 
 
-def kept_bytes(config: FitConfig, canvas: tuple[int, int], precision: str, device: str = "cpu") -> int:
+def kept_bytes(
+    net_config: NetConfig, canvas: tuple[int, int], precision: str, *, save_memory: bool = False, device: str = "cpu"
+) -> int:
     """The bytes of the tensors autograd keeps for the backward pass of one forward at ``canvas`` (run for real, on
     the CPU unless ``device`` is given: call it at small canvases)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = build_network(config.net).to(device)
-    set_save_memory(net, config.save_memory)
-    x = make_input(config.net, *canvas, seed=0, guide=_blank_guide(config, canvas)).to(device)
+        net = build_network(net_config).to(device)
+    set_save_memory(net, save_memory)
+    guide = torch.zeros(1, net_config.input_depth, *canvas) if net_config.input_kind == "image" else None
+    x = make_input(net_config, *canvas, seed=0, guide=guide).to(device)
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     storages: dict[int, int] = {}
 
@@ -83,19 +84,20 @@ def kept_bytes(config: FitConfig, canvas: tuple[int, int], precision: str, devic
     return sum(storages.values())
 
 
-def _blank_guide(config: FitConfig, canvas: tuple[int, int]) -> torch.Tensor | None:
-    if config.net.input_kind != "image":
-        return None
-    return torch.zeros(1, config.net.input_depth, *canvas)
+@functools.lru_cache(maxsize=64)
+def _activation_line(net_config: NetConfig, precision: str) -> tuple[float, float]:
+    """(bytes, bytes per pixel) of what a default fit keeps, from two small canvases: counted once per net and
+    precision, however many sizes and switches a refusal message tries."""
+    m = net_config.multiple
+    sides = (m * 2, m * 4)
+    low, high = (kept_bytes(net_config, (side, side), precision) for side in sides)
+    per_pixel = (high - low) / (sides[1] ** 2 - sides[0] ** 2)
+    return low - per_pixel * sides[0] ** 2, per_pixel
 
 
-def activation_bytes(config: FitConfig, canvas: tuple[int, int], precision: str) -> int:
-    """``kept_bytes`` at ``canvas`` from two small canvases (a + b * area, exact for a conv net up to padding)."""
-    m = config.net.multiple
-    small = [(m * k, m * k) for k in (2, 4)]
-    low, high = (kept_bytes(config, c, precision) for c in small)
-    per_pixel = (high - low) / (small[1][0] ** 2 - small[0][0] ** 2)
-    base = low - per_pixel * small[0][0] ** 2
+def activation_bytes(net_config: NetConfig, canvas: tuple[int, int], precision: str) -> int:
+    """``kept_bytes`` of a default fit at ``canvas``: a + b * area, exact for a conv net up to padding."""
+    base, per_pixel = _activation_line(net_config, precision)
     return int(max(0.0, base + per_pixel * canvas[0] * canvas[1]))
 
 
@@ -104,7 +106,7 @@ def estimate(
 ) -> Estimate:
     """The peak memory of fitting ``config`` at ``canvas`` on ``device`` (the precision ``auto`` resolves to)."""
     precision = precision or choose(config, device, canvas).precision
-    activations = activation_bytes(config.replace(save_memory=False), canvas, precision)
+    activations = activation_bytes(config.net, canvas, precision)
     with torch.device("meta"):  # parameter count only: no memory, no initialisation
         params = count_parameters(build_network(config.net))
     copies = 4 + (1 if config.backtrack_db is not None else 0)  # weights, gradients, 2 Adam moments, backtrack copy
@@ -123,8 +125,6 @@ def available_bytes(device: str) -> tuple[int, str] | None:
     if device.startswith("cuda"):
         return torch.cuda.get_device_properties(torch.device(device)).total_memory, "GPU memory"
     try:
-        import os
-
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory"
     except (ValueError, OSError, AttributeError):
         return None

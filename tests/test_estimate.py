@@ -9,8 +9,8 @@ from dip_compile.presets import preset
 
 def test_activation_bytes_grow_with_the_area_as_counted_at_that_size():
     config = tiny_config()
-    counted = estimate.kept_bytes(config, (64, 96), "fp32")
-    assert estimate.activation_bytes(config, (64, 96), "fp32") == pytest.approx(counted, rel=0.02)
+    counted = estimate.kept_bytes(config.net, (64, 96), "fp32")
+    assert estimate.activation_bytes(config.net, (64, 96), "fp32") == pytest.approx(counted, rel=0.02)
 
 
 def test_bf16_and_save_memory_lower_the_estimate_and_a_stopping_window_raises_it():
