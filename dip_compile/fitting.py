@@ -189,6 +189,13 @@ class EagerStep:
         return 0  # fp32 needs no NaN guard
 
 
+def stop_flag(
+    given: Callable[[], bool] | None, notify: Callable[[str], None] | None = None
+) -> contextlib.AbstractContextManager[Callable[[], bool]]:
+    """``given`` when a driver already owns Ctrl-C (a batch), else this process's Ctrl-C flag (``interrupt_flag``)."""
+    return contextlib.nullcontext(given) if given is not None else interrupt_flag(notify)
+
+
 @contextlib.contextmanager
 def interrupt_flag(notify: Callable[[str], None] | None = None) -> Iterator[Callable[[], bool]]:
     """Ctrl-C (or SIGTERM) asks to stop after the current iteration and save; a second one only says that the save
@@ -388,7 +395,7 @@ class Fitter:
         t_start = time.perf_counter()
         t_window, it_window = t_start, self.iteration
         rate = 0.0
-        with contextlib.nullcontext(stop_requested) if stop_requested is not None else interrupt_flag() as interrupted:
+        with stop_flag(stop_requested) as interrupted:
             while self.iteration < total:
                 if interrupted():
                     reason = "interrupted"

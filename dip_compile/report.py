@@ -11,20 +11,41 @@ from typing import Any
 import torch
 
 from . import __version__
+from .config import FitConfig
 from .fitting import FitResult, Fitter
 from .imageio import atomic_write
 from .metrics import psnr, ssim
+from .problem import Problem
+
+
+def fit_identity(config: FitConfig, problem: Problem) -> dict[str, Any]:
+    """What a report says of the fit before any result: task, settings, image size, software versions."""
+    return {
+        "task": problem.task,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "image_size": {"height": problem.size[0], "width": problem.size[1], "channels": problem.channels},
+        "versions": {"dip_compile": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+    }
+
+
+def image_scores(image: torch.Tensor, problem: Problem) -> dict[str, float]:
+    """PSNR and SSIM of the returned image, and the input's PSNR, against the reference (none without one)."""
+    if problem.reference is None:
+        return {}
+    ref = problem.reference.cpu()
+    return {
+        "final_psnr": float(psnr(image, ref)),
+        "final_ssim": float(ssim(image, ref)),
+        "input_psnr": float(psnr(problem.corrupted_view().cpu(), ref)),
+    }
 
 
 def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, Any]:
     problem = fitter.problem
     report: dict[str, Any] = {
-        "task": problem.task,
-        "config": fitter.config.to_dict(),
-        "seed": fitter.config.seed,
-        "image_size": {"height": problem.size[0], "width": problem.size[1], "channels": problem.channels},
+        **fit_identity(fitter.config, problem),
         "canvas_size": {"height": problem.canvas[0], "width": problem.canvas[1]},
-        "versions": {"dip_compile": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         "device": _device_name(fitter.device),
         "threads": torch.get_num_threads(),
         "iterations": result.iterations,
@@ -47,11 +68,8 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         "chosen_iteration": result.stop_info.get("chosen_iteration") or result.iterations,
         "history": result.history,
     }
+    report.update(image_scores(result.image, problem))
     if problem.reference is not None:
-        ref = problem.reference.cpu()
-        report["final_psnr"] = float(psnr(result.image, ref))
-        report["final_ssim"] = float(ssim(result.image, ref))
-        report["input_psnr"] = float(psnr(problem.corrupted_view().cpu(), ref))
         # best PSNR of the kind of image returned (EMA or raw output), sampled at the log interval
         ema = result.image_source == "ema" or result.stop_info.get("kept_image") == "ema"
         key = "psnr_reference_ema" if ema else "psnr_reference"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -23,7 +22,7 @@ from .config import FitConfig, NetConfig, check_depth, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
 from .estimate import Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
-from .fitting import FitResult, Fitter, LogRecord, Session, drive, interrupt_flag
+from .fitting import FitResult, Fitter, LogRecord, Session, drive, stop_flag
 from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side, to_grayscale
 from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
 from .report import build_report, save_report
@@ -561,12 +560,7 @@ def fit_session(
         fitter = ckpt.fitter(device, config) if ckpt is not None else Fitter(config, problem, device=device)
         console.print(f"step: {fitter.plan.describe()}")
         console.print(guess.describe())
-        flag = (
-            contextlib.nullcontext(stop_requested)
-            if stop_requested is not None
-            else interrupt_flag(lambda message: console.print(message))
-        )
-        with flag as stopping:
+        with stop_flag(stop_requested, lambda message: console.print(message)) as stopping:
             saver = _savers(fitter, job, outputs)
             result = yield from _run_with_progress(fitter, config, job, console, outputs, saver, stopping)
             resumed_from = ckpt.iteration if ckpt is not None else None

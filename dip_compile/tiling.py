@@ -16,7 +16,6 @@ and another command never reuses them. The folder is removed once the image is w
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import shutil
@@ -31,11 +30,11 @@ from . import __version__, restore
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FitConfig
 from .errors import DipError
-from .fitting import Fitter, Session, interrupt_flag
+from .fitting import Fitter, Session, stop_flag
 from .imageio import atomic_write, save_image, save_side_by_side
-from .metrics import psnr, ssim
+from .metrics import psnr
 from .problem import Problem, make_problem
-from .report import save_report
+from .report import fit_identity, image_scores, save_report
 
 TASKS = ("denoise", "super-resolve")
 
@@ -225,13 +224,8 @@ def tiled_session(
         raise DipError(f"cannot make the tiles' work folder {work}: {exc.strerror or exc}") from None
     if any(key not in f.name for f in work.iterdir()):
         console.print(f"note: {work} holds tiles of a run with other options or input: they are not reused")
-    flag = (
-        contextlib.nullcontext(stop_requested)
-        if stop_requested is not None
-        else interrupt_flag(lambda message: console.print(message))
-    )
     n, results, fitted = len(boxes), [], 0
-    with flag as stopping:
+    with stop_flag(stop_requested, lambda message: console.print(message)) as stopping:
         for i, (box, problem) in enumerate(zip(boxes, problems, strict=True)):
             done, running = work / f"tile-{i:03d}.{key}.pt", work / f"tile-{i:03d}.{key}.ckpt"
             saved = _load_tile(done, box)
@@ -347,15 +341,9 @@ def _report(
     image: torch.Tensor,
     device: str,
 ) -> dict[str, Any]:
-    import platform
-
     reasons = sorted({str(r["stop_reason"]) for r in results})
     report: dict[str, Any] = {
-        "task": whole.task,
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "image_size": {"height": whole.size[0], "width": whole.size[1], "channels": whole.channels},
-        "versions": {"dip_compile": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+        **fit_identity(config, whole),
         "device": device,
         "tiles": len(boxes),
         "tile_size": job.tile,
@@ -372,10 +360,6 @@ def _report(
             for b, r in zip(boxes, results, strict=True)
         ],
     }
-    if whole.reference is not None:
-        reference = whole.reference.cpu()
-        report["final_psnr"] = float(psnr(image, reference))
-        report["final_ssim"] = float(ssim(image, reference))
-        report["input_psnr"] = float(psnr(whole.corrupted_view().cpu(), reference))
+    report.update(image_scores(image, whole))
     report.update(job.report_extra)
     return report
