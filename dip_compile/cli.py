@@ -18,6 +18,7 @@ from .config import (
     Generator,
     InputKind,
     Loss,
+    LrSchedule,
     Precision,
     StopRule,
     StopVariant,
@@ -124,6 +125,16 @@ def fit(
         Optional[int], typer.Option(help=f"total iterations (preset: the paper's count); {RESUMABLE}")
     ] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate; {RESUMABLE}")] = None,
+    lr_schedule: Annotated[
+        Optional[LrSchedule],
+        typer.Option(
+            help="the rate over the fit: constant (the paper's), warmup (linear over --lr-warmup iterations), cosine "
+            f"(that warm-up, then a cosine decay to --lr/10 at --iterations); {RESUMABLE}"
+        ),
+    ] = None,
+    lr_warmup: Annotated[
+        Optional[int], typer.Option(help=f"warm-up iterations of --lr-schedule warmup/cosine (100); {RESUMABLE}")
+    ] = None,
     reg_noise: Annotated[
         Optional[float], typer.Option(help=f"std of the input perturbation per iteration; {RESUMABLE}")
     ] = None,
@@ -281,6 +292,8 @@ def fit_job(params: dict[str, Any]) -> Any:
     settings = {
         "iterations": p["iterations"],
         "lr": p["lr"],
+        "lr_schedule": p["lr_schedule"],
+        "lr_warmup": p["lr_warmup"],
         "reg_noise_std": p["reg_noise"],
         "stop": p["stop"],
         "stop_variant": p["stop_rule"],

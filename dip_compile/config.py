@@ -101,6 +101,15 @@ class Loss(Choice):
     poisson = "poisson"
 
 
+class LrSchedule(Choice):
+    """The learning rate over a fit: constant (the paper's), warmup (linear over --lr-warmup iterations, then
+    constant) or cosine (that warm-up, then a cosine decay to a tenth of --lr at --iterations)."""
+
+    constant = "constant"
+    warmup = "warmup"
+    cosine = "cosine"
+
+
 class Backend(Choice):
     auto = "auto"
     eager = "eager"
@@ -331,6 +340,8 @@ class FitConfig:
     net: NetConfig = option(flag="network options", default_factory=NetConfig)
     iterations: int = option(3000, flag="--iterations", resume=True)
     lr: float = option(0.01, flag="--lr", resume=True)
+    lr_schedule: LrSchedule = option(LrSchedule.constant, flag="--lr-schedule", resume=True)
+    lr_warmup: int = option(100, flag="--lr-warmup", resume=True)  # linear warm-up iterations (warmup, cosine)
     reg_noise_std: float = option(1.0 / 30.0, flag="--reg-noise", resume=True)
     ema: float | None = option(0.99, flag="ema")  # the paper's output smoothing (exp_weight); None disables it
     # restore the last good weights when the PSNR to the observation drops by more than this many dB (None: off)
@@ -366,6 +377,7 @@ class FitConfig:
             raise ConfigError("net must be a NetConfig")
         _count(self, "iterations", 1, 10**9)
         _finite(self, "lr", 0, 10, low_open=True)
+        _count(self, "lr_warmup", 0, 10**9)
         _finite(self, "reg_noise_std", 0, 100)
         _finite(self, "ema", 0, 1, high_open=True, allow_none=True)
         _finite(self, "backtrack_db", 0, allow_none=True)

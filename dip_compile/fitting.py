@@ -23,6 +23,7 @@ from .config import Choice, FinalImage, FitConfig
 from .metrics import psnr
 from .network import build_network, make_input, set_save_memory
 from .problem import CenterCrop, Problem
+from .schedule import learning_rate
 from .stopping import make_stopper
 
 
@@ -344,6 +345,9 @@ class Fitter:
         loss, out = yield StepRequest(self, net_input)
         if self.backtracks_now():
             self._backtrack(out)
+        rate = learning_rate(self.config, self.iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
         self.step.optimizer_step(self.optimizer)
         out = out.float()
         if self.config.ema is not None:
@@ -471,7 +475,11 @@ class Fitter:
         for group in self.optimizer.param_groups:  # a resumed fit may change the learning rate
             group["lr"] = self.config.lr
         self.net_input = state["net_input"].to(dev)
-        self.generator.set_state(state["generator"])
+        saved_rng = state["generator"]
+        if saved_rng.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved_rng)
+        else:  # saved on another device type (CPU and CUDA generators keep different states): a fresh stream
+            self.generator.manual_seed(self.config.seed + 1 + self.iteration)
         self.ema = None if state["ema"] is None else state["ema"].to(dev)
         last = state.get("last_input")
         self.last_input = None if last is None else last.to(dev)

@@ -150,3 +150,17 @@ def test_history_records_the_fitting_seconds_of_each_record():
     seconds = fitter.history["seconds"]
     assert fitter.history["iteration"] == [4, 8, 12] and len(seconds) == 3
     assert 0 < seconds[0] < seconds[1] < seconds[2] <= fitter.elapsed
+
+
+def test_a_checkpoint_from_another_device_type_resumes_with_a_fresh_perturbation_stream():
+    # a CUDA generator's state is 16 bytes, a CPU one's 5056: set_state of the other kind's would raise
+    cfg = tiny_config("denoise", iterations=6, stop="fixed")
+    first = Fitter(cfg, make_problem(cfg, CLEAN))
+    first.run(3)
+    state = first.state_dict()
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)
+    resumed = Fitter(cfg, make_problem(cfg, CLEAN))
+    resumed.load_state_dict(state)
+    expected = torch.Generator().manual_seed(cfg.seed + 1 + 3)
+    assert torch.equal(resumed.generator.get_state(), expected.get_state())
+    assert resumed.run().iterations == 6
