@@ -43,11 +43,16 @@ from dip_compile.stopping import VarianceStopper  # noqa: E402
 PATIENCES = (100, 200, 300, 500, 1000)
 RISES = (0.05, 0.1, 0.2, 0.5)
 MIN_PAST = 50
+RULES = [("patience", p) for p in PATIENCES] + [("rise", r) for r in RISES]
 LOG_EVERY = 5  # the curves' (and so the replayed rules') resolution in iterations
+BURN_IN = 3 * 100  # the stopper counts no minimum before 3 windows (dip_compile.stopping.BURN_IN_WINDOWS)
 
 
-def curves(image: torch.Tensor, spec: str, iterations: int, seed: int) -> dict[str, Any]:
-    """The per-iteration variance and EMA PSNR of one fixed-length fit."""
+def curves(
+    image: torch.Tensor, spec: str, iterations: int, seed: int, preset_name: str = "f16", **changes: Any
+) -> dict[str, Any]:
+    """The variance and EMA PSNR every ``LOG_EVERY`` iterations of one fixed-length fit of the preset, with
+    ``changes`` to its settings (learning rate, schedule, device, precision)."""
     variances: dict[int, float] = {}
     original = VarianceStopper.update
 
@@ -56,14 +61,17 @@ def curves(image: torch.Tensor, spec: str, iterations: int, seed: int) -> dict[s
         if self.count >= self.window and iteration % LOG_EVERY == 0:
             variances[iteration] = float(self.var.item())
 
-    config = preset("denoise").replace(
-        iterations=iterations,
-        stop="auto",
-        stop_patience=10**9,
-        log_every=1,
-        seed=seed,
-        precision="auto",
-        backend="auto",
+    config = preset("denoise", name=preset_name).replace(
+        **{
+            "precision": "auto",
+            "backend": "auto",
+            **changes,
+            "iterations": iterations,
+            "stop": "auto",
+            "stop_patience": 10**9,
+            "log_every": LOG_EVERY,
+            "seed": seed,
+        }
     )
     noisy = parse_noise(spec).apply(image, seed=seed)
     fitter = Fitter(config, make_problem(config, noisy, reference=image))
@@ -85,10 +93,12 @@ def curves(image: torch.Tensor, spec: str, iterations: int, seed: int) -> dict[s
     }
 
 
-def replay(c: dict[str, Any], rule: str, value: float) -> tuple[int, int]:
-    """(stop iteration, chosen iteration) of a rule on a case's curves."""
+def replay(c: dict[str, Any], rule: str, value: float, burn_in: int = BURN_IN) -> tuple[int, int]:
+    """(stop iteration, chosen iteration) of a rule on a case's curves; minima before ``burn_in`` do not count."""
     best_var, best_it = float("inf"), c["iteration"][0]
     for it, var in zip(c["iteration"], c["variance"], strict=True):
+        if it < burn_in:
+            continue
         if var < best_var:
             best_var, best_it = var, it
         past = it - best_it
@@ -125,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 result = {"machine": platform.platform(), "torch": torch.__version__, "cases": cases}
                 path.write_text(json.dumps(result))
-    rules = [("patience", p) for p in PATIENCES] + [("rise", r) for r in RISES]
+    rules = [(f"{rule}{suffix}", v) for suffix in ("", " no burn-in") for rule, v in RULES]
     summary = []
-    print(f"{'rule':>14} | mean gap dB | worst gap dB | mean run share | per case: stop it (gap dB)")
+    print(f"{'rule':>26} | mean gap dB | worst gap dB | mean run share | per case: stop it (gap dB)")
     for rule, value in rules:
         gaps, shares, per_case = [], [], []
         for c in cases:
-            stop, chosen = replay(c, rule, value)
+            stop, chosen = replay(c, rule.split()[0], value, 0 if "no burn-in" in rule else BURN_IN)
             best = max(c["psnr_ema"])
             got = c["psnr_ema"][c["iteration"].index(chosen)]
             gaps.append(best - got)
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.append(row)
         label = f"{rule} {value:g}"
         print(
-            f"{label:>14} | {row['mean_gap_db']:11.3f} | {row['worst_gap_db']:12.3f} | "
+            f"{label:>26} | {row['mean_gap_db']:11.3f} | {row['worst_gap_db']:12.3f} | "
             f"{row['mean_run_share']:14.2f} | {', '.join(per_case)}"
         )
     if not args.replay:

@@ -12,7 +12,9 @@ minimum is known as soon as it happens and the image kept is x_t itself. Varianc
 the minimum is. Stop once P iterations pass without a new minimum, and return the image at the minimum: the raw
 output x_t, or, when the fit smooths its outputs with an EMA, the EMA at t (the stopper watches the raw outputs,
 as in the paper, but keeps whatever image the fit would return). No variance counts before W outputs were seen:
-for EMV this skips the start-up transient, where the zero-initialised variance is biased low.
+for EMV this skips the start-up transient, where the zero-initialised variance is biased low. And no minimum counts
+before iteration 3W (the burn-in): early in a fit the outputs can settle for a moment while the network still fits
+coarse structure, and stopping P iterations after such a dip returns a blurred image.
 
 Cost: all statistics stay on the fitting device and cost O(pixels) per step; the host reads a scalar only when
 asked whether to stop (every ``check_every`` iterations). Memory: WMV keeps a ring of the last W outputs, W x the
@@ -28,6 +30,10 @@ import torch
 
 from .config import FitConfig
 
+# No minimum counts before this many windows of iterations: while the net first fits the coarse image its outputs can
+# settle briefly before changing fast again, and a fit stopped there loses 10 dB (zebra, sigma 50, 256 px: README)
+BURN_IN_WINDOWS = 3
+
 
 class VarianceStopper:
     """Tracks the running variance of the outputs and keeps the output at its minimum."""
@@ -38,6 +44,7 @@ class VarianceStopper:
         if variant not in ("wmv", "emv"):
             raise ValueError(f"unknown stopping variant {variant!r}; choose wmv or emv")
         self.variant, self.window, self.patience, self.alpha = variant, window, patience, alpha
+        self.burn_in = BURN_IN_WINDOWS * window
         self.device, self.check_every = device, check_every
         self.buffer: torch.Tensor | None = None  # WMV: the last W outputs, a ring
         self.sum: torch.Tensor | None = None  # WMV: float64 running sums, O(pixels) updates
@@ -91,6 +98,10 @@ class VarianceStopper:
         var = self._variance(out.detach())
         if var is None:
             return
+        if iteration % self.check_every == 0:
+            self.variance_history.append(float(var.item()))
+        if iteration < self.burn_in:
+            return
         kept = (out if keep is None else keep).detach().float()
         better = var < self.best_var
         self.best_var = torch.where(better, var, self.best_var)
@@ -99,8 +110,6 @@ class VarianceStopper:
             self.best_image = kept.clone()
         else:
             self.best_image.copy_(torch.where(better, kept, self.best_image))
-        if iteration % self.check_every == 0:
-            self.variance_history.append(float(var.item()))
 
     def chosen_iteration(self) -> int | None:
         """The iteration of the current minimum (one host read), or None before any variance was defined."""
@@ -118,6 +127,7 @@ class VarianceStopper:
             "rule": f"es-{self.variant}",
             "window": self.window,
             "patience": self.patience,
+            "burn_in": self.burn_in,
             "alpha": self.alpha,
             "chosen_iteration": best,
             "min_variance": float(self.best_var.item()) if best is not None else None,

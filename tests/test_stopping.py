@@ -91,6 +91,22 @@ def test_wmv_minimum_of_a_quiet_stretch_is_the_window_ending_inside_it():
     assert float(stopper.best_var) == 0.0
 
 
+def test_a_still_moment_before_the_burn_in_neither_stops_the_fit_nor_is_returned():
+    # zebra at sigma 50 (256 px) settled for a moment at iteration ~120 and only passed that variance again ~500
+    # iterations later: without the burn-in (3 windows) patience 300 stopped it at 410, 10 dB below its best
+    xs = [torch.full((1, 1, 4, 4), float(i % 2)) for i in range(300)]
+    for i in range(5, 20):
+        xs[i] = torch.full((1, 1, 4, 4), 0.5)  # still: the windows ending at 15-20 have variance 0
+    for i in range(50, 80):
+        xs[i] = torch.full((1, 1, 4, 4), 0.5 + 0.01 * (i % 2))  # nearly still, later: windows ending at 60-80
+    stopper = VarianceStopper("wmv", 10, 40, 0.1, CPU, check_every=1)
+    assert stopper.burn_in == 30
+    chosen = stopper.chosen_iteration() if feed(stopper, xs) else None
+    assert chosen is not None and 60 <= chosen <= 80
+    assert feed(VarianceStopper("wmv", 10, 40, 0.1, CPU, check_every=1), xs) == chosen + 40
+    assert stopper.info()["burn_in"] == 30
+
+
 def test_stopper_never_stops_while_the_variance_keeps_falling():
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(1, 3, 8, 8, generator=g) * 0.9**t for t in range(300)]  # the jitter shrinks throughout
