@@ -18,6 +18,7 @@ matmul peak, compile seconds (first step minus a steady step), and peak memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -94,7 +95,10 @@ def time_variants(
     rows: dict[str, dict[str, Any]] = {}
     for backend, precision in variants:
         name = f"{backend}/{precision}"
-        fitter = Fitter(config.replace(backend=backend, precision=precision), problem, device=device)
+        fitter = Fitter(config.replace(backend=backend.removesuffix("-nographs"), precision=precision), problem, device)
+        if backend.endswith("-nographs"):  # the same step without CUDA graphs: what the graphs save
+            fitter.plan = dataclasses.replace(fitter.plan, cuda_graphs=False)
+            fitter.step = fitter.make_step()
         sync(device)
         t0 = time.perf_counter()
         fitter.iterate()
@@ -211,6 +215,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="measure peak memory (child process per variant)")
     parser.add_argument("--quality", type=int, default=0, help="iterations of the F16 PSNR check (0 = skip)")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--no-extras", action="store_true", help="no EMA, no backtracking: the step and Adam alone")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fit_speed.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,7 +266,9 @@ def main() -> None:
     for net in [] if args.skip_speed else args.nets.split(","):
         for size in map(int, args.sizes.split(",")):
             config, problem = make_case(net, size, device)
-            print(f"{net} {size}x{size}:", flush=True)
+            if args.no_extras:
+                config = config.replace(ema=None, backtrack_db=None)
+            print(f"{net} {size}x{size}{' (no EMA, no backtracking)' if args.no_extras else ''}:", flush=True)
             flops = step_flops(config, problem, device)
             rows = time_variants(config, problem, device, variants, args.warmup, args.iterations)
             base = rows["eager/fp32"]["median_ms"]
