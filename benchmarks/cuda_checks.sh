@@ -2,7 +2,8 @@
 # The CUDA checks a session with a lent GPU runs in one go: the CUDA tests, the
 # speed of the CUDA paths (CUDA graphs or not, fp32 / bf16 / fp16, auto = inductor), then the schedule study. Logs and JSON go to $OUT.
 #   OUT=/tmp/cuda DATA=../shared/data bash benchmarks/cuda_checks.sh
-# DATA holds F16_GT.png, kate.png and zebra_GT.png; each stage has its own time limit (seconds, overridable).
+# DATA holds F16_GT.png, kate.png and zebra_GT.png; each stage has its own time limit (TESTS_S, SPEED_S, COMPILE_S,
+# STUDY_S seconds; 0 skips the stage); JOBS, STUDY_ARGS and DEVICE (cpu to try the script here) shape the study.
 set -u
 OUT=${OUT:-benchmarks/results/cuda}
 DATA=${DATA:-../shared/data}
@@ -26,7 +27,15 @@ stage compiled
 [ "${COMPILE_S:-100}" = 0 ] || timeout "${COMPILE_S:-100}" $py benchmarks/fit_speed.py --device cuda --nets denoise --sizes 256 --backends auto \
   --precisions fp32 --iterations 20 --warmup 5 --out "$OUT/fit_speed_cuda_auto.json" 2>&1 | grep -v "^  "
 stage study
-[ "${STUDY_S:-250}" = 0 ] || timeout "${STUDY_S:-250}" $py benchmarks/schedule_study.py --device cuda --jobs "${JOBS:-6}" --data "$DATA" --out "$OUT" \
-  2>&1 | tail -30
-pkill -9 -f benchmarks/schedule_study.py  # its worker processes outlive a timeout
+if [ "${STUDY_S:-250}" != 0 ]; then
+  # its own process group, killed whole at the limit: the study's spawned workers would outlive a plain timeout
+  setsid $py benchmarks/schedule_study.py --device "${DEVICE:-cuda}" --jobs "${JOBS:-6}" --data "$DATA" --out "$OUT" \
+    ${STUDY_ARGS:-} >"$OUT/study.log" 2>&1 &
+  study=$!
+  (sleep "${STUDY_S:-250}"; kill -9 -- "-$study" 2>/dev/null) &
+  watchdog=$!
+  wait "$study"
+  kill "$watchdog" 2>/dev/null
+  tail -30 "$OUT/study.log"
+fi
 stage done
