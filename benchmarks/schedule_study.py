@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quality import fit_size  # noqa: E402
-from stopping_study import curves, replay  # noqa: E402
+from stopping_study import curves, kept_psnr, replay  # noqa: E402
 
 from dip_compile.imageio import load_image  # noqa: E402
 
@@ -103,9 +103,9 @@ def analyse(runs: list[dict[str, Any]], schedules: list[str]) -> tuple[list[dict
                 "base_to_0.1": first_within(b, b_best - 0.1),
                 "auto_stop": stop,
                 "auto_chosen": chosen,
-                "auto_db": r["psnr_ema"][r["iteration"].index(chosen)],
+                "auto_db": kept_psnr(r, chosen, stop),
                 "base_auto_stop": b_stop,
-                "base_auto_db": b["psnr_ema"][b["iteration"].index(b_chosen)],
+                "base_auto_db": kept_psnr(b, b_chosen, b_stop),
                 "seconds": r["seconds"],
             }
         )

@@ -64,8 +64,11 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         "iterations_per_second": result.iterations_per_second,
         "backtracks": result.backtracks,
         "stop": result.stop_info,
-        # the iteration whose image is returned: the variance minimum with auto stopping, else the last one
-        "chosen_iteration": result.stop_info.get("chosen_iteration") or result.iterations,
+        # the iteration whose image is returned: with auto stopping the variance minimum's (its EMA up to 99
+        # iterations later: stop.kept_iteration; stop.chosen_iteration is the minimum), else the last one
+        "chosen_iteration": result.stop_info.get("kept_iteration")
+        or result.stop_info.get("chosen_iteration")
+        or result.iterations,
         "history": result.history,
     }
     report.update(image_scores(result.image, problem))

@@ -643,7 +643,7 @@ class BestSaver:
 
     def __call__(self, record: LogRecord) -> None:
         assert self.fitter.stopper is not None
-        chosen = self.fitter.stopper.chosen_iteration()
+        chosen = self.fitter.stopper.kept_iteration()  # changes at a new minimum and when its lagged EMA is kept
         if chosen is None:
             return
         now = time.monotonic()
@@ -703,6 +703,9 @@ def _summary(console: Any, result: FitResult, report: dict[str, Any], job: FitJo
     )
     if result.stop_info.get("chosen_iteration") is not None:
         line += f" at iteration {result.stop_info['chosen_iteration']}"
+        kept = result.stop_info.get("kept_iteration")
+        if kept is not None and kept != result.stop_info["chosen_iteration"]:
+            line += f" (its EMA at {kept})"
     line += f" -> {job.output}"
     if "final_psnr" in report:
         line += f"; PSNR {report['final_psnr']:.2f} dB (input {report['input_psnr']:.2f} dB)"

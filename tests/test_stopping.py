@@ -107,6 +107,22 @@ def test_a_still_moment_before_the_burn_in_neither_stops_the_fit_nor_is_returned
     assert stopper.info()["burn_in"] == 30
 
 
+def test_stopper_keeps_the_image_lag_iterations_after_a_minimum_unless_a_newer_one_comes_first():
+    xs = quiet_dip(length=300, quiet_at=200)
+    keep = [torch.full((1, 3, 8, 8), float(i)) for i in range(1, 301)]  # the image of iteration i holds i
+    stopper = VarianceStopper("wmv", 10, 60, 0.1, CPU, check_every=1, lag=20)
+    stopped = feed(stopper, xs, keep)
+    chosen = stopper.chosen_iteration()
+    assert stopped == chosen + 60
+    assert stopper.kept_iteration() == chosen + 20
+    assert torch.equal(stopper.best_image, keep[chosen + 20 - 1])
+    # cut off before the lag is reached: the image at the minimum itself
+    early = VarianceStopper("wmv", 10, 60, 0.1, CPU, check_every=1, lag=20)
+    feed(early, xs[: chosen + 5], keep[: chosen + 5])
+    assert early.chosen_iteration() == chosen and early.kept_iteration() == chosen
+    assert torch.equal(early.best_image, keep[chosen - 1])
+
+
 def test_stopper_never_stops_while_the_variance_keeps_falling():
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(1, 3, 8, 8, generator=g) * 0.9**t for t in range(300)]  # the jitter shrinks throughout
@@ -169,7 +185,7 @@ def tiny_config(**changes):
     return config.replace(**(settings | changes))
 
 
-def test_auto_stop_ends_before_the_fixed_count_and_returns_the_ema_at_the_chosen_iteration():
+def test_auto_stop_ends_before_the_fixed_count_and_returns_the_ema_its_mean_age_after_the_minimum():
     clean = tiny_clean()
     config = tiny_config(ema=0.9)  # a short EMA: this tiny fit turns around within ~50 iterations
     problem = make_problem(config, add_noise(clean, 0.2, seed=0), reference=clean)
@@ -179,9 +195,11 @@ def test_auto_stop_ends_before_the_fixed_count_and_returns_the_ema_at_the_chosen
     assert result.stop_reason == "auto-stop" and result.iterations < 400
     assert 40 <= result.iterations - chosen < 45  # patience, checked every log interval
     assert result.image_source == "auto-stop best" and result.stop_info["kept_image"] == "ema"
-    # the same fit run for exactly `chosen` iterations without the stopper holds the same EMA, bit for bit
+    # the EMA 9 iterations after the minimum (the mean age of an EMA of 0.9): the same fit run for exactly that many
+    # iterations without the stopper holds the same EMA, bit for bit
+    assert result.stop_info["lag"] == 9 and result.stop_info["kept_iteration"] == chosen + 9
     replay = Fitter(config.replace(stop="fixed"), problem, device="cpu")
-    replay.run(chosen)
+    replay.run(chosen + 9)
     assert torch.equal(result.image, replay.ema.cpu())
     # and the chosen image is a real denoising gain over the noisy input
     gain = psnr(result.image, clean.unsqueeze(0)) - psnr(problem.observation.cpu(), clean.unsqueeze(0))
