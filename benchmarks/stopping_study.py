@@ -9,8 +9,8 @@ return at that iteration. Every rule is then replayed on those curves, exactly a
   past the minimum, so one noisy sample does not end the fit).
 
 Either way the image returned is the EMA 99 iterations after the variance minimum (the stopper's lag), or at the
-minimum when the run stopped sooner; minima before iteration 300 (the burn-in) do not count unless asked. Per rule the table gives the mean and
-worst gap to the best PSNR the whole run ever reached (dB) and the mean run length as a share of the fixed run,
+minimum when the run stopped sooner; minima before iteration 300 (the burn-in) do not count, except in the rows
+marked "no burn-in". Per rule the table gives the mean and worst gap to the best PSNR the whole run ever reached (dB) and the mean run length as a share of the fixed run,
 and per case where each rule stopped. Prints tables, writes ``stopping_study.json``.
 
     python benchmarks/stopping_study.py --size 96 --iterations 3000 --images F16_GT.png kate.png zebra_GT.png \
@@ -39,15 +39,15 @@ from dip_compile.imageio import load_image  # noqa: E402
 from dip_compile.noise import parse_noise  # noqa: E402
 from dip_compile.presets import preset  # noqa: E402
 from dip_compile.problem import make_problem  # noqa: E402
-from dip_compile.stopping import VarianceStopper  # noqa: E402
+from dip_compile.stopping import BURN_IN_WINDOWS, VarianceStopper, ema_lag  # noqa: E402
 
 PATIENCES = (100, 200, 300, 500, 1000)
 RISES = (0.05, 0.1, 0.2, 0.5)
 MIN_PAST = 50
 RULES = [("patience", p) for p in PATIENCES] + [("rise", r) for r in RISES]
 LOG_EVERY = 5  # the curves' (and so the replayed rules') resolution in iterations
-BURN_IN = 3 * 100  # the stopper counts no minimum before 3 windows (dip_compile.stopping.BURN_IN_WINDOWS)
-LAG = 99  # it keeps the EMA this many iterations after the minimum (dip_compile.stopping.ema_lag at EMA 0.99)
+BURN_IN = BURN_IN_WINDOWS * preset("denoise").stop_window  # the stopper counts no minimum before this iteration
+LAG = ema_lag(preset("denoise"))  # it keeps the EMA this many iterations after the minimum
 
 
 def curves(
@@ -144,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 result = {"machine": platform.platform(), "torch": torch.__version__, "cases": cases}
                 path.write_text(json.dumps(result))
-    rules = [(f"{rule}{suffix}", v) for suffix in ("", " no burn-in") for rule, v in RULES]
+    rules = [(rule, v, burn_in) for burn_in in (BURN_IN, 0) for rule, v in RULES]
     summary = []
     print(f"{'rule':>26} | mean gap dB | worst gap dB | mean run share | per case: stop it (gap dB)")
-    for rule, value in rules:
+    for rule, value, burn_in in rules:
         gaps, shares, per_case = [], [], []
         for c in cases:
-            stop, chosen = replay(c, rule.split()[0], value, 0 if "no burn-in" in rule else BURN_IN)
+            stop, chosen = replay(c, rule, value, burn_in)
             best = max(c["psnr_ema"])
             got = kept_psnr(c, chosen, stop)
             gaps.append(best - got)
@@ -159,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "rule": rule,
             "value": value,
+            "burn_in": burn_in,
             "mean_gap_db": sum(gaps) / len(gaps),
             "worst_gap_db": max(gaps),
             "mean_run_share": sum(shares) / len(shares),
             "stops": per_case,
         }
         summary.append(row)
-        label = f"{rule} {value:g}"
+        label = f"{rule}{'' if burn_in else ' no burn-in'} {value:g}"
         print(
             f"{label:>26} | {row['mean_gap_db']:11.3f} | {row['worst_gap_db']:12.3f} | "
             f"{row['mean_run_share']:14.2f} | {', '.join(per_case)}"

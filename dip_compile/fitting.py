@@ -345,9 +345,7 @@ class Fitter:
         loss, out = yield StepRequest(self, net_input)
         if self.backtracks_now():
             self._backtrack(out)
-        rate = learning_rate(self.config, self.iteration)
-        for group in self.optimizer.param_groups:
-            group["lr"] = rate
+        self._set_learning_rate()
         self.step.optimizer_step(self.optimizer)
         out = out.float()
         if self.config.ema is not None:
@@ -356,6 +354,12 @@ class Fitter:
         if self.stopper is not None:
             self.stopper.update(out, self.iteration, keep=self.ema)
         return loss, out
+
+    def _set_learning_rate(self) -> None:
+        """The rate of the next optimizer step (the schedule's, a function of the iteration alone)."""
+        rate = learning_rate(self.config, self.iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _log(self, loss: torch.Tensor, out: torch.Tensor, total: int, rate: float, seconds: float) -> LogRecord:
@@ -472,8 +476,6 @@ class Fitter:
         self.iteration = int(state["iteration"])
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # a resumed fit may change the learning rate
-            group["lr"] = self.config.lr
         self.net_input = state["net_input"].to(dev)
         saved_rng = state["generator"]
         if saved_rng.numel() == self.generator.get_state().numel():
@@ -491,6 +493,7 @@ class Fitter:
             self.stopper.load_state_dict(state["stopper"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.elapsed = float(state.get("elapsed", 0.0))
+        self._set_learning_rate()  # a resumed fit may change the learning rate or its schedule
         self.step = self.make_step()
 
 

@@ -13,11 +13,11 @@ the minimum is. Stop once P iterations pass without a new minimum, and return th
 output x_t, or, when the fit smooths its outputs with an EMA, the EMA at t + L (the stopper watches the raw outputs,
 as in the paper, but keeps whatever image the fit would return). L = ema / (1 - ema), 99 at 0.99, is the mean age of
 the EMA's weights, so the EMA at t + L is centred on t; the EMA at t itself mostly averages older, worse outputs
-(README: 0.29 -> 0.15 dB mean gap to the best at 256 px). Until t + L is reached (or when a newer minimum comes
-first) the EMA at t is kept. No variance counts before W outputs were seen:
-for EMV this skips the start-up transient, where the zero-initialised variance is biased low. And no minimum counts
-before iteration 3W (the burn-in): early in a fit the outputs can settle for a moment while the network still fits
-coarse structure, and stopping P iterations after such a dip returns a blurred image.
+(README: 0.29 -> 0.16 dB mean gap to the best at 256 px). Until t + L is reached (or when a newer minimum comes
+first) the EMA at t is kept. No variance counts before W outputs were seen: for EMV this skips the start-up
+transient, where the zero-initialised variance is biased low. And no minimum counts before iteration 3W (the
+burn-in): early in a fit the outputs can settle for a moment while the network still fits coarse structure, and
+stopping P iterations after such a dip returns a blurred image.
 
 Cost: all statistics stay on the fitting device and cost O(pixels) per step; the host reads a scalar only when
 asked whether to stop (every ``check_every`` iterations). Memory: WMV keeps a ring of the last W outputs, W x the
