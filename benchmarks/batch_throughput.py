@@ -7,6 +7,7 @@ as a ``dipc batch`` subprocess, timing the whole command (start-up, Ray's includ
 
     python benchmarks/batch_throughput.py --sizes 128 --images 8 --iterations 50
     python benchmarks/batch_throughput.py --sizes 64,128 --modes sequential,pack4
+    python benchmarks/batch_throughput.py --sizes 256,512 --modes sequential,pack2,pack4,pack8 --fit-args "--device cuda"
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +63,13 @@ def make_images(data: Path, out: Path, count: int, size: int) -> Path:
     return folder
 
 
-def run_mode(images: Path, out: Path, mode: str, iterations: int, threads: int | None) -> dict[str, Any]:
+def run_mode(
+    images: Path, out: Path, mode: str, iterations: int, threads: int | None, fit_args: Sequence[str] = ()
+) -> dict[str, Any]:
     target = out / f"{images.name}-{mode}"
     shutil.rmtree(target, ignore_errors=True)
     command = [sys.executable, "-m", "dip_compile.cli", "batch", str(images), "-o", str(target), "--task", "denoise"]
-    command += ["--sigma", "25", "--iterations", str(iterations), "--stop", "fixed", "-q", *MODES[mode]]
+    command += ["--sigma", "25", "--iterations", str(iterations), "--stop", "fixed", "-q", *MODES[mode], *fit_args]
     env = {**os.environ, "RAY_ADDRESS": ""}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -77,7 +82,7 @@ def run_mode(images: Path, out: Path, mode: str, iterations: int, threads: int |
     psnrs = [j["psnr"] for j in jobs if j["psnr"] is not None]
     return {
         "mode": mode,
-        "flags": " ".join(MODES[mode]),
+        "flags": " ".join([*MODES[mode], *fit_args]),
         "jobs": len(jobs),
         "seconds": seconds,
         "images_per_hour": len(jobs) / seconds * 3600,
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--modes", default="sequential,pack4,pack8,ray2", help=f"of {', '.join(MODES)}")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the in-process modes (default: all cores)")
+    parser.add_argument("--fit-args", default="", help='dipc fit flags for every mode, e.g. "--device cuda"')
+    parser.add_argument("--json", default="batch_throughput.json", help="name of the JSON file in --out")
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of a saved run and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -123,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         images = make_images(args.data, args.out, args.images, size)
         base = None
         for mode in modes:
-            row = {"size": size, **run_mode(images, args.out, mode, args.iterations, args.threads)}
+            row = {
+                "size": size,
+                **run_mode(images, args.out, mode, args.iterations, args.threads, shlex.split(args.fit_args)),
+            }
             base = base or row["images_per_hour"]
             row["ratio"] = row["images_per_hour"] / base
             rows.append(row)
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "rows": rows,
     }
-    (args.out / "batch_throughput.json").write_text(json.dumps(report, indent=2))
+    (args.out / args.json).write_text(json.dumps(report, indent=2))
     print(table(rows))
     return 0
 

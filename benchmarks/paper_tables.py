@@ -1,0 +1,600 @@
+"""The paper's three tables, reproduced through ``dipc batch``, side by side with the paper and classical peers.
+
+Not a test: at ``--scale paper`` it runs for many hours on a CPU. For each table it writes the inputs (crops made
+with the table's protocol) and one ``dipc batch`` manifest under ``--out``, runs the manifest through ``dipc batch``
+(the product's own path: resumable, ``--pack``, ``--ray``), computes the peers on the same crops, scores every result
+with the paper's protocol and writes ``TABLE.json`` and ``TABLE.md`` (plus ``tables.md`` with all of them).
+Rerunning the same command continues where it stopped: finished fits are skipped, interrupted ones resume from
+their periodic checkpoint, the peers are cached in ``peers.json``.
+
+    python benchmarks/paper_tables.py --table all --scale quick            # small crops, capped iterations
+    python benchmarks/paper_tables.py --table denoise --scale paper --device cuda --pack 4 --max-minutes 8
+    python benchmarks/paper_tables.py --table all --scale quick --report   # only score what is on disk
+
+Tables (protocols and the paper's numbers in ../shared/data/README.md):
+- ``table1``: inpainting, 50% of the pixels missing, 11 grayscale images; PSNR over all pixels.
+- ``sr``: super-resolution x4 and x8 on Set5 and Set14: the ground truth centre-cropped to a multiple of 32, the
+  input its PIL Lanczos resize by 1/factor; PSNR on the Y channel (BT.601, 16-235) less 4 px at every border.
+- ``denoise``: CSet9 at sigma 25 and 50 from the paper's own noisy files; RGB PSNR over all pixels.
+
+Each image is fitted twice: with the paper's settings (the notebook's preset and ``--paper-exact``: a fixed count,
+the output for the last perturbed input) and with dip-compile's defaults (``dipc fit TASK`` with no preset: the
+task's default preset, auto-stop and the EMA lag where the task has them). The peers are baselines of this benchmark,
+not product features: bicubic (SR), CBM3D (the ``bm3d`` package, free for non-commercial use only) and scikit-image's
+non-local means (denoising), scikit-image's biharmonic and OpenCV's Telea inpainting (Table 1). Install them with
+``pip install -e '.[bench]'``; a missing one is reported as missing, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = ("table1", "sr", "denoise")
+SETTINGS = ("paper", "defaults")
+SR_BORDER = 4  # pixels left out at every border when scoring super-resolution, as the paper's eval script
+
+# The paper's numbers (mean PSNR, dB) per group, and Table 1 per image: ../shared/data/README.md.
+PAPER_TABLE1 = {
+    "barbara": 32.22,
+    "boat": 33.06,
+    "house": 39.16,
+    "Lena512": 36.16,
+    "peppers256": 33.05,
+    "Cameraman256": 29.8,
+    "couple": 32.52,
+    "fingerprint": 32.84,
+    "hill": 32.77,
+    "man": 32.20,
+    "montage": 34.54,
+}
+PAPER_MEANS: dict[str, dict[str, float]] = {
+    "Table 1": {"DIP": 33.48, "convolutional sparse coding": 31.19},
+    "Set5 x4": {"DIP": 29.90, "bicubic": 28.43},
+    "Set14 x4": {"DIP": 27.00, "bicubic": 26.05},
+    "Set5 x8": {"DIP (published outputs)": 25.89, "bicubic": 24.37},
+    "Set14 x8": {"DIP (published outputs)": 24.15, "bicubic": 23.10},
+    "CSet9 sigma 25": {"DIP one run": 29.22, "DIP averaged": 30.43, "CBM3D": 31.42, "NLM": 30.26},
+    "CSet9 sigma 50": {"CBM3D (published outputs)": 27.78},
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How large the crops are and how long the fits run: ``paper`` is the paper's, ``quick`` a check of an hour."""
+
+    crop: dict[str, Optional[int]]  # per table: the centre square's side (None: the whole protocol image)
+    iterations: dict[str, Optional[int]]  # per table: a cap on every fit's iterations (None: the preset's)
+    note: str
+
+
+SCALES = {
+    "paper": Scale(
+        crop={"table1": None, "sr": None, "denoise": None},
+        iterations={"table1": None, "sr": None, "denoise": None},
+        note="the paper's images and iteration counts",
+    ),
+    "quick": Scale(
+        crop={"table1": 64, "sr": 64, "denoise": 64},
+        iterations={"table1": 1500, "sr": 600, "denoise": 1200},
+        note="centre crops and capped iterations: a check, not the paper's numbers",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image of one table: its batch inputs (relative to the table's input folder) and how it is scored."""
+
+    table: str
+    group: str  # the row group of the paper's table: "Table 1", "Set5 x4", "CSet9 sigma 25"
+    name: str  # unique within the table; the batch job is NAME-SETTINGS
+    task: str
+    image: str
+    reference: str
+    paper_preset: str
+    mask: Optional[str] = None
+    factor: Optional[int] = None
+    sigma: Optional[int] = None
+    paper_psnr: Optional[float] = None
+
+
+# --- the protocols ----------------------------------------------------------------------------------------------
+
+
+def read(path: Path) -> np.ndarray:
+    """A PNG as float64 on the 0-255 scale, (H, W) for grayscale or (H, W, 3)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L" if im.mode in ("L", "1", "P", "I;16") else "RGB"), dtype=np.float64)
+
+
+def write(array: np.ndarray, path: Path) -> None:
+    """Writes an 8-bit PNG unless the same pixels are already there (so a rerun keeps the batch's fingerprints)."""
+    pixels = np.clip(np.round(array), 0, 255).astype(np.uint8)
+    if path.exists() and np.array_equal(np.asarray(Image.open(path)), pixels):
+        return
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(pixels).save(tmp)
+    os.replace(tmp, path)
+
+
+def centre_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centred ``height`` x ``width`` crop, offset (d - new) // 2 as the paper's notebooks."""
+    h, w = array.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    return array[top : top + height, left : left + width]
+
+
+def protocol_crop(array: np.ndarray, multiple: int, side: Optional[int]) -> np.ndarray:
+    """The crop to a multiple of ``multiple``, then (quick scale) the centred ``side`` square, a multiple too."""
+    h, w = array.shape[:2]
+    array = centre_crop(array, h - h % multiple, w - w % multiple)
+    if side is not None:
+        side = max(multiple, side - side % multiple)
+        array = centre_crop(array, min(side, array.shape[0]), min(side, array.shape[1]))
+    return array
+
+
+def lanczos_downsample(array: np.ndarray, factor: int) -> np.ndarray:
+    """The paper's low-resolution input: PIL's Lanczos (antialiased) resize by 1/factor of the 8-bit image."""
+    pil = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+    return np.asarray(pil.resize((pil.width // factor, pil.height // factor), Image.Resampling.LANCZOS), np.float64)
+
+
+def y_channel(array: np.ndarray) -> np.ndarray:
+    """Luma of ITU-R BT.601 on the 16-235 scale (MATLAB's rgb2ycbcr), of an RGB or grayscale image on 0-255."""
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    rgb = array / 255.0
+    return 16.0 + 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
+
+
+def psnr(x: np.ndarray, y: np.ndarray) -> float:
+    """PSNR in dB of two images on the 0-255 scale (both rounded to 8 bits first, as saved results are)."""
+    a, b = np.round(np.clip(x, 0, 255)), np.round(np.clip(y, 0, 255))
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def sr_psnr(x: np.ndarray, y: np.ndarray, border: int = SR_BORDER) -> float:
+    """The super-resolution score: PSNR of the Y channel (16-235) less ``border`` px at every side."""
+    ya, yb = y_channel(np.round(np.clip(x, 0, 255))), y_channel(np.round(np.clip(y, 0, 255)))
+    inner = (slice(border, -border or None), slice(border, -border or None))
+    mse = float(np.mean((ya[inner] - yb[inner]) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def score(case: Case, result: np.ndarray, reference: np.ndarray) -> float:
+    return sr_psnr(result, reference) if case.table == "sr" else psnr(result, reference)
+
+
+# --- the cases and their inputs ---------------------------------------------------------------------------------
+
+
+def cases_of(table: str, data: Path) -> list[Case]:
+    paper = data / "paper"
+    if table == "table1":
+        folder = paper / "inpainting" / "table1"
+        names = sorted(p.name[: -len("_GT.png")] for p in folder.glob("*_GT.png"))
+        return [
+            Case(
+                "table1",
+                "Table 1",
+                n,
+                "inpaint",
+                f"{n}_masked.png",
+                f"{n}_GT.png",
+                "barbara",
+                mask=f"{n}_mask.png",
+                paper_psnr=PAPER_TABLE1.get(n),
+            )
+            for n in names
+        ]
+    if table == "sr":
+        out = []
+        for factor in (4, 8):
+            for dataset in ("Set5", "Set14"):
+                folder = paper / "sr" / dataset / f"x{factor}"
+                for p in sorted(folder.glob("*_GT.png")):
+                    n = p.name[: -len("_GT.png")]
+                    name = f"{dataset}-x{factor}-{n}"
+                    out.append(
+                        Case(
+                            "sr",
+                            f"{dataset} x{factor}",
+                            name,
+                            "super-resolve",
+                            f"{name}_LR.png",
+                            f"{name}_HR.png",
+                            f"sr-x{factor}",
+                            factor=factor,
+                        )
+                    )
+        return out
+    folder = paper / "denoising" / "CSet9"
+    names = sorted(p.name[: -len("_GT.png")] for p in folder.glob("*_GT.png"))
+    return [
+        Case(
+            "denoise",
+            f"CSet9 sigma {sigma}",
+            f"{n}-s{sigma}",
+            "denoise",
+            f"{n}_noisy{sigma}.png",
+            f"{n}_GT.png",
+            "f16" if sigma == 25 else "f16-sigma50",
+            sigma=sigma,
+        )
+        for sigma in (25, 50)
+        for n in names
+    ]
+
+
+def source_folder(case: Case, data: Path) -> Path:
+    paper = data / "paper"
+    if case.table == "table1":
+        return paper / "inpainting" / "table1"
+    if case.table == "denoise":
+        return paper / "denoising" / "CSet9"
+    dataset, factor = case.group.split(" ")
+    return paper / "sr" / dataset / factor
+
+
+def write_inputs(case: Case, data: Path, inputs: Path, side: Optional[int]) -> None:
+    """The case's files in ``inputs``: the protocol's crop (and at quick scale the centre square) of each."""
+    src = source_folder(case, data)
+    if case.table == "sr":
+        assert case.factor is not None
+        gt = protocol_crop(read(src / f"{case.name.split('-', 2)[2]}_GT.png"), 32, side)
+        write(gt, inputs / case.reference)
+        write(lanczos_downsample(gt, case.factor), inputs / case.image)
+        return
+    for name in filter(None, (case.image, case.reference, case.mask)):
+        array = read(src / name)
+        if side is not None:
+            array = centre_crop(array, min(side, array.shape[0]), min(side, array.shape[1]))
+        write(array, inputs / name)
+
+
+def manifest_rows(cases: Iterable[Case], settings: Iterable[str], cap: Optional[int]) -> list[dict[str, Any]]:
+    """One ``dipc batch`` row per case and settings column (output NAME-SETTINGS)."""
+    rows = []
+    for case in cases:
+        for setting in settings:
+            options = ["--preset", case.paper_preset, "--paper-exact"] if setting == "paper" else []
+            if cap is not None:
+                options += ["--iterations", str(cap)]
+            row: dict[str, Any] = dict(
+                image=case.image,
+                task=case.task,
+                reference=case.reference,
+                output=f"{case.name}-{setting}",
+                options=options,
+            )
+            if case.mask:
+                row["mask"] = case.mask
+            if case.factor:
+                row["factor"] = case.factor
+            rows.append(row)
+    return rows
+
+
+# --- the peers --------------------------------------------------------------------------------------------------
+
+
+def peer_functions(table: str) -> dict[str, Callable[[Case, Path], np.ndarray]]:
+    """name -> f(case, inputs folder) -> the peer's result on 0-255; each imports its package when it runs."""
+
+    def bicubic(case: Case, inputs: Path) -> np.ndarray:
+        lr = Image.open(inputs / case.image)
+        with Image.open(inputs / case.reference) as hr:
+            size = hr.size
+        return np.asarray(lr.resize(size, Image.Resampling.BICUBIC), np.float64)
+
+    def cbm3d(case: Case, inputs: Path) -> np.ndarray:
+        import bm3d
+
+        noisy = read(inputs / case.image) / 255.0
+        assert case.sigma is not None
+        return np.asarray(bm3d.bm3d_rgb(noisy, case.sigma / 255.0)) * 255.0
+
+    def nlm(case: Case, inputs: Path) -> np.ndarray:
+        from skimage.restoration import denoise_nl_means
+
+        noisy = read(inputs / case.image) / 255.0
+        assert case.sigma is not None
+        sigma = case.sigma / 255.0
+        out = denoise_nl_means(
+            noisy, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True, channel_axis=-1
+        )
+        return np.asarray(out) * 255.0
+
+    def known(case: Case, inputs: Path) -> tuple[np.ndarray, np.ndarray]:
+        assert case.mask is not None
+        return read(inputs / case.image), read(inputs / case.mask) > 127
+
+    def biharmonic(case: Case, inputs: Path) -> np.ndarray:
+        from skimage.restoration import inpaint_biharmonic
+
+        image, mask = known(case, inputs)
+        return np.asarray(inpaint_biharmonic(image / 255.0, ~mask)) * 255.0
+
+    def telea(case: Case, inputs: Path) -> np.ndarray:
+        import cv2
+
+        image, mask = known(case, inputs)
+        holes = (~mask).astype(np.uint8) * 255
+        return np.asarray(cv2.inpaint(image.astype(np.uint8), holes, 3, cv2.INPAINT_TELEA), np.float64)
+
+    if table == "sr":
+        return {"bicubic": bicubic}
+    if table == "denoise":
+        return {"CBM3D": cbm3d, "NLM (scikit-image)": nlm}
+    return {"biharmonic (scikit-image)": biharmonic, "Telea (OpenCV)": telea}
+
+
+def run_peers(cases: list[Case], inputs: Path, cache_path: Path) -> dict[str, dict[str, Any]]:
+    """Every peer on every case, cached by case name in ``cache_path`` (a peer that cannot run records why)."""
+    cache: dict[str, dict[str, Any]] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    for case in cases:
+        entry = cache.setdefault(case.name, {})
+        reference = read(inputs / case.reference)
+        for name, peer in peer_functions(case.table).items():
+            if name in entry and "psnr" in entry[name]:
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = peer(case, inputs)
+            except ImportError as exc:
+                entry[name] = {"missing": f"{exc.name or exc} is not installed (pip install -e '.[bench]')"}
+                continue
+            entry[name] = {"psnr": score(case, result, reference), "seconds": time.perf_counter() - t0}
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return cache
+
+
+# --- the batch --------------------------------------------------------------------------------------------------
+
+
+def run_batch(manifest: Path, outdir: Path, args: argparse.Namespace, deadline: Optional[float]) -> int:
+    """Runs the manifest through ``dipc batch`` until it ends or ``deadline`` (time.monotonic()) passes; at the
+    deadline it sends the batch Ctrl-C (every running fit saves its checkpoint), so a rerun continues."""
+    command = [sys.executable, "-m", "dip_compile.cli", "batch", str(manifest), "-o", str(outdir)]
+    command += ["--seed", str(args.seed), "--checkpoint-every", str(args.checkpoint_every), "--device", args.device]
+    command += ["--pack", str(args.pack), *(["--ray"] if args.ray else []), *(["-q"] if args.quiet else [])]
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    print("$ " + " ".join(command), flush=True)
+    process = subprocess.Popen(command, env=env)
+    try:
+        while process.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                print("paper_tables: time is up; stopping the batch (a rerun continues)", flush=True)
+                process.send_signal(signal.SIGINT)
+                return process.wait()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return process.wait()  # the batch got the same Ctrl-C and saves its fits
+    return process.returncode
+
+
+# --- scoring and the tables -------------------------------------------------------------------------------------
+
+
+def fit_entry(case: Case, outdir: Path, inputs: Path, setting: str) -> dict[str, Any]:
+    """A finished fit's row: the protocol's PSNR of the returned image, and from its report what ran."""
+    name = f"{case.name}-{setting}"
+    image, report_path = outdir / f"{name}.png", outdir / f"{name}.json"
+    if not (image.exists() and report_path.exists()):
+        return {"status": "not run yet"}
+    report = json.loads(report_path.read_text())
+    return {
+        "status": "done",
+        "psnr": score(case, read(image), read(inputs / case.reference)),
+        "best_psnr_seen": report.get("best_psnr_seen"),
+        "best_psnr_iteration": report.get("best_psnr_iteration"),
+        "iterations": report.get("iterations"),
+        "chosen_iteration": report.get("chosen_iteration"),
+        "stop_reason": report.get("stop_reason"),
+        "seconds": report.get("wall_seconds"),
+        "device": report.get("device"),
+        "precision": report.get("precision"),
+        "preset": report.get("config", {}).get("preset"),
+    }
+
+
+def input_psnr(case: Case, inputs: Path) -> Optional[float]:
+    """The corrupted input's PSNR (masked or noisy image); None for super-resolution, whose input is smaller."""
+    if case.table == "sr":
+        return None
+    return psnr(read(inputs / case.image), read(inputs / case.reference))
+
+
+def mean(values: Iterable[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def fmt(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], settings: list[str]) -> str:
+    head = ["image", "size", "input"] + peers
+    for s in settings:
+        head += [f"DIP {s} settings", f"{s}: best seen", f"{s}: iterations, s"]
+    head.append("paper")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        out = [r["name"], r["size"], fmt(r["input_psnr"])]
+        for p in peers:
+            entry = r["peers"].get(p, {})
+            out.append(fmt(entry.get("psnr")) if "psnr" in entry else "n/a")
+        for s in settings:
+            f = r["fits"][s]
+            if f["status"] != "done":
+                out += [f["status"], "", ""]
+                continue
+            out += [fmt(f["psnr"]), fmt(f["best_psnr_seen"]), f"{f['iterations']}, {f['seconds']:.0f}"]
+        out.append(fmt(r["paper_psnr"]))
+        return out
+
+    for group in dict.fromkeys(r["group"] for r in rows):
+        members = [r for r in rows if r["group"] == group]
+        lines += ["| " + " | ".join(cells(r)) + " |" for r in members]
+        means = [f"**mean {group}**", "", fmt(mean(r["input_psnr"] for r in members))]
+        means += [fmt(mean(r["peers"].get(p, {}).get("psnr") for r in members)) for p in peers]
+        for s in settings:
+            done = [r["fits"][s] for r in members if r["fits"][s]["status"] == "done"]
+            complete = len(done) == len(members)
+            means += [
+                fmt(mean(f["psnr"] for f in done)) + ("" if complete else f" ({len(done)} of {len(members)})"),
+                fmt(mean(f["best_psnr_seen"] for f in done)),
+                f"{sum(f['seconds'] or 0 for f in done):.0f} s",
+            ]
+        paper = PAPER_MEANS.get(group, {})
+        means.append("; ".join(f"{k} {v:.2f}" for k, v in paper.items()))
+        lines.append("| " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def build_table(
+    table: str, cases: list[Case], inputs: Path, outdir: Path, peers: dict[str, dict[str, Any]], settings: list[str]
+) -> tuple[list[dict[str, Any]], str]:
+    rows = []
+    for case in cases:
+        with Image.open(inputs / case.reference) as ref:
+            size = f"{ref.width}x{ref.height}"
+        rows.append(
+            {
+                "name": case.name,
+                "group": case.group,
+                "size": size,
+                "input_psnr": input_psnr(case, inputs),
+                "peers": peers.get(case.name, {}),
+                "fits": {s: fit_entry(case, outdir, inputs, s) for s in settings},
+                "paper_psnr": case.paper_psnr,
+            }
+        )
+    names = list(peer_functions(table))
+    return rows, markdown(table, rows, names, settings)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        model = next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""
+        )
+    except OSError:
+        pass
+    flags = ""
+    try:
+        flags_line = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags_line)
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor(),
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", choices=(*TABLES, "all"), default="all")
+    parser.add_argument("--scale", choices=tuple(SCALES), default="quick")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds paper/")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only the cases whose name contains one of these")
+    parser.add_argument("--crop", type=int, help="override the scale's centre-crop side (every table)")
+    parser.add_argument("--iterations", type=int, help="override the scale's iteration cap (every table)")
+    parser.add_argument("--device", default="auto", help="dipc batch --device")
+    parser.add_argument("--pack", type=int, default=1, help="dipc batch --pack")
+    parser.add_argument("--ray", action="store_true", help="dipc batch --ray")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between a fit's checkpoints")
+    parser.add_argument("--max-minutes", type=float, help="stop the fits after this long (a rerun continues)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the classical peers")
+    parser.add_argument("--report", action="store_true", help="fit nothing: score what is on disk and write tables")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-fit progress from dipc batch")
+    args = parser.parse_args(argv)
+
+    if not (args.data / "paper").is_dir():
+        parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
+    scale = SCALES[args.scale]
+    root = args.out / args.scale
+    deadline = None if args.max_minutes is None else time.monotonic() + 60.0 * args.max_minutes
+    tables = list(TABLES) if args.table == "all" else [args.table]
+    started = time.perf_counter()
+    documents, interrupted, failed = [], False, False
+    for table in tables:
+        side = args.crop if args.crop is not None else scale.crop[table]
+        cap = args.iterations if args.iterations is not None else scale.iterations[table]
+        cases = cases_of(table, args.data)
+        if args.only:
+            cases = [c for c in cases if any(o in c.name for o in args.only)]
+        inputs, outdir = root / "inputs" / table, root / "batch" / table
+        inputs.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            write_inputs(case, args.data, inputs, side)
+        manifest = inputs / "manifest.jsonl"
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in manifest_rows(cases, args.settings, cap)))
+        peers = {} if args.no_peers else run_peers(cases, inputs, root / f"peers-{table}.json")
+        code = None
+        if not args.report and not interrupted:
+            print(f"paper_tables: {table}, {len(cases)} images x {args.settings}, crop {side}, cap {cap}", flush=True)
+            code = run_batch(manifest, outdir, args, deadline)
+            interrupted = code not in (0, 1)
+            failed = failed or code == 1
+        rows, text = build_table(table, cases, inputs, outdir, peers, args.settings)
+        result = {
+            "table": table,
+            "scale": args.scale,
+            "scale_note": scale.note,
+            "crop": side,
+            "iteration_cap": cap,
+            "settings": {
+                "paper": "the notebook's preset and --paper-exact",
+                "defaults": "dipc fit TASK with no preset (the task's default preset, auto-stop where it has it)",
+            },
+            "batch_exit_code": code,
+            "machine": machine(),
+            "rows": rows,
+        }
+        (root / f"{table}.json").write_text(json.dumps(result, indent=1))
+        (root / f"{table}.md").write_text(text + "\n")
+        documents.append(
+            f"### {table} ({args.scale} scale: crop {side or 'none'}, iteration cap {cap or 'none'})\n\n{text}\n"
+        )
+        print(text, flush=True)
+    (root / "tables.md").write_text("\n".join(documents))
+    print(f"paper_tables: {time.perf_counter() - started:.0f} s; tables in {root}", flush=True)
+    if interrupted:
+        print("paper_tables: stopped before every fit finished; rerun the same command to continue", flush=True)
+        return 130
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""benchmarks/paper_tables.py: the paper's scoring protocols by value, and one table end to end on made data."""
+
+import json
+import math
+
+import numpy as np
+from PIL import Image
+
+from benchmarks import paper_tables as pt
+
+
+def test_y_channel_is_bt601_on_the_16_235_scale():
+    assert pt.y_channel(np.zeros((2, 2, 3)))[0, 0] == 16.0
+    assert math.isclose(pt.y_channel(np.full((2, 2, 3), 255.0))[0, 0], 235.0)
+    gray = np.full((3, 3), 100.0)  # a grayscale image scores as the RGB image with three equal channels
+    assert np.allclose(pt.y_channel(gray), pt.y_channel(np.repeat(gray[..., None], 3, axis=2)))
+
+
+def test_sr_score_leaves_out_the_border_and_matches_a_known_value():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 40, 3)).astype(np.float64)
+    edited = a.copy()
+    edited[:4] = 0  # only the 4 px border changes: the score does not see it
+    edited[:, -4:] = 255
+    assert pt.sr_psnr(a, edited) == float("inf")
+    flat, brighter = np.full((40, 40, 3), 100.0), np.full((40, 40, 3), 110.0)
+    assert math.isclose(pt.sr_psnr(flat, brighter), 20 * math.log10(255 / (10 * 219 / 255)), rel_tol=1e-9)
+    assert math.isclose(pt.psnr(flat, brighter), 20 * math.log10(255 / 10), rel_tol=1e-9)
+
+
+def test_protocol_crop_is_the_notebooks_centre_crop():
+    image = np.arange(280 * 300, dtype=np.float64).reshape(280, 300)
+    cropped = pt.protocol_crop(image, 32, None)  # 280 -> 256 at offset 12, 300 -> 288 at 6
+    assert cropped.shape == (256, 288) and cropped[0, 0] == image[12, 6]
+    quick = pt.protocol_crop(image, 32, 70)  # the quick scale's centre square, a multiple of 32 too
+    assert quick.shape == (64, 64) and quick[0, 0] == image[12 + 96, 6 + 112]
+
+
+def test_sr_inputs_follow_the_protocol(tmp_path):
+    data = tmp_path / "data"
+    folder = data / "paper" / "sr" / "Set5" / "x4"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(folder / "bird_GT.png")
+    (case,) = [c for c in pt.cases_of("sr", data) if c.factor == 4]
+    assert (case.group, case.name, case.paper_preset) == ("Set5 x4", "Set5-x4-bird", "sr-x4")
+    pt.write_inputs(case, data, tmp_path, None)
+    assert Image.open(tmp_path / case.reference).size == (96, 64)
+    assert Image.open(tmp_path / case.image).size == (24, 16)
+
+
+def test_denoise_table_runs_through_dipc_batch_and_a_rerun_fits_nothing(tmp_path):
+    data = tmp_path / "data"
+    folder = data / "paper" / "denoising" / "CSet9"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    clean = np.kron(rng.integers(40, 200, (6, 6, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(clean).save(folder / "tiles_GT.png")
+    Image.fromarray(noisy).save(folder / "tiles_noisy25.png")
+    out = tmp_path / "out"
+    argv = ["--table", "denoise", "--data", str(data), "--out", str(out), "--only", "s25", "--crop", "32"]
+    argv += ["--iterations", "3", "--no-peers", "-q"]
+    assert pt.main(argv) == 0
+    result = json.loads((out / "quick" / "denoise.json").read_text())
+    (row,) = result["rows"]
+    assert row["name"] == "tiles-s25" and row["size"] == "32x32"
+    assert 15 < row["input_psnr"] < 25
+    for setting in ("paper", "defaults"):
+        fit = row["fits"][setting]
+        assert fit["status"] == "done" and fit["iterations"] == 3 and math.isfinite(fit["psnr"])
+    assert row["fits"]["paper"]["preset"] == "f16"
+    assert "mean CSet9 sigma 25" in (out / "quick" / "denoise.md").read_text()
+    assert pt.main(argv) == 0  # finished jobs are skipped: the reports are the same files
+    again = json.loads((out / "quick" / "denoise.json").read_text())
+    assert again["rows"][0]["fits"] == row["fits"]
