@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-speed bench-quality bench-presets bench-batch clean
+.PHONY: setup demo test bench-speed bench-quality bench-presets bench-batch bench-paper clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,12 @@ bench-quality: setup
 
 bench-batch: setup
 	$(PY) benchmarks/batch_throughput.py --sizes 64,128 --images 8 --iterations 50
+
+# The paper's three tables at quick scale (about an hour on 2 cores; --scale paper for the paper's sizes), with the
+# classical peers of the 'bench' extra (bm3d is free for non-commercial use only).
+bench-paper: setup
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	$(PY) benchmarks/paper_tables.py --table all --scale quick -q
 
 clean:
 	rm -rf $(VENV) demo *.egg-info
