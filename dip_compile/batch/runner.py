@@ -137,6 +137,8 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
     from ..restore import fit_session
 
     image, report, partial = p.paths["image"], p.paths["report"], p.paths["partial"]
+    if p.job.problem is not None:  # e.g. its reference is missing: it fails alone, and does not run unscored
+        return Outcome(p.job.name, p.job.task, "failed", error=p.job.problem)
     try:
         finished = read_report(report)
         done = report_fingerprint(finished)
