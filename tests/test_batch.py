@@ -388,3 +388,26 @@ def test_a_missing_reference_fails_that_job_and_the_others_run(tmp_path):
         rows["broken"]["error"] == f"no reference for broken.png in {references} (looked for broken.png and the like)"
     )
     assert not (out / "broken.png").exists() and (out / "good.png").exists()
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("a.png,super-resolve,1,,", "job bad: --factor must be 2, 4 or 8, got 1"),
+        ("a.png,denoise,4,,", "job bad: --factor only applies to super-resolve"),
+        ("a.png,denoise,,a.png,", "job bad: --mask/--holes/--box/--text only apply to inpaint, not denoise"),
+        ("a.png,denoise,,,--device cuda", "job bad: --device cuda asked for, but no CUDA GPU is available"),
+        ("a.png,deblur,,,", "job bad: deblur needs --kernel"),
+        ("a.png,inpaint,,,--holes 1.5", "job bad: --holes is the fraction of pixels to drop"),
+        ("a.png,denoise,,,--tile 16", "job bad: --tile (16) must be larger than twice --overlap (32)"),
+    ],
+)
+def test_every_row_is_checked_as_dipc_fit_would_before_the_first_fit(tmp_path, one_image, monkeypatch, row, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "jobs.csv").write_text(
+        "image,task,factor,mask,options,output\na.png,denoise,,,,first\n" + row + ",bad\n"
+    )
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY)
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # the good first row did not run either

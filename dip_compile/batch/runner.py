@@ -85,12 +85,21 @@ class Prepared:
 
 
 def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
-    """Parses every job's options and names its files (absolute: a Ray worker may run elsewhere); a bad job raises
-    ``ManifestError`` (exit 2)."""
+    """Parses every job's options, checks them as ``dipc fit`` would before fitting, and names its files (absolute:
+    a Ray worker may run elsewhere); a bad job raises ``ManifestError`` (exit 2), before any job has run."""
+    from ..restore import validate_job
+
     outdir = options.outdir.absolute()
     prepared = []
     for job in shard(jobs, options.shard):
         fit = fit_job(job, options.common, outdir)
+        try:
+            # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
+            validate_job(fit, device=not options.ray)
+            if fit.tile is not None and options.checkpoints:
+                raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
+        except DipError as exc:
+            raise ManifestError(f"job {job.name}: {exc}") from None
         fp = fingerprint(fit)
         paths = {
             "image": outdir / f"{job.name}.png",
@@ -148,8 +157,6 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
             why = "other settings" if done else "another run"
             raise DipError(f"{image} exists from {why}: pass --force to redo it")
         tiled = p.fit.tile is not None  # keeps its own finished tiles in NAME.png.tiles/: a rerun continues there
-        if tiled and options.checkpoints:
-            raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
         fit = dataclasses.replace(
             p.fit,
             checkpoint=None if tiled else partial,
