@@ -411,3 +411,75 @@ def test_every_row_is_checked_as_dipc_fit_would_before_the_first_fit(tmp_path, o
     assert code == 2 and message in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # the good first row did not run either
+
+
+def test_a_second_batch_into_a_busy_outdir_is_refused_naming_the_holder(tmp_path, one_image):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from dip_compile.batch.lock import hold_outdir\n"
+            "with hold_outdir(Path(sys.argv[1]), sys.argv[2] or None):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+            str(out),
+            "0/2",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, "--shard", "0/2", *TINY)
+        assert code == 2 and f"{out} is in use by another dipc batch shard 0/2 (pid {holder.pid} on " in stderr, stderr
+        code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+        assert code == 2 and "in use by another dipc batch (a run of its shards, --shard)" in stderr, stderr
+        assert not (out / "a.png").exists() and not (out / "summary.csv").exists()
+        code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, "--shard", "1/2", *TINY)
+        assert code == 0, stderr  # another shard runs beside it (shard 1 of 2 has no job here)
+    finally:
+        holder.kill()  # a killed holder's lock goes with it
+        holder.wait()
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+    assert code == 0 and (out / "a.png").exists(), stderr
+
+
+def test_a_whole_batch_run_holds_outdir_against_any_other_run(tmp_path, one_image):
+    import fcntl
+
+    from dip_compile.batch.lock import hold_outdir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    with hold_outdir(out):
+        # another process's view: flock locks belong to the open file, so a second open of it is another holder
+        with open(out / ".dipc-batch.lock") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            assert other.read() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    assert (out / ".dipc-batch.lock").read_text() == ""  # released, and no stale pid left
+    assert dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)[0] == 0
+
+
+def test_the_summary_table_is_whole_in_a_narrow_terminal_and_in_a_log(tmp_path, monkeypatch):
+    save_png(smooth_image(32, 32), tmp_path / "a.png")
+    save_png(torch.ones(1, 16, 16), tmp_path / "small_mask.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,task,mask,output\n"
+        "a.png,denoise,,a_rather_long_job_name_for_the_first_image\n"
+        "a.png,inpaint,small_mask.png,another_long_name_whose_mask_is_too_small\n"
+    )
+    args = ["batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY[:-1], "--force"]
+    for terminal in ("", "1"):  # a log, then a terminal (rich reads FORCE_COLOR) 60 columns wide
+        monkeypatch.setenv("COLUMNS", "60")
+        monkeypatch.setenv("FORCE_COLOR", terminal)
+        code, stderr = dipc(*args)
+        assert code == 1
+        table = stderr[stderr.index("dipc batch: 2 of 2 jobs") :].splitlines()
+        assert table[1].split() == ["job", "task", "status", "iterations", "seconds", "stop_reason", "error"]
+        assert table[2].split()[:3] == ["a_rather_long_job_name_for_the_first_image", "denoise", "done"]
+        assert table[3].split()[:3] == ["another_long_name_whose_mask_is_too_small", "inpaint", "failed"]

@@ -3,7 +3,8 @@
 Per job NAME, in OUTDIR: ``NAME.png`` (the restored image), ``NAME.json`` (its ``dipc fit`` report plus the job's
 fingerprint), ``checkpoints/NAME.ckpt`` with ``--checkpoints``, and while it runs ``.partial/NAME.<fingerprint>.ckpt``
 (written every ``checkpoint_every`` seconds and on Ctrl-C; a rerun resumes from it, then it is removed or kept as
-the final checkpoint). Every file is written atomically, so a killed run leaves whole files or none.
+the final checkpoint). Every file is written atomically, so a killed run leaves whole files or none. A run holds
+OUTDIR's ``.dipc-batch.lock`` (``lock``), so that two runs never write the same job's files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Optional
 from ..errors import DipError
 from ..fitting import Session, interrupt_flag
 from .jobs import BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
+from .lock import hold_outdir
 
 
 @dataclass(frozen=True)
@@ -237,19 +239,28 @@ def run_batch(
     on_outcome: Callable[[Outcome], None] = lambda o: None,
     notify: Optional[Callable[[str], None]] = None,
 ) -> tuple[list[Outcome], bool]:
-    """Every job of the batch (of its shard), in this process or on Ray; returns the outcomes in job order and
-    whether Ctrl-C stopped the batch. Jobs not started are absent."""
-    prepared = prepare(jobs, options)
-    options.outdir.mkdir(parents=True, exist_ok=True)
-    order = {p.job.name: i for i, p in enumerate(prepared)}
-    if options.ray:
-        from .cluster import run_on_ray
+    """Every job of the batch (of its shard), in this process or on Ray, then the summaries (``write_summary``);
+    returns the outcomes in job order and whether Ctrl-C stopped the batch. Jobs not started are absent. OUTDIR
+    (the shard) is held from the first job to the summaries: another run into it is refused (``lock``)."""
+    from .summary import write_summary
 
-        outcomes, interrupted = run_on_ray(prepared, options, on_outcome)
-    else:
-        with interrupt_flag(notify) as stop_requested:
-            outcomes = run_prepared(prepared, options, stop_requested, on_outcome)
-            interrupted = stop_requested()
-    with contextlib.suppress(OSError):  # empty once every job finished
-        (options.outdir / ".partial").rmdir()
-    return sorted(outcomes, key=lambda o: order[o.job]), interrupted
+    prepared = prepare(jobs, options)
+    try:
+        options.outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ManifestError(f"cannot make OUTDIR {options.outdir}: {exc.strerror or exc}") from None
+    order = {p.job.name: i for i, p in enumerate(prepared)}
+    with hold_outdir(options.outdir, options.shard):
+        if options.ray:
+            from .cluster import run_on_ray
+
+            outcomes, interrupted = run_on_ray(prepared, options, on_outcome)
+        else:
+            with interrupt_flag(notify) as stop_requested:
+                outcomes = run_prepared(prepared, options, stop_requested, on_outcome)
+                interrupted = stop_requested()
+        with contextlib.suppress(OSError):  # empty once every job finished
+            (options.outdir / ".partial").rmdir()
+        outcomes = sorted(outcomes, key=lambda o: order[o.job])
+        write_summary(outcomes, options.outdir, options.shard)
+    return outcomes, interrupted
