@@ -286,7 +286,8 @@ def _check_names(jobs: Sequence[BatchJob]) -> None:
         if RESERVED.fullmatch(job.name):
             raise ManifestError(
                 f"job {job.name} ({job.image}): {job.name} is a name dipc batch uses itself in OUTDIR (summary.*, "
-                "checkpoints, .partial, .dipc-batch.lock): give the job another output name"
+                "checkpoints, .partial, .dipc-batch.lock): name the job otherwise (a manifest's output column, or "
+                "rename the image)"
             )
         key = job.name.casefold()
         if key in seen:
