@@ -414,7 +414,9 @@ def batch(
     A rerun skips finished jobs and resumes interrupted ones. Exit 0 when every job succeeded, 1 when some failed,
     2 when the batch cannot start (bad manifest, options or OUTDIR), 130 after Ctrl-C."""
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
+    from rich.text import Text
 
     from . import batch as batching
 
@@ -453,21 +455,27 @@ def batch(
             if o.error
             else f"{o.iterations} it, {o.seconds or 0:.0f} s" + (f", {o.psnr:.2f} dB" if o.psnr is not None else "")
         )
-        console.print(f"[{count[0]}/{total}] {o.job}: {o.status}: {detail}")
+        console.print(f"[{count[0]}/{total}] {o.job}: {o.status}: {detail}", markup=False)
 
     outcomes, interrupted = batching.run_batch(jobs, options, on_outcome=line, notify=console.print)
-    written = batching.write_summary(outcomes, outdir, shard)
+    written = batching.summary.summary_paths(outdir, shard)
     if not quiet:
-        table = Table(title=f"dipc batch: {len(outcomes)} of {total} jobs")
+        title = f"dipc batch: {len(outcomes)} of {total} jobs"
+        table = Table(title=title)
         for column in batching.summary.COLUMNS:
             table.add_column(column)
         for o in outcomes:
-            table.add_row(*batching.summary.cells(o))
-        console.print(table)
+            table.add_row(*(Text(cell) for cell in batching.summary.cells(o)))  # (no markup in names)
+        # a drawn table only where it fits whole: in a log or a narrow terminal it would cut every cell short
+        wide = console.options.update_width(10**6)  # (the measure is clamped to the width it is given)
+        if console.is_terminal and Measurement.get(console, wide, table).maximum <= console.width:
+            console.print(table)
+        else:
+            console.print(f"{title}\n{batching.summary.text_table(outcomes)}", markup=False)
         for task_name, m in batching.summary.means(outcomes).items():
             if m["mean_psnr"] is not None:
                 console.print(f"{task_name}: mean PSNR {m['mean_psnr']:.2f} dB over {m['scored']} job(s)")
-        console.print(f"summary: {', '.join(str(p) for p in written)}")
+        console.print(f"summary: {', '.join(str(p) for p in written)}", markup=False)
     if interrupted:
         console.print("interrupted: rerun the same command to resume")
         raise typer.Exit(130)

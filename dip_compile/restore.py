@@ -252,20 +252,30 @@ def resumable_flags() -> str:
 def _make_mask(
     job: FitJob, size: tuple[int, int], seed: int, preset_holes: Optional[float] = None
 ) -> tuple[torch.Tensor, bool]:
-    """The inpainting mask, and whether it was made here (then the image is the clean reference). A restoration
-    preset (barbara, kate-98) drops its fraction of pixels at random when no mask source is given."""
-    sources = [job.mask is not None, job.holes is not None, job.box is not None, job.text]
-    if sum(sources) == 0 and preset_holes is not None:
-        job = dataclasses.replace(job, holes=preset_holes)
-    elif sum(sources) != 1:
-        raise DipError("inpaint needs exactly one of --mask, --holes, --box or --text")
+    """The inpainting mask, and whether it was made here (then the image is the clean reference)."""
+    job = _mask_source(job, preset_holes)
     if job.mask is not None:
         return load_mask(job.mask, size), False
     if job.holes is not None:
-        return random_holes_mask(*size, _fraction(job.holes, "--holes"), seed=seed), True
+        return random_holes_mask(*size, job.holes, seed=seed), True
     if job.box is not None:
-        return box_mask(*size, _fraction(job.box, "--box")), True
+        return box_mask(*size, job.box), True
     return text_mask(*size), True
+
+
+def _mask_source(job: FitJob, preset_holes: Optional[float]) -> FitJob:
+    """The job with its one mask source checked (it needs no image): --mask, --holes, --box or --text, else a
+    restoration preset's (barbara, kate-98) fraction of pixels dropped at random."""
+    sources = [job.mask is not None, job.holes is not None, job.box is not None, job.text]
+    if sum(sources) == 0 and preset_holes is not None:
+        return dataclasses.replace(job, holes=preset_holes)
+    if sum(sources) != 1:
+        raise DipError("inpaint needs exactly one of --mask, --holes, --box or --text")
+    if job.holes is not None:
+        _fraction(job.holes, "--holes")
+    if job.box is not None:
+        _fraction(job.box, "--box")
+    return job
 
 
 def _fraction(value: float, flag: str) -> float:
@@ -274,8 +284,41 @@ def _fraction(value: float, flag: str) -> float:
     return value
 
 
-def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem]:
-    """The configuration and problem of a new fit; what the user should know (a conversion) goes to ``notes``."""
+def validate_job(job: FitJob, *, device: bool = True) -> None:
+    """Everything ``fit_session`` refuses before it reads an image: the job's flags, its configuration (preset, task,
+    factor, network, ...), the mask source, the kernel, the tiling and (``device``) the device's availability.
+    ``fit_session`` starts with it, and ``dipc batch`` runs it for every job before the first fit, so both refuse
+    the same things; what needs the files (unreadable image, mask of another size) is found when the fit loads them."""
+    if isinstance(job.snapshot_every, bool) or job.snapshot_every < 0:
+        raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
+    if not job.status_every > 0:
+        raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
+    if not job.checkpoint_every >= 0:
+        raise DipError(f"--checkpoint-every must be >= 0 seconds, got {job.checkpoint_every}")
+    tiled = job.tile is not None or job.overlap != FitJob.overlap
+    if tiled:
+        from .tiling import check_job as check_tiling
+
+        check_tiling(job)
+    if job.resume is not None:
+        return  # the checkpoint holds the problem and the settings: checked as it is loaded (resume_config)
+    chosen, noise = _problem_options_checked(job)
+    config = build_config(_with_noise_peak(job, noise), chosen.channels)
+    if job.task == "inpaint":
+        _mask_source(job, chosen.holes)
+    if job.task == "deblur":
+        _parse_kernel(config)
+    if tiled:
+        from .tiling import check_config
+
+        assert job.tile is not None  # (check_tiling refuses --overlap without --tile)
+        check_config(config, job.tile, job.overlap)
+    if device:
+        resolve_device(str(config.device))
+
+
+def _problem_options_checked(job: FitJob) -> tuple[presets.Preset, Optional[noise_models.Noise]]:
+    """The preset and the noise of a new fit, once its problem options are known to go together."""
     if job.task is None or job.image is None:
         raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
     if job.task != "inpaint" and (job.mask or job.holes is not None or job.box is not None or job.text):
@@ -289,15 +332,27 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
             else f"--flash only applies to flash-no-flash, not {job.task}"
         )
     noise = _noise(job)
-    chosen = presets.get(job.preset or presets.default_name(job.task, job.settings.get("factor")), job.task)
+    return presets.get(job.preset or presets.default_name(job.task, job.settings.get("factor")), job.task), noise
+
+
+def _with_noise_peak(job: FitJob, noise: Optional[noise_models.Noise]) -> FitJob:
+    """``--noise poisson:PEAK`` with ``--loss poisson``: the loss takes the peak the counts were made with."""
+    if noise is not None and noise.kind == "poisson" and job.settings.get("loss") == "poisson":
+        return dataclasses.replace(job, settings={"peak": noise.value, **job.settings})
+    return job
+
+
+def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem]:
+    """The configuration and problem of a new fit; what the user should know (a conversion) goes to ``notes``."""
+    chosen, noise = _problem_options_checked(job)
+    assert job.image is not None and job.task is not None
     image = load_image(job.image)
     if chosen.channels == 1 and image.shape[0] == 3 and notes is not None:
         notes.append(f"preset {chosen.name} is grayscale: IMAGE converted to grayscale (ITU-R 601 luma)")
     image = _as_preset_channels(image, chosen)
     reference = _as_preset_channels(load_image(job.reference, "reference"), chosen) if job.reference else None
     guide = _as_preset_channels(load_image(job.flash, "flash image"), chosen) if job.flash is not None else None
-    if noise is not None and noise.kind == "poisson" and job.settings.get("loss") == "poisson":
-        job = dataclasses.replace(job, settings={"peak": noise.value, **job.settings})  # the peak it was made with
+    job = _with_noise_peak(job, noise)
     config = build_config(job, image.shape[0])
     if config.crop_to > 1:  # --paper-exact: the notebook's crop instead of our padded canvas
         image, reference, guide = _paper_crop(config, image, reference, guide, low_resolution=not job.from_reference)
@@ -345,11 +400,15 @@ def _noise(job: FitJob) -> Optional[noise_models.Noise]:
 
 
 def _kernel(config: FitConfig, image: torch.Tensor) -> torch.Tensor:
-    if not config.kernel:
-        raise DipError(f"deblur needs --kernel: {kernels.SPECS}")
-    kernel = kernels.parse_kernel(config.kernel)
+    kernel = _parse_kernel(config)
     kernels.check_fits(kernel, (image.shape[-2], image.shape[-1]))
     return torch.from_numpy(kernel).float()
+
+
+def _parse_kernel(config: FitConfig) -> Any:
+    if not config.kernel:
+        raise DipError(f"deblur needs --kernel: {kernels.SPECS}")
+    return kernels.parse_kernel(config.kernel)
 
 
 def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset) -> torch.Tensor:
@@ -515,12 +574,7 @@ def fit_session(
     from rich.console import Console
 
     console = Console(file=console_file or sys.stderr, highlight=False, soft_wrap=True)
-    if isinstance(job.snapshot_every, bool) or job.snapshot_every < 0:
-        raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
-    if not job.status_every > 0:
-        raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
-    if not job.checkpoint_every >= 0:
-        raise DipError(f"--checkpoint-every must be >= 0 seconds, got {job.checkpoint_every}")
+    validate_job(job)
     if job.tile is not None or job.overlap != FitJob.overlap:
         from .tiling import tiled_session
 

@@ -272,3 +272,214 @@ def test_an_unexpected_error_in_one_job_is_a_row_and_the_others_go_on(tmp_path, 
     assert code == 1
     assert rows["img1"]["error"] == "unexpected error (please report it): RuntimeError: simulated bug"
     assert rows["img0"]["status"] == rows["img2"]["status"] == "done"
+
+
+TINY = ["--iterations", "5", "--depth", "2", "--channels", "8", "--skip-channels", "4", "-q"]
+
+
+@pytest.fixture
+def one_image(tmp_path: Path) -> Path:
+    return save_png(smooth_image(32, 32), tmp_path / "a.png")
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("a.png,denoise,,--output {escape}", "drop -o/--output"),
+        ("a.png,denoise,,-o {escape}", "drop -o/--output"),
+        ("a.png,denoise,,--output ../escape.png", "drop -o/--output"),
+        ("a.png,denoise,../escape,", "output must be a file name in OUTDIR"),
+        ("a.png,denoise,{escape},", "output must be a file name in OUTDIR"),
+        ("a.png,denoise,sub/x.png,", "output must be a file name in OUTDIR"),
+        ("a.png,denoise,..,", "output must be a file name in OUTDIR"),
+    ],
+)
+def test_a_row_cannot_write_outside_outdir(tmp_path, one_image, row, message):
+    escape = tmp_path / "escape.png"
+    (tmp_path / "jobs.csv").write_text("image,task,output,options\n" + row.format(escape=escape) + "\n")
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY)
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not escape.exists() and not (tmp_path / "out").exists()
+
+
+def test_common_flags_cannot_redirect_a_jobs_output(tmp_path, one_image):
+    from dip_compile.batch.jobs import fit_job
+
+    job = BatchJob("a", "denoise", one_image)
+    with pytest.raises(ManifestError, match="job a: dipc batch writes OUTDIR/NAME.png itself: drop -o/--output"):
+        fit_job(job, ["--output", str(tmp_path / "elsewhere.png")], tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["summary", "Summary.png", "SUMMARY-0-of-2", "checkpoints", ".partial", ".dipc-batch"])
+def test_a_job_cannot_take_a_name_the_batch_writes_itself(tmp_path, one_image, name):
+    (tmp_path / "jobs.csv").write_text(f"image,task,output\na.png,denoise,{name}\n")
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY)
+    stem = Path(name).stem
+    assert code == 2 and f"job {stem} (" in stderr and "a name dipc batch uses itself" in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_image_named_like_the_summary_is_refused_and_names_differing_in_case_collide(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    save_png(smooth_image(32, 32), images / "summary.png")
+    code, stderr = dipc("batch", images, "-o", tmp_path / "out", "--task", "denoise", *TINY)
+    assert code == 2 and "job summary (" in stderr, stderr
+    save_png(smooth_image(32, 32), tmp_path / "a.png")
+    (tmp_path / "jobs.csv").write_text("image,task,output\na.png,denoise,Kate\na.png,denoise,kate\n")
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY)
+    assert code == 2 and "two jobs write kate.png" in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        ("image,task\na.png,denoise,--lr 0.5\n", "jobs.csv:2: 1 more field(s) than the header's 2 columns"),
+        ("image,task\na.png,denoise\na.png,denoise,x,y\n", "jobs.csv:3: 2 more field(s)"),
+        ("image,task,task\na.png,denoise,denoise\n", "jobs.csv:1: column(s) task given twice"),
+    ],
+)
+def test_csv_rows_that_do_not_match_the_header_are_refused(tmp_path, one_image, manifest, message):
+    (tmp_path / "jobs.csv").write_text(manifest)
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY)
+    assert code == 2 and message in stderr, stderr
+
+
+def test_a_csv_row_with_fewer_fields_leaves_the_rest_empty(tmp_path, one_image):
+    (tmp_path / "jobs.csv").write_text("image,task,output,options\na.png,denoise\n")
+    assert [(j.name, j.task, j.options) for j in load_jobs(tmp_path / "jobs.csv")] == [("a", "denoise", ())]
+
+
+@pytest.mark.parametrize("value", [2.7, 2.0, True, "2.7", "two", [4]])
+def test_factor_must_be_a_whole_number_in_jsonl_and_csv_alike(tmp_path, one_image, value):
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"image": "a.png", "task": "super-resolve", "factor": value}))
+    code, stderr = dipc("batch", tmp_path / "jobs.jsonl", "-o", tmp_path / "out", *TINY)
+    assert code == 2 and f"jobs.jsonl:1: factor must be a whole number, got {value!r}" in stderr, stderr
+    if not isinstance(value, list):
+        text = json.dumps(value) if not isinstance(value, str) else value
+        (tmp_path / "jobs.csv").write_text(f"image,task,factor\na.png,super-resolve,{text}\n")
+        code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY)
+        assert code == 2 and "jobs.csv:2: factor must be a whole number" in stderr, stderr
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"image": "a.png", "task": "super-resolve", "factor": "8"}))
+    assert load_jobs(tmp_path / "ok.jsonl")[0].factor == 8
+
+
+def test_jsonl_options_of_another_type_are_one_line(tmp_path, one_image):
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"image": "a.png", "task": "denoise", "options": 5}))
+    code, stderr = dipc("batch", tmp_path / "jobs.jsonl", "-o", tmp_path / "out", *TINY)
+    assert code == 2 and "options must be a string of dipc fit flags or a list of them, got 5" in stderr, stderr
+
+
+def test_a_missing_reference_fails_that_job_and_the_others_run(tmp_path):
+    images, references = tmp_path / "images", tmp_path / "references"
+    images.mkdir()
+    references.mkdir()
+    for name, seed in (("good", 0), ("broken", 1)):
+        save_png(smooth_image(32, 32, seed=seed), images / f"{name}.png")
+    save_png(smooth_image(32, 32, seed=0), references / "good.png")
+    out = tmp_path / "out"
+    code, stderr = dipc("batch", images, "-o", out, "--task", "denoise", "--reference-dir", references, *TINY)
+    assert code == 1, stderr
+    rows = {r["job"]: r for r in json.loads((out / "summary.json").read_text())["jobs"]}
+    assert rows["good"]["status"] == "done" and rows["good"]["psnr"] > 10
+    assert rows["broken"]["status"] == "failed"
+    assert (
+        rows["broken"]["error"] == f"no reference for broken.png in {references} (looked for broken.png and the like)"
+    )
+    assert not (out / "broken.png").exists() and (out / "good.png").exists()
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("a.png,super-resolve,1,,", "job bad: --factor must be 2, 4 or 8, got 1"),
+        ("a.png,denoise,4,,", "job bad: --factor only applies to super-resolve"),
+        ("a.png,denoise,,a.png,", "job bad: --mask/--holes/--box/--text only apply to inpaint, not denoise"),
+        ("a.png,denoise,,,--device cuda", "job bad: --device cuda asked for, but no CUDA GPU is available"),
+        ("a.png,deblur,,,", "job bad: deblur needs --kernel"),
+        ("a.png,inpaint,,,--holes 1.5", "job bad: --holes is the fraction of pixels to drop"),
+        ("a.png,denoise,,,--tile 16", "job bad: --tile (16) must be larger than twice --overlap (32)"),
+    ],
+)
+def test_every_row_is_checked_as_dipc_fit_would_before_the_first_fit(tmp_path, one_image, monkeypatch, row, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "jobs.csv").write_text(
+        "image,task,factor,mask,options,output\na.png,denoise,,,,first\n" + row + ",bad\n"
+    )
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY)
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # the good first row did not run either
+
+
+def test_a_second_batch_into_a_busy_outdir_is_refused_naming_the_holder(tmp_path, one_image):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from dip_compile.batch.lock import hold_outdir\n"
+            "with hold_outdir(Path(sys.argv[1]), sys.argv[2] or None):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+            str(out),
+            "0/2",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, "--shard", "0/2", *TINY)
+        assert code == 2 and f"{out} is in use by another dipc batch shard 0/2 (pid {holder.pid} on " in stderr, stderr
+        code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+        assert code == 2 and "in use by another dipc batch (a run of its shards, --shard)" in stderr, stderr
+        assert not (out / "a.png").exists() and not (out / "summary.csv").exists()
+        code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, "--shard", "1/2", *TINY)
+        assert code == 0, stderr  # another shard runs beside it (shard 1 of 2 has no job here)
+    finally:
+        holder.kill()  # a killed holder's lock goes with it
+        holder.wait()
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+    assert code == 0 and (out / "a.png").exists(), stderr
+
+
+def test_a_whole_batch_run_holds_outdir_against_any_other_run(tmp_path, one_image):
+    import fcntl
+
+    from dip_compile.batch.lock import hold_outdir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    with hold_outdir(out):
+        # another process's view: flock locks belong to the open file, so a second open of it is another holder
+        with open(out / ".dipc-batch.lock") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            assert other.read() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    assert (out / ".dipc-batch.lock").read_text() == ""  # released, and no stale pid left
+    assert dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)[0] == 0
+
+
+def test_the_summary_table_is_whole_in_a_narrow_terminal_and_in_a_log(tmp_path, monkeypatch):
+    save_png(smooth_image(32, 32), tmp_path / "a.png")
+    save_png(torch.ones(1, 16, 16), tmp_path / "small_mask.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,task,mask,output\n"
+        "a.png,denoise,,a_rather_long_job_name_for_the_first_image\n"
+        "a.png,inpaint,small_mask.png,another_long_name_whose_mask_is_too_small\n"
+    )
+    args = ["batch", tmp_path / "jobs.csv", "-o", tmp_path / "out", *TINY[:-1], "--force"]
+    for terminal in ("", "1"):  # a log, then a terminal (rich reads FORCE_COLOR) 60 columns wide
+        monkeypatch.setenv("COLUMNS", "60")
+        monkeypatch.setenv("FORCE_COLOR", terminal)
+        code, stderr = dipc(*args)
+        assert code == 1
+        table = stderr[stderr.index("dipc batch: 2 of 2 jobs") :].splitlines()
+        assert table[1].split() == ["job", "task", "status", "iterations", "seconds", "stop_reason", "error"]
+        assert table[2].split()[:3] == ["a_rather_long_job_name_for_the_first_image", "denoise", "done"]
+        assert table[3].split()[:3] == ["another_long_name_whose_mask_is_too_small", "inpaint", "failed"]

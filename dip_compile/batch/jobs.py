@@ -11,6 +11,8 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ BATCH_OWNED = {
     "snapshot_every": "--snapshot-every",
     "dry_run": "--dry-run",
 }
+# what the batch itself writes in OUTDIR besides the jobs' NAME.png and .json: no job may be named so (compared
+# case-insensitively, as on macOS and Windows file systems)
+RESERVED = re.compile(r"summary(-\d+-of-\d+)?|checkpoints|\.partial|\.dipc-batch(-\d+-of-\d+)?(\.lock)?", re.IGNORECASE)
 
 
 class ManifestError(DipError):
@@ -49,6 +54,7 @@ class BatchJob:
     factor: Optional[int] = None
     preset: Optional[str] = None
     options: tuple[str, ...] = ()  # dipc fit flags for this job only (after the batch's common ones)
+    problem: Optional[str] = None  # why this job cannot run (e.g. no reference in --reference-dir): it fails alone
 
     def fit_args(self, common: Sequence[str], output: Path) -> list[str]:
         """The ``dipc fit`` command line of this job (its own options last, so they win)."""
@@ -68,13 +74,19 @@ def fit_job(job: BatchJob, common: Sequence[str], outdir: Path) -> Any:
     """The job's ``restore.FitJob`` writing OUTDIR/NAME.png; bad options raise ``ManifestError`` naming the job."""
     from ..cli import parse_fit_args
 
+    output = outdir / f"{job.name}.png"
     try:
-        parsed = parse_fit_args(job.fit_args(common, outdir / f"{job.name}.png"))
+        parsed = parse_fit_args(job.fit_args(common, output))
     except DipError as exc:
         raise ManifestError(f"job {job.name}: {exc}") from None
     for name, flag in BATCH_OWNED.items():
         if getattr(parsed, name):
             raise ManifestError(f"job {job.name}: dipc batch writes OUTDIR/NAME.png and .json itself: drop {flag}")
+    if parsed.output != output:  # a later -o/--output in the options: it would write outside OUTDIR
+        raise ManifestError(
+            f"job {job.name}: dipc batch writes OUTDIR/NAME.png itself: drop -o/--output {parsed.output} "
+            "(the output column names a job's files)"
+        )
     return parsed
 
 
@@ -123,7 +135,7 @@ def load_jobs(
         raise ManifestError(f"{source}: no such folder or manifest")
     if not jobs:
         raise ManifestError(f"{source}: no jobs (images: {', '.join(IMAGE_SUFFIXES)})")
-    _check_unique(jobs)
+    _check_names(jobs)
     return jobs
 
 
@@ -136,21 +148,29 @@ def from_folder(folder: Path, task: str, mask_dir: Optional[Path], reference_dir
         raise ManifestError(f"--mask-dir is for inpaint, not {task}")
     jobs = []
     for image in images:
-        mask = _match(image, mask_dir, "mask")
-        reference = _match(image, reference_dir, "reference")
-        jobs.append(BatchJob(image.stem, task, image, mask=mask, reference=reference))
+        mask = _match(image, mask_dir)
+        if mask_dir is not None and mask is None:  # the whole folder is inpainted with masks: a setup error
+            raise ManifestError(_missing(image, mask_dir, "mask"))
+        reference = _match(image, reference_dir)
+        # a job without its reference would run unscored: it fails alone, with the reason, and the others run
+        problem = _missing(image, reference_dir, "reference") if reference_dir and reference is None else None
+        jobs.append(BatchJob(image.stem, task, image, mask=mask, reference=reference, problem=problem))
     return jobs
 
 
-def _match(image: Path, directory: Optional[Path], what: str) -> Optional[Path]:
-    """The file of ``directory`` with ``image``'s name (any image extension)."""
+def _match(image: Path, directory: Optional[Path]) -> Optional[Path]:
+    """The file of ``directory`` with ``image``'s name (any image extension), or None."""
     if directory is None:
         return None
     for suffix in (image.suffix, *IMAGE_SUFFIXES):
         candidate = directory / (image.stem + suffix)
         if candidate.is_file():
             return candidate
-    raise ManifestError(f"no {what} for {image.name} in {directory} (looked for {image.stem}.png and the like)")
+    return None
+
+
+def _missing(image: Path, directory: Path, what: str) -> str:
+    return f"no {what} for {image.name} in {directory} (looked for {image.stem}.png and the like)"
 
 
 def from_manifest(path: Path, default_task: Optional[str] = None) -> list[BatchJob]:
@@ -164,7 +184,14 @@ def from_manifest(path: Path, default_task: Optional[str] = None) -> list[BatchJ
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         _check_columns(path, reader.fieldnames or [], 1)
-        rows = [(i + 2, dict(row)) for i, row in enumerate(reader)]
+        rows = []
+        for row in reader:
+            if None in row:  # DictReader keeps the fields beyond the header under None: refuse, never drop them
+                raise ManifestError(
+                    f"{path}:{reader.line_num}: {len(row[None])} more field(s) than the header's "
+                    f"{len(reader.fieldnames or [])} columns (quote a value that holds a comma)"
+                )
+            rows.append((reader.line_num, dict(row)))
     elif suffix in (".jsonl", ".ndjson"):
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
@@ -187,6 +214,9 @@ def _check_columns(path: Path, names: Sequence[Any], line: int) -> None:
     unknown = [str(n) for n in names if n not in COLUMNS]
     if unknown:
         raise ManifestError(f"{path}:{line}: unknown column(s) {', '.join(unknown)}; columns are {', '.join(COLUMNS)}")
+    twice = sorted({str(n) for n in names if list(names).count(n) > 1})
+    if twice:
+        raise ManifestError(f"{path}:{line}: column(s) {', '.join(twice)} given twice")
     if "image" not in names:
         raise ManifestError(f"{path}:{line}: the column image is missing")
 
@@ -214,20 +244,18 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
             if task
             else f"{where}: no task (a task column, or --task for every row)"
         )
-    factor = values.get("factor")
-    if factor is not None:
-        try:
-            factor = int(factor)
-        except (TypeError, ValueError):
-            raise ManifestError(f"{where}: factor must be a whole number, got {factor!r}") from None
+    factor = whole_number(values["factor"], f"{where}: factor") if "factor" in values else None
     options = values.get("options", "")
+    if not isinstance(options, (str, list)) or not all(isinstance(o, (str, int, float)) for o in options):
+        raise ManifestError(f"{where}: options must be a string of dipc fit flags or a list of them, got {options!r}")
     try:
         parsed = tuple(shlex.split(options)) if isinstance(options, str) else tuple(str(o) for o in options)
     except ValueError as exc:
         raise ManifestError(f"{where}: options: {exc}") from None
-    name = Path(str(values.get("output", image.name))).stem
-    if not name or name in (".", ".."):
-        raise ManifestError(f"{where}: output must be a file name, got {values.get('output')!r}")
+    output = str(values.get("output", image.name))
+    name = Path(output).stem
+    if Path(output).is_absolute() or any(sep in output for sep in ("/", "\\", os.sep)) or name in ("", ".", ".."):
+        raise ManifestError(f"{where}: output must be a file name in OUTDIR (no folder), got {output!r}")
     return BatchJob(
         name,
         task,
@@ -240,14 +268,33 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
     )
 
 
-def _check_unique(jobs: Sequence[BatchJob]) -> None:
+def whole_number(value: Any, what: str) -> int:
+    """A manifest's integer, the same rule for CSV text and JSON values: an int, or text of one (``"4"``); a float
+    (``2.7``, even ``2.0``), a boolean or other text is refused rather than rounded or read as 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    raise ManifestError(f"{what} must be a whole number, got {value!r}")
+
+
+def _check_names(jobs: Sequence[BatchJob]) -> None:
+    """Every job writes its own files (names compared case-insensitively: one file on macOS and Windows), none of
+    them one the batch writes itself."""
     seen: dict[str, BatchJob] = {}
     for job in jobs:
-        if job.name in seen:
+        if RESERVED.fullmatch(job.name):
             raise ManifestError(
-                f"two jobs write {job.name}.png ({seen[job.name].image} and {job.image}): give them distinct output names"
+                f"job {job.name} ({job.image}): {job.name} is a name dipc batch uses itself in OUTDIR (summary.*, "
+                "checkpoints, .partial, .dipc-batch.lock): name the job otherwise (a manifest's output column, or "
+                "rename the image)"
             )
-        seen[job.name] = job
+        key = job.name.casefold()
+        if key in seen:
+            raise ManifestError(
+                f"two jobs write {job.name}.png ({seen[key].image} and {job.image}): give them distinct output names"
+            )
+        seen[key] = job
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 Per job NAME, in OUTDIR: ``NAME.png`` (the restored image), ``NAME.json`` (its ``dipc fit`` report plus the job's
 fingerprint), ``checkpoints/NAME.ckpt`` with ``--checkpoints``, and while it runs ``.partial/NAME.<fingerprint>.ckpt``
 (written every ``checkpoint_every`` seconds and on Ctrl-C; a rerun resumes from it, then it is removed or kept as
-the final checkpoint). Every file is written atomically, so a killed run leaves whole files or none.
+the final checkpoint). Every file is written atomically, so a killed run leaves whole files or none. A run holds
+OUTDIR's ``.dipc-batch.lock`` (``lock``), so that two runs never write the same job's files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Optional
 from ..errors import DipError
 from ..fitting import Session, interrupt_flag
 from .jobs import BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
+from .lock import hold_outdir
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,21 @@ class Prepared:
 
 
 def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
-    """Parses every job's options and names its files (absolute: a Ray worker may run elsewhere); a bad job raises
-    ``ManifestError`` (exit 2)."""
+    """Parses every job's options, checks them as ``dipc fit`` would before fitting, and names its files (absolute:
+    a Ray worker may run elsewhere); a bad job raises ``ManifestError`` (exit 2), before any job has run."""
+    from ..restore import validate_job
+
     outdir = options.outdir.absolute()
     prepared = []
     for job in shard(jobs, options.shard):
         fit = fit_job(job, options.common, outdir)
+        try:
+            # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
+            validate_job(fit, device=not options.ray)
+            if fit.tile is not None and options.checkpoints:
+                raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
+        except DipError as exc:
+            raise ManifestError(f"job {job.name}: {exc}") from None
         fp = fingerprint(fit)
         paths = {
             "image": outdir / f"{job.name}.png",
@@ -137,6 +148,8 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
     from ..restore import fit_session
 
     image, report, partial = p.paths["image"], p.paths["report"], p.paths["partial"]
+    if p.job.problem is not None:  # e.g. its reference is missing: it fails alone, and does not run unscored
+        return Outcome(p.job.name, p.job.task, "failed", error=p.job.problem)
     try:
         finished = read_report(report)
         done = report_fingerprint(finished)
@@ -146,8 +159,6 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
             why = "other settings" if done else "another run"
             raise DipError(f"{image} exists from {why}: pass --force to redo it")
         tiled = p.fit.tile is not None  # keeps its own finished tiles in NAME.png.tiles/: a rerun continues there
-        if tiled and options.checkpoints:
-            raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
         fit = dataclasses.replace(
             p.fit,
             checkpoint=None if tiled else partial,
@@ -228,19 +239,28 @@ def run_batch(
     on_outcome: Callable[[Outcome], None] = lambda o: None,
     notify: Optional[Callable[[str], None]] = None,
 ) -> tuple[list[Outcome], bool]:
-    """Every job of the batch (of its shard), in this process or on Ray; returns the outcomes in job order and
-    whether Ctrl-C stopped the batch. Jobs not started are absent."""
-    prepared = prepare(jobs, options)
-    options.outdir.mkdir(parents=True, exist_ok=True)
-    order = {p.job.name: i for i, p in enumerate(prepared)}
-    if options.ray:
-        from .cluster import run_on_ray
+    """Every job of the batch (of its shard), in this process or on Ray, then the summaries (``write_summary``);
+    returns the outcomes in job order and whether Ctrl-C stopped the batch. Jobs not started are absent. OUTDIR
+    (the shard) is held from the first job to the summaries: another run into it is refused (``lock``)."""
+    from .summary import write_summary
 
-        outcomes, interrupted = run_on_ray(prepared, options, on_outcome)
-    else:
-        with interrupt_flag(notify) as stop_requested:
-            outcomes = run_prepared(prepared, options, stop_requested, on_outcome)
-            interrupted = stop_requested()
-    with contextlib.suppress(OSError):  # empty once every job finished
-        (options.outdir / ".partial").rmdir()
-    return sorted(outcomes, key=lambda o: order[o.job]), interrupted
+    prepared = prepare(jobs, options)
+    try:
+        options.outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ManifestError(f"cannot make OUTDIR {options.outdir}: {exc.strerror or exc}") from None
+    order = {p.job.name: i for i, p in enumerate(prepared)}
+    with hold_outdir(options.outdir, options.shard):
+        if options.ray:
+            from .cluster import run_on_ray
+
+            outcomes, interrupted = run_on_ray(prepared, options, on_outcome)
+        else:
+            with interrupt_flag(notify) as stop_requested:
+                outcomes = run_prepared(prepared, options, stop_requested, on_outcome)
+                interrupted = stop_requested()
+        with contextlib.suppress(OSError):  # empty once every job finished
+            (options.outdir / ".partial").rmdir()
+        outcomes = sorted(outcomes, key=lambda o: order[o.job])
+        write_summary(outcomes, options.outdir, options.shard)
+    return outcomes, interrupted

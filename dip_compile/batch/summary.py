@@ -60,9 +60,23 @@ def markdown(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def text_table(outcomes: Sequence[Outcome]) -> str:
+    """The summary as plain aligned text, every cell whole (for logs and narrow terminals, where a drawn table
+    would cut each cell to a few characters); columns empty for every job are left out."""
+    rows = [list(COLUMNS), *(cells(o) for o in outcomes)]
+    keep = [i for i, c in enumerate(COLUMNS) if c in ("job", "task", "status") or any(r[i] for r in rows[1:])]
+    widths = {i: max(len(r[i]) for r in rows) for i in keep}
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in keep).rstrip() for r in rows)
+
+
+def summary_paths(outdir: Path, shard: Optional[str] = None) -> list[Path]:
+    """``summary.csv``, ``.json`` and ``.md`` (``summary-I-of-N.*`` for a shard)."""
+    stem = "summary" if shard is None else "summary-{}-of-{}".format(*shard.split("/"))
+    return [outdir / f"{stem}{suffix}" for suffix in (".csv", ".json", ".md")]
+
+
 def write_summary(outcomes: Sequence[Outcome], outdir: Path, shard: Optional[str] = None) -> list[Path]:
     """Writes the three summaries (``summary-I-of-N.*`` for a shard) atomically; returns their paths."""
-    stem = "summary" if shard is None else "summary-{}-of-{}".format(*shard.split("/"))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -73,9 +87,7 @@ def write_summary(outcomes: Sequence[Outcome], outdir: Path, shard: Optional[str
         ".json": json.dumps(finite_json(data), indent=2, allow_nan=False),
         ".md": markdown(outcomes),
     }
-    written = []
-    for suffix, text in texts.items():
-        path = outdir / f"{stem}{suffix}"
+    written = summary_paths(outdir, shard)
+    for path, text in zip(written, texts.values(), strict=True):
         atomic_write(path, lambda tmp, text=text: tmp.write_text(text), overwrite=True)  # type: ignore[misc]
-        written.append(path)
     return written
