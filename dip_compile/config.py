@@ -406,6 +406,8 @@ class FitConfig:
                 "--loss poisson does not fit super-resolve: its Lanczos downsampler has negative lobes, so the rates "
                 "it compares with the counts can be negative; use mse or l1"
             )
+        if self.peak is not None and self.loss != Loss.poisson:  # the other losses have no photon count to use
+            raise ConfigError("--peak only applies to --loss poisson")
         if self.kernel and self.task != Task.deblur:
             raise ConfigError("--kernel only applies to deblur")
         if self.keep_known and self.task != Task.inpaint:
