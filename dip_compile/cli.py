@@ -588,6 +588,14 @@ def regenerate(
     ] = None,
     info: Annotated[bool, typer.Option("--info", help="print the model's metadata as JSON")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
+    allow_unsealed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsealed",
+            help="run a model that has no integrity seal (older export, or edited and stripped of it): its weights "
+            "may have been changed undetectably",
+        ),
+    ] = False,
 ) -> None:
     """Regenerate the restored image from an exported ONNX model (the same code as export/regenerate.py)."""
 
@@ -602,7 +610,15 @@ def regenerate(
             return
         if output is None and check is None:
             fail("nothing to do: give -o OUT.png and/or --check PNG")
-        result = replay.regenerate(model, output, provider=provider.value, check=check, noise=noise, force=force)
+        result = replay.regenerate(
+            model,
+            output,
+            provider=provider.value,
+            check=check,
+            noise=noise,
+            force=force,
+            allow_unsealed=allow_unsealed,
+        )
     except replay.ReplayError as exc:
         raise DipError(str(exc)) from None
     code = replay.report(result)

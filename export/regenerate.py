@@ -2,6 +2,7 @@
 """Regenerate a Deep Image Prior result from its exported ONNX model, with onnxruntime, numpy and pillow only.
 
     python export/regenerate.py model.onnx -o restored.png [--provider auto|cpu|cuda] [--check fit.png] [--info]
+                                [--allow-unsealed]
 
 The model carries the fitted network and the fixed noise it was fed (the initializer of its ``noise`` input),
 so an empty feed returns the restored image (N, C, H, W) in [0, 1]; ``--noise other.npy`` feeds other noise.
@@ -10,7 +11,8 @@ import torch or dip_compile (a test runs it with torch made unimportable).
 
 Before running, the model is checked against what its metadata records: the embedded noise against ``noise_sha256``
 (this needs the ``onnx`` package, present wherever dip_compile is installed; without it that check is skipped
-silently, onnxruntime cannot read initializers), a ``--noise seed`` model's ``noise_shape`` against its declared
+silently, onnxruntime cannot read initializers), the integrity seal (a model without one is refused unless
+``--allow-unsealed``: removing the seal is an edit too), a ``--noise seed`` model's ``noise_shape`` against its declared
 ``noise`` input (before any noise is allocated), and afterwards the image against ``image_width``/``image_height``.
 """
 
@@ -171,6 +173,12 @@ def read_proto(model: str | Path | bytes) -> Any | None:
         return onnx.load(str(model), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors; onnxruntime read it already
         raise ReplayError(f"cannot read the model to check it ({exc.__class__.__name__})") from None
+
+
+UNSEALED = (
+    "the model carries no integrity seal (integrity_sha256), so edits to its weights, noise or metadata cannot be "
+    "detected; pass --allow-unsealed to run it anyway"
+)
 
 
 def check_integrity(proto: Any | None, meta: dict[str, str]) -> str:
@@ -523,9 +531,11 @@ def regenerate(
     check: str | Path | None = None,
     noise: str | Path | None = None,
     force: bool = False,
+    allow_unsealed: bool = False,
 ) -> dict[str, Any]:
     """Runs the model and writes its image; returns what happened (provider, seconds, the check's numbers).
-    Every input is checked before the model runs."""
+    Every input is checked before the model runs. A model without a seal is refused unless ``allow_unsealed``:
+    whoever edits a weight can delete the seal as easily, so its absence must not pass silently."""
     import time
 
     if output is not None:
@@ -536,7 +546,8 @@ def regenerate(
     session, used = open_session(model, provider)
     meta = metadata(session)
     proto = read_proto(model)
-    check_integrity(proto, meta)
+    if check_integrity(proto, meta) == "unsealed" and not allow_unsealed:
+        raise ReplayError(UNSEALED)
     if fed is None and meta.get("noise_file"):
         fed = noise_beside(model, meta)
     elif fed is None and meta.get("noise") != "seed":
@@ -601,6 +612,12 @@ def describe(meta: dict[str, str]) -> str:
     return "\n".join(f"{k}: {meta[k]}" for k in keys if meta.get(k))
 
 
+ALLOW_UNSEALED_HELP = (
+    "run a model that has no integrity seal (an export from before the seal, or one edited and stripped of it): "
+    "its weights may have been changed undetectably"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="regenerate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a dip-compile ONNX export")
@@ -614,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noise", help="a .npy of other noise to feed instead of the shipped one")
     parser.add_argument("--info", action="store_true", help="print the model's metadata as JSON and exit")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+    parser.add_argument("--allow-unsealed", action="store_true", help=ALLOW_UNSEALED_HELP)
     args = parser.parse_args(argv)
     try:
         if args.info:
@@ -623,7 +641,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output is None and args.check is None:
             raise ReplayError("nothing to do: give -o OUT.png and/or --check PNG")
         result = regenerate(
-            args.model, args.output, provider=args.provider, check=args.check, noise=args.noise, force=args.force
+            args.model,
+            args.output,
+            provider=args.provider,
+            check=args.check,
+            noise=args.noise,
+            force=args.force,
+            allow_unsealed=args.allow_unsealed,
         )
     except ReplayError as exc:
         print(f"regenerate: error: {exc}", file=sys.stderr)

@@ -387,3 +387,33 @@ def test_nan_image_is_reported_as_non_finite_and_never_passes_a_check(exported, 
     assert check["nonfinite"] == 48 and check["identical_8bit"] == 1.0 and not replay.passes(check)
     finite = replay.compare(np.zeros((1, 3, 4, 4), np.float32), np.zeros((4, 4, 3), np.uint8))
     assert finite["nonfinite"] == 0 and replay.passes(finite)
+
+
+def unsealed(model: Path, path: Path, edit=None) -> Path:
+    """The model with ``edit`` applied and its seal deleted, as someone hiding an edit would leave it."""
+
+    def strip(proto: onnx.ModelProto) -> None:
+        if edit is not None:
+            edit(proto)
+        set_meta(proto, integrity_sha256=None)
+
+    return edited(model, path, strip, resealed=False)
+
+
+@pytest.mark.parametrize("edit", [None, nan_bias], ids=["seal deleted", "weight edited, seal deleted"])
+def test_an_unsealed_model_is_refused_unless_allowed_by_name(exported, tmp_path, edit, capsys):
+    model = unsealed(exported["model"], tmp_path / "u.onnx", edit)
+    one_line_exit_2(model, "no integrity seal (integrity_sha256)")
+    with pytest.raises(replay.ReplayError, match="--allow-unsealed"):
+        replay.regenerate(model, None, check=exported["fit"])
+    # --info still describes it
+    assert replay.main([str(model), "--info"]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity"] == "unsealed"
+    # asked for by name, it runs, in the program and in dipc regenerate alike
+    out = tmp_path / "u.png"
+    assert replay.main([str(model), "-o", str(out), "--allow-unsealed"]) == 0
+    again = invoke("regenerate", model, "-o", tmp_path / "v.png", "--allow-unsealed")
+    assert again.exit_code == 0, again.output
+    same = np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(exported["fit"])))
+    assert same == (edit is None)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "v.png")))
