@@ -421,3 +421,48 @@ def test_a_third_ctrl_c_quits_at_once_in_one_line(tmp_path, image_png, monkeypat
     code, stderr = dipc("fit", "denoise", image_png, "-o", tmp_path / "out.png", "--iterations", "100", *TINY)
     assert code == 130 and stderr.strip().splitlines()[-1] == "dipc: interrupted; nothing more was saved"
     assert not (tmp_path / "out.png").exists() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_checkpoint_holding_nan_or_inf_is_refused_as_damaged_in_one_line(tmp_path, image_png):
+    ckpt = tmp_path / "a.ckpt"
+    auto_stop = ["--stop", "auto", "--stop-window", "2", "--sigma", "25"]  # so it keeps an EMA and a best image
+    made = invoke(
+        "fit",
+        "denoise",
+        image_png,
+        "-o",
+        tmp_path / "a.png",
+        "--iterations",
+        "6",
+        *auto_stop,
+        "--checkpoint",
+        ckpt,
+        *TINY,
+    )
+    assert made.exit_code == 0, made.stderr
+    state = restore.load_checkpoint(ckpt).state  # the genuine file loads (its best variance may be +inf)
+    assert state["ema"] is not None and state["stopper"]["best_image"] is not None
+
+    def poison(t: torch.Tensor, value: float = float("nan")) -> None:
+        t.view(-1)[0] = value
+
+    damages = {
+        "weight": lambda p: poison(p["state"]["net"]["head.0.weight"]),
+        "Adam state": lambda p: poison(next(iter(p["state"]["optimizer"]["state"].values()))["exp_avg"]),
+        "observation": lambda p: poison(p["problem"]["observation"], float("inf")),
+        "network input": lambda p: poison(p["state"]["net_input"], float("-inf")),
+        "EMA image": lambda p: poison(p["state"]["ema"]),
+        "auto-stop best_image": lambda p: poison(p["state"]["stopper"]["best_image"]),
+        "reference": lambda p: poison(p["problem"]["reference"]),
+    }
+    for name, damage in damages.items():
+        broken = torch.load(ckpt, weights_only=True)
+        damage(broken)
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(broken, path)
+        code, err = dipc("fit", "--resume", path, "-o", tmp_path / "b.png", "--iterations", "8", "-q")
+        assert code == 2 and err.count("\n") == 1, (name, err)
+        assert "damaged dip-compile checkpoint" in err and name in err and "NaN or infinite" in err, (name, err)
+        assert not (tmp_path / "b.png").exists()
+    code, err = dipc("export", tmp_path / "weight.ckpt", "-o", tmp_path / "w.onnx")
+    assert code == 2 and "damaged dip-compile checkpoint" in err and not (tmp_path / "w.onnx").exists()
