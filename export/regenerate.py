@@ -364,8 +364,48 @@ def check_input(path: str | Path, what: str) -> Path:
     return path
 
 
-def check_output(path: str | Path, force: bool) -> Path:
+def output_path(path: str | Path) -> Path:
+    """``path`` as an output file's Path, refusing before any work a spelling that names a folder (a trailing
+    separator, which ``Path`` would drop: ``-o newdir/`` wrote a file called ``newdir``) and a file name too long
+    for the folder once written through its temporary name (``write_atomic``). Give it the user's own spelling."""
+    if names_folder(path):
+        raise ReplayError(f"output {os.fspath(path)} ends with a path separator: give a file name, not a folder")
     path = Path(path)
+    limit = _name_max(path.parent) - TEMP_EXTRA_BYTES
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise ReplayError(
+            f"output file name {path.name[:24]}... is too long: {size} bytes, at most {limit} in {path.parent} "
+            f"(with the temporary name it is first written under)"
+        )
+    return path
+
+
+def names_folder(path: str | Path) -> bool:
+    """Whether the user's spelling ends with a separator (only text can: a Path has dropped it)."""
+    text = os.fspath(path)
+    return text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep))
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name ``folder``'s file system takes (255 where it cannot say, e.g. no such folder yet)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_output(path: str | Path, force: bool) -> Path:
+    """Fails in one line, before any work, unless ``path`` (the user's spelling: see ``output_path``) can be written:
+    not a folder, not existing without ``force``, in an existing folder this process can write."""
+    path = output_path(path)
+    try:
+        return _check_output(path, force)
+    except OSError as exc:  # e.g. ENAMETOOLONG: the whole path exceeds the system's limit
+        raise ReplayError(f"cannot use output {path}: {exc.strerror or exc}") from None
+
+
+def _check_output(path: Path, force: bool) -> Path:
     if path.is_dir():
         raise ReplayError(f"output {path} is a folder")
     if (path.exists() or path.is_symlink()) and not force:
@@ -389,6 +429,8 @@ def check_output(path: str | Path, force: bool) -> Path:
 # --- writing files: atomically, with the mode open() would give, never replacing what appeared meanwhile --------
 
 TEMP_SUFFIX = ".tmp"
+# what a temp name adds to the file's: ".NAME.<pid>.<8 random>.tmp", for a pid of up to 7 digits (Linux's maximum)
+TEMP_EXTRA_BYTES = len("..") + 7 + len(".") + 8 + len(TEMP_SUFFIX)
 
 
 def _umask() -> int:
@@ -506,6 +548,8 @@ def _keep_beside(tmp: Path, path: Path) -> None:
 def _write_error(path: Path, exc: OSError) -> ReplayError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ReplayError(f"no space left on the device while writing {path}; the previous file, if any, is untouched")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ReplayError(f"cannot write {path}: its name is too long for this file system")
     if exc.errno == errno.EFBIG:
         return ReplayError(f"cannot write {path}: file too large for this file system or process limit")
     return ReplayError(f"cannot write {path}: {exc.strerror or exc}")

@@ -466,3 +466,41 @@ def test_a_checkpoint_holding_nan_or_inf_is_refused_as_damaged_in_one_line(tmp_p
         assert not (tmp_path / "b.png").exists()
     code, err = dipc("export", tmp_path / "weight.ckpt", "-o", tmp_path / "w.onnx")
     assert code == 2 and "damaged dip-compile checkpoint" in err and not (tmp_path / "w.onnx").exists()
+
+
+LONG_NAME = "x" * 300 + ".png"  # more than any file system's 255 bytes
+
+
+def test_an_output_spelled_as_a_folder_or_with_a_name_too_long_is_one_line_before_any_work(tmp_path, image_png):
+    (tmp_path / "existing").mkdir()
+    cases = {
+        "-o newdir/": (["-o", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "--report newdir/": (["--report", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "--checkpoint newdir/": (["--checkpoint", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "--compare newdir/": (["--compare", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "-o an existing folder": (["-o", tmp_path / "existing"], "is a folder"),
+        "--report an existing folder": (["--report", tmp_path / "existing"], "is a folder"),
+        "-o name too long": (["-o", tmp_path / LONG_NAME], "is too long: 304 bytes, at most"),
+        "--checkpoint name too long": (["--checkpoint", tmp_path / LONG_NAME], "is too long: 304 bytes"),
+        "--compare name too long": (["--compare", tmp_path / LONG_NAME], "is too long: 304 bytes"),
+    }
+    for name, (extra, needle) in cases.items():
+        out = ["-o", tmp_path / "o.png"] if extra[0] != "-o" else []
+        code, err = dipc("fit", "denoise", image_png, *out, *extra, "--iterations", "1", *TINY)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("dipc: error:"), (name, err)
+        assert needle in err, (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "image.png"]
+    assert list((tmp_path / "existing").iterdir()) == []
+
+
+def test_a_file_name_too_long_for_the_file_system_is_one_line_where_it_is_written(tmp_path):
+    from dip_compile.errors import DipError
+    from dip_compile.imageio import atomic_write
+
+    try:
+        atomic_write(tmp_path / ("x" * 250), lambda tmp: tmp.write_bytes(b"data"))  # its temp name is too long
+    except DipError as exc:
+        assert "its name is too long for this file system" in str(exc)
+    else:
+        raise AssertionError("a name the file system cannot take was written")
+    assert list(tmp_path.iterdir()) == []

@@ -417,3 +417,16 @@ def test_an_unsealed_model_is_refused_unless_allowed_by_name(exported, tmp_path,
     same = np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(exported["fit"])))
     assert same == (edit is None)
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "v.png")))
+
+
+@pytest.mark.parametrize("what", ["folder that does not exist", "name too long"])
+def test_export_and_regenerate_refuse_an_output_spelled_as_a_folder_or_too_long(exported, tmp_path, what, capsys):
+    name = "newdir/" if what == "folder that does not exist" else "x" * 300 + ".onnx"
+    needle = "ends with a path separator" if name.endswith("/") else "is too long"
+    result = invoke("export", exported["dir"] / "fit.ckpt", "-o", f"{tmp_path}/{name}")
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    one_line_exit_2(exported["model"], needle, "-o", f"{tmp_path}/{name}")
+    assert replay.main([str(exported["model"]), "-o", f"{tmp_path}/{name}"]) == 2
+    assert needle in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -53,6 +53,13 @@ def output_paths(checkpoints: list[Path], output: Path, fmt: str) -> list[tuple[
     return [(c, f.value, output / (c.stem + SUFFIX[f])) for c in checkpoints for f in formats]
 
 
+def _is_folder(path: str | Path) -> bool:
+    try:
+        return Path(path).is_dir()
+    except OSError:  # a name too long to look up: not a folder, and output_path says why it cannot be a file
+        return False
+
+
 def fit_image_note(metadata: dict[str, str]) -> str | None:
     """A hint when an explicit --image exported another image than the one the fit returned (``--image fit``,
     the default, always exports that one)."""
@@ -95,9 +102,13 @@ def export_checkpoints(
     ``options``, or keyword choices over the defaults (``fmt="onnx", image="fit", bn=..., weights=..., noise=...,
     verify=..., force=...``, strings or Enums), so library callers need not build an ExportOptions."""
     from ..checkpoint import load_checkpoint
-    from ..imageio import check_output
+    from ..imageio import check_output, output_path
 
     options = dataclasses.replace(options or DEFAULTS, **choices)
+    if not _is_folder(output):  # a file: its spelling is checked as text, since Path() drops a trailing separator
+        if replay.names_folder(output):
+            raise DipError(f"output {output} ends with a path separator, but there is no such folder")
+        output_path(output)
     jobs = output_paths([Path(c) for c in checkpoints], Path(output), options.fmt)
     for _, f, path in jobs:
         check_output(path, options.force)
