@@ -154,7 +154,11 @@ def fit(
         ),
     ] = None,
     checkpoint: Annotated[
-        Optional[str], typer.Option(help="write a checkpoint here at the end (and on Ctrl-C)")
+        Optional[str],
+        typer.Option(
+            help="write a checkpoint here at the end (and on Ctrl-C); an existing file needs --force, except the "
+            "--resume file itself, which the resumed fit continues"
+        ),
     ] = None,
     resume: Annotated[
         Optional[Path],

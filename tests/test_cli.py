@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -504,3 +505,35 @@ def test_a_file_name_too_long_for_the_file_system_is_one_line_where_it_is_writte
     else:
         raise AssertionError("a name the file system cannot take was written")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_writes_back_to_its_own_checkpoint_but_any_other_existing_one_needs_force(tmp_path, image_png):
+    from dip_compile.checkpoint import load_checkpoint
+
+    ckpt, other = tmp_path / "a.ckpt", tmp_path / "other.ckpt"
+    first = invoke(
+        "fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "2", "--checkpoint", ckpt, *TINY
+    )
+    assert first.exit_code == 0, first.stderr
+    other.write_bytes(b"keep me")
+    # the resumed file itself: the expected continuation, no --force
+    code, err = dipc("fit", "--resume", ckpt, "-o", tmp_path / "b.png", "--iterations", "3", "--checkpoint", ckpt, "-q")
+    assert code == 0, err
+    assert load_checkpoint(ckpt).iteration == 3
+    # any other existing checkpoint: refused without --force, untouched, replaced with it
+    code, err = dipc(
+        "fit", "--resume", ckpt, "-o", tmp_path / "c.png", "--iterations", "4", "--checkpoint", other, "-q"
+    )
+    assert code == 2 and err.count("\n") == 1 and f"output {other} exists; pass --force" in err, err
+    assert other.read_bytes() == b"keep me" and not (tmp_path / "c.png").exists()
+    code, err = dipc(
+        "fit", "--resume", ckpt, "-o", tmp_path / "c.png", "--iterations", "4", "--checkpoint", other, "--force", "-q"
+    )
+    assert code == 0, err
+    assert load_checkpoint(other).iteration == 4 and load_checkpoint(ckpt).iteration == 3
+    # and the rule is the one --help and the README state
+    fit_command = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
+    help_text = next(p.help for p in fit_command.params if p.name == "checkpoint")
+    assert "an existing file needs --force, except the --resume file itself" in help_text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "`--checkpoint` may name the file being resumed: the fit continues it and writes it back without" in readme
