@@ -22,6 +22,7 @@ from dip_compile.cli import app
 from dip_compile.imageio import load_image
 
 TINY = ["--depth", "3", "--channels", "16", "--skip-channels", "4", "-q"]
+TINY_FIT = ["--iterations", "5", "--depth", "2", "--channels", "8", "--skip-channels", "4", "-q"]
 
 
 def invoke(*args: str):
@@ -537,3 +538,16 @@ def test_resume_writes_back_to_its_own_checkpoint_but_any_other_existing_one_nee
     assert "an existing file needs --force, except the --resume file itself" in help_text
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     assert "`--checkpoint` may name the file being resumed: the fit continues it and writes it back without" in readme
+
+
+def test_an_image_smaller_than_the_ssim_window_has_no_ssim_and_no_traceback(tmp_path):
+    rng = np.random.default_rng(0)
+    one = save_png(rng.random((3, 1, 1)).astype(np.float32), tmp_path / "one.png")
+    eight = save_png(rng.random((3, 8, 8)).astype(np.float32), tmp_path / "eight.png")
+    for task, image, extra in (("inpaint", one, ["--text"]), ("denoise", eight, ["--sigma", "25"])):
+        report = tmp_path / f"{task}.json"
+        code, err = dipc("fit", task, image, *extra, "-o", tmp_path / f"{task}.png", "--report", report, *TINY_FIT)
+        assert code == 0 and "Traceback" not in err, err
+        scores = json.loads(report.read_text())
+        assert scores["final_ssim"] is None and isinstance(scores["final_psnr"], float)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
