@@ -4,6 +4,7 @@ per checkpoint, each format written atomically, and optionally each file rerun a
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,13 @@ def output_paths(checkpoints: list[Path], output: Path, fmt: str) -> list[tuple[
     if len(set(stems)) != len(stems):
         raise DipError("two checkpoints share a file name; export them to different folders")
     return [(c, f.value, output / (c.stem + SUFFIX[f])) for c in checkpoints for f in formats]
+
+
+def _show(seen: list[warnings.WarningMessage]) -> None:
+    """Shows, once a file is written, the warnings torch gave while making it (under the filters in force). After a
+    failure (a full disk) they are dropped: the one-line error is what the user needs, not torch's notes before it."""
+    for w in seen:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def _is_folder(path: str | Path) -> bool:
@@ -131,10 +139,12 @@ def export_checkpoints(
     written = []
     for ckpt_path, f, path in jobs:
         plan = plans[ckpt_path]
-        if f == "onnx":
-            write_onnx(plan, path, overwrite=options.force)
-        else:
-            write_torch(plan, path, f, overwrite=options.force)
+        with warnings.catch_warnings(record=True) as seen:  # held back until the file is written: see _show
+            if f == "onnx":
+                write_onnx(plan, path, overwrite=options.force)
+            else:
+                write_torch(plan, path, f, overwrite=options.force)
+        _show(seen)
         noise_bytes = plan.noise.numel() * 4 if (plan.embed_noise and not plan.portable) or f != "onnx" else 0
         result = Written(
             ckpt_path,
