@@ -86,7 +86,9 @@ def fit(
     ] = None,
     output: Annotated[  # text, not Path: Path("newdir/") would drop the separator that the output check refuses
         Optional[str],
-        typer.Option("-o", "--output", help="restored image (format from the extension, PNG otherwise)"),
+        typer.Option(
+            "-o", "--output", metavar="<path>", help="restored image (format from the extension, PNG otherwise)"
+        ),
     ] = None,
     mask: Annotated[Optional[Path], typer.Option(help="inpainting mask, same size, white = known pixel")] = None,
     holes: Annotated[
@@ -156,15 +158,16 @@ def fit(
     checkpoint: Annotated[
         Optional[str],
         typer.Option(
+            metavar="<path>",
             help="write a checkpoint here at the end (and on Ctrl-C); an existing file needs --force, except the "
-            "--resume file itself, which the resumed fit continues"
+            "--resume file itself, which the resumed fit continues",
         ),
     ] = None,
     resume: Annotated[
         Optional[Path],
         typer.Option(help="continue the fit saved in this checkpoint (only the options marked so may change)"),
     ] = None,
-    report: Annotated[Optional[str], typer.Option(help="write a JSON report here")] = None,
+    report: Annotated[Optional[str], typer.Option(metavar="<path>", help="write a JSON report here")] = None,
     reference: Annotated[Optional[Path], typer.Option(help="clean image: PSNR is logged against it")] = None,
     seed: Annotated[
         Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")
@@ -174,7 +177,7 @@ def fit(
         float, typer.Option(help="with --checkpoint: also write it every N seconds while fitting (0 = at the end)")
     ] = 0.0,
     compare: Annotated[
-        Optional[str], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")
+        Optional[str], typer.Option(metavar="<path>", help="write a side-by-side PNG: input | restored [| reference]")
     ] = None,
     tile: Annotated[
         Optional[int],
@@ -511,7 +514,9 @@ def list_presets(
 @user_errors
 def export(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint(s) written by dipc fit --checkpoint")],
-    output: Annotated[str, typer.Option("-o", "--output", help="output file (a folder for several checkpoints)")],
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="<path>", help="output file (a folder for several checkpoints)")
+    ],
     fmt: Annotated[
         ExportFormat,
         typer.Option(
@@ -583,7 +588,7 @@ def export(
 @user_errors
 def regenerate(
     model: Annotated[Path, typer.Argument(help="an ONNX file written by dipc export")],
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG to write")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", metavar="<path>", help="PNG to write")] = None,
     provider: Annotated[Provider, typer.Option(help="onnxruntime provider; CUDA falls back to CPU")] = Provider.auto,
     check: Annotated[
         Optional[Path], typer.Option(help="compare with this PNG: max abs diff, identical 8-bit pixels")
