@@ -220,6 +220,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = payload["state"]
         _check_state(config, problem, state)
         _check_finite(prob, state)
+    except NonFiniteError as exc:  # the file cannot tell a fit that blew up from one edited or damaged since
+        raise DipError(f"{path} is a damaged dip-compile checkpoint, or one of a fit that diverged: {exc}") from None
     except DipError as exc:
         raise DipError(f"{path} is a damaged dip-compile checkpoint: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
@@ -292,6 +294,10 @@ def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> 
         _shape(stopper["best_image"], "the auto-stop image", image)
 
 
+class NonFiniteError(DipError):
+    """A checkpoint tensor holds NaN/inf."""
+
+
 def _check_finite(prob: dict[str, Any], state: dict[str, Any]) -> None:
     """Refuses NaN/inf in any floating tensor a resume or an export reads: shapes alone let a damaged file resume,
     "complete" at once and return its stored image. The auto-stop's best variance starts at +inf and the backtrack
@@ -309,10 +315,10 @@ def _check_finite(prob: dict[str, Any], state: dict[str, Any]) -> None:
     named += [(f"the auto-stop {k}", stopper.get(k)) for k in ("buffer", "sum", "sum_sq", "mean", "var", "best_image")]
     for what, t in named:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise DipError(f"{what} holds NaN or infinite values")
+            raise NonFiniteError(f"{what} holds NaN or infinite values")
     for what, t in (
         ("the auto-stop best variance", stopper.get("best_var")),
         ("the backtrack PSNR", state.get("backtrack_psnr")),
     ):
         if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any()):
-            raise DipError(f"{what} is NaN")
+            raise NonFiniteError(f"{what} is NaN")

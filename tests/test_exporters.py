@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from conftest import dipc, smooth_image, tiny_config
 from dip_compile import exporters
-from dip_compile.checkpoint import load_checkpoint, save_checkpoint
+from dip_compile.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dip_compile.cli import app
 from dip_compile.degradations import random_holes_mask
 from dip_compile.errors import DipError
@@ -374,11 +374,13 @@ def test_checkpoint_whose_weights_are_not_finite_is_refused_in_one_line(tmp_path
     save_checkpoint(fitter, tmp_path / "nan.ckpt")
     bad(
         invoke("export", tmp_path / "nan.ckpt", "-o", tmp_path / "m.onnx"),
-        "the fit diverged: its network weights contain NaN/inf; nothing to export",
+        "nan.ckpt is a damaged dip-compile checkpoint, or one of a fit that diverged: weight",
         tmp_path / "m.onnx",
     )
-    with pytest.raises(DipError, match="fit diverged"):
-        exporters.plan_export(load_checkpoint(tmp_path / "nan.ckpt"))
+    with pytest.raises(DipError, match="one of a fit that diverged"):
+        load_checkpoint(tmp_path / "nan.ckpt")
+    with pytest.raises(DipError, match="fit diverged"):  # a checkpoint made in memory is checked by the export
+        exporters.plan_export(Checkpoint(fitter.config, fitter.problem, fitter.state_dict(), {}))
 
 
 def test_agreement_counts_non_finite_values_and_they_never_pass(fitted):
