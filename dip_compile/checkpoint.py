@@ -219,6 +219,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         problem = _problem(config, prob)
         state = payload["state"]
         _check_state(config, problem, state)
+        _check_finite(prob, state)
+    except NonFiniteError as exc:  # the file cannot tell a fit that blew up from one edited or damaged since
+        raise DipError(f"{path} is a damaged dip-compile checkpoint, or one of a fit that diverged: {exc}") from None
     except DipError as exc:
         raise DipError(f"{path} is a damaged dip-compile checkpoint: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
@@ -289,3 +292,33 @@ def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> 
     stopper = state.get("stopper")
     if isinstance(stopper, dict) and stopper.get("best_image") is not None:
         _shape(stopper["best_image"], "the auto-stop image", image)
+
+
+class NonFiniteError(DipError):
+    """A checkpoint tensor holds NaN/inf."""
+
+
+def _check_finite(prob: dict[str, Any], state: dict[str, Any]) -> None:
+    """Refuses NaN/inf in any floating tensor a resume or an export reads: shapes alone let a damaged file resume,
+    "complete" at once and return its stored image. The auto-stop's best variance starts at +inf and the backtrack
+    PSNR at -inf, so those two may be infinite, never NaN."""
+    named: list[tuple[str, Any]] = [(f"the {k}", prob.get(k)) for k in ("observation", "mask", "reference", "guide")]
+    named.append(("the blur kernel", prob.get("kernel")))
+    named += [(f"weight {k}", v) for k, v in state["net"].items()]
+    for index, moments in dict(state["optimizer"]["state"]).items():
+        named += [(f"Adam state {k} of parameter {index}", v) for k, v in dict(moments).items()]
+    named += [("the network input", state["net_input"]), ("the EMA image", state.get("ema"))]
+    named.append(("the last perturbed input", state.get("last_input")))
+    named += [(f"backtrack copy {i}", t) for i, t in enumerate(state.get("backtrack_saved") or [])]
+    stopper = state.get("stopper")
+    stopper = stopper if isinstance(stopper, dict) else {}
+    named += [(f"the auto-stop {k}", stopper.get(k)) for k in ("buffer", "sum", "sum_sq", "mean", "var", "best_image")]
+    for what, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{what} holds NaN or infinite values")
+    for what, t in (
+        ("the auto-stop best variance", stopper.get("best_var")),
+        ("the backtrack PSNR", state.get("backtrack_psnr")),
+    ):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any()):
+            raise NonFiniteError(f"{what} is NaN")

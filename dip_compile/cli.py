@@ -84,8 +84,11 @@ def fit(
         Optional[Path],
         typer.Argument(help="the corrupted image (or clean one with --sigma / --from-reference)", show_default=False),
     ] = None,
-    output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="restored image (format from the extension, PNG otherwise)")
+    output: Annotated[  # text, not Path: Path("newdir/") would drop the separator that the output check refuses
+        Optional[str],
+        typer.Option(
+            "-o", "--output", metavar="<path>", help="restored image (format from the extension, PNG otherwise)"
+        ),
     ] = None,
     mask: Annotated[Optional[Path], typer.Option(help="inpainting mask, same size, white = known pixel")] = None,
     holes: Annotated[
@@ -153,13 +156,18 @@ def fit(
         ),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="write a checkpoint here at the end (and on Ctrl-C)")
+        Optional[str],
+        typer.Option(
+            metavar="<path>",
+            help="write a checkpoint here at the end (and on Ctrl-C); an existing file needs --force, except the "
+            "--resume file itself, which the resumed fit continues",
+        ),
     ] = None,
     resume: Annotated[
         Optional[Path],
         typer.Option(help="continue the fit saved in this checkpoint (only the options marked so may change)"),
     ] = None,
-    report: Annotated[Optional[Path], typer.Option(help="write a JSON report here")] = None,
+    report: Annotated[Optional[str], typer.Option(metavar="<path>", help="write a JSON report here")] = None,
     reference: Annotated[Optional[Path], typer.Option(help="clean image: PSNR is logged against it")] = None,
     seed: Annotated[
         Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")
@@ -169,7 +177,7 @@ def fit(
         float, typer.Option(help="with --checkpoint: also write it every N seconds while fitting (0 = at the end)")
     ] = 0.0,
     compare: Annotated[
-        Optional[Path], typer.Option(help="write a side-by-side PNG: input | restored [| reference]")
+        Optional[str], typer.Option(metavar="<path>", help="write a side-by-side PNG: input | restored [| reference]")
     ] = None,
     tile: Annotated[
         Optional[int],
@@ -514,7 +522,9 @@ def list_presets(
 @user_errors
 def export(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint(s) written by dipc fit --checkpoint")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="output file (a folder for several checkpoints)")],
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="<path>", help="output file (a folder for several checkpoints)")
+    ],
     fmt: Annotated[
         ExportFormat,
         typer.Option(
@@ -586,7 +596,7 @@ def export(
 @user_errors
 def regenerate(
     model: Annotated[Path, typer.Argument(help="an ONNX file written by dipc export")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", metavar="<path>", help="PNG to write")] = None,
     provider: Annotated[Provider, typer.Option(help="onnxruntime provider; CUDA falls back to CPU")] = Provider.auto,
     check: Annotated[
         Optional[Path], typer.Option(help="compare with this PNG: max abs diff, identical 8-bit pixels")
@@ -596,6 +606,14 @@ def regenerate(
     ] = None,
     info: Annotated[bool, typer.Option("--info", help="print the model's metadata as JSON")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing output")] = False,
+    allow_unsealed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsealed",
+            help="run a model that has no integrity seal (older export, or edited and stripped of it): its weights "
+            "may have been changed undetectably",
+        ),
+    ] = False,
 ) -> None:
     """Regenerate the restored image from an exported ONNX model (the same code as export/regenerate.py)."""
 
@@ -610,7 +628,15 @@ def regenerate(
             return
         if output is None and check is None:
             fail("nothing to do: give -o OUT.png and/or --check PNG")
-        result = replay.regenerate(model, output, provider=provider.value, check=check, noise=noise, force=force)
+        result = replay.regenerate(
+            model,
+            output,
+            provider=provider.value,
+            check=check,
+            noise=noise,
+            force=force,
+            allow_unsealed=allow_unsealed,
+        )
     except replay.ReplayError as exc:
         raise DipError(str(exc)) from None
     code = replay.report(result)

@@ -267,7 +267,10 @@ class NetConfig:
     @property
     def min_coarsest(self) -> int:
         """The smallest side the coarsest level may have: BatchNorm needs more than one value per channel, and
-        reflection padding needs a side larger than the pad of every convolution."""
+        reflection padding needs a side larger than the pad of every convolution. Every level's convolutions run at
+        the coarsest side or larger (a level's down block halves its input once: the second conv of the deepest one
+        runs at the coarsest side; skips and up convs at that side or twice it; a decoder only grows), so the
+        largest pad of any level bounds them all."""
         pad = max(*self.kernel_down, *self.kernel_up, self.kernel_skip) // 2
         return max(2, pad + 1)
 
@@ -282,6 +285,18 @@ class NetConfig:
     def min_side(self) -> int:
         """The smallest canvas side this network runs at (a smaller image is fitted on a larger canvas)."""
         return self.min_coarsest * self.multiple
+
+    def check_canvas(self, canvas: tuple[int, int]) -> None:
+        """Refuses, in one line naming the minimum, a canvas this network cannot run at: built at one, torch fails
+        deep in a padding with a traceback (the memory estimate once probed the library preset at 128 px)."""
+        h, w = canvas
+        if min(h, w) < self.min_side or h % self.multiple or w % self.multiple:
+            pad = max(*self.kernel_down, *self.kernel_up, self.kernel_skip) // 2
+            raise ConfigError(
+                f"this {self.depth}-level network cannot run at {w}x{h}: its sides must be multiples of "
+                f"{self.multiple} and at least {self.min_side} px ({self.min_coarsest} px at the coarsest level, "
+                f"for BatchNorm and the padding of {2 * pad + 1}x{2 * pad + 1} kernels)"
+            )
 
     def summary(self) -> str:
         """One line for tables: levels, channels, skips and the options that differ from the paper's defaults."""
@@ -406,6 +421,8 @@ class FitConfig:
                 "--loss poisson does not fit super-resolve: its Lanczos downsampler has negative lobes, so the rates "
                 "it compares with the counts can be negative; use mse or l1"
             )
+        if self.peak is not None and self.loss != Loss.poisson:  # the other losses have no photon count to use
+            raise ConfigError("--peak only applies to --loss poisson")
         if self.kernel and self.task != Task.deblur:
             raise ConfigError("--kernel only applies to deblur")
         if self.keep_known and self.task != Task.inpaint:

@@ -60,6 +60,7 @@ def kept_bytes(
 ) -> int:
     """The bytes of the tensors autograd keeps for the backward pass of one forward at ``canvas`` (run for real, on
     the CPU unless ``device`` is given: call it at small canvases)."""
+    net_config.check_canvas(canvas)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = build_network(net_config).to(device)
@@ -88,8 +89,8 @@ def kept_bytes(
 def _activation_line(net_config: NetConfig, precision: str) -> tuple[float, float]:
     """(bytes, bytes per pixel) of what a default fit keeps, from two small canvases: counted once per net and
     precision, however many sizes and switches a refusal message tries."""
-    m = net_config.multiple
-    sides = (m * 2, m * 4)
+    small = max(2 * net_config.multiple, net_config.min_side)  # the smallest canvas may be larger: 5x5 kernels
+    sides = (small, 2 * small)
     low, high = (kept_bytes(net_config, (side, side), precision) for side in sides)
     per_pixel = (high - low) / (sides[1] ** 2 - sides[0] ** 2)
     return low - per_pixel * sides[0] ** 2, per_pixel

@@ -121,6 +121,13 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return quantize(image.detach().float().cpu().numpy())
 
 
+def output_path(path: str | Path) -> Path:
+    """The user's spelling of an output as a Path; a trailing separator (a folder) or a name too long is one line."""
+    from .replay.regenerate import output_path as spelled
+
+    return _replay_errors(lambda: spelled(path))
+
+
 def check_output(path: str | Path, force: bool) -> Path:
     """Fails early, before any work, if ``path`` exists (without ``force``) or its folder is not writable."""
     from .replay.regenerate import check_output as check

@@ -12,8 +12,19 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-12))
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004, Gaussian window) over channels; inputs (N, C, H, W) or (C, H, W)."""
+SSIM_WINDOW = 11
+
+
+def ssim_defined(x: torch.Tensor, window: int = SSIM_WINDOW) -> bool:
+    """Whether SSIM is defined for images of ``x``'s size: its window must fit inside (not for an 8x8 image)."""
+    return min(x.shape[-2:]) >= window
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004, Gaussian window) over channels; inputs (N, C, H, W) or (C, H, W). Images smaller
+    than the window have no SSIM (``ssim_defined``): a ValueError rather than a convolution's error."""
+    if not ssim_defined(x, window):
+        raise ValueError(f"SSIM is not defined below {window}x{window} pixels, got {x.shape[-1]}x{x.shape[-2]}")
     if x.dim() == 3:
         x, y = x.unsqueeze(0), y.unsqueeze(0)
     x, y = x.float(), y.float()

@@ -14,7 +14,7 @@ from . import __version__
 from .config import FitConfig
 from .fitting import FitResult, Fitter
 from .imageio import atomic_write
-from .metrics import psnr, ssim
+from .metrics import psnr, ssim, ssim_defined
 from .problem import Problem
 
 
@@ -29,14 +29,15 @@ def fit_identity(config: FitConfig, problem: Problem) -> dict[str, Any]:
     }
 
 
-def image_scores(image: torch.Tensor, problem: Problem) -> dict[str, float]:
-    """PSNR and SSIM of the returned image, and the input's PSNR, against the reference (none without one)."""
+def image_scores(image: torch.Tensor, problem: Problem) -> dict[str, float | None]:
+    """PSNR and SSIM of the returned image, and the input's PSNR, against the reference (none without one). SSIM
+    is None (null in the JSON) for an image smaller than its window, where it is not defined."""
     if problem.reference is None:
         return {}
     ref = problem.reference.cpu()
     return {
         "final_psnr": float(psnr(image, ref)),
-        "final_ssim": float(ssim(image, ref)),
+        "final_ssim": float(ssim(image, ref)) if ssim_defined(ref) else None,
         "input_psnr": float(psnr(problem.corrupted_view().cpu(), ref)),
     }
 

@@ -23,7 +23,7 @@ from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
 from .estimate import Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
 from .fitting import FitResult, Fitter, LogRecord, Session, drive, stop_flag
-from .imageio import check_output, load_image, load_mask, save_image, save_side_by_side, to_grayscale
+from .imageio import check_output, load_image, load_mask, output_path, save_image, save_side_by_side, to_grayscale
 from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
 from .report import build_report, save_report
 
@@ -129,6 +129,9 @@ def _levels(value: Any, flag: str, kind: type) -> Optional[tuple[Any, ...]]:
     return tuple(str(v) for v in items)
 
 
+OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare")  # the FitJob fields that name files to write
+
+
 @dataclass
 class FitJob:
     """Files in, files out. ``settings`` holds the ``FitConfig`` fields the user set (by field name); the preset
@@ -164,6 +167,14 @@ class FitJob:
     dry_run: bool = False  # estimate memory and time, fit nothing, write nothing
     tile: Optional[int] = None  # --tile SIZE: fit in SIZE x SIZE tiles one after the other and blend (tiling.py)
     overlap: int = 32  # --overlap PX: pixels neighbouring tiles share
+
+    def __post_init__(self) -> None:
+        """Outputs given as text (the CLI passes the user's spelling) become Paths here, after the check that only
+        the text allows: ``Path("newdir/")`` drops the separator that says a folder was meant."""
+        for name in OUTPUT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, output_path(value))
 
     def resumed(self, checkpoint: Path) -> FitJob:
         """This job continued from ``checkpoint``: the same outputs and device; the checkpoint holds the rest."""
@@ -463,7 +474,12 @@ class Outputs:
         self.paths: dict[Path, str] = {}
         self.mine: set[Path] = set()
 
-    def add(self, path: Optional[Path], role: str, *, check: bool = True, own: bool = False) -> None:
+    def add(
+        self, path: Optional[Path], role: str, *, check: bool = True, own: bool = False, written: bool = True
+    ) -> None:
+        """``check``: refuse an existing file (without --force) or an unwritable folder now; ``own``: this run may
+        replace the file (it continues it); ``written``: an output (an input kept from being written over is not),
+        whose name must suit the file system even when ``check`` is off (the Ctrl-C checkpoint)."""
         if path is None:
             return
         key = _key(path)
@@ -474,6 +490,8 @@ class Outputs:
             self.mine.add(key)
         elif check:
             check_output(path, self.force)
+        elif written:
+            output_path(path)
 
     def owns(self, path: Path) -> bool:
         return _key(path) in self.mine
@@ -607,7 +625,7 @@ def fit_session(
         continues = job.resume is not None and _key(interrupt_ckpt) == _key(job.resume)
         outputs.add(interrupt_ckpt, "the Ctrl-C checkpoint", check=False, own=continues)
     if job.resume is not None and not outputs.owns(job.resume):  # (owned: the run continues the resumed file)
-        outputs.add(job.resume, "--resume", check=False)  # an input: no output may be written over it
+        outputs.add(job.resume, "--resume", check=False, written=False)  # an input: no output may be written over it
     guess = _check_memory(config, problem, device)
 
     try:

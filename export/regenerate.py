@@ -2,6 +2,7 @@
 """Regenerate a Deep Image Prior result from its exported ONNX model, with onnxruntime, numpy and pillow only.
 
     python export/regenerate.py model.onnx -o restored.png [--provider auto|cpu|cuda] [--check fit.png] [--info]
+                                [--allow-unsealed]
 
 The model carries the fitted network and the fixed noise it was fed (the initializer of its ``noise`` input),
 so an empty feed returns the restored image (N, C, H, W) in [0, 1]; ``--noise other.npy`` feeds other noise.
@@ -10,7 +11,8 @@ import torch or dip_compile (a test runs it with torch made unimportable).
 
 Before running, the model is checked against what its metadata records: the embedded noise against ``noise_sha256``
 (this needs the ``onnx`` package, present wherever dip_compile is installed; without it that check is skipped
-silently, onnxruntime cannot read initializers), a ``--noise seed`` model's ``noise_shape`` against its declared
+silently, onnxruntime cannot read initializers), the integrity seal (a model without one is refused unless
+``--allow-unsealed``: removing the seal is an edit too), a ``--noise seed`` model's ``noise_shape`` against its declared
 ``noise`` input (before any noise is allocated), and afterwards the image against ``image_width``/``image_height``.
 """
 
@@ -171,6 +173,12 @@ def read_proto(model: str | Path | bytes) -> Any | None:
         return onnx.load(str(model), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors; onnxruntime read it already
         raise ReplayError(f"cannot read the model to check it ({exc.__class__.__name__})") from None
+
+
+UNSEALED = (
+    "the model carries no integrity seal (integrity_sha256), so edits to its weights, noise or metadata cannot be "
+    "detected; pass --allow-unsealed to run it anyway"
+)
 
 
 def check_integrity(proto: Any | None, meta: dict[str, str]) -> str:
@@ -356,8 +364,48 @@ def check_input(path: str | Path, what: str) -> Path:
     return path
 
 
-def check_output(path: str | Path, force: bool) -> Path:
+def output_path(path: str | Path) -> Path:
+    """``path`` as an output file's Path, refusing before any work a spelling that names a folder (a trailing
+    separator, which ``Path`` would drop: ``-o newdir/`` wrote a file called ``newdir``) and a file name too long
+    for the folder once written through its temporary name (``write_atomic``). Give it the user's own spelling."""
+    if names_folder(path):
+        raise ReplayError(f"output {os.fspath(path)} ends with a path separator: give a file name, not a folder")
     path = Path(path)
+    limit = _name_max(path.parent) - TEMP_EXTRA_BYTES
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise ReplayError(
+            f"output file name {path.name[:24]}... is too long: {size} bytes, at most {limit} in {path.parent} "
+            f"(with the temporary name it is first written under)"
+        )
+    return path
+
+
+def names_folder(path: str | Path) -> bool:
+    """Whether the user's spelling ends with a separator (only text can: a Path has dropped it)."""
+    text = os.fspath(path)
+    return text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep))
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name ``folder``'s file system takes (255 where it cannot say, e.g. no such folder yet)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_output(path: str | Path, force: bool) -> Path:
+    """Fails in one line, before any work, unless ``path`` (the user's spelling: see ``output_path``) can be written:
+    not a folder, not existing without ``force``, in an existing folder this process can write."""
+    path = output_path(path)
+    try:
+        return _check_output(path, force)
+    except OSError as exc:  # e.g. ENAMETOOLONG: the whole path exceeds the system's limit
+        raise ReplayError(f"cannot use output {path}: {exc.strerror or exc}") from None
+
+
+def _check_output(path: Path, force: bool) -> Path:
     if path.is_dir():
         raise ReplayError(f"output {path} is a folder")
     if (path.exists() or path.is_symlink()) and not force:
@@ -381,6 +429,8 @@ def check_output(path: str | Path, force: bool) -> Path:
 # --- writing files: atomically, with the mode open() would give, never replacing what appeared meanwhile --------
 
 TEMP_SUFFIX = ".tmp"
+# what a temp name adds to the file's: ".NAME.<pid>.<8 random>.tmp", for a pid of up to 7 digits (Linux's maximum)
+TEMP_EXTRA_BYTES = len("..") + 7 + len(".") + 8 + len(TEMP_SUFFIX)
 
 
 def _umask() -> int:
@@ -498,6 +548,8 @@ def _keep_beside(tmp: Path, path: Path) -> None:
 def _write_error(path: Path, exc: OSError) -> ReplayError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ReplayError(f"no space left on the device while writing {path}; the previous file, if any, is untouched")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ReplayError(f"cannot write {path}: its name is too long for this file system")
     if exc.errno == errno.EFBIG:
         return ReplayError(f"cannot write {path}: file too large for this file system or process limit")
     return ReplayError(f"cannot write {path}: {exc.strerror or exc}")
@@ -523,9 +575,11 @@ def regenerate(
     check: str | Path | None = None,
     noise: str | Path | None = None,
     force: bool = False,
+    allow_unsealed: bool = False,
 ) -> dict[str, Any]:
     """Runs the model and writes its image; returns what happened (provider, seconds, the check's numbers).
-    Every input is checked before the model runs."""
+    Every input is checked before the model runs. A model without a seal is refused unless ``allow_unsealed``:
+    whoever edits a weight can delete the seal as easily, so its absence must not pass silently."""
     import time
 
     if output is not None:
@@ -536,7 +590,8 @@ def regenerate(
     session, used = open_session(model, provider)
     meta = metadata(session)
     proto = read_proto(model)
-    check_integrity(proto, meta)
+    if check_integrity(proto, meta) == "unsealed" and not allow_unsealed:
+        raise ReplayError(UNSEALED)
     if fed is None and meta.get("noise_file"):
         fed = noise_beside(model, meta)
     elif fed is None and meta.get("noise") != "seed":
@@ -601,6 +656,12 @@ def describe(meta: dict[str, str]) -> str:
     return "\n".join(f"{k}: {meta[k]}" for k in keys if meta.get(k))
 
 
+ALLOW_UNSEALED_HELP = (
+    "run a model that has no integrity seal (an export from before the seal, or one edited and stripped of it): "
+    "its weights may have been changed undetectably"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="regenerate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a dip-compile ONNX export")
@@ -614,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noise", help="a .npy of other noise to feed instead of the shipped one")
     parser.add_argument("--info", action="store_true", help="print the model's metadata as JSON and exit")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+    parser.add_argument("--allow-unsealed", action="store_true", help=ALLOW_UNSEALED_HELP)
     args = parser.parse_args(argv)
     try:
         if args.info:
@@ -623,7 +685,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output is None and args.check is None:
             raise ReplayError("nothing to do: give -o OUT.png and/or --check PNG")
         result = regenerate(
-            args.model, args.output, provider=args.provider, check=args.check, noise=args.noise, force=args.force
+            args.model,
+            args.output,
+            provider=args.provider,
+            check=args.check,
+            noise=args.noise,
+            force=args.force,
+            allow_unsealed=args.allow_unsealed,
         )
     except ReplayError as exc:
         print(f"regenerate: error: {exc}", file=sys.stderr)

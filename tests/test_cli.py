@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,6 +22,7 @@ from dip_compile.cli import app
 from dip_compile.imageio import load_image
 
 TINY = ["--depth", "3", "--channels", "16", "--skip-channels", "4", "-q"]
+TINY_FIT = ["--iterations", "5", "--depth", "2", "--channels", "8", "--skip-channels", "4", "-q"]
 
 
 def invoke(*args: str):
@@ -421,3 +423,131 @@ def test_a_third_ctrl_c_quits_at_once_in_one_line(tmp_path, image_png, monkeypat
     code, stderr = dipc("fit", "denoise", image_png, "-o", tmp_path / "out.png", "--iterations", "100", *TINY)
     assert code == 130 and stderr.strip().splitlines()[-1] == "dipc: interrupted; nothing more was saved"
     assert not (tmp_path / "out.png").exists() and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_checkpoint_holding_nan_or_inf_is_refused_as_damaged_in_one_line(tmp_path, image_png):
+    ckpt = tmp_path / "a.ckpt"
+    auto_stop = ["--stop", "auto", "--stop-window", "2", "--sigma", "25"]  # so it keeps an EMA and a best image
+    made = invoke(
+        "fit",
+        "denoise",
+        image_png,
+        "-o",
+        tmp_path / "a.png",
+        "--iterations",
+        "6",
+        *auto_stop,
+        "--checkpoint",
+        ckpt,
+        *TINY,
+    )
+    assert made.exit_code == 0, made.stderr
+    state = restore.load_checkpoint(ckpt).state  # the genuine file loads (its best variance may be +inf)
+    assert state["ema"] is not None and state["stopper"]["best_image"] is not None
+
+    def poison(t: torch.Tensor, value: float = float("nan")) -> None:
+        t.view(-1)[0] = value
+
+    damages = {
+        "weight": lambda p: poison(p["state"]["net"]["head.0.weight"]),
+        "Adam state": lambda p: poison(next(iter(p["state"]["optimizer"]["state"].values()))["exp_avg"]),
+        "observation": lambda p: poison(p["problem"]["observation"], float("inf")),
+        "network input": lambda p: poison(p["state"]["net_input"], float("-inf")),
+        "EMA image": lambda p: poison(p["state"]["ema"]),
+        "auto-stop best_image": lambda p: poison(p["state"]["stopper"]["best_image"]),
+        "reference": lambda p: poison(p["problem"]["reference"]),
+    }
+    for name, damage in damages.items():
+        broken = torch.load(ckpt, weights_only=True)
+        damage(broken)
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(broken, path)
+        code, err = dipc("fit", "--resume", path, "-o", tmp_path / "b.png", "--iterations", "8", "-q")
+        assert code == 2 and err.count("\n") == 1, (name, err)
+        assert "damaged dip-compile checkpoint" in err and name in err and "NaN or infinite" in err, (name, err)
+        assert not (tmp_path / "b.png").exists()
+    code, err = dipc("export", tmp_path / "weight.ckpt", "-o", tmp_path / "w.onnx")
+    assert code == 2 and "damaged dip-compile checkpoint" in err and not (tmp_path / "w.onnx").exists()
+
+
+LONG_NAME = "x" * 300 + ".png"  # more than any file system's 255 bytes
+
+
+def test_an_output_spelled_as_a_folder_or_with_a_name_too_long_is_one_line_before_any_work(tmp_path, image_png):
+    (tmp_path / "existing").mkdir()
+    cases = {
+        "-o newdir/": (["-o", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "--report newdir/": (["--report", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "--checkpoint newdir/": (["--checkpoint", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "--compare newdir/": (["--compare", f"{tmp_path}/newdir/"], "ends with a path separator"),
+        "-o an existing folder": (["-o", tmp_path / "existing"], "is a folder"),
+        "--report an existing folder": (["--report", tmp_path / "existing"], "is a folder"),
+        "-o name too long": (["-o", tmp_path / LONG_NAME], "is too long: 304 bytes, at most"),
+        "--checkpoint name too long": (["--checkpoint", tmp_path / LONG_NAME], "is too long: 304 bytes"),
+        "--compare name too long": (["--compare", tmp_path / LONG_NAME], "is too long: 304 bytes"),
+    }
+    for name, (extra, needle) in cases.items():
+        out = ["-o", tmp_path / "o.png"] if extra[0] != "-o" else []
+        code, err = dipc("fit", "denoise", image_png, *out, *extra, "--iterations", "1", *TINY)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("dipc: error:"), (name, err)
+        assert needle in err, (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "image.png"]
+    assert list((tmp_path / "existing").iterdir()) == []
+
+
+def test_a_file_name_too_long_for_the_file_system_is_one_line_where_it_is_written(tmp_path):
+    from dip_compile.errors import DipError
+    from dip_compile.imageio import atomic_write
+
+    try:
+        atomic_write(tmp_path / ("x" * 250), lambda tmp: tmp.write_bytes(b"data"))  # its temp name is too long
+    except DipError as exc:
+        assert "its name is too long for this file system" in str(exc)
+    else:
+        raise AssertionError("a name the file system cannot take was written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_writes_back_to_its_own_checkpoint_but_any_other_existing_one_needs_force(tmp_path, image_png):
+    from dip_compile.checkpoint import load_checkpoint
+
+    ckpt, other = tmp_path / "a.ckpt", tmp_path / "other.ckpt"
+    first = invoke(
+        "fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "2", "--checkpoint", ckpt, *TINY
+    )
+    assert first.exit_code == 0, first.stderr
+    other.write_bytes(b"keep me")
+    # the resumed file itself: the expected continuation, no --force
+    code, err = dipc("fit", "--resume", ckpt, "-o", tmp_path / "b.png", "--iterations", "3", "--checkpoint", ckpt, "-q")
+    assert code == 0, err
+    assert load_checkpoint(ckpt).iteration == 3
+    # any other existing checkpoint: refused without --force, untouched, replaced with it
+    code, err = dipc(
+        "fit", "--resume", ckpt, "-o", tmp_path / "c.png", "--iterations", "4", "--checkpoint", other, "-q"
+    )
+    assert code == 2 and err.count("\n") == 1 and f"output {other} exists; pass --force" in err, err
+    assert other.read_bytes() == b"keep me" and not (tmp_path / "c.png").exists()
+    code, err = dipc(
+        "fit", "--resume", ckpt, "-o", tmp_path / "c.png", "--iterations", "4", "--checkpoint", other, "--force", "-q"
+    )
+    assert code == 0, err
+    assert load_checkpoint(other).iteration == 4 and load_checkpoint(ckpt).iteration == 3
+    # and the rule is the one --help and the README state
+    fit_command = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
+    help_text = next(p.help for p in fit_command.params if p.name == "checkpoint")
+    assert "an existing file needs --force, except the --resume file itself" in help_text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "`--checkpoint` may name the file being resumed: the fit continues it and writes it back without" in readme
+
+
+def test_an_image_smaller_than_the_ssim_window_has_no_ssim_and_no_traceback(tmp_path):
+    rng = np.random.default_rng(0)
+    one = save_png(rng.random((3, 1, 1)).astype(np.float32), tmp_path / "one.png")
+    eight = save_png(rng.random((3, 8, 8)).astype(np.float32), tmp_path / "eight.png")
+    for task, image, extra in (("inpaint", one, ["--text"]), ("denoise", eight, ["--sigma", "25"])):
+        report = tmp_path / f"{task}.json"
+        code, err = dipc("fit", task, image, *extra, "-o", tmp_path / f"{task}.png", "--report", report, *TINY_FIT)
+        assert code == 0 and "Traceback" not in err, err
+        scores = json.loads(report.read_text())
+        assert scores["final_ssim"] is None and isinstance(scores["final_psnr"], float)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())

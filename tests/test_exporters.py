@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +19,9 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from conftest import smooth_image, tiny_config
+from conftest import dipc, smooth_image, tiny_config
 from dip_compile import exporters
-from dip_compile.checkpoint import load_checkpoint, save_checkpoint
+from dip_compile.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from dip_compile.cli import app
 from dip_compile.degradations import random_holes_mask
 from dip_compile.errors import DipError
@@ -372,11 +374,13 @@ def test_checkpoint_whose_weights_are_not_finite_is_refused_in_one_line(tmp_path
     save_checkpoint(fitter, tmp_path / "nan.ckpt")
     bad(
         invoke("export", tmp_path / "nan.ckpt", "-o", tmp_path / "m.onnx"),
-        "the fit diverged: its network weights contain NaN/inf; nothing to export",
+        "nan.ckpt is a damaged dip-compile checkpoint, or one of a fit that diverged: weight",
         tmp_path / "m.onnx",
     )
-    with pytest.raises(DipError, match="fit diverged"):
-        exporters.plan_export(load_checkpoint(tmp_path / "nan.ckpt"))
+    with pytest.raises(DipError, match="one of a fit that diverged"):
+        load_checkpoint(tmp_path / "nan.ckpt")
+    with pytest.raises(DipError, match="fit diverged"):  # a checkpoint made in memory is checked by the export
+        exporters.plan_export(Checkpoint(fitter.config, fitter.problem, fitter.state_dict(), {}))
 
 
 def test_agreement_counts_non_finite_values_and_they_never_pass(fitted):
@@ -444,3 +448,31 @@ def test_portable_profile_reproduces_the_fit_image_in_opencv_dnn_and_onnx_runtim
     np.save(tmp_path / "p.noise.npy", noise + 0.01)
     with pytest.raises(exporters.replay.ReplayError, match="p.noise.npy does not match the model's noise checksum"):
         exporters.run_file(out, "onnx")
+
+
+def test_a_full_disk_during_a_pt2_export_is_the_one_line_error_without_torchs_warnings(fitted, tmp_path, monkeypatch):
+    _, ckpt = fitted
+    real_save, real_write = torch.export.save, Path.write_bytes
+
+    def save_with_a_warning(*args, **kwargs):  # what torch printed before the error on a full disk
+        warnings.warn("a note torch gives while exporting", UserWarning, stacklevel=2)
+        return real_save(*args, **kwargs)
+
+    def full_disk(self, data):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(torch.export, "save", save_with_a_warning)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with monkeypatch.context() as full:
+            full.setattr(Path, "write_bytes", full_disk)
+            code, err = dipc("export", ckpt, "-o", tmp_path / "m.pt2", "--format", "pt2")
+        assert code == 2 and err.count("\n") == 1 and "no space left on the device while writing" in err, err
+        assert [str(w.message) for w in seen] == []
+        assert list(tmp_path.iterdir()) == []
+        # once the file is written, torch's warnings are shown as they always were
+        code, err = dipc("export", ckpt, "-o", tmp_path / "m.pt2", "--format", "pt2")
+        assert code == 0, err
+        assert [str(w.message) for w in seen] == ["a note torch gives while exporting"]

@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from dip_compile.config import FitConfig, NetConfig
+from dip_compile.config import ConfigError, FitConfig, NetConfig
 from dip_compile.degradations import Downsampler
-from dip_compile.network import build_network, count_parameters, make_input
-from dip_compile.presets import PAPER_INPAINT_NET, PAPER_NET
+from dip_compile.network import GENERATORS, build_network, count_parameters, make_input
+from dip_compile.presets import PAPER_INPAINT_NET, PAPER_NET, PRESETS
+from dip_compile.problem import canvas_for
 
 
 def test_paper_denoising_net_has_the_original_parameter_count():
@@ -188,3 +189,42 @@ def test_save_memory_keeps_far_fewer_activations_for_the_backward_pass():
     default = kept_bytes(PAPER_NET, (64, 64), "fp32")
     saving = kept_bytes(PAPER_NET, (64, 64), "fp32", save_memory=True)
     assert saving < 0.35 * default
+
+
+def geometry_of(preset_name: str, generator: str) -> NetConfig:
+    """A preset's network with ``generator``, as ``dipc fit --preset NAME --generator G`` builds it, at 4 channels a
+    level (and at most 2 per skip): the geometry (depth, kernels, strides, padding, upsampling) is the preset's."""
+    from dip_compile.restore import NetShape
+
+    net = next(p for p in PRESETS if p.name == preset_name).config.net
+    skips = ",".join(str(min(c, 2)) for c in net.channels_skip)
+    noise_depth = 4 if generator == "skip" and net.input_kind == "noise" else None
+    return NetShape(generator=generator, channels="4", skip_channels=skips, input_depth=noise_depth).apply(net)
+
+
+@pytest.mark.parametrize("generator", list(GENERATORS))
+@pytest.mark.parametrize("preset_name", [p.name for p in PRESETS])
+def test_every_preset_and_generator_runs_at_its_smallest_canvas_and_refuses_a_smaller_one(preset_name, generator):
+    cfg = geometry_of(preset_name, generator)
+    side = cfg.min_side
+    assert canvas_for(cfg, (1, 1)) == (side, side)  # the smallest image is fitted on this canvas
+    for canvas in ((side, side), (side, side + cfg.multiple)):
+        cfg.check_canvas(canvas)
+        torch.manual_seed(0)
+        net = build_network(cfg).train()  # train mode: BatchNorm needs more than one value per channel
+        guide = torch.rand(1, cfg.input_depth, *canvas) if cfg.input_kind == "image" else None
+        out = net(make_input(cfg, *canvas, seed=0, guide=guide))
+        assert out.shape == (1, cfg.output_channels, *canvas) and bool(torch.isfinite(out).all())
+    for smaller in ((side - 1, side), (side, side - cfg.multiple)):
+        with pytest.raises(ConfigError, match=f"at least {side} px"):
+            cfg.check_canvas(smaller)
+
+
+def test_the_smallest_canvas_of_five_by_five_kernels_is_tight():
+    """The library preset (depth 6, 5x5 down kernels): 3 px at the coarsest level, 192 px a side; one level less
+    is the padding failure that the memory estimate once hit at 128 px."""
+    cfg = geometry_of("library", "skip")
+    assert (cfg.min_coarsest, cfg.min_side) == (3, 192)
+    net = build_network(cfg).train()
+    with pytest.raises(RuntimeError, match="Padding size should be less than"):
+        net(make_input(cfg, 128, 128, seed=0))

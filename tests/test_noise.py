@@ -92,6 +92,8 @@ def test_noise_and_loss_bad_input_is_one_line(tmp_path: Path):
         (("denoise", "--loss", "poisson"), "--loss poisson needs --peak"),
         (("denoise", "--loss", "poisson", "--peak", "0"), "--peak must be a finite number in (0, 1e+06]"),
         (("super-resolve", "--loss", "poisson", "--peak", "5"), "--loss poisson does not fit super-resolve"),
+        (("denoise", "--peak", "10"), "--peak only applies to --loss poisson"),
+        (("denoise", "--loss", "l1", "--peak", "10"), "--peak only applies to --loss poisson"),
         (("denoise", "--noise", "poisson:5", "--sigma", "5"), "give --sigma or --noise, not both"),
         (("super-resolve", "--noise", "impulse:0.1"), "--noise makes evaluation data from a clean IMAGE"),
         (("denoise", "--noise", "blur:2"), "--noise 'blur:2' does not parse"),

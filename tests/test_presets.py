@@ -299,3 +299,14 @@ def test_generator_option_fits_checkpoints_and_resumes(tmp_path: Path, generator
     code, err = dipc("fit", "--resume", ckpt, "-o", out, "--iterations", "5", "--force", "-q")
     assert code == 0, err
     assert load_checkpoint(ckpt).iteration == 3  # resume wrote its image, the checkpoint stays where it was
+
+
+def test_library_preset_fits_an_image_smaller_than_its_smallest_canvas(tmp_path: Path):
+    """Depth 6 with 5x5 kernels needs 192 px (3 at the coarsest level): a 128x128 image is fitted on that canvas and
+    cropped back (the memory estimate probed the network at 128 px and crashed in a padding)."""
+    image = save_png(smooth_image(128, 128), tmp_path / "i.png")
+    out = tmp_path / "o.png"
+    library = ("--preset", "library", "--channels", "4", "--iterations", "1", "-q")
+    code, err = dipc("fit", "inpaint", image, "--text", "-o", out, *library)
+    assert code == 0, err
+    assert Image.open(out).size == (128, 128)

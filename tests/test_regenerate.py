@@ -387,3 +387,46 @@ def test_nan_image_is_reported_as_non_finite_and_never_passes_a_check(exported, 
     assert check["nonfinite"] == 48 and check["identical_8bit"] == 1.0 and not replay.passes(check)
     finite = replay.compare(np.zeros((1, 3, 4, 4), np.float32), np.zeros((4, 4, 3), np.uint8))
     assert finite["nonfinite"] == 0 and replay.passes(finite)
+
+
+def unsealed(model: Path, path: Path, edit=None) -> Path:
+    """The model with ``edit`` applied and its seal deleted, as someone hiding an edit would leave it."""
+
+    def strip(proto: onnx.ModelProto) -> None:
+        if edit is not None:
+            edit(proto)
+        set_meta(proto, integrity_sha256=None)
+
+    return edited(model, path, strip, resealed=False)
+
+
+@pytest.mark.parametrize("edit", [None, nan_bias], ids=["seal deleted", "weight edited, seal deleted"])
+def test_an_unsealed_model_is_refused_unless_allowed_by_name(exported, tmp_path, edit, capsys):
+    model = unsealed(exported["model"], tmp_path / "u.onnx", edit)
+    one_line_exit_2(model, "no integrity seal (integrity_sha256)")
+    with pytest.raises(replay.ReplayError, match="--allow-unsealed"):
+        replay.regenerate(model, None, check=exported["fit"])
+    # --info still describes it
+    assert replay.main([str(model), "--info"]) == 0
+    assert json.loads(capsys.readouterr().out)["integrity"] == "unsealed"
+    # asked for by name, it runs, in the program and in dipc regenerate alike
+    out = tmp_path / "u.png"
+    assert replay.main([str(model), "-o", str(out), "--allow-unsealed"]) == 0
+    again = invoke("regenerate", model, "-o", tmp_path / "v.png", "--allow-unsealed")
+    assert again.exit_code == 0, again.output
+    same = np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(exported["fit"])))
+    assert same == (edit is None)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "v.png")))
+
+
+@pytest.mark.parametrize("what", ["folder that does not exist", "name too long"])
+def test_export_and_regenerate_refuse_an_output_spelled_as_a_folder_or_too_long(exported, tmp_path, what, capsys):
+    name = "newdir/" if what == "folder that does not exist" else "x" * 300 + ".onnx"
+    needle = "ends with a path separator" if name.endswith("/") else "is too long"
+    result = invoke("export", exported["dir"] / "fit.ckpt", "-o", f"{tmp_path}/{name}")
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    one_line_exit_2(exported["model"], needle, "-o", f"{tmp_path}/{name}")
+    assert replay.main([str(exported["model"]), "-o", f"{tmp_path}/{name}"]) == 2
+    assert needle in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ per checkpoint, each format written atomically, and optionally each file rerun a
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,20 @@ def output_paths(checkpoints: list[Path], output: Path, fmt: str) -> list[tuple[
     return [(c, f.value, output / (c.stem + SUFFIX[f])) for c in checkpoints for f in formats]
 
 
+def _show(seen: list[warnings.WarningMessage]) -> None:
+    """Shows, once a file is written, the warnings torch gave while making it (under the filters in force). After a
+    failure (a full disk) they are dropped: the one-line error is what the user needs, not torch's notes before it."""
+    for w in seen:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _is_folder(path: str | Path) -> bool:
+    try:
+        return Path(path).is_dir()
+    except OSError:  # a name too long to look up: not a folder, and output_path says why it cannot be a file
+        return False
+
+
 def fit_image_note(metadata: dict[str, str]) -> str | None:
     """A hint when an explicit --image exported another image than the one the fit returned (``--image fit``,
     the default, always exports that one)."""
@@ -95,9 +110,13 @@ def export_checkpoints(
     ``options``, or keyword choices over the defaults (``fmt="onnx", image="fit", bn=..., weights=..., noise=...,
     verify=..., force=...``, strings or Enums), so library callers need not build an ExportOptions."""
     from ..checkpoint import load_checkpoint
-    from ..imageio import check_output
+    from ..imageio import check_output, output_path
 
     options = dataclasses.replace(options or DEFAULTS, **choices)
+    if not _is_folder(output):  # a file: its spelling is checked as text, since Path() drops a trailing separator
+        if replay.names_folder(output):
+            raise DipError(f"output {output} ends with a path separator, but there is no such folder")
+        output_path(output)
     jobs = output_paths([Path(c) for c in checkpoints], Path(output), options.fmt)
     for _, f, path in jobs:
         check_output(path, options.force)
@@ -120,10 +139,12 @@ def export_checkpoints(
     written = []
     for ckpt_path, f, path in jobs:
         plan = plans[ckpt_path]
-        if f == "onnx":
-            write_onnx(plan, path, overwrite=options.force)
-        else:
-            write_torch(plan, path, f, overwrite=options.force)
+        with warnings.catch_warnings(record=True) as seen:  # held back until the file is written: see _show
+            if f == "onnx":
+                write_onnx(plan, path, overwrite=options.force)
+            else:
+                write_torch(plan, path, f, overwrite=options.force)
+        _show(seen)
         noise_bytes = plan.noise.numel() * 4 if (plan.embed_noise and not plan.portable) or f != "onnx" else 0
         result = Written(
             ckpt_path,
