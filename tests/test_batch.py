@@ -483,3 +483,16 @@ def test_the_summary_table_is_whole_in_a_narrow_terminal_and_in_a_log(tmp_path, 
         assert table[1].split() == ["job", "task", "status", "iterations", "seconds", "stop_reason", "error"]
         assert table[2].split()[:3] == ["a_rather_long_job_name_for_the_first_image", "denoise", "done"]
         assert table[3].split()[:3] == ["another_long_name_whose_mask_is_too_small", "inpaint", "failed"]
+
+
+def test_mean_ssim_leaves_out_jobs_whose_image_is_too_small_for_ssim():
+    from dip_compile.batch.runner import Outcome
+    from dip_compile.batch.summary import means
+
+    rows = [
+        Outcome("a", "denoise", "done", psnr=30.0, ssim=0.8),
+        Outcome("tiny", "denoise", "done", psnr=20.0, ssim=None),  # an 8x8 image: SSIM not defined
+    ]
+    m = means(rows)["denoise"]
+    assert m["mean_psnr"] == 25.0 and m["mean_ssim"] == 0.8
+    assert means(rows[1:])["denoise"]["mean_ssim"] is None

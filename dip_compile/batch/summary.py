@@ -18,17 +18,19 @@ COLUMNS = ("job", "task", "status", "iterations", "seconds", "psnr", "ssim", "st
 
 
 def means(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Any]]:
-    """Per task: jobs, failures, and the mean PSNR/SSIM of the jobs with a reference."""
+    """Per task: jobs, failures, and the mean PSNR/SSIM of the jobs with a reference (SSIM over the jobs that have
+    one: it is not defined for images smaller than its window)."""
     result: dict[str, dict[str, Any]] = {}
     for task in sorted({o.task for o in outcomes}):
         rows = [o for o in outcomes if o.task == task]
         scored = [o for o in rows if o.ok and o.psnr is not None]
+        ssims = [o.ssim for o in scored if o.ssim is not None]
         result[task] = {
             "jobs": len(rows),
             "failed": sum(o.status == "failed" for o in rows),
             "scored": len(scored),
             "mean_psnr": sum(o.psnr for o in scored) / len(scored) if scored else None,  # type: ignore[misc]
-            "mean_ssim": sum(o.ssim or 0.0 for o in scored) / len(scored) if scored else None,
+            "mean_ssim": sum(ssims) / len(ssims) if ssims else None,
         }
     return result
 
