@@ -446,7 +446,7 @@ def test_a_checkpoint_holding_nan_or_inf_is_refused_as_damaged_in_one_line(tmp_p
     assert state["ema"] is not None and state["stopper"]["best_image"] is not None
 
     def poison(t: torch.Tensor, value: float = float("nan")) -> None:
-        t.view(-1)[0] = value
+        t[(0,) * t.dim()] = value  # in place whatever the layout (a bf16 fit keeps channels-last images)
 
     damages = {
         "weight": lambda p: poison(p["state"]["net"]["head.0.weight"]),
