@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
+    sys.path.insert(0, str(ROOT))
 
-from quality import fit_size  # noqa: E402
-
+from benchmarks.quality import fit_size  # noqa: E402
 from dip_compile import exporters, presets  # noqa: E402
 from dip_compile.checkpoint import load_checkpoint  # noqa: E402
 from dip_compile.export_options import ExportOptions  # noqa: E402
