@@ -13,20 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from dip_compile import exporters
+from dip_compile.checkpoint import load_checkpoint
+from dip_compile.replay import regenerate as replay
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dip_compile import exporters  # noqa: E402
-from dip_compile.checkpoint import load_checkpoint  # noqa: E402
-from dip_compile.replay import regenerate as replay  # noqa: E402
-
 RESULTS = ROOT / "benchmarks" / "results"
 
 

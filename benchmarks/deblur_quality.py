@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
+    sys.path.insert(0, str(ROOT))
 
-from cases import grid_main, grid_parser  # noqa: E402
-from quality import fit_size  # noqa: E402
-
+from benchmarks.cases import grid_main, grid_parser  # noqa: E402
+from benchmarks.quality import fit_size  # noqa: E402
 from dip_compile.baselines import richardson_lucy, wiener_deconvolve  # noqa: E402
 from dip_compile.checkpoint import load_checkpoint  # noqa: E402
 from dip_compile.imageio import load_image, save_image, save_side_by_side  # noqa: E402

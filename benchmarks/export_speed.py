@@ -32,18 +32,16 @@ from typing import Any
 
 import torch
 
+from dip_compile import exporters
+from dip_compile.checkpoint import load_checkpoint, save_checkpoint
+from dip_compile.config import Structure, Upsample
+from dip_compile.fitting import Fitter
+from dip_compile.imageio import load_image, load_mask
+from dip_compile.presets import preset
+from dip_compile.problem import add_noise, make_problem
+from dip_compile.replay import regenerate as replay
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dip_compile import exporters  # noqa: E402
-from dip_compile.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from dip_compile.config import Structure, Upsample  # noqa: E402
-from dip_compile.fitting import Fitter  # noqa: E402
-from dip_compile.imageio import load_image, load_mask  # noqa: E402
-from dip_compile.presets import preset  # noqa: E402
-from dip_compile.problem import add_noise, make_problem  # noqa: E402
-from dip_compile.replay import regenerate as replay  # noqa: E402
-
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -31,17 +31,15 @@ from typing import Any
 
 import torch
 
+from dip_compile.acceleration import capability
+from dip_compile.config import FitConfig
+from dip_compile.fitting import Fitter
+from dip_compile.imageio import load_image
+from dip_compile.metrics import psnr
+from dip_compile.presets import preset
+from dip_compile.problem import Problem, add_noise, make_problem
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dip_compile.acceleration import capability  # noqa: E402
-from dip_compile.config import FitConfig  # noqa: E402
-from dip_compile.fitting import Fitter  # noqa: E402
-from dip_compile.imageio import load_image  # noqa: E402
-from dip_compile.metrics import psnr  # noqa: E402
-from dip_compile.presets import preset  # noqa: E402
-from dip_compile.problem import Problem, add_noise, make_problem  # noqa: E402
-
 DATA = ROOT.parent / "shared" / "data"
 
 

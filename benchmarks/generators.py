@@ -24,10 +24,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
+    sys.path.insert(0, str(ROOT))
 
-from quality import fit_size  # noqa: E402
-
+from benchmarks.quality import fit_size  # noqa: E402
 from dip_compile.fitting import Fitter, LogRecord  # noqa: E402
 from dip_compile.imageio import load_image  # noqa: E402
 from dip_compile.network import count_parameters  # noqa: E402

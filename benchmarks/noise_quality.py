@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
+    sys.path.insert(0, str(ROOT))
 
-from cases import grid_main, grid_parser  # noqa: E402
-from quality import fit_size  # noqa: E402
-
+from benchmarks.cases import grid_main, grid_parser  # noqa: E402
+from benchmarks.quality import fit_size  # noqa: E402
 from dip_compile.baselines import anscombe_filter, gaussian_filter, median_filter  # noqa: E402
 from dip_compile.checkpoint import load_checkpoint  # noqa: E402
 from dip_compile.imageio import load_image, save_image  # noqa: E402

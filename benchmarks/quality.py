@@ -32,15 +32,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dip_compile import presets
+from dip_compile.baselines import diffusion_fill
+from dip_compile.checkpoint import load_checkpoint
+from dip_compile.imageio import load_image, save_image, save_side_by_side
+from dip_compile.metrics import psnr
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dip_compile import presets  # noqa: E402
-from dip_compile.baselines import diffusion_fill  # noqa: E402
-from dip_compile.checkpoint import load_checkpoint  # noqa: E402
-from dip_compile.imageio import load_image, save_image, save_side_by_side  # noqa: E402
-from dip_compile.metrics import psnr  # noqa: E402
-
 CASES = ("kate", "denoise", "sr", "text", "holes")
 QUICK = dict(size=64, iterations=400, denoise_iterations=1500, stop_window=50, stop_patience=300)
 

@@ -35,12 +35,11 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
+    sys.path.insert(0, str(ROOT))
 
-from quality import fit_size  # noqa: E402
-from stopping_study import curves, kept_psnr, replay  # noqa: E402
-
+from benchmarks.quality import fit_size  # noqa: E402
+from benchmarks.stopping_study import curves, kept_psnr, replay  # noqa: E402
 from dip_compile.imageio import load_image  # noqa: E402
 
 SCHEDULES = [

@@ -15,6 +15,7 @@ and per case where each rule stopped. Prints tables, writes ``stopping_study.jso
 
     python benchmarks/stopping_study.py --size 96 --iterations 3000 --images F16_GT.png kate.png zebra_GT.png \
         --noises gaussian:25 gaussian:50
+    python benchmarks/stopping_study.py --replay benchmarks/results/schedule/schedule_study_256.json  # its runs
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
+    sys.path.insert(0, str(ROOT))
 
-from quality import fit_size  # noqa: E402
-
+from benchmarks.quality import fit_size  # noqa: E402
 from dip_compile.fitting import Fitter  # noqa: E402
 from dip_compile.imageio import load_image  # noqa: E402
 from dip_compile.noise import parse_noise  # noqa: E402
@@ -118,6 +119,44 @@ def kept_psnr(c: dict[str, Any], chosen: int, stop: int, lag: int = LAG) -> floa
     return next(p for it, p in zip(reversed(c["iteration"]), reversed(c["psnr_ema"]), strict=True) if it <= kept)
 
 
+def load_cases(path: Path) -> list[dict[str, Any]]:
+    """The curves of a saved study to replay: this study's ``cases``, or ``schedule_study.py``'s ``runs`` (the same
+    recording per image, noise and schedule, so each run replays as a case)."""
+    saved = json.loads(path.read_text())
+    if "cases" in saved:
+        return list(saved["cases"])
+    if "runs" in saved:
+        return list(saved["runs"])
+    raise ValueError(f"{path}: no 'cases' (stopping_study.py) or 'runs' (schedule_study.py) to replay")
+
+
+def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rule, with and without the burn-in, replayed on every case: the gaps to the best PSNR and run shares."""
+    summary = []
+    for burn_in in (BURN_IN, 0):
+        for rule, value in RULES:
+            gaps, shares, per_case = [], [], []
+            for c in cases:
+                stop, chosen = replay(c, rule, value, burn_in)
+                best = max(c["psnr_ema"])
+                got = kept_psnr(c, chosen, stop)
+                gaps.append(best - got)
+                shares.append(stop / c["iteration"][-1])
+                per_case.append(f"{stop} ({best - got:.2f})")
+            summary.append(
+                {
+                    "rule": rule,
+                    "value": value,
+                    "burn_in": burn_in,
+                    "mean_gap_db": sum(gaps) / len(gaps),
+                    "worst_gap_db": max(gaps),
+                    "mean_run_share": sum(shares) / len(shares),
+                    "stops": per_case,
+                }
+            )
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -127,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--replay", type=Path, help="replay the rules on a saved JSON's curves, fit nothing")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        help="replay the rules on a saved JSON's curves (this study's or schedule_study.py's), fit nothing",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.out / "stopping_study.json"
-    cases: list[dict[str, Any]] = json.loads(args.replay.read_text())["cases"] if args.replay else []
+    cases = load_cases(args.replay) if args.replay else []
     if not args.replay:
         args.out.mkdir(parents=True, exist_ok=True)
         for name in args.images:
@@ -144,32 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 result = {"machine": platform.platform(), "torch": torch.__version__, "cases": cases}
                 path.write_text(json.dumps(result))
-    rules = [(rule, v, burn_in) for burn_in in (BURN_IN, 0) for rule, v in RULES]
-    summary = []
+    summary = summarise(cases)
     print(f"{'rule':>26} | mean gap dB | worst gap dB | mean run share | per case: stop it (gap dB)")
-    for rule, value, burn_in in rules:
-        gaps, shares, per_case = [], [], []
-        for c in cases:
-            stop, chosen = replay(c, rule, value, burn_in)
-            best = max(c["psnr_ema"])
-            got = kept_psnr(c, chosen, stop)
-            gaps.append(best - got)
-            shares.append(stop / c["iteration"][-1])
-            per_case.append(f"{stop} ({best - got:.2f})")
-        row = {
-            "rule": rule,
-            "value": value,
-            "burn_in": burn_in,
-            "mean_gap_db": sum(gaps) / len(gaps),
-            "worst_gap_db": max(gaps),
-            "mean_run_share": sum(shares) / len(shares),
-            "stops": per_case,
-        }
-        summary.append(row)
-        label = f"{rule}{'' if burn_in else ' no burn-in'} {value:g}"
+    for row in summary:
+        label = f"{row['rule']}{'' if row['burn_in'] else ' no burn-in'} {row['value']:g}"
         print(
             f"{label:>26} | {row['mean_gap_db']:11.3f} | {row['worst_gap_db']:12.3f} | "
-            f"{row['mean_run_share']:14.2f} | {', '.join(per_case)}"
+            f"{row['mean_run_share']:14.2f} | {', '.join(row['stops'])}"
         )
     if not args.replay:
         result = {"machine": platform.platform(), "torch": torch.__version__, "cases": cases, "rules": summary}

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
+    sys.path.insert(0, str(ROOT))
 
-from quality import fit_size  # noqa: E402
-
+from benchmarks.quality import fit_size  # noqa: E402
 from dip_compile.errors import DipError  # noqa: E402
 from dip_compile.imageio import load_image, save_image  # noqa: E402
 from dip_compile.metrics import psnr  # noqa: E402

@@ -22,14 +22,19 @@ def ssim_defined(x: torch.Tensor, window: int = SSIM_WINDOW) -> bool:
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM (Wang et al. 2004, Gaussian window) over channels; inputs (N, C, H, W) or (C, H, W). Images smaller
-    than the window have no SSIM (``ssim_defined``): a ValueError rather than a convolution's error."""
+    than the window have no SSIM (``ssim_defined``): a ValueError rather than a convolution's error.
+
+    It is scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    data_range=1)``: the mean over the pixels whose window lies inside the image. It computes in float64 (a 0-d
+    float64 tensor) because the variances are E[x^2] - E[x]^2: in float32 their rounding (~1e-7) is not small next to
+    C2 = 9e-4 on flat regions, which moved a near-identical pair's SSIM by up to 2e-4 (tests/test_metrics.py)."""
     if not ssim_defined(x, window):
         raise ValueError(f"SSIM is not defined below {window}x{window} pixels, got {x.shape[-1]}x{x.shape[-2]}")
     if x.dim() == 3:
         x, y = x.unsqueeze(0), y.unsqueeze(0)
-    x, y = x.float(), y.float()
+    x, y = x.double(), y.double()
     c = x.shape[1]
-    coords = torch.arange(window, dtype=torch.float32, device=x.device) - (window - 1) / 2
+    coords = torch.arange(window, dtype=torch.float64, device=x.device) - (window - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
     kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
