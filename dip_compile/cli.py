@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -37,6 +37,9 @@ from .export_options import (
     Provider,
     Weights,
 )
+
+if TYPE_CHECKING:
+    from .fitjob import FitJob
 
 app = typer.Typer(
     add_completion=False,
@@ -290,9 +293,9 @@ def fit(
         raise typer.Exit(code)
 
 
-def fit_job(params: dict[str, Any]) -> Any:
-    """The ``restore.FitJob`` of ``dipc fit``'s parsed options (by parameter name)."""
-    from . import restore
+def fit_job(params: dict[str, Any]) -> FitJob:
+    """The ``FitJob`` of ``dipc fit``'s parsed options (by parameter name)."""
+    from .fitjob import FitJob, NetShape  # (imports torch: not at the top, so that dipc --help stays fast)
 
     p = dict(params)
     if p["output"] is None and not p["dry_run"]:
@@ -322,7 +325,7 @@ def fit_job(params: dict[str, Any]) -> Any:
         "save_memory": p["save_memory"] or None,
     }
     generator, net_input, task = p["generator"], p["net_input"], p["task"]
-    return restore.FitJob(
+    return FitJob(
         output=p["output"] or Path("dry-run.png"),
         task=task.value if task is not None else None,
         image=p["image"],
@@ -338,7 +341,7 @@ def fit_job(params: dict[str, Any]) -> Any:
         noise=p["noise"],
         preset=p["preset"],
         paper_exact=p["paper_exact"],
-        net=restore.NetShape(
+        net=NetShape(
             generator=generator.value if generator is not None else None,
             structure=p["structure"],
             depth=p["depth"],
@@ -370,8 +373,8 @@ def fit_job(params: dict[str, Any]) -> Any:
     )
 
 
-def parse_fit_args(args: list[str]) -> Any:
-    """``dipc fit ARGS`` parsed into its ``restore.FitJob`` without running it (``dipc batch`` and manifests use it,
+def parse_fit_args(args: list[str]) -> FitJob:
+    """``dipc fit ARGS`` parsed into its ``FitJob`` without running it (``dipc batch`` and manifests use it,
     so a job's options are exactly ``dipc fit``'s). Bad options raise ``DipError``."""
     fit_command = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
     try:
@@ -465,7 +468,7 @@ def batch(
         )
         console.print(f"[{count[0]}/{total}] {o.job}: {o.status}: {detail}", markup=False)
 
-    outcomes, interrupted = batching.run_batch(jobs, options, on_outcome=line, notify=console.print)
+    outcomes, interrupted = batching.run_batch(jobs, options, parse_fit_args, on_outcome=line, notify=console.print)
     written = batching.summary.summary_paths(outdir, shard)
     if not quiet:
         title = f"dipc batch: {len(outcomes)} of {total} jobs"

@@ -14,16 +14,18 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from .acceleration import Fallback, build_step, choose, fp32_plan
+from .acceleration import Fallback, choose, fp32_plan
 from .config import Choice, FinalImage, FitConfig
 from .metrics import psnr
 from .network import build_network, make_input, set_save_memory
 from .problem import CenterCrop, Problem
 from .schedule import learning_rate
+from .steps import EagerStep as EagerStep  # (re-exported: its home before steps.py)
+from .steps import Step, build_step
 from .stopping import make_stopper
 
 
@@ -152,42 +154,6 @@ def returned_image(
         assert problem.mask is not None
         return paste_known(image, problem.mask, problem.observation)
     return image
-
-
-class Step(Protocol):
-    """One fitting step (forward, loss, backward), the optimizer step, and the NaN/inf count since the last poll."""
-
-    name: str
-
-    def __call__(
-        self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
-
-    def poll(self) -> int: ...
-
-
-class EagerStep:
-    """Forward, loss and backward; the optimizer step runs outside so backtracking can act in between."""
-
-    name = "eager"
-
-    def __init__(self, net: torch.nn.Module, problem: Problem, crop: CenterCrop) -> None:
-        self.net, self.problem, self.crop = net, problem, crop
-
-    def __call__(self, net_input: torch.Tensor, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
-        optimizer.zero_grad(set_to_none=True)
-        out = self.crop(self.net(net_input))
-        loss = self.problem.loss(out)
-        loss.backward()
-        return loss.detach(), out.detach()
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
-
-    def poll(self) -> int:
-        return 0  # fp32 needs no NaN guard
 
 
 def stop_flag(

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import DipError
+
+if TYPE_CHECKING:  # (the CLI reads SPECS without importing torch)
+    import torch
 
 MAX_KERNEL_SIDE = 255
 SPECS = "gaussian:SIGMA, motion:LENGTH,ANGLE, box:SIZE or a kernel file (.png or .npy)"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DipError
-from .problem import add_noise
+
+if TYPE_CHECKING:  # (torch only where noise is applied: the CLI parses --noise without it)
+    import torch
 
 SPECS = "gaussian:SIGMA (0-255 scale), poisson:PEAK or impulse:FRACTION"
 
@@ -29,6 +30,10 @@ class Noise:
 
     def apply(self, image: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """The noisy observation of ``image`` (any shape ``(..., C, H, W)`` in [0, 1]), clipped to [0, 1]."""
+        import torch
+
+        from .problem import add_noise
+
         if self.kind == "gaussian":
             return add_noise(image, self.value / 255.0, seed)  # what --sigma has always added
         generator = torch.Generator().manual_seed(seed)

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .acceleration import DTYPES, AcceleratedStep
+from .acceleration import DTYPES
 from .fitting import Fitter, Session, StepRequest
+from .steps import AcceleratedStep
 
 T = TypeVar("T")
 Reply = tuple[torch.Tensor, torch.Tensor]
@@ -99,7 +100,7 @@ class PackedStep:
         for f, (loss, out) in zip(fitters, replies, strict=True):
             step = getattr(f.step, "inner", f.step)  # a CUDA-graph step wraps the accelerated one
             if isinstance(step, AcceleratedStep) and step.guarded:  # bf16: the NaN/inf guard, per fit
-                loss, out = step._guard(loss, out, f.optimizer)
+                loss, out = step.guard(loss, out, f.optimizer)
             guarded.append((loss, out))
         return guarded
 

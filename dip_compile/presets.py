@@ -11,8 +11,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from .config import Downsample, FinalImage, FitConfig, InputKind, NetConfig, StopRule, Task, Upsample
 from .errors import DipError
 
@@ -59,6 +57,8 @@ class Preset:
         return config.replace(**self.paper, paper_exact=True) if paper_exact else config
 
     def network_parameters(self) -> int:
+        import torch  # (here, not at the top: the CLI lists the presets without importing torch)
+
         from .network import build_network, count_parameters
 
         with torch.device("meta"):  # a count only: no memory, no initialisation

@@ -26,17 +26,20 @@ from typing import Any, Optional
 
 import torch
 
-from . import __version__, restore
+from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FitConfig
 from .errors import DipError
+from .fitjob import INTERRUPTED, FitJob, Outputs, fingerprint, load_problem, resolve_device
 from .fitting import Fitter, Session, stop_flag
 from .imageio import atomic_write, save_image, save_side_by_side
 from .metrics import psnr
+from .preflight import TILED_TASKS, check_memory, dry_run, is_out_of_memory
 from .problem import Problem, make_problem
+from .progress import run_with_progress
 from .report import fit_identity, image_scores, save_report
 
-TASKS = ("denoise", "super-resolve")
+TASKS = TILED_TASKS
 
 
 @dataclass(frozen=True)
@@ -130,14 +133,12 @@ def work_folder(output: Path) -> Path:
     return output.with_name(output.name + ".tiles")
 
 
-def job_fingerprint(job: restore.FitJob) -> str:
+def job_fingerprint(job: FitJob) -> str:
     """What makes the tiles' images: the options (not the outputs or the device) and the input files' contents."""
-    from .batch.jobs import fingerprint
-
     return hashlib.sha256(f"{__version__}:{fingerprint(job)}".encode()).hexdigest()[:16]
 
 
-def check_job(job: restore.FitJob) -> None:
+def check_job(job: FitJob) -> None:
     """The one-line refusals that need no image."""
     tile, overlap = job.tile, job.overlap
     if tile is None:
@@ -191,31 +192,29 @@ def tile_problem(config: FitConfig, whole: Problem, box: Box) -> Problem:
     return make_problem(config, low.crop(whole.observation).clone(), reference=reference)
 
 
-def tiled_session(
-    job: restore.FitJob, console: Any, stop_requested: Optional[Callable[[], bool]] = None
-) -> Session[int]:
+def tiled_session(job: FitJob, console: Any, stop_requested: Optional[Callable[[], bool]] = None) -> Session[int]:
     """``restore.fit_session`` with ``job.tile``: the tiles fitted one after the other, blended into ``job.output``.
     Returns 0, or 130 after Ctrl-C (the finished tiles and the running tile's checkpoint kept for a rerun)."""
     check_job(job)
     assert job.tile is not None
     notes: list[str] = []
-    config, whole = restore.load_problem(job, notes)
+    config, whole = load_problem(job, notes)
     for note in notes:
         console.print(f"note: {note}")
     check_config(config, job.tile, job.overlap)
-    device = restore.resolve_device(str(config.device))
+    device = resolve_device(str(config.device))
     config = config.replace(device=device)
     boxes = grid(whole.size, job.tile, job.overlap, config.factor if config.task == "super-resolve" else 1)
     problems = [tile_problem(config, whole, box) for box in boxes]
     largest = max(problems, key=lambda p: p.canvas[0] * p.canvas[1])
     if job.dry_run:
         console.print(f"dry run: {len(boxes)} tile(s) of {job.tile}x{job.tile} (overlap {job.overlap}), each one:")
-        return restore._dry_run(config, largest, device, console)
-    outputs = restore.Outputs(job.force)
+        return dry_run(config, largest, device, console)
+    outputs = Outputs(job.force)
     outputs.add(job.output, "-o")
     outputs.add(job.report, "--report")
     outputs.add(job.compare, "--compare")
-    guess = restore._check_memory(config, largest, device)
+    guess = check_memory(config, largest, device)
 
     work, key = work_folder(job.output), job_fingerprint(job)
     try:
@@ -243,9 +242,9 @@ def tiled_session(
                 console.print(guess.describe())
             fitted += 1
             try:
-                result = yield from restore._run_with_progress(fitter, config, job, console, outputs, None, stopping)
+                result = yield from run_with_progress(fitter, config, job, console, outputs, None, stopping)
             except Exception as exc:
-                if restore._is_out_of_memory(exc):
+                if is_out_of_memory(exc):
                     raise DipError(
                         f"out of memory while fitting a {box.width}x{box.height} tile: use a smaller --tile or a "
                         "smaller network (--channels, --depth)"
@@ -329,11 +328,11 @@ def _interrupted(console: Any, index: int, n: int, iteration: Optional[int], wor
     where = f"in tile {index + 1}/{n}" + (f" at iteration {iteration}" if iteration is not None else "")
     kept = f"{index} finished tile(s)" + (" and this tile's checkpoint" if iteration is not None else "")
     console.print(f"interrupted {where}: {kept} kept in {work}; rerun the same command to continue")
-    return restore.INTERRUPTED
+    return INTERRUPTED
 
 
 def _report(
-    job: restore.FitJob,
+    job: FitJob,
     config: FitConfig,
     whole: Problem,
     boxes: Sequence[Box],

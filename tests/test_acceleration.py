@@ -3,10 +3,11 @@ import torch
 
 from conftest import dipc, smooth_image, tiny_config
 from dip_compile import acceleration
-from dip_compile.acceleration import AcceleratedStep, Capability, LossModule, choose
+from dip_compile.acceleration import Capability, choose
 from dip_compile.config import NetConfig
 from dip_compile.fitting import EagerStep, Fitter
 from dip_compile.problem import add_noise, make_problem
+from dip_compile.steps import AcceleratedStep, LossModule
 
 CLEAN = smooth_image(32, 32)
 NOISY = add_noise(CLEAN, 25 / 255, seed=0)

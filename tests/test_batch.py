@@ -305,10 +305,11 @@ def test_a_row_cannot_write_outside_outdir(tmp_path, one_image, row, message):
 
 def test_common_flags_cannot_redirect_a_jobs_output(tmp_path, one_image):
     from dip_compile.batch.jobs import fit_job
+    from dip_compile.cli import parse_fit_args
 
     job = BatchJob("a", "denoise", one_image)
     with pytest.raises(ManifestError, match="job a: dipc batch writes OUTDIR/NAME.png itself: drop -o/--output"):
-        fit_job(job, ["--output", str(tmp_path / "elsewhere.png")], tmp_path / "out")
+        fit_job(job, ["--output", str(tmp_path / "elsewhere.png")], tmp_path / "out", parse_fit_args)
 
 
 @pytest.mark.parametrize("name", ["summary", "Summary.png", "SUMMARY-0-of-2", "checkpoints", ".partial", ".dipc-batch"])

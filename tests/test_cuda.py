@@ -20,13 +20,13 @@ from typer.testing import CliRunner
 
 from conftest import smooth_image, tiny_config
 from dip_compile import acceleration, exporters
-from dip_compile.acceleration import AcceleratedStep, CudaGraphStep
 from dip_compile.checkpoint import load_checkpoint, save_checkpoint
 from dip_compile.cli import app
 from dip_compile.fitting import EagerStep, Fitter, StepRequest
 from dip_compile.metrics import psnr
 from dip_compile.packing import PackedStep, drive_packed, pack_key
 from dip_compile.problem import add_noise, make_problem
+from dip_compile.steps import AcceleratedStep, CudaGraphStep
 
 DEVICE_NAME = os.environ.get("DIPC_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
 pytestmark = pytest.mark.skipif(not DEVICE_NAME, reason="no CUDA GPU here and DIPC_TEST_DEVICE is not set")

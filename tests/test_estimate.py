@@ -3,7 +3,7 @@ import re
 import pytest
 
 from conftest import dipc, save_png, smooth_image, tiny_config
-from dip_compile import estimate, restore
+from dip_compile import estimate, preflight
 from dip_compile.presets import preset
 
 
@@ -38,7 +38,7 @@ def test_a_fit_too_large_for_memory_names_the_largest_size_and_the_options_that_
     image = save_png(smooth_image(256, 256), tmp_path / "big.png")
     saving = preset("denoise").replace(stop="fixed", save_memory=True)
     fits = estimate.estimate(saving, (256, 256), 3, "cpu", precision="fp32").peak_bytes  # only --save-memory fits
-    monkeypatch.setattr(restore, "available_bytes", lambda device: (fits / restore.MEMORY_SHARE * 1.02, "memory"))
+    monkeypatch.setattr(preflight, "available_bytes", lambda device: (fits / preflight.MEMORY_SHARE * 1.02, "memory"))
     code, stderr = dipc("fit", "denoise", image, "-o", tmp_path / "o.png", "--precision", "fp32", "--stop", "fixed")
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
     largest = re.search(r"at most about (\d+)x(\d+)", stderr)

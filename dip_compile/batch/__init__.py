@@ -1,8 +1,9 @@
 """Many fits: ``dipc batch`` over a folder or a manifest, packed on one device or spread over a Ray cluster."""
 
 from . import summary
+from .driver import run_batch
 from .jobs import BatchJob, ManifestError, load_jobs, shard
-from .runner import BatchOptions, Outcome, run_batch
+from .runner import BatchOptions, Outcome
 from .summary import write_summary
 
 __all__ = [

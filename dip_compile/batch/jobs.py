@@ -8,19 +8,19 @@ before fitting is checked here, for every job, so a bad manifest stops the batch
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import json
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from ..config import Task
 from ..errors import DipError
+from ..fitjob import FitJob
+from ..fitjob import fingerprint as fingerprint  # (re-exported: its home before fitjob.py)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 COLUMNS = ("image", "task", "mask", "factor", "preset", "reference", "output", "options")
@@ -70,13 +70,12 @@ class BatchJob:
         return [*args, *common, *self.options]
 
 
-def fit_job(job: BatchJob, common: Sequence[str], outdir: Path) -> Any:
-    """The job's ``restore.FitJob`` writing OUTDIR/NAME.png; bad options raise ``ManifestError`` naming the job."""
-    from ..cli import parse_fit_args
-
+def fit_job(job: BatchJob, common: Sequence[str], outdir: Path, parse: Callable[[list[str]], FitJob]) -> FitJob:
+    """The job's ``FitJob`` writing OUTDIR/NAME.png, its flags parsed by ``parse`` (the CLI's ``parse_fit_args``:
+    handed in, since the batch sits below the CLI); bad options raise ``ManifestError`` naming the job."""
     output = outdir / f"{job.name}.png"
     try:
-        parsed = parse_fit_args(job.fit_args(common, output))
+        parsed = parse(job.fit_args(common, output))
     except DipError as exc:
         raise ManifestError(f"job {job.name}: {exc}") from None
     for name, flag in BATCH_OWNED.items():
@@ -88,29 +87,6 @@ def fit_job(job: BatchJob, common: Sequence[str], outdir: Path) -> Any:
             "(the output column names a job's files)"
         )
     return parsed
-
-
-def fingerprint(fit_job: Any) -> str:
-    """What makes a job's result: its problem and settings, with input files by content (not by path). A rerun
-    skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
-    ignored = {"output", "checkpoint", "resume", "report", "compare", "snapshot_every", "checkpoint_every"}
-    ignored |= {"force", "quiet", "status_every", "report_extra"}
-    fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
-    # where and how frugally it runs is not what it is
-    settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
-    text = json.dumps({**fields, "settings": settings}, sort_keys=True, default=_content)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _content(value: Any) -> Any:
-    if isinstance(value, Path):
-        try:
-            return "sha256:" + hashlib.sha256(value.read_bytes()).hexdigest()
-        except OSError:
-            return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return str(value)
 
 
 def load_jobs(

@@ -9,7 +9,6 @@ OUTDIR's ``.dipc-batch.lock`` (``lock``), so that two runs never write the same 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -19,9 +18,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import DipError
-from ..fitting import Session, interrupt_flag
+from ..fitjob import FitJob
+from ..fitting import Session
+from ..packing import drive_packed
+from ..restore import fit_session, validate_job
 from .jobs import BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
-from .lock import hold_outdir
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,19 @@ class Prepared:
     """A job with its parsed fit and fingerprint (made up front: bad options stop the batch before any work)."""
 
     job: BatchJob
-    fit: Any  # restore.FitJob
+    fit: FitJob
     fingerprint: str
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
-    """Parses every job's options, checks them as ``dipc fit`` would before fitting, and names its files (absolute:
-    a Ray worker may run elsewhere); a bad job raises ``ManifestError`` (exit 2), before any job has run."""
-    from ..restore import validate_job
-
+def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[list[str]], FitJob]) -> list[Prepared]:
+    """Parses every job's options (with ``parse``: the CLI's ``parse_fit_args``), checks them as ``dipc fit`` would
+    before fitting, and names its files (absolute: a Ray worker may run elsewhere); a bad job raises
+    ``ManifestError`` (exit 2), before any job has run."""
     outdir = options.outdir.absolute()
     prepared = []
     for job in shard(jobs, options.shard):
-        fit = fit_job(job, options.common, outdir)
+        fit = fit_job(job, options.common, outdir, parse)
         try:
             # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
             validate_job(fit, device=not options.ray)
@@ -145,8 +145,6 @@ def outcome_from_report(p: Prepared, status: str, data: dict[str, Any]) -> Outco
 def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[], bool]) -> Session[Outcome]:
     """One job as a fit session: skips it when done, resumes its partial checkpoint, and turns a bad input into a
     failed row instead of an exception (the other jobs go on)."""
-    from ..restore import fit_session
-
     image, report, partial = p.paths["image"], p.paths["report"], p.paths["partial"]
     if p.job.problem is not None:  # e.g. its reference is missing: it fails alone, and does not run unscored
         return Outcome(p.job.name, p.job.task, "failed", error=p.job.problem)
@@ -215,8 +213,6 @@ def run_prepared(
 ) -> list[Outcome]:
     """Runs jobs in this process, ``options.pack`` at a time in one batched step (see ``packing``; a pack of one is
     each fit alone, in job order)."""
-    from ..packing import drive_packed
-
     outcomes: list[Outcome] = []
     ordered = sort_for_packing(prepared) if options.pack > 1 else prepared
     sessions = (_reporting(job_session(p, options, stop_requested), outcomes, on_outcome) for p in ordered)
@@ -231,36 +227,3 @@ def _reporting(
     outcomes.append(outcome)
     on_outcome(outcome)
     return outcome
-
-
-def run_batch(
-    jobs: Sequence[BatchJob],
-    options: BatchOptions,
-    on_outcome: Callable[[Outcome], None] = lambda o: None,
-    notify: Optional[Callable[[str], None]] = None,
-) -> tuple[list[Outcome], bool]:
-    """Every job of the batch (of its shard), in this process or on Ray, then the summaries (``write_summary``);
-    returns the outcomes in job order and whether Ctrl-C stopped the batch. Jobs not started are absent. OUTDIR
-    (the shard) is held from the first job to the summaries: another run into it is refused (``lock``)."""
-    from .summary import write_summary
-
-    prepared = prepare(jobs, options)
-    try:
-        options.outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ManifestError(f"cannot make OUTDIR {options.outdir}: {exc.strerror or exc}") from None
-    order = {p.job.name: i for i, p in enumerate(prepared)}
-    with hold_outdir(options.outdir, options.shard):
-        if options.ray:
-            from .cluster import run_on_ray
-
-            outcomes, interrupted = run_on_ray(prepared, options, on_outcome)
-        else:
-            with interrupt_flag(notify) as stop_requested:
-                outcomes = run_prepared(prepared, options, stop_requested, on_outcome)
-                interrupted = stop_requested()
-        with contextlib.suppress(OSError):  # empty once every job finished
-            (options.outdir / ".partial").rmdir()
-        outcomes = sorted(outcomes, key=lambda o: order[o.job])
-        write_summary(outcomes, options.outdir, options.shard)
-    return outcomes, interrupted

@@ -1,0 +1,93 @@
+"""What a fit checks before it allocates anything: the memory it would need (refused, with the ways it would fit,
+when the machine lacks it), ``--dry-run``'s estimate, and whether an exception is running out of memory. Shared by
+``restore`` and ``tiling`` (for every tile)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Optional
+
+import torch
+
+from .acceleration import choose
+from .config import FitConfig
+from .errors import DipError
+from .estimate import Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
+from .problem import Problem
+
+MEMORY_SHARE = 0.9  # of the machine's (or GPU's) memory a fit may plan to use
+TILED_TASKS = ("denoise", "super-resolve")  # the tasks ``--tile`` supports (tiling.TASKS)
+
+
+def check_memory(config: FitConfig, problem: Problem, device: str) -> Estimate:
+    """The fit's estimated peak memory; refuses, before any allocation, an image whose fit would not fit, naming
+    the largest size that would and the options that would make this one fit."""
+    guess = estimate(config, problem.canvas, problem.channels, device)
+    have = available_bytes(device)
+    if have is None or guess.peak_bytes <= MEMORY_SHARE * have[0]:
+        return guess
+    budget, where = MEMORY_SHARE * have[0], have[1]
+    (h, w), factor = problem.canvas, config.factor if config.task == "super-resolve" else 1
+    side = largest_side(config, problem.canvas, problem.channels, device, budget)
+    ways = []
+    if side >= config.net.multiple:
+        scale = side / max(h, w)
+        ways.append(f"an image of at most about {int(w * scale) // factor}x{int(h * scale) // factor}")
+    ways += _options_that_fit(config, problem, device, guess.precision, budget)
+    if config.task in TILED_TASKS and side >= 2 * config.net.multiple:
+        ways.append(f"--tile {min(side, 1024) // factor * factor}")
+    ways.append("a smaller network (--channels, --depth)")
+    raise DipError(
+        f"fitting at {w}x{h} needs about {size_text(guess.peak_bytes)} ({guess.precision}) but this machine has "
+        f"{size_text(have[0])} of {where}; it would fit with {'; or '.join(ways)}"
+    )
+
+
+def _options_that_fit(config: FitConfig, problem: Problem, device: str, precision: str, budget: float) -> list[str]:
+    """The cheapest switches (alone, else together) under which this fit's estimate is within ``budget``."""
+    switches: list[tuple[str, dict[str, Any], Optional[str]]] = []
+    if not config.save_memory:
+        switches.append(("--save-memory", {"save_memory": True}, None))
+    if precision == "fp32" and choose(config.replace(precision="auto"), device, problem.canvas).precision != "fp32":
+        switches.append(("--precision bf16", {}, "bf16"))
+    if config.stop == "auto" and config.stop_variant == "wmv":  # its window holds stop_window images
+        switches.append(("--stop-rule emv", {"stop_variant": "emv"}, None))
+    fitting: list[str] = []
+    for count in range(1, len(switches) + 1):
+        for chosen in itertools.combinations(switches, count):
+            changes = {k: v for _, c, _ in chosen for k, v in c.items()}
+            lower = next((p for _, _, p in chosen if p), precision)
+            need = estimate(config.replace(**changes), problem.canvas, problem.channels, device, precision=lower)
+            if need.peak_bytes <= budget:
+                fitting.append(f"{' '.join(flag for flag, _, _ in chosen)} (about {size_text(need.peak_bytes)})")
+        if fitting:
+            return fitting
+    return []
+
+
+def dry_run(config: FitConfig, problem: Problem, device: str, console: Any, done: int = 0) -> int:
+    """``--dry-run``: the memory check and a timed probe at a small canvas; nothing is fitted or written."""
+    guess = check_memory(config, problem, device)
+    seconds = probe_seconds(config, problem.canvas, problem.channels, device)
+    left = config.iterations - done
+    auto = ", less if auto-stop ends it sooner" if config.stop == "auto" else ""
+    console.print(
+        f"dry run: {guess.describe()}; about {seconds:.2f} s per iteration ({choose(config, device, problem.canvas).describe()}), "
+        f"{left} iterations: about {_duration(left * seconds)}{auto}; nothing was fitted or written"
+    )
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (
+        (oom is not None and isinstance(exc, oom))
+        or isinstance(exc, MemoryError)
+        or (isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc)))
+    )
