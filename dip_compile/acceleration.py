@@ -1,12 +1,11 @@
 """The compile and precision policy of the fitting step: which backend, which precision, and how to fall back.
 
-A step does noise-perturbed forward, degradation, loss and backward; ``optimizer_step`` then applies Adam (the
-fitter runs backtracking in between). Every step here has the call signature of ``fitting.EagerStep``.
-
-Measured on the CI machine (2-core AMD EPYC, AVX2, no bf16 hardware): convolutions take most of an iteration,
-bf16 autocast is emulated (bf16 matmuls run at ~1% of the fp32 rate), and the torch.compile'd step is slower
-than eager after minutes of compilation. So ``auto`` picks bf16 only where the CPU has AVX512-BF16/AMX (bf16 or
-fp16 on CUDA), compiles only on CUDA for long fits, and otherwise gains only the fused Adam step.
+The steps themselves (noise-perturbed forward, degradation, loss and backward; then Adam) live in ``steps``; this
+module decides which one a fit gets. The CPU model varies between machines: on an AVX2-only CPU bf16 autocast is
+emulated (bf16 matmuls at ~1% of the fp32 rate), while AVX512-BF16 and AMX CPUs run it natively (2.2-2.9x per
+iteration, README "Fitting speed"); on CPUs the torch.compile'd step measured slower than eager after minutes of
+compilation. So ``auto`` picks bf16 only where the CPU has AVX512-BF16/AMX (bf16 or fp16 on CUDA), compiles only
+on CUDA for long fits, and otherwise gains only the fused Adam step.
 
 Reduced precision keeps the loss, the optimizer state, the EMA and PSNR in fp32 (autocast covers the network
 only). A non-finite loss or gradient is caught on the device without a host sync: the fused Adam step is
@@ -29,10 +28,9 @@ PRECISIONS: tuple[str, ...] = Precision.values()
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Auto compiles only when the fit is long enough for compilation to pay back within 10% of its iterations.
-# Measured with benchmarks/fit_speed.py on the CI CPU (paper denoising net, fp32): the inductor step ran at
-# 0.54-0.60x the speed of eager at 256x256 (under load, 250-300 s to compile) and 0.67x at 512x512 (near idle,
-# 63 s to compile): its backward of bilinear upsampling and reflection padding becomes atomic-add scatter
-# kernels. So on a CPU the saving is taken as none and auto stays eager. CUDA figures are estimates (no GPU).
+# On CPUs (benchmarks/fit_speed.py, README "Fitting speed") the inductor step ran slower than eager, since its
+# backward of bilinear upsampling and reflection padding becomes atomic-add scatter kernels: the saving is taken as
+# none and auto stays eager. The CUDA compile time is an estimate, not yet measured on a GPU.
 CPU_COMPILE_SAVING = 0.0  # fraction of eager time that compiling saves per iteration on a CPU
 CPU_COMPILE_SECONDS = 280.0
 CUDA_COMPILE_SECONDS = 60.0
