@@ -167,19 +167,27 @@ def y_channel(array: np.ndarray) -> np.ndarray:
     return 16.0 + 65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]
 
 
-def psnr(x: np.ndarray, y: np.ndarray) -> float:
-    """PSNR in dB of two images on the 0-255 scale (both rounded to 8 bits first, as saved results are)."""
-    a, b = np.round(np.clip(x, 0, 255)), np.round(np.clip(y, 0, 255))
+def _decibels(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two arrays on the 0-255 scale, as they are."""
     mse = float(np.mean((a - b) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
+def _eight_bit(x: np.ndarray) -> np.ndarray:
+    """Rounded to 8-bit levels, as saved results are."""
+    return np.round(np.clip(x, 0, 255))
+
+
+def psnr(x: np.ndarray, y: np.ndarray) -> float:
+    """PSNR in dB of two images on the 0-255 scale (both rounded to 8 bits first)."""
+    return _decibels(_eight_bit(x), _eight_bit(y))
+
+
 def sr_psnr(x: np.ndarray, y: np.ndarray, border: int = SR_BORDER) -> float:
     """The super-resolution score: PSNR of the Y channel (16-235) less ``border`` px at every side."""
-    ya, yb = y_channel(np.round(np.clip(x, 0, 255))), y_channel(np.round(np.clip(y, 0, 255)))
+    ya, yb = y_channel(_eight_bit(x)), y_channel(_eight_bit(y))
     inner = (slice(border, -border or None), slice(border, -border or None))
-    mse = float(np.mean((ya[inner] - yb[inner]) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+    return _decibels(ya[inner], yb[inner])
 
 
 def score(case: Case, result: np.ndarray, reference: np.ndarray) -> float:
@@ -500,19 +508,14 @@ def build_table(
 
 
 def machine() -> dict[str, Any]:
-    model = ""
+    """The CPU model, its vector flags that decide ``auto``'s precision, the cores and the load when the run ended."""
     try:
-        model = next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""
-        )
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    flags = ""
-    try:
-        flags_line = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
-        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags_line)
-    except OSError:
-        pass
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags_line = next((line for line in lines if line.startswith("flags")), "")
+    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags_line)
     return {
         "cpu": model or platform.processor(),
         "cpu_flags": flags,
