@@ -289,19 +289,19 @@ def manifest_rows(cases: Iterable[Case], settings: Iterable[str], cap: Optional[
             options = ["--preset", case.paper_preset, "--paper-exact"] if setting == "paper" else []
             if cap is not None:
                 options += ["--iterations", str(cap)]
-            row: dict[str, Any] = dict(
-                image=case.image,
-                task=case.task,
-                reference=case.reference,
-                output=f"{case.name}-{setting}",
-                options=options,
-            )
-            if case.mask:
-                row["mask"] = case.mask
-            if case.factor:
-                row["factor"] = case.factor
-            rows.append(row)
+            rows.append(batch_row(case, f"{case.name}-{setting}", options))
     return rows
+
+
+def batch_row(case: Case, output: str, options: list[str]) -> dict[str, Any]:
+    """The ``dipc batch`` manifest row that fits ``case`` with ``options`` into OUTDIR/``output``."""
+    row: dict[str, Any] = dict(image=case.image, task=case.task, reference=case.reference, output=output)
+    row["options"] = options
+    if case.mask:
+        row["mask"] = case.mask
+    if case.factor:
+        row["factor"] = case.factor
+    return row
 
 
 # --- the peers --------------------------------------------------------------------------------------------------
