@@ -1,15 +1,19 @@
 """Shared tiny data: smooth synthetic images and small network settings, so the suite runs in minutes on 2 cores.
 
 The CPU is faked: ``auto`` resolves as on a CPU without native bf16 (``DIPC_TEST_AUTO_PRECISION=fp32``, the default)
-or with it (``=bf16``), whatever CPU runs the suite. ``make test`` runs the suite both ways.
+or with it (``=bf16``), whatever CPU runs the suite. ``make test`` runs the suite both ways; the fp32 pass records
+which test files ever asked the faked CPU, and the bf16 pass that follows skips the files that never did (they run
+the same code either way), as long as no source file changed in between.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +84,67 @@ def save_png(image: torch.Tensor | np.ndarray, path: Path) -> Path:
     return path
 
 
+# --- which test files ask the faked CPU (so the bf16 pass can leave out the others) -------------------------------
+RECORD_KEY = "dipc/files-asking-the-faked-cpu"
+_running: list[str] = [""]  # the file of the test being set up, run or torn down
+_asked: set[str] = set()  # files whose tests (or their fixtures) asked the faked CPU
+_ran: set[str] = set()  # files with at least one test run in this pass
+
+
+def _sources_digest() -> str:
+    """Changes when any source of the package or the suite does: a record is trusted only for the same code."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("dip_compile/**/*.py"), *root.glob("tests/**/*.py")]):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fake_capability(real: Callable[[torch.device], Capability]) -> Callable[[torch.device], Capability]:
+    def capability(device: torch.device) -> Capability:
+        if device.type != "cpu":
+            return real(device)
+        _asked.add(_running[0])
+        return FAKE_CPU
+
+    return capability
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    _running[0] = item.nodeid.split("::")[0]
+    _ran.add(_running[0])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if AUTO_PRECISION != "bf16" or config.cache is None:
+        return
+    record = config.cache.get(RECORD_KEY, None)
+    if not record or record.get("digest") != _sources_digest():
+        return
+    never = set(record["never_asked"])
+    skip = pytest.mark.skip(reason="never asks the faked CPU: the fp32 pass ran this same code")
+    for item in items:
+        if item.nodeid.split("::")[0] in never:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if AUTO_PRECISION != "fp32" or session.config.cache is None or not _ran:
+        return
+    cache = session.config.cache
+    known = cache.get(RECORD_KEY, None) or {}
+    digest = _sources_digest()
+    never = set(known.get("never_asked", [])) if known.get("digest") == digest else set()
+    never = (never - _ran) | (_ran - _asked)  # this pass's files decide for themselves; others keep their record
+    cache.set(RECORD_KEY, {"digest": digest, "never_asked": sorted(never)})
+
+
 @pytest.fixture(autouse=True, scope="session")
 def fake_cpu_capability():
     """What ``auto`` picks on a CPU depends on the fake, never on the machine running the tests."""
-    real = acceleration.capability
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(acceleration, "capability", lambda device: FAKE_CPU if device.type == "cpu" else real(device))
+        patch.setattr(acceleration, "capability", _fake_capability(acceleration.capability))
         yield FAKE_CPU
 
 
