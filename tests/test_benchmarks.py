@@ -103,3 +103,12 @@ def test_stopping_study_replays_a_schedule_study(tmp_path: Path, capsys: pytest.
     (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="no 'cases'"):
         ss.load_cases(tmp_path / "other.json")
+
+
+def test_tiling_seams_finds_the_blend_zones_and_the_square_where_four_tiles_meet():
+    from benchmarks.tiling_seams import blend_zones, meeting_square
+
+    zones = blend_zones((128, 128), 64, 16)  # starts 0, 32, 64: tiles overlap on rows and columns 32-63 and 64-95
+    assert zones[:, 40].all() and zones[40, :].all() and not zones[10, 10] and not zones[10, 100]
+    assert zones.sum() == 128 * 128 - 4 * 32 * 32  # all but the four corners' squares
+    assert meeting_square((128, 128), 64, 16, 48) == (24, 24)  # centred on (48, 48), mid first overlap
