@@ -5,7 +5,13 @@ child process fits ``--iterations`` iterations of the preset (eager, fixed stop)
 peak RSS minus the RSS before the fit and the seconds per iteration after the first; the table puts
 ``estimate.estimate`` beside them. Prints a table and writes JSON to benchmarks/results/memory_estimate.json.
 
+``--fit JSON...`` fits the estimate's constants (``estimate.KEEP`` per ``--save-memory`` setting and
+``estimate.OVERHEAD_BYTES``) to measured rows by least squares, peak - state - images = KEEP[save] * activations +
+overhead, and prints them beside the values in use (the rows must come from this version, which records the parts).
+
     python benchmarks/memory_estimate.py --nets denoise --sizes 256,512,1024 --precisions fp32,bf16 --save-memory both
+    python benchmarks/memory_estimate.py --nets inpaint --sizes 256,512 --precisions fp32,bf16 --save-memory both
+    python benchmarks/memory_estimate.py --fit benchmarks/results/memory_estimate.json
 """
 
 from __future__ import annotations
@@ -55,9 +61,31 @@ def measure(net: str, size: int, precision: str, save_memory: bool, iterations: 
         "save_memory": save_memory,
         "measured_bytes": peak - before,
         "estimate_bytes": guess.peak_bytes,
+        "activation_bytes": guess.activation_bytes,
+        "state_bytes": guess.state_bytes,
+        "image_bytes": guess.image_bytes,
         "seconds_per_iteration": (result.fit_seconds - result.first_step_seconds) / max(1, iterations - 1),
         "estimate_seconds": probe,
     }
+
+
+def fit_constants(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Least squares: measured - state - images = keep_off * activations (default fits) + keep_on * activations
+    (--save-memory fits) + overhead. Returns keep_off, keep_on and overhead_mib."""
+    import numpy as np
+
+    missing = [r for r in rows if "activation_bytes" not in r]
+    if missing:
+        raise SystemExit(f"{len(missing)} rows lack activation_bytes: measure them again with this version")
+    design = np.array(
+        [
+            [r["activation_bytes"] * (not r["save_memory"]), r["activation_bytes"] * bool(r["save_memory"]), 1.0]
+            for r in rows
+        ]
+    )
+    target = np.array([r["measured_bytes"] - r["state_bytes"] - r["image_bytes"] for r in rows], dtype=float)
+    (keep_off, keep_on, overhead), *_ = np.linalg.lstsq(design, target, rcond=None)
+    return {"keep_off": float(keep_off), "keep_on": float(keep_on), "overhead_mib": float(overhead) / 2**20}
 
 
 def main() -> None:
@@ -68,7 +96,15 @@ def main() -> None:
     parser.add_argument("--save-memory", choices=("off", "on", "both"), default="both")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--fit", nargs="+", type=Path, metavar="JSON", help="fit the constants to saved rows and exit")
     args = parser.parse_args()
+    if args.fit:
+        from dip_compile.estimate import KEEP, OVERHEAD_BYTES
+
+        fitted = fit_constants([row for path in args.fit for row in json.loads(path.read_text())])
+        print(f"KEEP = {{False: {fitted['keep_off']:.2f}, True: {fitted['keep_on']:.2f}}}, ", end="")
+        print(f"OVERHEAD_BYTES = {fitted['overhead_mib']:.0f} MiB (in use: {KEEP}, {OVERHEAD_BYTES / 2**20:.0f} MiB)")
+        return
     if args.child:
         net, size, precision, save = args.child
         print(json.dumps(measure(net, int(size), precision, save == "on", args.iterations)))

@@ -17,7 +17,6 @@ from typing import Any, BinaryIO
 
 import torch
 
-from . import __version__
 from .config import FitConfig
 from .degradations import make_operator
 from .errors import DipError
@@ -26,6 +25,7 @@ from .imageio import atomic_write, check_input
 from .losses import make_loss
 from .network import Network, build_network
 from .problem import CenterCrop, Problem, canvas_for
+from .version import __version__
 
 FORMAT = "dip-compile-checkpoint"
 VERSION = 1

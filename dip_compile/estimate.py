@@ -27,11 +27,12 @@ from .network import build_network, count_parameters, make_input, set_save_memor
 from .problem import Problem, make_problem
 
 GIB = 2**30
-# time per iteration grows a little faster than the pixel count (caches): t ~ area ** TIME_EXPONENT, fitted to the
-# probe's error at 256 and 512 px (benchmarks/memory_estimate.py)
+# time per iteration grows a little faster than the pixel count (caches): t ~ area ** TIME_EXPONENT, chosen to balance
+# the probe's error at 256 and 512 px (benchmarks/memory_estimate.py's rows; no script computes it)
 TIME_EXPONENT = 1.05
-# peak = KEEP[save_memory] * the activations a default fit keeps + weights and images + OVERHEAD_BYTES: least squares
-# on measured peak RSS (benchmarks/memory_estimate.py: denoise and kate nets, 256-1024 px, fp32 and bf16). With
+# peak = KEEP[save_memory] * the activations a default fit keeps + weights and images + OVERHEAD_BYTES, fitted to
+# measured peak RSS (benchmarks/memory_estimate.py: denoise and kate nets, 256-1024 px, fp32 and bf16; its --fit does
+# the least squares; the values in use predate it and were not refitted: docs/speed-and-memory.md). With
 # --save-memory the peak is the kept unit inputs plus the recomputed unit's tensors and gradients: both scale with
 # what the default keeps, hence one factor of it
 KEEP = {False: 1.09, True: 0.54}

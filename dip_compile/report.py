@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .config import FitConfig
 from .fitting import FitResult, Fitter
 from .imageio import atomic_write
 from .metrics import psnr, ssim, ssim_defined
 from .problem import Problem
+from .version import __version__
 
 
 def fit_identity(config: FitConfig, problem: Problem) -> dict[str, Any]:

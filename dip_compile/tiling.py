@@ -26,7 +26,6 @@ from typing import Any, Optional
 
 import torch
 
-from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FitConfig
 from .errors import DipError
@@ -38,6 +37,7 @@ from .preflight import TILED_TASKS, check_memory, dry_run, is_out_of_memory
 from .problem import Problem, make_problem
 from .progress import run_with_progress
 from .report import fit_identity, image_scores, save_report
+from .version import __version__
 
 TASKS = TILED_TASKS
 

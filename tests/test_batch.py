@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from dip_compile import restore
 from dip_compile.batch import BatchJob, load_jobs, shard
 from dip_compile.batch.jobs import ManifestError
 from dip_compile.imageio import load_image
+from dip_compile.metrics import psnr
 from dip_compile.problem import add_noise
 
 FIT = ["--depth", "3", "--channels", "16", "--skip-channels", "4", "--input-depth", "8", "--iterations", "30"]
@@ -31,7 +33,10 @@ def folder(tmp_path: Path) -> Path:
 
 def test_a_folder_batch_writes_each_image_report_and_the_summaries(tmp_path, folder):
     out = tmp_path / "out"
-    code, stderr = dipc("batch", folder, "-o", out, "--task", "denoise", "--sigma", "25", *FIT, "--stop", "fixed")
+    # --paper-exact returns the network's output: at 30 iterations the preset's EMA (0.99) is still mostly the
+    # first, flat outputs and scores like a flat gray image
+    args = ("--task", "denoise", "--sigma", "25", *FIT, "--stop", "fixed", "--paper-exact")
+    code, stderr = dipc("batch", folder, "-o", out, *args)
     assert code == 0, stderr
     for i in range(3):
         assert load_image(out / f"img{i}.png").shape == (3, 32, 32)
@@ -39,7 +44,11 @@ def test_a_folder_batch_writes_each_image_report_and_the_summaries(tmp_path, fol
         assert report["iterations"] == 30 and report["batch"]["job"] == f"img{i}"
     summary = json.loads((out / "summary.json").read_text())
     psnrs = [job["psnr"] for job in summary["jobs"]]
-    assert [job["status"] for job in summary["jobs"]] == ["done"] * 3 and all(p > 10 for p in psnrs)
+    assert [job["status"] for job in summary["jobs"]] == ["done"] * 3
+    for i, p in enumerate(psnrs):  # each fit beats the flat image of its noisy input's mean (about 11 dB) by 5 dB
+        clean = load_image(folder / f"img{i}.png")
+        flat = add_noise(clean, 25 / 255, seed=0).mean(dim=(-2, -1), keepdim=True).expand_as(clean)
+        assert p > psnr(flat, clean).item() + 5, (i, p)
     assert summary["per_task"]["denoise"]["mean_psnr"] == pytest.approx(sum(psnrs) / 3)
     csv_rows = (out / "summary.csv").read_text().splitlines()
     assert csv_rows[0].startswith("job,task,status,iterations,seconds,psnr,ssim") and len(csv_rows) == 4
@@ -383,7 +392,7 @@ def test_a_missing_reference_fails_that_job_and_the_others_run(tmp_path):
     code, stderr = dipc("batch", images, "-o", out, "--task", "denoise", "--reference-dir", references, *TINY)
     assert code == 1, stderr
     rows = {r["job"]: r for r in json.loads((out / "summary.json").read_text())["jobs"]}
-    assert rows["good"]["status"] == "done" and rows["good"]["psnr"] > 10
+    assert rows["good"]["status"] == "done" and math.isfinite(rows["good"]["psnr"])  # its reference was found
     assert rows["broken"]["status"] == "failed"
     assert (
         rows["broken"]["error"] == f"no reference for broken.png in {references} (looked for broken.png and the like)"

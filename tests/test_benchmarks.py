@@ -103,3 +103,29 @@ def test_stopping_study_replays_a_schedule_study(tmp_path: Path, capsys: pytest.
     (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="no 'cases'"):
         ss.load_cases(tmp_path / "other.json")
+
+
+def test_tiling_seams_finds_the_blend_zones_and_the_square_where_four_tiles_meet():
+    from benchmarks.tiling_seams import blend_zones, meeting_square
+
+    zones = blend_zones((128, 128), 64, 16)  # starts 0, 32, 64: tiles overlap on rows and columns 32-63 and 64-95
+    assert zones[:, 40].all() and zones[40, :].all() and not zones[10, 10] and not zones[10, 100]
+    assert zones.sum() == 128 * 128 - 4 * 32 * 32  # all but the four corners' squares
+    assert meeting_square((128, 128), 64, 16, 48) == (24, 24)  # centred on (48, 48), mid first overlap
+
+
+def test_memory_estimate_fit_recovers_the_constants_of_made_rows():
+    from benchmarks.memory_estimate import fit_constants
+
+    mib = 2**20
+    rows = [
+        {"save_memory": save, "activation_bytes": a * mib, "state_bytes": 30 * mib, "image_bytes": i * mib}
+        for save in (False, True)
+        for a, i in ((400, 20), (1600, 80), (6400, 320))
+    ]
+    for r in rows:
+        r["measured_bytes"] = (0.54 if r["save_memory"] else 1.09) * r["activation_bytes"] + 30 * mib
+        r["measured_bytes"] += r["image_bytes"] + 240 * mib
+    fitted = fit_constants(rows)
+    assert fitted["keep_off"] == pytest.approx(1.09) and fitted["keep_on"] == pytest.approx(0.54)
+    assert fitted["overhead_mib"] == pytest.approx(240)

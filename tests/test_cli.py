@@ -532,12 +532,12 @@ def test_resume_writes_back_to_its_own_checkpoint_but_any_other_existing_one_nee
     )
     assert code == 0, err
     assert load_checkpoint(other).iteration == 4 and load_checkpoint(ckpt).iteration == 3
-    # and the rule is the one --help and the README state
+    # and the rule is the one --help and docs/fit.md state
     fit_command = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
     help_text = next(p.help for p in fit_command.params if p.name == "checkpoint")
     assert "an existing file needs --force, except the --resume file itself" in help_text
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
-    assert "`--checkpoint` may name the file being resumed: the fit continues it and writes it back without" in readme
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "fit.md").read_text().split())
+    assert "`--checkpoint` may name the file being resumed: the fit continues it and writes it back without" in page
 
 
 def test_an_image_smaller_than_the_ssim_window_has_no_ssim_and_no_traceback(tmp_path):

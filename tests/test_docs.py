@@ -1,6 +1,13 @@
-"""The README lists every choice of every option, and every preset with its parameter count, from the same Enums
-and registry the CLI and FitConfig use."""
+"""The README and docs/*.md list every choice of every option, and every preset with its parameter count, from the
+same Enums and registry the CLI and FitConfig use; every ``dipc`` command they show parses as the CLI parses it
+(``dipc fit`` commands are also validated as ``dipc fit`` validates them before reading files), every benchmark
+command names a script that takes its options, every link to a file resolves, and the README's Python example
+runs (at a tiny iteration count)."""
 
+import re
+import shlex
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,8 +27,94 @@ from dip_compile.config import (
     Upsample,
 )
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-FLAT = " ".join(README.split())
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TEXTS = {page.relative_to(ROOT).as_posix(): page.read_text() for page in PAGES}
+README = TEXTS["README.md"]
+ALL = "\n".join(TEXTS.values())
+FLAT = " ".join(ALL.split())
+
+
+def shell_lines(text: str) -> list[str]:
+    """The command lines of the page's ```bash blocks: continuations joined, comments dropped."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+COMMANDS = [(page, line) for page, text in TEXTS.items() for line in shell_lines(text) if line.startswith("dipc ")]
+BENCHMARKS = sorted(
+    {
+        (page, " ".join(m.split()))
+        for page, text in TEXTS.items()
+        for m in re.findall(r"(?:python|bash) (?:-m )?benchmarks[/.][a-z_]+(?:\.py|\.sh)?[^`;)#\n]*", text)
+    }
+)
+
+
+def test_the_readme_is_short() -> None:
+    assert len(README.splitlines()) <= 200, "README.md: at most ~200 lines; the rest belongs under docs/"
+
+
+def test_the_pages_were_found() -> None:
+    assert {"README.md", "docs/fit.md", "docs/batch.md", "docs/export.md", "docs/presets.md"} <= set(TEXTS)
+    assert len(COMMANDS) > 30 and len(BENCHMARKS) > 10
+
+
+@pytest.mark.parametrize(("page", "line"), COMMANDS, ids=[f"{p}: {c}" for p, c in COMMANDS])
+def test_every_dipc_command_in_the_docs_parses(page: str, line: str) -> None:
+    import typer
+
+    from dip_compile.cli import app, parse_fit_args
+    from dip_compile.restore import validate_job
+
+    args = shlex.split(line)[1:]
+    if args[0] == "fit":
+        validate_job(parse_fit_args(args[1:]), device=False)  # DipError names what is wrong
+    else:
+        command = typer.main.get_command(app).commands[args[0]]  # type: ignore[attr-defined]
+        command.make_context(f"dipc {args[0]}", args[1:])
+
+
+@pytest.mark.parametrize(("page", "line"), BENCHMARKS, ids=[f"{p}: {c}" for p, c in BENCHMARKS])
+def test_every_benchmark_command_names_a_script_that_takes_its_options(page: str, line: str) -> None:
+    words = line.split()
+    module = words[2] if words[1] == "-m" else words[1]
+    script = ROOT / (module.replace(".", "/") + ".py" if words[1] == "-m" else module)
+    assert script.is_file(), f"{page}: {line}: no {script.relative_to(ROOT)}"
+    source = script.read_text()
+    for imported in re.findall(r"^from benchmarks\.(\w+) import", source, re.M):  # shared parsers (cases.py)
+        source += (ROOT / "benchmarks" / f"{imported}.py").read_text()
+    for flag in (w.split("=")[0] for w in words if w.startswith("--")):
+        assert f'"{flag}"' in source, f"{page}: {line}: {script.name} has no option {flag}"
+
+
+def test_every_link_to_a_file_resolves() -> None:
+    for page, text in TEXTS.items():
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if "://" not in target:
+                assert ((ROOT / page).parent / target).exists(), f"{page} links to {target}, which does not exist"
+
+
+def test_the_readme_python_example_runs(tmp_path: Path) -> None:
+    """As written, but 2 iterations on a 64x64 crop of the bundled example (the export and its check run fully)."""
+    from PIL import Image
+
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "dip_compile.restore_image(" in b]
+    assert len(blocks) == 1, "the README should have one Python example calling dip_compile.restore"
+    code = blocks[0]
+    Image.open(ROOT / "dip_compile/data/example.png").crop((32, 32, 96, 96)).save(tmp_path / "example.png")
+    code = code.replace('"dip_compile/data/example.png"', repr(str(tmp_path / "example.png")))
+    code, count = re.subn(r"iterations=\d+", "iterations=2", code)
+    assert count == 1
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "restored.png").is_file() and (tmp_path / "restored.onnx").is_file()
+    assert "identical_8bit" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -29,14 +122,14 @@ FLAT = " ".join(README.split())
 )
 def test_readme_lists_every_value_of_each_option(choice):
     listed = "|".join(choice.values())
-    assert listed in FLAT, f"README should list {listed}"
+    assert listed in FLAT, f"README.md or docs/*.md should list {listed}"
 
 
 @pytest.mark.parametrize("row", presets.rows(), ids=lambda r: r["preset"].split(" ")[0])
 def test_readme_preset_table_lists_each_preset_with_its_settings(row):
     name = row["preset"].split(" ")[0]
-    line = next((x for x in README.splitlines() if x.startswith(f"| {name} | ")), None)
-    assert line is not None, f"README's preset table has no row for {name}"
+    line = next((x for x in TEXTS["docs/presets.md"].splitlines() if x.startswith(f"| {name} | ")), None)
+    assert line is not None, f"the preset table (docs/presets.md) has no row for {name}"
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1].split(" ")[0] == row["task"]
     assert cells[4] == f"{row['parameters']:,}"

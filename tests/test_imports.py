@@ -211,3 +211,40 @@ def test_the_cli_imports_without_torch() -> None:
     code = "import sys, dip_compile.cli; assert 'torch' not in sys.modules, 'dip_compile.cli imported torch'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+ALL_NAMES = ast.literal_eval(
+    next(
+        ast.unparse(node.value)
+        for node in ast.parse((ROOT / "dip_compile" / "__init__.py").read_text()).body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_LAZY"
+    )
+)
+
+
+def test_the_package_imports_without_torch_and_names_its_api() -> None:
+    code = (
+        "import sys, dip_compile\n"
+        "assert 'torch' not in sys.modules, 'import dip_compile imported torch'\n"
+        "missing = [n for n in dip_compile.__all__ if not hasattr(dip_compile, n)]\n"
+        "assert not missing, missing\n"
+        "assert set(dip_compile.__all__) <= set(dir(dip_compile))\n"
+        "assert dip_compile.restore_image.__module__ == 'dip_compile.api'\n"
+    )
+    submodules = {name.rsplit(".", 1)[-1] for name in MODULES}
+    assert not submodules & set(ALL_NAMES), "a lazy name hides a submodule: `from . import X` would get the attribute"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_python_m_dip_compile_is_the_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dip_compile", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fit" in done.stdout and "export" in done.stdout
+
+
+def test_the_package_ships_its_type_marker() -> None:
+    assert (ROOT / "dip_compile" / "py.typed").is_file()
+    assert '"py.typed"' in (ROOT / "pyproject.toml").read_text()

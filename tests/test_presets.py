@@ -88,8 +88,12 @@ def test_short_fit_of_each_real_preset_network_lowers_the_loss(name):
     losses = result.history["loss"]
     assert losses[-1] < losses[0], losses
     if chosen.task == "inpaint":
-        corrupted = psnr(problem.observation, problem.reference).item()
-        assert psnr(result.image, problem.reference).item() > corrupted + 3
+        # a flat image of the known pixels' mean scores about 11 dB here (the masked input 5-10 dB); the fits
+        # score 13-26 dB, the least above it kate-98's (by 2.1 dB, at 12 iterations from 2% of the pixels)
+        observation, reference, known = problem.observation, problem.reference, problem.mask.bool()
+        flat = torch.stack([channel[known].mean() for channel in observation[0]]).view(1, -1, 1, 1)
+        bound = max(psnr(observation, reference).item() + 3, psnr(flat.expand_as(reference), reference).item() + 1.5)
+        assert psnr(result.image, problem.reference).item() > bound
 
 
 def test_unknown_preset_lists_the_names(image_png: Path, tmp_path: Path):

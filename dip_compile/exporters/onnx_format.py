@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
 from ..export_options import Weights
 from ..replay import regenerate as replay
+from ..version import __version__
 from .plan import ExportPlan
 from .torch_formats import dynamic_batch
 

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..checkpoint import Checkpoint, FitImages
 from ..errors import DipError
 from ..export_options import BatchNormMode, ExportImage, ExportOptions, NoiseMode, Profile, Weights
 from ..fitting import ImageKind, describe_image
 from ..metrics import psnr
 from ..replay import regenerate as replay
+from ..version import __version__
 from .inference import InferenceModule, explicit_batchnorm, half_rounded
 
 DEFAULTS = ExportOptions()
