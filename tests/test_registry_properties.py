@@ -3,8 +3,10 @@ model or kernel family is tested by adding it (and, for noise and kernels, one v
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +50,21 @@ def test_the_registries_cover_the_enums_and_name_what_exists() -> None:
     for name, task in TASKS.items():
         assert task.name == name and task.operator in OPERATORS
         assert presets.get(task.default_preset, name).task == name  # its default preset is one of its own
+
+
+def test_no_module_compares_the_task_with_a_name_so_a_new_task_is_registry_entries() -> None:
+    """What tells tasks apart is a TaskSpec field: ``task == "inpaint"`` anywhere would be one more file that a new
+    task has to edit (config.Task, tasks.TASKS and presets.PRESETS name the tasks; they compare none)."""
+    found = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "dip_compile").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare):
+                for sub in ast.walk(node):
+                    named = isinstance(sub, ast.Constant) and sub.value in Task.values()
+                    member = isinstance(sub, ast.Attribute) and sub.attr in Task.__members__
+                    if named or member:
+                        found.append(f"{path.name}:{node.lineno}")
+    assert not found, f"task names compared in {', '.join(found)}: add a TaskSpec field instead"
 
 
 def test_an_unknown_task_or_input_is_a_one_line_error() -> None:
