@@ -1,6 +1,10 @@
 """The task registry: one ``TaskSpec`` per task, read by the configuration, the problem, the checkpoint, the memory
-estimate, tiling and the CLI instead of comparing the task's name, so a new task is an entry here, a member of
-``config.Task`` and (for its own default) a preset.
+estimate, tiling, the fit job and the batch manifest instead of comparing the task's name (a test keeps it so).
+
+A new task is: a member of ``config.Task`` (the CLI's TASK choices), its ``TaskSpec`` here, and its default preset in
+``presets.PRESETS``; a new kind of operator adds its factory to ``degradations.OPERATORS``. What a spec does not say
+stays code keyed by its fields: ``--from-reference`` blurs for a task that needs a kernel and downsamples (PIL
+Lanczos, as the paper) for one that scales, and a scaling task's corrupted view is the bicubic upscale.
 
 Torch-free on purpose: ``config`` validates with it and ``dipc --help`` must start without torch. The operator is
 named, not imported: ``degradations.OPERATORS`` maps the name to its factory (the torch side).
