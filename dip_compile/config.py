@@ -432,7 +432,7 @@ class FitConfig:
         if task.needs("guide") and self.net.input_kind != InputKind.image:
             raise ConfigError(f"{self.task} fits the network on the flash image: --input must be image")
         if self.net.input_kind == InputKind.image and not task.needs("guide"):
-            raise ConfigError(f"--input image takes the flash image of flash-no-flash, not a {self.task} input")
+            raise ConfigError(f"--input image takes the flash image of {needing('guide')}, not a {self.task} input")
 
     def replace(self, **changes: Any) -> FitConfig:
         return dataclasses.replace(self, **changes)
