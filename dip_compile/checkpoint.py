@@ -25,6 +25,7 @@ from .imageio import atomic_write, check_input
 from .losses import make_loss
 from .network import Network, build_network
 from .problem import CenterCrop, Problem, canvas_for
+from .tasks import spec
 from .version import __version__
 
 FORMAT = "dip-compile-checkpoint"
@@ -242,10 +243,11 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
     if len(size) != 2 or min(size) <= 0 or canvas != canvas_for(config.net, size):
         raise DipError(f"image size {size} and canvas {canvas} do not agree with its network")
     channels = config.net.output_channels
-    low = size if config.task != "super-resolve" else (size[0] // config.factor, size[1] // config.factor)
+    low = (size[0] // config.factor, size[1] // config.factor)  # (the factor is 1 unless the task scales)
     _shape(prob["observation"], "the observation", (1, channels, *low))
     mask = prob["mask"]
-    if config.task == "inpaint":
+    task = spec(config.task)
+    if task.needs("mask"):
         _shape(mask, "the mask", size)
     if prob["reference"] is not None:
         _shape(prob["reference"], "the reference", (1, channels, *size))
@@ -255,7 +257,7 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
     if config.net.input_kind == "image":
         _shape(guide, "the guide image", (1, config.net.input_depth, *size))
     kernel = prob.get("kernel")
-    if config.task == "deblur":
+    if task.needs("kernel"):
         if not isinstance(kernel, torch.Tensor) or kernel.dim() != 2 or not 0 < kernel.numel():
             raise DipError("its blur kernel is missing or not 2-D")
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)

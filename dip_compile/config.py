@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .errors import DipError
+from .errors import DipError, joined
+from .tasks import names, needing, spec
 
 
 class Choice(str, Enum):
@@ -399,11 +400,12 @@ class FitConfig:
         if self.backtrack_db == 0:  # --backtrack 0 turns it off
             object.__setattr__(self, "backtrack_db", None)
         _count(self, "seed", 0, 2**63 - 1)
-        if self.task == Task.super_resolve:
-            if self.factor not in (2, 4, 8):
-                raise ConfigError(f"--factor must be 2, 4 or 8, got {self.factor!r}")
+        task = spec(self.task)
+        if task.factors:
+            if self.factor not in task.factors:
+                raise ConfigError(f"--factor must be {joined(task.factors, 'or')}, got {self.factor!r}")
         elif self.factor != 1:
-            raise ConfigError("--factor only applies to super-resolve")
+            raise ConfigError(f"--factor only applies to {joined(names(lambda s: s.scales))}")
         _count(self, "stop_window", 1, 10**6)
         _count(self, "stop_patience", 1, 10**9)
         _count(self, "log_every", 1, 10**9)
@@ -416,24 +418,21 @@ class FitConfig:
             raise ConfigError(
                 "--loss poisson needs --peak (the photon count of a white pixel), or --noise poisson:PEAK"
             )
-        if self.loss == Loss.poisson and self.task == Task.super_resolve:
-            raise ConfigError(
-                "--loss poisson does not fit super-resolve: its Lanczos downsampler has negative lobes, so the rates "
-                "it compares with the counts can be negative; use mse or l1"
-            )
+        if self.loss == Loss.poisson and task.no_poisson:
+            raise ConfigError(f"--loss poisson does not fit {self.task}: {task.no_poisson}; use mse or l1")
         if self.peak is not None and self.loss != Loss.poisson:  # the other losses have no photon count to use
             raise ConfigError("--peak only applies to --loss poisson")
-        if self.kernel and self.task != Task.deblur:
-            raise ConfigError("--kernel only applies to deblur")
-        if self.keep_known and self.task != Task.inpaint:
-            raise ConfigError("--keep-known only applies to inpaint")
+        if self.kernel and not task.needs("kernel"):
+            raise ConfigError(f"--kernel only applies to {needing('kernel')}")
+        if self.keep_known and not task.needs("mask"):
+            raise ConfigError(f"--keep-known only applies to {needing('mask')}")
         _count(self, "backtrack_every", 1, 10**9)
         _count(self, "backtrack_skip", 0, 10**9)
         _count(self, "crop_to", 1, 4096)
-        if self.task == Task.flash_no_flash and self.net.input_kind != InputKind.image:
-            raise ConfigError("flash-no-flash fits the network on the flash image: --input must be image")
-        if self.net.input_kind == InputKind.image and self.task != Task.flash_no_flash:
-            raise ConfigError(f"--input image takes the flash image of flash-no-flash, not a {self.task} input")
+        if task.needs("guide") and self.net.input_kind != InputKind.image:
+            raise ConfigError(f"{self.task} fits the network on the flash image: --input must be image")
+        if self.net.input_kind == InputKind.image and not task.needs("guide"):
+            raise ConfigError(f"--input image takes the flash image of {needing('guide')}, not a {self.task} input")
 
     def replace(self, **changes: Any) -> FitConfig:
         return dataclasses.replace(self, **changes)

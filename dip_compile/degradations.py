@@ -6,11 +6,15 @@ Each operator maps the network output (1, C, H, W) to observation space; the los
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .tasks import TASKS
 
 
 class Identity(nn.Module):
@@ -84,6 +88,31 @@ class Blur(nn.Module):
         return F.conv2d(x, self.weight.to(x.dtype), groups=x.shape[1])
 
 
+@dataclass(frozen=True)
+class OperatorInputs:
+    """What an operator factory may use: the image's channels and the task's factor, mask and kernel."""
+
+    channels: int = 3
+    factor: int = 1
+    mask: torch.Tensor | None = None
+    kernel: torch.Tensor | None = None
+
+
+def _given(value: torch.Tensor | None, message: str) -> torch.Tensor:
+    if value is None:
+        raise ValueError(message)
+    return value
+
+
+# The operator factories a task names (tasks.TaskSpec.operator), in the style of network.GENERATORS.
+OPERATORS: dict[str, Callable[[OperatorInputs], nn.Module]] = {
+    "identity": lambda i: Identity(),
+    "mask": lambda i: Mask(_given(i.mask, "inpainting needs a mask")),
+    "downsample": lambda i: Downsampler(i.factor, i.channels),
+    "blur": lambda i: Blur(_given(i.kernel, "deblurring needs a kernel"), i.channels),
+}
+
+
 def make_operator(
     task: str,
     *,
@@ -92,19 +121,19 @@ def make_operator(
     channels: int = 3,
     kernel: torch.Tensor | None = None,
 ) -> nn.Module:
-    if task == "inpaint":
-        if mask is None:
-            raise ValueError("inpainting needs a mask")
-        return Mask(mask)
-    if task in ("denoise", "flash-no-flash"):
-        return Identity()
-    if task == "super-resolve":
-        return Downsampler(factor, channels)
-    if task == "deblur":
-        if kernel is None:
-            raise ValueError("deblurring needs a kernel")
-        return Blur(kernel, channels)
-    raise ValueError(f"unknown task {task!r}")
+    """The operator of ``task``, from the factory its registry entry names."""
+    try:
+        name = TASKS[str(task)].operator
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}") from None
+    return OPERATORS[name](OperatorInputs(channels, factor, mask, kernel))
+
+
+def adjoint(operator: nn.Module, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A^T y for a linear operator A on (1, C, *size) images: the vector-Jacobian product at zero, so no operator
+    needs a hand-written adjoint (the property tests check <A x, y> = <x, A^T y> with it)."""
+    x = torch.zeros(*y.shape[:2], *size, dtype=y.dtype, device=y.device)
+    return torch.autograd.functional.vjp(operator, x, y)[1]
 
 
 # --- Test masks (the paper evaluates text overlays, random holes and large regions) -------------------------

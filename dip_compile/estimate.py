@@ -25,6 +25,7 @@ from .acceleration import choose
 from .config import FitConfig, NetConfig
 from .network import build_network, count_parameters, make_input, set_save_memory
 from .problem import Problem, make_problem
+from .tasks import spec
 
 GIB = 2**30
 # time per iteration grows a little faster than the pixel count (caches): t ~ area ** TIME_EXPONENT, chosen to balance
@@ -170,13 +171,13 @@ def probe_seconds(config: FitConfig, canvas: tuple[int, int], channels: int, dev
 
 def _probe_problem(config: FitConfig, canvas: tuple[int, int], channels: int) -> Problem:
     """A problem of ``config``'s task on a random image whose canvas is ``canvas``."""
-    factor = config.factor if config.task == "super-resolve" else 1
-    h, w = canvas[0] // factor, canvas[1] // factor
+    task = spec(config.task)
+    h, w = canvas[0] // config.factor, canvas[1] // config.factor  # (the factor is 1 unless the task scales)
     image = torch.rand(channels, h, w, generator=torch.Generator().manual_seed(0))
     return make_problem(
         config,
         image,
-        mask=torch.ones(h, w) if config.task == "inpaint" else None,
+        mask=torch.ones(h, w) if task.needs("mask") else None,
         guide=image if config.net.input_kind == "image" else None,
-        kernel=torch.full((3, 3), 1 / 9) if config.task == "deblur" else None,
+        kernel=torch.full((3, 3), 1 / 9) if task.needs("kernel") else None,
     )

@@ -15,12 +15,12 @@ from typing import Any, Optional
 
 import torch
 
-from . import kernels, presets
+from . import kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint
 from .config import FitConfig, NetConfig, check_depth, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
-from .errors import DipError
+from .errors import DipError, joined
 from .imageio import check_output, load_image, load_mask, output_path, to_grayscale
 from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
 
@@ -295,15 +295,16 @@ def problem_options_checked(job: FitJob) -> tuple[presets.Preset, Optional[noise
     """The preset and the noise of a new fit, once its problem options are known to go together."""
     if job.task is None or job.image is None:
         raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
-    if job.task != "inpaint" and (job.mask or job.holes is not None or job.box is not None or job.text):
-        raise DipError(f"--mask/--holes/--box/--text only apply to inpaint, not {job.task}")
-    if job.from_reference and job.task not in ("super-resolve", "deblur"):
-        raise DipError("--from-reference only applies to super-resolve and deblur")
-    if (job.flash is not None) != (job.task == "flash-no-flash"):
+    task = tasks.spec(job.task)
+    if not task.needs("mask") and (job.mask or job.holes is not None or job.box is not None or job.text):
+        raise DipError(f"--mask/--holes/--box/--text only apply to {tasks.needing('mask')}, not {job.task}")
+    if job.from_reference and not task.from_reference:
+        raise DipError(f"--from-reference only applies to {joined(tasks.names(lambda s: s.from_reference))}")
+    if (job.flash is not None) != task.needs("guide"):
         raise DipError(
-            "flash-no-flash needs --flash FLASH (the flash photo)"
+            f"{job.task} needs --flash FLASH (the flash photo)"
             if job.flash is None
-            else f"--flash only applies to flash-no-flash, not {job.task}"
+            else f"--flash only applies to {tasks.needing('guide')}, not {job.task}"
         )
     noise = _noise(job)
     return presets.get(job.preset or presets.default_name(job.task, job.settings.get("factor")), job.task), noise
@@ -331,16 +332,16 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
     if config.crop_to > 1:  # --paper-exact: the notebook's crop instead of our padded canvas
         image, reference, guide = _paper_crop(config, image, reference, guide, low_resolution=not job.from_reference)
     clean = image  # what --noise and the made degradations start from (the reference when they apply)
-    mask, kernel = None, None
-    if job.task == "deblur":
+    mask, kernel, task = None, None, tasks.spec(str(job.task))
+    if task.needs("kernel"):
         kernel = _kernel(config, image)
         if job.from_reference:  # IMAGE is sharp: blur it with the fit's own operator
             image = blur_reference(image, kernel)
-    elif job.task == "inpaint":
+    elif task.needs("mask"):
         mask, made = _make_mask(job, (image.shape[-2], image.shape[-1]), config.seed, chosen.holes)
         if made and noise is None and reference is None:
             reference = image
-    elif job.task == "super-resolve" and job.from_reference:
+    elif task.scales and job.from_reference:
         image, clean = downsample_reference(image, config.factor)
     if noise is not None:
         image = noise.apply(image, seed=config.seed)
@@ -359,11 +360,13 @@ def _noise(job: FitJob) -> Optional[noise_models.Noise]:
         return None
     flag = "--sigma" if job.sigma is not None else "--noise"
     # inpaint without --mask makes its mask (--holes/--box/--text, or a restoration preset's): IMAGE is clean
-    clean_image = job.task == "denoise" or job.from_reference or (job.task == "inpaint" and job.mask is None)
+    task = tasks.spec(str(job.task))
+    clean_image = task.clean_image or job.from_reference or (task.needs("mask") and job.mask is None)
     if not clean_image:
         raise DipError(
-            f"{flag} makes evaluation data from a clean IMAGE: it applies to denoise, to inpaint with a made mask "
-            "(--holes/--box/--text or a restoration preset) and to deblur or super-resolve with --from-reference"
+            f"{flag} makes evaluation data from a clean IMAGE: it applies to {joined(tasks.names(lambda s: s.clean_image))}"
+            f", to {tasks.needing('mask')} with a made mask (--holes/--box/--text or a restoration preset) and to "
+            f"{joined(tasks.names(lambda s: s.from_reference), 'or')} with --from-reference"
         )
     if job.sigma is not None:
         if not 0 < job.sigma <= 255:  # also false for nan
@@ -401,7 +404,7 @@ def _paper_crop(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The notebooks' centred crop of the restored image to a multiple of ``crop_to``. A low-resolution input of
     super-resolution is cropped to a multiple of crop_to / factor, so that its high-resolution image is one."""
-    if config.task == "super-resolve" and low_resolution:
+    if tasks.spec(config.task).scales and low_resolution:
         image = crop_to_multiple(image, max(1, config.crop_to // config.factor))
         reference = None if reference is None else crop_to_multiple(reference, config.crop_to)
         return image, reference, guide

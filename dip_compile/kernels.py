@@ -8,18 +8,19 @@ image's size; ``--from-reference`` makes its test data with that same operator.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import DipError
+from .errors import DipError, joined
 
 if TYPE_CHECKING:  # (the CLI reads SPECS without importing torch)
     import torch
 
 MAX_KERNEL_SIDE = 255
-SPECS = "gaussian:SIGMA, motion:LENGTH,ANGLE, box:SIZE or a kernel file (.png or .npy)"
 
 
 class KernelError(DipError):
@@ -61,6 +62,28 @@ def box(size: int) -> np.ndarray:
     if not 1 <= size <= MAX_KERNEL_SIDE:
         raise KernelError(f"box:SIZE needs a whole SIZE between 1 and {MAX_KERNEL_SIDE}, got {size}")
     return np.full((size, size), 1.0 / size**2)
+
+
+@dataclass(frozen=True)
+class KernelKind:
+    """A ``--kernel KIND:ARGS`` family: its arguments' names and the function that makes the kernel from them."""
+
+    args: str  # comma-separated names (LENGTH,ANGLE), one number each
+    make: Callable[..., np.ndarray]
+    whole: bool = False  # its arguments are whole numbers
+
+    @property
+    def arity(self) -> int:
+        return len(self.args.split(","))
+
+
+# The kernel families of --kernel, in the style of network.GENERATORS (a file is the other way to give one).
+KINDS: dict[str, KernelKind] = {
+    "gaussian": KernelKind("SIGMA", gaussian),
+    "motion": KernelKind("LENGTH,ANGLE", motion),
+    "box": KernelKind("SIZE", lambda size: box(int(size)), whole=True),
+}
+SPECS = joined([*(f"{k}:{kind.args}" for k, kind in KINDS.items()), "a kernel file (.png or .npy)"], "or")
 
 
 def trim(kernel: np.ndarray) -> np.ndarray:
@@ -109,19 +132,16 @@ def load_kernel_file(path: Path) -> np.ndarray:
 
 def parse_kernel(spec: str) -> np.ndarray:
     """The kernel a ``--kernel`` spec names: ``gaussian:2``, ``motion:15,30``, ``box:5`` or a file path."""
-    kind, sep, args = spec.partition(":")
-    if sep and kind in ("gaussian", "motion", "box"):
+    name, sep, args = spec.partition(":")
+    kind = KINDS.get(name)
+    if sep and kind is not None:
         try:
             numbers = [float(a) for a in args.split(",")]
         except ValueError:
             raise KernelError(f"--kernel {spec!r} does not parse; use {SPECS}") from None
-        if kind == "gaussian" and len(numbers) == 1:
-            return gaussian(numbers[0])
-        if kind == "motion" and len(numbers) == 2:
-            return motion(numbers[0], numbers[1])
-        if kind == "box" and len(numbers) == 1 and numbers[0].is_integer():
-            return box(int(numbers[0]))
-        raise KernelError(f"--kernel {spec!r} does not parse; use {SPECS}")
+        if len(numbers) != kind.arity or (kind.whole and not all(n.is_integer() for n in numbers)):
+            raise KernelError(f"--kernel {spec!r} does not parse; use {SPECS}")
+        return kind.make(*numbers)
     path = Path(spec)
     if path.suffix.lower() in (".npy", ".png", ".tif", ".tiff", ".bmp", ".pgm") or path.exists():
         return load_kernel_file(path)

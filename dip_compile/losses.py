@@ -7,6 +7,8 @@ peak so that its scale stays that of the image. Each is an ``nn.Module`` so the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,13 +37,23 @@ class PoissonNLL(nn.Module):
         return F.poisson_nll_loss(x * p, y * p, log_input=False, full=False, eps=1e-6) / p
 
 
+def _poisson(peak: float | None) -> nn.Module:
+    if peak is None:
+        raise ValueError("the Poisson loss needs a peak")
+    return PoissonNLL(peak)
+
+
+# One module factory (from --peak) per config.Loss, in the style of network.GENERATORS.
+LOSSES: dict[str, Callable[[float | None], nn.Module]] = {
+    "mse": lambda _: MSE(),
+    "l1": lambda _: L1(),
+    "poisson": _poisson,
+}
+
+
 def make_loss(kind: str, peak: float | None = None) -> nn.Module:
-    if kind == "mse":
-        return MSE()
-    if kind == "l1":
-        return L1()
-    if kind == "poisson":
-        if peak is None:
-            raise ValueError("the Poisson loss needs a peak")
-        return PoissonNLL(peak)
-    raise ValueError(f"unknown loss {kind!r}")
+    try:
+        make = LOSSES[str(kind)]
+    except KeyError:
+        raise ValueError(f"unknown loss {kind!r}") from None
+    return make(peak)

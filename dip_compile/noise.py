@@ -8,15 +8,14 @@ fraction of the pixels (all channels of a pixel alike) to black or white at rand
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import DipError
+from .errors import DipError, joined
 
 if TYPE_CHECKING:  # (torch only where noise is applied: the CLI parses --noise without it)
     import torch
-
-SPECS = "gaussian:SIGMA (0-255 scale), poisson:PEAK or impulse:FRACTION"
 
 
 class NoiseError(DipError):
@@ -24,27 +23,57 @@ class NoiseError(DipError):
 
 
 @dataclass(frozen=True)
+class NoiseModel:
+    """A ``--noise`` kind: its argument, the values it accepts and how it corrupts a [0, 1] image."""
+
+    arg: str  # the argument's name in specs and messages (SIGMA)
+    valid: Callable[[float], bool]
+    rule: str  # the accepted values, as messages say them
+    corrupt: Callable[[torch.Tensor, float, int], torch.Tensor]  # (image, value, seed) -> noisy (clipped later)
+    hint: str = ""  # what --help adds after the spec
+
+
+def _gaussian(image: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    from .problem import add_noise
+
+    return add_noise(image, sigma / 255.0, seed)  # what --sigma has always added
+
+
+def _poisson(image: torch.Tensor, peak: float, seed: int) -> torch.Tensor:
+    import torch
+
+    return torch.poisson(image.clamp(0, 1) * peak, generator=torch.Generator().manual_seed(seed)) / peak
+
+
+def _impulse(image: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = (*image.shape[:-3], 1, *image.shape[-2:])
+    hit = torch.rand(pixels, generator=generator) < fraction
+    white = (torch.rand(pixels, generator=generator) < 0.5).to(image.dtype)
+    return torch.where(hit, white.expand_as(image), image)
+
+
+# The noise models of --noise KIND:VALUE, in the style of network.GENERATORS.
+MODELS: dict[str, NoiseModel] = {
+    "gaussian": NoiseModel(
+        "SIGMA", lambda v: 0 < v <= 255, "0 < SIGMA <= 255 (0-255 scale)", _gaussian, hint="(0-255 scale)"
+    ),
+    "poisson": NoiseModel("PEAK", lambda v: 0 < v <= 1e6, "0 < PEAK <= 1e6 (photons of a white pixel)", _poisson),
+    "impulse": NoiseModel("FRACTION", lambda v: 0 < v < 1, "0 < FRACTION < 1", _impulse),
+}
+SPECS = joined((f"{k}:{m.arg} {m.hint}".rstrip() for k, m in MODELS.items()), "or")
+
+
+@dataclass(frozen=True)
 class Noise:
-    kind: str  # gaussian, poisson or impulse
+    kind: str  # a key of MODELS
     value: float  # sigma (0-255), peak, or fraction
 
     def apply(self, image: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """The noisy observation of ``image`` (any shape ``(..., C, H, W)`` in [0, 1]), clipped to [0, 1]."""
-        import torch
-
-        from .problem import add_noise
-
-        if self.kind == "gaussian":
-            return add_noise(image, self.value / 255.0, seed)  # what --sigma has always added
-        generator = torch.Generator().manual_seed(seed)
-        if self.kind == "poisson":
-            noisy = torch.poisson(image.clamp(0, 1) * self.value, generator=generator) / self.value
-        else:
-            pixels = (*image.shape[:-3], 1, *image.shape[-2:])
-            hit = torch.rand(pixels, generator=generator) < self.value
-            white = (torch.rand(pixels, generator=generator) < 0.5).to(image.dtype)
-            noisy = torch.where(hit, white.expand_as(image), image)
-        return noisy.clamp(0, 1)
+        return MODELS[self.kind].corrupt(image, self.value, seed).clamp(0, 1)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.value:g}"
@@ -56,12 +85,9 @@ def parse_noise(spec: str) -> Noise:
         value = float(arg)
     except ValueError:
         value = math.nan
-    if not sep or kind not in ("gaussian", "poisson", "impulse") or not math.isfinite(value):
+    model = MODELS.get(kind)
+    if not sep or model is None or not math.isfinite(value):
         raise NoiseError(f"--noise {spec!r} does not parse; use {SPECS}")
-    if kind == "gaussian" and not 0 < value <= 255:
-        raise NoiseError(f"gaussian:SIGMA needs 0 < SIGMA <= 255 (0-255 scale), got {value:g}")
-    if kind == "poisson" and not 0 < value <= 1e6:
-        raise NoiseError(f"poisson:PEAK needs 0 < PEAK <= 1e6 (photons of a white pixel), got {value:g}")
-    if kind == "impulse" and not 0 < value < 1:
-        raise NoiseError(f"impulse:FRACTION needs 0 < FRACTION < 1, got {value:g}")
+    if not model.valid(value):
+        raise NoiseError(f"{kind}:{model.arg} needs {model.rule}, got {value:g}")
     return Noise(kind, value)

@@ -14,9 +14,10 @@ from .config import FitConfig
 from .errors import DipError
 from .estimate import Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
 from .problem import Problem
+from .tasks import names
 
 MEMORY_SHARE = 0.9  # of the machine's (or GPU's) memory a fit may plan to use
-TILED_TASKS = ("denoise", "super-resolve")  # the tasks ``--tile`` supports (tiling.TASKS)
+TILED_TASKS = names(lambda s: s.tiles)  # the tasks ``--tile`` supports (tiling.TASKS)
 
 
 def check_memory(config: FitConfig, problem: Problem, device: str) -> Estimate:
@@ -27,7 +28,7 @@ def check_memory(config: FitConfig, problem: Problem, device: str) -> Estimate:
     if have is None or guess.peak_bytes <= MEMORY_SHARE * have[0]:
         return guess
     budget, where = MEMORY_SHARE * have[0], have[1]
-    (h, w), factor = problem.canvas, config.factor if config.task == "super-resolve" else 1
+    (h, w), factor = problem.canvas, config.factor  # (the factor is 1 unless the task scales)
     side = largest_side(config, problem.canvas, problem.channels, device, budget)
     ways = []
     if side >= config.net.multiple:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import Downsample, FinalImage, FitConfig, InputKind, NetConfig, StopRule, Task, Upsample
 from .errors import DipError
+from .tasks import TASKS
 
 # The paper's "skip" net for denoising and super-resolution (2,217,831 parameters at 3 output channels).
 PAPER_NET = NetConfig()
@@ -122,13 +123,7 @@ PRESETS: tuple[Preset, ...] = (
 
 BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
-DEFAULTS: dict[str, str] = {
-    "denoise": "f16",
-    "inpaint": "kate",
-    "super-resolve": "sr-x4",
-    "flash-no-flash": "flash",
-    "deblur": "deblur",
-}
+DEFAULTS: dict[str, str] = {name: s.default_preset for name, s in TASKS.items()}
 
 
 class PresetError(DipError):
@@ -136,12 +131,14 @@ class PresetError(DipError):
 
 
 def default_name(task: str, factor: int | None = None) -> str:
-    if task == "super-resolve" and factor == 8:
-        return "sr-x8"
+    """The task's default preset; with a ``factor`` it lacks, the task's first preset at that factor (x8: sr-x8)."""
     try:
-        return DEFAULTS[task]
+        name = DEFAULTS[task]
     except KeyError:
         raise PresetError(f"unknown task {task!r}; choose one of {', '.join(Task.values())}") from None
+    if factor is not None and BY_NAME[name].config.factor != factor:
+        name = next((p.name for p in PRESETS if p.task == task and p.config.factor == factor), name)
+    return name
 
 
 def get(name: str, task: str | None = None) -> Preset:
@@ -169,7 +166,7 @@ def preset(
     ``factor`` other than the preset's replaces it (x8 picks sr-x8 by default)."""
     chosen = get(name or default_name(task, factor), task)
     config = chosen.fit_config(output_channels=output_channels, paper_exact=paper_exact)
-    if factor is not None and task == "super-resolve":
+    if factor is not None and TASKS[task].scales:
         config = config.replace(factor=factor)
     return config
 

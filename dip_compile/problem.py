@@ -20,6 +20,7 @@ from .degradations import make_operator
 from .errors import DipError
 from .kernels import check_fits
 from .losses import MSE, make_loss
+from .tasks import needing, spec
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Problem:
 
     def corrupted_view(self) -> torch.Tensor:
         """The observation shown at the output size (bicubic for super-resolution), for baselines and pictures."""
-        if self.task == "super-resolve":
+        if spec(self.task).scales:
             up = F.interpolate(self.observation, size=self.size, mode="bicubic", align_corners=False)
             return up.clamp(0, 1)
         return self.observation
@@ -108,11 +109,9 @@ def make_problem(
     channels, (h, w) = image.shape[1], image.shape[-2:]
     if channels != config.net.output_channels:
         raise DipError(f"the image has {channels} channel(s) but the network outputs {config.net.output_channels}")
-    if config.task == "super-resolve":
-        size = (h * config.factor, w * config.factor)
-    else:
-        size = (h, w)
-    if config.task == "inpaint":
+    task = spec(config.task)
+    size = (h * config.factor, w * config.factor)  # (the factor is 1 unless the task scales)
+    if task.needs("mask"):
         if mask is None:
             raise DipError("inpainting needs a mask (--mask, or --holes/--box/--text to make one)")
         if tuple(mask.shape[-2:]) != (h, w):
@@ -120,7 +119,7 @@ def make_problem(
         if mask.sum() == 0:
             raise DipError("the mask marks no pixel as known (white = known): nothing to fit")
     elif mask is not None:
-        raise DipError(f"a mask only applies to inpainting, not to {config.task}")
+        raise DipError(f"a mask only applies to {needing('mask')}, not to {config.task}")
     if reference is not None:
         if reference.dim() == 3:
             reference = reference.unsqueeze(0)
@@ -140,16 +139,16 @@ def make_problem(
         if guide.shape[1] != channels:
             raise DipError(f"the flash image has {guide.shape[1]} channel(s) but the no-flash image has {channels}")
     elif guide is not None:
-        raise DipError(f"a flash image only applies to flash-no-flash, not to {config.task}")
-    if config.task == "deblur":
+        raise DipError(f"a flash image only applies to {needing('guide')}, not to {config.task}")
+    if task.needs("kernel"):
         if kernel is None:
             raise DipError("deblurring needs the blur kernel: --kernel SPEC")
         check_fits(kernel, size)
     elif kernel is not None:
-        raise DipError(f"a blur kernel only applies to deblur, not to {config.task}")
+        raise DipError(f"a blur kernel only applies to {needing('kernel')}, not to {config.task}")
     canvas = canvas_for(config.net, size)
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)
-    observation = operator(image) if config.task == "inpaint" else image
+    observation = operator(image) if task.observed else image
     fidelity = make_loss(str(config.loss), config.peak)
     return Problem(
         str(config.task), observation.contiguous(), operator, size, canvas, mask, reference, guide, kernel, fidelity

@@ -38,6 +38,7 @@ from .imageio import save_image, save_side_by_side
 from .preflight import MEMORY_SHARE, check_memory, dry_run, is_out_of_memory
 from .progress import run_with_progress, status_line
 from .report import build_report, save_report
+from .tasks import spec
 from .tiling import check_config, tiled_session
 from .tiling import check_job as check_tiling
 
@@ -82,9 +83,10 @@ def validate_job(job: FitJob, *, device: bool = True) -> None:
         return  # the checkpoint holds the problem and the settings: checked as it is loaded (resume_config)
     chosen, noise = problem_options_checked(job)
     config = build_config(with_noise_peak(job, noise), chosen.channels)
-    if job.task == "inpaint":
+    task = spec(str(job.task))  # (problem_options_checked refuses a job without one)
+    if task.needs("mask"):
         mask_source(job, chosen.holes)
-    if job.task == "deblur":
+    if task.needs("kernel"):
         parse_kernel(config)
     if tiled:
         assert job.tile is not None  # (check_tiling refuses --overlap without --tile)

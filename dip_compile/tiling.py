@@ -37,6 +37,7 @@ from .preflight import TILED_TASKS, check_memory, dry_run, is_out_of_memory
 from .problem import Problem, make_problem
 from .progress import run_with_progress
 from .report import fit_identity, image_scores, save_report
+from .tasks import TASKS as TASK_SPECS
 from .version import __version__
 
 TASKS = TILED_TASKS
@@ -155,9 +156,9 @@ def check_job(job: FitJob) -> None:
         )
     if job.snapshot_every:
         raise DipError("--snapshot-every does not apply with --tile: the image exists only once every tile is fitted")
-    if job.task == "inpaint":
+    if job.task in TASK_SPECS and TASK_SPECS[job.task].needs("mask"):
         raise DipError(
-            "--tile does not support inpaint: the mask's holes cross tile borders and a tile may fall entirely in a "
+            f"--tile does not support {job.task}: the mask's holes cross tile borders and a tile may fall entirely in a "
             f"hole, with nothing to fit; --tile supports {' and '.join(TASKS)}"
         )
     if job.task is not None and job.task not in TASKS:
@@ -177,16 +178,16 @@ def check_config(config: FitConfig, tile: int, overlap: int) -> None:
             f"--tile ({tile}) must be larger than twice --overlap ({overlap}): a tile would be all overlap; use a "
             "larger --tile or a smaller --overlap"
         )
-    if config.task == "super-resolve" and tile % config.factor:
+    if tile % config.factor:  # (the factor is 1 unless the task scales)
         raise DipError(
-            f"--tile is in output pixels and must be a multiple of --factor {config.factor} for super-resolve, got {tile}"
+            f"--tile is in output pixels and must be a multiple of --factor {config.factor} for {config.task}, got {tile}"
         )
 
 
 def tile_problem(config: FitConfig, whole: Problem, box: Box) -> Problem:
     """The fit of one tile: the tile's crop of the observation (the low-resolution crop for super-resolution) and of
     the reference."""
-    f = config.factor if config.task == "super-resolve" else 1
+    f = config.factor  # (1 unless the task scales)
     low = Box(box.top // f, box.left // f, box.height // f, box.width // f)
     reference = None if whole.reference is None else box.crop(whole.reference)
     return make_problem(config, low.crop(whole.observation).clone(), reference=reference)
@@ -204,7 +205,7 @@ def tiled_session(job: FitJob, console: Any, stop_requested: Optional[Callable[[
     check_config(config, job.tile, job.overlap)
     device = resolve_device(str(config.device))
     config = config.replace(device=device)
-    boxes = grid(whole.size, job.tile, job.overlap, config.factor if config.task == "super-resolve" else 1)
+    boxes = grid(whole.size, job.tile, job.overlap, config.factor)
     problems = [tile_problem(config, whole, box) for box in boxes]
     largest = max(problems, key=lambda p: p.canvas[0] * p.canvas[1])
     if job.dry_run:

@@ -21,6 +21,7 @@ from ..config import Task
 from ..errors import DipError
 from ..fitjob import FitJob
 from ..fitjob import fingerprint as fingerprint  # (re-exported: its home before fitjob.py)
+from ..tasks import TASKS, needing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 COLUMNS = ("image", "task", "mask", "factor", "preset", "reference", "output", "options")
@@ -120,8 +121,8 @@ def from_folder(folder: Path, task: str, mask_dir: Optional[Path], reference_dir
     for name, directory in (("--mask-dir", mask_dir), ("--reference-dir", reference_dir)):
         if directory is not None and not directory.is_dir():
             raise ManifestError(f"{name} {directory}: no such folder")
-    if mask_dir is not None and task != "inpaint":
-        raise ManifestError(f"--mask-dir is for inpaint, not {task}")
+    if mask_dir is not None and not TASKS[task].needs("mask"):
+        raise ManifestError(f"--mask-dir is for {needing('mask')}, not {task}")
     jobs = []
     for image in images:
         mask = _match(image, mask_dir)

@@ -1,0 +1,93 @@
+"""The task registry: one ``TaskSpec`` per task, read by the configuration, the problem, the checkpoint, the memory
+estimate, tiling, the fit job and the batch manifest instead of comparing the task's name (a test keeps it so).
+
+A new task is: a member of ``config.Task`` (the CLI's TASK choices), its ``TaskSpec`` here, and its default preset in
+``presets.PRESETS``; a new kind of operator adds its factory to ``degradations.OPERATORS``. What a spec does not say
+stays code keyed by its fields: ``--from-reference`` blurs for a task that needs a kernel and downsamples (PIL
+Lanczos, as the paper) for one that scales, and a scaling task's corrupted view is the bicubic upscale.
+
+Torch-free on purpose: ``config`` validates with it and ``dipc --help`` must start without torch. The operator is
+named, not imported: ``degradations.OPERATORS`` maps the name to its factory (the torch side).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import DipError, joined
+
+INPUTS = ("mask", "kernel", "guide")  # the inputs besides IMAGE a task may need (and only then accept)
+
+
+class TaskError(DipError):
+    """A task the registry does not know, or a registry entry that cannot work."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the code needs to know about a task; every field says how it differs from plain denoising."""
+
+    name: str
+    operator: str  # the key of its factory in degradations.OPERATORS
+    default_preset: str  # the key of presets.BY_NAME a fit of this task starts from
+    inputs: frozenset[str] = frozenset()  # of INPUTS: needed, and refused by the other tasks
+    factors: tuple[int, ...] = ()  # super-resolution: the restored image is factor times the observation
+    tiles: bool = False  # --tile supports it
+    from_reference: bool = False  # --from-reference: IMAGE is sharp and the task's operator makes the observation
+    clean_image: bool = False  # --noise may corrupt IMAGE itself (it is the clean image)
+    observed: bool = False  # the observation is the operator applied to IMAGE (inpaint: unknown pixels zeroed)
+    no_poisson: str = ""  # why --loss poisson does not fit it ("": it does)
+
+    def __post_init__(self) -> None:
+        unknown = self.inputs - set(INPUTS)
+        if unknown:
+            raise TaskError(f"task {self.name}: unknown input(s) {', '.join(sorted(unknown))}; use {', '.join(INPUTS)}")
+
+    def needs(self, name: str) -> bool:
+        """Whether the task needs (and so accepts) the input ``name`` (one of INPUTS)."""
+        return name in self.inputs
+
+    @property
+    def scales(self) -> bool:
+        """Whether the restored image is larger than the observation (by ``--factor``)."""
+        return bool(self.factors)
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("inpaint", "mask", "kate", inputs=frozenset({"mask"}), observed=True),
+        TaskSpec("denoise", "identity", "f16", tiles=True, clean_image=True),
+        TaskSpec(
+            "super-resolve",
+            "downsample",
+            "sr-x4",
+            factors=(2, 4, 8),
+            tiles=True,
+            from_reference=True,
+            no_poisson="its Lanczos downsampler has negative lobes, so the rates it compares with the counts can be "
+            "negative",
+        ),
+        TaskSpec("flash-no-flash", "identity", "flash", inputs=frozenset({"guide"})),
+        TaskSpec("deblur", "blur", "deblur", inputs=frozenset({"kernel"}), from_reference=True),
+    )
+}
+
+
+def spec(task: str) -> TaskSpec:
+    """The registry entry of ``task`` (a name or a ``config.Task``)."""
+    try:
+        return TASKS[str(task)]
+    except KeyError:
+        raise TaskError(f"unknown task {str(task)!r}; choose one of {', '.join(TASKS)}") from None
+
+
+def names(where: Callable[[TaskSpec], bool]) -> tuple[str, ...]:
+    """The tasks, in registry order, whose entry satisfies ``where``."""
+    return tuple(name for name, s in TASKS.items() if where(s))
+
+
+def needing(name: str) -> str:
+    """The tasks that need the input ``name``, as a message lists them (``inpaint``)."""
+    return joined(names(lambda s: s.needs(name)))
