@@ -47,6 +47,7 @@ class NetShape:
     need_1x1_up: Optional[bool] = None
     input: Optional[str] = None
     input_depth: Optional[int] = None
+    padding: Optional[str] = None
 
     def given(self) -> list[str]:
         """The flags given, as the user typed them."""
@@ -88,7 +89,7 @@ class NetShape:
             changes["structure"] = self.structure
             if self.structure == "seed" and self.upsample is None:
                 changes["upsample"] = ("bicubic",)
-        for name in ("kernel_skip", "need_1x1_up", "input_depth"):
+        for name in ("kernel_skip", "need_1x1_up", "input_depth", "padding"):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         if self.input is not None:
