@@ -13,7 +13,7 @@ import typer
 
 from dip_compile.cli import JOB_OPTIONS, app, parse_fit_args
 from dip_compile.config import PANELS, Choice, FitConfig, NetConfig, flagged
-from dip_compile.fitjob import FitJob, NetShape, build_config
+from dip_compile.fitjob import FitJob, NetShape, build_config, fingerprint
 
 FIT = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
 FIELDS = [(cls, f) for cls in (FitConfig, NetConfig) for f in flagged(cls)]
@@ -108,3 +108,13 @@ def test_fit_help_groups_the_options_in_panels() -> None:
         if isinstance(param, click.Option) and param.name != "help":
             assert getattr(param, "rich_help_panel", None) in titles, f"{param.opts} has no panel"
             assert "{" not in (param.help or ""), f"{param.opts}: a list left unfilled in its help"
+
+
+def test_the_roles_of_the_job_fields_decide_what_resume_keeps_and_what_the_fingerprint_reads(tmp_path: Path) -> None:
+    args = ["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--sigma", "25", "--quiet"]
+    job = parse_fit_args([*args, "--report", str(tmp_path / "out.json")])
+    resumed = job.resumed(tmp_path / "out.ckpt")
+    assert (resumed.output, resumed.report, resumed.quiet) == (job.output, job.report, True)
+    assert (resumed.task, resumed.image, resumed.sigma) == (None, None, None)
+    assert fingerprint(dataclasses.replace(job, quiet=False, report=None)) == fingerprint(job)
+    assert fingerprint(dataclasses.replace(job, sigma=15.0)) != fingerprint(job)
