@@ -89,14 +89,24 @@ class NetShape:
             changes["structure"] = self.structure
             if self.structure == "seed" and self.upsample is None:
                 changes["upsample"] = ("bicubic",)
-        for name in ("kernel_skip", "need_1x1_up", "input_depth", "padding"):
-            if getattr(self, name) is not None:
-                changes[name] = getattr(self, name)
+        for f in dataclasses.fields(self):  # the others set the NetConfig field of their name as they are
+            value = getattr(self, f.name)
+            if f.name in _NET_FIELDS and f.name not in (*given, "generator", "structure") and value is not None:
+                changes[f.name] = value
         if self.input is not None:
             changes["input_kind"] = self.input
             if self.input == "meshgrid" and self.input_depth is None:
                 changes["input_depth"] = 2  # a meshgrid has two channels
         return dataclasses.replace(net, **changes) if changes else net
+
+
+_NET_FIELDS = frozenset(f.name for f in dataclasses.fields(NetConfig))
+# The NetShape fields of the first fingerprints: a field added since enters a job's fingerprint only when given, so that
+# a batch rerun still recognises the jobs it finished before the option existed.
+_FINGERPRINTED_NET = frozenset(
+    ("generator", "structure", "depth", "channels", "channels_down", "channels_up", "skip_channels", "upsample")
+    + ("downsample", "kernel_down", "kernel_up", "kernel_skip", "need_1x1_up", "input", "input_depth")
+)
 
 
 def _first(*values: Any) -> Any:
@@ -477,7 +487,8 @@ def fingerprint(fit_job: FitJob) -> str:
     fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
     # where and how frugally it runs is not what it is
     settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
-    text = json.dumps({**fields, "settings": settings}, sort_keys=True, default=_content)
+    net = {k: v for k, v in dataclasses.asdict(fields.pop("net")).items() if k in _FINGERPRINTED_NET or v is not None}
+    text = json.dumps({**fields, "net": net, "settings": settings}, sort_keys=True, default=_content)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

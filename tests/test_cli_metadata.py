@@ -118,3 +118,10 @@ def test_the_roles_of_the_job_fields_decide_what_resume_keeps_and_what_the_finge
     assert (resumed.task, resumed.image, resumed.sigma) == (None, None, None)
     assert fingerprint(dataclasses.replace(job, quiet=False, report=None)) == fingerprint(job)
     assert fingerprint(dataclasses.replace(job, sigma=15.0)) != fingerprint(job)
+
+
+def test_an_option_added_since_leaves_the_fingerprints_of_jobs_without_it_as_they_were() -> None:
+    """A batch rerun recognises the jobs it finished before --padding existed (the value kept by the release before it)."""
+    job = parse_fit_args(["denoise", "/nonexistent/x.png", "-o", "/nonexistent/o.png", "--sigma", "25", "--depth", "3"])
+    assert fingerprint(job) == "a360bb4f575dda78"
+    assert fingerprint(dataclasses.replace(job, net=dataclasses.replace(job.net, padding="zeros"))) != fingerprint(job)
