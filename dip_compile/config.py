@@ -146,9 +146,10 @@ def option(
     job: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """A config field with everything ``dipc fit`` needs to offer it, so that a new option is this one declaration:
-    the flag (a field whose flag does not start with ``--`` has no option: the name only labels its errors), its
-    help and --help panel (one of ``PANELS``), whether a resumed fit may change it, the option's default where the command line's
+    """A config field with what the command line needs to offer it, so that a new ``dipc fit`` setting is this one
+    declaration (cli.py builds the option, and the map to the setting, from it): the flag (a field whose flag does
+    not start with ``--`` has no option: the name only labels its errors), the option's help and --help panel (one
+    of ``PANELS``), whether a resumed fit may change the setting, the option's default where the command line's
     differs from the library's (``auto`` picks the device), and ``job``: the flag sets the ``FitJob`` field of the
     same name, which chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help
     may name ``{kernels}`` and ``{presets}``: the CLI fills in their lists (``presets`` imports this module)."""
