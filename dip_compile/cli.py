@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -12,20 +16,7 @@ import typer
 
 from . import kernels, presets
 from . import noise as noise_models
-from .config import (
-    Backend,
-    Downsample,
-    Generator,
-    InputKind,
-    Loss,
-    LrSchedule,
-    Precision,
-    StopRule,
-    StopVariant,
-    Structure,
-    Task,
-    Upsample,
-)
+from .config import PANELS, Choice, FitConfig, NetConfig, Task, flagged
 from .errors import DipError
 from .export_options import (
     BatchNormMode,
@@ -77,300 +68,249 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 RESUMABLE = "may change on --resume"
 LEVELS = "comma-separated from the finest level (16,32,64,128,128)"
+HELP_LISTS = {"kernels": kernels.SPECS, "presets": ", ".join(presets.NAMES)}  # the lists config help texts name
+
+
+def _option(name: str, kind: Any, default: Any, *decls: str, panel: str, help: str, **kwargs: Any) -> inspect.Parameter:
+    """One ``dipc fit`` option as typer reads it from a signature, in its --help panel."""
+    info = typer.Option(*decls, help=help, rich_help_panel=panel.capitalize(), **kwargs)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
+
+
+def _argument(name: str, kind: Any, help: str) -> inspect.Parameter:
+    info = typer.Argument(help=help, show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, info])
+
+
+# The options of ``dipc fit`` that are not settings of the fit: the files in and out and how the run behaves, each
+# named after its FitJob field (--depth and --channels: NetShape's). The settings' options come from the fields of
+# FitConfig and NetConfig (``config.option``).
+JOB_OPTIONS: tuple[inspect.Parameter, ...] = (
+    _argument("task", Optional[Task], "the problem"),
+    _argument("image", Optional[Path], "the corrupted image (or clean one with --sigma / --from-reference)"),
+    _option("mask", Optional[Path], None, panel="problem", help="inpainting mask, same size, white = known pixel"),
+    _option(
+        "holes",
+        Optional[float],
+        None,
+        panel="problem",
+        help="inpaint: make a mask dropping this fraction of pixels at random",
+    ),
+    _option(
+        "box",
+        Optional[float],
+        None,
+        panel="problem",
+        help="inpaint: make a mask with a centred hole of this area fraction",
+    ),
+    _option("text", bool, False, "--text", panel="problem", help="inpaint: make a text-overlay mask"),
+    _option(
+        "from_reference",
+        bool,
+        False,
+        "--from-reference",
+        panel="problem",
+        help="super-resolve / deblur: IMAGE is sharp; downsample or blur it for the input, use it as reference",
+    ),
+    _option(
+        "sigma",
+        Optional[float],
+        None,
+        panel="problem",
+        help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference; "
+        "deblur --from-reference: the noise added after the blur",
+    ),
+    _option(
+        "noise",
+        Optional[str],
+        None,
+        panel="problem",
+        help=f"make the observation from a clean IMAGE with {noise_models.SPECS}; IMAGE is the reference",
+    ),
+    _option("reference", Optional[Path], None, panel="problem", help="clean image: PSNR is logged against it"),
+    _option(
+        "flash",
+        Optional[Path],
+        None,
+        panel="problem",
+        help="flash-no-flash: the flash photo (the network's input), same size as IMAGE",
+    ),
+    _option(
+        "resume",
+        Optional[Path],
+        None,
+        panel="problem",
+        help="continue the fit saved in this checkpoint (only the options marked so may change)",
+    ),
+    _option("depth", Optional[int], None, panel="network", help="hourglass levels (preset 5)"),
+    _option(
+        "channels",
+        Optional[str],
+        None,
+        panel="network",
+        help=f"channels per level, down and up: one value or one per level, {LEVELS}",
+    ),
+    _option(  # text, not Path: Path("newdir/") would drop the separator that the output check refuses
+        "output",
+        Optional[str],
+        None,
+        "-o",
+        "--output",
+        panel="outputs",
+        metavar="<path>",
+        help="restored image (format from the extension, PNG otherwise)",
+    ),
+    _option(
+        "checkpoint",
+        Optional[str],
+        None,
+        panel="outputs",
+        metavar="<path>",
+        help="write a checkpoint here at the end (and on Ctrl-C); an existing file needs --force, except the "
+        "--resume file itself, which the resumed fit continues",
+    ),
+    _option(
+        "checkpoint_every",
+        float,
+        0.0,
+        panel="outputs",
+        help="with --checkpoint: also write it every N seconds while fitting (0 = at the end)",
+    ),
+    _option("report", Optional[str], None, panel="outputs", metavar="<path>", help="write a JSON report here"),
+    _option(
+        "compare",
+        Optional[str],
+        None,
+        panel="outputs",
+        metavar="<path>",
+        help="write a side-by-side PNG: input | restored [| reference]",
+    ),
+    _option("snapshot_every", int, 0, panel="outputs", help="write OUT-<iteration>.png every N iterations (0 = never)"),
+    _option(
+        "dry_run",
+        bool,
+        False,
+        "--dry-run",
+        panel="outputs",
+        help="print the estimated peak memory and time per iteration, fit nothing, write nothing",
+    ),
+    _option("force", bool, False, "--force", panel="outputs", help="overwrite existing outputs"),
+    _option("quiet", bool, False, "--quiet", "-q", panel="outputs", help="no progress output"),
+    _option(
+        "status_every",
+        float,
+        30.0,
+        panel="outputs",
+        help="seconds between plain progress lines when stderr is not a terminal (logs, CI)",
+    ),
+    _option(
+        "tile",
+        Optional[int],
+        None,
+        panel="speed",
+        show_default=False,
+        help="denoise / super-resolve of an image too large for one fit: fit SIZE x SIZE tiles one after the "
+        "other and blend them (super-resolve: output pixels, a multiple of --factor); Ctrl-C keeps the finished "
+        "tiles in OUT.tiles/ and rerunning the same command continues",
+    ),
+    _option(
+        "overlap", int, 32, panel="speed", help="--tile: pixels neighbouring tiles share, blended with a smooth ramp"
+    ),
+)
+
+
+def _parsed_type(hint: Any) -> Any:
+    """What an option of a field with this type parses: the value type of an optional field, and text for a per-level
+    tuple (one value, or comma-separated values, one per level)."""
+    if typing.get_origin(hint) is tuple:
+        return str
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def setting_options(cls: type) -> list[inspect.Parameter]:
+    """The options of a config class's flagged fields, each named after its field. An option not given is None (the
+    preset's value), unless the field's metadata gives a command-line default; a setting that is off by default is
+    a switch (--keep-known), one that is on by default can be turned off (--no-1x1-up)."""
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in flagged(cls):
+        meta, flag = f.metadata, f.metadata["flag"]
+        text = meta["help"].format(**HELP_LISTS) + (f"; {RESUMABLE}" if meta["resume"] else "")
+        kind, default, decls = _parsed_type(hints[f.name]), None, flag
+        if kind is bool and f.default:
+            kind, decls = Optional[bool], f"{flag}/--no-{flag.removeprefix('--')}"
+        elif kind is bool:
+            default = False
+        elif meta["cli_default"] is not None:
+            default = meta["cli_default"]
+        else:
+            kind = Optional[kind]
+        options.append(_option(f.name, kind, default, decls, panel=meta["panel"], help=text))
+    return options
+
+
+def fit_parameters() -> list[inspect.Parameter]:
+    """Every parameter of ``dipc fit``: the arguments, then the options panel by panel (in --help's order)."""
+
+    def rank(param: inspect.Parameter) -> int:
+        panel = typing.get_args(param.annotation)[1].rich_help_panel
+        return -1 if panel is None else [p.capitalize() for p in PANELS].index(panel)
+
+    return sorted([*JOB_OPTIONS, *setting_options(FitConfig), *setting_options(NetConfig)], key=rank)
+
+
+def _signature(params: list[inspect.Parameter]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Gives a command that takes ``**params`` the signature typer builds its options from."""
+
+    def sign(command: Callable[..., Any]) -> Callable[..., Any]:
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return command
+
+    return sign
 
 
 @app.command()
 @user_errors
-def fit(
-    task: Annotated[Optional[Task], typer.Argument(help="the problem", show_default=False)] = None,
-    image: Annotated[
-        Optional[Path],
-        typer.Argument(help="the corrupted image (or clean one with --sigma / --from-reference)", show_default=False),
-    ] = None,
-    output: Annotated[  # text, not Path: Path("newdir/") would drop the separator that the output check refuses
-        Optional[str],
-        typer.Option(
-            "-o", "--output", metavar="<path>", help="restored image (format from the extension, PNG otherwise)"
-        ),
-    ] = None,
-    mask: Annotated[Optional[Path], typer.Option(help="inpainting mask, same size, white = known pixel")] = None,
-    holes: Annotated[
-        Optional[float], typer.Option(help="inpaint: make a mask dropping this fraction of pixels at random")
-    ] = None,
-    box: Annotated[
-        Optional[float], typer.Option(help="inpaint: make a mask with a centred hole of this area fraction")
-    ] = None,
-    text: Annotated[bool, typer.Option("--text", help="inpaint: make a text-overlay mask")] = False,
-    factor: Annotated[Optional[int], typer.Option(help="super-resolution factor: 2, 4 or 8 (default 4)")] = None,
-    from_reference: Annotated[
-        bool,
-        typer.Option(
-            "--from-reference",
-            help="super-resolve / deblur: IMAGE is sharp; downsample or blur it for the input, use it as reference",
-        ),
-    ] = False,
-    sigma: Annotated[
-        Optional[float],
-        typer.Option(
-            help="denoise: add Gaussian noise of this std (0-255 scale) to IMAGE first, and use IMAGE as reference; "
-            "deblur --from-reference: the noise added after the blur"
-        ),
-    ] = None,
-    kernel: Annotated[Optional[str], typer.Option(help=f"deblur: the known blur, {kernels.SPECS}")] = None,
-    noise: Annotated[
-        Optional[str],
-        typer.Option(help=f"make the observation from a clean IMAGE with {noise_models.SPECS}; IMAGE is the reference"),
-    ] = None,
-    loss: Annotated[
-        Optional[Loss], typer.Option(help="data fidelity: mse (Gaussian noise), l1 (impulse noise), poisson (counts)")
-    ] = None,
-    peak: Annotated[
-        Optional[float], typer.Option(help="--loss poisson: photons of a white pixel (default: --noise poisson:PEAK's)")
-    ] = None,
-    iterations: Annotated[
-        Optional[int], typer.Option(help=f"total iterations (preset: the paper's count); {RESUMABLE}")
-    ] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate; {RESUMABLE}")] = None,
-    lr_schedule: Annotated[
-        Optional[LrSchedule],
-        typer.Option(
-            help="the rate over the fit: constant (the paper's), warmup (linear over --lr-warmup iterations), cosine "
-            f"(that warm-up, then a cosine decay to --lr/10 at --iterations); {RESUMABLE}"
-        ),
-    ] = None,
-    lr_warmup: Annotated[
-        Optional[int], typer.Option(help=f"warm-up iterations of --lr-schedule warmup/cosine (100); {RESUMABLE}")
-    ] = None,
-    reg_noise: Annotated[
-        Optional[float], typer.Option(help=f"std of the input perturbation per iteration; {RESUMABLE}")
-    ] = None,
-    stop: Annotated[
-        Optional[StopRule], typer.Option(help="auto: variance-based early stopping (denoise default)")
-    ] = None,
-    stop_rule: Annotated[
-        Optional[StopVariant],
-        typer.Option(help="auto stopping rule: wmv (window of W outputs) or emv (exponential, no buffer)"),
-    ] = None,
-    stop_window: Annotated[Optional[int], typer.Option(help="auto stopping window W (preset 100)")] = None,
-    stop_patience: Annotated[
-        Optional[int],
-        typer.Option(
-            help=f"auto stopping: stop after this many iterations without a new variance minimum (preset 300); {RESUMABLE}"
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        Optional[str],
-        typer.Option(
-            metavar="<path>",
-            help="write a checkpoint here at the end (and on Ctrl-C); an existing file needs --force, except the "
-            "--resume file itself, which the resumed fit continues",
-        ),
-    ] = None,
-    resume: Annotated[
-        Optional[Path],
-        typer.Option(help="continue the fit saved in this checkpoint (only the options marked so may change)"),
-    ] = None,
-    report: Annotated[Optional[str], typer.Option(metavar="<path>", help="write a JSON report here")] = None,
-    reference: Annotated[Optional[Path], typer.Option(help="clean image: PSNR is logged against it")] = None,
-    seed: Annotated[
-        Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")
-    ] = None,
-    snapshot_every: Annotated[int, typer.Option(help="write OUT-<iteration>.png every N iterations (0 = never)")] = 0,
-    checkpoint_every: Annotated[
-        float, typer.Option(help="with --checkpoint: also write it every N seconds while fitting (0 = at the end)")
-    ] = 0.0,
-    compare: Annotated[
-        Optional[str], typer.Option(metavar="<path>", help="write a side-by-side PNG: input | restored [| reference]")
-    ] = None,
-    tile: Annotated[
-        Optional[int],
-        typer.Option(
-            help="denoise / super-resolve of an image too large for one fit: fit SIZE x SIZE tiles one after the "
-            "other and blend them (super-resolve: output pixels, a multiple of --factor); Ctrl-C keeps the finished "
-            "tiles in OUT.tiles/ and rerunning the same command continues",
-            show_default=False,
-        ),
-    ] = None,
-    overlap: Annotated[
-        int, typer.Option(help="--tile: pixels neighbouring tiles share, blended with a smooth ramp")
-    ] = 32,
-    keep_known: Annotated[
-        bool,
-        typer.Option(
-            "--keep-known",
-            help=f"inpaint: keep the observed pixels in the output, use the network only in the holes; {RESUMABLE}",
-        ),
-    ] = False,
-    preset: Annotated[
-        Optional[str],
-        typer.Option(
-            help=f"start from this preset ({', '.join(presets.NAMES)}; dipc presets lists them); default: the task's"
-        ),
-    ] = None,
-    paper_exact: Annotated[
-        bool,
-        typer.Option("--paper-exact", help="run the notebook's choices where dip-compile differs (see the README)"),
-    ] = False,
-    flash: Annotated[
-        Optional[Path], typer.Option(help="flash-no-flash: the flash photo (the network's input), same size as IMAGE")
-    ] = None,
-    backtrack: Annotated[
-        Optional[float],
-        typer.Option(
-            help="restore the last good weights when the PSNR to the input drops by more than DB dB (0 = off)"
-        ),
-    ] = None,
-    backtrack_every: Annotated[
-        Optional[int], typer.Option(help="check for backtracking every N iterations (preset 1; 50 for restoration)")
-    ] = None,
-    generator: Annotated[
-        Optional[Generator],
-        typer.Option(
-            help="skip (the paper's hourglass), convdecoder or deepdecoder (decoders from a small noise input)"
-        ),
-    ] = None,
-    structure: Annotated[Optional[Structure], typer.Option(help="network structure (preset paper)")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="hourglass levels (preset 5)")] = None,
-    channels: Annotated[
-        Optional[str], typer.Option(help=f"channels per level, down and up: one value or one per level, {LEVELS}")
-    ] = None,
-    channels_down: Annotated[Optional[str], typer.Option(help="channels of the down blocks, per level")] = None,
-    channels_up: Annotated[Optional[str], typer.Option(help="channels of the up blocks, per level")] = None,
-    skip_channels: Annotated[Optional[str], typer.Option(help="skip channels per level (0 = no skip)")] = None,
-    upsample: Annotated[
-        Optional[str], typer.Option(help=f"upsampling: {'|'.join(Upsample.values())}, one or per level")
-    ] = None,
-    downsample: Annotated[
-        Optional[str], typer.Option(help=f"downsampling: {'|'.join(Downsample.values())}, one or per level")
-    ] = None,
-    kernel_down: Annotated[Optional[str], typer.Option(help="kernel size of the down convs (odd), per level")] = None,
-    kernel_up: Annotated[Optional[str], typer.Option(help="kernel size of the up convs (odd), per level")] = None,
-    kernel_skip: Annotated[Optional[int], typer.Option(help="kernel size of the skip convs (odd; preset 1)")] = None,
-    need_1x1_up: Annotated[
-        Optional[bool], typer.Option("--1x1-up/--no-1x1-up", help="the 1x1 conv at the end of each up block")
-    ] = None,
-    net_input: Annotated[
-        Optional[InputKind],
-        typer.Option("--input", help="the fixed input: noise, a 2-channel meshgrid, or the flash image"),
-    ] = None,
-    input_depth: Annotated[Optional[int], typer.Option(help="channels of the noise input (preset 32)")] = None,
-    device: Annotated[str, typer.Option(help=f"cpu, cuda, cuda:N or auto; {RESUMABLE}")] = "auto",
-    backend: Annotated[
-        Backend,
-        typer.Option(help=f"training step: eager, inductor (torch.compile) or auto; {RESUMABLE}"),
-    ] = Backend.auto,
-    precision: Annotated[
-        Precision, typer.Option(help=f"bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), fp32 or auto; {RESUMABLE}")
-    ] = Precision.auto,
-    log_every: Annotated[
-        Optional[int], typer.Option(help=f"read loss/PSNR from the device every N iterations (default 10); {RESUMABLE}")
-    ] = None,
-    status_every: Annotated[
-        float, typer.Option(help="seconds between plain progress lines when stderr is not a terminal (logs, CI)")
-    ] = 30.0,
-    save_memory: Annotated[
-        bool,
-        typer.Option(
-            "--save-memory",
-            help=f"recompute activations in the backward pass instead of keeping them: about half the peak memory at "
-            f"512-1024 px for 1.3-1.5x the time per iteration, the same results; {RESUMABLE}",
-        ),
-    ] = False,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run", help="print the estimated peak memory and time per iteration, fit nothing, write nothing"
-        ),
-    ] = False,
-    force: Annotated[bool, typer.Option("--force", help="overwrite existing outputs")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
-) -> None:
+@_signature(fit_parameters())
+def fit(**params: Any) -> None:
     """Fit the Deep Image Prior to one image: dipc fit TASK IMAGE -o OUT.png, or dipc fit --resume CKPT -o OUT.png."""
     from . import restore
 
-    code = restore.run_job(fit_job(locals()))
+    code = restore.run_job(fit_job(params))
     if code:
         raise typer.Exit(code)
 
 
 def fit_job(params: dict[str, Any]) -> FitJob:
-    """The ``FitJob`` of ``dipc fit``'s parsed options (by parameter name)."""
+    """The ``FitJob`` of ``dipc fit``'s parsed options, by parameter name (a setting's is its config field's name).
+    The settings the user gave go to ``FitJob.settings``, the network's to ``NetShape``, whose fields are named
+    after the config field or, where the two differ, after the flag (--skip-channels, --input)."""
     from .fitjob import FitJob, NetShape  # (imports torch: not at the top, so that dipc --help stays fast)
 
-    p = dict(params)
-    if p["output"] is None and not p["dry_run"]:
+    if params["output"] is None and not params["dry_run"]:
         fail("missing -o/--output: where to write the restored image")
-    settings = {
-        "iterations": p["iterations"],
-        "lr": p["lr"],
-        "lr_schedule": p["lr_schedule"],
-        "lr_warmup": p["lr_warmup"],
-        "reg_noise_std": p["reg_noise"],
-        "stop": p["stop"],
-        "stop_variant": p["stop_rule"],
-        "stop_window": p["stop_window"],
-        "stop_patience": p["stop_patience"],
-        "seed": p["seed"],
-        "factor": p["factor"],
-        "kernel": p["kernel"],
-        "loss": p["loss"],
-        "peak": p["peak"],
-        "keep_known": p["keep_known"] or None,
-        "device": p["device"],
-        "backend": p["backend"],
-        "precision": p["precision"],
-        "log_every": p["log_every"],
-        "backtrack_db": p["backtrack"],
-        "backtrack_every": p["backtrack_every"],
-        "save_memory": p["save_memory"] or None,
-    }
-    generator, net_input, task = p["generator"], p["net_input"], p["task"]
-    return FitJob(
-        output=p["output"] or Path("dry-run.png"),
-        task=task.value if task is not None else None,
-        image=p["image"],
-        mask=p["mask"],
-        holes=p["holes"],
-        box=p["box"],
-        text=p["text"],
-        from_reference=p["from_reference"],
-        sigma=p["sigma"],
-        reference=p["reference"],
-        settings={k: v for k, v in settings.items() if v is not None},
-        flash=p["flash"],
-        noise=p["noise"],
-        preset=p["preset"],
-        paper_exact=p["paper_exact"],
-        net=NetShape(
-            generator=generator.value if generator is not None else None,
-            structure=p["structure"],
-            depth=p["depth"],
-            channels=p["channels"],
-            channels_down=p["channels_down"],
-            channels_up=p["channels_up"],
-            skip_channels=p["skip_channels"],
-            upsample=p["upsample"],
-            downsample=p["downsample"],
-            kernel_down=p["kernel_down"],
-            kernel_up=p["kernel_up"],
-            kernel_skip=p["kernel_skip"],
-            need_1x1_up=p["need_1x1_up"],
-            input=net_input.value if net_input is not None else None,
-            input_depth=p["input_depth"],
-        ),
-        checkpoint=p["checkpoint"],
-        resume=p["resume"],
-        report=p["report"],
-        compare=p["compare"],
-        tile=p["tile"],
-        overlap=p["overlap"],
-        snapshot_every=p["snapshot_every"],
-        checkpoint_every=p["checkpoint_every"],
-        dry_run=p["dry_run"],
-        force=p["force"],
-        quiet=p["quiet"],
-        status_every=p["status_every"],
-    )
+    shape_fields = {f.name for f in dataclasses.fields(NetShape)}
+    job = {p.name: _plain(params[p.name]) for p in JOB_OPTIONS if p.name not in shape_fields}
+    net = {p.name: params[p.name] for p in JOB_OPTIONS if p.name in shape_fields}
+    settings = {}
+    for f in flagged(FitConfig):
+        value = params[f.name]
+        if f.metadata["job"]:
+            job[f.name] = value
+        elif value is not None and value is not False:  # a switch not given is not a setting
+            settings[f.name] = value
+    for f in flagged(NetConfig):
+        name = f.name if f.name in shape_fields else f.metadata["flag"].removeprefix("--").replace("-", "_")
+        net[name] = _plain(params[f.name])
+    job["output"] = job["output"] or Path("dry-run.png")
+    return FitJob(**job, settings=settings, net=NetShape(**net))
+
+
+def _plain(value: Any) -> Any:
+    """A choice as its text, as the job's fields hold it."""
+    return value.value if isinstance(value, Choice) else value
 
 
 def parse_fit_args(args: list[str]) -> FitJob:

@@ -133,13 +133,38 @@ class ConfigError(DipError):
     """A setting outside its valid range (a ValueError subclass, shown by the CLI as one line)."""
 
 
-def option(default: Any = dataclasses.MISSING, *, flag: str, resume: bool = False, **kwargs: Any) -> Any:
-    """A config field with the command-line flag that sets it and whether a resumed fit may change it."""
-    return field(default=default, metadata={"flag": flag, "resume": resume}, **kwargs)
+PANELS: tuple[str, ...] = ("problem", "network", "fitting", "stopping", "outputs", "speed")  # of dipc fit --help
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    flag: str,
+    help: str = "",
+    panel: str = "",
+    resume: bool = False,
+    cli_default: Any = None,
+    job: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A config field with what the command line needs to offer it, so that a new ``dipc fit`` setting is this one
+    declaration (cli.py builds the option, and the map to the setting, from it): the flag (a field whose flag does
+    not start with ``--`` has no option: the name only labels its errors), the option's help and --help panel (one
+    of ``PANELS``), whether a resumed fit may change the setting, the option's default where the command line's
+    differs from the library's (``auto`` picks the device), and ``job``: the flag sets the ``FitJob`` field of the
+    same name, which chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help
+    may name ``{kernels}`` and ``{presets}``: the CLI fills in their lists (``presets`` imports this module)."""
+    metadata = {"flag": flag, "help": help, "panel": panel, "resume": resume, "cli_default": cli_default, "job": job}
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 def flag_of(cls: type, name: str) -> str:
     return next(f.metadata.get("flag", name) for f in dataclasses.fields(cls) if f.name == name)
+
+
+def flagged(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a config class that a ``dipc fit`` option sets, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", "").startswith("--")]
 
 
 def choice_fields(obj: Any) -> list[tuple[str, type[Choice]]]:
@@ -199,21 +224,63 @@ class NetConfig:
     """The hourglass. Lists run from the finest level (0) to the coarsest; a skip of 0 drops that skip. The per-level
     options (upsample, downsample, kernel_down, kernel_up) hold one value for every level or one per level."""
 
-    generator: Generator = option(Generator.skip, flag="--generator")
-    structure: Structure = option(Structure.paper, flag="--structure")  # of the skip generator
-    input_depth: int = option(32, flag="--input-depth")
+    generator: Generator = option(
+        Generator.skip,
+        flag="--generator",
+        panel="network",
+        help="skip (the paper's hourglass), convdecoder or deepdecoder (decoders from a small noise input)",
+    )
+    structure: Structure = option(  # of the skip generator
+        Structure.paper, flag="--structure", panel="network", help="network structure (preset paper)"
+    )
+    input_depth: int = option(32, flag="--input-depth", panel="network", help="channels of the noise input (preset 32)")
     output_channels: int = option(3, flag="output channels")
-    channels_down: tuple[int, ...] = option((128, 128, 128, 128, 128), flag="--channels-down")
-    channels_up: tuple[int, ...] = option((128, 128, 128, 128, 128), flag="--channels-up")
-    channels_skip: tuple[int, ...] = option((4, 4, 4, 4, 4), flag="--skip-channels")
-    kernel_down: tuple[int, ...] = option((3,), flag="--kernel-down")
-    kernel_up: tuple[int, ...] = option((3,), flag="--kernel-up")
-    kernel_skip: int = option(1, flag="--kernel-skip")
-    upsample: tuple[Upsample, ...] = option((Upsample.bilinear,), flag="--upsample")
-    downsample: tuple[Downsample, ...] = option((Downsample.stride,), flag="--downsample")
-    padding: Padding = option(Padding.reflection, flag="--padding")
-    need_1x1_up: bool = option(True, flag="--1x1-up")
-    input_kind: InputKind = option(InputKind.noise, flag="--input")
+    channels_down: tuple[int, ...] = option(
+        (128, 128, 128, 128, 128),
+        flag="--channels-down",
+        panel="network",
+        help="channels of the down blocks, per level",
+    )
+    channels_up: tuple[int, ...] = option(
+        (128, 128, 128, 128, 128), flag="--channels-up", panel="network", help="channels of the up blocks, per level"
+    )
+    channels_skip: tuple[int, ...] = option(
+        (4, 4, 4, 4, 4), flag="--skip-channels", panel="network", help="skip channels per level (0 = no skip)"
+    )
+    kernel_down: tuple[int, ...] = option(
+        (3,), flag="--kernel-down", panel="network", help="kernel size of the down convs (odd), per level"
+    )
+    kernel_up: tuple[int, ...] = option(
+        (3,), flag="--kernel-up", panel="network", help="kernel size of the up convs (odd), per level"
+    )
+    kernel_skip: int = option(
+        1, flag="--kernel-skip", panel="network", help="kernel size of the skip convs (odd; preset 1)"
+    )
+    upsample: tuple[Upsample, ...] = option(
+        (Upsample.bilinear,),
+        flag="--upsample",
+        panel="network",
+        help=f"upsampling: {'|'.join(Upsample.values())}, one or per level",
+    )
+    downsample: tuple[Downsample, ...] = option(
+        (Downsample.stride,),
+        flag="--downsample",
+        panel="network",
+        help=f"downsampling: {'|'.join(Downsample.values())}, one or per level",
+    )
+    padding: Padding = option(
+        Padding.reflection,
+        flag="--padding",
+        panel="network",
+        help="how the convolutions pad the borders: reflection (the paper's) or zeros",
+    )
+    need_1x1_up: bool = option(True, flag="--1x1-up", panel="network", help="the 1x1 conv at the end of each up block")
+    input_kind: InputKind = option(
+        InputKind.noise,
+        flag="--input",
+        panel="network",
+        help="the fixed input: noise, a 2-channel meshgrid, or the flash image",
+    )
     input_scale: float = option(0.1, flag="input_scale")  # the paper's noise is U[0, 1) * 1/10
 
     def __post_init__(self) -> None:
@@ -354,38 +421,147 @@ class FitConfig:
 
     task: Task = option(Task.denoise, flag="TASK")
     net: NetConfig = option(flag="network options", default_factory=NetConfig)
-    iterations: int = option(3000, flag="--iterations", resume=True)
-    lr: float = option(0.01, flag="--lr", resume=True)
-    lr_schedule: LrSchedule = option(LrSchedule.constant, flag="--lr-schedule", resume=True)
-    lr_warmup: int = option(100, flag="--lr-warmup", resume=True)  # linear warm-up iterations (warmup, cosine)
-    reg_noise_std: float = option(1.0 / 30.0, flag="--reg-noise", resume=True)
+    iterations: int = option(
+        3000,
+        flag="--iterations",
+        panel="fitting",
+        resume=True,
+        help="total iterations (preset: the paper's count)",
+    )
+    lr: float = option(0.01, flag="--lr", panel="fitting", resume=True, help="Adam learning rate")
+    lr_schedule: LrSchedule = option(
+        LrSchedule.constant,
+        flag="--lr-schedule",
+        panel="fitting",
+        resume=True,
+        help="the rate over the fit: constant (the paper's), warmup (linear over --lr-warmup iterations), cosine "
+        "(that warm-up, then a cosine decay to --lr/10 at --iterations)",
+    )
+    lr_warmup: int = option(
+        100,
+        flag="--lr-warmup",
+        panel="fitting",
+        resume=True,
+        help="warm-up iterations of --lr-schedule warmup/cosine (100)",
+    )
+    reg_noise_std: float = option(
+        1.0 / 30.0,
+        flag="--reg-noise",
+        panel="fitting",
+        resume=True,
+        help="std of the input perturbation per iteration",
+    )
     ema: float | None = option(0.99, flag="ema")  # the paper's output smoothing (exp_weight); None disables it
-    # restore the last good weights when the PSNR to the observation drops by more than this many dB (None: off)
-    backtrack_db: float | None = option(5.0, flag="--backtrack")
-    backtrack_every: int = option(1, flag="--backtrack-every")  # check at 0-based iterations divisible by this
+    backtrack_db: float | None = option(
+        5.0,
+        flag="--backtrack",
+        panel="fitting",
+        help="restore the last good weights when the PSNR to the input drops by more than DB dB (0 = off)",
+    )
+    backtrack_every: int = option(  # check at 0-based iterations divisible by this
+        1,
+        flag="--backtrack-every",
+        panel="fitting",
+        help="check for backtracking every N iterations (preset 1; 50 for restoration)",
+    )
     backtrack_skip: int = option(0, flag="backtrack_skip")  # never check at multiples of this (0: none), see presets
-    factor: int = option(1, flag="--factor")  # super-resolution factor
-    kernel: str = option("", flag="--kernel")  # deblurring: the kernel spec (the checkpoint holds the kernel itself)
-    loss: Loss = option(Loss.mse, flag="--loss")
-    peak: float | None = option(None, flag="--peak")  # the Poisson loss: photons of a white pixel
-    seed: int = option(0, flag="--seed")
-    stop: StopRule = option(StopRule.fixed, flag="--stop")
-    stop_window: int = option(100, flag="--stop-window")  # ES-WMV window W
-    stop_patience: int = option(300, flag="--stop-patience", resume=True)  # ES-WMV patience P
-    stop_variant: StopVariant = option(StopVariant.wmv, flag="--stop-rule")
+    factor: int = option(1, flag="--factor", panel="problem", help="super-resolution factor: 2, 4 or 8 (default 4)")
+    kernel: str = option(  # the checkpoint holds the kernel itself
+        "", flag="--kernel", panel="problem", help="deblur: the known blur, {kernels}"
+    )
+    loss: Loss = option(
+        Loss.mse,
+        flag="--loss",
+        panel="fitting",
+        help="data fidelity: mse (Gaussian noise), l1 (impulse noise), poisson (counts)",
+    )
+    peak: float | None = option(
+        None,
+        flag="--peak",
+        panel="fitting",
+        help="--loss poisson: photons of a white pixel (default: --noise poisson:PEAK's)",
+    )
+    seed: int = option(
+        0,
+        flag="--seed",
+        panel="fitting",
+        help="seed of the network weights, the input noise and --sigma noise (default 0)",
+    )
+    stop: StopRule = option(
+        StopRule.fixed, flag="--stop", panel="stopping", help="auto: variance-based early stopping (denoise default)"
+    )
+    stop_window: int = option(100, flag="--stop-window", panel="stopping", help="auto stopping window W (preset 100)")
+    stop_patience: int = option(  # ES-WMV patience P
+        300,
+        flag="--stop-patience",
+        panel="stopping",
+        resume=True,
+        help="auto stopping: stop after this many iterations without a new variance minimum (preset 300)",
+    )
+    stop_variant: StopVariant = option(
+        StopVariant.wmv,
+        flag="--stop-rule",
+        panel="stopping",
+        help="auto stopping rule: wmv (window of W outputs) or emv (exponential, no buffer)",
+    )
     stop_alpha: float = option(0.1, flag="stop_alpha")  # ES-EMV smoothing
-    backend: Backend = option(Backend.eager, flag="--backend", resume=True)
-    precision: Precision = option(Precision.fp32, flag="--precision", resume=True)
-    device: str = option("cpu", flag="--device", resume=True)
-    # recompute activations in the backward pass instead of keeping them: less memory, the same results
-    save_memory: bool = option(False, flag="--save-memory", resume=True)
-    log_every: int = option(10, flag="--log-every", resume=True)  # host reads of loss/PSNR happen only this often
-    # inpainting: paste the observed pixels back into the returned image (not in the paper)
-    keep_known: bool = option(False, flag="--keep-known", resume=True)
+    backend: Backend = option(
+        Backend.eager,
+        flag="--backend",
+        panel="speed",
+        resume=True,
+        cli_default=Backend.auto,
+        help="training step: eager, inductor (torch.compile) or auto",
+    )
+    precision: Precision = option(
+        Precision.fp32,
+        flag="--precision",
+        panel="speed",
+        resume=True,
+        cli_default=Precision.auto,
+        help="bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), fp32 or auto",
+    )
+    device: str = option(
+        "cpu", flag="--device", panel="speed", resume=True, cli_default="auto", help="cpu, cuda, cuda:N or auto"
+    )
+    save_memory: bool = option(
+        False,
+        flag="--save-memory",
+        panel="speed",
+        resume=True,
+        help="recompute activations in the backward pass instead of keeping them: about half the peak memory at "
+        "512-1024 px for 1.3-1.5x the time per iteration, the same results",
+    )
+    log_every: int = option(  # host reads of loss/PSNR happen only this often
+        10,
+        flag="--log-every",
+        panel="speed",
+        resume=True,
+        help="read loss/PSNR from the device every N iterations (default 10)",
+    )
+    keep_known: bool = option(  # not in the paper
+        False,
+        flag="--keep-known",
+        panel="fitting",
+        resume=True,
+        help="inpaint: keep the observed pixels in the output, use the network only in the holes",
+    )
     final_image: FinalImage = option(FinalImage.auto, flag="final_image")
     crop_to: int = option(1, flag="crop_to")  # centre-crop the image to a multiple of this (the notebooks' crops)
-    paper_exact: bool = option(False, flag="--paper-exact")  # the notebook's choices where ours differ
-    preset: str = option("", flag="--preset")  # the named preset the settings started from ("" = none)
+    paper_exact: bool = option(
+        False,
+        flag="--paper-exact",
+        panel="problem",
+        job=True,
+        help="run the notebook's choices where dip-compile differs (see the README)",
+    )
+    preset: str = option(  # the named preset the settings started from ("" = none)
+        "",
+        flag="--preset",
+        panel="problem",
+        job=True,
+        help="start from this preset ({presets}; dipc presets lists them); default: the task's",
+    )
 
     def __post_init__(self) -> None:
         _coerce_choices(self)

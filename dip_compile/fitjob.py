@@ -47,6 +47,7 @@ class NetShape:
     need_1x1_up: Optional[bool] = None
     input: Optional[str] = None
     input_depth: Optional[int] = None
+    padding: Optional[str] = None
 
     def given(self) -> list[str]:
         """The flags given, as the user typed them."""
@@ -88,14 +89,24 @@ class NetShape:
             changes["structure"] = self.structure
             if self.structure == "seed" and self.upsample is None:
                 changes["upsample"] = ("bicubic",)
-        for name in ("kernel_skip", "need_1x1_up", "input_depth"):
-            if getattr(self, name) is not None:
-                changes[name] = getattr(self, name)
+        for f in dataclasses.fields(self):  # the others set the NetConfig field of their name as they are
+            value = getattr(self, f.name)
+            if f.name in _NET_FIELDS and f.name not in (*given, "generator", "structure") and value is not None:
+                changes[f.name] = value
         if self.input is not None:
             changes["input_kind"] = self.input
             if self.input == "meshgrid" and self.input_depth is None:
                 changes["input_depth"] = 2  # a meshgrid has two channels
         return dataclasses.replace(net, **changes) if changes else net
+
+
+_NET_FIELDS = frozenset(f.name for f in dataclasses.fields(NetConfig))
+# The NetShape fields of the first fingerprints: a field added since enters a job's fingerprint only when given, so that
+# a batch rerun still recognises the jobs it finished before the option existed.
+_FINGERPRINTED_NET = frozenset(
+    ("generator", "structure", "depth", "channels", "channels_down", "channels_up", "skip_channels", "upsample")
+    + ("downsample", "kernel_down", "kernel_up", "kernel_skip", "need_1x1_up", "input", "input_depth")
+)
 
 
 def _first(*values: Any) -> Any:
@@ -126,6 +137,15 @@ def _levels(value: Any, flag: str, kind: type) -> Optional[tuple[Any, ...]]:
 
 
 OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare")  # the FitJob fields that name files to write
+PROBLEM, KEPT = "problem", "kept"  # the roles of FitJob fields (see ``_job_field``)
+
+
+def _job_field(default: Any = None, *, role: str, flag: str = "") -> Any:
+    """A FitJob field and its role, which the lists over the job's fields are read from: a ``problem`` field
+    describes what is fitted (the checkpoint holds it, so --resume refuses it; it is part of the fingerprint), a
+    ``kept`` one where the results go and how the run reports (a resumed job keeps it; not in the fingerprint).
+    ``flag``: the name the user gave it by, where it is not the field's as an option (TASK, IMAGE)."""
+    return field(default=default, metadata={"role": role, "flag": flag})
 
 
 @dataclass
@@ -134,32 +154,32 @@ class FitJob:
     gives the rest. With ``resume`` the checkpoint gives the problem and the settings, and only the fields that
     ``FitConfig.resumable()`` names may change."""
 
-    output: Path
-    task: Optional[str] = None
-    image: Optional[Path] = None
-    mask: Optional[Path] = None
-    holes: Optional[float] = None
-    box: Optional[float] = None
-    text: bool = False
-    from_reference: bool = False
-    sigma: Optional[float] = None
-    reference: Optional[Path] = None
-    flash: Optional[Path] = None  # flash-no-flash: the flash photo, the network's input
-    noise: Optional[str] = None  # --noise SPEC: makes the observation from a clean IMAGE (see noise.py)
-    preset: Optional[str] = None  # a name from ``presets.NAMES`` (None: the task's default preset)
-    paper_exact: bool = False  # the notebook's choices where this project differs (see presets.Preset.paper)
+    output: Path = field(metadata={"role": KEPT})
+    task: Optional[str] = _job_field(role=PROBLEM, flag="TASK")
+    image: Optional[Path] = _job_field(role=PROBLEM, flag="IMAGE")
+    mask: Optional[Path] = _job_field(role=PROBLEM)
+    holes: Optional[float] = _job_field(role=PROBLEM)
+    box: Optional[float] = _job_field(role=PROBLEM)
+    text: bool = _job_field(False, role=PROBLEM)
+    from_reference: bool = _job_field(False, role=PROBLEM)
+    sigma: Optional[float] = _job_field(role=PROBLEM)
+    reference: Optional[Path] = _job_field(role=PROBLEM)
+    flash: Optional[Path] = _job_field(role=PROBLEM)  # flash-no-flash: the flash photo, the network's input
+    noise: Optional[str] = _job_field(role=PROBLEM)  # --noise SPEC: the observation from a clean IMAGE (noise.py)
+    preset: Optional[str] = _job_field(role=PROBLEM)  # a name from ``presets.NAMES`` (None: the task's default)
+    paper_exact: bool = _job_field(False, role=PROBLEM)  # the notebook's choices where this project differs
     settings: dict[str, Any] = field(default_factory=dict)
     net: NetShape = field(default_factory=NetShape)
-    checkpoint: Optional[Path] = None
+    checkpoint: Optional[Path] = _job_field(role=KEPT)
     resume: Optional[Path] = None
-    report: Optional[Path] = None
-    compare: Optional[Path] = None
-    snapshot_every: int = 0
-    checkpoint_every: float = 0.0  # seconds between checkpoints while fitting (0 = at the end only)
-    report_extra: dict[str, Any] = field(default_factory=dict)  # more keys for the report (dipc batch's job)
-    force: bool = False
-    quiet: bool = False
-    status_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
+    report: Optional[Path] = _job_field(role=KEPT)
+    compare: Optional[Path] = _job_field(role=KEPT)
+    snapshot_every: int = _job_field(0, role=KEPT)
+    checkpoint_every: float = _job_field(0.0, role=KEPT)  # seconds between checkpoints while fitting (0: at the end)
+    report_extra: dict[str, Any] = field(default_factory=dict, metadata={"role": KEPT})  # more keys (dipc batch's)
+    force: bool = _job_field(False, role=KEPT)
+    quiet: bool = _job_field(False, role=KEPT)
+    status_every: float = _job_field(30.0, role=KEPT)  # seconds between plain progress lines when not a terminal
     dry_run: bool = False  # estimate memory and time, fit nothing, write nothing
     tile: Optional[int] = None  # --tile SIZE: fit in SIZE x SIZE tiles one after the other and blend (tiling.py)
     overlap: int = 32  # --overlap PX: pixels neighbouring tiles share
@@ -172,10 +192,14 @@ class FitJob:
             if isinstance(value, str):
                 setattr(self, name, output_path(value))
 
+    @staticmethod
+    def names(role: str) -> list[str]:
+        """The fields with this role, in declaration order."""
+        return [f.name for f in dataclasses.fields(FitJob) if f.metadata.get("role") == role]
+
     def resumed(self, checkpoint: Path) -> FitJob:
         """This job continued from ``checkpoint``: the same outputs and device; the checkpoint holds the rest."""
-        outputs = ("output", "checkpoint", "report", "compare", "snapshot_every", "checkpoint_every", "report_extra")
-        kept = {name: getattr(self, name) for name in (*outputs, "force", "quiet", "status_every")}
+        kept = {name: getattr(self, name) for name in FitJob.names(KEPT)}
         device = self.settings.get("device")
         return FitJob(**kept, resume=checkpoint, settings={"device": device} if device else {})
 
@@ -190,22 +214,12 @@ def resolve_device(name: str) -> str:
 
 def _problem_options(job: FitJob) -> list[str]:
     """The options that describe the problem (the checkpoint holds it on --resume)."""
-    given = {
-        "TASK": job.task is not None,
-        "IMAGE": job.image is not None,
-        "--mask": job.mask is not None,
-        "--holes": job.holes is not None,
-        "--box": job.box is not None,
-        "--text": job.text,
-        "--from-reference": job.from_reference,
-        "--sigma": job.sigma is not None,
-        "--noise": job.noise is not None,
-        "--reference": job.reference is not None,
-        "--flash": job.flash is not None,
-        "--preset": job.preset is not None,
-        "--paper-exact": job.paper_exact,
-    }
-    return [name for name, on in given.items() if on]
+    given = [f for f in dataclasses.fields(job) if f.metadata.get("role") == PROBLEM and _given(getattr(job, f.name))]
+    return [f.metadata.get("flag") or f"--{f.name.replace('_', '-')}" for f in given]
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value is not False  # (0 is a value given)
 
 
 def build_config(job: FitJob, channels: int) -> FitConfig:
@@ -472,12 +486,12 @@ class Outputs:
 def fingerprint(fit_job: FitJob) -> str:
     """What makes a job's result: its problem and settings, with input files by content (not by path). A rerun
     skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
-    ignored = {"output", "checkpoint", "resume", "report", "compare", "snapshot_every", "checkpoint_every"}
-    ignored |= {"force", "quiet", "status_every", "report_extra"}
+    ignored = {*FitJob.names(KEPT), "resume"}
     fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
     # where and how frugally it runs is not what it is
     settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
-    text = json.dumps({**fields, "settings": settings}, sort_keys=True, default=_content)
+    net = {k: v for k, v in dataclasses.asdict(fields.pop("net")).items() if k in _FINGERPRINTED_NET or v is not None}
+    text = json.dumps({**fields, "net": net, "settings": settings}, sort_keys=True, default=_content)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
