@@ -7,12 +7,14 @@ refuses, with the same one-line ``DipError``; then it fits with ``fitting.Fitter
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import save_checkpoint
-from .fitjob import FitJob, load_problem, resolve_device
+from .config import FitConfig, command_line_defaults
+from .fitjob import FitJob, NetShape, load_problem, resolve_device
 from .fitting import FitResult, Fitter, LogRecord
 from .restore import validate_job
 
@@ -40,10 +42,14 @@ def restore_image(
 
     The keywords are ``dipc fit``'s options of the same name (``sigma=25`` is ``--sigma 25``); ``settings`` are
     ``FitConfig`` fields set over the preset's (``iterations=300``, ``seed=1``, ``stop="auto"``,
-    ``precision="auto"``, ``device="auto"``, ...). Unlike the CLI, whose backend and precision default to ``auto``,
-    the preset's eager fp32 step runs unless ``precision``/``backend`` say otherwise. ``checkpoint`` saves the fit
+    ``precision="bf16"``, ``device="cuda"``, ...); device, backend and precision default to ``auto`` as in
+    ``dipc fit``. The network options of ``dipc fit`` are keywords too (``channels=64``, ``depth=4``,
+    ``upsample="nearest"``: ``NetShape``'s fields, over the preset's network). ``checkpoint`` saves the fit
     (for ``dipc export`` / ``export_checkpoints`` or to resume); nothing else is written. ``on_log`` receives a
     ``LogRecord`` every ``log_every`` iterations."""
+    shape = {f.name for f in dataclasses.fields(NetShape)}
+    net = NetShape(**{k: v for k, v in settings.items() if k in shape})
+    settings = {k: v for k, v in settings.items() if k not in shape and v is not None}
     job = FitJob(
         output=Path("restored.png"),  # never written: load_problem reads only the inputs
         task=task,
@@ -56,7 +62,8 @@ def restore_image(
         from_reference=from_reference,
         preset=preset,
         paper_exact=paper_exact,
-        settings={k: v for k, v in settings.items() if v is not None},
+        settings={**command_line_defaults(FitConfig), **settings},
+        net=net,
     )
     validate_job(job)
     config, problem = load_problem(job)

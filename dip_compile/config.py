@@ -167,6 +167,12 @@ def flagged(cls: type) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", "").startswith("--")]
 
 
+def command_line_defaults(cls: type) -> dict[str, Any]:
+    """The fields whose ``dipc fit`` default differs from the library's (``auto`` device, backend, precision): what
+    the Python API applies too, so that a call and the command fit alike."""
+    return {f.name: f.metadata["cli_default"] for f in flagged(cls) if f.metadata.get("cli_default") is not None}
+
+
 def choice_fields(obj: Any) -> list[tuple[str, type[Choice]]]:
     """(name, Enum) of every field whose default is a ``Choice``: the Enum is read from the default, not restated."""
     return [(f.name, type(f.default)) for f in dataclasses.fields(obj) if isinstance(f.default, Choice)]
