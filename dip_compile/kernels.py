@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .errors import DipError, joined
 
-if TYPE_CHECKING:  # (the CLI reads SPECS without importing torch)
+if TYPE_CHECKING:  # (the CLI reads SPECS for its help without importing torch or numpy: numpy is imported where used)
+    import numpy as np
     import torch
 
 MAX_KERNEL_SIDE = 255
@@ -29,6 +28,8 @@ class KernelError(DipError):
 
 def gaussian(sigma: float) -> np.ndarray:
     """An isotropic Gaussian of std ``sigma`` pixels, cut at 3 sigma (side 2 * ceil(3 sigma) + 1)."""
+    import numpy as np
+
     if not (math.isfinite(sigma) and 0 < sigma <= 40):
         raise KernelError(f"gaussian:SIGMA needs 0 < SIGMA <= 40 (pixels), got {sigma:g}")
     half = math.ceil(3 * sigma)
@@ -40,6 +41,8 @@ def gaussian(sigma: float) -> np.ndarray:
 def motion(length: float, angle: float) -> np.ndarray:
     """A straight motion of ``length`` pixels at ``angle`` degrees (counter-clockwise from the x axis): the segment,
     sampled every 1/16 pixel and splatted bilinearly, on the smallest odd square that holds it."""
+    import numpy as np
+
     if not (math.isfinite(length) and 1 <= length <= MAX_KERNEL_SIDE - 2):
         raise KernelError(f"motion:LENGTH,ANGLE needs 1 <= LENGTH <= {MAX_KERNEL_SIDE - 2} (pixels), got {length:g}")
     if not math.isfinite(angle):
@@ -59,6 +62,8 @@ def motion(length: float, angle: float) -> np.ndarray:
 
 
 def box(size: int) -> np.ndarray:
+    import numpy as np
+
     if not 1 <= size <= MAX_KERNEL_SIDE:
         raise KernelError(f"box:SIZE needs a whole SIZE between 1 and {MAX_KERNEL_SIDE}, got {size}")
     return np.full((size, size), 1.0 / size**2)
@@ -97,6 +102,8 @@ def trim(kernel: np.ndarray) -> np.ndarray:
 
 def normalise(kernel: np.ndarray, what: str) -> np.ndarray:
     """Checks a kernel (2-D, non-empty, finite, positive sum, at most MAX_KERNEL_SIDE a side) and scales it to sum 1."""
+    import numpy as np
+
     if kernel.ndim != 2:
         raise KernelError(f"{what} must be 2-D, got {kernel.ndim} dimension(s) of shape {kernel.shape}")
     if kernel.size == 0:
@@ -113,6 +120,8 @@ def normalise(kernel: np.ndarray, what: str) -> np.ndarray:
 
 def load_kernel_file(path: Path) -> np.ndarray:
     """A kernel from a .npy file (no pickles) or an image (its gray levels), normalised to sum 1."""
+    import numpy as np
+
     from .imageio import check_input, load_image
 
     path = check_input(path, "kernel file")
