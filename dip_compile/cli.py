@@ -176,6 +176,10 @@ def fit(
         Optional[int], typer.Option(help="seed of the network weights, the input noise and --sigma noise (default 0)")
     ] = None,
     snapshot_every: Annotated[int, typer.Option(help="write OUT-<iteration>.png every N iterations (0 = never)")] = 0,
+    timelapse: Annotated[
+        Optional[str], typer.Option(metavar="<path>", help="write the fit's images as an animation (.webp or .gif)")
+    ] = None,
+    timelapse_every: Annotated[int, typer.Option(help="--timelapse: one frame every N iterations")] = 10,
     checkpoint_every: Annotated[
         float, typer.Option(help="with --checkpoint: also write it every N seconds while fitting (0 = at the end)")
     ] = 0.0,
@@ -365,6 +369,8 @@ def fit_job(params: dict[str, Any]) -> FitJob:
         tile=p["tile"],
         overlap=p["overlap"],
         snapshot_every=p["snapshot_every"],
+        timelapse=p["timelapse"],
+        timelapse_every=p["timelapse_every"],
         checkpoint_every=p["checkpoint_every"],
         dry_run=p["dry_run"],
         force=p["force"],

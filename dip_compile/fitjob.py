@@ -125,7 +125,7 @@ def _levels(value: Any, flag: str, kind: type) -> Optional[tuple[Any, ...]]:
     return tuple(str(v) for v in items)
 
 
-OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare")  # the FitJob fields that name files to write
+OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare", "timelapse")  # the FitJob fields that name files to write
 
 
 @dataclass
@@ -155,6 +155,8 @@ class FitJob:
     report: Optional[Path] = None
     compare: Optional[Path] = None
     snapshot_every: int = 0
+    timelapse: Optional[Path] = None  # --timelapse OUT.webp|gif: the fit's images as an animation
+    timelapse_every: int = 10  # --timelapse-every N: one frame every N iterations
     checkpoint_every: float = 0.0  # seconds between checkpoints while fitting (0 = at the end only)
     report_extra: dict[str, Any] = field(default_factory=dict)  # more keys for the report (dipc batch's job)
     force: bool = False
@@ -174,7 +176,7 @@ class FitJob:
 
     def resumed(self, checkpoint: Path) -> FitJob:
         """This job continued from ``checkpoint``: the same outputs and device; the checkpoint holds the rest."""
-        outputs = ("output", "checkpoint", "report", "compare", "snapshot_every", "checkpoint_every", "report_extra")
+        outputs = (*OUTPUT_FIELDS, "snapshot_every", "timelapse_every", "checkpoint_every", "report_extra")
         kept = {name: getattr(self, name) for name in (*outputs, "force", "quiet", "status_every")}
         device = self.settings.get("device")
         return FitJob(**kept, resume=checkpoint, settings={"device": device} if device else {})
@@ -469,7 +471,7 @@ class Outputs:
 def fingerprint(fit_job: FitJob) -> str:
     """What makes a job's result: its problem and settings, with input files by content (not by path). A rerun
     skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
-    ignored = {"output", "checkpoint", "resume", "report", "compare", "snapshot_every", "checkpoint_every"}
+    ignored = {*OUTPUT_FIELDS, "resume", "snapshot_every", "timelapse_every", "checkpoint_every"}
     ignored |= {"force", "quiet", "status_every", "report_extra"}
     fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
     # where and how frugally it runs is not what it is
