@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,ray]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,ray,ui]'
 	touch $(STAMP)
 
 demo: setup
