@@ -149,7 +149,7 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
         page.mouse.up()
         page.get_by_label("Preset").click()
         page.get_by_role("option", name=PRESET).click()
-        page.get_by_label("Iterations").fill("120")
+        page.get_by_label("Iterations").fill("60")
         page.get_by_text("Network, seed and timelapse").click()
         page.get_by_label("Channels per level").fill(NET[0])
         page.get_by_label("Levels").fill(str(NET[1]))
@@ -157,9 +157,9 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
         preview, status = page.locator("#preview img"), page.locator("#status textarea")
         previews: set[str] = set()
         deadline = time.monotonic() + 180
-        while "120 iterations (completed)" not in status.input_value():  # the previews shown while it fits
+        while "60 iterations (completed)" not in status.input_value():  # the previews shown while it fits
             shown = status.input_value()  # anything else is a refusal: no use waiting
-            assert time.monotonic() < deadline and re.match(r"photo|estimate|starting|inpaint \d+/120", shown), shown
+            assert time.monotonic() < deadline and re.match(r"photo|estimate|starting|inpaint \d+/60", shown), shown
             if preview.count():
                 previews.add(preview.get_attribute("src") or "")
             time.sleep(0.2)

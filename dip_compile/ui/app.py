@@ -190,10 +190,17 @@ def build(sessions: Sessions) -> gr.Blocks:
             sessions.get(request).stop.set()
 
         outputs = [status, preview, compare, downloads]
-        estimate_button.click(on_estimate, fields, status, api_name="estimate", concurrency_id="fit")
+        estimate_button.click(
+            on_estimate, fields, status, api_name="estimate", concurrency_id="fit", concurrency_limit=1
+        )
         fit_button.click(on_fit, fields, outputs, api_name="fit", concurrency_id="fit", concurrency_limit=1)
         continue_button.click(
-            on_continue, [iterations, timelapse_every], outputs, api_name="continue", concurrency_id="fit"
+            on_continue,
+            [iterations, timelapse_every],
+            outputs,
+            api_name="continue",
+            concurrency_id="fit",
+            concurrency_limit=1,
         )
         stop_button.click(on_stop, None, None, api_name="stop", concurrency_limit=None)
     return page
