@@ -142,10 +142,9 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
         assert canvas is not None
         x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
         page.locator("#editor button[aria-label=Brush]").click()
-        page.mouse.move(x - 60, y - 20, steps=3)
-        page.mouse.down()  # one brush stroke across the middle of the photo: the hole
-        for step in range(1, 13):
-            page.mouse.move(x - 60 + 10 * step, y - 20 + 3 * step, steps=2)
+        page.mouse.move(x - 60, y - 20, steps=2)
+        page.mouse.down()  # one brush stroke across the middle of the photo: the hole (each move repaints)
+        page.mouse.move(x + 60, y + 16, steps=4)
         page.mouse.up()
         page.get_by_label("Preset").click()
         page.get_by_role("option", name=PRESET).click()
@@ -177,3 +176,19 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
             sync_api.expect(status).not_to_have_value(re.compile("exporting"), timeout=120_000)
             page.screenshot(path=str(DOCS / "ui.png"), full_page=True)
         browser.close()
+
+
+def test_a_non_local_host_is_served_with_a_warning(monkeypatch, capsys):
+    import dip_compile.ui
+
+    served: list[tuple[str, int | None]] = []
+    monkeypatch.setattr(dip_compile.ui, "serve", lambda host, port: served.append((host, port)))
+    from dip_compile.cli import main
+
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with pytest.raises(SystemExit) as exited:
+            main(["ui", "--host", host, "--port", "8123"])
+        assert exited.value.code == 0
+    assert served == [("127.0.0.1", 8123), ("0.0.0.0", 8123)]
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "0.0.0.0" in err
