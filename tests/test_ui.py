@@ -156,9 +156,10 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
         preview, status = page.locator("#preview img"), page.locator("#status textarea")
         previews: set[str] = set()
         deadline = time.monotonic() + 180
-        while "60 iterations (completed)" not in status.input_value():  # the previews shown while it fits
-            shown = status.input_value()  # anything else is a refusal: no use waiting
-            assert time.monotonic() < deadline and re.match(r"photo|estimate|starting|inpaint \d+/60", shown), shown
+        while "60 iterations (completed)" not in (shown := status.input_value()):  # previews shown while it fits
+            assert time.monotonic() < deadline and re.match(r"photo|estimate|starting|inpaint \d+/60", shown), (
+                shown
+            )  # else refused
             if preview.count():
                 previews.add(preview.get_attribute("src") or "")
             time.sleep(0.2)

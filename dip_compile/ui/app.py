@@ -18,6 +18,8 @@ from ..imageio import load_image, to_pil
 from .session import Form, LiveFit, Workspace, estimate, painted_mask
 
 MAX_UPLOAD = "50mb"
+# a small photo's preview would show at its few pixels: scaled up to the panel, pixels kept sharp
+CSS = "#preview img { width: 100%; height: 300px; object-fit: contain; image-rendering: pixelated; }"
 POLL_SECONDS = 0.5
 TASK_PRESETS = {t: [p.name for p in presets.PRESETS if p.task == t] for t in Task.values()}
 
@@ -252,6 +254,7 @@ def serve(host: str, port: Optional[int]) -> None:
             max_file_size=MAX_UPLOAD,
             allowed_paths=[str(sessions.root)],
             show_error=True,
+            css=CSS,
         )
     finally:
         import shutil
