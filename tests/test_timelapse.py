@@ -30,3 +30,12 @@ def test_bad_timelapse_options_are_one_line(tmp_path, image_png, args, message):
     code, err = dipc("fit", "denoise", image_png, "-o", tmp_path / "out.png", *args, *TINY_FIT)
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_timelapse_is_refused_with_tile_and_in_a_batch(tmp_path, image_png):
+    tiled = ["--tile", "32", "--timelapse", tmp_path / "t.webp"]
+    code, err = dipc("fit", "denoise", image_png, "-o", tmp_path / "out.png", *tiled, *TINY_FIT)
+    assert code == 2 and "--timelapse does not apply with --tile" in err, err
+    folder = image_png.parent
+    code, err = dipc("batch", folder, "--task", "denoise", "-o", tmp_path / "batch", "--timelapse", tmp_path / "t.gif")
+    assert code == 2 and "drop --timelapse" in err, err
