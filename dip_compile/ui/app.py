@@ -3,6 +3,8 @@ gradio queues the others and shows each its place."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +246,8 @@ def _watch(ws: Workspace, job: Any) -> Iterator[tuple[Any, ...]]:
 def serve(host: str, port: Optional[int]) -> None:
     """Runs the page until Ctrl-C: no share link; uploads limited to ``MAX_UPLOAD``."""
     sessions = Sessions()
+    # a plain SIGTERM (a service manager, a test) would skip the cleanup below: make it an orderly exit
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     page = build(sessions)
     page.queue(default_concurrency_limit=4)
     try:
