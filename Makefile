@@ -4,14 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench-speed bench-quality bench-presets bench-batch bench-paper clean
+.PHONY: setup browser demo test bench-speed bench-quality bench-presets bench-batch bench-paper clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,ray]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,ray,ui]'
 	touch $(STAMP)
 
 demo: setup
@@ -21,9 +21,17 @@ demo: setup
 		--reference dip_compile/data/example.png --report demo/report.json --checkpoint demo/restored.ckpt --force
 	@echo "demo: restored image demo/restored.png, before/after demo/before_after.png"
 
+# The browser of tests/test_ui.py: Debian's Chromium, installed only where it is missing and apt-get can run (CI runs
+# as root); elsewhere the browser test skips and says why (.ci/run sets DIPC_REQUIRE_BROWSER: there it fails instead).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "make: no chromium, and apt-get cannot run here: the browser test of tests/test_ui.py will skip"; fi
+
 # Lint, format check and type check, then the suite twice: with `auto` resolving as on a CPU without native bf16
 # and as on one with it (the capability is faked, so both runs pass on any CPU).
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -187,6 +187,15 @@ JOB_OPTIONS: tuple[inspect.Parameter, ...] = (
     ),
     _option("snapshot_every", int, 0, panel="outputs", help="write OUT-<iteration>.png every N iterations (0 = never)"),
     _option(
+        "timelapse",
+        Optional[str],
+        None,
+        panel="outputs",
+        metavar="<path>",
+        help="write the fit's images as an animation (.webp or .gif)",
+    ),
+    _option("timelapse_every", int, 10, panel="outputs", help="--timelapse: one frame every N iterations"),
+    _option(
         "dry_run",
         bool,
         False,
@@ -585,6 +594,28 @@ def regenerate(
     code = replay.report(result)
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def ui(
+    host: Annotated[
+        str, typer.Option(help="address to serve on; anything but this machine exposes it to the network")
+    ] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="port (default: the first free one from 7860)")] = None,
+) -> None:
+    """Open the web app: paint a mask, watch the fit, download the image and its ONNX model (the 'ui' extra)."""
+    try:
+        import gradio  # noqa: F401  (the optional extra: here, so that dipc stays light without it)
+    except ImportError:
+        fail("dipc ui needs the ui extra: pip install 'dip-compile[ui]'")
+    from .ui import LOCAL_HOSTS, serve
+
+    if host not in LOCAL_HOSTS:
+        typer.echo(
+            f"dipc: warning: serving on {host}: anyone who can reach it can run fits and read the results", err=True
+        )
+    serve(host, port)
 
 
 def _usage_exception() -> type[Exception]:

@@ -136,7 +136,7 @@ def _levels(value: Any, flag: str, kind: type) -> Optional[tuple[Any, ...]]:
     return tuple(str(v) for v in items)
 
 
-OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare")  # the FitJob fields that name files to write
+OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare", "timelapse")  # the FitJob fields naming files to write
 PROBLEM, KEPT = "problem", "kept"  # the roles of FitJob fields (see ``_job_field``)
 
 
@@ -175,6 +175,8 @@ class FitJob:
     report: Optional[Path] = _job_field(role=KEPT)
     compare: Optional[Path] = _job_field(role=KEPT)
     snapshot_every: int = _job_field(0, role=KEPT)
+    timelapse: Optional[Path] = _job_field(role=KEPT)  # --timelapse OUT.webp|gif: the fit's images as an animation
+    timelapse_every: int = _job_field(10, role=KEPT)  # --timelapse-every N: one frame every N iterations
     checkpoint_every: float = _job_field(0.0, role=KEPT)  # seconds between checkpoints while fitting (0: at the end)
     report_extra: dict[str, Any] = field(default_factory=dict, metadata={"role": KEPT})  # more keys (dipc batch's)
     force: bool = _job_field(False, role=KEPT)

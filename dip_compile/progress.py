@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from .config import FitConfig
 from .fitjob import FitJob, Outputs, snapshot_path
 from .fitting import FitResult, Fitter, LogRecord, Session
 from .imageio import save_image
+from .timelapse import Timelapse
 
 
 def status_line(task: str, r: LogRecord, ema: bool) -> str:
@@ -36,6 +38,7 @@ def run_with_progress(
     outputs: Outputs,
     saver: Optional[Callable[[LogRecord], None]],
     stop_requested: Callable[[], bool],
+    timelapse: Optional[Timelapse] = None,
 ) -> Session[FitResult]:
     from rich.progress import (
         BarColumn,
@@ -47,12 +50,14 @@ def run_with_progress(
     )
 
     def snapshot(iteration: int, image: torch.Tensor) -> None:
-        path = snapshot_path(job.output, iteration)
-        outputs.write(path, lambda overwrite: save_image(image, path, overwrite=overwrite))
+        if job.snapshot_every and iteration % job.snapshot_every == 0:
+            path = snapshot_path(job.output, iteration)
+            outputs.write(path, lambda overwrite: save_image(image, path, overwrite=overwrite))
+        if timelapse is not None and iteration % timelapse.every == 0:
+            timelapse.add(iteration, image)
 
-    kwargs: dict[str, Any] = dict(
-        snapshot_every=job.snapshot_every, on_snapshot=snapshot, stop_requested=stop_requested
-    )
+    every = math.gcd(job.snapshot_every, timelapse.every if timelapse is not None else 0)  # both when both given
+    kwargs: dict[str, Any] = dict(snapshot_every=every, on_snapshot=snapshot, stop_requested=stop_requested)
     if job.quiet:
         return (yield from fitter.session(config.iterations, on_log=saver, **kwargs))
     if not console.is_terminal:

@@ -41,6 +41,8 @@ from .report import build_report, save_report
 from .tasks import spec
 from .tiling import check_config, tiled_session
 from .tiling import check_job as check_tiling
+from .timelapse import Timelapse
+from .timelapse import check as check_timelapse
 
 __all__ = [  # what moved out, importable from here as before
     "INTERRUPTED",
@@ -76,6 +78,8 @@ def validate_job(job: FitJob, *, device: bool = True) -> None:
         raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
     if not job.checkpoint_every >= 0:
         raise DipError(f"--checkpoint-every must be >= 0 seconds, got {job.checkpoint_every}")
+    if job.timelapse is not None:
+        check_timelapse(job.timelapse, job.timelapse_every)
     tiled = job.tile is not None or job.overlap != FitJob.overlap
     if tiled:
         check_tiling(job)
@@ -101,10 +105,16 @@ def run_job(job: FitJob, console_file: Any = None) -> int:
 
 
 def fit_session(
-    job: FitJob, console_file: Any = None, stop_requested: Optional[Callable[[], bool]] = None
+    job: FitJob,
+    console_file: Any = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
+    on_log: Optional[Callable[[LogRecord, Fitter], None]] = None,
 ) -> Session[int]:
     """``run_job`` as a fit session (see ``fitting.StepRequest``): a batch driver packs several. ``stop_requested``
-    replaces the Ctrl-C handler this installs otherwise (a batch installs one for all its fits)."""
+    replaces the Ctrl-C handler this installs otherwise (a batch installs one for all its fits); a stop requested
+    so ends the fit as Ctrl-C does (image and resumable checkpoint written, 130 returned). ``on_log`` is called at
+    every log point with the record and the fitter (whose ``image()`` is the current image), for a caller's own
+    live view; not with ``--tile``."""
     from rich.console import Console
 
     console = Console(file=console_file or sys.stderr, highlight=False, soft_wrap=True)
@@ -133,6 +143,7 @@ def fit_session(
     outputs.add(job.checkpoint, "--checkpoint", own=same_as_resume)
     outputs.add(job.report, "--report")
     outputs.add(job.compare, "--compare")
+    outputs.add(job.timelapse, "--timelapse")
     if job.snapshot_every:
         for it in range(job.snapshot_every, config.iterations + 1, job.snapshot_every):
             outputs.add(snapshot_path(job.output, it), f"snapshot {it}")
@@ -149,8 +160,13 @@ def fit_session(
         console.print(f"step: {fitter.plan.describe()}")
         console.print(guess.describe())
         with stop_flag(stop_requested, lambda message: console.print(message)) as stopping:
-            saver = _savers(fitter, job, outputs)
-            result = yield from run_with_progress(fitter, config, job, console, outputs, saver, stopping)
+            saver = _savers(fitter, job, outputs, on_log)
+            timelapse = Timelapse(job.timelapse_every) if job.timelapse is not None else None
+            result = yield from run_with_progress(fitter, config, job, console, outputs, saver, stopping, timelapse)
+            if timelapse is not None and job.timelapse is not None:
+                timelapse.add(result.iterations, result.image)  # the last frame is the image the fit returns
+                path = job.timelapse
+                outputs.write(path, lambda overwrite: timelapse.save(path, overwrite=overwrite))
             resumed_from = ckpt.iteration if ckpt is not None else None
             return _finish(fitter, result, job, console, outputs, interrupt_ckpt, resumed_from)
     except Exception as exc:
@@ -267,13 +283,19 @@ class PeriodicSaver:
             self.last = now
 
 
-def _savers(fitter: Fitter, job: FitJob, outputs: Outputs) -> Optional[Callable[[LogRecord], None]]:
-    """What runs at each log point besides progress: the auto-stop image keeper and the periodic checkpoint."""
+def _savers(
+    fitter: Fitter, job: FitJob, outputs: Outputs, on_log: Optional[Callable[[LogRecord, Fitter], None]] = None
+) -> Optional[Callable[[LogRecord], None]]:
+    """What runs at each log point besides progress: the auto-stop image keeper, the periodic checkpoint and the
+    caller's hook."""
     savers: list[Callable[[LogRecord], None]] = []
     if fitter.stopper is not None:
         savers.append(BestSaver(fitter, job.output, job.checkpoint, outputs))
     if job.checkpoint_every and job.checkpoint is not None:
         savers.append(PeriodicSaver(fitter, job.checkpoint, outputs, job.checkpoint_every))
+    if on_log is not None:
+        hook = on_log
+        savers.append(lambda record: hook(record, fitter))
     if not savers:
         return None
 

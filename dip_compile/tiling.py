@@ -154,8 +154,9 @@ def check_job(job: FitJob) -> None:
             f"{given} does not apply with --tile: a tiled run keeps its finished tiles (and on Ctrl-C the running "
             f"tile's checkpoint) in {work_folder(job.output)} and resumes when the same command is run again"
         )
-    if job.snapshot_every:
-        raise DipError("--snapshot-every does not apply with --tile: the image exists only once every tile is fitted")
+    if job.snapshot_every or job.timelapse is not None:
+        given = "--snapshot-every" if job.snapshot_every else "--timelapse"
+        raise DipError(f"{given} does not apply with --tile: the image exists only once every tile is fitted")
     if job.task in TASK_SPECS and TASK_SPECS[job.task].needs("mask"):
         raise DipError(
             f"--tile does not support {job.task}: the mask's holes cross tile borders and a tile may fall entirely in a "

@@ -32,6 +32,7 @@ BATCH_OWNED = {
     "report": "--report",
     "compare": "--compare",
     "snapshot_every": "--snapshot-every",
+    "timelapse": "--timelapse",
     "dry_run": "--dry-run",
 }
 # what the batch itself writes in OUTDIR besides the jobs' NAME.png and .json: no job may be named so (compared

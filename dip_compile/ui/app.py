@@ -1,0 +1,266 @@
+"""The page: gradio components wired to ``session`` (which calls the library). One fit runs at a time per server;
+gradio queues the others and shows each its place."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+from PIL import Image
+
+from .. import kernels, presets
+from ..config import Task
+from ..errors import DipError
+from ..imageio import load_image, to_pil
+from .session import Form, LiveFit, Workspace, estimate, painted_mask
+
+MAX_UPLOAD = "50mb"
+# a small photo's preview would show at its few pixels: scaled up to the panel, pixels kept sharp
+CSS = "#preview img { width: 100%; height: 300px; object-fit: contain; image-rendering: pixelated; }"
+POLL_SECONDS = 0.5
+TASK_PRESETS = {t: [p.name for p in presets.PRESETS if p.task == t] for t in Task.values()}
+
+
+class Sessions:
+    """Each browser session's ``Workspace``, by gradio's session hash, under one folder removed at exit."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="dipc-ui-"))
+        self.by_hash: dict[str, Workspace] = {}
+
+    def get(self, request: gr.Request) -> Workspace:
+        key = request.session_hash or "default"
+        if key not in self.by_hash:
+            self.by_hash[key] = Workspace(self.root / key)
+        return self.by_hash[key]
+
+
+def _iterations(preset: Optional[str], task: str) -> int:
+    return presets.get(preset or presets.default_name(task), task).config.iterations
+
+
+def build(sessions: Sessions) -> gr.Blocks:
+    """The page, its events and their concurrency (fits share one slot)."""
+    with gr.Blocks(title="dip-compile") as page:
+        gr.Markdown(
+            "# dip-compile\nDeep Image Prior restoration: upload a photo, paint what is missing (inpainting), "
+            "watch the image form, download the result and its ONNX model."
+        )
+        with gr.Row():
+            with gr.Column():
+                task = gr.Radio(Task.values(), value="inpaint", label="Task")
+                photo = gr.File(label="Photo (the image to restore)", type="filepath", elem_id="photo")
+                editor = gr.ImageEditor(
+                    label="Paint the holes (brush; eraser to undo)",
+                    type="numpy",
+                    sources=(),
+                    transforms=(),
+                    layers=False,
+                    format="png",
+                    brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=6),
+                    eraser=gr.Eraser(default_size=6),
+                    elem_id="editor",
+                )
+                mask = gr.File(label="...or a mask file (white = known pixel)", type="filepath", elem_id="mask")
+                flash = gr.File(label="Flash photo (the network's input)", type="filepath", visible=False)
+                factor = gr.Radio([2, 4, 8], value=4, label="Super-resolution factor", visible=False)
+                kernel = gr.Textbox(label=f"Blur kernel: {kernels.SPECS}", visible=False)
+                reference = gr.File(label="Reference (optional clean image: PSNR)", type="filepath")
+                preset = gr.Dropdown(TASK_PRESETS["inpaint"], value=presets.DEFAULTS["inpaint"], label="Preset")
+                iterations = gr.Number(_iterations(None, "inpaint"), label="Iterations", precision=0, minimum=1)
+                with gr.Accordion("Network, seed and timelapse", open=False):
+                    channels = gr.Textbox(label="Channels per level (--channels; empty: the preset's)")
+                    depth = gr.Number(None, label="Levels (--depth; empty: the preset's)", precision=0)
+                    seed = gr.Number(0, label="Seed", precision=0)
+                    timelapse_every = gr.Number(0, label="Timelapse: a frame every N iterations (0: none)", precision=0)
+                with gr.Row():
+                    estimate_button = gr.Button("Estimate")
+                    fit_button = gr.Button("Fit", variant="primary")
+                    stop_button = gr.Button("Stop", variant="stop")
+                    continue_button = gr.Button("Continue")
+            with gr.Column():
+                status = gr.Textbox(label="Status", lines=3, interactive=False, elem_id="status")
+                preview = gr.Image(
+                    label="Current image", type="pil", format="png", interactive=False, elem_id="preview"
+                )
+                compare = gr.ImageSlider(label="Before / after", type="filepath", interactive=False)
+                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+
+        def on_task(name: str) -> tuple[Any, ...]:
+            return (
+                gr.update(visible=name == "inpaint"),
+                gr.update(visible=name == "inpaint"),
+                gr.update(visible=name == "flash-no-flash"),
+                gr.update(visible=name == "super-resolve"),
+                gr.update(visible=name == "deblur"),
+                gr.update(choices=TASK_PRESETS[name], value=presets.default_name(name)),
+            )
+
+        task.change(on_task, task, [editor, mask, flash, factor, kernel, preset], api_visibility="private")
+        preset.change(lambda p, t: _iterations(p, t), [preset, task], iterations, api_visibility="private")
+
+        def on_photo(path: Optional[str]) -> tuple[Any, str]:
+            """The photo into the painting canvas, or the library's one-line refusal of the file."""
+            if not path:
+                return None, ""
+            try:
+                image = to_pil(load_image(path))
+            except DipError as exc:
+                return None, str(exc)
+            return {"background": image, "layers": [], "composite": None}, f"photo {image.width}x{image.height}"
+
+        photo.change(on_photo, photo, [editor, status], api_visibility="private")
+
+        fields = [task, photo, editor, mask, flash, reference, preset, iterations, factor, kernel, channels, depth]
+        fields += [seed, timelapse_every]
+
+        def form(
+            request: gr.Request,
+            task_name: str,
+            image: Optional[str],
+            painted: Optional[dict[str, Any]],
+            mask_file: Optional[str],
+            flash_file: Optional[str],
+            ref: Optional[str],
+            preset_name: Optional[str],
+            its: Optional[float],
+            fac: Optional[int],
+            kern: Optional[str],
+            chans: Optional[str],
+            levels: Optional[float],
+            seed_value: Optional[float],
+            every: Optional[float],
+        ) -> tuple[Workspace, Form]:
+            """The page's values as a ``Form``; painted strokes become the mask file unless one was uploaded."""
+            ws = sessions.get(request)
+            mask_path = mask_file
+            if task_name == "inpaint" and not mask_file and painted and image:
+                try:
+                    with Image.open(image) as photo_image:
+                        size = photo_image.size
+                except OSError:  # not an image: the fit refuses it in the CLI's words
+                    size = None
+                written = painted_mask(painted.get("layers") or [], size, ws.path("painted-mask.png")) if size else None
+                mask_path = str(written) if written else None
+            return ws, Form(
+                task=task_name,
+                image=image,
+                mask=mask_path,
+                flash=flash_file,
+                reference=ref,
+                preset=preset_name,
+                iterations=int(its) if its else None,
+                factor=int(fac) if task_name == "super-resolve" and fac else None,
+                kernel=kern if task_name == "deblur" else None,
+                channels=(chans or "").strip() or None,
+                depth=int(levels) if levels else None,
+                seed=int(seed_value) if seed_value is not None else None,
+                timelapse_every=int(every or 0),
+            )
+
+        def on_estimate(request: gr.Request, *values: Any) -> str:
+            try:
+                ws, f = form(request, *values)
+                return estimate(ws.job(f))
+            except DipError as exc:
+                return str(exc)
+
+        def on_fit(request: gr.Request, *values: Any) -> Iterator[tuple[Any, ...]]:
+            try:
+                ws, f = form(request, *values)
+                job = ws.job(f)
+            except DipError as exc:
+                yield str(exc), None, None, None
+                return
+            ws.image = f.image
+            yield from _watch(ws, job)
+
+        def on_continue(its: Optional[float], every: Optional[float], request: gr.Request) -> Iterator[tuple[Any, ...]]:
+            ws = sessions.get(request)
+            try:
+                job = ws.resumed_job(int(its) if its else None, int(every or 0))
+            except DipError as exc:
+                yield str(exc), None, None, None
+                return
+            yield from _watch(ws, job)
+
+        def on_stop(request: gr.Request) -> None:
+            """Like Ctrl-C: the fit stops after this iteration and saves its image and resumable checkpoint."""
+            sessions.get(request).stop.set()
+
+        outputs = [status, preview, compare, downloads]
+        estimate_button.click(
+            on_estimate, fields, status, api_name="estimate", concurrency_id="fit", concurrency_limit=1
+        )
+        fit_button.click(on_fit, fields, outputs, api_name="fit", concurrency_id="fit", concurrency_limit=1)
+        continue_button.click(
+            on_continue,
+            [iterations, timelapse_every],
+            outputs,
+            api_name="continue",
+            concurrency_id="fit",
+            concurrency_limit=1,
+        )
+        stop_button.click(on_stop, None, None, api_name="stop", concurrency_limit=None)
+    return page
+
+
+def _watch(ws: Workspace, job: Any) -> Iterator[tuple[Any, ...]]:
+    """Estimate first (a refusal ends here), then the fit's progress and previews, then the results."""
+    from .. import exporters
+
+    try:
+        before = estimate(job)
+    except DipError as exc:
+        yield str(exc), None, None, None
+        return
+    yield f"estimate: {before}", None, None, None
+    ws.forget_derived()
+    live = LiveFit(job, ws.stop).start()
+    shown = 0
+    while not live.done.wait(POLL_SECONDS):
+        new = live.previews != shown
+        shown = live.previews
+        yield live.status() + f"\n{before}", live.preview if new else gr.skip(), gr.skip(), gr.skip()
+    if live.error is not None:
+        yield live.error, live.preview, None, ws.downloads() or None
+        return
+    text = "stopped: " + live.summary() if live.code else live.summary()
+    result = Image.open(ws.output)
+    comparison = (ws.image, str(ws.output)) if ws.image else None
+    yield text, result, comparison, ws.downloads()
+    if live.code == 0:  # after the image is shown: the export takes longer than a small fit
+        yield text + "\nexporting the ONNX model...", result, comparison, ws.downloads()
+        try:
+            exporters.export_checkpoints([ws.checkpoint], ws.path("restored.onnx"), force=True)
+        except DipError as exc:
+            text += f"\nONNX export refused: {exc}"
+        yield text, result, comparison, ws.downloads()  # (whole: a client reads the last values)
+
+
+def serve(host: str, port: Optional[int]) -> None:
+    """Runs the page until Ctrl-C: no share link; uploads limited to ``MAX_UPLOAD``."""
+    sessions = Sessions()
+    # a plain SIGTERM (a service manager, a test) would skip the cleanup below: make it an orderly exit
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    page = build(sessions)
+    page.queue(default_concurrency_limit=4)
+    try:
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            max_file_size=MAX_UPLOAD,
+            allowed_paths=[str(sessions.root)],
+            show_error=True,
+            css=CSS,
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(sessions.root, ignore_errors=True)

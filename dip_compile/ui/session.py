@@ -1,0 +1,191 @@
+"""What the web page does with the library, without gradio: a form becomes a ``FitJob``; a fit runs in a thread
+through ``restore.fit_session`` (so every refusal is the CLI's own one-line ``DipError``), with a stop request that
+ends it as Ctrl-C does and a live record + preview the page polls."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DipError
+from ..fitjob import FitJob, NetShape
+from ..fitting import Fitter, LogRecord, drive
+from ..imageio import to_pil
+from ..progress import status_line
+from ..restore import fit_session
+
+PREVIEW_SECONDS = 2.0  # how often the running fit's image is copied out for the page
+
+
+@dataclass
+class Form:
+    """The page's fields: only what a user is asked for; everything else stays at the CLI's defaults."""
+
+    task: str
+    image: Optional[str] = None
+    mask: Optional[str] = None  # a mask file (uploaded, or written from the painted strokes)
+    flash: Optional[str] = None
+    reference: Optional[str] = None
+    preset: Optional[str] = None
+    iterations: Optional[int] = None
+    factor: Optional[int] = None
+    kernel: Optional[str] = None
+    channels: Optional[str] = None
+    depth: Optional[int] = None
+    seed: Optional[int] = None
+    timelapse_every: int = 0  # 0: no timelapse
+
+
+def painted_mask(layers: list[np.ndarray], size: tuple[int, int], path: Path) -> Optional[Path]:
+    """The strokes painted over the photo as a mask file (white = known, painted = hole) of the image's ``size``
+    (W, H), or None when nothing was painted (then the library asks for a mask, as the CLI does)."""
+    painted: Any = None
+    for layer in layers:
+        alpha = layer[..., 3] > 127 if layer.ndim == 3 and layer.shape[-1] == 4 else np.asarray(layer).any(-1)
+        painted = alpha if painted is None else painted | alpha
+    if painted is None or not np.any(painted):
+        return None
+    mask = Image.fromarray(np.where(painted, 0, 255).astype(np.uint8), mode="L")
+    if mask.size != size:  # the editor's canvas may differ from the photo's pixels: the strokes are scaled onto them
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+    mask.save(path)
+    return path
+
+
+class Workspace:
+    """One browser session's files: the inputs it wrote and every output of its fit, in its own folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.stop = threading.Event()
+        self.image: Optional[str] = None  # the photo of the last fit (the 'before' of the comparison)
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    @property
+    def output(self) -> Path:
+        return self.path("restored.png")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path("restored.ckpt")
+
+    def job(self, form: Form) -> FitJob:
+        """The ``FitJob`` of a new fit: the same one ``dipc fit`` would build from these options."""
+        settings: dict[str, Any] = {"iterations": form.iterations, "seed": form.seed, "factor": form.factor}
+        settings["kernel"] = form.kernel or None
+        return FitJob(
+            output=self.output,
+            task=form.task,
+            image=_path(form.image),
+            mask=_path(form.mask) if form.task == "inpaint" else None,
+            flash=_path(form.flash) if form.task == "flash-no-flash" else None,
+            reference=_path(form.reference),
+            preset=form.preset or None,
+            settings={k: v for k, v in settings.items() if v is not None},
+            net=NetShape(channels=form.channels or None, depth=form.depth or None),
+            **self._outputs(form.timelapse_every),
+        )
+
+    def resumed_job(self, iterations: Optional[int], timelapse_every: int = 0) -> FitJob:
+        """Continue the fit saved in this session's checkpoint (as ``dipc fit --resume``), up to ``iterations``."""
+        if not self.checkpoint.exists():
+            raise DipError("nothing to continue: start a fit first (Stop saves it so that it can continue)")
+        settings = {"iterations": iterations} if iterations else {}
+        return FitJob(output=self.output, resume=self.checkpoint, settings=settings, **self._outputs(timelapse_every))
+
+    def _outputs(self, timelapse_every: int) -> dict[str, Any]:
+        timelapse = {"timelapse": self.path("timelapse.webp"), "timelapse_every": timelapse_every}
+        return {
+            "checkpoint": self.checkpoint,
+            "report": self.path("report.json"),
+            "compare": self.path("before-after.png"),
+            "force": True,  # the session's own folder: a new fit replaces the last one's files
+            "quiet": True,
+            **(timelapse if timelapse_every else {}),
+        }
+
+    def downloads(self) -> list[str]:
+        names = ("restored.png", "report.json", "restored.ckpt", "restored.onnx", "timelapse.webp")
+        return [str(self.path(n)) for n in names if self.path(n).exists()]
+
+    def forget_derived(self) -> None:
+        """Before a fit: the last fit's export and timelapse would pass for this one's."""
+        for name in ("restored.onnx", "timelapse.webp"):
+            self.path(name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _path(value: Optional[str]) -> Optional[Path]:
+    return Path(value) if value else None
+
+
+def estimate(job: FitJob) -> str:
+    """The ``--dry-run`` line (memory and time), or the library's refusal as a ``DipError``."""
+    text = io.StringIO()
+    drive(fit_session(replace(job, dry_run=True), console_file=text))
+    return " ".join(line for line in text.getvalue().splitlines() if line.strip())
+
+
+@dataclass
+class LiveFit:
+    """A fit running in a thread; the page reads ``record``, ``preview`` and, once ``done``, ``code``/``error``."""
+
+    job: FitJob
+    stop: threading.Event
+    record: Optional[LogRecord] = None
+    preview: Optional[Image.Image] = None
+    previews: int = 0  # how many previews were taken (the page shows each new one)
+    code: Optional[int] = None
+    error: Optional[str] = None
+    log: io.StringIO = field(default_factory=io.StringIO)
+    done: threading.Event = field(default_factory=threading.Event)
+    ema: bool = False
+    last_preview: float = float("-inf")
+
+    def start(self) -> LiveFit:
+        self.stop.clear()
+        threading.Thread(target=self._run, name="dipc-ui-fit", daemon=True).start()
+        return self
+
+    def _on_log(self, record: LogRecord, fitter: Fitter) -> None:
+        self.record, self.ema = record, fitter.ema is not None
+        now = time.monotonic()
+        if now - self.last_preview >= PREVIEW_SECONDS or record.iteration == record.total:
+            self.preview, self.last_preview = to_pil(fitter.image()[0]), now
+            self.previews += 1
+
+    def _run(self) -> None:
+        try:
+            session = fit_session(self.job, console_file=self.log, stop_requested=self.stop.is_set, on_log=self._on_log)
+            self.code = drive(session)
+        except DipError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # a bug, not a user error: the page says so, the server log has the trace
+            traceback.print_exc()
+            self.error = f"internal error ({exc.__class__.__name__}: {exc}); the server log has the details"
+        finally:
+            self.done.set()
+
+    def status(self) -> str:
+        if self.record is None:
+            return "starting (the first progress comes after the first log interval)"
+        return status_line(str(self.job.task or "resumed fit"), self.record, self.ema)
+
+    def summary(self) -> str:
+        """The fit's last console line: the CLI's summary, or where Ctrl-C (Stop) saved the image and checkpoint."""
+        lines = [line for line in self.log.getvalue().splitlines() if line.strip()]
+        return lines[-1] if lines else ""
