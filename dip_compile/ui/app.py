@@ -13,7 +13,7 @@ from typing import Any, Optional
 import gradio as gr
 from PIL import Image
 
-from .. import kernels, presets
+from .. import kernels, presets, tasks
 from ..config import Task
 from ..errors import DipError
 from ..imageio import load_image, to_pil
@@ -92,12 +92,13 @@ def build(sessions: Sessions) -> gr.Blocks:
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
 
         def on_task(name: str) -> tuple[Any, ...]:
+            task_spec = tasks.spec(name)  # which inputs the page shows is the registry's, as dipc fit's checks
             return (
-                gr.update(visible=name == "inpaint"),
-                gr.update(visible=name == "inpaint"),
-                gr.update(visible=name == "flash-no-flash"),
-                gr.update(visible=name == "super-resolve"),
-                gr.update(visible=name == "deblur"),
+                gr.update(visible=task_spec.needs("mask")),
+                gr.update(visible=task_spec.needs("mask")),
+                gr.update(visible=task_spec.needs("guide")),
+                gr.update(visible=task_spec.scales),
+                gr.update(visible=task_spec.needs("kernel")),
                 gr.update(choices=TASK_PRESETS[name], value=presets.default_name(name)),
             )
 
@@ -139,7 +140,7 @@ def build(sessions: Sessions) -> gr.Blocks:
             """The page's values as a ``Form``; painted strokes become the mask file unless one was uploaded."""
             ws = sessions.get(request)
             mask_path = mask_file
-            if task_name == "inpaint" and not mask_file and painted and image:
+            if tasks.spec(task_name).needs("mask") and not mask_file and painted and image:
                 try:
                     with Image.open(image) as photo_image:
                         size = photo_image.size
@@ -155,8 +156,8 @@ def build(sessions: Sessions) -> gr.Blocks:
                 reference=ref,
                 preset=preset_name,
                 iterations=int(its) if its else None,
-                factor=int(fac) if task_name == "super-resolve" and fac else None,
-                kernel=kern if task_name == "deblur" else None,
+                factor=int(fac) if tasks.spec(task_name).scales and fac else None,
+                kernel=kern if tasks.spec(task_name).needs("kernel") else None,
                 channels=(chans or "").strip() or None,
                 depth=int(levels) if levels else None,
                 seed=int(seed_value) if seed_value is not None else None,

@@ -22,6 +22,7 @@ from ..fitting import Fitter, LogRecord, drive
 from ..imageio import to_pil
 from ..progress import status_line
 from ..restore import fit_session
+from ..tasks import spec
 
 PREVIEW_SECONDS = 2.0  # how often the running fit's image is copied out for the page
 
@@ -89,8 +90,8 @@ class Workspace:
             output=self.output,
             task=form.task,
             image=_path(form.image),
-            mask=_path(form.mask) if form.task == "inpaint" else None,
-            flash=_path(form.flash) if form.task == "flash-no-flash" else None,
+            mask=_path(form.mask) if spec(form.task).needs("mask") else None,
+            flash=_path(form.flash) if spec(form.task).needs("guide") else None,
             reference=_path(form.reference),
             preset=form.preset or None,
             settings={k: v for k, v in settings.items() if v is not None},
