@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test bench-speed bench-quality bench-presets bench-batch bench-paper clean
+.PHONY: setup browser demo ui test bench-speed bench-quality bench-presets bench-batch bench-paper clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: setup
 		-o demo/restored.png --iterations 300 --compare demo/before_after.png \
 		--reference dip_compile/data/example.png --report demo/report.json --checkpoint demo/restored.ckpt --force
 	@echo "demo: restored image demo/restored.png, before/after demo/before_after.png"
+
+# The web page (dipc ui, the 'ui' extra that setup installs): http://127.0.0.1:7860 (PORT=N to choose another)
+ui: setup
+	$(VENV)/bin/dipc ui $(if $(PORT),--port $(PORT))
 
 # The browser of tests/test_ui.py: Debian's Chromium, installed only where it is missing and apt-get can run (CI runs
 # as root); elsewhere the browser test skips and says why (.ci/run sets DIPC_REQUIRE_BROWSER: there it fails instead).
