@@ -2,8 +2,8 @@
 
 The CPU is faked: ``auto`` resolves as on a CPU without native bf16 (``DIPC_TEST_AUTO_PRECISION=fp32``, the default)
 or with it (``=bf16``), whatever CPU runs the suite. ``make test`` runs the suite both ways; the fp32 pass records
-which test files ever asked the faked CPU, and the bf16 pass that follows skips the files that never did (they run
-the same code either way), as long as no source file changed in between.
+which tests ever asked the faked CPU (a test whose file's shared fixture asked counts as asking), and the bf16 pass
+that follows skips the tests that never did (they run the same code either way), as long as no source changed.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import dataclasses
 import hashlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,11 +85,17 @@ def save_png(image: torch.Tensor | np.ndarray, path: Path) -> Path:
     return path
 
 
-# --- which test files ask the faked CPU (so the bf16 pass can leave out the others) -------------------------------
-RECORD_KEY = "dipc/files-asking-the-faked-cpu"
-_running: list[str] = [""]  # the file of the test being set up, run or torn down
-_asked: set[str] = set()  # files whose tests (or their fixtures) asked the faked CPU
-_ran: set[str] = set()  # files with at least one test run in this pass
+# --- which tests ask the faked CPU (so the bf16 pass can leave out the others) ------------------------------------
+RECORD_KEY = "dipc/tests-never-asking-the-faked-cpu"
+_running: list[str] = [""]  # the test being set up, run or torn down
+_shared_setup: list[str] = []  # scopes of the fixtures being set up: a shared one's value serves its whole file
+_asked_tests: set[str] = set()  # tests that (or whose function-scoped fixtures) asked the faked CPU
+_asked_files: set[str] = set()  # files whose module- or class-scoped fixtures asked it: all their tests count
+_ran: set[str] = set()  # tests run in this pass
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
 def _sources_digest() -> str:
@@ -104,7 +111,10 @@ def _fake_capability(real: Callable[[torch.device], Capability]) -> Callable[[to
     def capability(device: torch.device) -> Capability:
         if device.type != "cpu":
             return real(device)
-        _asked.add(_running[0])
+        if any(scope != "function" for scope in _shared_setup):
+            _asked_files.add(_file(_running[0]))
+        else:
+            _asked_tests.add(_running[0])
         return FAKE_CPU
 
     return capability
@@ -112,8 +122,17 @@ def _fake_capability(real: Callable[[torch.device], Capability]) -> Callable[[to
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> None:
-    _running[0] = item.nodeid.split("::")[0]
-    _ran.add(_running[0])
+    _running[0] = item.nodeid
+    _ran.add(item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[None]:
+    _shared_setup.append(fixturedef.scope)
+    try:
+        yield
+    finally:
+        _shared_setup.pop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -125,7 +144,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     never = set(record["never_asked"])
     skip = pytest.mark.skip(reason="never asks the faked CPU: the fp32 pass ran this same code")
     for item in items:
-        if item.nodeid.split("::")[0] in never:
+        if item.nodeid in never:
             item.add_marker(skip)
 
 
@@ -136,7 +155,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     known = cache.get(RECORD_KEY, None) or {}
     digest = _sources_digest()
     never = set(known.get("never_asked", [])) if known.get("digest") == digest else set()
-    never = (never - _ran) | (_ran - _asked)  # this pass's files decide for themselves; others keep their record
+    asked = _asked_tests | {t for t in _ran if _file(t) in _asked_files}
+    never = (never - _ran) | (_ran - asked)  # the tests of this pass decide for themselves; others keep their record
     cache.set(RECORD_KEY, {"digest": digest, "never_asked": sorted(never)})
 
 
