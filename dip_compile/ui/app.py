@@ -138,9 +138,9 @@ def build(sessions: Sessions) -> gr.Blocks:
             every: Optional[float],
         ) -> tuple[Workspace, Form]:
             """The page's values as a ``Form``; painted strokes become the mask file unless one was uploaded."""
-            ws = sessions.get(request)
+            ws, task_spec = sessions.get(request), tasks.spec(task_name)
             mask_path = mask_file
-            if tasks.spec(task_name).needs("mask") and not mask_file and painted and image:
+            if task_spec.needs("mask") and not mask_file and painted and image:
                 try:
                     with Image.open(image) as photo_image:
                         size = photo_image.size
@@ -156,8 +156,8 @@ def build(sessions: Sessions) -> gr.Blocks:
                 reference=ref,
                 preset=preset_name,
                 iterations=int(its) if its else None,
-                factor=int(fac) if tasks.spec(task_name).scales and fac else None,
-                kernel=kern if tasks.spec(task_name).needs("kernel") else None,
+                factor=int(fac) if task_spec.scales and fac else None,
+                kernel=kern if task_spec.needs("kernel") else None,
                 channels=(chans or "").strip() or None,
                 depth=int(levels) if levels else None,
                 seed=int(seed_value) if seed_value is not None else None,
