@@ -62,8 +62,12 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("w64-d4", ("--channels", "64", "--depth", "4"), "64 channels, 4 levels"),
     Candidate("w64-in8", ("--channels", "64", "--input-depth", "8"), "64 channels and 8 input noise channels"),
     Candidate("w128-half", ("--iterations-scale", "0.5"), "the default net, half the iterations"),
+    Candidate("w64-half", ("--channels", "64", "--iterations-scale", "0.5"), "64 channels, half the iterations"),
+    Candidate("w32-half", ("--channels", "32", "--iterations-scale", "0.5"), "32 channels, half the iterations"),
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
+# The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).
+SHIPPED = {"denoise": "w64", "super-resolve": "w64", "inpaint": "w64"}
 # Which tables the study covers and the paper_tables case groups it keeps (x8 and Set14 add time, not insight).
 GROUPS = {"denoise": ("CSet9 sigma 25", "CSet9 sigma 50"), "sr": ("Set5 x4",), "table1": ("Table 1",)}
 TASK_OF = {"denoise": "denoise", "sr": "super-resolve", "table1": "inpaint"}

@@ -33,6 +33,7 @@ def restore_image(
     from_reference: bool = False,
     preset: Optional[str] = None,
     paper_exact: bool = False,
+    fast: bool = False,
     checkpoint: str | Path | None = None,
     on_log: Optional[Callable[[LogRecord], None]] = None,
     **settings: Any,
@@ -62,6 +63,7 @@ def restore_image(
         from_reference=from_reference,
         preset=preset,
         paper_exact=paper_exact,
+        fast=fast,
         settings={**command_line_defaults(FitConfig), **settings},
         net=net,
     )

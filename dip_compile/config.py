@@ -561,6 +561,14 @@ class FitConfig:
         job=True,
         help="run the notebook's choices where dip-compile differs (see the README)",
     )
+    fast: bool = option(
+        False,
+        flag="--fast",
+        panel="speed",
+        job=True,
+        help="a narrower network (and for some tasks fewer iterations): about a third of the time for an image "
+        "within about 0.5 dB of the default (docs/fast.md)",
+    )
     preset: str = option(  # the named preset the settings started from ("" = none)
         "",
         flag="--preset",

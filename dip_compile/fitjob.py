@@ -101,6 +101,8 @@ class NetShape:
 
 
 _NET_FIELDS = frozenset(f.name for f in dataclasses.fields(NetConfig))
+# The FitJob fields added since the first fingerprints enter one only when given (as the NetShape fields below).
+_ADDED_JOB_FIELDS = frozenset(("fast",))
 # The NetShape fields of the first fingerprints: a field added since enters a job's fingerprint only when given, so that
 # a batch rerun still recognises the jobs it finished before the option existed.
 _FINGERPRINTED_NET = frozenset(
@@ -168,6 +170,7 @@ class FitJob:
     noise: Optional[str] = _job_field(role=PROBLEM)  # --noise SPEC: the observation from a clean IMAGE (noise.py)
     preset: Optional[str] = _job_field(role=PROBLEM)  # a name from ``presets.NAMES`` (None: the task's default)
     paper_exact: bool = _job_field(False, role=PROBLEM)  # the notebook's choices where this project differs
+    fast: bool = _job_field(False, role=PROBLEM)  # the preset made cheaper as its task's ``tasks.Fast`` says
     settings: dict[str, Any] = field(default_factory=dict)
     net: NetShape = field(default_factory=NetShape)
     checkpoint: Optional[Path] = _job_field(role=KEPT)
@@ -234,6 +237,7 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
         output_channels=channels,
         name=job.preset,
         paper_exact=job.paper_exact,
+        fast=job.fast,
     )
     config = config.replace(**settings)
     return config.replace(net=job.net.apply(config.net))
@@ -490,6 +494,7 @@ def fingerprint(fit_job: FitJob) -> str:
     skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
     ignored = {*FitJob.names(KEPT), "resume"}
     fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
+    fields = {k: v for k, v in fields.items() if k not in _ADDED_JOB_FIELDS or _given(v)}
     # where and how frugally it runs is not what it is
     settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
     net = {k: v for k, v in dataclasses.asdict(fields.pop("net")).items() if k in _FINGERPRINTED_NET or v is not None}

@@ -48,14 +48,19 @@ class Preset:
     def task(self) -> Task:
         return self.config.task
 
-    def fit_config(self, *, output_channels: int | None = None, paper_exact: bool = False) -> FitConfig:
-        """The preset's settings for an image of ``output_channels`` (the preset's own by default)."""
+    def fit_config(
+        self, *, output_channels: int | None = None, paper_exact: bool = False, fast: bool = False
+    ) -> FitConfig:
+        """The preset's settings for an image of ``output_channels`` (the preset's own by default); ``fast``: with
+        what ``--fast`` changes for its task (``tasks.Fast``)."""
         channels = self.channels if output_channels is None else output_channels
         net = dataclasses.replace(self.config.net, output_channels=channels)
         if self.config.net.input_kind == InputKind.image:
             net = dataclasses.replace(net, input_depth=channels)  # the guide image has the image's channels
         config = self.config.replace(net=net, preset=self.name)
-        return config.replace(**self.paper, paper_exact=True) if paper_exact else config
+        if paper_exact:
+            config = config.replace(**self.paper, paper_exact=True)
+        return faster(config) if fast else config
 
     def network_parameters(self) -> int:
         import torch  # (here, not at the top: the CLI lists the presets without importing torch)
@@ -64,6 +69,22 @@ class Preset:
 
         with torch.device("meta"):  # a count only: no memory, no initialisation
             return count_parameters(build_network(self.config.net))
+
+
+def faster(config: FitConfig) -> FitConfig:
+    """``config`` as ``--fast`` runs it: its task's ``Fast`` record applied (the convolutions' channels and the
+    iterations scaled, rounded, at least 1). Refuses a task the study behind --fast has not covered."""
+    fast = TASKS[str(config.task)].fast
+    if fast is None:
+        covered = ", ".join(name for name, spec in TASKS.items() if spec.fast is not None)
+        raise PresetError(f"--fast has no setting for {config.task} yet: the study behind it covered {covered}")
+    net = config.net
+    net = dataclasses.replace(
+        net,
+        channels_down=tuple(max(1, round(c * fast.width)) for c in net.channels_down),
+        channels_up=tuple(max(1, round(c * fast.width)) for c in net.channels_up),
+    )
+    return config.replace(net=net, iterations=max(1, round(config.iterations * fast.iterations)), fast=True)
 
 
 def _fit(task: Task, net: NetConfig, iterations: int, lr: float, reg_noise: float, **changes: Any) -> FitConfig:
@@ -161,11 +182,12 @@ def preset(
     output_channels: int = 3,
     name: str | None = None,
     paper_exact: bool = False,
+    fast: bool = False,
 ) -> FitConfig:
-    """The settings a fit of ``task`` starts from: the named preset, or the task's default one. A super-resolution
-    ``factor`` other than the preset's replaces it (x8 picks sr-x8 by default)."""
+    """The settings a fit of ``task`` starts from: the named preset, or the task's default one, made ``faster``
+    with ``fast``. A super-resolution ``factor`` other than the preset's replaces it (x8 picks sr-x8 by default)."""
     chosen = get(name or default_name(task, factor), task)
-    config = chosen.fit_config(output_channels=output_channels, paper_exact=paper_exact)
+    config = chosen.fit_config(output_channels=output_channels, paper_exact=paper_exact, fast=fast)
     if factor is not None and TASKS[task].scales:
         config = config.replace(factor=factor)
     return config

@@ -25,6 +25,23 @@ class TaskError(DipError):
 
 
 @dataclass(frozen=True)
+class Fast:
+    """What ``--fast`` changes in a task's preset, chosen by the study in benchmarks/fast_study.py (docs/fast.md):
+    the convolutions' channels (down and up; the skip channels stay) and the iterations, as shares of the preset's.
+    Auto-stop, EMA and backtracking stay as the preset has them; an iteration share caps where auto-stop runs."""
+
+    width: float = 1.0  # the preset's channels per level times this (at least 1)
+    iterations: float = 1.0  # the preset's iterations times this (at least 1)
+    study: str = ""  # what the study measured for it, one line (dipc fit --help and docs/fast.md say more)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.width <= 1 and 0 < self.iterations <= 1):
+            raise TaskError(
+                f"a Fast record takes shares in (0, 1], got width {self.width}, iterations {self.iterations}"
+            )
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """What the code needs to know about a task; every field says how it differs from plain denoising."""
 
@@ -38,6 +55,7 @@ class TaskSpec:
     clean_image: bool = False  # --noise may corrupt IMAGE itself (it is the clean image)
     observed: bool = False  # the observation is the operator applied to IMAGE (inpaint: unknown pixels zeroed)
     no_poisson: str = ""  # why --loss poisson does not fit it ("": it does)
+    fast: Fast | None = None  # what --fast changes (None: the study has not covered the task, so --fast refuses)
 
     def __post_init__(self) -> None:
         unknown = self.inputs - set(INPUTS)
@@ -57,8 +75,8 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("inpaint", "mask", "kate", inputs=frozenset({"mask"}), observed=True),
-        TaskSpec("denoise", "identity", "f16", tiles=True, clean_image=True),
+        TaskSpec("inpaint", "mask", "kate", inputs=frozenset({"mask"}), observed=True, fast=Fast(0.5)),
+        TaskSpec("denoise", "identity", "f16", tiles=True, clean_image=True, fast=Fast(0.5)),
         TaskSpec(
             "super-resolve",
             "downsample",
@@ -68,6 +86,7 @@ TASKS: dict[str, TaskSpec] = {
             from_reference=True,
             no_poisson="its Lanczos downsampler has negative lobes, so the rates it compares with the counts can be "
             "negative",
+            fast=Fast(0.5),
         ),
         TaskSpec("flash-no-flash", "identity", "flash", inputs=frozenset({"guide"})),
         TaskSpec("deblur", "blur", "deblur", inputs=frozenset({"kernel"}), from_reference=True),

@@ -39,7 +39,7 @@ def fit_args(image: Path, mask_file: Path | None, iterations: int, timelapse_eve
     handle = gradio_client.handle_file
     mask_value = handle(str(mask_file)) if mask_file else None
     return ["inpaint", handle(str(image)), None, mask_value, None, None, PRESET, iterations, 4, "", *NET, 0,
-            timelapse_every]  # fmt: skip
+            timelapse_every, False]  # fmt: skip
 
 
 def test_tiny_inpainting_fit_end_to_end_with_its_downloads(client):

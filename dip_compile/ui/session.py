@@ -44,6 +44,7 @@ class Form:
     depth: Optional[int] = None
     seed: Optional[int] = None
     timelapse_every: int = 0  # 0: no timelapse
+    fast: bool = False  # --fast: the task's narrower network (docs/fast.md)
 
 
 def painted_mask(layers: list[np.ndarray], size: tuple[int, int], path: Path) -> Optional[Path]:
@@ -94,6 +95,7 @@ class Workspace:
             flash=_path(form.flash) if spec(form.task).needs("guide") else None,
             reference=_path(form.reference),
             preset=form.preset or None,
+            fast=form.fast,
             settings={k: v for k, v in settings.items() if v is not None},
             net=NetShape(channels=form.channels or None, depth=form.depth or None),
             **self._outputs(form.timelapse_every),

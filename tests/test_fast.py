@@ -1,0 +1,151 @@
+"""``--fast``: the task's preset made cheaper as its ``tasks.Fast`` record says (chosen by benchmarks/fast_study.py),
+and then a fit like any other: it auto-stops where its task does, exports, regenerates, resumes, and refuses in one
+line where the study has no setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import fast_study
+from conftest import dipc, save_png, smooth_image
+from dip_compile import presets
+from dip_compile.checkpoint import load_checkpoint
+from dip_compile.cli import parse_fit_args
+from dip_compile.fitjob import build_config, fingerprint
+from dip_compile.problem import add_noise
+from dip_compile.tasks import TASKS, Fast, TaskError
+
+FAST_TASKS = [name for name, spec in TASKS.items() if spec.fast is not None]
+
+
+def test_the_study_covers_denoising_super_resolution_and_inpainting() -> None:
+    assert {"denoise", "super-resolve", "inpaint"} <= set(FAST_TASKS)
+    assert set(fast_study.SHIPPED) == {fast_study.TASK_OF[t] for t in fast_study.GROUPS}
+
+
+@pytest.mark.parametrize("name", FAST_TASKS)
+def test_fast_is_the_preset_with_the_records_width_and_share_of_iterations(name: str) -> None:
+    record = TASKS[name].fast
+    assert record is not None
+    base, fast = presets.preset(name), presets.preset(name, fast=True)
+    assert fast.fast and not base.fast
+    assert fast.net.channels_down == tuple(max(1, round(c * record.width)) for c in base.net.channels_down)
+    assert fast.net.channels_up == tuple(max(1, round(c * record.width)) for c in base.net.channels_up)
+    assert fast.net.channels_skip == base.net.channels_skip
+    assert fast.iterations == max(1, round(base.iterations * record.iterations))
+    # nothing else moves: auto-stop, EMA, backtracking, the learning rate are the preset's
+    assert fast.replace(net=base.net, iterations=base.iterations, fast=False) == base
+
+
+@pytest.mark.parametrize("task", sorted(fast_study.SHIPPED))
+def test_fast_is_exactly_the_candidate_the_study_chose(task: str, tmp_path: Path) -> None:
+    """The study fitted the candidate's options; --fast must build the very same fit."""
+    table = next(t for t, name in fast_study.TASK_OF.items() if name == task)
+    candidate = fast_study.BY_NAME[fast_study.SHIPPED[task]]
+    args = [task, str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png")]
+    chosen = build_config(parse_fit_args(args + fast_study.options_of(candidate, table)), 3)
+    fast = build_config(parse_fit_args([*args, "--fast"]), 3)
+    assert fast.fast and fast.replace(fast=False) == chosen
+
+
+def test_options_given_with_fast_override_it() -> None:
+    job = parse_fit_args(["denoise", "/x/in.png", "-o", "/x/o.png", "--fast", "--channels", "32", "--iterations", "7"])
+    config = build_config(job, 3)
+    assert config.fast and config.net.channels_down == (32,) * 5 and config.iterations == 7
+
+
+def test_fast_enters_a_batch_jobs_fingerprint_only_when_given() -> None:
+    args = ["denoise", "/nonexistent/x.png", "-o", "/nonexistent/o.png", "--sigma", "25", "--depth", "3"]
+    assert fingerprint(parse_fit_args(args)) == "a360bb4f575dda78"  # as before --fast existed
+    assert fingerprint(parse_fit_args([*args, "--fast"])) != fingerprint(parse_fit_args(args))
+
+
+def test_a_fast_record_takes_shares() -> None:
+    with pytest.raises(TaskError, match="shares in"):
+        Fast(width=2.0)
+
+
+def test_a_task_the_study_did_not_cover_refuses_fast_in_one_line(tmp_path: Path) -> None:
+    uncovered = [name for name, spec in TASKS.items() if spec.fast is None]
+    if not uncovered:
+        pytest.skip("every task has a --fast setting")
+    image = save_png(smooth_image(32, 32), tmp_path / "in.png")
+    task = TASKS[uncovered[0]]
+    inputs = (["--flash", image] if task.needs("guide") else []) + (
+        ["--kernel", "gaussian:1"] if task.needs("kernel") else []
+    )
+    code, err = dipc("fit", task.name, image, *inputs, "-o", tmp_path / "o.png", "--fast")
+    assert code == 2 and "--fast has no setting for" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.fixture(scope="module")
+def fast_fit(tmp_path_factory) -> Path:
+    """A short --fast denoising fit (the real --fast network) with its checkpoint and report."""
+    tmp = tmp_path_factory.mktemp("fast")
+    clean = smooth_image(32, 32)
+    save_png(clean, tmp / "clean.png")
+    save_png(add_noise(clean, 0.1, seed=0), tmp / "noisy.png")
+    code, err = dipc(
+        "fit", "denoise", tmp / "noisy.png", "--reference", tmp / "clean.png", "-o", tmp / "out.png", "--fast",
+        "--iterations", "4", "--log-every", "1", "--precision", "fp32", "--checkpoint", tmp / "fit.ckpt",
+        "--report", tmp / "out.json", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    return tmp
+
+
+def test_a_fast_fit_records_itself_and_its_narrower_network(fast_fit: Path) -> None:
+    ckpt = load_checkpoint(fast_fit / "fit.ckpt")
+    expected = presets.preset("denoise", fast=True).net
+    assert ckpt.config.fast and ckpt.config.net.channels_down == expected.channels_down
+    report = json.loads((fast_fit / "out.json").read_text())
+    assert report["config"]["fast"] is True
+
+
+def test_a_fast_fit_exports_and_regenerates_its_image(fast_fit: Path, tmp_path: Path) -> None:
+    code, err = dipc("export", fast_fit / "fit.ckpt", "-o", tmp_path / "fit.onnx")
+    assert code == 0, err
+    code, err = dipc("regenerate", tmp_path / "fit.onnx", "-o", tmp_path / "again.png", "--check", fast_fit / "out.png")
+    assert code == 0, err
+
+
+def test_a_fast_fit_resumes_on_its_own_network_and_refuses_fast_again(fast_fit: Path, tmp_path: Path) -> None:
+    code, err = dipc("fit", "--resume", fast_fit / "fit.ckpt", "-o", tmp_path / "more.png", "--iterations", "6",
+                     "--checkpoint", tmp_path / "more.ckpt", "--quiet")  # fmt: skip
+    assert code == 0, err
+    more, saved = load_checkpoint(tmp_path / "more.ckpt"), load_checkpoint(fast_fit / "fit.ckpt")
+    assert more.iteration == 6 and more.config.fast and more.config.net == saved.config.net
+    assert {k: v.shape for k, v in more.state["net"].items()} == {k: v.shape for k, v in saved.state["net"].items()}
+    code, err = dipc("fit", "--resume", fast_fit / "fit.ckpt", "-o", tmp_path / "again.png", "--fast")
+    assert code == 2 and "drop --fast" in err, err
+
+
+def test_the_python_api_takes_fast(fast_fit: Path, tmp_path: Path) -> None:
+    from dip_compile.api import restore_image
+
+    restore_image(fast_fit / "noisy.png", "denoise", fast=True, iterations=2, precision="fp32",
+                  checkpoint=tmp_path / "api.ckpt")  # fmt: skip
+    config = load_checkpoint(tmp_path / "api.ckpt").config
+    assert config.fast and config.net == presets.preset("denoise", fast=True).net
+
+
+def test_fast_changes_nothing_but_what_its_record_names() -> None:
+    for name in FAST_TASKS:
+        for field in dataclasses.fields(presets.preset(name)):
+            if field.name not in ("net", "iterations", "fast"):
+                assert getattr(presets.preset(name, fast=True), field.name) == getattr(presets.preset(name), field.name)
+
+
+def test_the_web_pages_fast_box_makes_a_fast_job_and_shows_its_iterations(tmp_path: Path) -> None:
+    from dip_compile.ui.session import Form, Workspace
+
+    job = Workspace(tmp_path / "ws").job(Form(task="denoise", image=str(tmp_path / "in.png"), fast=True))
+    assert job.fast and build_config(job, 3) == presets.preset("denoise", fast=True)
+    app = pytest.importorskip("dip_compile.ui.app")
+    for name in FAST_TASKS:
+        assert app._iterations(None, name, True) == presets.preset(name, fast=True).iterations
