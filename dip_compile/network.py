@@ -30,9 +30,26 @@ from .degradations import Downsampler
 from .problem import crop_box
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose reflection padding keeps its input's dtype under autocast (the same module otherwise: the
+    same parameters and state dict). CPU autocast runs ``reflection_pad2d`` in fp32, so a bf16 step cast every
+    padded activation to fp32 and back, forward and backward (even a 1x1 conv's, padded by nothing): a fifth of
+    the step at 512 px (docs/fast.md, "Per iteration"). Padding copies values, so bf16 loses nothing here."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        device = input.device.type
+        if self.padding_mode == "zeros" or isinstance(self.padding, str) or not torch.is_autocast_enabled(device):
+            return super()._conv_forward(input, weight, bias)
+        if any(self.padding):  # (a 1x1 conv needs no padding at all)
+            with torch.autocast(device, enabled=False):
+                pad = [p for p in reversed(self.padding) for _ in range(2)]  # (left, right, top, bottom)
+                input = F.pad(input, pad, mode=self.padding_mode)
+        return F.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
 def conv(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     mode: Literal["reflect", "zeros"] = "reflect" if cfg.padding == "reflection" else "zeros"
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, padding_mode=mode)
+    return Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, padding_mode=mode)
 
 
 def norm(channels: int) -> nn.BatchNorm2d:

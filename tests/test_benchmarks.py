@@ -129,3 +129,17 @@ def test_memory_estimate_fit_recovers_the_constants_of_made_rows():
     fitted = fit_constants(rows)
     assert fitted["keep_off"] == pytest.approx(1.09) and fitted["keep_on"] == pytest.approx(0.54)
     assert fitted["overhead_mib"] == pytest.approx(240)
+
+
+def test_step_profile_sorts_a_steps_operators_into_its_parts(tmp_path: Path) -> None:
+    from benchmarks import step_profile
+
+    assert step_profile.category("aten::convolution_backward") == "conv backward"
+    assert step_profile.category("aten::mkldnn_convolution") == "conv forward"
+    assert step_profile.category("aten::native_batch_norm_backward") == "batchnorm"
+    assert step_profile.category("aten::_fused_adam_") == "optimizer (Adam)"
+    out = tmp_path / "profile.json"
+    assert step_profile.main(["--size", "32", "--iterations", "1", "--warmup", "1", "--precision", "fp32",
+                              "--out", str(out)]) == 0  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["by_category_ms"]["conv forward"] > 0 and record["gflop"] > 0

@@ -8,7 +8,7 @@ passes of ``make test`` (DIPC_TEST_AUTO_PRECISION=fp32 and =bf16) compare with t
 After a change that is meant to change the numbers: ``DIPC_UPDATE_GOLDEN=1 pytest tests/test_golden.py`` rewrites
 tests/golden/tiny_fit.json and tiny_fit.png (say why in the commit). The CPU model varies between machines (AVX2,
 AVX512, AMX) and their fp32 kernels round differently, so the record is compared within what rounding moves (losses
-to 1e-3 relative, pixels to a few 8-bit levels), far below what a changed computation moves; the sha256 of the image
+to 1e-3 relative for ten iterations and 1e-2 after, pixels to a few 8-bit levels), far below what a changed computation moves; the sha256 of the image
 is exact only on a CPU like the one that wrote it, and is kept to tell which case a failure is.
 """
 
@@ -34,7 +34,12 @@ ARGS = (
     "--precision", "fp32", "--backend", "eager", "--device", "cpu", "--stop", "fixed", "--log-every", "1",
 )  # fmt: skip
 DIGITS = 6  # significant digits kept of each loss
-LOSS_REL = 1e-3  # another CPU's kernels round differently; a changed computation moves the losses by far more
+# Another CPU's kernels round differently, and the differences compound: on an AMX Xeon the last iterations moved by
+# up to 3.4e-3 relative (2026-12-05) where the first ten agree to 1e-4. A changed computation moves them by far more,
+# from the first iteration on.
+LOSS_REL = 1e-3  # the first EARLY iterations
+LATE_LOSS_REL = 1e-2  # the rest
+EARLY = 10
 PIXELS = GOLDEN.with_suffix(".png")  # the golden 8-bit image
 MAX_LEVELS, MEAN_LEVELS = 3, 0.25  # 8-bit levels any pixel, and the mean pixel, may differ by across CPUs
 
@@ -72,7 +77,8 @@ def test_a_tiny_fit_matches_its_golden_record(tmp_path: Path):
     golden = json.loads(GOLDEN.read_text())
     assert got["command"] == golden["command"], "the settings changed: rewrite the golden file (DIPC_UPDATE_GOLDEN=1)"
     assert got["iteration"] == golden["iteration"] == list(range(1, 31))
-    assert got["loss"] == pytest.approx(golden["loss"], rel=LOSS_REL)
+    assert got["loss"][:EARLY] == pytest.approx(golden["loss"][:EARLY], rel=LOSS_REL)
+    assert got["loss"][EARLY:] == pytest.approx(golden["loss"][EARLY:], rel=LATE_LOSS_REL)
     assert got["output_shape"] == golden["output_shape"] == [32, 32, 3]
     if got["output_sha256"] != golden["output_sha256"]:  # another CPU's rounding: within a few levels, or changed
         diff = np.abs(pixels.astype(np.int16) - np.asarray(Image.open(PIXELS), dtype=np.int16))

@@ -228,3 +228,24 @@ def test_the_smallest_canvas_of_five_by_five_kernels_is_tight():
     net = build_network(cfg).train()
     with pytest.raises(RuntimeError, match="Padding size should be less than"):
         net(make_input(cfg, 128, 128, seed=0))
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_a_reflection_padded_conv_pads_bf16_without_autocasts_fp32_round_trip(kernel: int) -> None:
+    """Same result as nn.Conv2d (padding copies values), but the padded activation stays bf16 (no cast to fp32)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dip_compile.network import Conv2d
+
+    ours = Conv2d(4, 6, kernel, padding=(kernel - 1) // 2, padding_mode="reflect")
+    theirs = torch.nn.Conv2d(4, 6, kernel, padding=(kernel - 1) // 2, padding_mode="reflect")
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(1, 4, 9, 7).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            got = ours(x)
+        expected = theirs(x)
+    assert got.dtype == expected.dtype == torch.bfloat16 and torch.equal(got, expected)
+    casts = [e for e in prof.events() if e.name == "aten::_to_copy" and list(e.input_shapes[0]) == list(x.shape)]
+    assert not casts, "the activation was cast (autocast's fp32 padding)"
+    assert torch.equal(ours(x.float()), theirs(x.float()))  # without autocast: nn.Conv2d's own path
