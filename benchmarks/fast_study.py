@@ -64,10 +64,12 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("w128-half", ("--iterations-scale", "0.5"), "the default net, half the iterations"),
     Candidate("w64-half", ("--channels", "64", "--iterations-scale", "0.5"), "64 channels, half the iterations"),
     Candidate("w32-half", ("--channels", "32", "--iterations-scale", "0.5"), "32 channels, half the iterations"),
+    Candidate("w48", ("--channels", "48"), "48 channels per level"),
+    Candidate("w64-3q", ("--channels", "64", "--iterations-scale", "0.75"), "64 channels, 3/4 of the iterations"),
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
 # The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).
-SHIPPED = {"denoise": "w64", "super-resolve": "w64", "inpaint": "w64"}
+SHIPPED = {"denoise": "w32", "super-resolve": "w64-3q", "inpaint": "w64-half"}
 # Which tables the study covers and the paper_tables case groups it keeps (x8 and Set14 add time, not insight).
 GROUPS = {"denoise": ("CSet9 sigma 25", "CSet9 sigma 50"), "sr": ("Set5 x4",), "table1": ("Table 1",)}
 TASK_OF = {"denoise": "denoise", "sr": "super-resolve", "table1": "inpaint"}
@@ -142,9 +144,16 @@ def time_steps(table: str, inputs: Path, case: Case, candidates: list[Candidate]
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
-def summarise(table: str, rows: list[dict[str, Any]], steps: dict[str, float], names: list[str]) -> dict[str, Any]:
+def summarise(
+    table: str,
+    rows: list[dict[str, Any]],
+    steps: dict[str, float],
+    names: list[str],
+    other_steps: Optional[dict[str, float]] = None,
+) -> dict[str, Any]:
     """Per candidate: PSNR change against the defaults (mean, worst), mean iterations, estimated wall time and its
-    share of the defaults'; and the winner under the issue's bounds."""
+    share of the defaults'; and the winner under the issue's bounds. ``other_steps``: step timings at another crop
+    size, for the share there (the same iterations: exact where the count is fixed, an estimate under auto-stop)."""
     base = [r["fits"]["defaults"] for r in rows]
     out: dict[str, Any] = {}
     for name in names:
@@ -171,9 +180,14 @@ def summarise(table: str, rows: list[dict[str, Any]], steps: dict[str, float], n
             entry["est_seconds"] = entry["iterations"] * steps[name] / 1000
         out[name] = entry
     default = out.get("defaults", {}).get("est_seconds")
-    for entry in out.values():
+    for name, entry in out.items():
         if default and "est_seconds" in entry:
             entry["time_share"] = entry["est_seconds"] / default
+        base_its = out.get("defaults", {}).get("iterations")
+        if other_steps and name in other_steps and "defaults" in other_steps and entry.get("images") and base_its:
+            entry["time_share_other_side"] = (
+                entry["iterations"] * other_steps[name] / (base_its * other_steps["defaults"])
+            )
     eligible = [
         n
         for n in names
@@ -192,21 +206,24 @@ def fmt(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown(table: str, summary: dict[str, Any]) -> str:
+def markdown(table: str, summary: dict[str, Any], other_side: Optional[int] = None) -> str:
+    other = f" | share at {other_side} px" if other_side else ""
     lines = [
         f"#### {table} ({TASK_OF[table]})",
         "",
-        "| candidate | images | PSNR | vs defaults (mean / worst) | iterations | ms/it | est. seconds | share |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| candidate | images | PSNR | vs defaults (mean / worst) | iterations | ms/it | est. seconds | share{other} |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if other_side else ""),
     ]
     for name, e in summary["candidates"].items():
         if not e.get("images"):
-            lines.append(f"| {name} | 0 | - | - | - | - | - | - |")
+            lines.append(f"| {name} | 0 | - | - | - | - | - | -{' | -' if other_side else ''} |")
             continue
         lines.append(
             f"| {name} | {e['images']} | {e['psnr']:.2f} | {e['delta_db']:+.2f} / {e['worst_delta_db']:+.2f} | "
             f"{e['iterations']:.0f} | {fmt(e.get('ms_per_iteration'), '.0f')} | {fmt(e.get('est_seconds'), '.0f')}"
-            f" | {fmt(e.get('time_share'), '.2f')} |"
+            f" | {fmt(e.get('time_share'), '.2f')}"
+            + (f" | {fmt(e.get('time_share_other_side'), '.2f')}" if other_side else "")
+            + " |"
         )
     verdict = summary["winner"] or "none within 0.5 dB with a step timing"
     lines += [
@@ -227,6 +244,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fast_study")
     parser.add_argument("--cap", type=int, help="bound every fit's iterations (a smoke test of the pipeline)")
     parser.add_argument("--repeats", type=int, default=10, help="--phase steps: timed iterations per candidate")
+    parser.add_argument(
+        "--steps-side", type=int, help="also the share with the step timings of this --side's steps phase"
+    )
     parser.add_argument("--device", default="auto", help="dipc batch --device")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
     parser.add_argument("--seed", type=int, default=0)
@@ -247,6 +267,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     root = args.out / (f"side{args.side}" + (f"-cap{args.cap}" if args.cap else ""))
     steps_path = root / "steps.json"
     steps: dict[str, dict[str, float]] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
+    other_path = args.out / f"side{args.steps_side}" / "steps.json"
+    other: dict[str, dict[str, float]] = json.loads(other_path.read_text()) if other_path.exists() else {}
     deadline = None if args.max_minutes is None else time.monotonic() + 60.0 * args.max_minutes
     documents, results, code = [], {}, 0
     for table in tables:
@@ -267,9 +289,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             steps[table + ":machine"] = machine()
             steps_path.write_text(json.dumps(steps, indent=1))
         rows = [{"name": c.name, "fits": {n: fit_entry(c, outdir, inputs, n) for n in names}} for c in cases]
-        summary = summarise(table, rows, steps.get(table, {}), names)
+        summary = summarise(table, rows, steps.get(table, {}), names, other.get(table))
         results[table] = {"rows": rows, **summary}
-        documents.append(markdown(table, summary))
+        documents.append(markdown(table, summary, args.steps_side if other.get(table) else None))
     text = "\n\n".join(documents)
     root.mkdir(parents=True, exist_ok=True)
     (root / "fast_study.json").write_text(

@@ -566,8 +566,8 @@ class FitConfig:
         flag="--fast",
         panel="speed",
         job=True,
-        help="a narrower network (and for some tasks fewer iterations): about a third of the time for an image "
-        "within about 0.5 dB of the default (docs/fast.md)",
+        help="the task's preset with a narrower network (and fewer iterations where the count is fixed): a "
+        "fraction of the time for a slightly worse image; docs/fast.md has the study and its numbers",
     )
     preset: str = option(  # the named preset the settings started from ("" = none)
         "",

@@ -32,7 +32,6 @@ class Fast:
 
     width: float = 1.0  # the preset's channels per level times this (at least 1)
     iterations: float = 1.0  # the preset's iterations times this (at least 1)
-    study: str = ""  # what the study measured for it, one line (dipc fit --help and docs/fast.md say more)
 
     def __post_init__(self) -> None:
         if not (0 < self.width <= 1 and 0 < self.iterations <= 1):
@@ -75,8 +74,8 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("inpaint", "mask", "kate", inputs=frozenset({"mask"}), observed=True, fast=Fast(0.5)),
-        TaskSpec("denoise", "identity", "f16", tiles=True, clean_image=True, fast=Fast(0.5)),
+        TaskSpec("inpaint", "mask", "kate", inputs=frozenset({"mask"}), observed=True, fast=Fast(0.5, 0.5)),
+        TaskSpec("denoise", "identity", "f16", tiles=True, clean_image=True, fast=Fast(0.25, 1.0)),
         TaskSpec(
             "super-resolve",
             "downsample",
@@ -86,7 +85,7 @@ TASKS: dict[str, TaskSpec] = {
             from_reference=True,
             no_poisson="its Lanczos downsampler has negative lobes, so the rates it compares with the counts can be "
             "negative",
-            fast=Fast(0.5),
+            fast=Fast(0.5, 0.75),
         ),
         TaskSpec("flash-no-flash", "identity", "flash", inputs=frozenset({"guide"})),
         TaskSpec("deblur", "blur", "deblur", inputs=frozenset({"kernel"}), from_reference=True),
