@@ -180,10 +180,10 @@ def summarise(
             entry["est_seconds"] = entry["iterations"] * steps[name] / 1000
         out[name] = entry
     default = out.get("defaults", {}).get("est_seconds")
+    base_its = out.get("defaults", {}).get("iterations")
     for name, entry in out.items():
         if default and "est_seconds" in entry:
             entry["time_share"] = entry["est_seconds"] / default
-        base_its = out.get("defaults", {}).get("iterations")
         if other_steps and name in other_steps and "defaults" in other_steps and entry.get("images") and base_its:
             entry["time_share_other_side"] = (
                 entry["iterations"] * other_steps[name] / (base_its * other_steps["defaults"])
@@ -267,8 +267,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     root = args.out / (f"side{args.side}" + (f"-cap{args.cap}" if args.cap else ""))
     steps_path = root / "steps.json"
     steps: dict[str, dict[str, float]] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
-    other_path = args.out / f"side{args.steps_side}" / "steps.json"
-    other: dict[str, dict[str, float]] = json.loads(other_path.read_text()) if other_path.exists() else {}
+    other_path = args.out / f"side{args.steps_side}" / "steps.json" if args.steps_side else None
+    other: dict[str, dict[str, float]] = (
+        json.loads(other_path.read_text()) if other_path and other_path.exists() else {}
+    )
     deadline = None if args.max_minutes is None else time.monotonic() + 60.0 * args.max_minutes
     documents, results, code = [], {}, 0
     for table in tables:

@@ -6,7 +6,7 @@ auto-stop statistics) and prints ms per iteration and the share of the step, bes
 share of this machine's measured matmul peak (as fit_speed.py). Run it ALONE: nothing else computing.
 
     python -m benchmarks.step_profile --net denoise --size 512 --iterations 6
-    python -m benchmarks.step_profile --net denoise --size 128 --channels 64     # the --fast network
+    python -m benchmarks.step_profile --net denoise --size 512 --channels 32     # denoising's --fast network
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--net", default="denoise", help="a task whose default preset is profiled")
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--channels", type=int, help="channels per level (64: the --fast network of denoising)")
+    parser.add_argument("--channels", type=int, help="channels per level (32: the --fast network of denoising)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--iterations", type=int, default=3)

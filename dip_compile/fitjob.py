@@ -101,8 +101,6 @@ class NetShape:
 
 
 _NET_FIELDS = frozenset(f.name for f in dataclasses.fields(NetConfig))
-# The FitJob fields added since the first fingerprints enter one only when given (as the NetShape fields below).
-_ADDED_JOB_FIELDS = frozenset(("fast",))
 # The NetShape fields of the first fingerprints: a field added since enters a job's fingerprint only when given, so that
 # a batch rerun still recognises the jobs it finished before the option existed.
 _FINGERPRINTED_NET = frozenset(
@@ -142,12 +140,14 @@ OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare", "timelapse")  # th
 PROBLEM, KEPT = "problem", "kept"  # the roles of FitJob fields (see ``_job_field``)
 
 
-def _job_field(default: Any = None, *, role: str, flag: str = "") -> Any:
+def _job_field(default: Any = None, *, role: str, flag: str = "", added: bool = False) -> Any:
     """A FitJob field and its role, which the lists over the job's fields are read from: a ``problem`` field
     describes what is fitted (the checkpoint holds it, so --resume refuses it; it is part of the fingerprint), a
     ``kept`` one where the results go and how the run reports (a resumed job keeps it; not in the fingerprint).
-    ``flag``: the name the user gave it by, where it is not the field's as an option (TASK, IMAGE)."""
-    return field(default=default, metadata={"role": role, "flag": flag})
+    ``flag``: the name the user gave it by, where it is not the field's as an option (TASK, IMAGE). ``added``: a
+    field added since the first fingerprints, which enters one only when given (as the NetShape fields below), so
+    that a batch rerun still recognises the jobs it finished before the option existed."""
+    return field(default=default, metadata={"role": role, "flag": flag, "added": added})
 
 
 @dataclass
@@ -170,7 +170,9 @@ class FitJob:
     noise: Optional[str] = _job_field(role=PROBLEM)  # --noise SPEC: the observation from a clean IMAGE (noise.py)
     preset: Optional[str] = _job_field(role=PROBLEM)  # a name from ``presets.NAMES`` (None: the task's default)
     paper_exact: bool = _job_field(False, role=PROBLEM)  # the notebook's choices where this project differs
-    fast: bool = _job_field(False, role=PROBLEM)  # the preset made cheaper as its task's ``tasks.Fast`` says
+    fast: bool = _job_field(
+        False, role=PROBLEM, added=True
+    )  # the preset made cheaper as its task's ``tasks.Fast`` says
     settings: dict[str, Any] = field(default_factory=dict)
     net: NetShape = field(default_factory=NetShape)
     checkpoint: Optional[Path] = _job_field(role=KEPT)
@@ -493,8 +495,11 @@ def fingerprint(fit_job: FitJob) -> str:
     """What makes a job's result: its problem and settings, with input files by content (not by path). A rerun
     skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
     ignored = {*FitJob.names(KEPT), "resume"}
-    fields = {f.name: getattr(fit_job, f.name) for f in dataclasses.fields(fit_job) if f.name not in ignored}
-    fields = {k: v for k, v in fields.items() if k not in _ADDED_JOB_FIELDS or _given(v)}
+    fields = {
+        f.name: getattr(fit_job, f.name)
+        for f in dataclasses.fields(fit_job)
+        if f.name not in ignored and (not f.metadata.get("added") or _given(getattr(fit_job, f.name)))
+    }
     # where and how frugally it runs is not what it is
     settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
     net = {k: v for k, v in dataclasses.asdict(fields.pop("net")).items() if k in _FINGERPRINTED_NET or v is not None}

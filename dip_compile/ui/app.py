@@ -76,7 +76,10 @@ def build(sessions: Sessions) -> gr.Blocks:
                 reference = gr.File(label="Reference (optional clean image: PSNR)", type="filepath")
                 preset = gr.Dropdown(TASK_PRESETS["inpaint"], value=presets.DEFAULTS["inpaint"], label="Preset")
                 iterations = gr.Number(_iterations(None, "inpaint"), label="Iterations", precision=0, minimum=1)
-                fast = gr.Checkbox(False, label="Fast: a narrower network, about a third of the time (--fast)")
+                fast = gr.Checkbox(
+                    False,
+                    label="Fast: a narrower network, in less time for a slightly worse image (--fast; docs/fast.md)",
+                )
                 with gr.Accordion("Network, seed and timelapse", open=False):
                     channels = gr.Textbox(label="Channels per level (--channels; empty: the preset's)")
                     depth = gr.Number(None, label="Levels (--depth; empty: the preset's)", precision=0)
