@@ -133,6 +133,12 @@ def chromium() -> str:
 WATCHED = 600
 
 
+def preset_iterations(name: str) -> int:
+    from dip_compile import presets
+
+    return presets.get(name, "inpaint").fit_config().iterations
+
+
 def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = chromium()
@@ -153,7 +159,10 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
         page.mouse.up()
         page.get_by_label("Preset").click()
         page.get_by_role("option", name=PRESET).click()
-        page.get_by_label("Iterations").fill(str(WATCHED))
+        iterations = page.get_by_label("Iterations")  # the preset's own first (the server sets it), then ours
+        sync_api.expect(iterations).to_have_value(str(preset_iterations(PRESET)), timeout=30_000)
+        iterations.fill(str(WATCHED))
+        sync_api.expect(iterations).to_have_value(str(WATCHED))
         page.get_by_text("Network, seed and timelapse").click()
         page.get_by_label("Channels per level").fill(NET[0])
         page.get_by_label("Levels").fill(str(NET[1]))
