@@ -105,11 +105,14 @@ def test_a_jsonl_manifest_and_a_task_for_every_row(tmp_path):
         + "\n\n"
         + json.dumps({"image": "a.png", "output": "second", "options": ["--seed", "3"]})
         + "\n"
+        + json.dumps({"image": "a.png", "output": "third-w64-0.75"})  # a dot that is not an image suffix stays
+        + "\n"
     )
     jobs = load_jobs(tmp_path / "jobs.jsonl", task="denoise")
     assert [(j.name, j.task, j.options) for j in jobs] == [
         ("first", "denoise", ()),
         ("second", "denoise", ("--seed", "3")),
+        ("third-w64-0.75", "denoise", ()),
     ]
 
 

@@ -231,7 +231,8 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
     except ValueError as exc:
         raise ManifestError(f"{where}: options: {exc}") from None
     output = str(values.get("output", image.name))
-    name = Path(output).stem
+    suffix = Path(output).suffix  # "x.png" names the job x; "x-0.75" keeps its dot (not an image's suffix)
+    name = output[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else output
     if Path(output).is_absolute() or any(sep in output for sep in ("/", "\\", os.sep)) or name in ("", ".", ".."):
         raise ManifestError(f"{where}: output must be a file name in OUTDIR (no folder), got {output!r}")
     return BatchJob(
