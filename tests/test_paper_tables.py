@@ -60,7 +60,7 @@ def test_denoise_table_runs_through_dipc_batch_and_a_rerun_fits_nothing(tmp_path
     Image.fromarray(noisy).save(folder / "tiles_noisy25.png")
     out = tmp_path / "out"
     argv = ["--table", "denoise", "--data", str(data), "--out", str(out), "--only", "s25", "--crop", "32"]
-    argv += ["--iterations", "3", "--no-peers", "-q"]
+    argv += ["--iterations", "3", "--settings", "paper", "defaults", "--no-peers", "-q"]
     assert pt.main(argv) == 0
     result = json.loads((out / "quick" / "denoise.json").read_text())
     (row,) = result["rows"]
