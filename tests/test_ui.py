@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -207,3 +208,88 @@ def test_a_non_local_host_is_served_with_a_warning(monkeypatch, capsys):
     assert served == [("127.0.0.1", 8123), ("0.0.0.0", 8123)]
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "0.0.0.0" in err
+
+
+def _raw_call(url: str, api_name: str, data: list, session_hash: str) -> list:
+    """One event through gradio's own queue protocol, as any HTTP client may send it (gradio_client always sends a
+    fresh uuid as the session hash; a hostile client sends what it likes): the outputs, or the error text."""
+    import json
+
+    import httpx
+
+    config = httpx.get(url + "config", timeout=30).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name.lstrip("/"))
+    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
+    content = json.dumps(body)  # NaN and Infinity as JavaScript writes them
+    headers = {"content-type": "application/json"}
+    joined = httpx.post(url + "gradio_api/queue/join", content=content, headers=headers, timeout=30)
+    assert joined.status_code == 200, joined.text
+    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session_hash}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    output = message.get("output") or {}
+                    return output.get("data") or [output.get("error") or message]
+    raise AssertionError("the event never completed")
+
+
+def _upload(url: str, path: Path) -> dict:
+    import httpx
+
+    with open(path, "rb") as f:
+        uploaded = httpx.post(url + "gradio_api/upload", files={"files": (path.name, f)}, timeout=30).json()
+    return {"path": uploaded[0], "meta": {"_type": "gradio.FileData"}, "orig_name": path.name}
+
+
+def test_a_client_chosen_session_hash_never_becomes_a_folder_outside_the_servers_own(client, tmp_path):
+    c, folder = client
+    url = c.src
+    image, mask_file = _upload(url, photo(folder / "photo.png")), _upload(url, mask(folder / "mask.png"))
+    args = ["inpaint", image, None, mask_file, None, None, PRESET, 4, 4, "", *NET, 0, 0, False]
+    outside = {
+        "absolute": tmp_path / "absolute-session",
+        "parent": Path(tempfile.gettempdir()) / f"dipc-escape-{os.getpid()}",
+    }
+    hashes = {"absolute": str(outside["absolute"]), "parent": f"../{outside['parent'].name}"}
+    for kind, session_hash in hashes.items():
+        status = _raw_call(url, "/estimate", args, session_hash)[0]
+        assert "MiB" in status or "GiB" in status, (kind, status)  # the estimate ran for this session...
+        assert not outside[kind].exists(), kind  # ...in a folder of the server's own, not where the hash points
+        status = _raw_call(url, "/fit", args, session_hash)[0]
+        assert "4 iterations (completed)" in status, (kind, status)
+        assert not outside[kind].exists(), kind
+
+
+def test_hostile_form_values_are_one_line_messages_in_the_page(client):
+    c, folder = client
+    url = c.src
+    image, mask_file = _upload(url, photo(folder / "photo.png")), _upload(url, mask(folder / "mask.png"))
+    base = ["inpaint", image, None, mask_file, None, None, PRESET, 4, 4, "", *NET, 0, 0, False]
+    cases = {7: ("Iterations", float("nan")), 11: ("Levels", float("inf")), 12: ("Seed", float("-inf"))}
+    for index, (word, value) in cases.items():
+        args = list(base)
+        args[index] = value
+        status = _raw_call(url, "/estimate", args, f"hostile-{index}")[0]
+        ours = f"{word} must be a whole number, not {str(value)!r}"  # or gradio's own refusal, before ours
+        assert status == ours or status.startswith(f"Could not preprocess input component at index {index}"), status
+    args = list(base)
+    args[0] = "../../etc"
+    status = str(_raw_call(url, "/estimate", args, "hostile-task")[0])
+    assert "../../etc" in status and ("not in" in status or "unknown task" in status), status
+    outside_file = {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}, "orig_name": "hostname"}
+    args = list(base)
+    args[1] = outside_file  # a path on the server the client did not upload: never read
+    status = str(_raw_call(url, "/estimate", args, "hostile-file")[0])
+    assert "not uploaded by a user" in status, status
+
+
+def test_whole_refuses_what_is_not_a_whole_number_in_one_line():
+    from dip_compile.errors import DipError
+    from dip_compile.ui.session import whole
+
+    assert [whole(v, "Seed", zero=True) for v in (None, "", 0, 3, 3.0, "12")] == [None, None, 0, 3, 3, 12]
+    assert whole(0, "Iterations") is None  # an empty number field: the preset's own
+    for value in (float("nan"), float("inf"), 2.5, "two", [1], True):
+        with pytest.raises(DipError, match=r"^Seed must be a whole number, not "):
+            whole(value, "Seed", zero=True)

@@ -3,9 +3,14 @@ gradio queues the others and shows each its place."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import signal
 import sys
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +22,7 @@ from .. import kernels, presets, tasks
 from ..config import Task
 from ..errors import DipError
 from ..imageio import load_image, to_pil
-from .session import Form, LiveFit, Workspace, estimate, painted_mask
+from .session import Form, LiveFit, Workspace, estimate, painted_mask, whole
 
 MAX_UPLOAD = "50mb"
 # a small photo's preview would show at its few pixels: scaled up to the panel, pixels kept sharp
@@ -27,17 +32,48 @@ TASK_PRESETS = {t: [p.name for p in presets.PRESETS if p.task == t] for t in Tas
 
 
 class Sessions:
-    """Each browser session's ``Workspace``, by gradio's session hash, under one folder removed at exit."""
+    """Each browser session's ``Workspace`` under one folder removed at exit.
+
+    The session hash is whatever a client sends (``POST /gradio_api/queue/join``): it never becomes a path. A
+    session's folder is named by a keyed hash of it (HMAC-SHA256 with a secret of this server), so it is always a
+    child of ``root`` and one client cannot name, or guess, another's folder. At most ``MAX_SESSIONS`` are kept: the
+    least recently used idle one is removed to make room."""
+
+    MAX_SESSIONS = 64
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dipc-ui-"))
-        self.by_hash: dict[str, Workspace] = {}
+        self.root = Path(tempfile.mkdtemp(prefix="dipc-ui-")).resolve()
+        self.secret = secrets.token_bytes(32)
+        self.by_name: OrderedDict[str, Workspace] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def folder_name(self, session_hash: Optional[str]) -> str:
+        digest = hmac.new(self.secret, str(session_hash or "").encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+    def find(self, request: gr.Request) -> Optional[Workspace]:
+        """The session's workspace if it has one (Stop creates none)."""
+        with self.lock:
+            return self.by_name.get(self.folder_name(request.session_hash))
 
     def get(self, request: gr.Request) -> Workspace:
-        key = request.session_hash or "default"
-        if key not in self.by_hash:
-            self.by_hash[key] = Workspace(self.root / key)
-        return self.by_hash[key]
+        name = self.folder_name(request.session_hash)
+        with self.lock:
+            ws = self.by_name.get(name)
+            if ws is None:
+                self._make_room()
+                folder = self.root / name
+                assert folder.parent == self.root  # a hex name: never outside root, whatever the client sent
+                ws = self.by_name[name] = Workspace(folder)
+            self.by_name.move_to_end(name)
+            return ws
+
+    def _make_room(self) -> None:
+        while len(self.by_name) >= self.MAX_SESSIONS:
+            idle = next((n for n, w in self.by_name.items() if not w.busy), None)
+            if idle is None:
+                raise DipError("the server has too many sessions fitting at once; try again in a few minutes")
+            self.by_name.pop(idle).close()
 
 
 def _iterations(preset: Optional[str], task: str, fast: bool = False) -> int:
@@ -164,13 +200,13 @@ def build(sessions: Sessions) -> gr.Blocks:
                 flash=flash_file,
                 reference=ref,
                 preset=preset_name,
-                iterations=int(its) if its else None,
-                factor=int(fac) if task_spec.scales and fac else None,
+                iterations=whole(its, "Iterations"),
+                factor=whole(fac, "Factor") if task_spec.scales else None,
                 kernel=kern if task_spec.needs("kernel") else None,
                 channels=(chans or "").strip() or None,
-                depth=int(levels) if levels else None,
-                seed=int(seed_value) if seed_value is not None else None,
-                timelapse_every=int(every or 0),
+                depth=whole(levels, "Levels"),
+                seed=whole(seed_value, "Seed", zero=True),
+                timelapse_every=whole(every, "Timelapse", zero=True) or 0,
                 fast=bool(fast_fit),
             )
 
@@ -192,9 +228,9 @@ def build(sessions: Sessions) -> gr.Blocks:
             yield from _watch(ws, job)
 
         def on_continue(its: Optional[float], every: Optional[float], request: gr.Request) -> Iterator[tuple[Any, ...]]:
-            ws = sessions.get(request)
             try:
-                job = ws.resumed_job(int(its) if its else None, int(every or 0))
+                ws = sessions.get(request)
+                job = ws.resumed_job(whole(its, "Iterations"), whole(every, "Timelapse", zero=True) or 0)
             except DipError as exc:
                 yield str(exc), None, None, None
                 return
@@ -202,7 +238,9 @@ def build(sessions: Sessions) -> gr.Blocks:
 
         def on_stop(request: gr.Request) -> None:
             """Like Ctrl-C: the fit stops after this iteration and saves its image and resumable checkpoint."""
-            sessions.get(request).stop.set()
+            ws = sessions.find(request)
+            if ws is not None:
+                ws.stop.set()
 
         outputs = [status, preview, compare, downloads]
         estimate_button.click(
@@ -232,7 +270,7 @@ def _watch(ws: Workspace, job: Any) -> Iterator[tuple[Any, ...]]:
         return
     yield f"estimate: {before}", None, None, None
     ws.forget_derived()
-    live = LiveFit(job, ws.stop).start()
+    live = ws.live = LiveFit(job, ws.stop).start()
     shown = 0
     while not live.done.wait(POLL_SECONDS):
         new = live.previews != shown

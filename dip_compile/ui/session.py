@@ -5,6 +5,7 @@ ends it as Ctrl-C does and a live record + preview the page polls."""
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import threading
 import time
@@ -71,6 +72,12 @@ class Workspace:
         folder.mkdir(parents=True, exist_ok=True)
         self.stop = threading.Event()
         self.image: Optional[str] = None  # the photo of the last fit (the 'before' of the comparison)
+        self.live: Optional[LiveFit] = None  # the last fit started in this session
+
+    @property
+    def busy(self) -> bool:
+        """A fit of this session is running (its folder must stay)."""
+        return self.live is not None and not self.live.done.is_set()
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -130,6 +137,20 @@ class Workspace:
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def whole(value: Any, label: str, zero: bool = False) -> Optional[int]:
+    """A number field's value as a whole number; None for an empty field (and for 0 unless ``zero``). A client may
+    send anything (NaN, 1e400, 2.5, a string): what is not a whole number is refused in one line."""
+    if value is None or value == "" or (value == 0 and not zero and not isinstance(value, str)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DipError(f"{label} must be a whole number, not {str(value)[:40]!r}") from None
+    if not math.isfinite(number) or number != int(number) or isinstance(value, bool):
+        raise DipError(f"{label} must be a whole number, not {str(value)[:40]!r}")
+    return int(number)
 
 
 def _path(value: Optional[str]) -> Optional[Path]:
