@@ -509,3 +509,21 @@ def test_mean_ssim_leaves_out_jobs_whose_image_is_too_small_for_ssim():
     m = means(rows)["denoise"]
     assert m["mean_psnr"] == 25.0 and m["mean_ssim"] == 0.8
     assert means(rows[1:])["denoise"]["mean_ssim"] is None
+
+
+@pytest.mark.parametrize("shard_spec", [None, "0/2"])
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_lock_file_that_leads_to_another_file_is_refused_and_the_file_kept(tmp_path, one_image, shard_spec, link):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = save_png(smooth_image(8, 8), tmp_path / "precious.png")
+    content = victim.read_bytes()
+    lock = out / (".dipc-batch.lock" if shard_spec is None else ".dipc-batch-0-of-2.lock")
+    os.symlink(victim, lock) if link == "symbolic" else os.link(victim, lock)
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    shard_args = [] if shard_spec is None else ["--shard", shard_spec]
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, *shard_args, *TINY)
+    what = "is a symbolic link" if link == "symbolic" else "is another name of a file (a hard link)"
+    assert code == 2 and f"{lock} {what}: dipc batch locks OUTDIR there" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert victim.read_bytes() == content and not (out / "a.png").exists()
