@@ -14,6 +14,7 @@ from conftest import ONCE, dipc, save_png, smooth_image
 from dip_compile import restore
 from dip_compile.batch import BatchJob, load_jobs, shard
 from dip_compile.batch.jobs import ManifestError
+from dip_compile.errors import DipError
 from dip_compile.imageio import load_image
 from dip_compile.metrics import psnr
 from dip_compile.problem import add_noise
@@ -527,3 +528,53 @@ def test_a_lock_file_that_leads_to_another_file_is_refused_and_the_file_kept(tmp
     assert code == 2 and f"{lock} {what}: dipc batch locks OUTDIR there" in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1
     assert victim.read_bytes() == content and not (out / "a.png").exists()
+
+
+def test_two_shards_into_one_outdir_leave_each_other_their_partial_folder(tmp_path, folder, monkeypatch):
+    out = tmp_path / "out"
+    args = ["batch", folder, "-o", out, "--task", "denoise", *TINY]
+    original = restore.Fitter.perturbed_input
+    other: list[tuple[int, str]] = []
+
+    def the_other_shard_runs_start_to_end_meanwhile(self):
+        if self.iteration == 2 and not other:  # shard 1/2's img1 has begun: .partial is there, still empty
+            other.append((-1, "running"))  # (its own fits pass here too)
+            other[0] = dipc(*args, "--shard", "0/2")
+        return original(self)
+
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", the_other_shard_runs_start_to_end_meanwhile)
+    code, stderr = dipc(*args, "--shard", "1/2")
+    assert other and other[0][0] == 0, other
+    assert code == 0, stderr
+    for summary, jobs in (("summary-0-of-2.json", ["img0", "img2"]), ("summary-1-of-2.json", ["img1"])):
+        rows = json.loads((out / summary).read_text())["jobs"]
+        assert [(r["job"], r["status"]) for r in rows] == [(job, "done") for job in jobs], rows
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", original)
+    code, stderr = dipc(*args)  # the whole batch once every shard is done: skips all, and tidies up
+    assert code == 0 and not (out / ".partial").exists(), stderr
+
+
+def test_a_plain_rerun_redoes_a_job_that_failed_after_writing_its_image(tmp_path, one_image, monkeypatch):
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    out = tmp_path / "out"
+
+    def disk_full(*args, **kwargs):
+        raise DipError(f"cannot write {out / 'a.json'}: No space left on device")
+
+    monkeypatch.setattr(restore, "save_report", disk_full)
+    code, _ = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+    row = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert code == 1 and row["status"] == "failed" and "No space left" in row["error"], row
+    assert (out / "a.png").exists() and not (out / "a.json").exists()  # the image came before the report
+    monkeypatch.undo()
+    code, _ = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+    row = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert code == 0 and row["status"] == "done", row["error"]
+    assert json.loads((out / "a.json").read_text())["batch"]["job"] == "a" and not (out / ".partial").exists()
+    # an image that no run of this job wrote is still not replaced without --force
+    (out / "c.png").write_bytes(b"someone else's")
+    (tmp_path / "jobs.csv").write_text("image,task,output\na.png,denoise,c\n")
+    assert dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)[0] == 1
+    row = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert row["error"] == f"{out / 'c.png'} exists from another run: pass --force to redo it"
+    assert (out / "c.png").read_bytes() == b"someone else's"
