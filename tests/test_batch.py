@@ -578,3 +578,25 @@ def test_a_plain_rerun_redoes_a_job_that_failed_after_writing_its_image(tmp_path
     row = json.loads((out / "summary.json").read_text())["jobs"][0]
     assert row["error"] == f"{out / 'c.png'} exists from another run: pass --force to redo it"
     assert (out / "c.png").read_bytes() == b"someone else's"
+
+
+@pytest.mark.parametrize(
+    "manifest, row, message",
+    [
+        ("jobs.csv", "image,task,output\na.png,denoise,x\0y\n", "jobs.csv:2: output holds a NUL character: 'x\\x00y'"),
+        ("jobs.jsonl", {"image": "a.png", "output": "x\0y"}, "jobs.jsonl:1: output holds a NUL character"),
+        ("jobs.csv", "image,task\na.png\0,denoise\n", "jobs.csv:2: image holds a NUL character: 'a.png\\x00'"),
+        ("jobs.jsonl", {"image": "a.png", "options": ["--kernel", "gauss\0"]}, "jobs.jsonl:1: options holds a NUL"),
+        ("jobs.csv", "image,task,options\na.png,denoise,--seed 1\0\n", "jobs.csv:2: options holds a NUL character"),
+        ("jobs.jsonl", {"image": "a.png", "output": "x\ny"}, "output must be a file name without control characters"),
+        ("jobs.jsonl", {"image": "a.png", "output": "x\ty"}, "output must be a file name without control characters"),
+    ],
+    ids=["csv-output", "jsonl-output", "csv-image", "jsonl-options", "csv-options", "newline", "tab"],
+)
+def test_a_nul_or_control_character_in_a_manifest_is_one_line(tmp_path, one_image, manifest, row, message):
+    text = row if isinstance(row, str) else json.dumps({"task": "denoise", **row}) + "\n"
+    (tmp_path / manifest).write_text(text)
+    code, stderr = dipc("batch", tmp_path / manifest, "-o", tmp_path / "out", *TINY)
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -203,6 +203,9 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
     where = f"{path}:{line}"
     values = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
     values = {k: v for k, v in values.items() if v not in (None, "")}
+    for key, value in values.items():  # no file name or command-line flag holds one: it would fail mid-batch
+        if any(isinstance(text, str) and "\0" in text for text in (value if isinstance(value, list) else [value])):
+            raise ManifestError(f"{where}: {key} holds a NUL character: {value!r}")
 
     def file(key: str) -> Optional[Path]:
         if key not in values:
@@ -235,6 +238,8 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
     name = output[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else output
     if Path(output).is_absolute() or any(sep in output for sep in ("/", "\\", os.sep)) or name in ("", ".", ".."):
         raise ManifestError(f"{where}: output must be a file name in OUTDIR (no folder), got {output!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in output):  # a newline or tab would also break the summary's lines
+        raise ManifestError(f"{where}: output must be a file name without control characters, got {output!r}")
     return BatchJob(
         name,
         task,
