@@ -491,9 +491,10 @@ class Outputs:
         self.mine.add(key)
 
 
-def fingerprint(fit_job: FitJob) -> str:
+def fingerprint(fit_job: FitJob, digests: Optional[dict[Path, str]] = None) -> str:
     """What makes a job's result: its problem and settings, with input files by content (not by path). A rerun
-    skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
+    skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint.
+    ``digests``: the files' hashes by path, read once for the many jobs of a batch that share a file."""
     ignored = {*FitJob.names(KEPT), "resume"}
     fields = {
         f.name: getattr(fit_job, f.name)
@@ -503,16 +504,21 @@ def fingerprint(fit_job: FitJob) -> str:
     # where and how frugally it runs is not what it is
     settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
     net = {k: v for k, v in dataclasses.asdict(fields.pop("net")).items() if k in _FINGERPRINTED_NET or v is not None}
-    text = json.dumps({**fields, "net": net, "settings": settings}, sort_keys=True, default=_content)
+    known = {} if digests is None else digests
+    text = json.dumps(
+        {**fields, "net": net, "settings": settings}, sort_keys=True, default=lambda v: _content(v, known)
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _content(value: Any) -> Any:
+def _content(value: Any, digests: dict[Path, str]) -> Any:
     if isinstance(value, Path):
-        try:
-            return "sha256:" + hashlib.sha256(value.read_bytes()).hexdigest()
-        except OSError:
-            return str(value)
+        if value not in digests:
+            try:
+                digests[value] = "sha256:" + hashlib.sha256(value.read_bytes()).hexdigest()
+            except OSError:
+                return str(value)
+        return digests[value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return str(value)

@@ -600,3 +600,40 @@ def test_a_nul_or_control_character_in_a_manifest_is_one_line(tmp_path, one_imag
     assert code == 2 and message in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_long_manifest_is_parsed_and_checked_once_per_kind_of_row(tmp_path, one_image, monkeypatch):
+    import typer
+
+    from dip_compile import cli
+    from dip_compile.batch import runner
+    from dip_compile.batch.jobs import fit_job
+
+    save_png(smooth_image(32, 32, seed=1), tmp_path / "b.png")
+    rows = [f"{'ab'[i % 2]}.png,denoise,,j{i}" for i in range(2000)]
+    rows[7] = "a.png,denoise,--reference b.png,own-reference"  # options naming a file: parsed alone
+    rows[8] = "b.png,denoise,--reference a.png,own-reference-2"
+    (tmp_path / "jobs.csv").write_text("image,task,options,output\n" + "\n".join(rows) + "\n")
+    jobs = load_jobs(tmp_path / "jobs.csv")
+    calls = {"parse": 0, "validate": 0, "get_command": 0, "read_bytes": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(runner, "validate_job", counted("validate", runner.validate_job))
+    monkeypatch.setattr(typer.main, "get_command", counted("get_command", typer.main.get_command))
+    monkeypatch.setattr(Path, "read_bytes", counted("read_bytes", Path.read_bytes))
+    options = runner.BatchOptions(tmp_path / "out")
+    prepared = runner.prepare(jobs, options, counted("parse", cli.parse_fit_args))
+    assert (calls["parse"], calls["validate"]) == (3, 3)
+    assert calls["get_command"] <= 1  # typer builds dipc's commands once per process, not once per row
+    assert calls["read_bytes"] <= 4  # each input file is hashed once for the fingerprints (a.png, b.png)
+    assert len(prepared) == 2000 and len({p.paths["image"] for p in prepared}) == 2000
+    for i in (0, 1, 7, 8, 1999):  # each as its own dipc fit command would make it
+        assert prepared[i].fit == fit_job(jobs[i], (), options.outdir.absolute(), cli.parse_fit_args), i
+    assert prepared[0].fingerprint == prepared[2].fingerprint != prepared[1].fingerprint
+    assert (prepared[7].fit.reference, prepared[8].fit.reference) == (Path("b.png"), Path("a.png"))

@@ -58,6 +58,11 @@ class BatchJob:
     options: tuple[str, ...] = ()  # dipc fit flags for this job only (after the batch's common ones)
     problem: Optional[str] = None  # why this job cannot run (e.g. no reference in --reference-dir): it fails alone
 
+    def alike(self) -> tuple[Any, ...]:
+        """Its ``dipc fit`` command but for the files it names: jobs alike here are parsed and checked once (a
+        mask or reference given or not is part of it, since a check counts the mask sources)."""
+        return (self.task, self.factor, self.preset, self.options, self.mask is None, self.reference is None)
+
     def fit_args(self, common: Sequence[str], output: Path) -> list[str]:
         """The ``dipc fit`` command line of this job (its own options last, so they win)."""
         args = [self.task, str(self.image), "-o", str(output)]

@@ -95,21 +95,31 @@ class Prepared:
 def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[list[str]], FitJob]) -> list[Prepared]:
     """Parses every job's options (with ``parse``: the CLI's ``parse_fit_args``), checks them as ``dipc fit`` would
     before fitting, and names its files (absolute: a Ray worker may run elsewhere); a bad job raises
-    ``ManifestError`` (exit 2), before any job has run."""
+    ``ManifestError`` (exit 2), before any job has run. Jobs that differ only in their files (``BatchJob.alike``)
+    are parsed and checked once: a manifest of many rows costs little more than its rows' reading and hashing."""
     outdir = options.outdir.absolute()
     prepared = []
+    checked: dict[tuple[Any, ...], FitJob] = {}
+    digests: dict[Path, str] = {}  # (rows often share an image, mask or reference: each file is hashed once)
     for job in shard(jobs, options.shard):
-        fit = fit_job(job, options.common, outdir, parse)
-        try:
-            # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
-            validate_job(fit, device=not options.ray)
-            if fit.tile is not None and options.checkpoints:
-                raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
-        except DipError as exc:
-            raise ManifestError(f"job {job.name}: {exc}") from None
-        fp = fingerprint(fit)
+        output = outdir / f"{job.name}.png"
+        alike = checked.get(job.alike())
+        if alike is not None:
+            fit = dataclasses.replace(alike, image=job.image, mask=job.mask, reference=job.reference, output=output)
+        else:
+            fit = fit_job(job, options.common, outdir, parse)
+            try:
+                # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
+                validate_job(fit, device=not options.ray)
+                if fit.tile is not None and options.checkpoints:
+                    raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
+            except DipError as exc:
+                raise ManifestError(f"job {job.name}: {exc}") from None
+            if (fit.image, fit.mask, fit.reference) == (job.image, job.mask, job.reference):  # (not set by options)
+                checked[job.alike()] = fit
+        fp = fingerprint(fit, digests)
         paths = {
-            "image": outdir / f"{job.name}.png",
+            "image": output,
             "report": outdir / f"{job.name}.json",
             "partial": outdir / PARTIAL / f"{job.name}.{fp}.ckpt",
             "claim": outdir / PARTIAL / f"{job.name}.{fp}.claim",
