@@ -637,3 +637,31 @@ def test_a_long_manifest_is_parsed_and_checked_once_per_kind_of_row(tmp_path, on
         assert prepared[i].fit == fit_job(jobs[i], (), options.outdir.absolute(), cli.parse_fit_args), i
     assert prepared[0].fingerprint == prepared[2].fingerprint != prepared[1].fingerprint
     assert (prepared[7].fit.reference, prepared[8].fit.reference) == (Path("b.png"), Path("a.png"))
+
+
+def test_a_reference_in_the_other_mode_is_converted_and_the_job_scored(tmp_path):
+    from dip_compile.imageio import to_grayscale
+
+    gray, colour = smooth_image(32, 32, channels=1), smooth_image(32, 32, seed=1)
+    save_png(gray.expand(3, -1, -1), tmp_path / "scan.png")  # a gray photo saved as RGB, with its gray original
+    save_png(gray, tmp_path / "original.png")
+    save_png(colour, tmp_path / "colour.png")
+    save_png(to_grayscale(colour), tmp_path / "gray.png")
+    save_png(smooth_image(16, 16), tmp_path / "small.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,task,reference,output\n"
+        "scan.png,denoise,original.png,scan\ngray.png,denoise,colour.png,gray\nscan.png,denoise,small.png,small\n"
+    )
+    out = tmp_path / "out"
+    code, _ = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY, *EXACT)
+    rows = {r["job"]: r for r in json.loads((out / "summary.json").read_text())["jobs"]}
+    assert code == 1 and rows["scan"]["status"] == rows["gray"]["status"] == "done", rows
+    assert math.isfinite(rows["scan"]["psnr"]) and math.isfinite(rows["gray"]["psnr"])
+    assert json.loads((out / "scan.json").read_text())["notes"] == [
+        "the reference is grayscale and IMAGE in colour: the reference compared as RGB (gray in R, G, B)"
+    ]
+    assert json.loads((out / "gray.json").read_text())["notes"] == [
+        "the reference is in colour and IMAGE grayscale: the reference compared as grayscale (ITU-R 601 luma)"
+    ]
+    assert rows["small"]["status"] == "failed"  # another size cannot be compared
+    assert rows["small"]["error"] == "reference is 16x16 with 3 channel(s); expected 32x32 with 3"
