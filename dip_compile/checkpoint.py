@@ -145,6 +145,7 @@ def save_checkpoint(fitter: Fitter, path: str | Path, *, overwrite: bool = True)
             "reference": None if p.reference is None else p.reference.cpu(),
             "guide": None if p.guide is None else p.guide.cpu(),
             "kernel": None if p.kernel is None else p.kernel.cpu(),
+            "notes": list(p.notes),
         },
         "state": fitter.state_dict(),
     }
@@ -262,8 +263,21 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
             raise DipError("its blur kernel is missing or not 2-D")
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)
     fidelity = make_loss(str(config.loss), config.peak)
+    notes = prob.get("notes") or []  # (none in checkpoints written before notes were kept)
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise DipError("its notes are not a list of text")
     return Problem(
-        str(config.task), prob["observation"], operator, size, canvas, mask, prob["reference"], guide, kernel, fidelity
+        str(config.task),
+        prob["observation"],
+        operator,
+        size,
+        canvas,
+        mask,
+        prob["reference"],
+        guide,
+        kernel,
+        fidelity,
+        tuple(notes),
     )
 
 

@@ -340,14 +340,20 @@ def with_noise_peak(job: FitJob, noise: Optional[noise_models.Noise]) -> FitJob:
 
 
 def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem]:
-    """The configuration and problem of a new fit; what the user should know (a conversion) goes to ``notes``."""
+    """The configuration and problem of a new fit; what the user should know (a conversion) goes to ``notes`` and
+    to the problem's own (``Problem.notes``, which its report and checkpoint keep)."""
+    notes = [] if notes is None else notes
     chosen, noise = problem_options_checked(job)
     assert job.image is not None and job.task is not None
     image = load_image(job.image)
-    if chosen.channels == 1 and image.shape[0] == 3 and notes is not None:
+    if chosen.channels == 1 and image.shape[0] == 3:
         notes.append(f"preset {chosen.name} is grayscale: IMAGE converted to grayscale (ITU-R 601 luma)")
     image = _as_preset_channels(image, chosen)
-    reference = _as_preset_channels(load_image(job.reference, "reference"), chosen) if job.reference else None
+    reference = None
+    if job.reference is not None:
+        reference = _as_image_channels(
+            _as_preset_channels(load_image(job.reference, "reference"), chosen), image, notes
+        )
     guide = _as_preset_channels(load_image(job.flash, "flash image"), chosen) if job.flash is not None else None
     job = with_noise_peak(job, noise)
     config = build_config(job, image.shape[0])
@@ -369,9 +375,8 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
         image = noise.apply(image, seed=config.seed)
     if noise is not None or job.from_reference:
         reference = reference if reference is not None else clean
-    if reference is not None and reference.shape[0] != image.shape[0]:
-        raise DipError(f"reference has {reference.shape[0]} channel(s) but the image has {image.shape[0]}")
-    return config, make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
+    problem = make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
+    return config, dataclasses.replace(problem, notes=tuple(notes))
 
 
 def _noise(job: FitJob) -> Optional[noise_models.Noise]:
@@ -414,6 +419,20 @@ def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset) -> torch.Te
     """A grayscale preset (barbara) converts a colour image to grayscale (ITU-R 601 luma, as Pillow's "L"), so
     its network and parameter count are the paper's; colour presets take grayscale images as they are."""
     return to_grayscale(image) if chosen.channels == 1 and image.shape[0] == 3 else image
+
+
+def _as_image_channels(reference: torch.Tensor, image: torch.Tensor, notes: list[str]) -> torch.Tensor:
+    """The reference compared as the image is read: a grayscale one of a colour image as RGB (its gray in all three
+    channels, as Pillow converts), a colour one of a grayscale image as its luma (as a grayscale preset converts
+    IMAGE). Only a reference of another size cannot be compared (``make_problem`` refuses it)."""
+    have, want = reference.shape[0], image.shape[0]
+    if have == want:
+        return reference
+    if have == 1:
+        notes.append("the reference is grayscale and IMAGE in colour: the reference compared as RGB (gray in R, G, B)")
+        return reference.expand(want, -1, -1).clone()
+    notes.append("the reference is in colour and IMAGE grayscale: the reference compared as grayscale (ITU-R 601 luma)")
+    return to_grayscale(reference)
 
 
 def _paper_crop(
@@ -491,9 +510,10 @@ class Outputs:
         self.mine.add(key)
 
 
-def fingerprint(fit_job: FitJob) -> str:
+def fingerprint(fit_job: FitJob, digests: Optional[dict[Path, str]] = None) -> str:
     """What makes a job's result: its problem and settings, with input files by content (not by path). A rerun
-    skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint."""
+    skips a job whose report has the same fingerprint and resumes its checkpoint of the same fingerprint.
+    ``digests``: the files' hashes by path, read once for the many jobs of a batch that share a file."""
     ignored = {*FitJob.names(KEPT), "resume"}
     fields = {
         f.name: getattr(fit_job, f.name)
@@ -503,16 +523,21 @@ def fingerprint(fit_job: FitJob) -> str:
     # where and how frugally it runs is not what it is
     settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
     net = {k: v for k, v in dataclasses.asdict(fields.pop("net")).items() if k in _FINGERPRINTED_NET or v is not None}
-    text = json.dumps({**fields, "net": net, "settings": settings}, sort_keys=True, default=_content)
+    known = {} if digests is None else digests
+    text = json.dumps(
+        {**fields, "net": net, "settings": settings}, sort_keys=True, default=lambda v: _content(v, known)
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _content(value: Any) -> Any:
+def _content(value: Any, digests: dict[Path, str]) -> Any:
     if isinstance(value, Path):
-        try:
-            return "sha256:" + hashlib.sha256(value.read_bytes()).hexdigest()
-        except OSError:
-            return str(value)
+        if value not in digests:
+            try:
+                digests[value] = "sha256:" + hashlib.sha256(value.read_bytes()).hexdigest()
+            except OSError:
+                return str(value)
+        return digests[value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return str(value)

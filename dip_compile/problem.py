@@ -35,6 +35,7 @@ class Problem:
     guide: torch.Tensor | None = None  # (1, C, H, W) the network's input image (flash-no-flash: the flash photo)
     kernel: torch.Tensor | None = None  # (kh, kw) deblurring: the blur kernel, sum 1
     fidelity: nn.Module = field(default_factory=MSE)  # loss(operator(output), observation)
+    notes: tuple[str, ...] = ()  # how the inputs were read where the user should know (a conversion): for the report
 
     @property
     def channels(self) -> int:

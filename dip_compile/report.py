@@ -26,6 +26,7 @@ def fit_identity(config: FitConfig, problem: Problem) -> dict[str, Any]:
         "seed": config.seed,
         "image_size": {"height": problem.size[0], "width": problem.size[1], "channels": problem.channels},
         "versions": {"dip_compile": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+        **({"notes": list(problem.notes)} if problem.notes else {}),  # e.g. a reference converted to IMAGE's mode
     }
 
 

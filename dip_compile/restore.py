@@ -200,9 +200,6 @@ def _finish(
         )
         return INTERRUPTED
     outputs.write(job.output, lambda overwrite: save_image(result.image, job.output, overwrite=overwrite))
-    if job.checkpoint is not None:
-        ckpt = job.checkpoint
-        outputs.write(ckpt, lambda overwrite: save_checkpoint(fitter, ckpt, overwrite=overwrite))
     if job.compare is not None:
         guide = [] if problem.guide is None else [problem.guide.cpu()]  # flash-no-flash: the flash photo first
         panels = [*guide, problem.corrupted_view().cpu(), result.image]
@@ -215,6 +212,11 @@ def _finish(
     if job.report is not None:
         path = job.report
         outputs.write(path, lambda overwrite: save_report(report, path, overwrite=overwrite))
+    # the checkpoint after the report: a batch job is finished once its report is written, and a finished fit's
+    # checkpoint left by a job that failed before its report could not be resumed (nothing is left to fit)
+    if job.checkpoint is not None:
+        ckpt = job.checkpoint
+        outputs.write(ckpt, lambda overwrite: save_checkpoint(fitter, ckpt, overwrite=overwrite))
     _summary(console, result, report, job)
     return 0
 

@@ -14,6 +14,7 @@ from conftest import ONCE, dipc, save_png, smooth_image
 from dip_compile import restore
 from dip_compile.batch import BatchJob, load_jobs, shard
 from dip_compile.batch.jobs import ManifestError
+from dip_compile.errors import DipError
 from dip_compile.imageio import load_image
 from dip_compile.metrics import psnr
 from dip_compile.problem import add_noise
@@ -509,3 +510,158 @@ def test_mean_ssim_leaves_out_jobs_whose_image_is_too_small_for_ssim():
     m = means(rows)["denoise"]
     assert m["mean_psnr"] == 25.0 and m["mean_ssim"] == 0.8
     assert means(rows[1:])["denoise"]["mean_ssim"] is None
+
+
+@pytest.mark.parametrize("shard_spec", [None, "0/2"])
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_lock_file_that_leads_to_another_file_is_refused_and_the_file_kept(tmp_path, one_image, shard_spec, link):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = save_png(smooth_image(8, 8), tmp_path / "precious.png")
+    content = victim.read_bytes()
+    lock = out / (".dipc-batch.lock" if shard_spec is None else ".dipc-batch-0-of-2.lock")
+    os.symlink(victim, lock) if link == "symbolic" else os.link(victim, lock)
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    shard_args = [] if shard_spec is None else ["--shard", shard_spec]
+    code, stderr = dipc("batch", tmp_path / "jobs.csv", "-o", out, *shard_args, *TINY)
+    what = "is a symbolic link" if link == "symbolic" else "is another name of a file (a hard link)"
+    assert code == 2 and f"{lock} {what}: dipc batch locks OUTDIR there" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert victim.read_bytes() == content and not (out / "a.png").exists()
+
+
+def test_two_shards_into_one_outdir_leave_each_other_their_partial_folder(tmp_path, folder, monkeypatch):
+    out = tmp_path / "out"
+    args = ["batch", folder, "-o", out, "--task", "denoise", *TINY]
+    original = restore.Fitter.perturbed_input
+    other: list[tuple[int, str]] = []
+
+    def the_other_shard_runs_start_to_end_meanwhile(self):
+        if self.iteration == 2 and not other:  # shard 1/2's img1 has begun: .partial is there, still empty
+            other.append((-1, "running"))  # (its own fits pass here too)
+            other[0] = dipc(*args, "--shard", "0/2")
+        return original(self)
+
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", the_other_shard_runs_start_to_end_meanwhile)
+    code, stderr = dipc(*args, "--shard", "1/2")
+    assert other and other[0][0] == 0, other
+    assert code == 0, stderr
+    for summary, jobs in (("summary-0-of-2.json", ["img0", "img2"]), ("summary-1-of-2.json", ["img1"])):
+        rows = json.loads((out / summary).read_text())["jobs"]
+        assert [(r["job"], r["status"]) for r in rows] == [(job, "done") for job in jobs], rows
+    monkeypatch.setattr(restore.Fitter, "perturbed_input", original)
+    code, stderr = dipc(*args)  # the whole batch once every shard is done: skips all, and tidies up
+    assert code == 0 and not (out / ".partial").exists(), stderr
+
+
+def test_a_plain_rerun_redoes_a_job_that_failed_after_writing_its_image(tmp_path, one_image, monkeypatch):
+    (tmp_path / "jobs.csv").write_text("image,task\na.png,denoise\n")
+    out = tmp_path / "out"
+
+    def disk_full(*args, **kwargs):
+        raise DipError(f"cannot write {out / 'a.json'}: No space left on device")
+
+    monkeypatch.setattr(restore, "save_report", disk_full)
+    code, _ = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+    row = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert code == 1 and row["status"] == "failed" and "No space left" in row["error"], row
+    assert (out / "a.png").exists() and not (out / "a.json").exists()  # the image came before the report
+    monkeypatch.undo()
+    code, _ = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
+    row = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert code == 0 and row["status"] == "done", row["error"]
+    assert json.loads((out / "a.json").read_text())["batch"]["job"] == "a" and not (out / ".partial").exists()
+    # an image that no run of this job wrote is still not replaced without --force
+    (out / "c.png").write_bytes(b"someone else's")
+    (tmp_path / "jobs.csv").write_text("image,task,output\na.png,denoise,c\n")
+    assert dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)[0] == 1
+    row = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert row["error"] == f"{out / 'c.png'} exists from another run: pass --force to redo it"
+    assert (out / "c.png").read_bytes() == b"someone else's"
+
+
+@pytest.mark.parametrize(
+    "manifest, row, message",
+    [
+        ("jobs.csv", "image,task,output\na.png,denoise,x\0y\n", "jobs.csv:2: output holds a NUL character: 'x\\x00y'"),
+        ("jobs.jsonl", {"image": "a.png", "output": "x\0y"}, "jobs.jsonl:1: output holds a NUL character"),
+        ("jobs.csv", "image,task\na.png\0,denoise\n", "jobs.csv:2: image holds a NUL character: 'a.png\\x00'"),
+        ("jobs.jsonl", {"image": "a.png", "options": ["--kernel", "gauss\0"]}, "jobs.jsonl:1: options holds a NUL"),
+        ("jobs.csv", "image,task,options\na.png,denoise,--seed 1\0\n", "jobs.csv:2: options holds a NUL character"),
+        ("jobs.jsonl", {"image": "a.png", "output": "x\ny"}, "output must be a file name without control characters"),
+        ("jobs.jsonl", {"image": "a.png", "output": "x\ty"}, "output must be a file name without control characters"),
+    ],
+    ids=["csv-output", "jsonl-output", "csv-image", "jsonl-options", "csv-options", "newline", "tab"],
+)
+def test_a_nul_or_control_character_in_a_manifest_is_one_line(tmp_path, one_image, manifest, row, message):
+    text = row if isinstance(row, str) else json.dumps({"task": "denoise", **row}) + "\n"
+    (tmp_path / manifest).write_text(text)
+    code, stderr = dipc("batch", tmp_path / manifest, "-o", tmp_path / "out", *TINY)
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_long_manifest_is_parsed_and_checked_once_per_kind_of_row(tmp_path, one_image, monkeypatch):
+    import typer
+
+    from dip_compile import cli
+    from dip_compile.batch import runner
+    from dip_compile.batch.jobs import fit_job
+
+    save_png(smooth_image(32, 32, seed=1), tmp_path / "b.png")
+    rows = [f"{'ab'[i % 2]}.png,denoise,,j{i}" for i in range(2000)]
+    rows[7] = "a.png,denoise,--reference b.png,own-reference"  # options naming a file: parsed alone
+    rows[8] = "b.png,denoise,--reference a.png,own-reference-2"
+    (tmp_path / "jobs.csv").write_text("image,task,options,output\n" + "\n".join(rows) + "\n")
+    jobs = load_jobs(tmp_path / "jobs.csv")
+    calls = {"parse": 0, "validate": 0, "get_command": 0, "read_bytes": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(runner, "validate_job", counted("validate", runner.validate_job))
+    monkeypatch.setattr(typer.main, "get_command", counted("get_command", typer.main.get_command))
+    monkeypatch.setattr(Path, "read_bytes", counted("read_bytes", Path.read_bytes))
+    options = runner.BatchOptions(tmp_path / "out")
+    prepared = runner.prepare(jobs, options, counted("parse", cli.parse_fit_args))
+    assert (calls["parse"], calls["validate"]) == (3, 3)
+    assert calls["get_command"] <= 1  # typer builds dipc's commands once per process, not once per row
+    assert calls["read_bytes"] <= 4  # each input file is hashed once for the fingerprints (a.png, b.png)
+    assert len(prepared) == 2000 and len({p.paths["image"] for p in prepared}) == 2000
+    for i in (0, 1, 7, 8, 1999):  # each as its own dipc fit command would make it
+        assert prepared[i].fit == fit_job(jobs[i], (), options.outdir.absolute(), cli.parse_fit_args), i
+    assert prepared[0].fingerprint == prepared[2].fingerprint != prepared[1].fingerprint
+    assert (prepared[7].fit.reference, prepared[8].fit.reference) == (Path("b.png"), Path("a.png"))
+
+
+def test_a_reference_in_the_other_mode_is_converted_and_the_job_scored(tmp_path):
+    from dip_compile.imageio import to_grayscale
+
+    gray, colour = smooth_image(32, 32, channels=1), smooth_image(32, 32, seed=1)
+    save_png(gray.expand(3, -1, -1), tmp_path / "scan.png")  # a gray photo saved as RGB, with its gray original
+    save_png(gray, tmp_path / "original.png")
+    save_png(colour, tmp_path / "colour.png")
+    save_png(to_grayscale(colour), tmp_path / "gray.png")
+    save_png(smooth_image(16, 16), tmp_path / "small.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,task,reference,output\n"
+        "scan.png,denoise,original.png,scan\ngray.png,denoise,colour.png,gray\nscan.png,denoise,small.png,small\n"
+    )
+    out = tmp_path / "out"
+    code, _ = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY, *EXACT)
+    rows = {r["job"]: r for r in json.loads((out / "summary.json").read_text())["jobs"]}
+    assert code == 1 and rows["scan"]["status"] == rows["gray"]["status"] == "done", rows
+    assert math.isfinite(rows["scan"]["psnr"]) and math.isfinite(rows["gray"]["psnr"])
+    assert json.loads((out / "scan.json").read_text())["notes"] == [
+        "the reference is grayscale and IMAGE in colour: the reference compared as RGB (gray in R, G, B)"
+    ]
+    assert json.loads((out / "gray.json").read_text())["notes"] == [
+        "the reference is in colour and IMAGE grayscale: the reference compared as grayscale (ITU-R 601 luma)"
+    ]
+    assert rows["small"]["status"] == "failed"  # another size cannot be compared
+    assert rows["small"]["error"] == "reference is 16x16 with 3 channel(s); expected 32x32 with 3"

@@ -23,6 +23,7 @@ from dip_compile.imageio import load_image
 
 TINY = ["--depth", "3", "--channels", "16", "--skip-channels", "4", "-q"]
 TINY_FIT = ["--iterations", "5", "--depth", "2", "--channels", "8", "--skip-channels", "4", "-q"]
+EAGER = ["--backend", "eager"]  # (no compiling: a quick fit)
 
 
 def invoke(*args: str):
@@ -551,3 +552,47 @@ def test_an_image_smaller_than_the_ssim_window_has_no_ssim_and_no_traceback(tmp_
         scores = json.loads(report.read_text())
         assert scores["final_ssim"] is None and isinstance(scores["final_psnr"], float)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_reference_in_the_other_mode_is_read_as_the_image_is_and_the_report_says_so(tmp_path):
+    from conftest import smooth_image
+    from dip_compile.checkpoint import load_checkpoint
+    from dip_compile.imageio import to_grayscale
+    from dip_compile.metrics import psnr
+
+    gray = smooth_image(32, 32, channels=1)
+    colour = smooth_image(32, 32, seed=1)
+    save_png(gray.expand(3, -1, -1), tmp_path / "scan.png")  # a gray photo scanned and saved as RGB
+    save_png(gray, tmp_path / "original.png")  # its gray original
+    save_png(colour, tmp_path / "colour.png")
+    save_png(to_grayscale(colour), tmp_path / "gray.png")
+    cases = [
+        ("scan.png", "original.png", "the reference is grayscale and IMAGE in colour: the reference compared as RGB"),
+        ("gray.png", "colour.png", "the reference is in colour and IMAGE grayscale: the reference compared as gray"),
+    ]
+    for image, reference, note in cases:
+        out, report, ckpt = tmp_path / f"out-{image}", tmp_path / f"{image}.json", tmp_path / f"{image}.ckpt"
+        args = ["--reference", tmp_path / reference, "--report", report, "--checkpoint", ckpt, *TINY_FIT[:-1], *EAGER]
+        code, stderr = dipc("fit", "denoise", tmp_path / image, "-o", out, *args)
+        assert code == 0 and f"note: {note}" in stderr, stderr
+        data = json.loads(report.read_text())
+        assert len(data["notes"]) == 1 and data["notes"][0].startswith(note)
+        assert load_checkpoint(ckpt).problem.notes == tuple(data["notes"])  # a resumed fit's report keeps it
+        restored, ref = load_image(out), load_image(tmp_path / reference)
+        expected = ref.expand(3, -1, -1) if ref.shape[0] == 1 else to_grayscale(ref)
+        assert restored.shape == expected.shape
+        assert (
+            abs(data["final_psnr"] - psnr(restored, expected).item()) < 0.1
+        )  # (the report scores the unrounded image)
+    save_png(smooth_image(16, 16, channels=1), tmp_path / "small.png")  # what cannot be compared is still refused
+    code, stderr = dipc(
+        "fit",
+        "denoise",
+        tmp_path / "scan.png",
+        "-o",
+        tmp_path / "x.png",
+        "--reference",
+        tmp_path / "small.png",
+        *TINY_FIT,
+    )
+    assert code == 2 and "reference is 16x16 with 3 channel(s); expected 32x32 with 3" in stderr, stderr

@@ -13,7 +13,7 @@ from ..fitting import interrupt_flag
 from .cluster import run_on_ray
 from .jobs import BatchJob, ManifestError
 from .lock import hold_outdir
-from .runner import BatchOptions, Outcome, prepare, run_prepared
+from .runner import PARTIAL, BatchOptions, Outcome, prepare, run_prepared
 from .summary import write_summary
 
 
@@ -42,8 +42,9 @@ def run_batch(
             with interrupt_flag(notify) as stop_requested:
                 outcomes = run_prepared(prepared, options, stop_requested, on_outcome)
                 interrupted = stop_requested()
-        with contextlib.suppress(OSError):  # empty once every job finished
-            (options.outdir / ".partial").rmdir()
+        if options.shard is None:  # alone in OUTDIR: no shard is about to write there (empty once every job finished)
+            with contextlib.suppress(OSError):
+                (options.outdir / PARTIAL).rmdir()
         outcomes = sorted(outcomes, key=lambda o: order[o.job])
         write_summary(outcomes, options.outdir, options.shard)
     return outcomes, interrupted

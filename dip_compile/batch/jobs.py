@@ -58,6 +58,11 @@ class BatchJob:
     options: tuple[str, ...] = ()  # dipc fit flags for this job only (after the batch's common ones)
     problem: Optional[str] = None  # why this job cannot run (e.g. no reference in --reference-dir): it fails alone
 
+    def alike(self) -> tuple[Any, ...]:
+        """Its ``dipc fit`` command but for the files it names: jobs alike here are parsed and checked once (a
+        mask or reference given or not is part of it, since a check counts the mask sources)."""
+        return (self.task, self.factor, self.preset, self.options, self.mask is None, self.reference is None)
+
     def fit_args(self, common: Sequence[str], output: Path) -> list[str]:
         """The ``dipc fit`` command line of this job (its own options last, so they win)."""
         args = [self.task, str(self.image), "-o", str(output)]
@@ -203,6 +208,9 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
     where = f"{path}:{line}"
     values = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
     values = {k: v for k, v in values.items() if v not in (None, "")}
+    for key, value in values.items():  # no file name or command-line flag holds one: it would fail mid-batch
+        if any(isinstance(text, str) and "\0" in text for text in (value if isinstance(value, list) else [value])):
+            raise ManifestError(f"{where}: {key} holds a NUL character: {value!r}")
 
     def file(key: str) -> Optional[Path]:
         if key not in values:
@@ -235,6 +243,8 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
     name = output[: -len(suffix)] if suffix.lower() in IMAGE_SUFFIXES else output
     if Path(output).is_absolute() or any(sep in output for sep in ("/", "\\", os.sep)) or name in ("", ".", ".."):
         raise ManifestError(f"{where}: output must be a file name in OUTDIR (no folder), got {output!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in output):  # a newline or tab would also break the summary's lines
+        raise ManifestError(f"{where}: output must be a file name without control characters, got {output!r}")
     return BatchJob(
         name,
         task,

@@ -5,14 +5,18 @@ The lock is the OS's (``flock`` on ``OUTDIR/.dipc-batch.lock``): it goes away wi
 after SIGKILL, so there is never a stale lock to remove by hand. A whole-batch run holds it exclusively. The shards of
 a Slurm array run side by side in one OUTDIR (their jobs are disjoint), so a shard I/N holds it shared (a whole-batch
 run must wait for every shard) and ``OUTDIR/.dipc-batch-I-of-N.lock`` exclusively (the same shard twice is refused).
-The holder writes its pid and host into the file it holds exclusively, for the refusal to name it.
+The holder writes its pid and host into the file it holds exclusively, for the refusal to name it. A lock file that
+is not a plain file of its own (a symbolic link, a second name of another file, a pipe) is refused, never written
+through: truncating it would empty the file it leads to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -67,11 +71,20 @@ def hold_outdir(outdir: Path, shard: Optional[str] = None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _lock_file(path: Path) -> Iterator[int]:
+    """The lock file, opened without following a symbolic link (nor blocking on a pipe), and only if it is a
+    regular file with no other name: what the run writes into it must not land in another file."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise ManifestError(f"{path} is a symbolic link: dipc batch locks OUTDIR there; remove the link") from None
         raise ManifestError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            what = "another name of a file (a hard link)" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            raise ManifestError(f"{path} is {what}: dipc batch locks OUTDIR there; remove it")
         yield fd
     finally:
         os.close(fd)

@@ -3,12 +3,15 @@
 Per job NAME, in OUTDIR: ``NAME.png`` (the restored image), ``NAME.json`` (its ``dipc fit`` report plus the job's
 fingerprint), ``checkpoints/NAME.ckpt`` with ``--checkpoints``, and while it runs ``.partial/NAME.<fingerprint>.ckpt``
 (written every ``checkpoint_every`` seconds and on Ctrl-C; a rerun resumes from it, then it is removed or kept as
-the final checkpoint). Every file is written atomically, so a killed run leaves whole files or none. A run holds
-OUTDIR's ``.dipc-batch.lock`` (``lock``), so that two runs never write the same job's files.
+the final checkpoint) and ``.partial/NAME.<fingerprint>.claim`` (made before the job writes anything, removed once
+its report is written: what a failed or killed run of the job left, a rerun may replace without --force). Every
+file is written atomically, so a killed run leaves whole files or none. A run holds OUTDIR's ``.dipc-batch.lock``
+(``lock``), so that two runs never write the same job's files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,6 +26,8 @@ from ..fitting import Session
 from ..packing import drive_packed
 from ..restore import fit_session, validate_job
 from .jobs import BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
+
+PARTIAL = ".partial"  # OUTDIR's folder of running jobs' checkpoints and claims, shared by a batch's shards
 
 
 @dataclass(frozen=True)
@@ -90,23 +95,34 @@ class Prepared:
 def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[list[str]], FitJob]) -> list[Prepared]:
     """Parses every job's options (with ``parse``: the CLI's ``parse_fit_args``), checks them as ``dipc fit`` would
     before fitting, and names its files (absolute: a Ray worker may run elsewhere); a bad job raises
-    ``ManifestError`` (exit 2), before any job has run."""
+    ``ManifestError`` (exit 2), before any job has run. Jobs that differ only in their files (``BatchJob.alike``)
+    are parsed and checked once: a manifest of many rows costs little more than its rows' reading and hashing."""
     outdir = options.outdir.absolute()
     prepared = []
+    checked: dict[tuple[Any, ...], FitJob] = {}
+    digests: dict[Path, str] = {}  # (rows often share an image, mask or reference: each file is hashed once)
     for job in shard(jobs, options.shard):
-        fit = fit_job(job, options.common, outdir, parse)
-        try:
-            # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
-            validate_job(fit, device=not options.ray)
-            if fit.tile is not None and options.checkpoints:
-                raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
-        except DipError as exc:
-            raise ManifestError(f"job {job.name}: {exc}") from None
-        fp = fingerprint(fit)
+        output = outdir / f"{job.name}.png"
+        alike = checked.get(job.alike())
+        if alike is not None:
+            fit = dataclasses.replace(alike, image=job.image, mask=job.mask, reference=job.reference, output=output)
+        else:
+            fit = fit_job(job, options.common, outdir, parse)
+            try:
+                # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
+                validate_job(fit, device=not options.ray)
+                if fit.tile is not None and options.checkpoints:
+                    raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
+            except DipError as exc:
+                raise ManifestError(f"job {job.name}: {exc}") from None
+            if (fit.image, fit.mask, fit.reference) == (job.image, job.mask, job.reference):  # (not set by options)
+                checked[job.alike()] = fit
+        fp = fingerprint(fit, digests)
         paths = {
-            "image": outdir / f"{job.name}.png",
+            "image": output,
             "report": outdir / f"{job.name}.json",
-            "partial": outdir / ".partial" / f"{job.name}.{fp}.ckpt",
+            "partial": outdir / PARTIAL / f"{job.name}.{fp}.ckpt",
+            "claim": outdir / PARTIAL / f"{job.name}.{fp}.claim",
             "checkpoint": outdir / "checkpoints" / f"{job.name}.ckpt",
         }
         prepared.append(Prepared(job, fit, fp, paths))
@@ -145,7 +161,7 @@ def outcome_from_report(p: Prepared, status: str, data: dict[str, Any]) -> Outco
 def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[], bool]) -> Session[Outcome]:
     """One job as a fit session: skips it when done, resumes its partial checkpoint, and turns a bad input into a
     failed row instead of an exception (the other jobs go on)."""
-    image, report, partial = p.paths["image"], p.paths["report"], p.paths["partial"]
+    image, report, partial, claim = (p.paths[k] for k in ("image", "report", "partial", "claim"))
     if p.job.problem is not None:  # e.g. its reference is missing: it fails alone, and does not run unscored
         return Outcome(p.job.name, p.job.task, "failed", error=p.job.problem)
     try:
@@ -153,7 +169,8 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
         done = report_fingerprint(finished)
         if finished is not None and done == p.fingerprint and image.exists() and not options.force:
             return outcome_from_report(p, "skipped", finished)
-        if (image.exists() or report.exists()) and not options.force and not partial.exists():
+        ours = partial.exists() or claim.exists()  # left by an interrupted, failed or killed run of this job
+        if (image.exists() or report.exists()) and not options.force and not ours:
             why = "other settings" if done else "another run"
             raise DipError(f"{image} exists from {why}: pass --force to redo it")
         tiled = p.fit.tile is not None  # keeps its own finished tiles in NAME.png.tiles/: a rerun continues there
@@ -168,7 +185,11 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
         )
         if partial.exists() and not options.force and not tiled:  # interrupted before: continue where it was
             fit = fit.resumed(partial)
-        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            claim.touch()
+        except OSError as exc:
+            raise DipError(f"cannot write in {partial.parent}: {exc.strerror or exc}") from None
         with open(os.devnull, "w") as devnull:
             code = yield from fit_session(fit, None if not fit.quiet else devnull, stop_requested)
         if code:
@@ -179,12 +200,21 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
             os.replace(partial, p.paths["checkpoint"])
         else:
             partial.unlink(missing_ok=True)
+        claim.unlink(missing_ok=True)
         return outcome_from_report(p, "done", json.loads(report.read_text()))
     except DipError as exc:
-        return Outcome(p.job.name, p.job.task, "failed", error=str(exc))
+        return _failed(p, claim, str(exc))
     except Exception as exc:  # a bug must not cost the other jobs: recorded, in one line, like bad input
         message = " ".join(f"{exc.__class__.__name__}: {exc}".split())
-        return Outcome(p.job.name, p.job.task, "failed", error=f"unexpected error (please report it): {message}")
+        return _failed(p, claim, f"unexpected error (please report it): {message}")
+
+
+def _failed(p: Prepared, claim: Path, error: str) -> Outcome:
+    """A failed job's row; its claim stays only where it wrote something that a rerun must be free to replace."""
+    if not (p.paths["image"].exists() or p.paths["report"].exists()):
+        with contextlib.suppress(OSError):
+            claim.unlink(missing_ok=True)
+    return Outcome(p.job.name, p.job.task, "failed", error=error)
 
 
 def sort_for_packing(prepared: Sequence[Prepared]) -> list[Prepared]:
