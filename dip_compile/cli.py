@@ -194,7 +194,14 @@ JOB_OPTIONS: tuple[inspect.Parameter, ...] = (
         metavar="<path>",
         help="write the fit's images as an animation (.webp or .gif)",
     ),
-    _option("timelapse_every", int, 10, panel="outputs", help="--timelapse: one frame every N iterations"),
+    _option(
+        "timelapse_every",
+        Optional[int],
+        None,
+        panel="outputs",
+        show_default=False,
+        help="--timelapse: one frame every N iterations (default 10)",
+    ),
     _option(
         "dry_run",
         bool,

@@ -182,7 +182,7 @@ class FitJob:
     compare: Optional[Path] = _job_field(role=KEPT)
     snapshot_every: int = _job_field(0, role=KEPT)
     timelapse: Optional[Path] = _job_field(role=KEPT)  # --timelapse OUT.webp|gif: the fit's images as an animation
-    timelapse_every: int = _job_field(10, role=KEPT)  # --timelapse-every N: one frame every N iterations
+    timelapse_every: Optional[int] = _job_field(role=KEPT)  # --timelapse-every N: a frame every N iterations (10)
     checkpoint_every: float = _job_field(0.0, role=KEPT)  # seconds between checkpoints while fitting (0: at the end)
     report_extra: dict[str, Any] = field(default_factory=dict, metadata={"role": KEPT})  # more keys (dipc batch's)
     force: bool = _job_field(False, role=KEPT)
