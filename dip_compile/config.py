@@ -158,7 +158,8 @@ def option(
     of ``PANELS``), whether a resumed fit may change the setting, the option's default where the command line's
     differs from the library's (``auto`` picks the device), and ``job``: the flag sets the ``FitJob`` field of the
     same name, which chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help
-    may name ``{kernels}`` and ``{presets}``: the CLI fills in their lists (``presets`` imports this module)."""
+    may name ``{kernels}``, ``{presets}`` and ``{fast_presets}``: the CLI fills in their lists (``presets`` imports
+    this module)."""
     metadata = {"flag": flag, "help": help, "panel": panel, "resume": resume, "cli_default": cli_default, "job": job}
     return field(default=default, metadata=metadata, **kwargs)
 
@@ -623,7 +624,8 @@ class FitConfig:
         panel="speed",
         job=True,
         help="the task's preset with a narrower network (and fewer iterations where the count is fixed): a "
-        "fraction of the time for a slightly worse image; docs/fast.md has the study and its numbers",
+        "fraction of the time for a slightly worse image; only on the presets it was measured on ({fast_presets}); "
+        "docs/fast.md has the study and its numbers",
     )
     preset: str = option(  # the named preset the settings started from ("" = none)
         "",
