@@ -68,7 +68,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 RESUMABLE = "may change on --resume"
 LEVELS = "comma-separated from the finest level (16,32,64,128,128)"
-HELP_LISTS = {"kernels": kernels.SPECS, "presets": ", ".join(presets.NAMES)}  # the lists config help texts name
+HELP_LISTS = {  # the lists config help texts name
+    "kernels": kernels.SPECS,
+    "presets": ", ".join(presets.NAMES),
+    "fast_presets": ", ".join(p.name for p in presets.PRESETS if p.fast),
+}
 
 
 def _option(name: str, kind: Any, default: Any, *decls: str, panel: str, help: str, **kwargs: Any) -> inspect.Parameter:
@@ -194,7 +198,14 @@ JOB_OPTIONS: tuple[inspect.Parameter, ...] = (
         metavar="<path>",
         help="write the fit's images as an animation (.webp or .gif)",
     ),
-    _option("timelapse_every", int, 10, panel="outputs", help="--timelapse: one frame every N iterations"),
+    _option(
+        "timelapse_every",
+        Optional[int],
+        None,
+        panel="outputs",
+        show_default=False,
+        help="--timelapse: one frame every N iterations (default 10)",
+    ),
     _option(
         "dry_run",
         bool,

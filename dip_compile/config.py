@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from .errors import DipError, joined
@@ -153,7 +158,8 @@ def option(
     of ``PANELS``), whether a resumed fit may change the setting, the option's default where the command line's
     differs from the library's (``auto`` picks the device), and ``job``: the flag sets the ``FitJob`` field of the
     same name, which chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help
-    may name ``{kernels}`` and ``{presets}``: the CLI fills in their lists (``presets`` imports this module)."""
+    may name ``{kernels}``, ``{presets}`` and ``{fast_presets}``: the CLI fills in their lists (``presets`` imports
+    this module)."""
     metadata = {"flag": flag, "help": help, "panel": panel, "resume": resume, "cli_default": cli_default, "job": job}
     return field(default=default, metadata=metadata, **kwargs)
 
@@ -218,6 +224,56 @@ def _count(obj: Any, name: str, low: int = 1, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         rng = f">= {low}" if high is None else f"between {low} and {high}"
         raise ConfigError(f"{flag_of(type(obj), name)} must be a whole number {rng}, got {value!r}")
+
+
+# What a field of a plain type must hold, in the words of its one-line error (int is a number; bool is not)
+_PLAIN_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "True or False"),
+    int: ((int,), "a whole number"),
+    float: ((int, float), "a number"),
+    str: ((str,), "text (a str)"),
+    Path: ((str, os.PathLike), "a file path (str or Path)"),
+}
+
+
+@functools.cache
+def _plain_fields(cls: type) -> dict[str, tuple[type, bool]]:
+    """The fields of ``cls`` annotated with one of ``_PLAIN_TYPES`` (or Optional of one): name -> (type, optional)."""
+    found = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = typing.get_args(hint) if union else (hint,)
+        kinds = [a for a in args if a is not type(None)]
+        if len(kinds) == 1 and kinds[0] in _PLAIN_TYPES:
+            found[name] = (kinds[0], type(None) in args)
+    return found
+
+
+def label(cls: type, name: str) -> str:
+    """How a message names a field: its flag, else ``--name`` (a ``FitJob`` field is its option of that name)."""
+    flag = next((f.metadata.get("flag") for f in dataclasses.fields(cls) if f.name == name), None)
+    return flag or f"--{name.replace('_', '-')}"
+
+
+def shown(value: Any) -> str:
+    """A value as a one-line message shows it: its repr, or its type where the repr is long or spans lines."""
+    text = repr(value)
+    return text if len(text) <= 60 and "\n" not in text else f"a {type(value).__name__}"
+
+
+def check_types(obj: Any) -> None:
+    """Every field of a plain type (bool, int, float, str, a path) holds one, from the field's annotation: the one
+    check of types for the configs and the fit job, so that a Python caller's ``sigma="25"``, ``device=5`` or
+    ``fast="no"`` is a one-line ConfigError naming the option instead of a TypeError later (or a string taken as
+    true). Ranges stay with each field's own check."""
+    cls: type = type(obj)
+    for name, (kind, optional) in _plain_fields(cls).items():
+        value = getattr(obj, name)
+        if value is None and optional:
+            continue
+        allowed, words = _PLAIN_TYPES[kind]
+        if not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{label(cls, name)} must be {words}, got {shown(value)}")
 
 
 def check_depth(depth: int) -> None:
@@ -290,6 +346,7 @@ class NetConfig:
     input_scale: float = option(0.1, flag="input_scale")  # the paper's noise is U[0, 1) * 1/10
 
     def __post_init__(self) -> None:
+        check_types(self)
         _coerce_choices(self)
         for name in ("channels_down", "channels_up", "channels_skip"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -567,7 +624,8 @@ class FitConfig:
         panel="speed",
         job=True,
         help="the task's preset with a narrower network (and fewer iterations where the count is fixed): a "
-        "fraction of the time for a slightly worse image; docs/fast.md has the study and its numbers",
+        "fraction of the time for a slightly worse image; only on the presets it was measured on ({fast_presets}); "
+        "docs/fast.md has the study and its numbers",
     )
     preset: str = option(  # the named preset the settings started from ("" = none)
         "",
@@ -578,6 +636,7 @@ class FitConfig:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
         _coerce_choices(self)
         if not isinstance(self.net, NetConfig):
             raise ConfigError("net must be a NetConfig")

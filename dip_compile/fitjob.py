@@ -18,10 +18,10 @@ import torch
 from . import kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint
-from .config import FitConfig, NetConfig, check_depth, flag_of
+from .config import FitConfig, NetConfig, check_depth, check_types, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError, joined
-from .imageio import check_output, load_image, load_mask, output_path, to_grayscale
+from .imageio import ImageSource, check_output, output_path, read_image, read_mask, to_grayscale
 from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
 
 INTERRUPTED = 130
@@ -158,15 +158,16 @@ class FitJob:
 
     output: Path = field(metadata={"role": KEPT})
     task: Optional[str] = _job_field(role=PROBLEM, flag="TASK")
-    image: Optional[Path] = _job_field(role=PROBLEM, flag="IMAGE")
-    mask: Optional[Path] = _job_field(role=PROBLEM)
+    # the input images: files (the Python API also passes images it holds: ``imageio.image_source``)
+    image: Optional[ImageSource] = _job_field(role=PROBLEM, flag="IMAGE")
+    mask: Optional[ImageSource] = _job_field(role=PROBLEM)
     holes: Optional[float] = _job_field(role=PROBLEM)
     box: Optional[float] = _job_field(role=PROBLEM)
     text: bool = _job_field(False, role=PROBLEM)
     from_reference: bool = _job_field(False, role=PROBLEM)
     sigma: Optional[float] = _job_field(role=PROBLEM)
-    reference: Optional[Path] = _job_field(role=PROBLEM)
-    flash: Optional[Path] = _job_field(role=PROBLEM)  # flash-no-flash: the flash photo, the network's input
+    reference: Optional[ImageSource] = _job_field(role=PROBLEM)
+    flash: Optional[ImageSource] = _job_field(role=PROBLEM)  # flash-no-flash: the flash photo, the network's input
     noise: Optional[str] = _job_field(role=PROBLEM)  # --noise SPEC: the observation from a clean IMAGE (noise.py)
     preset: Optional[str] = _job_field(role=PROBLEM)  # a name from ``presets.NAMES`` (None: the task's default)
     paper_exact: bool = _job_field(False, role=PROBLEM)  # the notebook's choices where this project differs
@@ -181,7 +182,7 @@ class FitJob:
     compare: Optional[Path] = _job_field(role=KEPT)
     snapshot_every: int = _job_field(0, role=KEPT)
     timelapse: Optional[Path] = _job_field(role=KEPT)  # --timelapse OUT.webp|gif: the fit's images as an animation
-    timelapse_every: int = _job_field(10, role=KEPT)  # --timelapse-every N: one frame every N iterations
+    timelapse_every: Optional[int] = _job_field(role=KEPT)  # --timelapse-every N: a frame every N iterations (10)
     checkpoint_every: float = _job_field(0.0, role=KEPT)  # seconds between checkpoints while fitting (0: at the end)
     report_extra: dict[str, Any] = field(default_factory=dict, metadata={"role": KEPT})  # more keys (dipc batch's)
     force: bool = _job_field(False, role=KEPT)
@@ -193,7 +194,9 @@ class FitJob:
 
     def __post_init__(self) -> None:
         """Outputs given as text (the CLI passes the user's spelling) become Paths here, after the check that only
-        the text allows: ``Path("newdir/")`` drops the separator that says a folder was meant."""
+        the text allows: ``Path("newdir/")`` drops the separator that says a folder was meant. A value of the wrong
+        type (a Python caller's ``sigma="25"``) is a one-line error here."""
+        check_types(self)
         for name in OUTPUT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, str):
@@ -284,7 +287,7 @@ def _make_mask(
     """The inpainting mask, and whether it was made here (then the image is the clean reference)."""
     job = mask_source(job, preset_holes)
     if job.mask is not None:
-        return load_mask(job.mask, size), False
+        return read_mask(job.mask, size), False
     if job.holes is not None:
         return random_holes_mask(*size, job.holes, seed=seed), True
     if job.box is not None:
@@ -318,7 +321,7 @@ def problem_options_checked(job: FitJob) -> tuple[presets.Preset, Optional[noise
     if job.task is None or job.image is None:
         raise DipError("give TASK and IMAGE (dipc fit denoise noisy.png -o out.png), or --resume CKPT")
     task = tasks.spec(job.task)
-    if not task.needs("mask") and (job.mask or job.holes is not None or job.box is not None or job.text):
+    if not task.needs("mask") and (job.mask is not None or job.holes is not None or job.box is not None or job.text):
         raise DipError(f"--mask/--holes/--box/--text only apply to {tasks.needing('mask')}, not {job.task}")
     if job.from_reference and not task.from_reference:
         raise DipError(f"--from-reference only applies to {joined(tasks.names(lambda s: s.from_reference))}")
@@ -345,16 +348,16 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
     notes = [] if notes is None else notes
     chosen, noise = problem_options_checked(job)
     assert job.image is not None and job.task is not None
-    image = load_image(job.image)
+    image = read_image(job.image)
     if chosen.channels == 1 and image.shape[0] == 3:
         notes.append(f"preset {chosen.name} is grayscale: IMAGE converted to grayscale (ITU-R 601 luma)")
     image = _as_preset_channels(image, chosen)
     reference = None
     if job.reference is not None:
         reference = _as_image_channels(
-            _as_preset_channels(load_image(job.reference, "reference"), chosen), image, notes
+            _as_preset_channels(read_image(job.reference, "reference"), chosen), image, notes
         )
-    guide = _as_preset_channels(load_image(job.flash, "flash image"), chosen) if job.flash is not None else None
+    guide = None if job.flash is None else _as_preset_channels(read_image(job.flash, "flash image"), chosen)
     job = with_noise_peak(job, noise)
     config = build_config(job, image.shape[0])
     if config.crop_to > 1:  # --paper-exact: the notebook's crop instead of our padded canvas

@@ -1,11 +1,13 @@
-"""Reading images and masks, and writing every output atomically (temp file in the same folder, then rename)."""
+"""Reading images and masks (files, or images a Python caller already holds), and writing every output atomically
+(temp file in the same folder, then rename)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, Union
 
 import numpy as np
 import torch
@@ -51,7 +53,7 @@ def _open(path: str | Path, what: str) -> Image.Image:
     return image
 
 
-def _value_range(image: Image.Image, path: Path, what: str) -> float:
+def _value_range(image: Image.Image, name: str) -> float:
     """The full-scale value of a single-channel integer or float image: by its mode and bit depth, never by the
     values it happens to hold (a dark 16-bit photo stays dark; a float image is taken as 0..1)."""
     if image.mode == "F":
@@ -66,7 +68,7 @@ def _value_range(image: Image.Image, path: Path, what: str) -> float:
         value = tags[258]
         bits = int(value[0] if isinstance(value, tuple) else value)
     if bits is None or bits > 16:
-        raise DipError(f"{what} {path} holds {bits or 32}-bit integers; convert it to 8 or 16 bits, or to float 0..1")
+        raise DipError(f"{name} holds {bits or 32}-bit integers; convert it to 8 or 16 bits, or to float 0..1")
     return float(2**bits - 1)
 
 
@@ -75,12 +77,16 @@ def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
 
     8-bit images are divided by 255, 16-bit ones by 65535, float images are taken as 0..1 (values outside are
     clipped)."""
-    image = _open(path, what)
+    return _pil_pixels(_open(path, what), f"{what} {path}")
+
+
+def _pil_pixels(image: Image.Image, name: str) -> torch.Tensor:
+    """``load_image``'s conversion of a PIL image (``name``: how messages call it)."""
     if image.mode.startswith("I") or image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
         if not np.isfinite(array).all():
-            raise DipError(f"{what} {path} contains NaN or infinite values")
-        scaled = np.clip(array / _value_range(image, Path(path), what), 0, 1).astype(np.float32)
+            raise DipError(f"{name} contains NaN or infinite values")
+        scaled = np.clip(array / _value_range(image, name), 0, 1).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(scaled)).unsqueeze(0)
     if image.mode in ("1", "L", "LA", "La"):
         pixels = np.asarray(image.convert("L"), dtype=np.float32)[None]
@@ -92,13 +98,96 @@ def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
 def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """(H, W) float mask, 1 = known pixel (white in the file). ``size`` is the image's (H, W)."""
     image = _open(path, "mask")
-    if (image.height, image.width) != tuple(size):
-        raise DipError(f"mask {path} is {image.width}x{image.height} but the image is {size[1]}x{size[0]}")
-    array = np.asarray(image.convert("L"), dtype=np.float32)
-    mask = torch.from_numpy((array > 127).astype(np.float32))
-    if mask.sum() == 0:
-        raise DipError(f"mask {path} marks no pixel as known (white = known): nothing to fit")
-    return mask
+    known = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) > 127)
+    return _checked_mask(known, f"mask {path}", size)
+
+
+def _checked_mask(known: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(known.shape) != tuple(size):
+        raise DipError(f"{name} is {known.shape[1]}x{known.shape[0]} but the image is {size[1]}x{size[0]}")
+    if not known.any():
+        raise DipError(f"{name} marks no pixel as known (white = known): nothing to fit")
+    return known.float()
+
+
+# An input image: a file, or an image a Python caller holds, already read into (C, H, W) float32 in [0, 1]
+ImageSource = Union[Path, torch.Tensor]
+IMAGE_KINDS = "a file path, a PIL image, a numpy array (H, W[, C]) or a torch tensor ([1, ]C, H, W)"
+
+
+def image_source(value: object, what: str = "image") -> ImageSource:
+    """What the Python API takes as an image: a file path (read when the fit loads its problem, as ``dipc fit``
+    does), or an image in memory read here with its library's convention: a PIL image as ``load_image`` reads the
+    file; a numpy array (H, W) or (H, W, C), channels last, C 1, 3 or 4 (alpha dropped); a torch tensor (H, W),
+    (C, H, W) or (1, C, H, W), channels first, C 1 or 3; arrays and tensors of uint8 (0-255), bool or float in
+    [0, 1]. Anything else is a one-line DipError."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    if isinstance(value, Image.Image):
+        if value.width == 0 or value.height == 0:
+            raise DipError(f"{what} is empty (a {value.width}x{value.height} PIL image)")
+        return _pil_pixels(value, what)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            value = value.astype(np.float64)  # (float16 to float128: torch takes some of them only)
+        elif value.dtype not in (np.uint8, np.bool_):
+            raise DipError(_dtype_refused(what, str(value.dtype)))
+        if value.ndim == 3 and value.shape[2] in (1, 3, 4):
+            return _scaled(torch.from_numpy(np.ascontiguousarray(value[..., :3].transpose(2, 0, 1))), what)
+        if value.ndim == 2:
+            return _scaled(torch.from_numpy(np.ascontiguousarray(value))[None], what)
+        raise DipError(
+            f"{what} as a numpy array is (H, W) or (H, W, C) with C 1, 3 or 4 (channels last), got shape {value.shape}"
+        )
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu", copy=True)  # the fit's own copy: the caller's tensor stays as it was
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.ndim == 2:
+            tensor = tensor[None]
+        if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+            raise DipError(
+                f"{what} as a tensor is (H, W), (C, H, W) or (1, C, H, W) with C 1 or 3 (channels first), "
+                f"got shape {tuple(value.shape)}"
+            )
+        return _scaled(tensor, what)
+    raise DipError(f"{what} must be {IMAGE_KINDS}, got {type(value).__name__}")
+
+
+def _scaled(pixels: torch.Tensor, what: str) -> torch.Tensor:
+    """(C, H, W) of uint8, bool or float in [0, 1] as float32 in [0, 1]; other types or values are refused."""
+    if pixels.shape[-1] == 0 or pixels.shape[-2] == 0:
+        raise DipError(f"{what} is empty (shape {tuple(pixels.shape)})")
+    if pixels.dtype == torch.uint8:
+        return pixels.float() / 255.0
+    if pixels.dtype == torch.bool:
+        return pixels.float()
+    if not pixels.is_floating_point():
+        raise DipError(_dtype_refused(what, str(pixels.dtype).removeprefix("torch.")))
+    pixels = pixels.float()
+    if not torch.isfinite(pixels).all():
+        raise DipError(f"{what} contains NaN or infinite values")
+    low, high = pixels.min().item(), pixels.max().item()
+    if low < 0 or high > 1:
+        raise DipError(f"{what} holds floats from {low:.4g} to {high:.4g}: float images are in [0, 1]")
+    return pixels.contiguous()
+
+
+def _dtype_refused(what: str, dtype: str) -> str:
+    return f"{what} holds {dtype} values: give uint8 (0-255), bool or float in [0, 1]"
+
+
+def read_image(source: ImageSource, what: str = "image") -> torch.Tensor:
+    """An input image, from its file or as the caller gave it: (C, H, W) float32 in [0, 1]."""
+    return source if isinstance(source, torch.Tensor) else load_image(source, what)
+
+
+def read_mask(source: ImageSource, size: tuple[int, int]) -> torch.Tensor:
+    """The mask, from its file or as the caller gave it (a colour one by its luma): 1 = known (white, above half)."""
+    if isinstance(source, torch.Tensor):
+        gray = to_grayscale(source) if source.shape[0] == 3 else source
+        return _checked_mask(gray[0] > 0.5, "mask", size)
+    return load_mask(source, size)
 
 
 def to_grayscale(image: torch.Tensor) -> torch.Tensor:

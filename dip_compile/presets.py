@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Downsample, FinalImage, FitConfig, InputKind, NetConfig, StopRule, Task, Upsample
-from .errors import DipError
+from .errors import DipError, joined
 from .tasks import TASKS
 
 # The paper's "skip" net for denoising and super-resolution (2,217,831 parameters at 3 output channels).
@@ -43,6 +43,8 @@ class Preset:
     holes: float | None = None  # restoration: with no mask given, drop this fraction of pixels at random
     channels: int = 3  # 1: a grayscale preset (a colour image is converted to grayscale)
     notebook: bool = True  # False: beyond the paper (no original count to match; ``parameters`` is ours)
+    # --fast was measured on this preset (docs/fast.md's study, at its own factor): only then does it apply
+    fast: bool = False
 
     @property
     def task(self) -> Task:
@@ -60,6 +62,8 @@ class Preset:
         config = self.config.replace(net=net, preset=self.name)
         if paper_exact:
             config = config.replace(**self.paper, paper_exact=True)
+        if fast and not self.fast:
+            raise fast_refused(f"preset {self.name}")
         return faster(config) if fast else config
 
     def network_parameters(self) -> int:
@@ -69,6 +73,17 @@ class Preset:
 
         with torch.device("meta"):  # a count only: no memory, no initialisation
             return count_parameters(build_network(self.config.net))
+
+
+def fast_refused(what: str) -> PresetError:
+    """--fast where no measurement backs it (a preset, or a factor, the study did not fit): refused, not guessed."""
+    measured = joined(
+        [f"{p.name}{f' at x{p.config.factor}' if p.config.factor > 1 else ''}" for p in PRESETS if p.fast]
+    )
+    return PresetError(
+        f"--fast has no setting for {what}: it is measured only on {measured} (docs/fast.md); drop --fast or "
+        f"start from one of those"
+    )
 
 
 def faster(config: FitConfig) -> FitConfig:
@@ -98,7 +113,7 @@ _RESTORE = {"backtrack_db": 5.0, "backtrack_every": 50}  # backtracking on the m
 
 PRESETS: tuple[Preset, ...] = (
     Preset("f16", "F16 denoising, sigma 25 (denoising)", _fit(Task.denoise, PAPER_NET, 3000, 0.01, 1 / 30, **_DENOISE),
-           2_217_831, _DENOISE_NOTEBOOK),
+           2_217_831, _DENOISE_NOTEBOOK, fast=True),
     Preset("f16-sigma50", "F16 denoising, sigma 50: reg-noise 1/20 (denoising)",
            _fit(Task.denoise, PAPER_NET, 3000, 0.01, 1 / 20, **_DENOISE), 2_217_831, _DENOISE_NOTEBOOK),
     Preset("snail", "snail JPEG artefacts (denoising)",
@@ -107,7 +122,7 @@ PRESETS: tuple[Preset, ...] = (
                 2400, 0.01, 1 / 30, **_DENOISE),
            572_827, _DENOISE_NOTEBOOK),
     Preset("kate", "kate inpainting, Fig. 7 top (inpainting)", _fit(Task.inpaint, PAPER_INPAINT_NET, 6001, 0.01, 0.03),
-           3_002_627, _INPAINT_NOTEBOOK),
+           3_002_627, _INPAINT_NOTEBOOK, fast=True),
     Preset("vase", "vase inpainting, meshgrid input, Fig. 6 (inpainting)",
            _fit(Task.inpaint, NetConfig(input_depth=2, input_kind=InputKind.meshgrid, channels_skip=(0,) * 5,
                                         upsample=(Upsample.nearest,)), 5001, 0.01, 0.03),
@@ -127,7 +142,7 @@ PRESETS: tuple[Preset, ...] = (
                 1000, 0.01, 0.0, **_RESTORE),
            1_027_379, _RESTORE_NOTEBOOK, holes=0.98),
     Preset("sr-x4", "super-resolution x4 (super-resolution)",
-           _fit(Task.super_resolve, PAPER_NET, 2000, 0.01, 0.03, factor=4), 2_217_831, _SR_NOTEBOOK),
+           _fit(Task.super_resolve, PAPER_NET, 2000, 0.01, 0.03, factor=4), 2_217_831, _SR_NOTEBOOK, fast=True),
     Preset("sr-x8", "super-resolution x8 (super-resolution)",
            _fit(Task.super_resolve, PAPER_NET, 4000, 0.01, 0.05, factor=8), 2_217_831, _SR_NOTEBOOK),
     Preset("flash", "cave flash / no-flash (flash-no-flash)",
@@ -189,6 +204,8 @@ def preset(
     chosen = get(name or default_name(task, factor), task)
     config = chosen.fit_config(output_channels=output_channels, paper_exact=paper_exact, fast=fast)
     if factor is not None and TASKS[task].scales:
+        if fast and factor != chosen.config.factor:
+            raise fast_refused(f"preset {chosen.name} at x{factor}")
         config = config.replace(factor=factor)
     return config
 

@@ -78,8 +78,7 @@ def validate_job(job: FitJob, *, device: bool = True) -> None:
         raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
     if not job.checkpoint_every >= 0:
         raise DipError(f"--checkpoint-every must be >= 0 seconds, got {job.checkpoint_every}")
-    if job.timelapse is not None:
-        check_timelapse(job.timelapse, job.timelapse_every)
+    check_timelapse(job.timelapse, job.timelapse_every)
     tiled = job.tile is not None or job.overlap != FitJob.overlap
     if tiled:
         check_tiling(job)

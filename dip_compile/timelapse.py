@@ -13,21 +13,27 @@ from .imageio import atomic_write, to_pil
 
 FORMATS = {".webp": "WEBP", ".gif": "GIF"}
 FRAME_MS = 100  # ten frames a second: 300 frames of a 3000-iteration fit (every 10) play in 30 s
+EVERY = 10  # iterations between frames when --timelapse-every is not given
 
 
-def check(path: Path, every: int) -> None:
-    """The one-line refusals of the options, before any work."""
+def check(path: Path | None, every: int | None) -> None:
+    """The one-line refusals of the options, before any work: --timelapse-every means nothing without --timelapse
+    (a user who gave it expects an animation)."""
+    if path is None:
+        if every is not None:
+            raise DipError("--timelapse-every only applies with --timelapse OUT.webp|gif: give that too, or drop it")
+        return
     if path.suffix.lower() not in FORMATS:
         raise DipError(f"--timelapse writes an animation: give a path ending in .webp or .gif, got {path}")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise DipError(f"--timelapse-every must be a whole number of iterations >= 1, got {every!r}")
 
 
 class Timelapse:
     """The frames of one run, kept as 8-bit images (what the file holds; a quarter of the float tensors)."""
 
-    def __init__(self, every: int) -> None:
-        self.every = every
+    def __init__(self, every: int | None = None) -> None:
+        self.every = EVERY if every is None else every
         self.frames: list[Image.Image] = []
         self.last: int | None = None  # the iteration of the last frame
 

@@ -38,6 +38,7 @@ import numpy as np
 FORMAT = "dip-compile-export"
 VERSION = 1
 PROVIDERS = ("auto", "cpu", "cuda")
+QUIET = 4  # onnxruntime's log severity "fatal": its errors reach the user as our one line instead
 
 
 class ReplayError(ValueError):
@@ -63,18 +64,15 @@ def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any
     if provider != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         wanted.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # A missing CUDA runtime is reported as an error by onnxruntime's default logger; we report it in one line.
-    ort.set_default_logger_severity(4)
+    # Errors only as our one line: onnxruntime's session logger would print its own error lines first (a model that
+    # fails while running), and its default logger reports a missing CUDA runtime as an error.
+    options.log_severity_level = QUIET
+    ort.set_default_logger_severity(QUIET)
     try:
         session = ort.InferenceSession(model, options, providers=wanted)
     except Exception as exc:  # onnxruntime raises its own pybind exception types for unreadable models
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        reason = first.split(" failed:", 1)[-1].strip()  # drop onnxruntime's "... Load model from PATH failed:"
-        if reason.startswith("/") and ") " in reason:  # and its source location and C++ signature
-            reason = reason.rsplit(") ", 1)[-1]
         raise ReplayError(
-            f"{name} is not a readable ONNX model (corrupted, truncated or unsupported: {reason[:120]})"
+            f"{name} is not a readable ONNX model (corrupted, truncated or unsupported: {_ort_reason(exc)})"
         ) from None
     finally:
         ort.set_default_logger_severity(2)
@@ -89,6 +87,16 @@ def open_session(model: str | Path | bytes, provider: str = "auto") -> tuple[Any
     if provider == "cuda" and used != "cuda":
         print("note: the CUDA provider is not usable here; running on the CPU", file=sys.stderr)
     return session, used
+
+
+def _ort_reason(exc: Exception) -> str:
+    """The part of an onnxruntime exception a user can act on, short and on one line."""
+    first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+    reason = first.split(" failed:", 1)[-1].strip()  # drop onnxruntime's "... Load model from PATH failed:"
+    if reason.startswith("/") and ") " in reason:  # and its source location and C++ signature
+        reason = reason.rsplit(") ", 1)[-1]
+    reason = reason.removeprefix("[ONNXRuntimeError] : ").split("Status Message: ")[-1]
+    return reason[:160]
 
 
 def metadata(session: Any) -> dict[str, str]:
@@ -282,7 +290,12 @@ def run(session: Any, noise: np.ndarray | None = None) -> np.ndarray:
         )
     if "image" not in [o.name for o in session.get_outputs()]:
         raise ReplayError("the model has no image output: not a model dip-compile wrote, or an altered one")
-    image = session.run(["image"], feed)[0]
+    try:
+        image = session.run(["image"], feed)[0]
+    except Exception as exc:  # onnxruntime's own types: a graph that loads but cannot run (altered weights)
+        raise ReplayError(
+            f"the model failed to run: not a model dip-compile wrote, or an altered one ({_ort_reason(exc)})"
+        ) from None
     if image.ndim != 4:
         raise ReplayError(f"the model returned a {image.ndim}-D image, not (N, C, H, W): the file was altered")
     size = recorded_size(meta)

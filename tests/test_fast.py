@@ -17,6 +17,7 @@ from dip_compile.checkpoint import load_checkpoint
 from dip_compile.cli import parse_fit_args
 from dip_compile.fitjob import build_config, fingerprint
 from dip_compile.problem import add_noise
+from dip_compile.restore import validate_job
 from dip_compile.tasks import TASKS, Fast, TaskError
 
 FAST_TASKS = [name for name, spec in TASKS.items() if spec.fast is not None]
@@ -81,6 +82,39 @@ def test_a_task_the_study_did_not_cover_refuses_fast_in_one_line(tmp_path: Path)
     code, err = dipc("fit", task.name, image, *inputs, "-o", tmp_path / "o.png", "--fast")
     assert code == 2 and "--fast has no setting for" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.png").exists()
+
+
+MEASURED = {presets.default_name(task) for task in fast_study.SHIPPED}  # the study fits each task's defaults
+
+
+def test_fast_applies_to_the_presets_the_study_measured_and_to_no_other() -> None:
+    assert MEASURED == {"f16", "kate", "sr-x4"}
+    assert {p.name for p in presets.PRESETS if p.fast} == MEASURED
+    assert all(TASKS[str(p.task)].fast is not None for p in presets.PRESETS if p.fast)
+
+
+UNMEASURED = [
+    *(["--preset", p.name] for p in presets.PRESETS if p.name not in MEASURED),
+    ["--factor", "2"],  # sr-x4's network at x2: the study fitted x4 only
+    ["--factor", "8"],  # the x8 default, sr-x8
+]
+
+
+@pytest.mark.parametrize("options", UNMEASURED, ids=" ".join)
+def test_fast_on_a_preset_or_factor_no_measurement_backs_is_refused_in_one_line(
+    options: list[str], tmp_path: Path
+) -> None:
+    name = options[1] if options[0] == "--preset" else "sr-x8" if options[1] == "8" else "sr-x4"
+    chosen = presets.BY_NAME[name]
+    task = chosen.task
+    image = save_png(smooth_image(32, 32), tmp_path / "in.png")
+    inputs = {"inpaint": ["--box", "0.2"], "flash-no-flash": ["--flash", image], "deblur": ["--kernel", "gaussian:1"]}
+    args = [str(task), image, "-o", tmp_path / "o.png", *inputs.get(str(task), []), *options, "--iterations", "1", "-q"]
+    validate_job(parse_fit_args([str(a) for a in args]))  # without --fast the same fit is fine
+    code, err = dipc("fit", *args, "--fast")
+    expected = f"--fast has no setting for preset {name}" + (f" at x{options[1]}" if name == "sr-x4" else "")
+    assert code == 2 and expected in err and "measured only on f16, kate and sr-x4 at x4" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.png").exists()
 
 
 @pytest.fixture(scope="module")

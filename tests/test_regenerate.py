@@ -232,6 +232,20 @@ def edited(model: Path, path: Path, edit, *, resealed: bool = True) -> Path:
     return path
 
 
+def widen_a_conv_weight(proto: onnx.ModelProto) -> None:
+    """A conv weight with one input channel more than its input has: the model loads, and fails while running."""
+    weight = next(t for t in proto.graph.initializer if len(t.dims) == 4 and t.name != "noise")
+    array = numpy_helper.to_array(weight)
+    wider = np.zeros((array.shape[0], array.shape[1] + 1, *array.shape[2:]), array.dtype)
+    weight.CopyFrom(numpy_helper.from_array(wider, weight.name))
+
+
+def test_a_model_that_fails_while_running_is_one_line_without_onnxruntimes_own_log(exported, tmp_path):
+    """onnxruntime's session logger printed its error line (and the CLI a traceback) before any message of ours."""
+    model = edited(exported["model"], tmp_path / "m.onnx", widen_a_conv_weight)
+    one_line_exit_2(model, "the model failed to run: not a model dip-compile wrote, or an altered one (Input channels")
+
+
 @pytest.mark.parametrize("what", ["weights", "metadata", "noise"])
 def test_a_model_edited_after_export_is_reported_by_check_and_info(exported, tmp_path, what, capsys):
     edit = {"weights": nan_bias, "metadata": lambda m: set_meta(m, iterations="9999"), "noise": alter_noise}[what]

@@ -19,11 +19,23 @@ def test_timelapse_has_a_frame_every_n_iterations_and_the_last(tmp_path, image_p
         assert animation.size == (32, 32)
 
 
+def test_timelapse_has_a_frame_every_ten_iterations_by_default(tmp_path, image_png):
+    out = tmp_path / "lapse.gif"
+    code, err = dipc("fit", "denoise", image_png, "-o", tmp_path / "out.png", "--iterations", "12", "--stop", "fixed",
+                     "--timelapse", out, *TINY_FIT)  # fmt: skip
+    assert code == 0, err
+    with Image.open(out) as animation:
+        assert animation.n_frames == 2  # iterations 10 and the final 12
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--timelapse", "lapse.mp4"], "give a path ending in .webp or .gif"),
         (["--timelapse", "lapse.gif", "--timelapse-every", "0"], "--timelapse-every must be"),
+        (["--timelapse-every", "5"], "--timelapse-every only applies with --timelapse"),
+        (["--timelapse-every", "0"], "--timelapse-every only applies with --timelapse"),
+        (["--timelapse-every", "-3"], "--timelapse-every only applies with --timelapse"),
     ],
 )
 def test_bad_timelapse_options_are_one_line(tmp_path, image_png, args, message):
