@@ -134,6 +134,8 @@ def choose(
         backend = _auto_backend(config, cap, canvas, precision, reasons)
     auto = config.backend == "auto" or config.precision == "auto"
     cuda = device.type == "cuda"
+    if cuda and config.net.trains_input:  # a graph replays on a static copy of the input, which gets no gradient
+        reasons.append("no CUDA graphs (the input is fitted)")
     return Plan(
         backend=backend,
         precision=precision,
@@ -141,7 +143,7 @@ def choose(
         # fused Adam: one kernel instead of a Python loop over 112 parameters (~85 ms -> ~3 ms per step on the
         # CI CPU); needed where the NaN guard skips a step on the device. Explicit eager fp32 stays the baseline.
         fused_adam=auto or precision != "fp32",
-        cuda_graphs=cuda,
+        cuda_graphs=cuda and not config.net.trains_input,
         reason="; ".join(reasons),
     )
 

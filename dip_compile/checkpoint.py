@@ -22,7 +22,7 @@ from .degradations import make_operator
 from .errors import DipError
 from .fitting import Fitter, ImageKind, describe_image, keeps_known, returned_image, returned_kind
 from .imageio import atomic_write, check_input
-from .losses import make_loss
+from .losses import make_loss, make_regularizer
 from .network import Network, build_network
 from .problem import CenterCrop, Problem, canvas_for
 from .tasks import spec
@@ -262,7 +262,7 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
         if not isinstance(kernel, torch.Tensor) or kernel.dim() != 2 or not 0 < kernel.numel():
             raise DipError("its blur kernel is missing or not 2-D")
     operator = make_operator(config.task, mask=mask, factor=config.factor, channels=channels, kernel=kernel)
-    fidelity = make_loss(str(config.loss), config.peak)
+    fidelity, regularizer = make_loss(str(config.loss), config.peak), make_regularizer(config.tv_weight)
     notes = prob.get("notes") or []  # (none in checkpoints written before notes were kept)
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise DipError("its notes are not a list of text")
@@ -277,6 +277,7 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
         guide,
         kernel,
         fidelity,
+        regularizer,
         tuple(notes),
     )
 
@@ -289,6 +290,8 @@ def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> 
         net = build_network(config.net)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     params = [tuple(p.shape) for p in net.parameters()]
+    if config.net.trains_input:  # the fitter's optimizer steps the input after the network's parameters
+        params.append(config.net.input_shape(problem.canvas))
     weights = state["net"]
     if set(weights) != set(expected):
         raise DipError("its network weights do not belong to its network configuration")

@@ -45,12 +45,18 @@ class Structure(Choice):
 
 
 class Generator(Choice):
-    """The network that maps the fixed input to the image: the paper's hourglass with skips, or a decoder from a
-    small input (ConvDecoder, Darestani & Heckel 2021; Deep Decoder, Heckel & Hand 2019)."""
+    """The network that maps the fixed input to the image: the paper's hourglass with skips, a decoder from a
+    small input (ConvDecoder, Darestani & Heckel 2021; Deep Decoder, Heckel & Hand 2019), or the Deep Random
+    Projector (Li et al. 2023): the hourglass with its convolutions frozen at their random initialisation, whose
+    input and BatchNorm weights are fitted instead (``drp.py``)."""
 
     skip = "skip"
     convdecoder = "convdecoder"
     deepdecoder = "deepdecoder"
+    drp = "drp"
+
+
+DECODERS: frozenset[str] = frozenset({Generator.convdecoder, Generator.deepdecoder})  # grow a small input
 
 
 class Upsample(Choice):
@@ -100,11 +106,13 @@ class StopVariant(Choice):
 
 
 class Loss(Choice):
-    """The data fidelity, one per noise model: mse (Gaussian, the paper's), l1 (impulse), poisson (photon counts)."""
+    """The data fidelity, one per noise model: mse (Gaussian, the paper's), l1 (impulse), poisson (photon counts);
+    rmse is mse's root (the same minimum; the Deep Random Projector's data term, beside its total variation)."""
 
     mse = "mse"
     l1 = "l1"
     poisson = "poisson"
+    rmse = "rmse"  # the root of mse: the Deep Random Projector's data term
 
 
 class LrSchedule(Choice):
@@ -290,7 +298,8 @@ class NetConfig:
         Generator.skip,
         flag="--generator",
         panel="network",
-        help="skip (the paper's hourglass), convdecoder or deepdecoder (decoders from a small noise input)",
+        help="skip (the paper's hourglass), convdecoder or deepdecoder (decoders from a small noise input), drp "
+        "(Deep Random Projector: the task's one-level net with frozen random weights; its input is fitted)",
     )
     structure: Structure = option(  # of the skip generator
         Structure.paper, flag="--structure", panel="network", help="network structure (preset paper)"
@@ -374,9 +383,14 @@ class NetConfig:
                 _kernel(flag_of(NetConfig, name), k)
         _kernel("--kernel-skip", self.kernel_skip)
         _finite(self, "input_scale", 0, low_open=True)
-        if self.generator != Generator.skip and self.input_kind != InputKind.noise:
+        if self.generator in DECODERS and self.input_kind != InputKind.noise:
             raise ConfigError(
                 f"the {self.generator} generator starts from a small noise input, not a {self.input_kind}"
+            )
+        if self.trains_input and self.input_kind == InputKind.image:
+            raise ConfigError(
+                f"the {self.generator} generator fits its input, which starts as noise or a meshgrid, not the "
+                f"flash image (--input image)"
             )
         if self.input_kind == InputKind.meshgrid and self.input_depth != 2:
             raise ConfigError(f"a meshgrid input has 2 channels, but --input-depth is {self.input_depth}")
@@ -389,6 +403,11 @@ class NetConfig:
     @property
     def depth(self) -> int:
         return len(self.channels_down)
+
+    @property
+    def trains_input(self) -> bool:
+        """Whether the fit optimises the network's input (DRP) besides the weights the network leaves trainable."""
+        return self.generator == Generator.drp
 
     @property
     def multiple(self) -> int:
@@ -408,7 +427,7 @@ class NetConfig:
     def input_shape(self, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
         """The fixed input's shape for a canvas: the canvas for the hourglass, canvas / 2^depth for a decoder (each of
         its levels doubles the size)."""
-        if self.generator == Generator.skip:
+        if self.generator not in DECODERS:
             return (1, self.input_depth, *canvas)
         return (1, self.input_depth, canvas[0] // self.multiple, canvas[1] // self.multiple)
 
@@ -435,7 +454,7 @@ class NetConfig:
         def short(values: tuple[Any, ...]) -> str:
             return str(values[0]) if len(set(values)) == 1 else ",".join(str(v) for v in values)
 
-        if self.generator != Generator.skip:
+        if self.generator in DECODERS:
             return (
                 f"{self.generator}, {self.depth} levels, ch {short(self.channels_up)}, {short(self.upsample)}, "
                 f"kernel {short(self.kernel_up)}, input noise x{self.input_depth}"
@@ -454,6 +473,8 @@ class NetConfig:
         parts.append(f"input {self.input_kind} x{self.input_depth}")
         if self.structure != Structure.paper:
             parts.append(f"{self.structure} structure")
+        if self.generator == Generator.drp:
+            parts.insert(0, "drp (frozen convs)")
         return ", ".join(parts)
 
 
@@ -536,7 +557,14 @@ class FitConfig:
         Loss.mse,
         flag="--loss",
         panel="fitting",
-        help="data fidelity: mse (Gaussian noise), l1 (impulse noise), poisson (counts)",
+        help="data fidelity: mse (Gaussian noise), l1 (impulse noise), poisson (counts), rmse (mse's root; drp's)",
+    )
+    tv_weight: float = option(
+        0.0,
+        flag="--tv-weight",
+        panel="fitting",
+        help="weight of a total-variation term on the restored image, added to the loss (0 = none; --generator "
+        "drp: the paper's per task)",
     )
     peak: float | None = option(
         None,
@@ -663,6 +691,7 @@ class FitConfig:
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
         _finite(self, "peak", 0, 1e6, low_open=True, allow_none=True)
+        _finite(self, "tv_weight", 0, 100)
         if self.loss == Loss.poisson and self.peak is None:
             raise ConfigError(
                 "--loss poisson needs --peak (the photon count of a white pixel), or --noise poisson:PEAK"

@@ -15,10 +15,10 @@ from typing import Any, Optional
 
 import torch
 
-from . import kernels, presets, tasks
+from . import drp, kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint
-from .config import FitConfig, NetConfig, check_depth, check_types, flag_of
+from .config import DECODERS, FitConfig, Generator, InputKind, NetConfig, check_depth, check_types, flag_of
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError, joined
 from .imageio import ImageSource, check_output, output_path, read_image, read_mask, to_grayscale
@@ -80,11 +80,13 @@ class NetShape:
                 changes[name] = old[:depth] + (old[-1],) * max(0, depth - len(old))
         if self.generator is not None and self.generator != net.generator:
             changes["generator"] = self.generator
-            if self.generator != "skip":  # a decoder: its input has its first level's channels, no skips
+            if self.generator in DECODERS:  # a decoder: its input has its first level's channels, no skips
                 coarsest = changes.get("channels_up", net.channels_up)[-1]
                 changes.setdefault("kernel_up", (3,) if self.generator == "convdecoder" else (1,))
                 changes["input_depth"] = coarsest
                 changes["input_kind"] = "noise"
+            elif self.generator == Generator.drp and net.input_kind == InputKind.image:
+                changes["input_kind"] = InputKind.noise  # drp fits its input, which cannot be the flash image
         if self.structure is not None:
             changes["structure"] = self.structure
             if self.structure == "seed" and self.upsample is None:
@@ -233,8 +235,8 @@ def _given(value: Any) -> bool:
 
 
 def build_config(job: FitJob, channels: int) -> FitConfig:
-    """The task's preset (named, or the task's default) with the job's settings on top; FitConfig validates every
-    value (one-line ConfigError)."""
+    """The task's preset (named, or the task's default), made DRP by ``--generator drp``, with the job's settings
+    on top; FitConfig validates every value (one-line ConfigError)."""
     settings = {k: v for k, v in job.settings.items() if v is not None}
     config = presets.preset(
         str(job.task),
@@ -244,6 +246,7 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
         paper_exact=job.paper_exact,
         fast=job.fast,
     )
+    config = drp.chosen(config, job.net.generator)  # --generator drp: the paper's DRP settings for the task
     config = config.replace(**settings)
     return config.replace(net=job.net.apply(config.net))
 

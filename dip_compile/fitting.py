@@ -204,10 +204,11 @@ class Fitter:
             self.net = build_network(config.net).to(self.device)
         set_save_memory(self.net, config.save_memory)
         self.net_input = make_input(config.net, *problem.canvas, seed=config.seed, guide=problem.guide).to(self.device)
+        self.net_input.requires_grad_(config.net.trains_input)  # DRP: the input is fitted (see ``optimised``)
         self.last_input: torch.Tensor | None = None  # the last perturbed input, kept for FinalImage.perturbed
         self.crop = CenterCrop(problem.canvas, problem.size)
         self.plan = choose(config, self.device, problem.canvas)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, **self.plan.optimizer_options())
+        self.optimizer = torch.optim.Adam(self.optimised(), lr=config.lr, **self.plan.optimizer_options())
         self.fallbacks: list[dict[str, Any]] = []
         self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.iteration = 0
@@ -221,6 +222,12 @@ class Fitter:
             self.history.update(psnr_reference=[], psnr_reference_ema=[])
         self.elapsed = 0.0
         self.step = self.make_step()
+
+    def optimised(self) -> list[torch.Tensor]:
+        """What Adam steps and backtracking restores: the network's parameters (a frozen one gets no gradient, so
+        Adam leaves it as it is), then the input where the generator fits it (DRP), in the checkpoint's order."""
+        params: list[torch.Tensor] = list(self.net.parameters())
+        return [*params, self.net_input] if self.net_input.requires_grad else params
 
     def make_step(self) -> Step:
         return build_step(self.plan, self.net, self.problem, self.crop, self.device)
@@ -288,7 +295,7 @@ class Fitter:
     def _backtrack(self, out: torch.Tensor) -> None:
         """The paper's fallback: when PSNR to the observation drops by more than ``backtrack_db`` dB, the weights
         go back to those that produced the last good output. Written with ``torch.where`` so it never syncs."""
-        params = [p.detach() for p in self.net.parameters()]
+        params = [p.detach() for p in self.optimised()]
         if self.backtrack_saved is None:
             self.backtrack_saved = [p.clone() for p in params]
         current = psnr(self.problem.operator(out), self.problem.observation)
@@ -307,7 +314,7 @@ class Fitter:
         """One iteration, whose forward/backward step is computed by whoever drives it (see ``StepRequest``)."""
         net_input = self.perturbed_input()
         if self.config.final_image == FinalImage.perturbed:
-            self.last_input = net_input
+            self.last_input = net_input.detach()
         loss, out = yield StepRequest(self, net_input)
         if self.backtracks_now():
             self._backtrack(out)
@@ -425,7 +432,7 @@ class Fitter:
             "iteration": self.iteration,
             "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "net_input": self.net_input.cpu(),
+            "net_input": self.net_input.detach().cpu(),
             "generator": self.generator.get_state().cpu(),
             "ema": None if self.ema is None else self.ema.cpu(),
             "last_input": None if self.last_input is None else self.last_input.cpu(),
@@ -442,7 +449,11 @@ class Fitter:
         self.iteration = int(state["iteration"])
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.net_input = state["net_input"].to(dev)
+        if self.net_input.requires_grad:  # a fitted input (DRP): the optimizer holds this tensor; it takes the values
+            with torch.no_grad():
+                self.net_input.copy_(state["net_input"])
+        else:
+            self.net_input = state["net_input"].to(dev)
         saved_rng = state["generator"]
         if saved_rng.numel() == self.generator.get_state().numel():
             self.generator.set_state(saved_rng)

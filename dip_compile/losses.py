@@ -2,7 +2,8 @@
 
 ``mse`` is the Gaussian log-likelihood (the paper's loss), ``l1`` the Laplacian one (robust to impulse noise),
 ``poisson`` the Poisson negative log-likelihood of photon counts at ``peak`` photons for a white pixel, divided by the
-peak so that its scale stays that of the image. Each is an ``nn.Module`` so the compiled step traces it.
+peak so that its scale stays that of the image, ``rmse`` the root of mse (DRP's). Each is an ``nn.Module`` so the
+compiled step traces it. ``TotalVariation`` (``--tv-weight``) is a regulariser of the restored image, added to them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ class MSE(nn.Module):
 class L1(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(x, y)
+
+
+class RMSE(nn.Module):
+    """The root of mse, the Deep Random Projector's data term: its gradient is mse's over 2 rmse, so the data term
+    keeps its pull against the total-variation term as the error shrinks. Clamped away from 0, where the root's
+    gradient is infinite."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(x, y).clamp_min(1e-12).sqrt()
 
 
 class PoissonNLL(nn.Module):
@@ -48,6 +58,7 @@ LOSSES: dict[str, Callable[[float | None], nn.Module]] = {
     "mse": lambda _: MSE(),
     "l1": lambda _: L1(),
     "poisson": _poisson,
+    "rmse": lambda _: RMSE(),
 }
 
 
@@ -57,3 +68,22 @@ def make_loss(kind: str, peak: float | None = None) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown loss {kind!r}") from None
     return make(peak)
+
+
+class TotalVariation(nn.Module):
+    """``weight`` times the anisotropic total variation per value, (sum |dy| + sum |dx|) / numel, of the restored
+    image: the regulariser the Deep Random Projector adds to its data term (its code's ``tv1_loss``)."""
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = float(weight)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        dy = (image[..., 1:, :] - image[..., :-1, :]).abs().sum()
+        dx = (image[..., :, 1:] - image[..., :, :-1]).abs().sum()
+        return self.weight * (dy + dx) / image.numel()
+
+
+def make_regularizer(tv_weight: float) -> nn.Module | None:
+    """The term the loss adds on the restored image itself (before the operator): none, or total variation."""
+    return TotalVariation(tv_weight) if tv_weight > 0 else None

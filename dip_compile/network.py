@@ -204,6 +204,23 @@ class Hourglass(nn.Module):
         return self.head(self.body(x))
 
 
+class RandomProjector(Hourglass):
+    """The Deep Random Projector (Li et al., CVPR 2023): a BatchNorm of the input, then the hourglass, whose
+    convolutions keep their random initialisation (``requires_grad`` off, so no weight gradient is even computed).
+    The fit optimises the input (``NetConfig.trains_input``) and the BatchNorm weights, through a much shallower
+    net than DIP's (one level in the paper's code): far less work per step, none of it on weight gradients."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__(cfg)
+        self.input_norm = norm(cfg.input_depth)  # the code's BNNet: the fitted seed, standardised per channel
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.input_norm(x))
+
+
 class Decoder(Level):
     """A decoder from a small noise input (canvas / 2^depth): per level, coarsest first, the layers of
     ``level_layers`` (each doubles the size), then ``tail_layers``, a 1x1 conv to the image and a sigmoid (which
@@ -250,7 +267,12 @@ class DeepDecoder(Decoder):
 
 
 Network = Hourglass | ConvDecoder | DeepDecoder
-GENERATORS: dict[str, type[Network]] = {"skip": Hourglass, "convdecoder": ConvDecoder, "deepdecoder": DeepDecoder}
+GENERATORS: dict[str, type[Network]] = {
+    "skip": Hourglass,
+    "convdecoder": ConvDecoder,
+    "deepdecoder": DeepDecoder,
+    "drp": RandomProjector,
+}
 
 
 def build_network(cfg: NetConfig) -> Network:

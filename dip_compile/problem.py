@@ -19,7 +19,7 @@ from .config import FitConfig, NetConfig
 from .degradations import make_operator
 from .errors import DipError
 from .kernels import check_fits
-from .losses import MSE, make_loss
+from .losses import MSE, make_loss, make_regularizer
 from .tasks import needing, spec
 
 
@@ -35,6 +35,7 @@ class Problem:
     guide: torch.Tensor | None = None  # (1, C, H, W) the network's input image (flash-no-flash: the flash photo)
     kernel: torch.Tensor | None = None  # (kh, kw) deblurring: the blur kernel, sum 1
     fidelity: nn.Module = field(default_factory=MSE)  # loss(operator(output), observation)
+    regularizer: nn.Module | None = None  # a term on the output itself, added to the loss (--tv-weight)
     notes: tuple[str, ...] = ()  # how the inputs were read where the user should know (a conversion): for the report
 
     @property
@@ -42,8 +43,9 @@ class Problem:
         return self.observation.shape[1]
 
     def loss(self, output: torch.Tensor) -> torch.Tensor:
-        """The data fidelity of a network output (restored size): the loss the fit minimises."""
-        return self.fidelity(self.operator(output), self.observation)
+        """The data fidelity of a network output (restored size), plus its regulariser: the loss the fit minimises."""
+        loss = self.fidelity(self.operator(output), self.observation)
+        return loss if self.regularizer is None else loss + self.regularizer(output)
 
     def corrupted_view(self) -> torch.Tensor:
         """The observation shown at the output size (bicubic for super-resolution), for baselines and pictures."""
@@ -152,7 +154,17 @@ def make_problem(
     observation = operator(image) if task.observed else image
     fidelity = make_loss(str(config.loss), config.peak)
     return Problem(
-        str(config.task), observation.contiguous(), operator, size, canvas, mask, reference, guide, kernel, fidelity
+        str(config.task),
+        observation.contiguous(),
+        operator,
+        size,
+        canvas,
+        mask,
+        reference,
+        guide,
+        kernel,
+        fidelity,
+        make_regularizer(config.tv_weight),
     )
 
 

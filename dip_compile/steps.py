@@ -53,7 +53,8 @@ class EagerStep:
 
 
 class LossModule(nn.Module):
-    """net -> crop -> operator -> the problem's loss, with autocast over the network only (loss and output in fp32)."""
+    """net -> crop -> operator -> the problem's loss (``Problem.loss``), with autocast over the network only (loss and
+    output in fp32)."""
 
     def __init__(
         self,
@@ -67,7 +68,7 @@ class LossModule(nn.Module):
         super().__init__()
         self.net, self.crop = net, crop
         self.operator: Callable[[torch.Tensor], torch.Tensor] = problem.operator
-        self.fidelity = problem.fidelity
+        self.fidelity, self.regularizer = problem.fidelity, problem.regularizer
         self.observation: torch.Tensor
         self.register_buffer("observation", problem.observation, persistent=False)
         self.dtype = DTYPES[precision]
@@ -81,7 +82,8 @@ class LossModule(nn.Module):
             with torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=self.cache_autocast):
                 out = self.crop(self.net(net_input))
             out = out.float()
-        return self.fidelity(self.operator(out), self.observation), out
+        loss = self.fidelity(self.operator(out), self.observation)
+        return (loss if self.regularizer is None else loss + self.regularizer(out)), out
 
 
 class AcceleratedStep:

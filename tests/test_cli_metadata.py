@@ -26,6 +26,7 @@ IN_CONTEXT: dict[str, tuple[str, list[str], str, Any]] = {
     "peak": ("denoise", ["--loss", "poisson"], "100", 100.0),
     "keep_known": ("inpaint", [], "", True),
     "preset": ("denoise", [], "snail", "snail"),
+    "tv_weight": ("denoise", [], "0.5", 0.5),  # (0 by default: half of it is the same)
 }
 
 

@@ -208,6 +208,11 @@ def metadata(
 def _check_seed_noise(ckpt: Checkpoint, noise: torch.Tensor) -> None:
     """--noise seed is only offered when the seed really rebuilds the checkpoint's noise, bit for bit."""
     cfg = ckpt.config.net
+    if cfg.trains_input:
+        raise DipError(
+            f"--noise seed rebuilds the starting noise, but this {cfg.generator} fit fitted its input: use --noise "
+            "embedded"
+        )
     if cfg.input_kind != "noise":
         raise DipError(f"--noise seed needs a random-noise input; this fit's input is a {cfg.input_kind}")
     rebuilt = replay.seed_noise(ckpt.config.seed, tuple(noise.shape), cfg.input_scale)
