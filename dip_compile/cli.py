@@ -322,12 +322,18 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Choice) else value
 
 
+@functools.cache
+def _fit_command() -> Any:
+    """``dipc fit`` as a click command, built once: typer builds the whole app's commands from their signatures on
+    every call (a third of a second), which a manifest paid per row."""
+    return typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
+
+
 def parse_fit_args(args: list[str]) -> FitJob:
     """``dipc fit ARGS`` parsed into its ``FitJob`` without running it (``dipc batch`` and manifests use it,
     so a job's options are exactly ``dipc fit``'s). Bad options raise ``DipError``."""
-    fit_command = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
     try:
-        ctx = fit_command.make_context("dipc fit", list(args))
+        ctx = _fit_command().make_context("dipc fit", list(args))
     except _usage_exception() as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         raise DipError(" ".join(message.split())) from None
