@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import kernels, presets, tasks
+from . import coarse, kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint
 from .config import FitConfig, NetConfig, check_depth, flag_of
@@ -371,7 +371,9 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
         reference = reference if reference is not None else clean
     if reference is not None and reference.shape[0] != image.shape[0]:
         raise DipError(f"reference has {reference.shape[0]} channel(s) but the image has {image.shape[0]}")
-    return config, make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
+    problem = make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
+    coarse.check(config, problem.size)  # (the fitter checks it too: here, so that --dry-run refuses alike)
+    return config, problem
 
 
 def _noise(job: FitJob) -> Optional[noise_models.Noise]:

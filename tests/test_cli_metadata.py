@@ -26,6 +26,7 @@ IN_CONTEXT: dict[str, tuple[str, list[str], str, Any]] = {
     "peak": ("denoise", ["--loss", "poisson"], "100", 100.0),
     "keep_known": ("inpaint", [], "", True),
     "preset": ("denoise", [], "snail", "snail"),
+    "coarse_share": ("denoise", [], "0.5", 0.5),  # (off by default: 0, which halves to itself)
 }
 
 
