@@ -180,6 +180,11 @@ def test_the_library_refuses_a_too_small_image_too() -> None:
         Fitter(cfg, make_problem(cfg, smooth_image(24, 40)))
 
 
+def test_a_dry_run_counts_the_half_size_iterations_apart(tmp_path: Path) -> None:
+    code, err = fit_command(tmp_path, "--coarse-share", "0.5", "--dry-run")
+    assert code == 0 and "6 iterations, 3 of them at half size: about" in err, err
+
+
 def test_a_dry_run_refuses_what_the_fit_would(tmp_path: Path) -> None:
     code, err = fit_command(tmp_path, "--coarse-share", "0.5", "--depth", "4", "--dry-run")
     assert code == 2 and "--coarse-share needs an image" in err, err
