@@ -1,81 +1,116 @@
-"""Which cheaper setting returns nearly the default's image in a third of the time: the study behind ``--fast``.
+"""Which setting returns nearly the defaults' image in a fraction of their time: the study behind ``--fast``.
 
-Not a test: hours on a 2-core CPU. Over the paper's own images (../shared/data/paper, centre crops of ``--side``
-px: CSet9 at sigma 25 and 50, Set5 x4, Table 1) every candidate below is fitted through ``dipc batch`` (the product's
-path: resumable, a rerun continues) next to ``dipc fit TASK``'s defaults on the same crops, and scored with the
-paper's protocol (benchmarks/paper_tables.py). Two phases, so the quality runs may share the machine:
+Not a test: hours on a 2-core CPU at 256 px, days at full size. Every candidate (``CANDIDATES``: a named list of
+``dipc fit`` options) is fitted through ``dipc batch`` (the product's path: a rerun skips the finished fits and resumes
+the interrupted ones) next to ``dipc fit TASK``'s defaults, on the paper's own images (``TABLES``: CSet9 at sigma 25
+from the paper's noisy files, Set5 x4 with the paper's crop and Lanczos input, two Table 1 images) at their full size
+(``--scale full``) or as centre crops of ``--side`` px (``--scale crop``), and scored with the paper's protocol
+(benchmarks/paper_tables.py). Per task it reports each candidate's PSNR against the defaults (mean and worst over the
+images), its iterations, its wall time (each fit's own fitting seconds from its report, summed over resumes: run the
+study ALONE for the times to mean anything) and that time as a share of the defaults', and picks:
 
-* ``--phase fits``: the fits. PSNR, the iteration a fit stopped at and the PSNR it returns do not depend on the
-  load; the seconds in its report do, and are only shown.
-* ``--phase steps``: one steady iteration of every candidate's network, timed interleaved (as fit_speed.py does) on
-  each table's crop size. Run it ALONE: the wall time to the returned image is ``iterations x ms per iteration``.
-* ``--phase report`` (also the end of the other two): per task, each candidate's mean and worst PSNR change against
-  the defaults, its mean iterations and its estimated wall time as a share of the defaults'; the winner is the
-  quickest candidate within 0.5 dB of the defaults on the mean (worst case stated).
+* ``--fast``: the quickest candidate within 0.5 dB of the defaults on the mean and on the worst image;
+* the issue's target: that one in a fifth of the defaults' time or less;
+* a new default: a candidate within 0.1 dB (mean and worst) at half the defaults' time or less on every task.
 
-    python -m benchmarks.fast_study --phase fits --side 128 --images 3 --max-minutes 50
-    python -m benchmarks.fast_study --phase steps          # alone: nothing else computing
-    python -m benchmarks.fast_study --phase report
+A candidate whose options the installed ``dipc fit`` does not take (a generator or stopping rule not merged yet) is
+reported as unavailable, with the CLI's reason; a fit that fails is reported with its error. The results go to
+``--out``/SCALE/fast_study.json and fast_study.md (committed: the docs' numbers cite them); the inputs and fits beside
+them are not.
+
+    python -m benchmarks.fast_study --scale crop --max-minutes 120            # 256 px crops; a rerun continues
+    python -m benchmarks.fast_study --scale full --only F16 --candidates w32,c2f-50
+    python -m benchmarks.fast_study --scale crop --report                     # only score what is on disk
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from PIL import Image
 
-from benchmarks.paper_tables import (
-    ROOT,
-    Case,
-    batch_row,
-    cases_of,
-    fit_entry,
-    machine,
-    run_batch,
-    write_inputs,
-)
+from benchmarks.paper_tables import ROOT, Case, batch_row, cases_of, fit_entry, machine, run_batch, write_inputs
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A setting tried against the defaults: ``dipc fit`` options added to the task's default ones."""
+    """A setting tried against the defaults: ``dipc fit`` options added to the task's default ones. ``tables``:
+    the tables it is tried on (empty: all)."""
 
     name: str
     options: tuple[str, ...]
     why: str
+    tables: tuple[str, ...] = ()
 
 
-# The defaults first. Candidates change only the network, the length or (drp) what is fitted, so each one is a
-# preset modifier that exports, resumes and regenerates like any other net.
+FIXED = ("sr", "table1")  # the tables whose default fits run a fixed count (denoising auto-stops)
+
+# The defaults first; one line per candidate. ``--iterations-scale S`` is this study's shorthand for a share S of the
+# default preset's iterations (a cap where auto-stop runs).
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("defaults", (), "dipc fit TASK: the task's default preset, auto-stop and EMA where it has them"),
+    # narrower networks (the first study: docs/fast.md)
     Candidate("w64", ("--channels", "64"), "64 channels per level: about a quarter of the convolutions' work"),
+    Candidate("w48", ("--channels", "48"), "48 channels per level"),
     Candidate("w32", ("--channels", "32"), "32 channels per level"),
     Candidate("w64-d4", ("--channels", "64", "--depth", "4"), "64 channels, 4 levels"),
     Candidate("w64-in8", ("--channels", "64", "--input-depth", "8"), "64 channels and 8 input noise channels"),
-    Candidate("w128-half", ("--iterations-scale", "0.5"), "the default net, half the iterations"),
-    Candidate("w64-half", ("--channels", "64", "--iterations-scale", "0.5"), "64 channels, half the iterations"),
-    Candidate("w32-half", ("--channels", "32", "--iterations-scale", "0.5"), "32 channels, half the iterations"),
-    Candidate("w48", ("--channels", "48"), "48 channels per level"),
-    Candidate("w64-3q", ("--channels", "64", "--iterations-scale", "0.75"), "64 channels, 3/4 of the iterations"),
-    Candidate("drp", ("--generator", "drp"), "Deep Random Projector: the paper's one-level net frozen, input fitted"),
+    Candidate("w32-half", ("--channels", "32", "--iterations-scale", "0.5"), "32 channels, half the iterations", FIXED),
+    Candidate("w64-half", ("--channels", "64", "--iterations-scale", "0.5"), "64 channels, half the iterations", FIXED),
+    Candidate(
+        "w64-3q", ("--channels", "64", "--iterations-scale", "0.75"), "64 channels, 3/4 of the iterations", FIXED
+    ),
+    Candidate("w128-half", ("--iterations-scale", "0.5"), "the default net, half the iterations", FIXED),
+    # coarse to fine: a share of the iterations at half resolution
+    Candidate("c2f-25", ("--coarse-share", "0.25"), "a quarter of the iterations at half size"),
+    Candidate("c2f-50", ("--coarse-share", "0.5"), "half of the iterations at half size"),
+    Candidate("c2f-75", ("--coarse-share", "0.75"), "three quarters of the iterations at half size"),
+    Candidate("w64-c2f-50", ("--channels", "64", "--coarse-share", "0.5"), "64 channels, half at half size"),
+    Candidate("w32-c2f-50", ("--channels", "32", "--coarse-share", "0.5"), "32 channels, half at half size"),
+    Candidate(
+        "w64-3q-c2f-50",
+        ("--channels", "64", "--iterations-scale", "0.75", "--coarse-share", "0.5"),
+        "64 channels, 3/4 of the iterations, half of them at half size",
+        FIXED,
+    ),
+    # Deep Random Projector (branch drp): random frozen convolutions, the input and BatchNorm fitted
+    Candidate("drp", ("--generator", "drp"), "Deep Random Projector"),
+    Candidate("drp-c2f-50", ("--generator", "drp", "--coarse-share", "0.5"), "DRP, half at half size"),
+    # stopping rules that need no clean image (branch stop-r3), against the fixed counts
+    Candidate("stop-holdout", ("--stop", "holdout"), "stop at the minimum of held-out known pixels' error", FIXED),
+    Candidate("stop-plateau", ("--stop", "plateau"), "stop when the EMA image stops changing", FIXED),
+    Candidate("w64-stop-holdout", ("--channels", "64", "--stop", "holdout"), "64 channels, held-out stopping", FIXED),
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
 # The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).
 SHIPPED = {"denoise": "w32", "super-resolve": "w64-3q", "inpaint": "w64-half"}
-# Which tables the study covers and the paper_tables case groups it keeps (x8 and Set14 add time, not insight).
-GROUPS = {"denoise": ("CSet9 sigma 25", "CSet9 sigma 50"), "sr": ("Set5 x4",), "table1": ("Table 1",)}
-TASK_OF = {"denoise": "denoise", "sr": "super-resolve", "table1": "inpaint"}
-MAX_LOSS_DB = 0.5  # the issue's bound on the mean PSNR given up
-MAX_SHARE = 1 / 3  # ... for at most this share of the defaults' wall time
+
+
+@dataclass(frozen=True)
+class Table:
+    """One task of the study: the paper_tables case group it takes its images from, and which images."""
+
+    task: str
+    group: str
+    images: tuple[str, ...]  # the images' names in the paper's folder (F16_GT.png: F16)
+
+
+TABLES: dict[str, Table] = {
+    "denoise": Table("denoise", "CSet9 sigma 25", ("F16", "baboon", "peppers")),
+    "sr": Table("super-resolve", "Set5 x4", ("bird", "butterfly")),
+    "table1": Table("inpaint", "Table 1", ("Cameraman256", "peppers256")),  # 256 px: the full size stays affordable
+}
+TASK_OF = {name: table.task for name, table in TABLES.items()}
+MAX_LOSS_DB = 0.5  # --fast: at most this much below the defaults, on the mean and on the worst image
+TARGET_SHARE = 1 / 5  # the issue's target share of the defaults' wall time
+DEFAULT_LOSS_DB, DEFAULT_SHARE = 0.1, 0.5  # a new default: this close at this share, on every task
 
 
 def default_iterations(table: str) -> int:
@@ -99,155 +134,188 @@ def options_of(candidate: Candidate, table: str, cap: Optional[int] = None) -> l
     return out + (["--iterations", str(iterations)] if iterations is not None else [])
 
 
-def study_cases(table: str, data: Path, images: int) -> list[Case]:
-    """The first ``images`` cases of every group the study keeps for ``table``."""
-    chosen: list[Case] = []
-    for group in GROUPS[table]:
-        chosen += [c for c in cases_of(table, data) if c.group == group][:images]
-    return chosen
+def image_of(case: Case) -> str:
+    """The paper's name of a case's image (F16-s25: F16; Set5-x4-bird: bird)."""
+    if case.table == "denoise":
+        return case.name.rsplit("-s", 1)[0]
+    return case.name.split("-", 2)[2] if case.table == "sr" else case.name
 
 
-def manifest_rows(
-    cases: list[Case], candidates: list[Candidate], table: str, cap: Optional[int]
-) -> list[dict[str, Any]]:
-    return [
-        batch_row(case, f"{case.name}-{candidate.name}", options_of(candidate, table, cap))
-        for case in cases
-        for candidate in candidates
-    ]
+def study_cases(table: str, data: Path, only: Optional[list[str]] = None) -> list[Case]:
+    """The table's images the study fits (those of ``TABLES`` found under ``data``, in its order), or with ``only``
+    those whose case name contains one of its words."""
+    spec = TABLES[table]
+    found = {image_of(c): c for c in cases_of(table, data) if c.group == spec.group}
+    chosen = [found[name] for name in spec.images if name in found]
+    return [c for c in chosen if not only or any(word in c.name for word in only)]
 
 
-def time_steps(table: str, inputs: Path, case: Case, candidates: list[Candidate], repeats: int) -> dict[str, float]:
-    """Median ms of one steady iteration of each candidate on ``case``'s crop, the candidates taking turns so that
-    any load hits them alike. The fits are built by ``dipc fit``'s own parser and loader."""
+def unavailable(candidate: Candidate, table: str) -> Optional[str]:
+    """Why the installed ``dipc fit`` refuses the candidate's options for this table (None: it takes them): parsed
+    and validated as ``dipc batch`` validates a row before any fit, without reading a file."""
     from dip_compile.cli import parse_fit_args
-    from dip_compile.fitjob import load_problem, resolve_device
-    from dip_compile.fitting import Fitter
+    from dip_compile.errors import DipError
+    from dip_compile.restore import validate_job
 
-    fitters = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for candidate in candidates:
-            args = [case.task, str(inputs / case.image), "-o", str(Path(tmp) / "out.png"), "--force"]
-            args += ["--mask", str(inputs / case.mask)] if case.mask else []
-            args += ["--factor", str(case.factor)] if case.factor else []
-            config, problem = load_problem(parse_fit_args(args + options_of(candidate, table)))
-            device = resolve_device(str(config.device))
-            fitter = Fitter(config.replace(device=device), problem, device=device)
-            for _ in range(3):  # warm-up: allocations, the first compiled step
-                fitter.iterate()
-            fitters[candidate.name] = fitter
-        times: dict[str, list[float]] = {name: [] for name in fitters}
-        for _ in range(repeats):
-            for name, fitter in fitters.items():
-                t0 = time.perf_counter()
-                fitter.iterate()
-                times[name].append(time.perf_counter() - t0)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+    task = TASK_OF[table]
+    extra = {"super-resolve": ["--factor", "4"], "inpaint": ["--mask", "mask.png"]}.get(task, [])
+    try:
+        validate_job(
+            parse_fit_args([task, "in.png", "-o", "out.png", *extra, *options_of(candidate, table)]), device=False
+        )
+    except DipError as exc:
+        return str(exc)
+    return None
 
 
-def summarise(
-    table: str,
-    rows: list[dict[str, Any]],
-    steps: dict[str, float],
-    names: list[str],
-    other_steps: Optional[dict[str, float]] = None,
-) -> dict[str, Any]:
-    """Per candidate: PSNR change against the defaults (mean, worst), mean iterations, estimated wall time and its
-    share of the defaults'; and the winner under the issue's bounds. ``other_steps``: step timings at another crop
-    size, for the share there (the same iterations: exact where the count is fixed, an estimate under auto-stop)."""
-    base = [r["fits"]["defaults"] for r in rows]
+def failures(outdir: Path) -> dict[str, str]:
+    """The batch's failed jobs and their errors (its summary.json), by job name."""
+    path = outdir / "summary.json"
+    if not path.exists():
+        return {}
+    jobs = json.loads(path.read_text()).get("jobs", [])
+    return {j["job"]: j.get("error") or "failed" for j in jobs if j.get("status") == "failed"}
+
+
+def entry(case: Case, outdir: Path, inputs: Path, name: str, failed: dict[str, str]) -> dict[str, Any]:
+    """One fit's row: paper_tables' (PSNR by the paper's protocol, iterations, stop) with its fitting seconds summed
+    over resumes (the history's last record) and its coarse phase; or why there is none."""
+    found = fit_entry(case, outdir, inputs, name)
+    job = f"{case.name}-{name}"
+    if found["status"] != "done":
+        return {"status": "failed", "error": failed[job]} if job in failed else found
+    report = json.loads((outdir / f"{job}.json").read_text())
+    seconds = (report.get("history") or {}).get("seconds") or [found["seconds"]]
+    found.update(
+        seconds=seconds[-1],
+        resumed_from=report.get("resumed_from_iteration"),
+        coarse=report.get("coarse"),
+    )
+    return found
+
+
+def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, str]) -> dict[str, Any]:
+    """Per candidate: PSNR against the defaults on the images both finished (mean and worst), mean iterations and
+    seconds, and the share of the defaults' time (its seconds over theirs, summed over those images); then the
+    quickest candidate that gives up at most ``MAX_LOSS_DB`` on the mean and the worst image, finished on every
+    image. ``absent``: the unavailable candidates and why."""
     out: dict[str, Any] = {}
     for name in names:
-        pairs = [
-            (r["fits"][name], b)
-            for r, b in zip(rows, base, strict=True)
-            if r["fits"][name].get("psnr") is not None and b.get("psnr") is not None
-        ]
-        if not pairs:
-            out[name] = {"images": 0}
+        if name in absent:
+            out[name] = {"status": "unavailable", "why": absent[name]}
             continue
-        deltas = [f["psnr"] - b["psnr"] for f, b in pairs]
-        its = [f.get("iterations") or 0 for f, _ in pairs]
-        entry: dict[str, Any] = {
-            "images": len(pairs),
-            "psnr": float(np.mean([f["psnr"] for f, _ in pairs])),
-            "delta_db": float(np.mean(deltas)),
-            "worst_delta_db": float(min(deltas)),
-            "iterations": float(np.mean(its)),
-            "fit_seconds_shown": float(np.mean([f.get("seconds") or 0.0 for f, _ in pairs])),
-        }
-        if name in steps:
-            entry["ms_per_iteration"] = steps[name]
-            entry["est_seconds"] = entry["iterations"] * steps[name] / 1000
-        out[name] = entry
-    default = out.get("defaults", {}).get("est_seconds")
-    base_its = out.get("defaults", {}).get("iterations")
-    for name, entry in out.items():
-        if default and "est_seconds" in entry:
-            entry["time_share"] = entry["est_seconds"] / default
-        if other_steps and name in other_steps and "defaults" in other_steps and entry.get("images") and base_its:
-            entry["time_share_other_side"] = (
-                entry["iterations"] * other_steps[name] / (base_its * other_steps["defaults"])
+        pairs = [
+            (r["fits"][name], r["fits"]["defaults"])
+            for r in rows
+            if r["fits"][name].get("psnr") is not None and r["fits"]["defaults"].get("psnr") is not None
+        ]
+        errors = sorted({r["fits"][name]["error"] for r in rows if r["fits"][name].get("status") == "failed"})
+        e: dict[str, Any] = {"status": "done" if len(pairs) == len(rows) else "partial", "images": len(pairs)}
+        e["of"], e["errors"] = len(rows), errors
+        if pairs:
+            deltas = [f["psnr"] - b["psnr"] for f, b in pairs]
+            seconds, base = [f["seconds"] or 0.0 for f, _ in pairs], [b["seconds"] or 0.0 for _, b in pairs]
+            e.update(
+                psnr=float(np.mean([f["psnr"] for f, _ in pairs])),
+                delta_db=float(np.mean(deltas)),
+                worst_delta_db=float(min(deltas)),
+                iterations=float(np.mean([f.get("iterations") or 0 for f, _ in pairs])),
+                seconds=float(np.mean(seconds)),
+                time_share=sum(seconds) / sum(base) if sum(base) > 0 else None,
             )
-    eligible = [
-        n
-        for n in names
-        if n != "defaults" and out[n].get("images") and out[n].get("time_share") is not None
-        if out[n]["delta_db"] >= -MAX_LOSS_DB
-    ]
-    winner = min(eligible, key=lambda n: out[n]["time_share"], default=None)
+        out[name] = e
+
+    def within(name: str, db: float, share: float) -> bool:
+        e = out[name]
+        return (
+            name != "defaults"
+            and e.get("status") == "done"
+            and e.get("time_share") is not None
+            and min(e["delta_db"], e["worst_delta_db"]) >= -db
+            and e["time_share"] <= share
+        )
+
+    fast = [n for n in names if within(n, MAX_LOSS_DB, float("inf"))]
+    winner = min(fast, key=lambda n: out[n]["time_share"], default=None)
     return {
         "candidates": out,
-        "winner": winner,
-        "meets_target": bool(winner and out[winner]["time_share"] <= MAX_SHARE),
+        "fast": winner,
+        "meets_target": bool(winner and out[winner]["time_share"] <= TARGET_SHARE),
+        "default_worthy": [n for n in names if within(n, DEFAULT_LOSS_DB, DEFAULT_SHARE)],
     }
+
+
+def new_default(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The candidates within ``DEFAULT_LOSS_DB`` at ``DEFAULT_SHARE`` of the time or less on every task studied."""
+    tables = [r for r in results.values() if r["rows"]]
+    if not tables:
+        return []
+    worthy = [set(r["default_worthy"]) for r in tables]
+    return sorted(set.intersection(*worthy))
 
 
 def fmt(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown(table: str, summary: dict[str, Any], other_side: Optional[int] = None) -> str:
-    other = f" | share at {other_side} px" if other_side else ""
+def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
+    """The task's summary table and its per-image table."""
+    spec = TABLES[table]
+    images = ", ".join(r["name"] for r in result["rows"]) or "none found"
     lines = [
-        f"#### {table} ({TASK_OF[table]})",
+        f"#### {spec.task}: {spec.group} ({images})",
         "",
-        f"| candidate | images | PSNR | vs defaults (mean / worst) | iterations | ms/it | est. seconds | share{other} |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if other_side else ""),
+        "| candidate | images | PSNR | vs defaults, mean / worst | iterations | seconds | share of the defaults' time |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, e in summary["candidates"].items():
-        if not e.get("images"):
-            lines.append(f"| {name} | 0 | - | - | - | - | - | -{' | -' if other_side else ''} |")
+    for name, e in result["candidates"].items():
+        if e["status"] == "unavailable":
+            lines.append(f"| {name} | unavailable: {e['why'].replace('|', '/')} | | | | | |")
             continue
+        if not e.get("images"):
+            why = "; ".join(e["errors"]).replace("|", "/") or "not run yet"
+            lines.append(f"| {name} | 0 of {e['of']}: {why} | | | | | |")
+            continue
+        count = f"{e['images']}" + ("" if e["images"] == e["of"] else f" of {e['of']}")
         lines.append(
-            f"| {name} | {e['images']} | {e['psnr']:.2f} | {e['delta_db']:+.2f} / {e['worst_delta_db']:+.2f} | "
-            f"{e['iterations']:.0f} | {fmt(e.get('ms_per_iteration'), '.0f')} | {fmt(e.get('est_seconds'), '.0f')}"
-            f" | {fmt(e.get('time_share'), '.2f')}"
-            + (f" | {fmt(e.get('time_share_other_side'), '.2f')}" if other_side else "")
-            + " |"
+            f"| {name} | {count} | {e['psnr']:.2f} | {e['delta_db']:+.2f} / {e['worst_delta_db']:+.2f} | "
+            f"{e['iterations']:.0f} | {e['seconds']:.0f} | {fmt(e.get('time_share'), '.2f')} |"
         )
-    verdict = summary["winner"] or "none within 0.5 dB with a step timing"
+    fast = result["fast"]
+    share = fmt(result["candidates"][fast]["time_share"], ".2f") if fast else "-"
     lines += [
         "",
-        f"Quickest within {MAX_LOSS_DB} dB: **{verdict}**; a third of the time or less: {summary['meets_target']}",
+        f"Quickest within {MAX_LOSS_DB} dB (mean and worst): **{fast or 'none'}** (share {share}); in a fifth of "
+        f"the time or less: {result['meets_target']}; within {DEFAULT_LOSS_DB} dB at half the time or less: "
+        f"{', '.join(result['default_worthy']) or 'none'}",
+        "",
     ]
+    shown = [n for n in names if result["candidates"][n]["status"] != "unavailable"]
+    lines += ["| image | " + " | ".join(shown) + " |", "|" + " --- |" * (len(shown) + 1)]
+    for row in result["rows"]:
+        cells = []
+        for n in shown:
+            f = row["fits"][n]
+            cells.append(
+                f"{f['psnr']:.2f} dB, {f['iterations']} it, {f['seconds']:.0f} s"
+                if f.get("psnr") is not None
+                else f.get("status", "-")
+            )
+        lines.append(f"| {row['name']} ({row.get('size', '')}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase", choices=("fits", "steps", "report"), default="report")
-    parser.add_argument("--tables", default="denoise,sr,table1", help="comma-separated: denoise, sr, table1")
+    parser.add_argument("--scale", choices=("crop", "full"), default="crop", help="the images whole, or crops")
+    parser.add_argument("--side", type=int, default=256, help="--scale crop: the centre crop's side")
+    parser.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated: {', '.join(TABLES)}")
     parser.add_argument("--candidates", default=",".join(BY_NAME), help="comma-separated names (defaults always)")
-    parser.add_argument("--side", type=int, default=128, help="centre-crop side of every image")
-    parser.add_argument("--images", type=int, default=3, help="images per group (CSet9 sigma 25 is one group)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only the images whose case name contains one")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds paper/")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fast_study")
     parser.add_argument("--cap", type=int, help="bound every fit's iterations (a smoke test of the pipeline)")
-    parser.add_argument("--repeats", type=int, default=10, help="--phase steps: timed iterations per candidate")
-    parser.add_argument(
-        "--steps-side", type=int, help="also the share with the step timings of this --side's steps phase"
-    )
+    parser.add_argument("--report", action="store_true", help="fit nothing: score what is on disk")
     parser.add_argument("--device", default="auto", help="dipc batch --device")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
     parser.add_argument("--seed", type=int, default=0)
@@ -255,60 +323,64 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--max-minutes", type=float, help="stop the fits after this long (a rerun continues)")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
-    args.pack, args.ray = 1, False  # what paper_tables.run_batch reads
+    args.pack, args.ray = 1, False  # what paper_tables.run_batch reads: one fit at a time, for its wall time
 
     tables = [t for t in args.tables.split(",") if t]
     names = ["defaults", *[n for n in args.candidates.split(",") if n and n != "defaults"]]
-    unknown = [t for t in tables if t not in GROUPS] + [n for n in names if n not in BY_NAME]
+    unknown = [t for t in tables if t not in TABLES] + [n for n in names if n not in BY_NAME]
     if unknown:
-        parser.error(f"unknown: {', '.join(unknown)} (tables: {', '.join(GROUPS)}; candidates: {', '.join(BY_NAME)})")
+        parser.error(f"unknown: {', '.join(unknown)} (tables: {', '.join(TABLES)}; candidates: {', '.join(BY_NAME)})")
     if not (args.data / "paper").is_dir():
         parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
-    candidates = [BY_NAME[n] for n in names]
-    root = args.out / (f"side{args.side}" + (f"-cap{args.cap}" if args.cap else ""))
-    steps_path = root / "steps.json"
-    steps: dict[str, dict[str, float]] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
-    other_path = args.out / f"side{args.steps_side}" / "steps.json" if args.steps_side else None
-    other: dict[str, dict[str, float]] = (
-        json.loads(other_path.read_text()) if other_path and other_path.exists() else {}
-    )
+    side = None if args.scale == "full" else args.side
+    root = args.out / ((f"crop{side}" if side else "full") + (f"-cap{args.cap}" if args.cap else ""))
     deadline = None if args.max_minutes is None else time.monotonic() + 60.0 * args.max_minutes
+    started = machine()
     documents, results, code = [], {}, 0
     for table in tables:
-        cases = study_cases(table, args.data, args.images)
+        cases = study_cases(table, args.data, args.only)
         inputs, outdir = root / "inputs" / table, root / "batch" / table
         inputs.mkdir(parents=True, exist_ok=True)
         for case in cases:
-            write_inputs(case, args.data, inputs, args.side)
-        if args.phase == "fits" and code in (0, 1):
+            write_inputs(case, args.data, inputs, side)
+        here = [n for n in names if not BY_NAME[n].tables or table in BY_NAME[n].tables]
+        absent = {n: why for n in here if (why := unavailable(BY_NAME[n], table)) is not None}
+        fitted = [BY_NAME[n] for n in here if n not in absent]
+        if cases and not args.report and code in (0, 1):
             manifest = inputs / "manifest.jsonl"
-            manifest.write_text(
-                "".join(json.dumps(r) + "\n" for r in manifest_rows(cases, candidates, table, args.cap))
-            )
+            rows = [batch_row(c, f"{c.name}-{f.name}", options_of(f, table, args.cap)) for c in cases for f in fitted]
+            manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            print(f"fast_study: {table}, {len(cases)} images x {len(fitted)} candidates, crop {side}", flush=True)
             code = run_batch(manifest, outdir, args, deadline)
-        if args.phase == "steps":
-            print(f"fast_study: timing {len(candidates)} steps on {cases[0].name} ({args.side} px)", flush=True)
-            steps[table] = time_steps(table, inputs, cases[0], candidates, args.repeats)
-            steps[table + ":machine"] = machine()
-            steps_path.write_text(json.dumps(steps, indent=1))
-        rows = [{"name": c.name, "fits": {n: fit_entry(c, outdir, inputs, n) for n in names}} for c in cases]
-        summary = summarise(table, rows, steps.get(table, {}), names, other.get(table))
-        results[table] = {"rows": rows, **summary}
-        documents.append(markdown(table, summary, args.steps_side if other.get(table) else None))
-    text = "\n\n".join(documents)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "fast_study.json").write_text(
-        json.dumps(
-            {
-                "side": args.side,
-                "candidates": [c.__dict__ for c in candidates],
-                "machine": machine(),
-                "tables": results,
-            },
-            indent=1,
-            default=str,
-        )  # fmt: skip
+        failed = failures(outdir)
+        rows = [{"name": c.name, "fits": {n: entry(c, outdir, inputs, n, failed) for n in here}} for c in cases]
+        for row, case in zip(rows, cases, strict=True):
+            with Image.open(inputs / case.reference) as reference:
+                row["size"] = f"{reference.width}x{reference.height}"
+        results[table] = {"task": TASK_OF[table], "rows": rows, **summarise(rows, here, absent)}
+        documents.append(markdown(table, results[table], here))
+    verdict = new_default(results)
+    head = (
+        f"Scale: {'full size' if side is None else f'{side} px centre crops'}"
+        + (f", iterations capped at {args.cap}" if args.cap else "")
+        + f"; a new default (within {DEFAULT_LOSS_DB} dB at half the time or less on every task): "
+        + (", ".join(verdict) or "none")
     )
+    root.mkdir(parents=True, exist_ok=True)
+    document = {
+        "scale": args.scale,
+        "side": side,
+        "cap": args.cap,
+        "command": " ".join(["python -m benchmarks.fast_study", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine_at_start": started,
+        "machine_at_end": machine(),
+        "candidates": [asdict(BY_NAME[n]) for n in names],
+        "tables": results,
+        "new_default": verdict,
+    }
+    (root / "fast_study.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
+    text = head + "\n\n" + "\n\n".join(documents)
     (root / "fast_study.md").write_text(text + "\n")
     print(text, flush=True)
     return 0 if code in (0, 1) else 130

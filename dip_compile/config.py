@@ -512,6 +512,13 @@ class FitConfig:
         resume=True,
         help="total iterations (preset: the paper's count)",
     )
+    coarse_share: float = option(
+        0.0,
+        flag="--coarse-share",
+        panel="fitting",
+        help="coarse to fine: fit this share of --iterations at half resolution, the rest at full size from the "
+        "same weights (0 = off; docs/fast.md)",
+    )
     lr: float = option(0.01, flag="--lr", panel="fitting", resume=True, help="Adam learning rate")
     lr_schedule: LrSchedule = option(
         LrSchedule.constant,
@@ -669,6 +676,7 @@ class FitConfig:
         if not isinstance(self.net, NetConfig):
             raise ConfigError("net must be a NetConfig")
         _count(self, "iterations", 1, 10**9)
+        _finite(self, "coarse_share", 0, 1, high_open=True)
         _finite(self, "lr", 0, 10, low_open=True)
         _count(self, "lr_warmup", 0, 10**9)
         _finite(self, "reg_noise_std", 0, 100)

@@ -156,7 +156,7 @@ def probe_seconds(config: FitConfig, canvas: tuple[int, int], channels: int, dev
     m = config.net.multiple
     side = max(m, 128 // m * m)
     small = (min(side, canvas[0]), min(side, canvas[1]))
-    probe = config.replace(iterations=1 + steps, stop="fixed", log_every=10**6)
+    probe = config.replace(iterations=1 + steps, stop="fixed", log_every=10**6, coarse_share=0.0)
     fitter = Fitter(probe, _probe_problem(probe, small, channels), device=device)
     fitter.run(1)
     if device.startswith("cuda"):

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import drp, kernels, presets, tasks
+from . import coarse, drp, kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint
 from .config import DECODERS, FitConfig, Generator, InputKind, NetConfig, check_depth, check_types, flag_of
@@ -382,6 +382,7 @@ def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitCon
     if noise is not None or job.from_reference:
         reference = reference if reference is not None else clean
     problem = make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
+    coarse.check(config, problem.size)  # (the fitter checks it too: here, so that --dry-run refuses alike)
     return config, dataclasses.replace(problem, notes=tuple(notes))
 
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from .acceleration import Fallback, choose, fp32_plan
+from .coarse import coarse_phase, full_input, to_full
 from .config import Choice, FinalImage, FitConfig
 from .metrics import psnr
 from .network import build_network, make_input, set_save_memory
@@ -207,6 +208,9 @@ class Fitter:
         self.net_input.requires_grad_(config.net.trains_input)  # DRP: the input is fitted (see ``optimised``)
         self.last_input: torch.Tensor | None = None  # the last perturbed input, kept for FinalImage.perturbed
         self.crop = CenterCrop(problem.canvas, problem.size)
+        self.coarse = coarse_phase(config, self.problem, self.device)  # --coarse-share: the half-size phase
+        self.net_input = full_input(config, self.coarse, self.net_input, problem.canvas)
+        self.fit_problem, self.fit_crop = self.problem, self.crop  # what the step fits now (see _enter_phase)
         self.plan = choose(config, self.device, problem.canvas)
         self.optimizer = torch.optim.Adam(self.optimised(), lr=config.lr, **self.plan.optimizer_options())
         self.fallbacks: list[dict[str, Any]] = []
@@ -221,7 +225,7 @@ class Fitter:
         if problem.reference is not None:
             self.history.update(psnr_reference=[], psnr_reference_ema=[])
         self.elapsed = 0.0
-        self.step = self.make_step()
+        self._enter_phase()
 
     def optimised(self) -> list[torch.Tensor]:
         """What Adam steps and backtracking restores: the network's parameters (a frozen one gets no gradient, so
@@ -230,7 +234,23 @@ class Fitter:
         return [*params, self.net_input] if self.net_input.requires_grad else params
 
     def make_step(self) -> Step:
-        return build_step(self.plan, self.net, self.problem, self.crop, self.device)
+        return build_step(self.plan, self.net, self.fit_problem, self.fit_crop, self.device)
+
+    def coarse_now(self) -> bool:
+        """Whether the next iteration runs at half size (``--coarse-share``)."""
+        return self.coarse is not None and self.coarse.active(self.iteration)
+
+    def _enter_phase(self) -> None:
+        """The problem, crop and step of the phase the next iteration is in: the coarse phase's, else the fit's."""
+        coarse = self.coarse if self.coarse_now() else None
+        self.fit_problem = coarse.problem if coarse is not None else self.problem
+        self.fit_crop = coarse.crop if coarse is not None else self.crop
+        self.step = self.make_step()
+
+    def _start_full_size(self) -> None:
+        """The switch from the coarse phase: backtracking's last good PSNR was the half-size observation's."""
+        self.backtrack_psnr = torch.full_like(self.backtrack_psnr, float("-inf"))
+        self._enter_phase()
 
     def _check_finite(self) -> None:
         """At a log point (the host syncs there anyway): after NaN/inf in reduced precision, go on in fp32."""
@@ -277,10 +297,11 @@ class Fitter:
 
     # --- one iteration -------------------------------------------------------------------------------------
     def perturbed_input(self) -> torch.Tensor:
+        base = self.coarse.net_input if self.coarse is not None and self.coarse_now() else self.net_input
         if self.config.reg_noise_std <= 0:
-            return self.net_input
-        noise = torch.randn(self.net_input.shape, generator=self.generator, device=self.device)
-        return self.net_input + self.config.reg_noise_std * noise
+            return base
+        noise = torch.randn(base.shape, generator=self.generator, device=self.device)
+        return base + self.config.reg_noise_std * noise
 
     def backtracks_now(self) -> bool:
         """Whether this iteration (0-based, before it runs) checks for backtracking: every ``backtrack_every``-th,
@@ -298,7 +319,7 @@ class Fitter:
         params = [p.detach() for p in self.optimised()]
         if self.backtrack_saved is None:
             self.backtrack_saved = [p.clone() for p in params]
-        current = psnr(self.problem.operator(out), self.problem.observation)
+        current = psnr(self.fit_problem.operator(out), self.fit_problem.observation)
         assert self.config.backtrack_db is not None
         bad = (self.backtrack_psnr - current) > self.config.backtrack_db
         for param, saved in zip(params, self.backtrack_saved, strict=True):
@@ -312,8 +333,9 @@ class Fitter:
 
     def iteration_session(self) -> Session[tuple[torch.Tensor, torch.Tensor]]:
         """One iteration, whose forward/backward step is computed by whoever drives it (see ``StepRequest``)."""
+        coarse = self.coarse_now()  # (the EMA and auto-stop watch only full-size outputs)
         net_input = self.perturbed_input()
-        if self.config.final_image == FinalImage.perturbed:
+        if self.config.final_image == FinalImage.perturbed and not coarse:
             self.last_input = net_input.detach()
         loss, out = yield StepRequest(self, net_input)
         if self.backtracks_now():
@@ -321,11 +343,13 @@ class Fitter:
         self._set_learning_rate()
         self.step.optimizer_step(self.optimizer)
         out = out.float()
-        if self.config.ema is not None:
+        if self.config.ema is not None and not coarse:
             self.ema = out.clone() if self.ema is None else self.ema.lerp_(out, 1.0 - self.config.ema)
         self.iteration += 1
-        if self.stopper is not None:
+        if self.stopper is not None and not coarse:
             self.stopper.update(out, self.iteration, keep=self.ema)
+        if coarse and not self.coarse_now():
+            self._start_full_size()
         return loss, out
 
     def _set_learning_rate(self) -> None:
@@ -336,8 +360,13 @@ class Fitter:
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _log(self, loss: torch.Tensor, out: torch.Tensor, total: int, rate: float, seconds: float) -> LogRecord:
-        ref = self.problem.reference
-        p_obs = psnr(self.problem.operator(out), self.problem.observation).item()
+        ref, problem = self.problem.reference, self.problem
+        if tuple(out.shape[-2:]) != problem.size:  # a half-size output (the last one is logged after the switch)
+            assert self.coarse is not None
+            problem = self.coarse.problem
+        p_obs = psnr(problem.operator(out), problem.observation).item()
+        if problem is not self.problem:  # its reference PSNR: upsampled to the full size
+            out = to_full(out, self.problem.size)
         p_ref = psnr(out, ref).item() if ref is not None else None
         p_ema = psnr(self.ema, ref).item() if ref is not None and self.ema is not None else p_ref
         record = LogRecord(self.iteration, total, float(loss.item()), p_obs, p_ref, p_ema, rate)
@@ -442,6 +471,7 @@ class Fitter:
             "stopper": None if self.stopper is None else _to_cpu(self.stopper.state_dict()),
             "history": self.history,
             "elapsed": self.elapsed,
+            "coarse_until": 0 if self.coarse is None else self.coarse.until,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -470,8 +500,10 @@ class Fitter:
             self.stopper.load_state_dict(state["stopper"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.elapsed = float(state.get("elapsed", 0.0))
+        if self.coarse is not None:  # where the saved fit switches to full size (--iterations may have changed)
+            self.coarse.until = int(state.get("coarse_until", self.coarse.until))
         self._set_learning_rate()  # a resumed fit may change the learning rate or its schedule
-        self.step = self.make_step()
+        self._enter_phase()
 
 
 def _to_cpu(obj: Any) -> Any:

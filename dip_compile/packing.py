@@ -33,7 +33,7 @@ def pack_key(fitter: Fitter) -> Hashable:
     """Fits with equal keys can share one batched step."""
     return (
         repr(fitter.config.net),
-        fitter.problem.canvas,
+        fitter.fit_problem.canvas,  # (a coarse-to-fine fit's half-size phase packs with its own kind)
         str(fitter.device),
         fitter.plan.precision,
         fitter.plan.backend,
@@ -91,8 +91,8 @@ class PackedStep:
         outs = outs.float()
         losses, replies = [], []
         for f, out in zip(fitters, outs, strict=True):
-            out = f.crop(out)
-            loss = f.problem.loss(out)
+            out = f.fit_crop(out)
+            loss = f.fit_problem.loss(out)
             losses.append(loss)
             replies.append((loss.detach(), out.detach()))
         torch.stack(losses).sum().backward()  # each fit's loss reaches only its own weights

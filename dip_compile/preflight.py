@@ -10,10 +10,11 @@ from typing import Any, Optional
 import torch
 
 from .acceleration import choose
+from .coarse import coarse_iterations, half_size
 from .config import FitConfig
 from .errors import DipError
-from .estimate import Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
-from .problem import Problem
+from .estimate import TIME_EXPONENT, Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
+from .problem import Problem, canvas_for
 from .tasks import names
 
 MEMORY_SHARE = 0.9  # of the machine's (or GPU's) memory a fit may plan to use
@@ -71,10 +72,15 @@ def dry_run(config: FitConfig, problem: Problem, device: str, console: Any, done
     guess = check_memory(config, problem, device)
     seconds = probe_seconds(config, problem.canvas, problem.channels, device)
     left = config.iterations - done
+    coarse = min(left, max(0, coarse_iterations(config) - done))  # --coarse-share: the iterations at half size
+    half = canvas_for(config.net, half_size(problem.size))
+    shrunk = (half[0] * half[1] / (problem.canvas[0] * problem.canvas[1])) ** TIME_EXPONENT  # as probe_seconds scales
+    total = (left - coarse + coarse * shrunk) * seconds
     auto = ", less if auto-stop ends it sooner" if config.stop == "auto" else ""
+    at_half = f", {coarse} of them at half size" if coarse else ""
     console.print(
         f"dry run: {guess.describe()}; about {seconds:.2f} s per iteration ({choose(config, device, problem.canvas).describe()}), "
-        f"{left} iterations: about {_duration(left * seconds)}{auto}; nothing was fitted or written"
+        f"{left} iterations{at_half}: about {_duration(total)}{auto}; nothing was fitted or written"
     )
     return 0
 

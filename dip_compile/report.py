@@ -66,6 +66,7 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         "iterations_per_second": result.iterations_per_second,
         "backtracks": result.backtracks,
         "stop": result.stop_info,
+        "coarse": None if fitter.coarse is None else fitter.coarse.describe(),  # --coarse-share's half-size phase
         # the iteration whose image is returned: with auto stopping the variance minimum's (its EMA up to 99
         # iterations later: stop.kept_iteration; stop.chosen_iteration is the minimum), else the last one
         "chosen_iteration": result.stop_info.get("kept_iteration")

@@ -179,6 +179,11 @@ def check_config(config: FitConfig, tile: int, overlap: int) -> None:
             f"--tile ({tile}) must be larger than twice --overlap ({overlap}): a tile would be all overlap; use a "
             "larger --tile or a smaller --overlap"
         )
+    if config.coarse_share:
+        raise DipError(
+            "--coarse-share does not apply with --tile: each tile is a small fit of its own; fit the whole image, or "
+            "tile it without --coarse-share"
+        )
     if tile % config.factor:  # (the factor is 1 unless the task scales)
         raise DipError(
             f"--tile is in output pixels and must be a multiple of --factor {config.factor} for {config.task}, got {tile}"

@@ -27,6 +27,7 @@ IN_CONTEXT: dict[str, tuple[str, list[str], str, Any]] = {
     "keep_known": ("inpaint", [], "", True),
     "preset": ("denoise", [], "snail", "snail"),
     "tv_weight": ("denoise", [], "0.5", 0.5),  # (0 by default: half of it is the same)
+    "coarse_share": ("denoise", [], "0.5", 0.5),  # (off by default: 0, which halves to itself)
 }
 
 
