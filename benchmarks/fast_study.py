@@ -82,7 +82,6 @@ CANDIDATES: tuple[Candidate, ...] = (
     ),
     # Deep Random Projector (branch drp): random frozen convolutions, the input and BatchNorm fitted
     Candidate("drp", ("--generator", "drp"), "Deep Random Projector"),
-    Candidate("drp-c2f-50", ("--generator", "drp", "--coarse-share", "0.5"), "DRP, half at half size"),
     # stopping rules that need no clean image (branch stop-r3), against the fixed counts
     Candidate("stop-holdout", ("--stop", "holdout"), "stop at the minimum of held-out known pixels' error", FIXED),
     Candidate("stop-plateau", ("--stop", "plateau"), "stop when the EMA image stops changing", FIXED),

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FitConfig, InputKind, NetConfig
+from .config import FitConfig, Generator, InputKind, NetConfig
 from .degradations import Blur, Downsampler, Identity, Mask
 from .errors import DipError
 from .network import make_input
@@ -57,6 +57,8 @@ def check(config: FitConfig, size: tuple[int, int]) -> None:
     network's smallest canvas (otherwise it is padded to that canvas and the coarse phase saves nothing)."""
     if not config.coarse_share:
         return
+    if config.net.generator == Generator.drp:  # its input is what it fits: the switch would replace it unfitted
+        raise DipError("--coarse-share does not apply to --generator drp (its fitted input cannot be upsampled)")
     net, half = config.net, half_size(size)
     if min(half) < net.min_side:
         raise DipError(

@@ -196,3 +196,10 @@ def test_without_a_share_the_fit_is_unchanged() -> None:
     zero = Fitter(cfg.replace(coarse_share=0.0), make_problem(cfg, CLEAN))
     assert plain.coarse is None and zero.coarse is None
     assert torch.equal(plain.run().image, zero.run().image)
+
+
+def test_drp_with_a_coarse_phase_is_refused_in_one_line(tmp_path):
+    image = save_png(smooth_image(128, 128), tmp_path / "p.png")
+    code, err = dipc("fit", "denoise", image, "-o", tmp_path / "o.png", "--generator", "drp", "--coarse-share", "0.5")
+    assert code == 2 and "--coarse-share does not apply to --generator drp" in err and err.count("\n") <= 1, err
+    assert not (tmp_path / "o.png").exists()
