@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import save_checkpoint
-from .config import FitConfig, command_line_defaults
-from .fitjob import FitJob, NetShape, load_problem, resolve_device
+from .fitjob import FitJob, NetShape, load_problem, resolve_device, with_command_line_defaults
 from .fitting import FitResult, Fitter, LogRecord
 from .restore import validate_job
 
@@ -64,9 +63,10 @@ def restore_image(
         preset=preset,
         paper_exact=paper_exact,
         fast=fast,
-        settings={**command_line_defaults(FitConfig), **settings},
+        settings=settings,
         net=net,
     )
+    job = with_command_line_defaults(job)  # dipc fit's auto device, backend and precision, as every edge
     validate_job(job)
     config, problem = load_problem(job)
     config = config.replace(device=resolve_device(str(config.device)))

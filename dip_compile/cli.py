@@ -296,7 +296,7 @@ def fit_job(params: dict[str, Any]) -> FitJob:
     """The ``FitJob`` of ``dipc fit``'s parsed options, by parameter name (a setting's is its config field's name).
     The settings the user gave go to ``FitJob.settings``, the network's to ``NetShape``, whose fields are named
     after the config field or, where the two differ, after the flag (--skip-channels, --input)."""
-    from .fitjob import FitJob, NetShape  # (imports torch: not at the top, so that dipc --help stays fast)
+    from .fitjob import FitJob, NetShape, with_command_line_defaults  # (torch: not at the top, --help stays fast)
 
     if params["output"] is None and not params["dry_run"]:
         fail("missing -o/--output: where to write the restored image")
@@ -314,7 +314,7 @@ def fit_job(params: dict[str, Any]) -> FitJob:
         name = f.name if f.name in shape_fields else f.metadata["flag"].removeprefix("--").replace("-", "_")
         net[name] = _plain(params[f.name])
     job["output"] = job["output"] or Path("dry-run.png")
-    return FitJob(**job, settings=settings, net=NetShape(**net))
+    return with_command_line_defaults(FitJob(**job, settings=settings, net=NetShape(**net)))
 
 
 def _plain(value: Any) -> Any:

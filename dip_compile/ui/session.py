@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DipError
-from ..fitjob import FitJob, NetShape
+from ..fitjob import FitJob, NetShape, with_command_line_defaults
 from ..fitting import Fitter, LogRecord, drive
 from ..imageio import to_pil
 from ..progress import status_line
@@ -91,10 +91,10 @@ class Workspace:
         return self.path("restored.ckpt")
 
     def job(self, form: Form) -> FitJob:
-        """The ``FitJob`` of a new fit: the same one ``dipc fit`` would build from these options."""
+        """The ``FitJob`` of a new fit: the one ``dipc fit`` builds from these options, its defaults included."""
         settings: dict[str, Any] = {"iterations": form.iterations, "seed": form.seed, "factor": form.factor}
         settings["kernel"] = form.kernel or None
-        return FitJob(
+        job = FitJob(
             output=self.output,
             task=form.task,
             image=_path(form.image),
@@ -103,17 +103,19 @@ class Workspace:
             reference=_path(form.reference),
             preset=form.preset or None,
             fast=form.fast,
-            settings={k: v for k, v in settings.items() if v is not None},
+            settings=settings,
             net=NetShape(channels=form.channels or None, depth=form.depth or None),
             **self._outputs(form.timelapse_every),
         )
+        return with_command_line_defaults(job)
 
     def resumed_job(self, iterations: Optional[int], timelapse_every: int = 0) -> FitJob:
         """Continue the fit saved in this session's checkpoint (as ``dipc fit --resume``), up to ``iterations``."""
         if not self.checkpoint.exists():
             raise DipError("nothing to continue: start a fit first (Stop saves it so that it can continue)")
         settings = {"iterations": iterations} if iterations else {}
-        return FitJob(output=self.output, resume=self.checkpoint, settings=settings, **self._outputs(timelapse_every))
+        job = FitJob(output=self.output, resume=self.checkpoint, settings=settings, **self._outputs(timelapse_every))
+        return with_command_line_defaults(job)
 
     def _outputs(self, timelapse_every: int) -> dict[str, Any]:
         timelapse = {"timelapse": self.path("timelapse.webp"), "timelapse_every": timelapse_every}
