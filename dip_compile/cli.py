@@ -28,6 +28,7 @@ from .export_options import (
     Provider,
     Weights,
 )
+from .ui import MAX_UPLOAD_MB
 
 if TYPE_CHECKING:
     from .fitjob import FitJob
@@ -603,6 +604,7 @@ def ui(
         str, typer.Option(help="address to serve on; anything but this machine exposes it to the network")
     ] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="port (default: the first free one from 7860)")] = None,
+    max_upload: Annotated[int, typer.Option(help="largest file a user may upload, in MB")] = MAX_UPLOAD_MB,
 ) -> None:
     """Open the web app: paint a mask, watch the fit, download the image and its ONNX model (the 'ui' extra)."""
     try:
@@ -610,12 +612,14 @@ def ui(
     except ImportError:
         fail("dipc ui needs the ui extra: pip install 'dip-compile[ui]'")
     from .ui import LOCAL_HOSTS, serve
+    from .ui.app import check_address
 
+    check_address(host, port)  # (refused before the warning below)
     if host not in LOCAL_HOSTS:
         typer.echo(
             f"dipc: warning: serving on {host}: anyone who can reach it can run fits and read the results", err=True
         )
-    serve(host, port)
+    serve(host, port, max_upload)
 
 
 def _usage_exception() -> type[Exception]:

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import ONCE
-from ui_server import SIDE, mask, photo, serve
+from ui_server import SIDE, Server, free_port, mask, photo
 
 pytest.importorskip("gradio", reason="the 'ui' extra is not installed (make setup installs it)")
 gradio_client = pytest.importorskip("gradio_client")
@@ -30,9 +30,29 @@ NET = ["8", 2]  # --channels 8 --depth 2
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
+    """The module's server. Its end is a test too: SIGTERM (a service manager's stop) while a fit runs stops the
+    fit, then the server, removes the sessions' folder and exits 0 (it aborted with 134: "terminate called
+    without an active exception", the fit's thread inside torch at exit)."""
     folder = tmp_path_factory.mktemp("ui")
-    for url in serve(folder / "server.log"):
-        yield gradio_client.Client(url, verbose=False), folder
+    server = Server(folder)
+    try:
+        c = gradio_client.Client(server.url(), verbose=False)
+        yield c, folder
+        running = c.submit(*fit_args(photo(folder / "photo.png"), mask(folder / "mask.png"), 100_000), api_name="/fit")
+        wait_until_fitting(running)
+        assert server.folders(), "no session folder while a fit runs"
+    finally:
+        code = server.terminate()
+    log = server.log.read_text()
+    assert code == 0 and "terminate called" not in log, log
+    assert not server.folders(), log
+
+
+def wait_until_fitting(job, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not any(re.search(r"inpaint \d+/100000", out[0] or "") for out in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()
+        time.sleep(0.2)
 
 
 def fit_args(image: Path, mask_file: Path | None, iterations: int, timelapse_every: int = 0) -> list:
@@ -101,10 +121,7 @@ def _text(path: Path) -> Path:
 def test_stop_saves_the_fit_and_continue_finishes_it(client):
     c, folder = client
     job = c.submit(*fit_args(photo(folder / "photo.png"), mask(folder / "mask.png"), 100_000), api_name="/fit")
-    deadline = time.monotonic() + 120
-    while not any("/100000" in (out[0] or "") for out in job.outputs()):  # the fit is running
-        assert time.monotonic() < deadline and not job.done(), job.outputs()
-        time.sleep(0.2)
+    wait_until_fitting(job)
     c.predict(api_name="/stop")
     status = job.result()[0]
     stopped = re.search(r"interrupted at iteration (\d+)", status)
@@ -197,17 +214,39 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
 def test_a_non_local_host_is_served_with_a_warning(monkeypatch, capsys):
     import dip_compile.ui
 
-    served: list[tuple[str, int | None]] = []
-    monkeypatch.setattr(dip_compile.ui, "serve", lambda host, port: served.append((host, port)))
+    served: list[tuple[str, int | None, int]] = []
+    monkeypatch.setattr(dip_compile.ui, "serve", lambda host, port, upload: served.append((host, port, upload)))
     from dip_compile.cli import main
 
+    port = free_port()
     for host in ("127.0.0.1", "0.0.0.0"):
         with pytest.raises(SystemExit) as exited:
-            main(["ui", "--host", host, "--port", "8123"])
+            main(["ui", "--host", host, "--port", str(port)])
         assert exited.value.code == 0
-    assert served == [("127.0.0.1", 8123), ("0.0.0.0", 8123)]
+    assert served == [("127.0.0.1", port, 50), ("0.0.0.0", port, 50)]
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "0.0.0.0" in err
+
+
+def test_an_address_it_cannot_serve_on_is_one_line(capsys):
+    """The real ``serve``: a port out of range, a host that is not this machine's, a port in use (it was a
+    traceback: OverflowError from gradio's socket, httpx's InvalidURL for ::1)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        cases = {
+            ("--port", "-1"): "--port must be a port number from 1 to 65535, got -1",
+            ("--port", "70000"): "--port must be a port number from 1 to 65535, got 70000",
+            ("--host", "no-such-host.invalid"): "--host no-such-host.invalid: not an address to serve on",
+            ("--port", busy): f"cannot serve on 127.0.0.1 port {busy}: Address already in use",
+            ("--max-upload", "0"): "--max-upload must be at least 1 (MB), got 0",
+        }
+        for args, message in cases.items():
+            error = cli_error(capsys, "ui", *args)
+            assert error.startswith(message) and "\n" not in error, (args, error)
 
 
 def _raw_call(url: str, api_name: str, data: list, session_hash: str) -> list:
@@ -293,3 +332,98 @@ def test_whole_refuses_what_is_not_a_whole_number_in_one_line():
     for value in (float("nan"), float("inf"), 2.5, "two", [1], True):
         with pytest.raises(DipError, match=r"^Seed must be a whole number, not "):
             whole(value, "Seed", zero=True)
+
+
+def test_sigterm_during_start_up_leaves_nothing_behind(tmp_path):
+    """SIGTERM as soon as the server has made its sessions' folder (while it builds the page): the folder is
+    removed and it exits 0 (the folder was left behind, exit 143)."""
+    server = Server(tmp_path)
+    try:
+        deadline = time.monotonic() + 90
+        while not server.folders():
+            assert server.process.poll() is None and time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.02)
+    finally:
+        code = server.terminate()
+    assert code == 0 and not server.folders(), (code, server.log.read_text())
+
+
+def ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        free_port("::1")
+    except OSError:
+        return False
+    return socket.has_ipv6
+
+
+@pytest.fixture(scope="module")
+def local():
+    """The page served in this process (``app.start``, as ``dipc ui --max-upload 1`` starts it), on the IPv6
+    loopback where there is one: what this process changes (the machine's memory) reaches its fits."""
+    from dip_compile.ui.app import Sessions, shut, start
+
+    host = "::1" if ipv6_loopback() else "127.0.0.1"
+    sessions = Sessions()
+    page = start(sessions, host, free_port(host), max_upload_mb=1)
+    try:
+        yield gradio_client.Client(page.local_url, verbose=False), host
+    finally:
+        shut(sessions, page)
+    assert not sessions.root.exists()
+
+
+def test_served_on_the_ipv6_loopback(local):
+    import httpx
+
+    c, host = local
+    if host != "::1":
+        pytest.skip("no IPv6 loopback on this machine")
+    assert c.src.startswith("http://[::1]:") and httpx.get(c.src, timeout=30).status_code == 200
+
+
+def test_an_upload_over_the_limit_is_refused_and_the_page_says_the_limit(local, tmp_path):
+    import httpx
+
+    c, _ = local
+    labels = [
+        d.get("props", {}).get("label") or "" for d in httpx.get(c.src + "config", timeout=30).json()["components"]
+    ]
+    assert any("up to 1 MB" in label for label in labels), labels
+    noise = np.random.default_rng(0).integers(0, 256, (620, 620, 3), np.uint8)  # > 1 MB as a PNG
+    Image.fromarray(noise).save(big := tmp_path / "big.png")
+    assert big.stat().st_size > 2**20
+    with open(big, "rb") as f:
+        refused = httpx.post(c.src + "gradio_api/upload", files={"files": ("big.png", f)}, timeout=30)
+    assert refused.status_code == 413 and "maximum" in refused.text, refused.text
+    assert Path(_upload(c.src, photo(tmp_path / "photo.png"))["path"]).name == "photo.png"  # under the limit
+
+
+def test_a_fit_too_large_for_memory_is_refused_in_the_page_as_dipc_fit_refuses_it(local, tmp_path, monkeypatch, capsys):
+    from dip_compile import preflight
+
+    monkeypatch.setattr(preflight, "available_bytes", lambda device: (64 * 2**20, "memory"))  # a 64 MiB machine
+    c, _ = local
+    image, mask_file = photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png")
+    status, preview, _, _ = c.predict(*fit_args(image, mask_file, 6), api_name="/fit")
+    args = ["fit", "inpaint", image, "--mask", mask_file, "--preset", PRESET, "--iterations", "6", "--channels"]
+    expected = cli_error(capsys, *args, NET[0], "--depth", NET[1], "-o", tmp_path / "out.png")
+    assert status == expected and preview is None, status
+    assert "this machine has 64 MiB of memory; it would fit with" in status, status
+
+
+def test_a_second_fit_is_told_its_place_in_the_queue(client):
+    c, folder = client
+    other = gradio_client.Client(c.src, verbose=False)  # another user: another session
+    first = c.submit(*fit_args(photo(folder / "photo.png"), mask(folder / "mask.png"), 100_000), api_name="/fit")
+    wait_until_fitting(first)
+    second = other.submit(*fit_args(photo(folder / "photo.png"), mask(folder / "mask.png"), 6), api_name="/fit")
+    deadline = time.monotonic() + 60
+    while (state := second.status()).code != gradio_client.utils.Status.IN_QUEUE or state.rank is None:
+        assert time.monotonic() < deadline and not second.done(), state
+        time.sleep(0.1)
+    assert (state.rank, state.queue_size) == (0, 1), state  # first in line, behind the running fit
+    c.predict(api_name="/stop")
+    assert first.result()[0].startswith("stopped"), first.outputs()
+    assert "6 iterations (completed)" in second.result()[0]  # its turn came
