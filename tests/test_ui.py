@@ -69,6 +69,7 @@ def test_tiny_inpainting_fit_end_to_end_with_its_downloads(client):
         *fit_args(photo(folder / "photo.png"), mask(folder / "mask.png"), 6, timelapse_every=2), api_name="/fit"
     )
     assert "6 iterations (completed)" in status, status
+    assert "dipc-ui" not in status and "restored.png" not in status, status  # no server paths
     by_name = {Path(f).name: Path(f) for f in files}
     assert set(by_name) == {"restored.png", "report.json", "restored.ckpt", "restored.onnx", "timelapse.webp"}
     with Image.open(by_name["restored.png"]) as restored:
@@ -124,8 +125,8 @@ def test_stop_saves_the_fit_and_continue_finishes_it(client):
     wait_until_fitting(job)
     c.predict(api_name="/stop")
     status = job.result()[0]
-    stopped = re.search(r"interrupted at iteration (\d+)", status)
-    assert status.startswith("stopped") and stopped, status
+    stopped = re.match(r"stopped at iteration (\d+) of 100000: .*Continue goes on from here", status)
+    assert stopped and not re.search(r"dipc-ui|/tmp|--resume|restored\.", status), status  # plain: no server paths
     at = int(stopped.group(1))
     status, _, _, files = c.predict(at + 4, 0, api_name="/continue")
     assert f"{at + 4} iterations (completed)" in status, status
@@ -149,6 +150,25 @@ def chromium() -> str:
 # Iterations of the fit the browser watches: enough that it still runs for seconds on a fast CPU (60 once finished
 # between two looks at the page on a Xeon with AMX, so only the final preview was seen).
 WATCHED = 600
+
+
+# Whether an <img> shows all of its image: the picture drawn (object-fit contain: the element's box shrunk to the
+# image's aspect) lies inside every ancestor that clips (overflow), and no transform zooms it
+SHOWN_WHOLE = """(e) => {
+  const r = e.getBoundingClientRect(), style = getComputedStyle(e);
+  const k = ["contain", "scale-down"].includes(style.objectFit)
+    ? Math.min(r.width / e.naturalWidth, r.height / e.naturalHeight) : null;
+  const w = k ? e.naturalWidth * k : r.width, h = k ? e.naturalHeight * k : r.height;
+  const x = r.left + (r.width - w) / 2, y = r.top + (r.height - h) / 2;
+  let inside = e.naturalWidth > 0 && (k !== null || Math.abs(r.width / r.height - e.naturalWidth / e.naturalHeight) < 0.02);
+  for (let a = e.parentElement; a; a = a.parentElement) {
+    if (getComputedStyle(a).overflow === "visible") continue;
+    const c = a.getBoundingClientRect();
+    inside = inside && x >= c.left - 1 && y >= c.top - 1 && x + w <= c.right + 1 && y + h <= c.bottom + 1;
+  }
+  const scale = new DOMMatrix(style.transform === "none" ? undefined : style.transform).a;
+  return {whole: inside && Math.abs(scale - 1) < 1e-6, natural: [e.naturalWidth, e.naturalHeight], drawn: [x, y, w, h]};
+}"""
 
 
 def preset_iterations(name: str) -> int:
@@ -189,7 +209,7 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
         previews: set[str] = set()
         deadline = time.monotonic() + 180
         while f"{WATCHED} iterations (completed)" not in (shown := status.input_value()):  # previews while it fits
-            assert time.monotonic() < deadline and re.match(rf"photo|estimate|starting|inpaint \d+/{WATCHED}", shown), (
+            assert time.monotonic() < deadline and re.match(rf"photo|checking|starting|inpaint \d+/{WATCHED}", shown), (
                 shown
             )  # else refused
             if preview.count():
@@ -197,6 +217,9 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
             time.sleep(0.05)
         previews.add(preview.get_attribute("src") or "")
         assert len(previews) >= 2, previews  # the preview moved on as the image formed
+        for selector in ("#preview img", "#compare img"):  # each image whole in its panel
+            shown = [page.locator(selector).nth(i).evaluate(SHOWN_WHOLE) for i in range(page.locator(selector).count())]
+            assert shown and all(s["whole"] for s in shown), (selector, shown)
         row = page.locator("#downloads tr", has_text=re.compile(r"restored\s*\.png"))
         link = row.locator("td.download a")
         with page.expect_download() as download:
@@ -425,5 +448,82 @@ def test_a_second_fit_is_told_its_place_in_the_queue(client):
         time.sleep(0.1)
     assert (state.rank, state.queue_size) == (0, 1), state  # first in line, behind the running fit
     c.predict(api_name="/stop")
-    assert first.result()[0].startswith("stopped"), first.outputs()
+    assert first.result()[0].startswith("stopped at iteration"), first.outputs()
     assert "6 iterations (completed)" in second.result()[0]  # its turn came
+
+
+def test_the_first_progress_comes_from_the_first_steps_and_stop_is_plain(tmp_path):
+    """The status counts iterations from the first step, not from the first log point (at 0.63 it/s, 16 s with the
+    default log interval of 10: here 1000); Stop's status points to Continue, without the server's paths."""
+    import dataclasses
+
+    from dip_compile.ui.session import Form, LiveFit, Workspace
+
+    ws = Workspace(tmp_path / "session")
+    form = Form("inpaint", str(photo(tmp_path / "photo.png")), str(mask(tmp_path / "mask.png")), preset=PRESET,
+                iterations=100_000, channels=NET[0], depth=NET[1])  # fmt: skip
+    job = ws.job(form)
+    live = LiveFit(dataclasses.replace(job, settings={**job.settings, "log_every": 1000}), ws.stop).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not re.match(r"inpaint \d+/100000", status := live.status()):
+            assert time.monotonic() < deadline and not live.done.is_set(), (status, live.error)
+            time.sleep(0.005)
+    finally:
+        ws.stop.set()
+        live.done.wait(60)
+    first = int(status.split()[1].split("/")[0])
+    assert first < 1000 and "loss" not in status, status  # before the first log point
+    summary = live.summary()
+    assert live.code == 130 and re.match(r"stopped at iteration \d+ of 100000: .*Continue", summary), summary
+    assert str(tmp_path) not in summary and "--resume" not in summary, summary
+
+
+def test_a_long_fits_estimate_names_the_quicker_choice(local, tmp_path, monkeypatch):
+    """Before a fit of more than a few minutes: its estimate and Fast's (the preset's own iterations: Fast's share
+    of them, on a narrower network); a short fit's estimate names none. The probe is faked: 2 s an iteration, 0.5 s
+    with Fast."""
+    from dip_compile import preflight, presets
+
+    monkeypatch.setattr(preflight, "probe_seconds", lambda config, *args, **kw: 0.5 if config.fast else 2.0)
+    c, _ = local
+    image, mask_file = photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png")
+    its = preset_iterations(PRESET)
+    fast_its = presets.faster(presets.get(PRESET, "inpaint").fit_config()).iterations
+    args = fit_args(image, mask_file, its)
+    args[10:12] = ["", None]  # the preset's own network
+    status = c.predict(*args, api_name="/estimate")
+    assert status.startswith(f"estimate: about {preflight.duration(its * 2.0)} for {its} iterations"), status
+    assert "with Fast (a narrower network, a slightly worse image; docs/fast.md) about" in status, status
+    assert preflight.duration(fast_its * 0.5) in status.split("with Fast")[1], (status, fast_its)
+    assert "Fast" not in c.predict(*fit_args(image, mask_file, 6), api_name="/estimate")  # 12 s: no advice
+
+
+def test_stop_while_the_fit_is_estimated_ends_it_before_it_starts(local, tmp_path, monkeypatch):
+    """Stop pressed while the estimate runs (a minute under load) was lost: the fit started after it."""
+    import threading
+
+    from dip_compile import preflight
+
+    timing, release = threading.Event(), threading.Event()
+
+    def slow_probe(*args, **kwargs):
+        timing.set()
+        assert release.wait(60)
+        return 0.01
+
+    monkeypatch.setattr(preflight, "probe_seconds", slow_probe)
+    c, _ = local
+    job = c.submit(*fit_args(photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png"), 100_000), api_name="/fit")
+    try:
+        assert timing.wait(60), job.outputs()
+        deadline = time.monotonic() + 30
+        while not job.outputs():  # (the client receives what the server sent a moment later)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert job.outputs()[0][0].startswith("checking the inputs"), job.outputs()  # said before the estimate ends
+        c.predict(api_name="/stop")
+    finally:
+        release.set()
+    status = job.result()[0]
+    assert status.startswith("stopped before the fit started"), status

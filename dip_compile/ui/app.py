@@ -26,11 +26,15 @@ from .. import kernels, presets, tasks
 from ..config import Task
 from ..errors import DipError
 from ..imageio import load_image, to_pil
-from .session import Form, LiveFit, Workspace, estimate, painted_mask, whole
+from .session import Form, LiveFit, Workspace, estimate_text, painted_mask, preset_iterations, quicker, whole
 
 STOP_SECONDS = 60.0  # how long a stopping server waits for its running fits to stop and save
-# a small photo's preview would show at its few pixels: scaled up to the panel, pixels kept sharp
-CSS = "#preview img { width: 100%; height: 300px; object-fit: contain; image-rendering: pixelated; }"
+# Each image whole in its panel (contained, never cropped or zoomed); a small photo's preview would show at its few
+# pixels: scaled up to the panel, pixels kept sharp
+CSS = (
+    "#preview img { width: 100%; height: 300px; object-fit: contain; image-rendering: pixelated; }"
+    " #compare img { object-fit: contain; max-width: 100%; }"
+)
 POLL_SECONDS = 0.5
 TASK_PRESETS = {t: [p.name for p in presets.PRESETS if p.task == t] for t in Task.values()}
 
@@ -108,13 +112,6 @@ class Sessions:
             self.by_name.pop(idle).close()
 
 
-def _iterations(preset: Optional[str], task: str, fast: bool = False) -> int:
-    """The iterations the preset runs (``--fast`` may run a share of them); where the task has no --fast, the
-    preset's own (the fit then refuses --fast in the CLI's words)."""
-    config = presets.get(preset or presets.default_name(task), task).fit_config()
-    return presets.faster(config).iterations if fast and tasks.spec(task).fast else config.iterations
-
-
 def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
     """The page, its events and their concurrency (fits share one slot)."""
     with gr.Blocks(title="dip-compile") as page:
@@ -147,7 +144,7 @@ def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
                 kernel = gr.Textbox(label=f"Blur kernel: {kernels.SPECS}", visible=False)
                 reference = gr.File(label="Reference (optional clean image: PSNR)", type="filepath")
                 preset = gr.Dropdown(TASK_PRESETS["inpaint"], value=presets.DEFAULTS["inpaint"], label="Preset")
-                iterations = gr.Number(_iterations(None, "inpaint"), label="Iterations", precision=0, minimum=1)
+                iterations = gr.Number(preset_iterations(None, "inpaint"), label="Iterations", precision=0, minimum=1)
                 fast = gr.Checkbox(
                     False,
                     label="Fast: a narrower network, in less time for a slightly worse image (--fast; docs/fast.md)",
@@ -167,7 +164,7 @@ def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
                 preview = gr.Image(
                     label="Current image", type="pil", format="png", interactive=False, elem_id="preview"
                 )
-                compare = gr.ImageSlider(label="Before / after", type="filepath", interactive=False)
+                compare = gr.ImageSlider(label="Before / after", type="filepath", interactive=False, elem_id="compare")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
 
         def on_task(name: str) -> tuple[Any, ...]:
@@ -183,7 +180,7 @@ def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
 
         task.change(on_task, task, [editor, mask, flash, factor, kernel, preset], api_visibility="private")
         for source in (preset, fast):
-            source.change(_iterations, [preset, task, fast], iterations, api_visibility="private")
+            source.change(preset_iterations, [preset, task, fast], iterations, api_visibility="private")
 
         def on_photo(path: Optional[str]) -> tuple[Any, str]:
             """The photo into the painting canvas, or the library's one-line refusal of the file."""
@@ -249,20 +246,22 @@ def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
         def on_estimate(request: gr.Request, *values: Any) -> str:
             try:
                 ws, f = form(request, *values)
+                faster = quicker(f)
                 with sessions.working():
-                    return estimate(ws.job(f))
+                    return "estimate: " + estimate_text(ws.job(f), ws.job(faster) if faster else None)
             except DipError as exc:
                 return str(exc)
 
         def on_fit(request: gr.Request, *values: Any) -> Iterator[tuple[Any, ...]]:
             try:
                 ws, f = form(request, *values)
-                job = ws.job(f)
+                job, faster = ws.job(f), quicker(f)
+                quicker_job = ws.job(faster) if faster else None
             except DipError as exc:
                 yield str(exc), None, None, None
                 return
             ws.image = f.image
-            yield from _watch(ws, job, sessions)
+            yield from _watch(ws, job, sessions, quicker_job)
 
         def on_continue(its: Optional[float], every: Optional[float], request: gr.Request) -> Iterator[tuple[Any, ...]]:
             try:
@@ -296,28 +295,34 @@ def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
     return page
 
 
-def _watch(ws: Workspace, job: Any, sessions: Sessions) -> Iterator[tuple[Any, ...]]:
-    """Estimate first (a refusal ends here), then the fit's progress and previews, then the results."""
+def _watch(ws: Workspace, job: Any, sessions: Sessions, quicker_job: Any = None) -> Iterator[tuple[Any, ...]]:
+    """At once a word that it started; the estimate (a refusal ends here; a long fit is told its quicker choice);
+    then the fit's progress from its first step and its previews; then the results, in plain words."""
     from .. import exporters
 
+    ws.stop.clear()  # from here on, Stop ends this fit (also while it is estimated)
+    yield "checking the inputs and timing a few iterations for the estimate...", None, None, None
     try:
         with sessions.working():
-            before = estimate(job)
+            before = "estimate: " + estimate_text(job, quicker_job)
     except DipError as exc:
         yield str(exc), None, None, None
         return
-    yield f"estimate: {before}", None, None, None
+    if ws.stop.is_set():
+        yield f"stopped before the fit started (nothing was fitted)\n{before}", None, None, None
+        return
+    yield f"starting the fit\n{before}", None, None, None
     ws.forget_derived()
     live = ws.live = LiveFit(job, ws.stop).start()
     shown = 0
     while not live.done.wait(POLL_SECONDS):
         new = live.previews != shown
         shown = live.previews
-        yield live.status() + f"\n{before}", live.preview if new else gr.skip(), gr.skip(), gr.skip()
+        yield f"{live.status()}\n{before}", live.preview if new else gr.skip(), gr.skip(), gr.skip()
     if live.error is not None:
         yield live.error, live.preview, None, ws.downloads() or None
         return
-    text = "stopped: " + live.summary() if live.code else live.summary()
+    text = live.summary()
     result = Image.open(ws.output)
     comparison = (ws.image, str(ws.output)) if ws.image else None
     yield text, result, comparison, ws.downloads()
