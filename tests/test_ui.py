@@ -402,7 +402,7 @@ def local():
     sessions = Sessions()
     page = start(sessions, host, free_port(host), max_upload_mb=1)
     try:
-        yield gradio_client.Client(page.local_url, verbose=False), host
+        yield gradio_client.Client(page.local_url, verbose=False), host, sessions
     finally:
         shut(sessions, page)
     assert not sessions.root.exists()
@@ -411,7 +411,7 @@ def local():
 def test_served_on_the_ipv6_loopback(local):
     import httpx
 
-    c, host = local
+    c, host, _ = local
     if host != "::1":
         pytest.skip("no IPv6 loopback on this machine")
     assert c.src.startswith("http://[::1]:") and httpx.get(c.src, timeout=30).status_code == 200
@@ -420,7 +420,7 @@ def test_served_on_the_ipv6_loopback(local):
 def test_an_upload_over_the_limit_is_refused_and_the_page_says_the_limit(local, tmp_path):
     import httpx
 
-    c, _ = local
+    c, *_ = local
     labels = [
         d.get("props", {}).get("label") or "" for d in httpx.get(c.src + "config", timeout=30).json()["components"]
     ]
@@ -438,7 +438,7 @@ def test_a_fit_too_large_for_memory_is_refused_in_the_page_as_dipc_fit_refuses_i
     from dip_compile import preflight
 
     monkeypatch.setattr(preflight, "available_bytes", lambda device: (64 * 2**20, "memory"))  # a 64 MiB machine
-    c, _ = local
+    c, *_ = local
     image, mask_file = photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png")
     status, preview, _, _ = c.predict(*fit_args(image, mask_file, 6), api_name="/fit")
     args = ["fit", "inpaint", image, "--mask", mask_file, "--preset", PRESET, "--iterations", "6", "--channels"]
@@ -497,7 +497,7 @@ def test_a_long_fits_estimate_names_the_quicker_choice(local, tmp_path, monkeypa
     from dip_compile import preflight, presets
 
     monkeypatch.setattr(preflight, "probe_seconds", lambda config, *args, **kw: 0.5 if config.fast else 2.0)
-    c, _ = local
+    c, *_ = local
     image, mask_file = photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png")
     its = preset_iterations(PRESET)
     fast_its = presets.faster(presets.get(PRESET, "inpaint").fit_config()).iterations
@@ -524,7 +524,7 @@ def test_stop_while_the_fit_is_estimated_ends_it_before_it_starts(local, tmp_pat
         return 0.01
 
     monkeypatch.setattr(preflight, "probe_seconds", slow_probe)
-    c, _ = local
+    c, *_ = local
     job = c.submit(*fit_args(photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png"), 100_000), api_name="/fit")
     try:
         assert timing.wait(60), job.outputs()
@@ -538,3 +538,17 @@ def test_stop_while_the_fit_is_estimated_ends_it_before_it_starts(local, tmp_pat
         release.set()
     status = job.result()[0]
     assert status.startswith("stopped before the fit started"), status
+
+
+def test_a_fit_no_one_watches_any_more_stops(local, tmp_path):
+    """A cancelled event (the client gone, the tab closed) left its fit running unwatched, outside the one fit slot
+    (the next user's fit ran beside it); it stops as Stop stops it."""
+    c, _, sessions = local
+    job = c.submit(*fit_args(photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png"), 100_000), api_name="/fit")
+    wait_until_fitting(job)
+    assert any(ws.busy for ws in sessions.by_name.values())
+    job.cancel()
+    deadline = time.monotonic() + 30
+    while any(ws.busy for ws in sessions.by_name.values()):
+        assert time.monotonic() < deadline, "the fit went on after its event was cancelled"
+        time.sleep(0.1)

@@ -315,10 +315,14 @@ def _watch(ws: Workspace, job: Any, sessions: Sessions, quicker_job: Any = None)
     ws.forget_derived()
     live = ws.live = LiveFit(job, ws.stop).start()
     shown = 0
-    while not live.done.wait(POLL_SECONDS):
-        new = live.previews != shown
-        shown = live.previews
-        yield f"{live.status()}\n{before}", live.preview if new else gr.skip(), gr.skip(), gr.skip()
+    try:
+        while not live.done.wait(POLL_SECONDS):
+            new = live.previews != shown
+            shown = live.previews
+            yield f"{live.status()}\n{before}", live.preview if new else gr.skip(), gr.skip(), gr.skip()
+    finally:  # the page closed or the event cancelled (no one watches): the fit stops as Stop stops it
+        if not live.done.is_set():
+            ws.stop.set()
     if live.error is not None:
         yield live.error, live.preview, None, ws.downloads() or None
         return
