@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Optional, cast
 
 from .checkpoint import save_checkpoint
-from .config import FitConfig, command_line_defaults, shown
+from .config import FitConfig, shown
 from .errors import DipError
-from .fitjob import FitJob, NetShape, Outputs, load_problem, resolve_device
+from .fitjob import FitJob, NetShape, Outputs, load_problem, resolve_device, with_command_line_defaults
 from .fitting import FitResult, Fitter, LogRecord
 from .imageio import image_source
 from .restore import validate_job
@@ -86,11 +86,12 @@ def restore_image(
         preset=preset,
         paper_exact=paper_exact,
         fast=fast,
-        settings={**command_line_defaults(FitConfig), **settings},
+        settings=settings,
         net=net,
         checkpoint=cast(Any, checkpoint),  # text becomes a Path in FitJob (checked), as the CLI's does
         force=force,
     )
+    job = with_command_line_defaults(job)  # dipc fit's auto device, backend and precision, as every edge
     validate_job(job)
     outputs = Outputs(job.force)
     outputs.add(job.checkpoint, "--checkpoint")  # before the fit, as dipc fit checks its outputs

@@ -28,6 +28,7 @@ from .export_options import (
     Provider,
     Weights,
 )
+from .ui import MAX_UPLOAD_MB
 
 if TYPE_CHECKING:
     from .fitjob import FitJob
@@ -307,7 +308,7 @@ def fit_job(params: dict[str, Any]) -> FitJob:
     """The ``FitJob`` of ``dipc fit``'s parsed options, by parameter name (a setting's is its config field's name).
     The settings the user gave go to ``FitJob.settings``, the network's to ``NetShape``, whose fields are named
     after the config field or, where the two differ, after the flag (--skip-channels, --input)."""
-    from .fitjob import FitJob, NetShape  # (imports torch: not at the top, so that dipc --help stays fast)
+    from .fitjob import FitJob, NetShape, with_command_line_defaults  # (torch: not at the top, --help stays fast)
 
     if params["output"] is None and not params["dry_run"]:
         fail("missing -o/--output: where to write the restored image")
@@ -325,7 +326,7 @@ def fit_job(params: dict[str, Any]) -> FitJob:
         name = f.name if f.name in shape_fields else f.metadata["flag"].removeprefix("--").replace("-", "_")
         net[name] = _plain(params[f.name])
     job["output"] = job["output"] or Path("dry-run.png")
-    return FitJob(**job, settings=settings, net=NetShape(**net))
+    return with_command_line_defaults(FitJob(**job, settings=settings, net=NetShape(**net)))
 
 
 def _plain(value: Any) -> Any:
@@ -620,6 +621,7 @@ def ui(
         str, typer.Option(help="address to serve on; anything but this machine exposes it to the network")
     ] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="port (default: the first free one from 7860)")] = None,
+    max_upload: Annotated[int, typer.Option(help="largest file a user may upload, in MB")] = MAX_UPLOAD_MB,
 ) -> None:
     """Open the web app: paint a mask, watch the fit, download the image and its ONNX model (the 'ui' extra)."""
     try:
@@ -627,12 +629,14 @@ def ui(
     except ImportError:
         fail("dipc ui needs the ui extra: pip install 'dip-compile[ui]'")
     from .ui import LOCAL_HOSTS, serve
+    from .ui.app import check_address
 
+    check_address(host, port)  # (refused before the warning below)
     if host not in LOCAL_HOSTS:
         typer.echo(
             f"dipc: warning: serving on {host}: anyone who can reach it can run fits and read the results", err=True
         )
-    serve(host, port)
+    serve(host, port, max_upload)
 
 
 def _usage_exception() -> type[Exception]:

@@ -18,7 +18,17 @@ import torch
 from . import coarse, drp, kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint
-from .config import DECODERS, FitConfig, Generator, InputKind, NetConfig, check_depth, check_types, flag_of
+from .config import (
+    DECODERS,
+    FitConfig,
+    Generator,
+    InputKind,
+    NetConfig,
+    check_depth,
+    check_types,
+    command_line_defaults,
+    flag_of,
+)
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError, joined
 from .imageio import ImageSource, check_output, output_path, read_image, read_mask, to_grayscale
@@ -214,6 +224,15 @@ class FitJob:
         kept = {name: getattr(self, name) for name in FitJob.names(KEPT)}
         device = self.settings.get("device")
         return FitJob(**kept, resume=checkpoint, settings={"device": device} if device else {})
+
+
+def with_command_line_defaults(job: FitJob) -> FitJob:
+    """The job with ``dipc fit``'s defaults for the settings it leaves unset (``auto`` device, backend and precision:
+    ``config.command_line_defaults``). Every edge builds its job through this one function (``dipc fit`` and
+    ``dipc batch``, ``restore_image``, the web page), so that the same inputs fit the same way on the same
+    machine whichever way they came (tests/test_job_parity.py)."""
+    given = {k: v for k, v in job.settings.items() if v is not None}
+    return dataclasses.replace(job, settings={**command_line_defaults(FitConfig), **given})
 
 
 def resolve_device(name: str) -> str:

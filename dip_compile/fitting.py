@@ -74,12 +74,15 @@ T = TypeVar("T")
 Session = Generator[StepRequest, tuple[torch.Tensor, torch.Tensor], T]
 
 
-def drive(session: Session[T]) -> T:
+def drive(session: Session[T], on_step: Callable[[Fitter], None] | None = None) -> T:
     """Runs a fit session alone: every step on its fitter's own (eager, accelerated or compiled) step. An error in
-    the step is raised inside the session, where the fit would have raised it (so out-of-memory is reported alike)."""
+    the step is raised inside the session, where the fit would have raised it (so out-of-memory is reported alike).
+    ``on_step`` sees the fitter before each step (a live view's count between log points)."""
     try:
         request = next(session)
         while True:
+            if on_step is not None:
+                on_step(request.fitter)
             try:
                 reply = request.alone()
             except Exception as exc:

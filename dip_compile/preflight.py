@@ -5,6 +5,7 @@ when the machine lacks it), ``--dry-run``'s estimate, and whether an exception i
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -67,25 +68,53 @@ def _options_that_fit(config: FitConfig, problem: Problem, device: str, precisio
     return []
 
 
-def dry_run(config: FitConfig, problem: Problem, device: str, console: Any, done: int = 0) -> int:
-    """``--dry-run``: the memory check and a timed probe at a small canvas; nothing is fitted or written."""
+@dataclass(frozen=True)
+class Forecast:
+    """What a fit will cost before it starts (``--dry-run``'s numbers): its peak memory, its step (backend and
+    precision) and seconds per iteration, and the iterations it has left."""
+
+    memory: Estimate
+    step: str  # acceleration.Plan.describe()
+    seconds_per_iteration: float
+    iterations: int
+    auto_stop: bool  # may end sooner
+    coarse: int = 0  # --coarse-share: how many of the iterations run at half size
+    coarse_scale: float = 1.0  # a half-size iteration's time as a share of a full one's
+
+    @property
+    def seconds(self) -> float:
+        return (self.iterations - self.coarse + self.coarse * self.coarse_scale) * self.seconds_per_iteration
+
+    def describe(self) -> str:
+        """The ``--dry-run`` line."""
+        auto = ", less if auto-stop ends it sooner" if self.auto_stop else ""
+        at_half = f", {self.coarse} of them at half size" if self.coarse else ""
+        return (
+            f"dry run: {self.memory.describe()}; about {self.seconds_per_iteration:.2f} s per iteration ({self.step}), "
+            f"{self.iterations} iterations{at_half}: about {duration(self.seconds)}{auto}; nothing was fitted or written"
+        )
+
+
+def forecast(config: FitConfig, problem: Problem, device: str, done: int = 0) -> Forecast:
+    """The memory check (a refusal raises) and a timed probe at a small canvas; nothing is fitted or written."""
     guess = check_memory(config, problem, device)
     seconds = probe_seconds(config, problem.canvas, problem.channels, device)
     left = config.iterations - done
     coarse = min(left, max(0, coarse_iterations(config) - done))  # --coarse-share: the iterations at half size
     half = canvas_for(config.net, half_size(problem.size))
     shrunk = (half[0] * half[1] / (problem.canvas[0] * problem.canvas[1])) ** TIME_EXPONENT  # as probe_seconds scales
-    total = (left - coarse + coarse * shrunk) * seconds
-    auto = ", less if auto-stop ends it sooner" if config.stop == "auto" else ""
-    at_half = f", {coarse} of them at half size" if coarse else ""
-    console.print(
-        f"dry run: {guess.describe()}; about {seconds:.2f} s per iteration ({choose(config, device, problem.canvas).describe()}), "
-        f"{left} iterations{at_half}: about {_duration(total)}{auto}; nothing was fitted or written"
-    )
+    step = choose(config, device, problem.canvas).describe()
+    return Forecast(guess, step, seconds, left, config.stop == "auto", coarse, shrunk)
+
+
+def dry_run(config: FitConfig, problem: Problem, device: str, console: Any, done: int = 0) -> int:
+    """``--dry-run``: prints the ``forecast``."""
+    console.print(forecast(config, problem, device, done).describe())
     return 0
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``2 h 38 min``, ``4 min 05 s``, ``12 s``."""
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import FitConfig
 from .errors import DipError
 from .fitjob import (
     INTERRUPTED,
@@ -36,6 +37,7 @@ from .fitjob import (
 from .fitting import FitResult, Fitter, LogRecord, Session, drive, stop_flag
 from .imageio import save_image, save_side_by_side
 from .preflight import MEMORY_SHARE, check_memory, dry_run, is_out_of_memory
+from .problem import Problem
 from .progress import run_with_progress, status_line
 from .report import build_report, save_report
 from .tasks import spec
@@ -98,6 +100,20 @@ def validate_job(job: FitJob, *, device: bool = True) -> None:
         resolve_device(str(config.device))
 
 
+def prepare(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem, str, Optional[Checkpoint]]:
+    """A validated, untiled job's configuration (on its device), problem and device, and with --resume its
+    checkpoint: what its fit, or its estimate, starts from. What the user should know (a conversion) goes to
+    ``notes``."""
+    ckpt: Optional[Checkpoint] = None
+    if job.resume is not None:
+        ckpt = load_checkpoint(job.resume)
+        config, problem = resume_config(job, ckpt), ckpt.problem
+    else:
+        config, problem = load_problem(job, notes)
+    device = resolve_device(str(config.device))
+    return config.replace(device=device), problem, device, ckpt
+
+
 def run_job(job: FitJob, console_file: Any = None) -> int:
     """Runs the job; returns the exit code (0, or 130 after Ctrl-C, with checkpoint and image saved)."""
     return drive(fit_session(job, console_file))
@@ -120,17 +136,10 @@ def fit_session(
     validate_job(job)
     if job.tile is not None or job.overlap != FitJob.overlap:
         return (yield from tiled_session(job, console, stop_requested))
-    ckpt: Optional[Checkpoint] = None
-    if job.resume is not None:
-        ckpt = load_checkpoint(job.resume)
-        config, problem = resume_config(job, ckpt), ckpt.problem
-    else:
-        notes: list[str] = []
-        config, problem = load_problem(job, notes)
-        for note in notes:
-            console.print(f"note: {note}")
-    device = resolve_device(str(config.device))
-    config = config.replace(device=device)
+    notes: list[str] = []
+    config, problem, device, ckpt = prepare(job, notes)
+    for note in notes:
+        console.print(f"note: {note}")
     if job.dry_run:
         return dry_run(config, problem, device, console, done=ckpt.iteration if ckpt is not None else 0)
 

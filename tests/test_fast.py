@@ -176,10 +176,11 @@ def test_fast_changes_nothing_but_what_its_record_names() -> None:
 
 
 def test_the_web_pages_fast_box_makes_a_fast_job_and_shows_its_iterations(tmp_path: Path) -> None:
-    from dip_compile.ui.session import Form, Workspace
+    from dip_compile.config import FitConfig, command_line_defaults
+    from dip_compile.ui.session import Form, Workspace, preset_iterations
 
     job = Workspace(tmp_path / "ws").job(Form(task="denoise", image=str(tmp_path / "in.png"), fast=True))
-    assert job.fast and build_config(job, 3) == presets.preset("denoise", fast=True)
-    app = pytest.importorskip("dip_compile.ui.app")
+    fast = presets.preset("denoise", fast=True).replace(**command_line_defaults(FitConfig))  # (dipc fit's auto)
+    assert job.fast and build_config(job, 3) == fast
     for name in FAST_TASKS:
-        assert app._iterations(None, name, True) == presets.preset(name, fast=True).iterations
+        assert preset_iterations(None, name, True) == presets.preset(name, fast=True).iterations

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,38 +17,53 @@ from PIL import Image
 SIDE = 40  # px: a fit of a few iterations of a tiny net takes well under a second
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def serve(log: Path) -> Iterator[str]:
-    """Starts ``dipc ui`` and yields its URL once it answers; stops it (and fails with its log) afterwards."""
-    dipc = shutil.which("dipc", path=str(Path(sys.executable).parent)) or "dipc"
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log, "w") as out:
-        server = subprocess.Popen([dipc, "ui", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
+class Server:
+    """``dipc ui --port P`` started as a user starts it, in a subprocess whose temporary folder (TMPDIR) is
+    ``folder``/tmp, so that what it leaves there can be checked; its output goes to ``folder``/server.log."""
+
+    def __init__(self, folder: Path) -> None:
+        dipc = shutil.which("dipc", path=str(Path(sys.executable).parent)) or "dipc"
+        self.port, self.log, self.temp = free_port(), folder / "server.log", folder / "tmp"
+        self.temp.mkdir(exist_ok=True)
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(self.temp)}
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(
+                [dipc, "ui", "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+
+    def url(self) -> str:
+        """Its URL once it answers (fails with its log if it exits or does not answer within 90 s)."""
         deadline = time.monotonic() + 90
         while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"dipc ui exited with {server.returncode}:\n{log.read_text()}")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dipc ui exited with {self.process.returncode}:\n{self.log.read_text()}")
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return f"http://127.0.0.1:{self.port}/"
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"dipc ui did not answer within 90 s:\n{log.read_text()}") from None
+                    raise RuntimeError(f"dipc ui did not answer within 90 s:\n{self.log.read_text()}") from None
                 time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.terminate()
+
+    def folders(self) -> list[Path]:
+        """The sessions' folders it has made (dipc-ui-*), and not removed."""
+        return sorted(self.temp.glob("dipc-ui-*"))
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, as a service manager stops it; its exit code (killed, and -9, if it does not exit in time)."""
+        self.process.terminate()
         try:
-            server.wait(timeout=20)
+            return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            server.kill()
+            self.process.kill()
+            self.process.wait()
+            return -9
 
 
 def photo(path: Path, side: int = SIDE) -> Path:

@@ -3,13 +3,17 @@ gradio queues the others and shows each its place."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
+import shutil
 import signal
-import sys
+import socket
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +26,15 @@ from .. import kernels, presets, tasks
 from ..config import Task
 from ..errors import DipError
 from ..imageio import load_image, to_pil
-from .session import Form, LiveFit, Workspace, estimate, painted_mask, whole
+from .session import Form, LiveFit, Workspace, estimate_text, painted_mask, preset_iterations, quicker, whole
 
-MAX_UPLOAD = "50mb"
-# a small photo's preview would show at its few pixels: scaled up to the panel, pixels kept sharp
-CSS = "#preview img { width: 100%; height: 300px; object-fit: contain; image-rendering: pixelated; }"
+STOP_SECONDS = 60.0  # how long a stopping server waits for its running fits to stop and save
+# Each image whole in its panel (contained, never cropped or zoomed); a small photo's preview would show at its few
+# pixels: scaled up to the panel, pixels kept sharp
+CSS = (
+    "#preview img { width: 100%; height: 300px; object-fit: contain; image-rendering: pixelated; }"
+    " #compare img { object-fit: contain; max-width: 100%; }"
+)
 POLL_SECONDS = 0.5
 TASK_PRESETS = {t: [p.name for p in presets.PRESETS if p.task == t] for t in Task.values()}
 
@@ -46,6 +54,8 @@ class Sessions:
         self.secret = secrets.token_bytes(32)
         self.by_name: OrderedDict[str, Workspace] = OrderedDict()
         self.lock = threading.Lock()
+        self.idle = threading.Condition()  # notified when ``at_work`` drops
+        self.at_work = 0
 
     def folder_name(self, session_hash: Optional[str]) -> str:
         digest = hmac.new(self.secret, str(session_hash or "").encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -68,6 +78,32 @@ class Sessions:
             self.by_name.move_to_end(name)
             return ws
 
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Around the library work an event runs in gradio's threads (an estimate, an export): ``stop`` waits for it."""
+        with self.idle:
+            self.at_work += 1
+        try:
+            yield
+        finally:
+            with self.idle:
+                self.at_work -= 1
+                self.idle.notify_all()
+
+    def stop(self, seconds: float) -> None:
+        """Asks every running fit to stop (as Stop does: image and checkpoint saved) and waits up to ``seconds`` for
+        them and for the estimates and exports under way: a thread still inside torch when the interpreter exits
+        aborts it ("terminate called without an active exception", exit 134)."""
+        with self.lock:
+            running = [ws.live for ws in self.by_name.values() if ws.busy and ws.live is not None]
+            for ws in self.by_name.values():
+                ws.stop.set()
+        deadline = time.monotonic() + seconds
+        for live in running:
+            live.done.wait(max(0.0, deadline - time.monotonic()))
+        with self.idle:
+            self.idle.wait_for(lambda: self.at_work == 0, max(0.0, deadline - time.monotonic()))
+
     def _make_room(self) -> None:
         while len(self.by_name) >= self.MAX_SESSIONS:
             idle = next((n for n, w in self.by_name.items() if not w.busy), None)
@@ -76,14 +112,7 @@ class Sessions:
             self.by_name.pop(idle).close()
 
 
-def _iterations(preset: Optional[str], task: str, fast: bool = False) -> int:
-    """The iterations the preset runs (``--fast`` may run a share of them); where the task has no --fast, the
-    preset's own (the fit then refuses --fast in the CLI's words)."""
-    config = presets.get(preset or presets.default_name(task), task).fit_config()
-    return presets.faster(config).iterations if fast and tasks.spec(task).fast else config.iterations
-
-
-def build(sessions: Sessions) -> gr.Blocks:
+def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
     """The page, its events and their concurrency (fits share one slot)."""
     with gr.Blocks(title="dip-compile") as page:
         gr.Markdown(
@@ -93,7 +122,11 @@ def build(sessions: Sessions) -> gr.Blocks:
         with gr.Row():
             with gr.Column():
                 task = gr.Radio(Task.values(), value="inpaint", label="Task")
-                photo = gr.File(label="Photo (the image to restore)", type="filepath", elem_id="photo")
+                photo = gr.File(
+                    label=f"Photo (the image to restore; files up to {max_upload_mb} MB)",
+                    type="filepath",
+                    elem_id="photo",
+                )
                 editor = gr.ImageEditor(
                     label="Paint the holes (brush; eraser to undo)",
                     type="numpy",
@@ -111,7 +144,7 @@ def build(sessions: Sessions) -> gr.Blocks:
                 kernel = gr.Textbox(label=f"Blur kernel: {kernels.SPECS}", visible=False)
                 reference = gr.File(label="Reference (optional clean image: PSNR)", type="filepath")
                 preset = gr.Dropdown(TASK_PRESETS["inpaint"], value=presets.DEFAULTS["inpaint"], label="Preset")
-                iterations = gr.Number(_iterations(None, "inpaint"), label="Iterations", precision=0, minimum=1)
+                iterations = gr.Number(preset_iterations(None, "inpaint"), label="Iterations", precision=0, minimum=1)
                 fast = gr.Checkbox(
                     False,
                     label="Fast: a narrower network, in less time for a slightly worse image (--fast; docs/fast.md)",
@@ -131,7 +164,7 @@ def build(sessions: Sessions) -> gr.Blocks:
                 preview = gr.Image(
                     label="Current image", type="pil", format="png", interactive=False, elem_id="preview"
                 )
-                compare = gr.ImageSlider(label="Before / after", type="filepath", interactive=False)
+                compare = gr.ImageSlider(label="Before / after", type="filepath", interactive=False, elem_id="compare")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
 
         def on_task(name: str) -> tuple[Any, ...]:
@@ -147,7 +180,7 @@ def build(sessions: Sessions) -> gr.Blocks:
 
         task.change(on_task, task, [editor, mask, flash, factor, kernel, preset], api_visibility="private")
         for source in (preset, fast):
-            source.change(_iterations, [preset, task, fast], iterations, api_visibility="private")
+            source.change(preset_iterations, [preset, task, fast], iterations, api_visibility="private")
 
         def on_photo(path: Optional[str]) -> tuple[Any, str]:
             """The photo into the painting canvas, or the library's one-line refusal of the file."""
@@ -213,19 +246,22 @@ def build(sessions: Sessions) -> gr.Blocks:
         def on_estimate(request: gr.Request, *values: Any) -> str:
             try:
                 ws, f = form(request, *values)
-                return estimate(ws.job(f))
+                faster = quicker(f)
+                with sessions.working():
+                    return "estimate: " + estimate_text(ws.job(f), ws.job(faster) if faster else None)
             except DipError as exc:
                 return str(exc)
 
         def on_fit(request: gr.Request, *values: Any) -> Iterator[tuple[Any, ...]]:
             try:
                 ws, f = form(request, *values)
-                job = ws.job(f)
+                job, faster = ws.job(f), quicker(f)
+                quicker_job = ws.job(faster) if faster else None
             except DipError as exc:
                 yield str(exc), None, None, None
                 return
             ws.image = f.image
-            yield from _watch(ws, job)
+            yield from _watch(ws, job, sessions, quicker_job)
 
         def on_continue(its: Optional[float], every: Optional[float], request: gr.Request) -> Iterator[tuple[Any, ...]]:
             try:
@@ -234,7 +270,7 @@ def build(sessions: Sessions) -> gr.Blocks:
             except DipError as exc:
                 yield str(exc), None, None, None
                 return
-            yield from _watch(ws, job)
+            yield from _watch(ws, job, sessions)
 
         def on_stop(request: gr.Request) -> None:
             """Like Ctrl-C: the fit stops after this iteration and saves its image and resumable checkpoint."""
@@ -259,57 +295,132 @@ def build(sessions: Sessions) -> gr.Blocks:
     return page
 
 
-def _watch(ws: Workspace, job: Any) -> Iterator[tuple[Any, ...]]:
-    """Estimate first (a refusal ends here), then the fit's progress and previews, then the results."""
+def _watch(ws: Workspace, job: Any, sessions: Sessions, quicker_job: Any = None) -> Iterator[tuple[Any, ...]]:
+    """At once a word that it started; the estimate (a refusal ends here; a long fit is told its quicker choice);
+    then the fit's progress from its first step and its previews; then the results, in plain words."""
     from .. import exporters
 
+    ws.stop.clear()  # from here on, Stop ends this fit (also while it is estimated)
+    yield "checking the inputs and timing a few iterations for the estimate...", None, None, None
     try:
-        before = estimate(job)
+        with sessions.working():
+            before = "estimate: " + estimate_text(job, quicker_job)
     except DipError as exc:
         yield str(exc), None, None, None
         return
-    yield f"estimate: {before}", None, None, None
+    if ws.stop.is_set():
+        yield f"stopped before the fit started (nothing was fitted)\n{before}", None, None, None
+        return
+    yield f"starting the fit\n{before}", None, None, None
     ws.forget_derived()
     live = ws.live = LiveFit(job, ws.stop).start()
     shown = 0
-    while not live.done.wait(POLL_SECONDS):
-        new = live.previews != shown
-        shown = live.previews
-        yield live.status() + f"\n{before}", live.preview if new else gr.skip(), gr.skip(), gr.skip()
+    try:
+        while not live.done.wait(POLL_SECONDS):
+            new = live.previews != shown
+            shown = live.previews
+            yield f"{live.status()}\n{before}", live.preview if new else gr.skip(), gr.skip(), gr.skip()
+    finally:  # the page closed or the event cancelled (no one watches): the fit stops as Stop stops it
+        if not live.done.is_set():
+            ws.stop.set()
     if live.error is not None:
         yield live.error, live.preview, None, ws.downloads() or None
         return
-    text = "stopped: " + live.summary() if live.code else live.summary()
+    text = live.summary()
     result = Image.open(ws.output)
     comparison = (ws.image, str(ws.output)) if ws.image else None
     yield text, result, comparison, ws.downloads()
     if live.code == 0:  # after the image is shown: the export takes longer than a small fit
         yield text + "\nexporting the ONNX model...", result, comparison, ws.downloads()
         try:
-            exporters.export_checkpoints([ws.checkpoint], ws.path("restored.onnx"), force=True)
+            with sessions.working():
+                exporters.export_checkpoints([ws.checkpoint], ws.path("restored.onnx"), force=True)
         except DipError as exc:
             text += f"\nONNX export refused: {exc}"
         yield text, result, comparison, ws.downloads()  # (whole: a client reads the last values)
 
 
-def serve(host: str, port: Optional[int]) -> None:
-    """Runs the page until Ctrl-C: no share link; uploads limited to ``MAX_UPLOAD``."""
-    sessions = Sessions()
-    # a plain SIGTERM (a service manager, a test) would skip the cleanup below: make it an orderly exit
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    page = build(sessions)
+def check_address(host: str, port: Optional[int]) -> None:
+    """Refuses, in one line, an address this machine cannot serve on: a port outside 1-65535, a host name that does
+    not resolve or is not this machine's, a port in use. IPv4 and IPv6 (``::1``, ``::``) alike."""
+    if port is not None and not 1 <= port <= 65535:
+        raise DipError(f"--port must be a port number from 1 to 65535, got {port}")
+    plain = host.removeprefix("[").removesuffix("]")  # [::1] as in a URL
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(plain, port or 0, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise DipError(f"--host {host}: not an address to serve on ({getattr(exc, 'strerror', None) or exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            where = f"{host} port {port}" if port else host
+            raise DipError(f"cannot serve on {where}: {exc.strerror or exc}") from None
+
+
+def url_host(host: str) -> str:
+    """The host as a URL names it: an IPv6 address in brackets (gradio builds its URL from it)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def start(sessions: Sessions, host: str, port: Optional[int], max_upload_mb: int) -> gr.Blocks:
+    """The page, served in gradio's threads on ``host:port`` until ``shut``; an address or limit it cannot serve
+    with is a one-line ``DipError``. No share link; uploads up to ``max_upload_mb``."""
+    check_address(host, port)
+    if not max_upload_mb >= 1:
+        raise DipError(f"--max-upload must be at least 1 (MB), got {max_upload_mb}")
+    page = build(sessions, max_upload_mb)
     page.queue(default_concurrency_limit=4)
     try:
         page.launch(
-            server_name=host,
+            server_name=url_host(host),
             server_port=port,
             share=False,
-            max_file_size=MAX_UPLOAD,
+            max_file_size=f"{max_upload_mb}mb",
             allowed_paths=[str(sessions.root)],
             show_error=True,
             css=CSS,
+            prevent_thread_lock=True,
+            quiet=True,
         )
-    finally:
-        import shutil
+    except OSError as exc:  # no free port from 7860 (without --port), or the port taken meanwhile
+        raise DipError(f"cannot serve on {host}: {exc}".split(". You can")[0]) from None
+    return page
 
-        shutil.rmtree(sessions.root, ignore_errors=True)
+
+def shut(sessions: Sessions, page: Optional[gr.Blocks]) -> None:
+    """Stops in order: the running fits (as Stop does) and the work under way, then the server; then the sessions'
+    folder is removed."""
+    sessions.stop(STOP_SECONDS)
+    if page is not None:
+        page.close(verbose=False)
+    shutil.rmtree(sessions.root, ignore_errors=True)
+
+
+def serve(host: str, port: Optional[int], max_upload_mb: int) -> None:
+    """Runs the page until Ctrl-C or SIGTERM (a service manager's stop), then ``shut``: nothing is left behind, and
+    the process exits 0. Uploads are kept in the sessions' folder too (unless GRADIO_TEMP_DIR says otherwise)."""
+    stop = threading.Event()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in handled}  # before any folder
+    uploads = os.environ.get("GRADIO_TEMP_DIR")
+    sessions: Optional[Sessions] = None
+    page: Optional[gr.Blocks] = None
+    try:
+        sessions = Sessions()
+        os.environ["GRADIO_TEMP_DIR"] = uploads or str(sessions.root / "uploads")
+        page = None if stop.is_set() else start(sessions, host, port, max_upload_mb)
+        if page is not None:
+            shown = str(page.local_url).replace("//[::]:", "//[::1]:")  # (a browser opens no wildcard address)
+            print(f"dipc ui: serving on {shown} (Ctrl-C stops it)", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("dipc ui: stopping", flush=True)
+    finally:
+        if sessions is not None:
+            shut(sessions, page)
+        if uploads is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -17,15 +17,19 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
+from .. import presets
 from ..errors import DipError
-from ..fitjob import FitJob, NetShape
+from ..estimate import size_text
+from ..fitjob import INTERRUPTED, FitJob, NetShape, with_command_line_defaults
 from ..fitting import Fitter, LogRecord, drive
 from ..imageio import to_pil
+from ..preflight import Forecast, duration, forecast
 from ..progress import status_line
-from ..restore import fit_session
+from ..restore import fit_session, prepare, validate_job
 from ..tasks import spec
 
 PREVIEW_SECONDS = 2.0  # how often the running fit's image is copied out for the page
+LONG_FIT_SECONDS = 180.0  # "a few minutes": a longer fit's estimate names the quicker choice (Fast) where there is one
 
 
 @dataclass
@@ -91,10 +95,10 @@ class Workspace:
         return self.path("restored.ckpt")
 
     def job(self, form: Form) -> FitJob:
-        """The ``FitJob`` of a new fit: the same one ``dipc fit`` would build from these options."""
+        """The ``FitJob`` of a new fit: the one ``dipc fit`` builds from these options, its defaults included."""
         settings: dict[str, Any] = {"iterations": form.iterations, "seed": form.seed, "factor": form.factor}
         settings["kernel"] = form.kernel or None
-        return FitJob(
+        job = FitJob(
             output=self.output,
             task=form.task,
             image=_path(form.image),
@@ -103,17 +107,19 @@ class Workspace:
             reference=_path(form.reference),
             preset=form.preset or None,
             fast=form.fast,
-            settings={k: v for k, v in settings.items() if v is not None},
+            settings=settings,
             net=NetShape(channels=form.channels or None, depth=form.depth or None),
             **self._outputs(form.timelapse_every),
         )
+        return with_command_line_defaults(job)
 
     def resumed_job(self, iterations: Optional[int], timelapse_every: int = 0) -> FitJob:
         """Continue the fit saved in this session's checkpoint (as ``dipc fit --resume``), up to ``iterations``."""
         if not self.checkpoint.exists():
             raise DipError("nothing to continue: start a fit first (Stop saves it so that it can continue)")
         settings = {"iterations": iterations} if iterations else {}
-        return FitJob(output=self.output, resume=self.checkpoint, settings=settings, **self._outputs(timelapse_every))
+        job = FitJob(output=self.output, resume=self.checkpoint, settings=settings, **self._outputs(timelapse_every))
+        return with_command_line_defaults(job)
 
     def _outputs(self, timelapse_every: int) -> dict[str, Any]:
         timelapse = {"timelapse": self.path("timelapse.webp"), "timelapse_every": timelapse_every}
@@ -157,11 +163,49 @@ def _path(value: Optional[str]) -> Optional[Path]:
     return Path(value) if value else None
 
 
-def estimate(job: FitJob) -> str:
-    """The ``--dry-run`` line (memory and time), or the library's refusal as a ``DipError``."""
-    text = io.StringIO()
-    drive(fit_session(replace(job, dry_run=True), console_file=text))
-    return " ".join(line for line in text.getvalue().splitlines() if line.strip())
+def estimate(job: FitJob) -> Forecast:
+    """The job's ``--dry-run`` numbers (memory, step, time), or the library's refusal as a ``DipError`` (an
+    image too large for this machine's memory says so, with its ways out)."""
+    validate_job(job)
+    config, problem, device, ckpt = prepare(job)
+    return forecast(config, problem, device, done=ckpt.iteration if ckpt is not None else 0)
+
+
+def estimate_text(job: FitJob, quicker: Optional[FitJob] = None) -> str:
+    """The estimate in plain words; for a fit of more than ``LONG_FIT_SECONDS``, also the time of ``quicker`` (the
+    same fit with Fast) where that is quicker."""
+    planned = estimate(job)
+    text = (
+        f"about {duration(planned.seconds)} for {planned.iterations} iterations (about "
+        f"{planned.seconds_per_iteration:.2f} s each, {planned.memory.precision}), about "
+        f"{size_text(planned.memory.peak_bytes)} of memory"
+        + (", less if auto-stop ends it sooner" if planned.auto_stop else "")
+    )
+    if quicker is not None and planned.seconds > LONG_FIT_SECONDS:
+        fast = estimate(quicker)
+        if fast.seconds < 0.8 * planned.seconds:
+            text += (
+                f"; with Fast (a narrower network, a slightly worse image; docs/fast.md) about {duration(fast.seconds)}"
+            )
+    return text
+
+
+def preset_iterations(preset: Optional[str], task: str, fast: bool = False) -> int:
+    """The iterations the preset runs (``--fast`` may run a share of them); where the task has no --fast, the
+    preset's own (the fit then refuses --fast in the CLI's words)."""
+    config = presets.get(preset or presets.default_name(task), task).fit_config()
+    return presets.faster(config).iterations if fast and spec(task).fast else config.iterations
+
+
+def quicker(form: Form) -> Optional[Form]:
+    """The form with Fast ticked, as the page sets it (the preset's Fast iterations where the form has the
+    preset's own), where the task has a Fast setting and the form does not use it; else None."""
+    if form.fast or spec(form.task).fast is None:
+        return None
+    iterations = form.iterations
+    if iterations in (None, preset_iterations(form.preset, form.task)):
+        iterations = preset_iterations(form.preset, form.task, fast=True)
+    return replace(form, fast=True, iterations=iterations)
 
 
 @dataclass
@@ -179,9 +223,10 @@ class LiveFit:
     done: threading.Event = field(default_factory=threading.Event)
     ema: bool = False
     last_preview: float = float("-inf")
+    fitter: Optional[Fitter] = None  # once it fits: its iteration between log points
 
     def start(self) -> LiveFit:
-        self.stop.clear()
+        """Starts the fit (a stop asked for before, while it was estimated, ends it at once)."""
         threading.Thread(target=self._run, name="dipc-ui-fit", daemon=True).start()
         return self
 
@@ -195,7 +240,7 @@ class LiveFit:
     def _run(self) -> None:
         try:
             session = fit_session(self.job, console_file=self.log, stop_requested=self.stop.is_set, on_log=self._on_log)
-            self.code = drive(session)
+            self.code = drive(session, on_step=self._on_step)
         except DipError as exc:
             self.error = str(exc)
         except Exception as exc:  # a bug, not a user error: the page says so, the server log has the trace
@@ -204,12 +249,25 @@ class LiveFit:
         finally:
             self.done.set()
 
+    def _on_step(self, fitter: Fitter) -> None:
+        self.fitter = fitter
+
     def status(self) -> str:
-        if self.record is None:
-            return "starting (the first progress comes after the first log interval)"
-        return status_line(str(self.job.task or "resumed fit"), self.record, self.ema)
+        """The CLI's status line; before the first log point, the iteration count alone (from the first step)."""
+        task = str(self.job.task or "resumed fit")
+        if self.record is not None:
+            return status_line(task, self.record, self.ema)
+        if self.fitter is None:
+            return "starting the fit (building the network)"
+        return f"{task} {self.fitter.iteration}/{self.fitter.config.iterations} (measuring the speed)"
 
     def summary(self) -> str:
-        """The fit's last console line: the CLI's summary, or where Ctrl-C (Stop) saved the image and checkpoint."""
+        """How the fit ended, in the page's words: the CLI's summary without the server's paths, or where Stop left
+        it (the page continues it: no command line)."""
+        if self.code == INTERRUPTED and self.fitter is not None:
+            return (
+                f"stopped at iteration {self.fitter.iteration} of {self.fitter.config.iterations}: the image so far is "
+                "shown and in Downloads; Continue goes on from here (up to Iterations)"
+            )
         lines = [line for line in self.log.getvalue().splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        return lines[-1].replace(f" -> {self.job.output}", "") if lines else ""
