@@ -499,10 +499,11 @@ def test_a_long_fits_estimate_names_the_quicker_choice(local, tmp_path, monkeypa
     monkeypatch.setattr(preflight, "probe_seconds", lambda config, *args, **kw: 0.5 if config.fast else 2.0)
     c, *_ = local
     image, mask_file = photo(tmp_path / "photo.png"), mask(tmp_path / "mask.png")
-    its = preset_iterations(PRESET)
-    fast_its = presets.faster(presets.get(PRESET, "inpaint").fit_config()).iterations
+    measured = "kate"  # a preset --fast is measured on (kate-98 has none: the page offers no Fast there)
+    its = preset_iterations(measured)
+    fast_its = presets.faster(presets.get(measured, "inpaint").fit_config()).iterations
     args = fit_args(image, mask_file, its)
-    args[10:12] = ["", None]  # the preset's own network
+    args[6], args[10:12] = measured, ["", None]  # the preset's own network
     status = c.predict(*args, api_name="/estimate")
     assert status.startswith(f"estimate: about {preflight.duration(its * 2.0)} for {its} iterations"), status
     assert "with Fast (a narrower network, a slightly worse image; docs/fast.md) about" in status, status
@@ -552,3 +553,13 @@ def test_a_fit_no_one_watches_any_more_stops(local, tmp_path):
     while any(ws.busy for ws in sessions.by_name.values()):
         assert time.monotonic() < deadline, "the fit went on after its event was cancelled"
         time.sleep(0.1)
+
+
+def test_the_pages_fast_iterations_and_hint_only_where_fast_is_measured():
+    from dip_compile.ui.session import Form, preset_iterations, quicker
+
+    assert preset_iterations("kate-98", "inpaint", fast=True) == preset_iterations("kate-98", "inpaint")
+    assert preset_iterations("kate", "inpaint", fast=True) < preset_iterations("kate", "inpaint")
+    assert quicker(Form(task="inpaint", preset="kate-98")) is None  # the fit would refuse --fast there
+    hinted = quicker(Form(task="inpaint", preset="kate"))
+    assert hinted is not None and hinted.fast

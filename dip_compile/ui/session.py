@@ -191,16 +191,22 @@ def estimate_text(job: FitJob, quicker: Optional[FitJob] = None) -> str:
 
 
 def preset_iterations(preset: Optional[str], task: str, fast: bool = False) -> int:
-    """The iterations the preset runs (``--fast`` may run a share of them); where the task has no --fast, the
-    preset's own (the fit then refuses --fast in the CLI's words)."""
-    config = presets.get(preset or presets.default_name(task), task).fit_config()
-    return presets.faster(config).iterations if fast and spec(task).fast else config.iterations
+    """The iterations the preset runs (``--fast`` may run a share of them); where --fast has no measured setting
+    for the preset, the preset's own (the fit then refuses --fast in the CLI's words)."""
+    chosen = presets.get(preset or presets.default_name(task), task)
+    config = chosen.fit_config()
+    return presets.faster(config).iterations if fast and chosen.fast and spec(task).fast else config.iterations
 
 
 def quicker(form: Form) -> Optional[Form]:
     """The form with Fast ticked, as the page sets it (the preset's Fast iterations where the form has the
     preset's own), where the task has a Fast setting and the form does not use it; else None."""
     if form.fast or spec(form.task).fast is None:
+        return None
+    try:
+        if not presets.get(form.preset or presets.default_name(form.task), form.task).fast:
+            return None  # --fast is measured only on some presets: no hint where it would be refused
+    except DipError:
         return None
     iterations = form.iterations
     if iterations in (None, preset_iterations(form.preset, form.task)):
