@@ -111,13 +111,16 @@ def choose(
     """Resolves ``auto`` backend and precision for this device, image size and iteration count.
 
     Explicit choices are kept as given (``eager fp32`` is the unmodified baseline); only ``auto`` adds the
-    layout and optimizer choices that paid in measurements.
+    layout and optimizer choices that paid in measurements, and only ``auto`` reads the device's capability (an
+    explicit fit runs the same whatever the CPU can do).
     """
     device = torch.device(device)
-    cap = cap or capability(device)
     reasons: list[str] = []
     precision = str(config.precision)
+    if cap is None and (precision == "auto" or config.backend == "auto"):
+        cap = capability(device)
     if precision == "auto":
+        assert cap is not None
         if cap.fast_bf16:
             precision = "bf16"
             reasons.append(f"bf16 ({cap.isa} has native bf16)")
@@ -131,6 +134,7 @@ def choose(
         raise ConfigError("--precision fp16 is for CUDA; on a CPU use bf16 (with AVX512-BF16/AMX) or fp32")
     backend = str(config.backend)
     if backend == "auto":
+        assert cap is not None
         backend = _auto_backend(config, cap, canvas, precision, reasons)
     auto = config.backend == "auto" or config.precision == "auto"
     cuda = device.type == "cuda"

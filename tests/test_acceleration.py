@@ -54,6 +54,18 @@ def test_auto_on_cuda_picks_bf16_or_fp16_and_compiles_only_long_fits():
     assert choose(short_fit, "cuda", (256, 256), A100).cuda_graphs
 
 
+def test_only_auto_asks_the_device_what_it_can_do(monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(acceleration, "capability", lambda device: asked.append(str(device)) or AMX)
+    for backend, precision in (("eager", "fp32"), ("eager", "bf16"), ("inductor", "fp32")):
+        plan = choose(tiny_config(backend=backend, precision=precision), "cpu", (32, 32))
+        assert (plan.backend, plan.precision) == (backend, precision)
+    assert asked == []  # explicit settings run the same on any CPU (and once in make test, not in both passes)
+    assert choose(tiny_config(backend="eager", precision="auto"), "cpu", (32, 32)).precision == "bf16"
+    assert choose(tiny_config(backend="auto", precision="fp32"), "cpu", (32, 32)).backend == "eager"
+    assert asked == ["cpu", "cpu"]
+
+
 def test_capability_check_reads_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(acceleration, "cpu_flags", lambda: {"avx2", "fma"})
     assert not acceleration.cpu_has_fast_bf16()
