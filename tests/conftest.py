@@ -2,8 +2,12 @@
 
 The CPU is faked: ``auto`` resolves as on a CPU without native bf16 (``DIPC_TEST_AUTO_PRECISION=fp32``, the default)
 or with it (``=bf16``), whatever CPU runs the suite. ``make test`` runs the suite both ways; the fp32 pass records
-which tests ever asked the faked CPU (a test whose file's shared fixture asked counts as asking), and the bf16 pass
-that follows skips the tests that never did (they run the same code either way), as long as no source changed.
+which tests passed without ever asking the faked CPU (a test whose file's shared fixture asked counts as asking; a
+test the fp32 pass skipped or failed is not recorded), and the bf16 pass that follows skips the recorded ones (they
+run the same code either way), as long as no source changed.
+
+``DIPC_REQUIRE_BROWSER`` (CI): the web page's browser test must run, so a missing part of it (gradio, gradio_client,
+playwright, Chromium) stops the session at its start instead of skipping that test.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,8 @@ from dip_compile import acceleration
 from dip_compile.acceleration import Capability
 from dip_compile.config import FitConfig, NetConfig
 from dip_compile.presets import preset
+
+pytest_plugins = ("pytester",)  # tests/test_suite.py runs this conftest in an inner session
 
 AUTO_PRECISION = os.environ.get("DIPC_TEST_AUTO_PRECISION", "fp32")
 if AUTO_PRECISION not in ("fp32", "bf16"):
@@ -92,6 +100,7 @@ _shared_setup: list[str] = []  # scopes of the fixtures being set up: a shared o
 _asked_tests: set[str] = set()  # tests that (or whose function-scoped fixtures) asked the faked CPU
 _asked_files: set[str] = set()  # files whose module- or class-scoped fixtures asked it: all their tests count
 _ran: set[str] = set()  # tests run in this pass
+_passed: set[str] = set()  # tests whose body ran and passed in this pass (a skipped one tells nothing)
 
 
 def _file(nodeid: str) -> str:
@@ -126,6 +135,11 @@ def pytest_runtest_protocol(item: pytest.Item) -> None:
     _ran.add(item.nodeid)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        _passed.add(report.nodeid)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[None]:
     _shared_setup.append(fixturedef.scope)
@@ -156,8 +170,39 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     digest = _sources_digest()
     never = set(known.get("never_asked", [])) if known.get("digest") == digest else set()
     asked = _asked_tests | {t for t in _ran if _file(t) in _asked_files}
-    never = (never - _ran) | (_ran - asked)  # the tests of this pass decide for themselves; others keep their record
+    never = (never - _ran) | (_passed - asked)  # the tests of this pass decide for themselves; others keep theirs
     cache.set(RECORD_KEY, {"digest": digest, "never_asked": sorted(never)})
+
+
+# --- CI's browser requirement ------------------------------------------------------------------------------------
+BROWSER_MODULES = ("gradio", "gradio_client", "playwright.sync_api")
+
+
+def chromium_path() -> str | None:
+    """The browser of tests/test_ui.py: DIPC_CHROMIUM, else the system's Chromium (make test installs Debian's)."""
+    return os.environ.get("DIPC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def missing_browser_parts() -> list[str]:
+    missing = []
+    for name in BROWSER_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            found = False
+        if not found:
+            missing.append(f"the Python module {name}")
+    if chromium_path() is None:
+        missing.append("chromium on PATH")
+    return missing
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("DIPC_REQUIRE_BROWSER") and (missing := missing_browser_parts()):
+        raise pytest.UsageError(
+            f"DIPC_REQUIRE_BROWSER is set but the browser test lacks {', '.join(missing)} "
+            "(make test installs them: the dev and ui extras, and Chromium with apt-get)"
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")
