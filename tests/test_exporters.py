@@ -36,6 +36,7 @@ from dip_compile.export_options import (
 )
 from dip_compile.fitting import Fitter
 from dip_compile.imageio import save_image
+from dip_compile.metrics import psnr
 from dip_compile.problem import add_noise, make_problem
 
 TOL = 1e-4
@@ -246,7 +247,9 @@ def test_metadata_records_what_a_user_needs_to_trust_the_model(fitted):
     assert meta["seed"] == "0" and meta["bn"] == "frozen" and meta["image"] == "ema"  # the fit's image
     assert meta["image_option"] == "fit" and meta["fit_image"] == "ema"
     assert meta["package_version"] and meta["torch_version"] == str(torch.__version__)
-    assert float(meta["psnr_reference"]) > 10 and float(meta["loss"]) > 0
+    image = onnx_image(model)  # the model's own image: the scores describe it
+    assert float(meta["psnr_reference"]) == pytest.approx(psnr(torch.from_numpy(image), smooth_image(30, 45)).item(), abs=1e-3)
+    assert float(meta["loss"]) == pytest.approx(fitter.problem.loss(torch.from_numpy(image)).item(), rel=1e-4)
     noise = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "noise")
     assert np.array_equal(noise, fitter.net_input.numpy())
     assert meta["noise_sha256"] == "sha256:" + hashlib.sha256(noise.astype("<f4").tobytes()).hexdigest()
