@@ -57,6 +57,24 @@ def test_a_folder_batch_writes_each_image_report_and_the_summaries(tmp_path, fol
     assert not (out / ".partial").exists()
 
 
+def test_the_default_batch_returns_the_presets_image_and_it_beats_the_noisy_input(tmp_path):
+    """No --paper-exact, no --stop: the denoising preset's EMA image under auto-stop, as a user's batch gets it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    clean = smooth_image(32, 32, seed=1)
+    save_png(clean, images / "a.png")
+    longer = [*FIT[:-1], "200"]  # the EMA (0.99) forgets the first, flat outputs
+    code, stderr = dipc("batch", images, "-o", tmp_path / "out", "--task", "denoise", "--sigma", "25", *longer, "-q")
+    assert code == 0, stderr
+    [job] = json.loads((tmp_path / "out" / "summary.json").read_text())["jobs"]
+    report = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert report["image_source"] == "ema" and report["config"]["stop"] == "auto"
+    written, truth = load_image(tmp_path / "out" / "a.png"), load_image(images / "a.png")
+    assert job["psnr"] == pytest.approx(psnr(written, truth).item(), abs=0.1)
+    noisy = add_noise(truth, 25 / 255, seed=0)  # the input the batch made (seed 0)
+    assert job["psnr"] > psnr(noisy, truth).item() + 2, job  # about 24 against 20.5
+
+
 def test_a_rerun_skips_finished_jobs_and_redoes_nothing(tmp_path, folder):
     out = tmp_path / "out"
     args = ["batch", folder, "-o", out, "--task", "denoise", "--sigma", "25", *FIT, "-q"]
@@ -93,7 +111,12 @@ def test_a_manifest_runs_mixed_tasks_with_per_job_options_and_records_bad_inputs
     assert code == 1, stderr
     rows = {r["job"]: r for r in json.loads((out / "summary.json").read_text())["jobs"]}
     assert rows["den"]["status"] == "done" and rows["den"]["iterations"] == 20  # the row's option wins
-    assert rows["inp"]["status"] == "done" and rows["inp"]["psnr"] > 20
+    assert rows["inp"]["status"] == "done"
+    written, truth, hole = load_image(out / "inp.png"), load_image(tmp_path / "clean.png"), mask == 0
+    assert rows["inp"]["psnr"] == pytest.approx(psnr(written, truth).item(), abs=0.1)  # the whole image's
+    fill = truth.clone()
+    fill[:, hole] = truth[:, ~hole].mean(dim=1, keepdim=True)  # the hole in the known pixels' mean colour
+    assert psnr(written[:, hole], truth[:, hole]).item() > psnr(fill[:, hole], truth[:, hole]).item() + 5  # 18, 10.6
     assert json.loads((out / "inp.json").read_text())["config"]["lr"] == 0.02
     assert rows["bad"]["status"] == "failed" and "mask" in rows["bad"]["error"] and "\n" not in rows["bad"]["error"]
     assert not (out / "bad.png").exists()
