@@ -112,15 +112,13 @@ def choose(
 
     Explicit choices are kept as given (``eager fp32`` is the unmodified baseline); only ``auto`` adds the
     layout and optimizer choices that paid in measurements, and only ``auto`` reads the device's capability (an
-    explicit fit runs the same whatever the CPU can do).
+    explicit fit runs the same whatever the CPU can do; ``auto`` backend depends on the kind of device alone).
     """
     device = torch.device(device)
     reasons: list[str] = []
     precision = str(config.precision)
-    if cap is None and (precision == "auto" or config.backend == "auto"):
-        cap = capability(device)
     if precision == "auto":
-        assert cap is not None
+        cap = cap or capability(device)
         if cap.fast_bf16:
             precision = "bf16"
             reasons.append(f"bf16 ({cap.isa} has native bf16)")
@@ -134,8 +132,7 @@ def choose(
         raise ConfigError("--precision fp16 is for CUDA; on a CPU use bf16 (with AVX512-BF16/AMX) or fp32")
     backend = str(config.backend)
     if backend == "auto":
-        assert cap is not None
-        backend = _auto_backend(config, cap, canvas, precision, reasons)
+        backend = _auto_backend(config, device, canvas, reasons)
     auto = config.backend == "auto" or config.precision == "auto"
     cuda = device.type == "cuda"
     if cuda and config.net.trains_input:  # a graph replays on a static copy of the input, which gets no gradient
@@ -152,11 +149,9 @@ def choose(
     )
 
 
-def _auto_backend(
-    config: FitConfig, cap: Capability, canvas: tuple[int, int], precision: str, reasons: list[str]
-) -> str:
+def _auto_backend(config: FitConfig, device: torch.device, canvas: tuple[int, int], reasons: list[str]) -> str:
     pixels = canvas[0] * canvas[1]
-    if cap.device == "cuda":
+    if device.type == "cuda":
         # ~1 ms of kernel launches per eager step dominates small images; compiling pays after a few hundred steps
         if config.iterations >= 500:
             reasons.append(
