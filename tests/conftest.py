@@ -6,6 +6,10 @@ which tests passed without ever asking the faked CPU (a test whose file's shared
 test the fp32 pass skipped or failed is not recorded), and the bf16 pass that follows skips the recorded ones (they
 run the same code either way), as long as no source changed.
 
+A reduced-precision step of a network over ``BF16_PARAMETERS`` on the CPU fails its test at once: on a CPU without
+native bf16 (CI's AVX2 machine) bf16 is emulated, about 100x slower than fp32, and the bf16 pass makes every ``auto``
+fit bf16; such a test fits a small network or gives its precision.
+
 ``DIPC_REQUIRE_BROWSER`` (CI): the web page's browser test must run, so a missing part of it (gradio, gradio_client,
 playwright, Chromium) stops the session at its start instead of skipping that test.
 """
@@ -28,7 +32,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dip_compile import acceleration
+from dip_compile import acceleration, fitting
 from dip_compile.acceleration import Capability
 from dip_compile.config import FitConfig, NetConfig
 from dip_compile.presets import preset
@@ -172,6 +176,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     asked = _asked_tests | {t for t in _ran if _file(t) in _asked_files}
     never = (never - _ran) | (_passed - asked)  # the tests of this pass decide for themselves; others keep theirs
     cache.set(RECORD_KEY, {"digest": digest, "never_asked": sorted(never)})
+
+
+# --- no big network in a reduced-precision step on the CPU -------------------------------------------------------
+BF16_PARAMETERS = 100_000  # the tests' small networks have 6-27 thousand weights, the presets' 2.2-3 million
+
+
+def _small_networks_only(real: Callable[[fitting.Fitter], Any]) -> Callable[[fitting.Fitter], Any]:
+    def make_step(fitter: fitting.Fitter) -> Any:
+        weights = sum(p.numel() for p in fitter.net.parameters())
+        if fitter.device.type == "cpu" and fitter.plan.precision != "fp32" and weights > BF16_PARAMETERS:
+            pytest.fail(
+                f"a {fitter.plan.precision} step of a {weights:,}-weight network on the CPU: emulated and about 100x "
+                f"slower than fp32 on CPUs without native bf16 (make test's bf16 pass fakes one for auto); fit a "
+                f"network of at most {BF16_PARAMETERS:,} weights (--channels, --depth) or give --precision fp32",
+                pytrace=False,
+            )
+        return real(fitter)
+
+    return make_step
+
+
+@pytest.fixture(autouse=True, scope="session")
+def small_networks_in_bf16():
+    """See the module's docstring: a big network's bf16 step would cost minutes on the CI machine."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fitting.Fitter, "make_step", _small_networks_only(fitting.Fitter.make_step))
+        yield
 
 
 # --- CI's browser requirement ------------------------------------------------------------------------------------

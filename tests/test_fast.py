@@ -150,7 +150,7 @@ def test_a_fast_fit_exports_and_regenerates_its_image(fast_fit: Path, tmp_path: 
 
 def test_a_fast_fit_resumes_on_its_own_network_and_refuses_fast_again(fast_fit: Path, tmp_path: Path) -> None:
     code, err = dipc("fit", "--resume", fast_fit / "fit.ckpt", "-o", tmp_path / "more.png", "--iterations", "6",
-                     "--checkpoint", tmp_path / "more.ckpt", "--quiet")  # fmt: skip
+                     "--precision", "fp32", "--checkpoint", tmp_path / "more.ckpt", "--quiet")  # fmt: skip
     assert code == 0, err
     more, saved = load_checkpoint(tmp_path / "more.ckpt"), load_checkpoint(fast_fit / "fit.ckpt")
     assert more.iteration == 6 and more.config.fast and more.config.net == saved.config.net

@@ -8,7 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import smooth_image, tiny_config
+from dip_compile.fitting import Fitter
+from dip_compile.problem import make_problem
+
 CONFTEST = Path(__file__).with_name("conftest.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def torchs_lazy_imports() -> None:
+    """A first fit imports hundreds of torch modules (dynamo, inductor); imported inside an inner session they would
+    be dropped after it and registered twice by the next one."""
+    config = tiny_config(iterations=1)
+    Fitter(config, make_problem(config, smooth_image(32, 32))).run(1)
+
 
 THREE_TESTS = """
 import os
@@ -40,12 +53,17 @@ def inner_session(pytester: pytest.Pytester, test_source: str) -> None:
     (tests / "test_inner.py").write_text(test_source)
 
 
-def outcomes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, precision: str) -> dict[str, str]:
+def reports(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, precision: str) -> list[pytest.TestReport]:
+    """The inner session's reports, as ``make test``'s pass of this precision makes them."""
     monkeypatch.setenv("DIPC_TEST_AUTO_PRECISION", precision)
     monkeypatch.delenv("DIPC_REQUIRE_BROWSER", raising=False)  # CI's: not what this session is about
-    result = pytester.runpytest_inprocess("tests", "--import-mode=importlib", "-p", "no:randomly")
-    reports = [r for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call" or r.skipped]
-    return {r.nodeid.split("::")[-1]: r.outcome for r in reports}
+    result = pytester.runpytest_inprocess("tests", "--import-mode=importlib")
+    return list(result.reprec.getreports("pytest_runtest_logreport"))
+
+
+def outcomes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, precision: str) -> dict[str, str]:
+    kept = [r for r in reports(pytester, monkeypatch, precision) if r.when == "call" or r.skipped]
+    return {r.nodeid.split("::")[-1]: r.outcome for r in kept}
 
 
 def test_the_bf16_pass_skips_only_tests_that_passed_in_the_fp32_pass_without_asking(pytester, monkeypatch):
@@ -75,3 +93,24 @@ def test_require_browser_stops_the_session_when_a_browser_module_is_missing(pyte
             "playwright.sync_api (make test installs them*"
         ]
     )
+
+
+def test_a_big_network_in_a_bf16_step_fails_its_test_before_any_step(pytester, monkeypatch):
+    inner_session(
+        pytester,
+        """
+import torch
+
+from dip_compile.fitting import Fitter
+from dip_compile.presets import preset
+from dip_compile.problem import make_problem
+
+
+def test_the_denoising_preset_under_auto():
+    config = preset("denoise").replace(precision="auto", iterations=1)
+    Fitter(config, make_problem(config, torch.rand(3, 32, 32)))
+""",
+    )
+    assert outcomes(pytester, monkeypatch, "fp32") == {"test_the_denoising_preset_under_auto": "passed"}
+    [report] = [r for r in reports(pytester, monkeypatch, "bf16") if r.when == "call"]
+    assert report.failed and "a bf16 step of a 2,217,831-weight network on the CPU" in report.longreprtext
