@@ -154,9 +154,10 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if AUTO_PRECISION != "bf16" or config.cache is None:
+    cache = getattr(config, "cache", None)  # none under -p no:cacheprovider
+    if AUTO_PRECISION != "bf16" or cache is None:
         return
-    record = config.cache.get(RECORD_KEY, None)
+    record = cache.get(RECORD_KEY, None)
     if not record or record.get("digest") != _sources_digest():
         return
     never = set(record["never_asked"])
@@ -167,9 +168,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if AUTO_PRECISION != "fp32" or session.config.cache is None or not _ran:
+    cache = getattr(session.config, "cache", None)
+    if AUTO_PRECISION != "fp32" or cache is None or not _ran:
         return
-    cache = session.config.cache
     known = cache.get(RECORD_KEY, None) or {}
     digest = _sources_digest()
     never = set(known.get("never_asked", [])) if known.get("digest") == digest else set()
