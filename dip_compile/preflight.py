@@ -71,7 +71,7 @@ def dry_run(config: FitConfig, problem: Problem, device: str, console: Any, done
     guess = check_memory(config, problem, device)
     seconds = probe_seconds(config, problem.canvas, problem.channels, device)
     left = config.iterations - done
-    auto = ", less if auto-stop ends it sooner" if config.stop == "auto" else ""
+    auto = ", less if auto-stop ends it sooner" if config.stop != "fixed" else ""
     console.print(
         f"dry run: {guess.describe()}; about {seconds:.2f} s per iteration ({choose(config, device, problem.canvas).describe()}), "
         f"{left} iterations: about {_duration(left * seconds)}{auto}; nothing was fitted or written"
