@@ -53,8 +53,8 @@ class Candidate:
     why: str
 
 
-# The defaults first. Candidates change only the network or the length, so each one is a preset modifier that
-# exports, resumes and regenerates like any other net.
+# The defaults first. Candidates change only the network, the length or the rule that decides it, so each one is a
+# preset modifier that exports, resumes and regenerates like any other net.
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("defaults", (), "dipc fit TASK: the task's default preset, auto-stop and EMA where it has them"),
     Candidate("w64", ("--channels", "64"), "64 channels per level: about a quarter of the convolutions' work"),
@@ -66,6 +66,18 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("w32-half", ("--channels", "32", "--iterations-scale", "0.5"), "32 channels, half the iterations"),
     Candidate("w48", ("--channels", "48"), "48 channels per level"),
     Candidate("w64-3q", ("--channels", "64", "--iterations-scale", "0.75"), "64 channels, 3/4 of the iterations"),
+    # the stopping rules (docs/stopping.md): the length decided by 5% of the observed pixels held out of the fit
+    Candidate("holdout", ("--stop", "holdout"), "stop at the held-out error's minimum, return the image there"),
+    Candidate(
+        "holdout-finish",
+        ("--stop", "holdout", "--stop-finish", "200"),
+        "stop at the held-out error's minimum, then 200 iterations on all pixels (noise-free tasks)",
+    ),
+    Candidate(
+        "w64-holdout-finish",
+        ("--channels", "64", "--stop", "holdout", "--stop-finish", "200"),
+        "64 channels, the held-out stop and 200 iterations on all pixels",
+    ),
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
 # The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).
