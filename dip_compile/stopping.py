@@ -261,11 +261,11 @@ def holdout_split(problem: Problem, share: float, seed: int) -> torch.Tensor:
     if problem.mask is not None:
         observed = problem.mask.detach().cpu().reshape(-1) > 0.5
     index = observed.nonzero().squeeze(1)
-    count = round(share * index.numel())
-    if count < 1 or count >= index.numel():
+    count = max(1, round(share * index.numel()))  # at least one, so that a tiny image still has a held-out pixel
+    if count >= index.numel():
         raise HoldoutError(
-            f"--stop holdout: {share:g} of the {index.numel()} observed pixels leaves none to hold out or none to fit; "
-            "use a larger image, another --stop-holdout or --stop fixed"
+            f"--stop holdout: {index.numel()} observed pixel(s) leave none to fit once one is held out; "
+            "use --stop fixed or --stop auto"
         )
     generator = torch.Generator().manual_seed(seed + HOLDOUT_SEED)
     held = torch.zeros(h * w)

@@ -331,11 +331,13 @@ def test_held_out_pixels_are_observed_ones_the_same_for_a_seed_and_out_of_the_fi
     assert torch.equal(moved.loss(out), loss)
 
 
-def test_holdout_refuses_a_share_that_leaves_nothing_to_hold_out_in_one_line():
+def test_holdout_holds_out_one_pixel_of_a_few_and_refuses_a_single_one():
     config, problem = holdout_problem("inpaint", n=8)
     few = dataclasses.replace(problem, mask=torch.zeros(8, 8))
-    few.mask[0, :3] = 1  # three known pixels: 5% of them rounds to none
-    with pytest.raises(HoldoutError, match="none to hold out"):
+    few.mask[0, :3] = 1  # three known pixels: 5% of them rounds to none, so one is held out
+    assert int(holdout_split(few, 0.05, seed=0).sum()) == 1
+    few.mask[0, 1:3] = 0
+    with pytest.raises(HoldoutError, match="1 observed pixel"):
         Fitter(config.replace(stop="holdout"), few, device="cpu")
 
 
