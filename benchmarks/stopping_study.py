@@ -9,7 +9,8 @@ and of the raw output. Every rule is then replayed on those curves, exactly as t
 * ``rise R``: stop once the variance exceeds its minimum so far by the fraction R (after at least 50 iterations
   past the minimum, so one noisy sample does not end the fit);
 * ``holdout P/T`` (cases fitted with ``--holdout``): stop once P iterations pass without a held-out error at least
-  T (relative) below the last such minimum, returning the EMA at the held-out minimum.
+  T (relative) below the last such minimum, returning the EMA 99 iterations after the held-out minimum (or at it,
+  in the row marked "no lag").
 
 The variance rules return the EMA 99 iterations after the variance minimum (the stopper's lag), or at the minimum when
 the run stopped sooner; minima before iteration 300 (the burn-in) do not count, except in the rows marked "no
@@ -52,7 +53,8 @@ PATIENCES = (100, 200, 300, 500, 1000)
 RISES = (0.05, 0.1, 0.2, 0.5)
 MIN_PAST = 50
 RULES = [("patience", p) for p in PATIENCES] + [("rise", r) for r in RISES]
-HOLDOUT_RULES = [(p, t) for p in (100, 200, 300, 500) for t in (0.0, 0.003, 0.01)]  # (patience, tolerance)
+# (patience, tolerance, lag): the stopper's lag (the EMA's mean age, LAG below) and once without it
+HOLDOUT_RULES = [(p, t, -1) for p in (100, 200, 300, 500) for t in (0.0, 0.003, 0.01)] + [(300, 0.003, 0)]
 LOG_EVERY = 5  # the curves' (and so the replayed rules') resolution in iterations
 BURN_IN = BURN_IN_WINDOWS * preset("denoise").stop_window  # the stopper counts no minimum before this iteration
 LAG = ema_lag(preset("denoise"))  # it keeps the EMA this many iterations after the minimum
@@ -232,12 +234,13 @@ def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 runs.append((stop, kept_psnr(c, chosen, stop)))
             summary.append(row(rule, value, burn_in, runs))
     if cases and all("held_error" in c for c in cases):
-        for patience, tolerance in HOLDOUT_RULES:
+        for patience, tolerance, lag in HOLDOUT_RULES:
             runs = []
             for c in cases:
                 stop, chosen = replay_holdout(c, patience, tolerance)
-                runs.append((stop, psnr_at(c, chosen)))
-            summary.append(row("holdout", f"{patience}/{tolerance:g}", 0, runs))
+                runs.append((stop, kept_psnr(c, chosen, stop, LAG if lag < 0 else lag)))
+            value = f"{patience}/{tolerance:g}" + ("" if lag < 0 else f" lag {lag}")
+            summary.append(row("holdout", value, 0, runs))
     return summary
 
 

@@ -30,10 +30,13 @@ pixels of an inpainting mask, the low-resolution pixels of super-resolution, the
 watches the error there: the network never saw those values, so their error is what it would be on the rest of the
 image (plus the noise's variance, a constant), and its minimum is where the fit stops improving, with no clean image.
 Stop ``patience`` iterations after the last minimum that improved by at least ``TOLERANCE``; then either return the
-image at the minimum (``--stop-finish 0``, as auto-stop does: denoising, where fitting on would fit noise) or fit
-``--stop-finish`` more iterations on all pixels and return the fit's own image (noise-free tasks, where the held-out
-pixels are worth fitting). The switch to all pixels is on the device (a weight in the loss), so a checkpoint taken
-at any iteration resumes exactly.
+image at the minimum (``--stop-finish 0``: denoising, where fitting on would fit noise) or fit ``--stop-finish`` more
+iterations on all pixels and return the fit's own image (noise-free tasks, where the held-out pixels are worth
+fitting). With an EMA the image returned is the EMA ``lag`` iterations after the minimum, as auto-stop keeps it: the
+held-out pixels are only predicted from their neighbours, never fitted, so their error turns up before the fitted
+pixels stop gaining detail (on a gravel texture the held-out minimum came at 650 iterations, the best image at 1130;
+docs/stopping.md). The switch to all pixels is on the device (a weight in the loss), so a checkpoint taken at any
+iteration resumes exactly.
 """
 
 from __future__ import annotations
@@ -52,6 +55,40 @@ from .problem import Problem
 # No minimum counts before this many windows of iterations: while the net first fits the coarse image its outputs can
 # settle briefly before changing fast again, and a fit stopped there loses 10 dB (zebra, sigma 50, 256 px: README)
 BURN_IN_WINDOWS = 3
+
+
+class LaggedImage:
+    """The image a stopper returns: the one offered at a new minimum at once, then again ``lag`` iterations later
+    unless a newer minimum came first (with an EMA, the EMA at t + lag is centred on t). On the device: no sync."""
+
+    def __init__(self, lag: int, device: torch.device) -> None:
+        self.lag = lag
+        self.capture_at = torch.full((), -1, dtype=torch.long, device=device)
+        self.kept_at = torch.zeros((), dtype=torch.long, device=device)
+        self.image: torch.Tensor | None = None
+
+    def offer(self, better: torch.Tensor, now: torch.Tensor, image: torch.Tensor) -> None:
+        """``image`` is iteration ``now``'s; ``better``: whether ``now`` is a new minimum."""
+        capture = better | (self.capture_at == now)
+        self.capture_at = torch.where(better, now + self.lag, self.capture_at)
+        self.kept_at = torch.where(capture, now, self.kept_at)
+        if self.image is None:
+            self.image = image.clone()
+        else:
+            self.image.copy_(torch.where(capture, image, self.image))
+
+    def iteration(self) -> int | None:
+        """The iteration whose image is kept (the minimum, or ``lag`` later once reached; one host read)."""
+        return int(self.kept_at.item()) if self.image is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_image": self.image, "capture_at": self.capture_at, "kept_at": self.kept_at}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.image = None if state["best_image"] is None else state["best_image"].to(device)
+        # checkpoints from before the lag kept the image at the minimum
+        self.capture_at = state.get("capture_at", torch.tensor(-1)).to(device)
+        self.kept_at = state.get("kept_at", state["best_iteration"]).to(device)
 
 
 class VarianceStopper:
@@ -73,8 +110,7 @@ class VarianceStopper:
         self.burn_in = BURN_IN_WINDOWS * window
         # keep the image ``lag`` iterations after a minimum (the EMA's mean age: the EMA at t + lag is centred on t)
         self.lag = lag
-        self.capture_at = torch.full((), -1, dtype=torch.long, device=device)
-        self.kept_at = torch.zeros((), dtype=torch.long, device=device)
+        self.kept = LaggedImage(lag, device)
         self.device, self.check_every = device, check_every
         self.buffer: torch.Tensor | None = None  # WMV: the last W outputs, a ring
         self.sum: torch.Tensor | None = None  # WMV: float64 running sums, O(pixels) updates
@@ -84,8 +120,11 @@ class VarianceStopper:
         self.count = 0
         self.best_var = torch.tensor(float("inf"), dtype=torch.float64, device=device)
         self.best_iteration = torch.zeros((), dtype=torch.long, device=device)
-        self.best_image: torch.Tensor | None = None
         self.variance_history: list[float] = []
+
+    @property
+    def best_image(self) -> torch.Tensor | None:
+        return self.kept.image
 
     def watch(self, problem: Problem) -> Problem:
         """It watches the outputs only: the fit's problem is unchanged."""
@@ -144,22 +183,14 @@ class VarianceStopper:
         now = torch.full_like(self.best_iteration, iteration)
         self.best_var = torch.where(better, var, self.best_var)
         self.best_iteration = torch.where(better, now, self.best_iteration)
-        # the image at a new minimum at once, then again ``lag`` iterations later unless a newer minimum came first
-        capture = better | (self.capture_at == iteration)
-        self.capture_at = torch.where(better, now + self.lag, self.capture_at)
-        self.kept_at = torch.where(capture, now, self.kept_at)
-        if self.best_image is None:
-            self.best_image = kept.clone()
-        else:
-            self.best_image.copy_(torch.where(capture, kept, self.best_image))
+        self.kept.offer(better, now, kept)
 
     def chosen_iteration(self) -> int | None:
         """The iteration of the current minimum (one host read), or None before any variance was defined."""
         return int(self.best_iteration.item()) if self.best_image is not None else None
 
     def kept_iteration(self) -> int | None:
-        """The iteration whose image is kept (the minimum, or ``lag`` later once reached; one host read)."""
-        return int(self.kept_at.item()) if self.best_image is not None else None
+        return self.kept.iteration()
 
     def should_stop(self, iteration: int) -> bool:
         if iteration % self.check_every != 0:
@@ -191,9 +222,7 @@ class VarianceStopper:
             "count": self.count,
             "best_var": self.best_var,
             "best_iteration": self.best_iteration,
-            "best_image": self.best_image,
-            "capture_at": self.capture_at,
-            "kept_at": self.kept_at,
+            **self.kept.state_dict(),
             "variance_history": self.variance_history,
         }
 
@@ -205,10 +234,7 @@ class VarianceStopper:
         self.mean, self.var = move(state["mean"]), move(state["var"])
         self.count = int(state["count"])
         self.best_var, self.best_iteration = move(state["best_var"]), move(state["best_iteration"])
-        self.best_image = move(state["best_image"])
-        # checkpoints from before the lag kept the image at the minimum
-        self.capture_at = move(state.get("capture_at", torch.tensor(-1)))
-        self.kept_at = move(state.get("kept_at", state["best_iteration"]))
+        self.kept.load_state_dict(state, self.device)
         self.variance_history = list(state["variance_history"])
 
 
@@ -216,7 +242,9 @@ class Stopper(Protocol):
     """What the fit asks of a stopping rule (``STOPPERS``): it may change the problem it watches, is fed every
     iteration's output (and the image it would keep), says when to stop, and keeps its state for a checkpoint."""
 
-    best_image: torch.Tensor | None  # the image to return instead of the fit's own (None: the fit's own)
+    @property
+    def best_image(self) -> torch.Tensor | None:
+        """The image to return instead of the fit's own (None: the fit's own)."""
 
     def watch(self, problem: Problem) -> Problem: ...
 
@@ -302,6 +330,7 @@ class HoldoutStopper:
         check_every: int = 10,
         tolerance: float = TOLERANCE,
         share: float = 0.0,
+        lag: int = 0,
     ) -> None:
         self.held = held.to(device)
         self.patience, self.finish, self.tolerance, self.share = patience, finish, tolerance, share
@@ -317,8 +346,12 @@ class HoldoutStopper:
         self.mark_error = torch.tensor(float("inf"), dtype=torch.float64, device=device)
         self.mark_iteration = torch.zeros((), dtype=torch.long, device=device)
         self.finish_from = torch.full((), -1, dtype=torch.long, device=device)
-        self.best_image: torch.Tensor | None = None
+        self.kept = LaggedImage(lag, device)
         self.error_history: list[float] = []
+
+    @property
+    def best_image(self) -> torch.Tensor | None:
+        return self.kept.image
 
     def watch(self, problem: Problem) -> Problem:
         """The problem whose loss leaves the held-out pixels out (until the fit finishes on all of them)."""
@@ -347,11 +380,8 @@ class HoldoutStopper:
         better = fitting & (self.error < self.best_error)
         self.best_error = torch.where(better, self.error, self.best_error)
         self.best_iteration = torch.where(better, now, self.best_iteration)
-        if self.finish == 0:  # the image at the minimum is the one returned
-            if self.best_image is None:
-                self.best_image = image.clone()
-            else:
-                self.best_image.copy_(torch.where(better, image, self.best_image))
+        if self.finish == 0:  # the image at the minimum (or ``lag`` after it) is the one returned
+            self.kept.offer(better, now, image)
         marked = fitting & (self.error < self.mark_error * (1 - self.tolerance))
         self.mark_error = torch.where(marked, self.error, self.mark_error)
         self.mark_iteration = torch.where(marked, now, self.mark_iteration)
@@ -369,11 +399,11 @@ class HoldoutStopper:
         return start >= 0 and iteration - start >= self.finish and iteration < self.end
 
     def chosen_iteration(self) -> int | None:
-        """The iteration of the returned image (the held-out minimum's), or None when the fit returns its own."""
+        """The held-out minimum whose image is returned, or None when the fit returns its own (``--stop-finish``)."""
         return int(self.best_iteration.item()) if self.best_image is not None else None
 
     def kept_iteration(self) -> int | None:
-        return self.chosen_iteration()
+        return self.kept.iteration()
 
     def info(self) -> dict[str, Any]:
         minimum = int(self.best_iteration.item()) if self.count else None
@@ -384,6 +414,7 @@ class HoldoutStopper:
             "held_out_pixels": int(self.held.sum().item()),
             "patience": self.patience,
             "tolerance": self.tolerance,
+            "lag": self.kept.lag,
             "finish": self.finish,
             "minimum_iteration": minimum,
             "min_error": float(self.best_error.item()) if minimum is not None else None,
@@ -402,7 +433,7 @@ class HoldoutStopper:
             "mark_error": self.mark_error,
             "mark_iteration": self.mark_iteration,
             "finish_from": self.finish_from,
-            "best_image": self.best_image,
+            **self.kept.state_dict(),
             "error_history": self.error_history,
         }
 
@@ -416,7 +447,7 @@ class HoldoutStopper:
         self.best_error, self.best_iteration = move(state["best_error"]), move(state["best_iteration"])
         self.mark_error, self.mark_iteration = move(state["mark_error"]), move(state["mark_iteration"])
         self.finish_from = move(state["finish_from"])
-        self.best_image = None if state["best_image"] is None else move(state["best_image"])
+        self.kept.load_state_dict(state, self.device)
         self.error_history = list(state["error_history"])
         if self.loss is not None:
             self.loss.weight.copy_(self._weight())
@@ -447,6 +478,7 @@ def _holdout(config: FitConfig, problem: Problem, device: torch.device) -> Stopp
         check_every=config.log_every,
         tolerance=TOLERANCE,
         share=config.stop_holdout,
+        lag=ema_lag(config),
     )
 
 

@@ -186,7 +186,7 @@ def tiny_config(**changes):
     net = dataclasses.replace(
         config.net, channels_down=(16,) * 3, channels_up=(16,) * 3, channels_skip=(4,) * 3, input_depth=8
     )
-    settings = dict(net=net, iterations=400, stop_window=10, stop_patience=40, log_every=5)
+    settings = dict(net=net, iterations=400, stop="auto", stop_window=10, stop_patience=40, log_every=5)
     return config.replace(**(settings | changes))
 
 
@@ -236,6 +236,8 @@ def test_cli_auto_stop_reports_the_chosen_iteration_and_the_detection_gap(tmp_pa
         str(tmp_path / "out.png"),
         "--iterations",
         "400",
+        "--stop",
+        "auto",
         "--stop-window",
         "10",
         "--stop-patience",
@@ -379,6 +381,11 @@ def test_holdout_stops_patience_after_the_smoothed_held_out_minimum_and_keeps_it
     slow = HoldoutStopper(held, patience=60, finish=0, device=CPU, check_every=1, tolerance=0.5)
     slow.watch(problem)
     assert feed_holdout(slow, images) < stopped
+    # with a lag (an EMA's mean age) the image kept is the one that many iterations after the minimum
+    lagged = HoldoutStopper(held, patience=60, finish=0, device=CPU, check_every=1, tolerance=0.0, lag=10)
+    lagged.watch(problem)
+    assert feed_holdout(lagged, images) == stopped and lagged.chosen_iteration() == expected
+    assert lagged.kept_iteration() == expected + 10 and torch.equal(lagged.best_image, images[expected + 10 - 1])
 
 
 def test_holdout_finishes_on_all_pixels_after_the_stop_and_before_the_end():
