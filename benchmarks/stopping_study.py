@@ -239,8 +239,8 @@ def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for c in cases:
                 stop, chosen = replay_holdout(c, patience, tolerance)
                 runs.append((stop, kept_psnr(c, chosen, stop, LAG if lag < 0 else lag)))
-            value = f"{patience}/{tolerance:g}" + ("" if lag < 0 else f" lag {lag}")
-            summary.append(row("holdout", value, 0, runs))
+            label = f"{patience}/{tolerance:g}" + ("" if lag < 0 else f" lag {lag}")
+            summary.append(row("holdout", label, 0, runs))
     return summary
 
 

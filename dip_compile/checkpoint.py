@@ -316,10 +316,8 @@ def _check_finite(prob: dict[str, Any], state: dict[str, Any]) -> None:
     named += [(f"backtrack copy {i}", t) for i, t in enumerate(state.get("backtrack_saved") or [])]
     stopper = state.get("stopper")
     stopper = stopper if isinstance(stopper, dict) else {}
-    named += [
-        (f"the auto-stop {k}", stopper.get(k))
-        for k in ("buffer", "sum", "sum_sq", "mean", "var", "best_image", "held", "error")
-    ]
+    named += [(f"the auto-stop {k}", stopper.get(k)) for k in ("buffer", "sum", "sum_sq", "mean", "var", "best_image")]
+    named += [("the held-out pixels", stopper.get("held")), ("the held-out error", stopper.get("error"))]
     for what, t in named:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise NonFiniteError(f"{what} holds NaN or infinite values")

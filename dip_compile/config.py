@@ -501,8 +501,8 @@ class FitConfig:
         StopRule.fixed,
         flag="--stop",
         panel="stopping",
-        help="auto: variance-based early stopping (denoise default); holdout: stop at the minimum of the error on "
-        "held-out observed pixels (docs/stopping.md); fixed: run --iterations",
+        help="holdout: stop at the minimum of the error on held-out observed pixels (denoise default; "
+        "docs/stopping.md); auto: at the minimum of the outputs' variance; fixed: run --iterations",
     )
     stop_window: int = option(100, flag="--stop-window", panel="stopping", help="auto stopping window W (preset 100)")
     stop_patience: int = option(  # ES-WMV patience P
