@@ -80,12 +80,20 @@ CANDIDATES: tuple[Candidate, ...] = (
         "64 channels, 3/4 of the iterations, half of them at half size",
         FIXED,
     ),
-    # Deep Random Projector (branch drp): random frozen convolutions, the input and BatchNorm fitted
+    # Deep Random Projector: random frozen convolutions, the input and BatchNorm fitted
     Candidate("drp", ("--generator", "drp"), "Deep Random Projector"),
-    # stopping rules that need no clean image (branch stop-r3), against the fixed counts
-    Candidate("stop-holdout", ("--stop", "holdout"), "stop at the minimum of held-out known pixels' error", FIXED),
-    Candidate("stop-plateau", ("--stop", "plateau"), "stop when the EMA image stops changing", FIXED),
-    Candidate("w64-stop-holdout", ("--channels", "64", "--stop", "holdout"), "64 channels, held-out stopping", FIXED),
+    # the stopping rules (docs/stopping.md): the length decided by 5% of the observed pixels held out of the fit
+    Candidate("holdout", ("--stop", "holdout"), "stop at the held-out error's minimum, return the image there"),
+    Candidate(
+        "holdout-finish",
+        ("--stop", "holdout", "--stop-finish", "200"),
+        "stop at the held-out error's minimum, then 200 iterations on all pixels (noise-free tasks)",
+    ),
+    Candidate(
+        "w64-holdout-finish",
+        ("--channels", "64", "--stop", "holdout", "--stop-finish", "200"),
+        "64 channels, the held-out stop and 200 iterations on all pixels",
+    ),
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
 # The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).

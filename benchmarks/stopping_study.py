@@ -1,20 +1,27 @@
-"""Which auto-stop rule ends soonest without losing quality (not a test: minutes per case).
+"""Which stopping rule ends soonest without losing quality, no clean image needed (not a test: minutes per case).
 
 Each case (image x noise) is fitted ONCE with the denoising preset for ``--iterations`` iterations, recording every
-5th iteration's running variance (ES-WMV, the stopper ``dipc fit`` uses) and the PSNR of the EMA image the fit would
-return at that iteration. Every rule is then replayed on those curves, exactly as the stopper would run it:
+5th iteration's running variance (ES-WMV, ``--stop auto``), with ``--holdout S`` the error on the held-out pixels
+(``--stop holdout``: the fit then leaves that share of the noisy pixels out of its loss), and the PSNR of the EMA image
+and of the raw output. Every rule is then replayed on those curves, exactly as the stopper would run it:
 
-* ``patience P``: stop once P iterations pass without a new variance minimum (today's rule, P = 1000);
+* ``patience P``: stop once P iterations pass without a new variance minimum (today's rule, P = 300);
 * ``rise R``: stop once the variance exceeds its minimum so far by the fraction R (after at least 50 iterations
-  past the minimum, so one noisy sample does not end the fit).
+  past the minimum, so one noisy sample does not end the fit);
+* ``holdout P/T`` (cases fitted with ``--holdout``): stop once P iterations pass without a held-out error at least
+  T (relative) below the last such minimum, returning the EMA 99 iterations after the held-out minimum (or at it,
+  in the row marked "no lag").
 
-Either way the image returned is the EMA 99 iterations after the variance minimum (the stopper's lag), or at the
-minimum when the run stopped sooner; minima before iteration 300 (the burn-in) do not count, except in the rows
-marked "no burn-in". Per rule the table gives the mean and worst gap to the best PSNR the whole run ever reached (dB) and the mean run length as a share of the fixed run,
-and per case where each rule stopped. Prints tables, writes ``stopping_study.json``.
+The variance rules return the EMA 99 iterations after the variance minimum (the stopper's lag), or at the minimum when
+the run stopped sooner; minima before iteration 300 (the burn-in) do not count, except in the rows marked "no
+burn-in". Per rule the table gives the mean and worst gap to the best PSNR the whole run ever reached, EMA or raw
+output (dB), and the mean run length as a share of the fixed run, and per case where each rule stopped. Prints tables,
+writes ``stopping_study.json`` (PSNR only: the fits' times are left out, the study runs beside other work).
 
     python benchmarks/stopping_study.py --size 96 --iterations 3000 --images F16_GT.png kate.png zebra_GT.png \
         --noises gaussian:25 gaussian:50
+    python benchmarks/stopping_study.py --size 128 --iterations 1800 --holdout 0.05 --noises gaussian:25 \
+        --images F16_GT.png skimage:immunohistochemistry skimage:gravel  # scikit-image's own sample images
     python benchmarks/stopping_study.py --replay benchmarks/results/schedule/schedule_study_256.json  # its runs
 """
 
@@ -40,37 +47,63 @@ from dip_compile.imageio import load_image  # noqa: E402
 from dip_compile.noise import parse_noise  # noqa: E402
 from dip_compile.presets import preset  # noqa: E402
 from dip_compile.problem import make_problem  # noqa: E402
-from dip_compile.stopping import BURN_IN_WINDOWS, VarianceStopper, ema_lag  # noqa: E402
+from dip_compile.stopping import BURN_IN_WINDOWS, HoldoutStopper, Stopper, VarianceStopper, ema_lag  # noqa: E402
 
 PATIENCES = (100, 200, 300, 500, 1000)
 RISES = (0.05, 0.1, 0.2, 0.5)
 MIN_PAST = 50
 RULES = [("patience", p) for p in PATIENCES] + [("rise", r) for r in RISES]
+# (patience, tolerance, lag): the stopper's lag (the EMA's mean age, LAG below) and once without it
+HOLDOUT_RULES = [(p, t, -1) for p in (100, 200, 300, 500) for t in (0.0, 0.003, 0.01)] + [(300, 0.003, 0)]
 LOG_EVERY = 5  # the curves' (and so the replayed rules') resolution in iterations
 BURN_IN = BURN_IN_WINDOWS * preset("denoise").stop_window  # the stopper counts no minimum before this iteration
 LAG = ema_lag(preset("denoise"))  # it keeps the EMA this many iterations after the minimum
 
 
+class Recorder:
+    """Stands in for the fit's stopper (never stopping): feeds it and a shadow ES-WMV stopper with the preset's
+    window, and records the variance and, under --stop holdout, the held-out error every ``LOG_EVERY`` iterations."""
+
+    def __init__(self, inner: Stopper, shadow: VarianceStopper) -> None:
+        self.inner, self.shadow = inner, shadow
+        self.variance: dict[int, float] = {}
+        self.held_error: dict[int, float] = {}
+
+    def update(self, out: torch.Tensor, iteration: int, keep: torch.Tensor | None = None) -> None:
+        self.shadow.update(out, iteration, keep)
+        if self.inner is not self.shadow:
+            self.inner.update(out, iteration, keep)
+        if iteration % LOG_EVERY == 0:
+            if self.shadow.count >= self.shadow.window:
+                self.variance[iteration] = float(self.shadow.var.item())
+            if isinstance(self.inner, HoldoutStopper):
+                self.held_error[iteration] = float(self.inner.error.item())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def curves(
-    image: torch.Tensor, spec: str, iterations: int, seed: int, preset_name: str = "f16", **changes: Any
+    image: torch.Tensor,
+    spec: str,
+    iterations: int,
+    seed: int,
+    preset_name: str = "f16",
+    holdout: float = 0.0,
+    **changes: Any,
 ) -> dict[str, Any]:
-    """The variance and EMA PSNR every ``LOG_EVERY`` iterations of one fixed-length fit of the preset, with
-    ``changes`` to its settings (learning rate, schedule, device, precision)."""
-    variances: dict[int, float] = {}
-    original = VarianceStopper.update
-
-    def recording(self: VarianceStopper, out: torch.Tensor, iteration: int, keep: Any = None) -> None:
-        original(self, out, iteration, keep)
-        if self.count >= self.window and iteration % LOG_EVERY == 0:
-            variances[iteration] = float(self.var.item())
-
-    config = preset("denoise", name=preset_name).replace(
+    """The variance, EMA and output PSNR (and with ``holdout``, the held-out error of a fit that leaves that share
+    of the noisy pixels out) every ``LOG_EVERY`` iterations of one fixed-length fit of the preset, with ``changes``
+    to its settings (learning rate, schedule, device, precision)."""
+    config = preset("denoise", name=preset_name, output_channels=image.shape[0]).replace(
         **{
             "precision": "auto",
             "backend": "auto",
             **changes,
             "iterations": iterations,
-            "stop": "auto",
+            "stop": "holdout" if holdout else "fixed",
+            "stop_holdout": holdout or 0.05,
+            "stop_finish": 0,
             "stop_patience": 10**9,
             "log_every": LOG_EVERY,
             "seed": seed,
@@ -78,22 +111,45 @@ def curves(
     )
     noisy = parse_noise(spec).apply(image, seed=seed)
     fitter = Fitter(config, make_problem(config, noisy, reference=image))
-    VarianceStopper.update = recording  # type: ignore[method-assign]
-    try:
-        started = time.perf_counter()
-        fitter.run()
-        seconds = time.perf_counter() - started
-    finally:
-        VarianceStopper.update = original  # type: ignore[method-assign]
+    shadow = VarianceStopper("wmv", config.stop_window, 10**9, config.stop_alpha, fitter.device, LOG_EVERY, LAG)
+    recorder = Recorder(fitter.stopper or shadow, shadow)
+    fitter.stopper = recorder
+    started = time.perf_counter()
+    fitter.run()
+    seconds = time.perf_counter() - started
     history = fitter.history
     psnr = dict(zip(map(int, history["iteration"]), history["psnr_reference_ema"], strict=True))
-    its = sorted(set(variances) & set(psnr))
-    return {
+    raw = dict(zip(map(int, history["iteration"]), history["psnr_reference"], strict=True))
+    its = sorted(set(recorder.variance) & set(psnr))
+    recorded = {
         "iteration": its,
-        "variance": [variances[i] for i in its],
+        "variance": [recorder.variance[i] for i in its],
         "psnr_ema": [psnr[i] for i in its],
+        "psnr_output": [raw[i] for i in its],
         "seconds": seconds,
     }
+    if holdout:
+        recorded.update(holdout=holdout, held_error=[recorder.held_error[i] for i in its])
+    return recorded
+
+
+def load_study_image(data: Path, name: str) -> torch.Tensor:
+    """A file under ``data``, or ``skimage:NAME``: a sample image that ships inside scikit-image (no download), as
+    (C, H, W) in [0, 1]; transparency is laid on white, grayscale stays one channel."""
+    if not name.startswith("skimage:"):
+        return load_image(data / name)
+    import numpy as np
+    from skimage import data as samples
+
+    array = np.asarray(getattr(samples, name.split(":", 1)[1])()).astype(np.float32)
+    array = array / 255.0 if array.max() > 1 else array
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        if array.shape[-1] == 4:  # RGBA over white
+            array = array[..., :3] * array[..., 3:] + (1 - array[..., 3:])
+        array = array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def replay(c: dict[str, Any], rule: str, value: float, burn_in: int = BURN_IN) -> tuple[int, int]:
@@ -112,11 +168,33 @@ def replay(c: dict[str, Any], rule: str, value: float, burn_in: int = BURN_IN) -
     return c["iteration"][-1], best_it
 
 
+def replay_holdout(c: dict[str, Any], patience: int, tolerance: float) -> tuple[int, int]:
+    """(stop iteration, held-out minimum) of ``HoldoutStopper``'s rule on a case's held-out error curve."""
+    best, best_it, mark, mark_it = float("inf"), c["iteration"][0], float("inf"), 0
+    for it, error in zip(c["iteration"], c["held_error"], strict=True):
+        if error < best:
+            best, best_it = error, it
+        if error < mark * (1 - tolerance):
+            mark, mark_it = error, it
+        if it - mark_it >= patience:
+            return it, best_it
+    return c["iteration"][-1], best_it
+
+
+def psnr_at(c: dict[str, Any], iteration: int) -> float:
+    """The EMA PSNR at the last record at or before ``iteration``."""
+    return next(p for it, p in zip(reversed(c["iteration"]), reversed(c["psnr_ema"]), strict=True) if it <= iteration)
+
+
+def best_seen(c: dict[str, Any]) -> float:
+    """The best PSNR of the run: its EMA image's or its raw output's, whichever was higher."""
+    return max(c["psnr_ema"] + c.get("psnr_output", []))
+
+
 def kept_psnr(c: dict[str, Any], chosen: int, stop: int, lag: int = LAG) -> float:
     """The PSNR of the image the stopper returns: the EMA ``lag`` iterations after the minimum when the fit got
     there, else at the minimum (the curves' last record at or before that iteration)."""
-    kept = chosen + lag if chosen + lag <= stop else chosen
-    return next(p for it, p in zip(reversed(c["iteration"]), reversed(c["psnr_ema"]), strict=True) if it <= kept)
+    return psnr_at(c, chosen + lag if chosen + lag <= stop else chosen)
 
 
 def load_cases(path: Path) -> list[dict[str, Any]]:
@@ -131,29 +209,38 @@ def load_cases(path: Path) -> list[dict[str, Any]]:
 
 
 def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rule, with and without the burn-in, replayed on every case: the gaps to the best PSNR and run shares."""
+    """Every rule, the variance ones with and without the burn-in, replayed on every case: the gaps to the best PSNR
+    and run shares. The held-out rules only where every case was fitted with held-out pixels."""
     summary = []
+
+    def row(rule: str, value: Any, burn_in: int, runs: list[tuple[int, float]]) -> dict[str, Any]:
+        gaps = [best_seen(c) - got for c, (_, got) in zip(cases, runs, strict=True)]
+        shares = [stop / c["iteration"][-1] for c, (stop, _) in zip(cases, runs, strict=True)]
+        return {
+            "rule": rule,
+            "value": value,
+            "burn_in": burn_in,
+            "mean_gap_db": sum(gaps) / len(gaps),
+            "worst_gap_db": max(gaps),
+            "mean_run_share": sum(shares) / len(shares),
+            "stops": [f"{stop} ({gap:.2f})" for (stop, _), gap in zip(runs, gaps, strict=True)],
+        }
+
     for burn_in in (BURN_IN, 0):
         for rule, value in RULES:
-            gaps, shares, per_case = [], [], []
+            runs = []
             for c in cases:
                 stop, chosen = replay(c, rule, value, burn_in)
-                best = max(c["psnr_ema"])
-                got = kept_psnr(c, chosen, stop)
-                gaps.append(best - got)
-                shares.append(stop / c["iteration"][-1])
-                per_case.append(f"{stop} ({best - got:.2f})")
-            summary.append(
-                {
-                    "rule": rule,
-                    "value": value,
-                    "burn_in": burn_in,
-                    "mean_gap_db": sum(gaps) / len(gaps),
-                    "worst_gap_db": max(gaps),
-                    "mean_run_share": sum(shares) / len(shares),
-                    "stops": per_case,
-                }
-            )
+                runs.append((stop, kept_psnr(c, chosen, stop)))
+            summary.append(row(rule, value, burn_in, runs))
+    if cases and all("held_error" in c for c in cases):
+        for patience, tolerance, lag in HOLDOUT_RULES:
+            runs = []
+            for c in cases:
+                stop, chosen = replay_holdout(c, patience, tolerance)
+                runs.append((stop, kept_psnr(c, chosen, stop, LAG if lag < 0 else lag)))
+            label = f"{patience}/{tolerance:g}" + ("" if lag < 0 else f" lag {lag}")
+            summary.append(row("holdout", label, 0, runs))
     return summary
 
 
@@ -167,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--threads", type=int)
     parser.add_argument(
+        "--holdout", type=float, default=0.0, help="fit with --stop holdout, this share held out (0: all pixels)"
+    )
+    parser.add_argument(
         "--replay",
         type=Path,
         help="replay the rules on a saved JSON's curves (this study's or schedule_study.py's), fit nothing",
@@ -179,18 +269,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.replay:
         args.out.mkdir(parents=True, exist_ok=True)
         for name in args.images:
-            image = fit_size(load_image(args.data / name), args.size)
+            image = fit_size(load_study_image(args.data, name), args.size)
             for spec in args.noises:
                 print(f"{name} {spec} ...", flush=True)
-                cases.append(
-                    {"image": name, "noise": spec, "size": args.size, **curves(image, spec, args.iterations, 0)}
-                )
+                recorded = curves(image, spec, args.iterations, 0, holdout=args.holdout)
+                recorded.pop("seconds")  # beside other work: no timing
+                cases.append({"image": name, "noise": spec, "size": args.size, **recorded})
                 result = {"machine": platform.platform(), "torch": torch.__version__, "cases": cases}
                 path.write_text(json.dumps(result))
     summary = summarise(cases)
     print(f"{'rule':>26} | mean gap dB | worst gap dB | mean run share | per case: stop it (gap dB)")
     for row in summary:
-        label = f"{row['rule']}{'' if row['burn_in'] else ' no burn-in'} {row['value']:g}"
+        burn = "" if row["burn_in"] or row["rule"] == "holdout" else " no burn-in"
+        label = f"{row['rule']}{burn} {row['value']:g}" if row["rule"] != "holdout" else f"holdout {row['value']}"
         print(
             f"{label:>26} | {row['mean_gap_db']:11.3f} | {row['worst_gap_db']:12.3f} | "
             f"{row['mean_run_share']:14.2f} | {', '.join(row['stops'])}"

@@ -311,6 +311,8 @@ def _check_state(config: FitConfig, problem: Problem, state: dict[str, Any]) -> 
     stopper = state.get("stopper")
     if isinstance(stopper, dict) and stopper.get("best_image") is not None:
         _shape(stopper["best_image"], "the auto-stop image", image)
+    if isinstance(stopper, dict) and stopper.get("held") is not None:
+        _shape(stopper["held"], "the held-out pixels", (1, 1, *problem.observation.shape[-2:]))
 
 
 class NonFiniteError(DipError):
@@ -332,11 +334,14 @@ def _check_finite(prob: dict[str, Any], state: dict[str, Any]) -> None:
     stopper = state.get("stopper")
     stopper = stopper if isinstance(stopper, dict) else {}
     named += [(f"the auto-stop {k}", stopper.get(k)) for k in ("buffer", "sum", "sum_sq", "mean", "var", "best_image")]
+    named += [("the held-out pixels", stopper.get("held")), ("the held-out error", stopper.get("error"))]
     for what, t in named:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise NonFiniteError(f"{what} holds NaN or infinite values")
     for what, t in (
         ("the auto-stop best variance", stopper.get("best_var")),
+        ("the held-out best error", stopper.get("best_error")),
+        ("the held-out marked error", stopper.get("mark_error")),
         ("the backtrack PSNR", state.get("backtrack_psnr")),
     ):
         if isinstance(t, torch.Tensor) and t.is_floating_point() and bool(torch.isnan(t).any()):

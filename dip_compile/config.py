@@ -96,8 +96,12 @@ class FinalImage(Choice):
 
 
 class StopRule(Choice):
+    """When a fit ends: its fixed count, the variance of its outputs (auto) or the error on held-out observed
+    pixels (holdout); ``stopping.STOPPERS`` maps the latter two to their rules."""
+
     fixed = "fixed"
     auto = "auto"
+    holdout = "holdout"
 
 
 class StopVariant(Choice):
@@ -586,7 +590,11 @@ class FitConfig:
         help="seed of the network weights, the input noise and --sigma noise (default 0)",
     )
     stop: StopRule = option(
-        StopRule.fixed, flag="--stop", panel="stopping", help="auto: variance-based early stopping (denoise default)"
+        StopRule.fixed,
+        flag="--stop",
+        panel="stopping",
+        help="holdout: stop at the minimum of the error on held-out observed pixels (denoise default; "
+        "docs/stopping.md); auto: at the minimum of the outputs' variance; fixed: run --iterations",
     )
     stop_window: int = option(100, flag="--stop-window", panel="stopping", help="auto stopping window W (preset 100)")
     stop_patience: int = option(  # ES-WMV patience P
@@ -603,6 +611,20 @@ class FitConfig:
         help="auto stopping rule: wmv (window of W outputs) or emv (exponential, no buffer)",
     )
     stop_alpha: float = option(0.1, flag="stop_alpha")  # ES-EMV smoothing
+    stop_holdout: float = option(
+        0.05,
+        flag="--stop-holdout",
+        panel="stopping",
+        help="--stop holdout: the share of the observed pixels held out of the fit and watched (0.05)",
+    )
+    stop_finish: int = option(
+        0,
+        flag="--stop-finish",
+        panel="stopping",
+        resume=True,
+        help="--stop holdout: after the stop, fit this many more iterations on all pixels and return that image "
+        "(0: the image at the held-out minimum)",
+    )
     backend: Backend = option(
         Backend.eager,
         flag="--backend",
@@ -695,6 +717,8 @@ class FitConfig:
         _count(self, "stop_patience", 1, 10**9)
         _count(self, "log_every", 1, 10**9)
         _finite(self, "stop_alpha", 0, 1, low_open=True)
+        _finite(self, "stop_holdout", 0, 0.5, low_open=True)
+        _count(self, "stop_finish", 0, 10**9)
         device = self.device
         if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")

@@ -117,8 +117,9 @@ def estimate(
     pixels = canvas[0] * canvas[1]
     image = 4 * channels * pixels
     images = 3 * 4 * config.net.input_depth * pixels + 8 * image  # input, perturbed input, its noise; outputs
-    if config.stop != "fixed":
-        images += (config.stop_window * image if config.stop_variant == "wmv" else 0) + 2 * 2 * image
+    if config.stop != "fixed":  # auto-stop's window (WMV) and kept images; the held-out rule keeps two images too
+        window = config.stop == "auto" and config.stop_variant == "wmv"
+        images += (config.stop_window * image if window else 0) + 2 * 2 * image
     peak = KEEP[config.save_memory] * activations + state + images + OVERHEAD_BYTES
     return Estimate(canvas, precision, activations, state, images, int(peak))
 

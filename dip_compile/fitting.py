@@ -223,7 +223,9 @@ class Fitter:
         self.backtrack_saved: list[torch.Tensor] | None = None
         self.backtrack_psnr = torch.tensor(float("-inf"), device=self.device)
         self.backtracks = torch.zeros((), dtype=torch.long, device=self.device)
-        self.stopper = make_stopper(config, self.device)
+        self.stopper = make_stopper(config, self.problem, self.device)
+        if self.stopper is not None:  # --stop holdout fits on all but its held-out pixels
+            self.problem = self.stopper.watch(self.problem)
         self.history: dict[str, list[float]] = {"iteration": [], "seconds": [], "loss": [], "psnr_observation": []}
         if problem.reference is not None:
             self.history.update(psnr_reference=[], psnr_reference_ema=[])
@@ -404,6 +406,8 @@ class Fitter:
         if total <= 0:
             raise ValueError(f"iterations must be positive, got {total}")
         self.net.train()
+        if self.stopper is not None:
+            self.stopper.begin(total)
         start_iteration, reason, first_step = self.iteration, "completed", 0.0
         t_start = time.perf_counter()
         t_window, it_window = t_start, self.iteration

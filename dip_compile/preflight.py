@@ -104,7 +104,7 @@ def forecast(config: FitConfig, problem: Problem, device: str, done: int = 0) ->
     half = canvas_for(config.net, half_size(problem.size))
     shrunk = (half[0] * half[1] / (problem.canvas[0] * problem.canvas[1])) ** TIME_EXPONENT  # as probe_seconds scales
     step = choose(config, device, problem.canvas).describe()
-    return Forecast(guess, step, seconds, left, config.stop == "auto", coarse, shrunk)
+    return Forecast(guess, step, seconds, left, config.stop != "fixed", coarse, shrunk)
 
 
 def dry_run(config: FitConfig, problem: Problem, device: str, console: Any, done: int = 0) -> int:

@@ -105,6 +105,19 @@ def test_stopping_study_replays_a_schedule_study(tmp_path: Path, capsys: pytest.
         ss.load_cases(tmp_path / "other.json")
 
 
+def test_stopping_study_replays_the_held_out_rule_on_held_out_curves():
+    from benchmarks import stopping_study as ss
+
+    case = _curves(800) | {"psnr_output": [0.0] * 400}
+    case["held_error"] = [0.01 + abs(it - 600) / 1e5 for it in case["iteration"]]  # its minimum 200 before the best
+    assert ss.replay_holdout(case, 300, 0.0) == (900, 600)
+    assert ss.replay_holdout(case, 300, 0.5) == (305, 305)  # no minimum 50% below the first record (5)
+    rows = {r["value"]: r for r in ss.summarise([case]) if r["rule"] == "holdout"}
+    # the EMA LAG (99) after the minimum, the record at 695: 105 before the best PSNR, 105 / 500 = 0.21 dB below
+    assert rows["300/0.003"]["stops"] == ["900 (0.21)"] and rows["300/0.003 lag 0"]["stops"] == ["900 (0.40)"]
+    assert not [r for r in ss.summarise([_curves(800)]) if r["rule"] == "holdout"]  # no held-out curve: no rows
+
+
 def test_tiling_seams_finds_the_blend_zones_and_the_square_where_four_tiles_meet():
     from benchmarks.tiling_seams import blend_zones, meeting_square
 

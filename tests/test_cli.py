@@ -474,6 +474,24 @@ def test_a_checkpoint_holding_nan_or_inf_is_refused_as_damaged_in_one_line(tmp_p
     assert code == 2 and "damaged dip-compile checkpoint" in err and not (tmp_path / "w.onnx").exists()
 
 
+def test_a_checkpoint_with_damaged_held_out_pixels_is_refused_in_one_line(tmp_path, image_png):
+    ckpt = tmp_path / "a.ckpt"
+    made = invoke("fit", "denoise", image_png, "-o", tmp_path / "a.png", "--iterations", "4", "--sigma", "25",
+                  "--stop", "holdout", "--checkpoint", ckpt, *TINY)  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    for name, damage in {"held-out pixels": float("nan"), "held-out error": float("inf")}.items():
+        broken = torch.load(ckpt, weights_only=True)
+        broken["state"]["stopper"]["held" if name == "held-out pixels" else "error"].fill_(damage)
+        torch.save(broken, tmp_path / "b.ckpt")
+        code, err = dipc("fit", "--resume", tmp_path / "b.ckpt", "-o", tmp_path / "b.png", "--iterations", "8", "-q")
+        assert code == 2 and err.count("\n") == 1 and name in err and "NaN or infinite" in err, (name, err)
+    broken = torch.load(ckpt, weights_only=True)
+    broken["state"]["stopper"]["held"] = torch.zeros(1, 1, 3, 3)
+    torch.save(broken, tmp_path / "c.ckpt")
+    code, err = dipc("fit", "--resume", tmp_path / "c.ckpt", "-o", tmp_path / "c.png", "--iterations", "8", "-q")
+    assert code == 2 and err.count("\n") == 1 and "the held-out pixels has shape (1, 1, 3, 3)" in err, err
+
+
 LONG_NAME = "x" * 300 + ".png"  # more than any file system's 255 bytes
 
 

@@ -28,6 +28,9 @@ def test_bf16_and_save_memory_lower_the_estimate_and_a_stopping_window_raises_it
     window = config.replace(stop="auto", stop_window=100)  # 100 images of 3 MiB
     grown = estimate.estimate(window, (512, 512), 3, "cpu", precision="fp32").peak_bytes - base
     assert 100 * 3 * 2**20 <= grown < 110 * 3 * 2**20
+    # the held-out rule keeps no window: its kept image and the EMA's double-precision statistics' worth
+    held = estimate.estimate(config.replace(stop="holdout"), (512, 512), 3, "cpu", precision="fp32").peak_bytes
+    assert held - base == 4 * 3 * 2**20
 
 
 def test_the_largest_side_is_the_largest_that_fits_the_budget():

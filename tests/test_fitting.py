@@ -74,9 +74,10 @@ def test_same_seed_gives_the_same_fit_on_cpu():
     assert not torch.equal(images[0], other)
 
 
-def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    # denoise preset: EMA, backtracking, auto-stop statistics and the perturbation RNG all carry over.
-    cfg = tiny_config("denoise", iterations=12, stop_window=3, stop_patience=100, log_every=2)
+@pytest.mark.parametrize("stop", ["holdout", "auto"])
+def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, stop):
+    # denoise preset: EMA, backtracking, the stopping statistics and the perturbation RNG all carry over.
+    cfg = tiny_config("denoise", iterations=12, stop=stop, stop_window=3, stop_patience=100, log_every=2)
     noisy = add_noise(CLEAN, 25 / 255, seed=0)
     straight = Fitter(cfg, make_problem(cfg, noisy, reference=CLEAN))
     straight.run(12)

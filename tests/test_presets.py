@@ -149,7 +149,7 @@ def test_paper_exact_applies_the_notebook_choices_and_flags_still_win():
     assert exact.paper_exact and exact.stop == StopRule.fixed and exact.final_image == FinalImage.perturbed
     assert (exact.backtrack_every, exact.backtrack_skip, exact.crop_to) == (1, 100, 32)
     ours = build_config(FitJob(output=Path("o.png"), task="denoise"), 3)
-    assert ours.stop == StopRule.auto and ours.final_image == FinalImage.auto and ours.crop_to == 1
+    assert ours.stop == StopRule.holdout and ours.final_image == FinalImage.auto and ours.crop_to == 1
     flagged = build_config(FitJob(output=Path("o.png"), task="denoise", paper_exact=True, settings={"stop": "auto"}), 3)
     assert flagged.stop == StopRule.auto
 

@@ -21,6 +21,7 @@ from dip_compile.kernels import KINDS, parse_kernel
 from dip_compile.losses import LOSSES, make_loss
 from dip_compile.noise import MODELS, NoiseError, parse_noise
 from dip_compile.problem import make_problem
+from dip_compile.stopping import HeldOutLoss
 from dip_compile.tasks import TASKS, TaskError, TaskSpec, spec
 
 SIZE = (16, 24)  # the restored image: a multiple of every factor, and the tiny net's smallest canvas
@@ -121,6 +122,34 @@ def test_each_task_fits_checkpoints_and_exports_the_image_it_fitted(name: str, t
     path = exporters.write_torch(exporters.plan_export(loaded, image="output"), tmp_path / "fit.pt", "torchscript")
     check = exporters.agreement(exporters.run_torchscript(path), fitter.output())
     assert exporters.passes(check), check
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_each_task_holds_out_observed_pixels_and_finishes_on_all_of_them(name: str) -> None:
+    task = TASKS[name]
+    factor = task.factors[0] if task.scales else 1
+    config = tiny_task_config(name, factor).replace(stop="holdout", stop_holdout=0.2, stop_finish=3, iterations=6)
+    guide = smooth_image(*SIZE, seed=2) if task.needs("guide") else None
+    observation = smooth_image(*SIZE)[:, : low(factor)[0], : low(factor)[1]]
+    problem = make_problem(config, observation, guide=guide, **task_inputs(task))
+    fitter = Fitter(config, problem)
+    held = fitter.stopper.held  # over the observation: the low-resolution pixels of a scaling task
+    assert held.shape[-2:] == low(factor) and 0 < int(held.sum()) < math.prod(low(factor))
+    assert torch.equal(fitter.problem.fidelity.weight, 1 - held)
+    result = fitter.run()
+    assert result.stop_info["finished_from"] == 3 and torch.all(fitter.problem.fidelity.weight == 1)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_each_loss_counts_nothing_at_a_held_out_pixel(name: str) -> None:
+    y = smooth_image(8, 8)[None]
+    weight = (torch.arange(64).reshape(1, 1, 8, 8) % 3 != 0).float()
+    loss = HeldOutLoss(make_loss(name, peak=20.0 if name == "poisson" else None), weight)
+    x = (y * 0.9 + 0.05).requires_grad_(True)
+    at = loss(x, y)
+    assert torch.equal(loss(x, y + (1 - weight) * 0.3), at)  # the observation there does not matter
+    (grad,) = torch.autograd.grad(at, x)
+    assert torch.all(grad[(weight == 0).expand_as(grad)] == 0) and torch.all(grad[(weight == 1).expand_as(grad)] != 0)
 
 
 @pytest.mark.parametrize("name", LOSSES)
