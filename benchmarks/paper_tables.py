@@ -17,10 +17,13 @@ Tables (protocols and the paper's numbers in ../shared/data/README.md):
   input its PIL Lanczos resize by 1/factor; PSNR on the Y channel (BT.601, 16-235) less 4 px at every border.
 - ``denoise``: CSet9 at sigma 25 and 50 from the paper's own noisy files; RGB PSNR over all pixels.
 
-Each image is fitted with the paper's settings (the notebook's preset and ``--paper-exact``: a fixed count, the
-output for the last perturbed input) and with dip-compile's defaults (``dipc fit TASK`` with no preset: the task's
-default preset, auto-stop and the EMA lag where the task has them); the quick scale fits only the columns that say
-something at its crops (``Scale.settings``; ``--settings`` chooses). The peers are baselines of this benchmark,
+Each image is fitted in named columns (``COLUMNS``), each its own output NAME-COLUMN and its own column of the table:
+the paper's settings (the notebook's preset and ``--paper-exact``: a fixed count, fp32, the output for the last
+perturbed input) as given (``paper``), in fp32 or bf16 named (``paper-fp32``, ``paper-bf16``) and with the 2017
+framework (``paper-2017``), and dip-compile's defaults (``dipc fit TASK`` with no preset: the task's default preset,
+auto-stop and the EMA lag where the task has them). The quick scale fits only the columns that say something at its
+crops (``Scale.settings``; ``--settings`` chooses); ``--seeds`` fits each column with several seeds
+(NAME-COLUMN-sSEED) and reports their spread. The peers are baselines of this benchmark,
 not product features: bicubic (SR), CBM3D (the ``bm3d`` package, free for non-commercial use only) and scikit-image's
 non-local means (denoising), scikit-image's biharmonic and OpenCV's Telea inpainting (Table 1). Install them with
 ``pip install -e '.[bench]'``; a missing one is reported as missing, never silently dropped.
@@ -46,7 +49,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("table1", "sr", "denoise")
-SETTINGS = ("paper", "defaults")
 SR_BORDER = 4  # pixels left out at every border when scoring super-resolution, as the paper's eval script
 
 # The paper's numbers (mean PSNR, dB) per group, and Table 1 per image: ../shared/data/README.md.
@@ -75,6 +77,32 @@ PAPER_MEANS: dict[str, dict[str, float]] = {
 
 
 @dataclass(frozen=True)
+class Column:
+    """A settings column: the ``dipc fit`` options every image of it gets (after the notebook's preset and
+    ``--paper-exact`` where ``paper``), and what a reader should know of it."""
+
+    note: str
+    paper: bool = True
+    options: tuple[str, ...] = ()
+
+
+# Each column is fitted into NAME-COLUMN (NAME-COLUMN-sSEED for a seed other than --seed) and scored on its own.
+FRAMEWORK_2017 = ("--bn-init", "uniform", "--align-corners")  # PyTorch 0.2/0.3, which the paper's outputs came from
+COLUMNS: dict[str, Column] = {
+    "paper": Column("the notebook's preset and --paper-exact as given: fp32 since --paper-exact chooses it (bf16 on an "
+                    "AMX CPU before; each fit's report records its precision)"),
+    "paper-fp32": Column("--paper-exact in fp32, today's framework (BatchNorm scales from 1, align_corners=False)",
+                         options=("--precision", "fp32")),
+    "paper-2017": Column("--paper-exact in fp32 with the 2017 framework (--bn-init uniform --align-corners)",
+                         options=("--precision", "fp32", *FRAMEWORK_2017)),
+    "paper-bf16": Column("--paper-exact in bf16 (the paper-fp32 column otherwise)", options=("--precision", "bf16")),
+    "defaults": Column("dipc fit TASK with no preset: the task's default preset, auto-stop and the EMA where it has "
+                       "them", paper=False),
+}  # fmt: skip
+SETTINGS = tuple(COLUMNS)
+
+
+@dataclass(frozen=True)
 class Scale:
     """How large the crops are and how long the fits run: ``paper`` is the paper's, ``quick`` a check of an hour."""
 
@@ -88,7 +116,7 @@ SCALES = {
     "paper": Scale(
         crop={"table1": None, "sr": None, "denoise": None},
         iterations={"table1": None, "sr": None, "denoise": None},
-        settings={"table1": SETTINGS, "sr": SETTINGS, "denoise": SETTINGS},
+        settings={table: ("paper", "defaults") for table in TABLES},
         note="the paper's images and iteration counts",
     ),
     "quick": Scale(
@@ -97,7 +125,7 @@ SCALES = {
         # the columns that say something at 64 px: Table 1's defaults (lr 0.01) converge in the cap where the paper's
         # lr 0.001 does not; denoising's fixed 800 iterations of the paper settings overfit a 64 px crop, so only the
         # defaults' auto-stop runs; SR's defaults are its paper presets. At most 51,600 iterations in all
-        settings={"table1": SETTINGS, "sr": ("paper",), "denoise": ("defaults",)},
+        settings={"table1": ("paper", "defaults"), "sr": ("paper",), "denoise": ("defaults",)},
         note="64 px centre crops and capped iterations: a check of the pipeline and the ranking, not the paper's numbers",
     ),
 }
@@ -197,6 +225,27 @@ def score(case: Case, result: np.ndarray, reference: np.ndarray) -> float:
     return sr_psnr(result, reference) if case.table == "sr" else psnr(result, reference)
 
 
+def structural_similarity(case: Case, result: np.ndarray, reference: np.ndarray) -> Optional[float]:
+    """SSIM (``dip_compile.metrics.ssim``: scikit-image's, Gaussian window) on what the PSNR of the table sees: the
+    Y channel less the border (on 0-255 / 255) for super-resolution, else every channel; both rounded to 8 bits
+    first. None where the image is smaller than the window."""
+    import torch
+
+    from dip_compile.metrics import ssim, ssim_defined
+
+    a, b = _eight_bit(result), _eight_bit(reference)
+    if case.table == "sr":
+        inner = (slice(SR_BORDER, -SR_BORDER), slice(SR_BORDER, -SR_BORDER))
+        a, b = y_channel(a)[inner], y_channel(b)[inner]
+    x, y = (torch.from_numpy(np.atleast_3d(v).transpose(2, 0, 1) / 255.0) for v in (a, b))
+    return float(ssim(x, y)) if ssim_defined(x) else None
+
+
+def scores(case: Case, result: np.ndarray, reference: np.ndarray) -> dict[str, Optional[float]]:
+    """The table's PSNR and SSIM of ``result``."""
+    return {"psnr": score(case, result, reference), "ssim": structural_similarity(case, result, reference)}
+
+
 # --- the cases and their inputs ---------------------------------------------------------------------------------
 
 
@@ -284,16 +333,43 @@ def write_inputs(case: Case, data: Path, inputs: Path, side: Optional[int]) -> N
         write(array, inputs / name)
 
 
-def manifest_rows(cases: Iterable[Case], settings: Iterable[str], cap: Optional[int]) -> list[dict[str, Any]]:
-    """One ``dipc batch`` row per case and settings column (output NAME-SETTINGS)."""
-    rows = []
-    for case in cases:
-        for setting in settings:
-            options = ["--preset", case.paper_preset, "--paper-exact"] if setting == "paper" else []
-            if cap is not None:
-                options += ["--iterations", str(cap)]
-            rows.append(batch_row(case, f"{case.name}-{setting}", options))
-    return rows
+@dataclass(frozen=True)
+class Run:
+    """One column fitted with one seed: its label names the outputs (NAME-LABEL) and the table's column."""
+
+    column: str
+    seed: int
+    label: str
+
+
+def runs_of(columns: Iterable[str], seeds: Iterable[int], default_seed: int) -> list[Run]:
+    """Every column with every seed; a seed other than the batch's ``--seed`` adds ``-sSEED`` to the label, so the
+    default seed's fits keep the names (and a rerun the results) they had before ``--seeds``."""
+    return [Run(c, s, c if s == default_seed else f"{c}-s{s}") for c in columns for s in dict.fromkeys(seeds)]
+
+
+def column_options(case: Case, run: Run, cap: Optional[int], default_seed: int) -> list[str]:
+    """The ``dipc fit`` options of ``case`` in ``run``'s column."""
+    column = COLUMNS[run.column]
+    options = ["--preset", case.paper_preset, "--paper-exact"] if column.paper else []
+    options += column.options
+    if cap is not None:
+        options += ["--iterations", str(cap)]
+    if run.seed != default_seed:
+        options += ["--seed", str(run.seed)]
+    return options
+
+
+def manifest_rows(
+    cases: Iterable[Case], runs: Iterable[Run], cap: Optional[int], default_seed: int = 0
+) -> list[dict[str, Any]]:
+    """One ``dipc batch`` row per case and run (output NAME-LABEL)."""
+    runs = list(runs)
+    return [
+        batch_row(case, f"{case.name}-{run.label}", column_options(case, run, cap, default_seed))
+        for case in cases
+        for run in runs
+    ]
 
 
 def batch_row(case: Case, output: str, options: list[str]) -> dict[str, Any]:
@@ -368,7 +444,7 @@ def run_peers(cases: list[Case], inputs: Path, cache_path: Path) -> dict[str, di
         entry = cache.setdefault(case.name, {})
         reference = read(inputs / case.reference)
         for name, peer in peer_functions(case.table).items():
-            if name in entry and "psnr" in entry[name]:
+            if "ssim" in entry.get(name, {}):  # (entries from before SSIM was scored are computed again)
                 continue
             t0 = time.perf_counter()
             try:
@@ -376,7 +452,7 @@ def run_peers(cases: list[Case], inputs: Path, cache_path: Path) -> dict[str, di
             except ImportError as exc:
                 entry[name] = {"missing": f"{exc.name or exc} is not installed (pip install -e '.[bench]')"}
                 continue
-            entry[name] = {"psnr": score(case, result, reference), "seconds": time.perf_counter() - t0}
+            entry[name] = {**scores(case, result, reference), "seconds": time.perf_counter() - t0}
         cache_path.write_text(json.dumps(cache, indent=1))
     return cache
 
@@ -410,16 +486,18 @@ def run_batch(manifest: Path, outdir: Path, args: argparse.Namespace, deadline: 
 # --- scoring and the tables -------------------------------------------------------------------------------------
 
 
-def fit_entry(case: Case, outdir: Path, inputs: Path, setting: str) -> dict[str, Any]:
-    """A finished fit's row: the protocol's PSNR of the returned image, and from its report what ran."""
-    name = f"{case.name}-{setting}"
+def fit_entry(case: Case, outdir: Path, inputs: Path, label: str) -> dict[str, Any]:
+    """A finished fit's row (output NAME-LABEL): the protocol's PSNR and SSIM of the returned image, and from its
+    report what ran."""
+    name = f"{case.name}-{label}"
     image, report_path = outdir / f"{name}.png", outdir / f"{name}.json"
     if not (image.exists() and report_path.exists()):
         return {"status": "not run yet"}
     report = json.loads(report_path.read_text())
+    config = report.get("config", {})
     return {
         "status": "done",
-        "psnr": score(case, read(image), read(inputs / case.reference)),
+        **scores(case, read(image), read(inputs / case.reference)),
         "best_psnr_seen": report.get("best_psnr_seen"),
         "best_psnr_iteration": report.get("best_psnr_iteration"),
         "iterations": report.get("iterations"),
@@ -428,7 +506,9 @@ def fit_entry(case: Case, outdir: Path, inputs: Path, setting: str) -> dict[str,
         "seconds": report.get("wall_seconds"),
         "device": report.get("device"),
         "precision": report.get("precision"),
-        "preset": report.get("config", {}).get("preset"),
+        "preset": config.get("preset"),
+        "seed": config.get("seed"),
+        "framework": {k: config.get("net", {}).get(k) for k in ("bn_init", "align_corners")},
     }
 
 
@@ -448,24 +528,36 @@ def fmt(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], settings: list[str]) -> str:
+def cell(entry: dict[str, Any]) -> str:
+    """A scored entry as PSNR (SSIM); what it lacks as its status."""
+    if entry.get("psnr") is None:
+        return str(entry.get("status") or ("n/a" if "missing" in entry else "-"))
+    ssim = entry.get("ssim")
+    return fmt(entry["psnr"]) + ("" if ssim is None else f" ({ssim:.3f})")
+
+
+def mean_cell(entries: list[dict[str, Any]]) -> str:
+    return cell({"psnr": mean(e.get("psnr") for e in entries), "ssim": mean(e.get("ssim") for e in entries)})
+
+
+def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], labels: list[str]) -> str:
+    """The table: per image the input, each peer and each fitted column as PSNR (SSIM), per group their means."""
     head = ["image", "size", "input"] + peers
-    for s in settings:
-        head += [f"DIP {s} settings", f"{s}: best seen", f"{s}: iterations, s"]
+    for label in labels:
+        head += [f"DIP {label}", f"{label}: best seen", f"{label}: iterations, s"]
     head.append("paper")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
     def cells(r: dict[str, Any]) -> list[str]:
         out = [r["name"], r["size"], fmt(r["input_psnr"])]
-        for p in peers:
-            entry = r["peers"].get(p, {})
-            out.append(fmt(entry.get("psnr")) if "psnr" in entry else "n/a")
-        for s in settings:
-            f = r["fits"][s]
+        out += [cell(r["peers"].get(p, {})) for p in peers]
+        for label in labels:
+            f = r["fits"][label]
             if f["status"] != "done":
                 out += [f["status"], "", ""]
                 continue
-            out += [fmt(f["psnr"]), fmt(f["best_psnr_seen"]), f"{f['iterations']}, {f['seconds']:.0f}"]
+            ran = f"{f['iterations']}, {f['seconds']:.0f}" + (f", {f['precision']}" if f.get("precision") else "")
+            out += [cell(f), fmt(f["best_psnr_seen"]), ran]
         out.append(fmt(r["paper_psnr"]))
         return out
 
@@ -473,12 +565,12 @@ def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], settings:
         members = [r for r in rows if r["group"] == group]
         lines += ["| " + " | ".join(cells(r)) + " |" for r in members]
         means = [f"**mean {group}**", "", fmt(mean(r["input_psnr"] for r in members))]
-        means += [fmt(mean(r["peers"].get(p, {}).get("psnr") for r in members)) for p in peers]
-        for s in settings:
-            done = [r["fits"][s] for r in members if r["fits"][s]["status"] == "done"]
+        means += [mean_cell([r["peers"].get(p, {}) for r in members]) for p in peers]
+        for label in labels:
+            done = [r["fits"][label] for r in members if r["fits"][label]["status"] == "done"]
             complete = len(done) == len(members)
             means += [
-                fmt(mean(f["psnr"] for f in done)) + ("" if complete else f" ({len(done)} of {len(members)})"),
+                mean_cell(done) + ("" if complete else f" ({len(done)} of {len(members)})"),
                 fmt(mean(f["best_psnr_seen"] for f in done)),
                 f"{sum(f['seconds'] or 0 for f in done):.0f} s",
             ]
@@ -488,8 +580,35 @@ def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], settings:
     return "\n".join(lines)
 
 
+def seed_spread(rows: list[dict[str, Any]], runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Per column fitted with several seeds, per image the PSNR of each seed and their range (max - min)."""
+    spread: dict[str, dict[str, Any]] = {}
+    for column in dict.fromkeys(r.column for r in runs):
+        labels = [r.label for r in runs if r.column == column]
+        if len(labels) < 2:
+            continue
+        for row in rows:
+            psnrs = [row["fits"][label].get("psnr") for label in labels]
+            if all(p is not None for p in psnrs):
+                seeds = [r.seed for r in runs if r.column == column]
+                entry = {"seeds": seeds, "psnr": psnrs, "range": max(psnrs) - min(psnrs), "std": float(np.std(psnrs))}
+                spread.setdefault(column, {})[row["name"]] = entry
+    return spread
+
+
+def spread_lines(spread: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for column, images in spread.items():
+        for name, e in images.items():
+            values = ", ".join(f"{p:.2f}" for p in e["psnr"])
+            lines.append(
+                f"- {column}, {name}, seeds {' '.join(map(str, e['seeds']))}: {values} (range {e['range']:.2f} dB)"
+            )
+    return "\n".join(lines)
+
+
 def build_table(
-    table: str, cases: list[Case], inputs: Path, outdir: Path, peers: dict[str, dict[str, Any]], settings: list[str]
+    table: str, cases: list[Case], inputs: Path, outdir: Path, peers: dict[str, dict[str, Any]], labels: list[str]
 ) -> tuple[list[dict[str, Any]], str]:
     rows = []
     for case in cases:
@@ -502,12 +621,12 @@ def build_table(
                 "size": size,
                 "input_psnr": input_psnr(case, inputs),
                 "peers": peers.get(case.name, {}),
-                "fits": {s: fit_entry(case, outdir, inputs, s) for s in settings},
+                "fits": {label: fit_entry(case, outdir, inputs, label) for label in labels},
                 "paper_psnr": case.paper_psnr,
             }
         )
     names = list(peer_functions(table))
-    return rows, markdown(table, rows, names, settings)
+    return rows, markdown(table, rows, names, labels)
 
 
 def machine() -> dict[str, Any]:
@@ -532,7 +651,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", choices=(*TABLES, "all"), default="all")
     parser.add_argument("--scale", choices=tuple(SCALES), default="quick")
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, help="the columns fitted (default: the scale's)")
+    parser.add_argument(
+        "--settings", nargs="+", choices=SETTINGS, help="the columns fitted, each on its own (default: the scale's)"
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="fit every column with each of these seeds (NAME-COLUMN-sSEED)"
+    )
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds paper/")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the cases whose name contains one of these")
@@ -562,6 +686,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         side = args.crop if args.crop is not None else scale.crop[table]
         cap = args.iterations if args.iterations is not None else scale.iterations[table]
         settings = args.settings or list(scale.settings[table])
+        runs = runs_of(settings, args.seeds or [args.seed], args.seed)
+        labels = [run.label for run in runs]
         cases = cases_of(table, args.data)
         if args.only:
             cases = [c for c in cases if any(o in c.name for o in args.only)]
@@ -570,25 +696,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         for case in cases:
             write_inputs(case, args.data, inputs, side)
         manifest = inputs / "manifest.jsonl"
-        manifest.write_text("".join(json.dumps(r) + "\n" for r in manifest_rows(cases, settings, cap)))
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in manifest_rows(cases, runs, cap, args.seed)))
         peers = {} if args.no_peers else run_peers(cases, inputs, root / f"peers-{table}.json")
         code = None
         if not args.report and not interrupted:
-            print(f"paper_tables: {table}, {len(cases)} images x {settings}, crop {side}, cap {cap}", flush=True)
+            print(f"paper_tables: {table}, {len(cases)} images x {labels}, crop {side}, cap {cap}", flush=True)
             code = run_batch(manifest, outdir, args, deadline)
             interrupted = code not in (0, 1)
             failed = failed or code == 1
-        rows, text = build_table(table, cases, inputs, outdir, peers, settings)
+        rows, text = build_table(table, cases, inputs, outdir, peers, labels)
+        spread = seed_spread(rows, runs)
+        if spread:
+            text += "\n\nSeed spread (PSNR of each seed):\n\n" + spread_lines(spread)
         result = {
             "table": table,
             "scale": args.scale,
             "scale_note": scale.note,
             "crop": side,
             "iteration_cap": cap,
-            "settings": {
-                "paper": "the notebook's preset and --paper-exact",
-                "defaults": "dipc fit TASK with no preset (the task's default preset, auto-stop where it has it)",
-            },
+            "settings": {run.label: COLUMNS[run.column].note + f" (seed {run.seed})" for run in runs},
+            "seed_spread": spread,
             "batch_exit_code": code,
             "machine": machine(),
             "rows": rows,

@@ -74,3 +74,45 @@ def test_denoise_table_runs_through_dipc_batch_and_a_rerun_fits_nothing(tmp_path
     assert pt.main(argv) == 0  # finished jobs are skipped: the reports are the same files
     again = json.loads((out / "quick" / "denoise.json").read_text())
     assert again["rows"][0]["fits"] == row["fits"]
+
+
+def test_named_columns_and_seeds_are_separate_fits_with_their_own_options():
+    case = pt.Case("sr", "Set5 x4", "Set5-x4-bird", "super-resolve", "b_LR.png", "b_HR.png", "sr-x4", factor=4)
+    runs = pt.runs_of(["paper-fp32", "paper-2017", "defaults"], [0, 2], default_seed=0)
+    assert [r.label for r in runs] == [
+        "paper-fp32", "paper-fp32-s2", "paper-2017", "paper-2017-s2", "defaults", "defaults-s2"
+    ]  # fmt: skip
+    rows = {r["output"]: r["options"] for r in pt.manifest_rows([case], runs, None, 0)}
+    paper = ["--preset", "sr-x4", "--paper-exact"]
+    assert rows["Set5-x4-bird-paper-fp32"] == [*paper, "--precision", "fp32"]
+    assert rows["Set5-x4-bird-paper-2017-s2"] == [
+        *paper, "--precision", "fp32", "--bn-init", "uniform", "--align-corners", "--seed", "2"
+    ]  # fmt: skip
+    assert rows["Set5-x4-bird-defaults"] == []
+    # the column fitted before columns had names keeps its options, so a rerun recognises its finished fits
+    (old,) = pt.manifest_rows([case], pt.runs_of(["paper"], [0], 0), 400, 0)
+    assert (old["output"], old["options"]) == ("Set5-x4-bird-paper", [*paper, "--iterations", "400"])
+
+
+def test_sr_columns_with_two_seeds_are_scored_apart_with_ssim_and_their_spread(tmp_path):
+    data = tmp_path / "data"
+    folder = data / "paper" / "sr" / "Set5" / "x4"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    gt = np.kron(rng.integers(30, 220, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    Image.fromarray(gt).save(folder / "tiles_GT.png")
+    out = tmp_path / "out"
+    argv = ["--table", "sr", "--data", str(data), "--out", str(out), "--only", "x4", "--crop", "64"]
+    argv += ["--iterations", "2", "--settings", "paper-2017", "--seeds", "0", "1", "--no-peers", "-q"]
+    assert pt.main(argv) == 0
+    result = json.loads((out / "quick" / "sr.json").read_text())
+    (row,) = result["rows"]
+    assert set(row["fits"]) == {"paper-2017", "paper-2017-s1"}
+    for label, fit in row["fits"].items():
+        assert fit["status"] == "done" and fit["precision"] == "fp32" and fit["iterations"] == 2
+        assert fit["seed"] == (1 if label.endswith("-s1") else 0) and 0 < fit["ssim"] < 1
+        assert fit["framework"] == {"bn_init": "uniform", "align_corners": True}
+    spread = result["seed_spread"]["paper-2017"]["Set5-x4-tiles"]
+    psnrs = [row["fits"]["paper-2017"]["psnr"], row["fits"]["paper-2017-s1"]["psnr"]]
+    assert spread["psnr"] == psnrs and math.isclose(spread["range"], abs(psnrs[0] - psnrs[1]))
+    assert "Seed spread" in (out / "quick" / "sr.md").read_text()
