@@ -32,6 +32,7 @@ non-local means (denoising), scikit-image's biharmonic and OpenCV's Telea inpain
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -49,7 +50,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("table1", "sr", "denoise")
+SCORES = ROOT / "benchmarks" / "results" / "paper_scores"  # committed: every paper-scale score, merged
 SR_BORDER = 4  # pixels left out at every border when scoring super-resolution, as the paper's eval script
+# scikit-image's non-local means filter strength h per sigma, in units of sigma: the best of --nlm-sweep on CSet9
+# (benchmarks/results/paper_scores/nlm-sweep.json)
+NLM_H = {25: 0.6, 50: 0.4}
 
 # The paper's numbers (mean PSNR, dB) per group, and Table 1 per image: ../shared/data/README.md.
 PAPER_TABLE1 = {
@@ -190,6 +195,14 @@ def lanczos_downsample(array: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(pil.resize((pil.width // factor, pil.height // factor), Image.Resampling.LANCZOS), np.float64)
 
 
+def paper_bicubic(full: np.ndarray, factor: int) -> np.ndarray:
+    """The paper's bicubic column: the whole ground truth (a multiple of ``factor``) resized down by 1/factor and up
+    again with PIL's bicubic; scored on the protocol's crop it gives the paper's 28.43 / 26.03 (Set5 / Set14 x4)."""
+    pil = Image.fromarray(np.clip(np.round(full), 0, 255).astype(np.uint8))
+    low = pil.resize((pil.width // factor, pil.height // factor), Image.Resampling.BICUBIC)
+    return np.asarray(low.resize((low.width * factor, low.height * factor), Image.Resampling.BICUBIC), np.float64)
+
+
 def y_channel(array: np.ndarray) -> np.ndarray:
     """Luma of ITU-R BT.601 on the 16-235 scale (MATLAB's rgb2ycbcr), of an RGB or grayscale image on 0-255."""
     if array.ndim == 2:
@@ -307,6 +320,13 @@ def cases_of(table: str, data: Path) -> list[Case]:
     ]
 
 
+def base_name(case: Case) -> str:
+    """The image's name in the published folders: Set5-x4-bird -> bird, F16-s25 -> F16."""
+    if case.table == "sr":
+        return case.name.split("-", 2)[2]
+    return case.name.rsplit("-s", 1)[0] if case.table == "denoise" else case.name
+
+
 def source_folder(case: Case, data: Path) -> Path:
     paper = data / "paper"
     if case.table == "table1":
@@ -322,9 +342,11 @@ def write_inputs(case: Case, data: Path, inputs: Path, side: Optional[int]) -> N
     src = source_folder(case, data)
     if case.table == "sr":
         assert case.factor is not None
-        gt = protocol_crop(read(src / f"{case.name.split('-', 2)[2]}_GT.png"), 32, side)
+        full = read(src / f"{base_name(case)}_GT.png")
+        gt = protocol_crop(full, 32, side)
         write(gt, inputs / case.reference)
         write(lanczos_downsample(gt, case.factor), inputs / case.image)
+        write(protocol_crop(paper_bicubic(full, case.factor), 32, side), inputs / f"{case.name}_paper_bicubic.png")
         return
     for name in filter(None, (case.image, case.reference, case.mask)):
         array = read(src / name)
@@ -395,6 +417,9 @@ def peer_functions(table: str) -> dict[str, Callable[[Case, Path], np.ndarray]]:
             size = hr.size
         return np.asarray(lr.resize(size, Image.Resampling.BICUBIC), np.float64)
 
+    def paper_bicubic(case: Case, inputs: Path) -> np.ndarray:
+        return read(inputs / f"{case.name}_paper_bicubic.png")  # (made with the inputs: it needs the whole image)
+
     def cbm3d(case: Case, inputs: Path) -> np.ndarray:
         import bm3d
 
@@ -403,15 +428,8 @@ def peer_functions(table: str) -> dict[str, Callable[[Case, Path], np.ndarray]]:
         return np.asarray(bm3d.bm3d_rgb(noisy, case.sigma / 255.0)) * 255.0
 
     def nlm(case: Case, inputs: Path) -> np.ndarray:
-        from skimage.restoration import denoise_nl_means
-
-        noisy = read(inputs / case.image) / 255.0
         assert case.sigma is not None
-        sigma = case.sigma / 255.0
-        out = denoise_nl_means(
-            noisy, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True, channel_axis=-1
-        )
-        return np.asarray(out) * 255.0
+        return non_local_means(read(inputs / case.image), case.sigma, NLM_H[case.sigma])
 
     def known(case: Case, inputs: Path) -> tuple[np.ndarray, np.ndarray]:
         assert case.mask is not None
@@ -431,10 +449,37 @@ def peer_functions(table: str) -> dict[str, Callable[[Case, Path], np.ndarray]]:
         return np.asarray(cv2.inpaint(image.astype(np.uint8), holes, 3, cv2.INPAINT_TELEA), np.float64)
 
     if table == "sr":
-        return {"bicubic": bicubic}
+        return {"bicubic (same input as DIP)": bicubic, "bicubic (the paper's column)": paper_bicubic}
     if table == "denoise":
-        return {"CBM3D": cbm3d, "NLM (scikit-image)": nlm}
+        return {"CBM3D": cbm3d, "NLM (scikit-image, tuned h)": nlm}
     return {"biharmonic (scikit-image)": biharmonic, "Telea (OpenCV)": telea}
+
+
+def non_local_means(noisy: np.ndarray, sigma: float, h: float) -> np.ndarray:
+    """scikit-image's fast non-local means (5x5 patches, 13x13 search) of a 0-255 image, filter strength h * sigma."""
+    from skimage.restoration import denoise_nl_means
+
+    s = sigma / 255.0
+    out = denoise_nl_means(
+        noisy / 255.0, h=h * s, sigma=s, patch_size=5, patch_distance=6, fast_mode=True, channel_axis=-1
+    )
+    return np.asarray(out) * 255.0
+
+
+def nlm_sweep(cases: list[Case], inputs: Path, strengths: list[float]) -> dict[str, Any]:
+    """Non-local means' mean PSNR per sigma and filter strength (h in units of sigma), per image too: what NLM_H
+    is chosen from."""
+    result: dict[str, Any] = {}
+    for case in cases:
+        assert case.sigma is not None
+        noisy, reference = read(inputs / case.image), read(inputs / case.reference)
+        per = result.setdefault(f"sigma {case.sigma}", {})
+        for h in strengths:
+            per.setdefault(f"{h:g}", {})[case.name] = psnr(non_local_means(noisy, case.sigma, h), reference)
+    for per in result.values():
+        for h, images in per.items():
+            per[h] = {"mean": mean(images.values()), "images": images}
+    return result
 
 
 def run_peers(cases: list[Case], inputs: Path, cache_path: Path) -> dict[str, dict[str, Any]]:
@@ -455,6 +500,135 @@ def run_peers(cases: list[Case], inputs: Path, cache_path: Path) -> dict[str, di
             entry[name] = {**scores(case, result, reference), "seconds": time.perf_counter() - t0}
         cache_path.write_text(json.dumps(cache, indent=1))
     return cache
+
+
+# --- the authors' published outputs -------------------------------------------------------------------------------
+
+# Per table, the published method -> the file suffixes tried in order, in the folders of the authors' site
+# (DmitryUlyanov/dmitryulyanov.github.io, assets/deep-image-prior): x8's DIP outputs come with reg-noise 0.03 and 0.05,
+# the x8 preset's is 0.05.
+PUBLISHED: dict[str, dict[str, tuple[str, ...]]] = {
+    "sr": {"DIP": ("deep_prior_005", "deep_prior"), "bicubic": ("bicubic",)},
+    "denoise": {"DIP": ("deep_prior",), "CBM3D": ("bm3d",), "NLM": ("nlm",)},
+    "table1": {"DIP": ("deep_prior",), "convolutional sparse coding": ("papyan",)},
+}
+
+
+def published_folder(case: Case, authors: Path) -> Path:
+    """Where the site keeps ``case``'s published outputs (``authors``: its assets/deep-image-prior folder)."""
+    if case.table == "sr":
+        dataset, factor = case.group.split(" ")
+        return authors / "SR" / dataset / factor
+    if case.table == "denoise":
+        return authors / "Denoising" / "Color" / str(case.sigma)
+    return authors / "Reconstruction" / "Gray" / "50p"
+
+
+def score_published(case: Case, authors: Path, inputs: Path, side: Optional[int]) -> dict[str, dict[str, Any]]:
+    """Each published output of ``case`` cropped as its input was and scored with this table's protocol."""
+    reference, folder = read(inputs / case.reference), published_folder(case, authors)
+    entries: dict[str, dict[str, Any]] = {}
+    for method, suffixes in PUBLISHED[case.table].items():
+        path = next((p for p in (folder / f"{base_name(case)}_{x}.png" for x in suffixes) if p.exists()), None)
+        if path is None:
+            entries[method] = {"missing": f"no {base_name(case)}_{suffixes[0]}.png in {folder}"}
+            continue
+        image = read(path)
+        if case.table == "sr":
+            image = protocol_crop(image, 32, side)
+        elif side is not None:
+            image = centre_crop(image, min(side, image.shape[0]), min(side, image.shape[1]))
+        if image.shape != reference.shape:
+            entries[method] = {"missing": f"{path.name} is {image.shape}, the reference {reference.shape}"}
+            continue
+        entries[method] = {**scores(case, image, reference), "file": path.name}
+    return entries
+
+
+# --- the committed scores: every scored image of the paper's scale, merged from every run ---------------------
+
+GROUPS = ("Table 1", "Set5 x4", "Set14 x4", "Set5 x8", "Set14 x8", "CSet9 sigma 25", "CSet9 sigma 50")
+
+
+def case_row(case: Case, inputs: Path) -> dict[str, Any]:
+    """What a table says of ``case`` before any result: its group, size, input PSNR and the paper's number."""
+    with Image.open(inputs / case.reference) as ref:
+        size = f"{ref.width}x{ref.height}"
+    return {
+        "name": case.name,
+        "group": case.group,
+        "size": size,
+        "input_psnr": input_psnr(case, inputs),
+        "paper_psnr": case.paper_psnr,
+    }
+
+
+def merge_row(store: dict[str, Any], row: dict[str, Any]) -> None:
+    """Puts ``row``'s scores into ``store`` (by image name): finished fits, peers and published outputs replace the
+    stored ones of the same label; what is not finished leaves the stored entry as it was."""
+    kept = store.setdefault(row["name"], {"peers": {}, "authors": {}, "fits": {}})
+    kept.update({k: row[k] for k in ("name", "group", "size", "input_psnr", "paper_psnr")})
+    kept["peers"].update({k: v for k, v in row.get("peers", {}).items() if "psnr" in v})
+    kept["authors"].update({k: v for k, v in row.get("authors", {}).items() if "psnr" in v})
+    kept["fits"].update({k: v for k, v in row.get("fits", {}).items() if v.get("status") == "done"})
+
+
+def label_order(label: str) -> tuple[int, str]:
+    """Columns in ``COLUMNS``' order, each column's seeds after it."""
+    column = max((c for c in COLUMNS if label == c or label.startswith(c + "-s")), key=len, default="")
+    return (list(COLUMNS).index(column) if column else len(COLUMNS), label)
+
+
+def render_store(table: str, store: dict[str, Any]) -> str:
+    """The committed table: every stored image, its peers, the published outputs and every fitted column."""
+    rows = sorted(store.values(), key=lambda r: (GROUPS.index(r["group"]), r["name"]))
+    labels = sorted({label for r in rows for label in r["fits"]}, key=label_order)
+    for r in rows:
+        r["fits"] = {label: r["fits"].get(label, {"status": "not run yet"}) for label in labels}
+    peers = list(dict.fromkeys(p for r in rows for p in r["peers"]))
+    authors = list(dict.fromkeys(a for r in rows for a in r["authors"]))
+    return markdown(table, rows, peers, labels, authors)
+
+
+def update_store(scores_dir: Path, table: str, rows: Iterable[dict[str, Any]]) -> Path:
+    """Merges ``rows`` into ``scores_dir/TABLE.json`` and writes ``TABLE.md`` from everything stored."""
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    path = scores_dir / f"{table}.json"
+    stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"table": table, "rows": {}}
+    for row in rows:
+        merge_row(stored["rows"], row)
+    stored["columns"] = {name: column.note for name, column in COLUMNS.items()}
+    path.write_text(json.dumps(stored, indent=1) + "\n")
+    (scores_dir / f"{table}.md").write_text(render_store(table, json.loads(path.read_text())["rows"]) + "\n")
+    return path
+
+
+def read_row_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(table, row) of every line of a ``--rows-out`` file."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(line["table"], line["row"]) for line in lines if isinstance(line, dict) and line.get("paper_tables_row")]
+
+
+def merge_files(scores_dir: Path, sources: Iterable[Path]) -> list[Path]:
+    """Merges the rows of ``--rows-out`` files (or of every .jsonl file of a folder) into the committed store."""
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for source in sources:
+        for path in sorted(source.glob("*.jsonl")) if source.is_dir() else [source]:
+            for table, row in read_row_file(path):
+                by_table.setdefault(table, []).append(row)
+    return [update_store(scores_dir, table, rows) for table, rows in by_table.items()]
+
+
+def write_row_file(path: Path, table: str, rows: Iterable[dict[str, Any]]) -> None:
+    """Each image with a finished fit as one line of ``path`` (JSON Lines; a line of the same table and image is
+    replaced): one small file, what a device call brings back from directly under its $OUT."""
+    kept = {(t, r["name"]): r for t, r in read_row_file(path)} if path.exists() else {}
+    for row in rows:
+        if any(f.get("status") == "done" for f in row["fits"].values()):
+            kept[(table, row["name"])] = row
+    lines = [json.dumps({"paper_tables_row": 1, "table": t, "row": r}) for (t, _), r in kept.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
 
 
 # --- the batch --------------------------------------------------------------------------------------------------
@@ -540,9 +714,13 @@ def mean_cell(entries: list[dict[str, Any]]) -> str:
     return cell({"psnr": mean(e.get("psnr") for e in entries), "ssim": mean(e.get("ssim") for e in entries)})
 
 
-def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], labels: list[str]) -> str:
-    """The table: per image the input, each peer and each fitted column as PSNR (SSIM), per group their means."""
-    head = ["image", "size", "input"] + peers
+def markdown(
+    table: str, rows: list[dict[str, Any]], peers: list[str], labels: list[str], authors: Iterable[str] = ()
+) -> str:
+    """The table: per image the input, each peer, each published output of the authors and each fitted column as
+    PSNR (SSIM), per group their means."""
+    authors = list(authors)
+    head = ["image", "size", "input"] + peers + [f"published {a}" for a in authors]
     for label in labels:
         head += [f"DIP {label}", f"{label}: best seen", f"{label}: iterations, s"]
     head.append("paper")
@@ -551,6 +729,7 @@ def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], labels: l
     def cells(r: dict[str, Any]) -> list[str]:
         out = [r["name"], r["size"], fmt(r["input_psnr"])]
         out += [cell(r["peers"].get(p, {})) for p in peers]
+        out += [cell(r.get("authors", {}).get(a, {})) for a in authors]
         for label in labels:
             f = r["fits"][label]
             if f["status"] != "done":
@@ -566,6 +745,7 @@ def markdown(table: str, rows: list[dict[str, Any]], peers: list[str], labels: l
         lines += ["| " + " | ".join(cells(r)) + " |" for r in members]
         means = [f"**mean {group}**", "", fmt(mean(r["input_psnr"] for r in members))]
         means += [mean_cell([r["peers"].get(p, {}) for r in members]) for p in peers]
+        means += [mean_cell([r.get("authors", {}).get(a, {}) for r in members]) for a in authors]
         for label in labels:
             done = [r["fits"][label] for r in members if r["fits"][label]["status"] == "done"]
             complete = len(done) == len(members)
@@ -608,25 +788,25 @@ def spread_lines(spread: dict[str, dict[str, Any]]) -> str:
 
 
 def build_table(
-    table: str, cases: list[Case], inputs: Path, outdir: Path, peers: dict[str, dict[str, Any]], labels: list[str]
+    table: str,
+    cases: list[Case],
+    inputs: Path,
+    outdir: Path,
+    peers: dict[str, dict[str, Any]],
+    labels: list[str],
+    authors: Optional[dict[str, dict[str, Any]]] = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    rows = []
-    for case in cases:
-        with Image.open(inputs / case.reference) as ref:
-            size = f"{ref.width}x{ref.height}"
-        rows.append(
-            {
-                "name": case.name,
-                "group": case.group,
-                "size": size,
-                "input_psnr": input_psnr(case, inputs),
-                "peers": peers.get(case.name, {}),
-                "fits": {label: fit_entry(case, outdir, inputs, label) for label in labels},
-                "paper_psnr": case.paper_psnr,
-            }
-        )
-    names = list(peer_functions(table))
-    return rows, markdown(table, rows, names, labels)
+    """Every case scored: its row (``case_row``, the peers, the published outputs, each label's fit) and the table."""
+    rows = [
+        {
+            **case_row(case, inputs),
+            "peers": peers.get(case.name, {}),
+            "authors": (authors or {}).get(case.name, {}),
+            "fits": {label: fit_entry(case, outdir, inputs, label) for label in labels},
+        }
+        for case in cases
+    ]
+    return rows, markdown(table, rows, list(peer_functions(table)), labels, PUBLISHED[table] if authors else ())
 
 
 def machine() -> dict[str, Any]:
@@ -647,6 +827,29 @@ def machine() -> dict[str, Any]:
     }
 
 
+def table_cases(table: str, args: argparse.Namespace, inputs: Path, side: Optional[int]) -> list[Case]:
+    """The table's cases (``--only`` applied) with their inputs written from ``--data``; without ``--data``'s paper/
+    (a lent GPU: only the working tree travels) the inputs a ``--prepare`` run wrote, as its cases.json lists them."""
+    listed = inputs / "cases.json"
+    if (args.data / "paper").is_dir():
+        cases = cases_of(table, args.data)
+        if args.only:
+            cases = [c for c in cases if any(o in c.name for o in args.only)]
+        inputs.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            write_inputs(case, args.data, inputs, side)
+        known = {c["name"]: c for c in json.loads(listed.read_text())} if listed.exists() else {}
+        known.update({c.name: dataclasses.asdict(c) for c in cases})
+        listed.write_text(json.dumps(list(known.values()), indent=1) + "\n")
+        return cases
+    if not listed.exists():
+        raise SystemExit(
+            f"paper_tables: neither {args.data / 'paper'} nor {listed} (pass --data, or --inputs of a --prepare run)"
+        )
+    cases = [Case(**c) for c in json.loads(listed.read_text())]
+    return [c for c in cases if not args.only or any(o in c.name for o in args.only)]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", choices=(*TABLES, "all"), default="all")
@@ -659,6 +862,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds paper/")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables")
+    parser.add_argument("--inputs", type=Path, help="the inputs' folder (TABLE/ in it; default OUT/SCALE/inputs)")
+    parser.add_argument("--prepare", action="store_true", help="write the inputs and cases.json, fit nothing")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the cases whose name contains one of these")
     parser.add_argument("--crop", type=int, help="override the scale's centre-crop side (every table)")
     parser.add_argument("--iterations", type=int, help="override the scale's iteration cap (every table)")
@@ -671,13 +876,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--max-minutes", type=float, help="stop the fits after this long (a rerun continues)")
     parser.add_argument("--no-peers", action="store_true", help="skip the classical peers")
     parser.add_argument("--report", action="store_true", help="fit nothing: score what is on disk and write tables")
+    parser.add_argument(
+        "--authors", type=Path, help="score the authors' published outputs in this folder (their site's "
+        "assets/deep-image-prior) with the same protocol"
+    )  # fmt: skip
+    parser.add_argument(
+        "--scores", type=Path, default=SCORES, help="the committed scores that a paper-scale run merges into"
+    )
+    parser.add_argument("--rows-out", type=Path, help="also write each scored image as a line of this .jsonl file")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="only merge these --rows-out files (or every .jsonl file of these folders) into --scores",
+    )
+    parser.add_argument(
+        "--nlm-sweep", nargs="+", type=float, metavar="H", help="denoise: score non-local means at each filter "
+        "strength (units of sigma) into --scores' nlm-sweep.json, fit nothing"
+    )  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-fit progress from dipc batch")
     args = parser.parse_args(argv)
 
-    if not (args.data / "paper").is_dir():
-        parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
+    if args.merge:
+        for path in merge_files(args.scores, args.merge):
+            print(f"paper_tables: merged into {path} and {path.with_suffix('.md')}", flush=True)
+        return 0
     scale = SCALES[args.scale]
     root = args.out / args.scale
+    # only the paper's own protocol enters the committed scores
+    record = args.scale == "paper" and args.crop is None and args.iterations is None and not args.prepare
     deadline = None if args.max_minutes is None else time.monotonic() + 60.0 * args.max_minutes
     tables = list(TABLES) if args.table == "all" else [args.table]
     started = time.perf_counter()
@@ -688,23 +916,29 @@ def main(argv: Optional[list[str]] = None) -> int:
         settings = args.settings or list(scale.settings[table])
         runs = runs_of(settings, args.seeds or [args.seed], args.seed)
         labels = [run.label for run in runs]
-        cases = cases_of(table, args.data)
-        if args.only:
-            cases = [c for c in cases if any(o in c.name for o in args.only)]
-        inputs, outdir = root / "inputs" / table, root / "batch" / table
-        inputs.mkdir(parents=True, exist_ok=True)
-        for case in cases:
-            write_inputs(case, args.data, inputs, side)
+        inputs, outdir = (args.inputs or root / "inputs") / table, root / "batch" / table
+        cases = table_cases(table, args, inputs, side)
         manifest = inputs / "manifest.jsonl"
         manifest.write_text("".join(json.dumps(r) + "\n" for r in manifest_rows(cases, runs, cap, args.seed)))
+        if args.prepare:
+            print(f"paper_tables: {len(cases)} {table} inputs in {inputs}", flush=True)
+            continue
+        if args.nlm_sweep:
+            sweep = nlm_sweep(cases, inputs, args.nlm_sweep)
+            command = "python benchmarks/paper_tables.py " + " ".join(argv or sys.argv[1:])
+            args.scores.mkdir(parents=True, exist_ok=True)
+            (args.scores / "nlm-sweep.json").write_text(json.dumps({"command": command, **sweep}, indent=1) + "\n")
+            print(json.dumps({k: {h: v["mean"] for h, v in per.items()} for k, per in sweep.items()}), flush=True)
+            return 0
         peers = {} if args.no_peers else run_peers(cases, inputs, root / f"peers-{table}.json")
+        authors = {c.name: score_published(c, args.authors, inputs, side) for c in cases} if args.authors else None
         code = None
         if not args.report and not interrupted:
             print(f"paper_tables: {table}, {len(cases)} images x {labels}, crop {side}, cap {cap}", flush=True)
             code = run_batch(manifest, outdir, args, deadline)
             interrupted = code not in (0, 1)
             failed = failed or code == 1
-        rows, text = build_table(table, cases, inputs, outdir, peers, labels)
+        rows, text = build_table(table, cases, inputs, outdir, peers, labels, authors)
         spread = seed_spread(rows, runs)
         if spread:
             text += "\n\nSeed spread (PSNR of each seed):\n\n" + spread_lines(spread)
@@ -720,12 +954,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             "machine": machine(),
             "rows": rows,
         }
+        root.mkdir(parents=True, exist_ok=True)
         (root / f"{table}.json").write_text(json.dumps(result, indent=1))
         (root / f"{table}.md").write_text(text + "\n")
+        if args.rows_out:
+            write_row_file(args.rows_out, table, rows)
+        if record:
+            print(f"paper_tables: scores merged into {update_store(args.scores, table, rows)}", flush=True)
         documents.append(
             f"### {table} ({args.scale} scale: crop {side or 'none'}, iteration cap {cap or 'none'})\n\n{text}\n"
         )
         print(text, flush=True)
+    if args.prepare:
+        return 0
     (root / "tables.md").write_text("\n".join(documents))
     print(f"paper_tables: {time.perf_counter() - started:.0f} s; tables in {root}", flush=True)
     if interrupted:

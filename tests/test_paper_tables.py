@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -116,3 +119,65 @@ def test_sr_columns_with_two_seeds_are_scored_apart_with_ssim_and_their_spread(t
     psnrs = [row["fits"]["paper-2017"]["psnr"], row["fits"]["paper-2017-s1"]["psnr"]]
     assert spread["psnr"] == psnrs and math.isclose(spread["range"], abs(psnrs[0] - psnrs[1]))
     assert "Seed spread" in (out / "quick" / "sr.md").read_text()
+
+
+def test_the_device_script_fits_prepared_inputs_without_the_data_and_its_rows_merge_into_the_table(tmp_path):
+    """benchmarks/paper_tables_device.sh on the CPU at 2 iterations: the inputs made by --prepare (the device has no
+    ../shared), one small file per stage directly under $OUT, merged here into the committed table's store."""
+    data = tmp_path / "data"
+    folder = data / "paper" / "sr" / "Set5" / "x4"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    Image.fromarray(np.kron(rng.integers(30, 220, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)).save(
+        folder / "tiles_GT.png"
+    )
+    inputs, out, scores = tmp_path / "inputs", tmp_path / "out", tmp_path / "scores"
+    argv = ["--table", "sr", "--scale", "paper", "--data", str(data), "--inputs", str(inputs), "--prepare"]
+    assert pt.main(argv) == 0
+    assert [c["name"] for c in json.loads((inputs / "sr" / "cases.json").read_text())] == ["Set5-x4-tiles"]
+    env = dict(os.environ, OUT=str(out), STAGE="x4", DEVICE="cpu", ITERATIONS="2", PACK="1", INPUTS=str(inputs))
+    env.update(WORK=str(tmp_path / "work"), PYTHON=sys.executable)
+    script = pt.ROOT / "benchmarks" / "paper_tables_device.sh"
+    run = subprocess.run(["bash", str(script)], cwd=pt.ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x4.jsonl", "x4.log"]  # files directly under $OUT
+    ((table, row),) = pt.read_row_file(out / "x4.jsonl")
+    assert table == "sr" and row["name"] == "Set5-x4-tiles" and row["size"] == "64x64"
+    fit = row["fits"]["paper-fp32"]
+    assert fit["status"] == "done" and fit["iterations"] == 2 and fit["precision"] == "fp32"
+    assert not (tmp_path / "work" / "no-data").exists()  # nothing read from a data folder
+    assert pt.main(["--merge", str(out), "--scores", str(scores)]) == 0
+    stored = json.loads((scores / "sr.json").read_text())["rows"]["Set5-x4-tiles"]
+    assert stored["fits"]["paper-fp32"]["psnr"] == fit["psnr"]
+    assert "DIP paper-fp32" in (scores / "sr.md").read_text()
+
+
+def test_a_wrong_stage_or_missing_inputs_stop_the_device_script_in_one_line(tmp_path):
+    script = pt.ROOT / "benchmarks" / "paper_tables_device.sh"
+    for stage, message in (("x16", "STAGE must be x4, x8 or denoise25"), ("x4", "run the --prepare command here")):
+        env = dict(os.environ, OUT=str(tmp_path / "out"), STAGE=stage, INPUTS=str(tmp_path / "none"))
+        run = subprocess.run(["bash", str(script)], cwd=pt.ROOT, env=env, capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr
+
+
+def test_published_outputs_are_cropped_and_scored_with_the_protocol(tmp_path):
+    """--authors: the site's outputs (full ground-truth size) cropped as the inputs were and scored like our fits;
+    x8 takes the reg-noise 0.05 output, a missing file is said, not dropped."""
+    gt = np.kron(np.random.default_rng(5).integers(30, 220, (9, 10, 3)), np.ones((8, 8, 1)))  # 72x80
+    case = pt.Case("sr", "Set5 x8", "Set5-x8-tiles", "super-resolve", "t_LR.png", "t_HR.png", "sr-x8", factor=8)
+    pt.write(pt.protocol_crop(gt, 32, None), tmp_path / "t_HR.png")
+    site = tmp_path / "site" / "SR" / "Set5" / "x8"
+    site.mkdir(parents=True)
+    pt.write(gt, site / "tiles_deep_prior_005.png")
+    pt.write(gt + 10, site / "tiles_deep_prior.png")
+    scored = pt.score_published(case, tmp_path / "site", tmp_path, None)
+    assert scored["DIP"]["file"] == "tiles_deep_prior_005.png" and scored["DIP"]["psnr"] == float("inf")
+    assert "no tiles_bicubic.png" in scored["bicubic"]["missing"]
+
+
+def test_the_papers_bicubic_column_downsamples_the_whole_ground_truth():
+    full = np.kron(np.random.default_rng(6).integers(0, 256, (4, 5, 3)), np.ones((4, 4, 1)))
+    up = pt.paper_bicubic(full, 4)
+    assert up.shape == full.shape and np.array_equal(
+        pt.paper_bicubic(np.full((8, 12, 3), 77.0), 4), np.full((8, 12, 3), 77.0)
+    )
