@@ -602,32 +602,40 @@ def update_store(scores_dir: Path, table: str, rows: Iterable[dict[str, Any]]) -
     return path
 
 
-def read_row_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(table, row) of every line of a ``--rows-out`` file."""
+def read_row_file(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``--rows-out`` file: each {"table", "row", "crop", "iteration_cap"}."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(line["table"], line["row"]) for line in lines if isinstance(line, dict) and line.get("paper_tables_row")]
+    return [line for line in lines if isinstance(line, dict) and line.get("paper_tables_row")]
 
 
 def merge_files(scores_dir: Path, sources: Iterable[Path]) -> list[Path]:
-    """Merges the rows of ``--rows-out`` files (or of every .jsonl file of a folder) into the committed store."""
+    """Merges the rows of ``--rows-out`` files (or of every .jsonl file of a folder) into the committed store; rows
+    of another crop or a capped iteration count are not the paper's protocol and are left out, with a line."""
     by_table: dict[str, list[dict[str, Any]]] = {}
     for source in sources:
         for path in sorted(source.glob("*.jsonl")) if source.is_dir() else [source]:
-            for table, row in read_row_file(path):
-                by_table.setdefault(table, []).append(row)
+            for line in read_row_file(path):
+                if line.get("crop") is not None or line.get("iteration_cap") is not None:
+                    name, crop, cap = line["row"]["name"], line.get("crop"), line.get("iteration_cap")
+                    print(f"paper_tables: {path.name}: {name} left out (crop {crop}, iteration cap {cap})", flush=True)
+                    continue
+                by_table.setdefault(line["table"], []).append(line["row"])
     return [update_store(scores_dir, table, rows) for table, rows in by_table.items()]
 
 
-def write_row_file(path: Path, table: str, rows: Iterable[dict[str, Any]]) -> None:
+def write_row_file(
+    path: Path, table: str, rows: Iterable[dict[str, Any]], crop: Optional[int], cap: Optional[int]
+) -> None:
     """Each image with a finished fit as one line of ``path`` (JSON Lines; a line of the same table and image is
-    replaced): one small file, what a device call brings back from directly under its $OUT."""
-    kept = {(t, r["name"]): r for t, r in read_row_file(path)} if path.exists() else {}
+    replaced), with the crop and iteration cap it ran at: one small file, what a device call brings back from
+    directly under its $OUT."""
+    kept = {(line["table"], line["row"]["name"]): line for line in read_row_file(path)} if path.exists() else {}
     for row in rows:
         if any(f.get("status") == "done" for f in row["fits"].values()):
-            kept[(table, row["name"])] = row
-    lines = [json.dumps({"paper_tables_row": 1, "table": t, "row": r}) for (t, _), r in kept.items()]
+            line = {"paper_tables_row": 1, "table": table, "crop": crop, "iteration_cap": cap, "row": row}
+            kept[(table, row["name"])] = line
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
+    path.write_text("".join(json.dumps(line) + "\n" for line in kept.values()))
 
 
 # --- the batch --------------------------------------------------------------------------------------------------
@@ -958,7 +966,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         (root / f"{table}.json").write_text(json.dumps(result, indent=1))
         (root / f"{table}.md").write_text(text + "\n")
         if args.rows_out:
-            write_row_file(args.rows_out, table, rows)
+            write_row_file(args.rows_out, table, rows, side, cap)
         if record:
             print(f"paper_tables: scores merged into {update_store(args.scores, table, rows)}", flush=True)
         documents.append(

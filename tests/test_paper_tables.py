@@ -141,12 +141,17 @@ def test_the_device_script_fits_prepared_inputs_without_the_data_and_its_rows_me
     run = subprocess.run(["bash", str(script)], cwd=pt.ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert sorted(p.name for p in out.iterdir()) == ["x4.jsonl", "x4.log"]  # files directly under $OUT
-    ((table, row),) = pt.read_row_file(out / "x4.jsonl")
-    assert table == "sr" and row["name"] == "Set5-x4-tiles" and row["size"] == "64x64"
+    (line,) = pt.read_row_file(out / "x4.jsonl")
+    row = line["row"]
+    assert (line["table"], line["crop"], line["iteration_cap"]) == ("sr", None, 2)
+    assert row["name"] == "Set5-x4-tiles" and row["size"] == "64x64"
     fit = row["fits"]["paper-fp32"]
     assert fit["status"] == "done" and fit["iterations"] == 2 and fit["precision"] == "fp32"
     assert not (tmp_path / "work" / "no-data").exists()  # nothing read from a data folder
-    assert pt.main(["--merge", str(out), "--scores", str(scores)]) == 0
+    # a capped run is not the paper's protocol: the merge leaves it out; the same row at the full count goes in
+    assert pt.main(["--merge", str(out), "--scores", str(scores)]) == 0 and not (scores / "sr.json").exists()
+    pt.write_row_file(tmp_path / "full.jsonl", "sr", [row], None, None)
+    assert pt.main(["--merge", str(tmp_path / "full.jsonl"), "--scores", str(scores)]) == 0
     stored = json.loads((scores / "sr.json").read_text())["rows"]["Set5-x4-tiles"]
     assert stored["fits"]["paper-fp32"]["psnr"] == fit["psnr"]
     assert "DIP paper-fp32" in (scores / "sr.md").read_text()
@@ -181,3 +186,18 @@ def test_the_papers_bicubic_column_downsamples_the_whole_ground_truth():
     assert up.shape == full.shape and np.array_equal(
         pt.paper_bicubic(np.full((8, 12, 3), 77.0), 4), np.full((8, 12, 3), 77.0)
     )
+
+
+def test_the_committed_store_keeps_finished_fits_when_a_later_run_has_not_finished_them(tmp_path):
+    meta = {"name": "Set5-x4-bird", "group": "Set5 x4", "size": "288x288", "input_psnr": None, "paper_psnr": None}
+    done = {"status": "done", "psnr": 31.5, "ssim": 0.9, "best_psnr_seen": 30.0, "iterations": 2000, "seconds": 60.0}
+    first = {**meta, "peers": {"bicubic": {"psnr": 30.56, "ssim": 0.88}}, "authors": {}, "fits": {"paper-2017": done}}
+    later = {**meta, "peers": {}, "authors": {"DIP": {"psnr": 31.78, "ssim": 0.9}}}
+    later["fits"] = {"paper-2017": {"status": "not run yet"}, "paper-fp32": {**done, "psnr": 31.2}}
+    pt.update_store(tmp_path, "sr", [first])
+    pt.update_store(tmp_path, "sr", [later])
+    stored = json.loads((tmp_path / "sr.json").read_text())["rows"]["Set5-x4-bird"]
+    assert stored["fits"]["paper-2017"]["psnr"] == 31.5 and stored["fits"]["paper-fp32"]["psnr"] == 31.2
+    assert stored["peers"]["bicubic"]["psnr"] == 30.56 and stored["authors"]["DIP"]["psnr"] == 31.78
+    header = (tmp_path / "sr.md").read_text().splitlines()[0]
+    assert header.index("published DIP") < header.index("DIP paper-fp32") < header.index("DIP paper-2017")
