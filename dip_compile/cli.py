@@ -324,7 +324,8 @@ def fit_job(params: dict[str, Any]) -> FitJob:
             settings[f.name] = value
     for f in flagged(NetConfig):
         name = f.name if f.name in shape_fields else f.metadata["flag"].removeprefix("--").replace("-", "_")
-        net[name] = _plain(params[f.name])
+        value = params[f.name]
+        net[name] = None if value is False and f.default is False else _plain(value)  # a switch not given
     job["output"] = job["output"] or Path("dry-run.png")
     return with_command_line_defaults(FitJob(**job, settings=settings, net=NetShape(**net)))
 

@@ -75,6 +75,14 @@ class Downsample(Choice):
     lanczos2 = "lanczos2"
 
 
+class BnInit(Choice):
+    """BatchNorm's scale at the start: ones (PyTorch since 1.2) or uniform in (0, 1), as PyTorch drew it before 1.2
+    (the 0.2/0.3 of the paper's published outputs)."""
+
+    ones = "ones"
+    uniform = "uniform"
+
+
 class Padding(Choice):
     reflection = "reflection"
     zeros = "zeros"
@@ -349,6 +357,19 @@ class NetConfig:
         panel="network",
         help="how the convolutions pad the borders: reflection (the paper's) or zeros",
     )
+    bn_init: BnInit = option(
+        BnInit.ones,
+        flag="--bn-init",
+        panel="network",
+        help="BatchNorm's starting scale: ones (PyTorch >= 1.2) or uniform in (0, 1) (PyTorch < 1.2: the paper's 2017 "
+        "framework)",
+    )
+    align_corners: bool = option(
+        False,
+        flag="--align-corners",
+        panel="network",
+        help="bilinear/bicubic upsampling with align_corners=True, as PyTorch < 0.4 did (the paper's 2017 framework)",
+    )
     need_1x1_up: bool = option(True, flag="--1x1-up", panel="network", help="the 1x1 conv at the end of each up block")
     input_kind: InputKind = option(
         InputKind.noise,
@@ -387,6 +408,10 @@ class NetConfig:
                 _kernel(flag_of(NetConfig, name), k)
         _kernel("--kernel-skip", self.kernel_skip)
         _finite(self, "input_scale", 0, low_open=True)
+        if self.align_corners and all(u == Upsample.nearest for u in self.upsample):
+            raise ConfigError(
+                "--align-corners changes bilinear and bicubic upsampling; this network upsamples by nearest"
+            )
         if self.generator in DECODERS and self.input_kind != InputKind.noise:
             raise ConfigError(
                 f"the {self.generator} generator starts from a small noise input, not a {self.input_kind}"
@@ -474,6 +499,10 @@ class NetConfig:
             parts.append(f"k {short(self.kernel_down)}/{short(self.kernel_up)}")
         if not self.need_1x1_up:
             parts.append("no 1x1 up")
+        if self.bn_init != BnInit.ones:
+            parts.append(f"BN init {self.bn_init}")
+        if self.align_corners:
+            parts.append("align corners")
         parts.append(f"input {self.input_kind} x{self.input_depth}")
         if self.structure != Structure.paper:
             parts.append(f"{self.structure} structure")

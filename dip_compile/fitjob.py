@@ -24,6 +24,7 @@ from .config import (
     Generator,
     InputKind,
     NetConfig,
+    Precision,
     check_depth,
     check_types,
     command_line_defaults,
@@ -58,6 +59,8 @@ class NetShape:
     input: Optional[str] = None
     input_depth: Optional[int] = None
     padding: Optional[str] = None
+    bn_init: Optional[str] = None
+    align_corners: Optional[bool] = None  # a switch: None unless given
 
     def given(self) -> list[str]:
         """The flags given, as the user typed them."""
@@ -256,7 +259,7 @@ def _given(value: Any) -> bool:
 def build_config(job: FitJob, channels: int) -> FitConfig:
     """The task's preset (named, or the task's default), made DRP by ``--generator drp``, with the job's settings
     on top; FitConfig validates every value (one-line ConfigError)."""
-    settings = {k: v for k, v in job.settings.items() if v is not None}
+    settings = paper_precision({k: v for k, v in job.settings.items() if v is not None}, job.paper_exact)
     config = presets.preset(
         str(job.task),
         factor=settings.get("factor"),
@@ -270,6 +273,14 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
     return config.replace(net=job.net.apply(config.net))
 
 
+def paper_precision(settings: dict[str, Any], paper_exact: bool) -> dict[str, Any]:
+    """``settings`` with --paper-exact's precision: the paper fitted in fp32, so there ``auto`` (the command line's
+    default) is fp32; a --precision that names one is kept."""
+    if paper_exact and str(settings.get("precision", Precision.auto)) == Precision.auto:
+        return {**settings, "precision": Precision.fp32}
+    return settings
+
+
 def resume_config(job: FitJob, ckpt: Checkpoint) -> FitConfig:
     """The checkpoint's configuration with the changes a resumed fit may take; refuses the others in one line."""
     problem = _problem_options(job)
@@ -281,7 +292,7 @@ def resume_config(job: FitJob, ckpt: Checkpoint) -> FitConfig:
     if job.net.given():
         raise DipError(f"--resume continues the saved network: drop {', '.join(job.net.given())}")
     saved, changes = ckpt.config, {}
-    for name, value in job.settings.items():
+    for name, value in paper_precision(job.settings, saved.paper_exact).items():
         if value is None or value == getattr(saved, name):
             continue
         if name not in FitConfig.resumable():

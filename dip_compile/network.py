@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import NetConfig
+from .config import BnInit, NetConfig
 from .degradations import Downsampler
 from .problem import crop_box
 
@@ -52,8 +52,13 @@ def conv(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) ->
     return Conv2d(c_in, c_out, kernel, stride=stride, padding=(kernel - 1) // 2, padding_mode=mode)
 
 
-def norm(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, track_running_stats=False)
+def norm(cfg: NetConfig, channels: int) -> nn.BatchNorm2d:
+    """BatchNorm of the batch's statistics; its scale starts at ones, or (``--bn-init uniform``) drawn from U(0, 1)
+    as PyTorch did before 1.2, which the paper's published outputs were fitted with."""
+    bn = nn.BatchNorm2d(channels, track_running_stats=False)
+    if cfg.bn_init == BnInit.uniform:
+        nn.init.uniform_(bn.weight)
+    return bn
 
 
 def act() -> nn.LeakyReLU:
@@ -61,12 +66,13 @@ def act() -> nn.LeakyReLU:
 
 
 def conv_bn_act(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    return [conv(cfg, c_in, c_out, kernel, stride), norm(c_out), act()]
+    return [conv(cfg, c_in, c_out, kernel, stride), norm(cfg, c_out), act()]
 
 
 def upsample(cfg: NetConfig, level: int) -> nn.Upsample:
+    """x2 upsampling; bilinear and bicubic with ``--align-corners`` as PyTorch < 0.4 did (the paper's framework)."""
     mode = cfg.at("upsample", level)
-    return nn.Upsample(scale_factor=2, mode=str(mode), align_corners=None if mode == "nearest" else False)
+    return nn.Upsample(scale_factor=2, mode=str(mode), align_corners=None if mode == "nearest" else cfg.align_corners)
 
 
 def down_conv(cfg: NetConfig, level: int, c_in: int, c_out: int) -> list[nn.Module]:
@@ -121,7 +127,7 @@ def set_save_memory(net: nn.Module, on: bool) -> None:
 def down_block(cfg: NetConfig, level: int, c_in: int, c_out: int) -> nn.Sequential:
     kernel = cfg.at("kernel_down", level)
     return nn.Sequential(
-        *down_conv(cfg, level, c_in, c_out), norm(c_out), act(), *conv_bn_act(cfg, c_out, c_out, kernel)
+        *down_conv(cfg, level, c_in, c_out), norm(cfg, c_out), act(), *conv_bn_act(cfg, c_out, c_out, kernel)
     )
 
 
@@ -136,7 +142,7 @@ class PaperLevel(Level):
         self.deeper = deeper
         self.upsample = upsample(cfg, level)
         merged = skip + (cfg.channels_up[level + 1] if deeper is not None else down)
-        self.merge_norm = norm(merged)
+        self.merge_norm = norm(cfg, merged)
         layers = conv_bn_act(cfg, merged, up, cfg.at("kernel_up", level))
         if cfg.need_1x1_up:
             layers += conv_bn_act(cfg, up, up, 1)
@@ -172,7 +178,7 @@ class SeedLevel(Level):
         self.skip = nn.Sequential(*conv_bn_act(cfg, down, skip, cfg.kernel_skip)) if skip else None
         self.deeper = deeper
         merged = skip + (cfg.channels_up[level + 1] if deeper is not None else down)
-        layers: list[nn.Module] = [norm(merged), *conv_bn_act(cfg, merged, up, cfg.at("kernel_up", level))]
+        layers: list[nn.Module] = [norm(cfg, merged), *conv_bn_act(cfg, merged, up, cfg.at("kernel_up", level))]
         if cfg.need_1x1_up:
             layers += conv_bn_act(cfg, up, up, 1)
         self.up = nn.Sequential(*layers, upsample(cfg, level))
@@ -212,7 +218,7 @@ class RandomProjector(Hourglass):
 
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__(cfg)
-        self.input_norm = norm(cfg.input_depth)  # the code's BNNet: the fitted seed, standardised per channel
+        self.input_norm = norm(cfg, cfg.input_depth)  # the code's BNNet: the fitted seed, standardised per channel
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 module.requires_grad_(False)
@@ -252,10 +258,10 @@ class ConvDecoder(Decoder):
     more kxk conv, ReLU and BatchNorm."""
 
     def level_layers(self, cfg: NetConfig, level: int, c_in: int, c: int) -> list[nn.Module]:
-        return [upsample(cfg, level), conv(cfg, c_in, c, cfg.at("kernel_up", level)), nn.ReLU(), norm(c)]
+        return [upsample(cfg, level), conv(cfg, c_in, c, cfg.at("kernel_up", level)), nn.ReLU(), norm(cfg, c)]
 
     def tail_layers(self, cfg: NetConfig, c: int) -> list[nn.Module]:
-        return [conv(cfg, c, c, cfg.at("kernel_up", 0)), nn.ReLU(), norm(c)]
+        return [conv(cfg, c, c, cfg.at("kernel_up", 0)), nn.ReLU(), norm(cfg, c)]
 
 
 class DeepDecoder(Decoder):
@@ -263,7 +269,7 @@ class DeepDecoder(Decoder):
     normalisation (BatchNorm at batch 1). Few weights: meant to fit noise slowly."""
 
     def level_layers(self, cfg: NetConfig, level: int, c_in: int, c: int) -> list[nn.Module]:
-        return [conv(cfg, c_in, c, cfg.at("kernel_up", level)), upsample(cfg, level), nn.ReLU(), norm(c)]
+        return [conv(cfg, c_in, c, cfg.at("kernel_up", level)), upsample(cfg, level), nn.ReLU(), norm(cfg, c)]
 
 
 Network = Hourglass | ConvDecoder | DeepDecoder

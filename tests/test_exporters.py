@@ -103,6 +103,7 @@ NETWORK_VARIANTS = {
     ),
     "convdecoder": dict(generator="convdecoder", input_depth=16),
     "deepdecoder": dict(generator="deepdecoder", input_depth=16, kernel_up=(1,)),
+    "the 2017 framework: BatchNorm from U(0, 1), aligned corners": dict(bn_init="uniform", align_corners=True),
     "avg/max/stride down, per-level up and kernels": dict(
         downsample=("avg", "max", "stride"), upsample=("nearest", "bilinear", "bicubic"), kernel_up=(1, 3, 5)
     ),

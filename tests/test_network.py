@@ -249,3 +249,41 @@ def test_a_reflection_padded_conv_pads_bf16_without_autocasts_fp32_round_trip(ke
     casts = [e for e in prof.events() if e.name == "aten::_to_copy" and list(e.input_shapes[0]) == list(x.shape)]
     assert not casts, "the activation was cast (autocast's fp32 padding)"
     assert torch.equal(ours(x.float()), theirs(x.float()))  # without autocast: nn.Conv2d's own path
+
+
+def test_the_2017_framework_starts_batchnorm_from_uniform_scales_and_aligns_the_corners_when_asked():
+    """PyTorch 0.2/0.3 (the paper's published outputs): BatchNorm's weight drawn from U(0, 1), bilinear upsampling with
+    align_corners=True. Today's defaults stay: ones and False."""
+    small = dict(input_depth=4, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(2, 2))
+    today, old = NetConfig(**small), NetConfig(**small, bn_init="uniform", align_corners=True)
+    torch.manual_seed(0)
+    net = build_network(today)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    assert {m.align_corners for m in net.modules() if isinstance(m, nn.Upsample)} == {False}
+    torch.manual_seed(0)
+    aged = build_network(old)
+    scales = torch.cat([m.weight.detach() for m in aged.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert len(scales) == sum(m.num_features for m in norms)
+    assert 0 <= scales.min() and scales.max() < 1 and scales.std() > 0.1  # U(0, 1): mean 0.5, std 0.29
+    torch.manual_seed(0)
+    again = torch.cat([m.weight.detach() for m in build_network(old).modules() if isinstance(m, nn.BatchNorm2d)])
+    assert torch.equal(again, scales)  # drawn from the seeded generator: a fit stays reproducible
+    ups = [m for m in aged.modules() if isinstance(m, nn.Upsample)]
+    assert ups and all(m.align_corners for m in ups)
+    x = torch.rand(1, 3, 4, 4)
+    assert torch.equal(ups[0](x), nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
+    # the same weights with the corners aligned compute another image
+    corners = build_network(dataclasses.replace(today, align_corners=True))
+    corners.load_state_dict(net.state_dict())
+    fixed = make_input(today, 16, 16, 0)
+    assert (corners(fixed) - net(fixed)).abs().max() > 1e-4
+    assert "BN init uniform, align corners" in old.summary()
+
+
+def test_align_corners_is_refused_in_one_line_where_nothing_upsamples_bilinearly():
+    with pytest.raises(ConfigError, match="--align-corners changes bilinear and bicubic upsampling"):
+        NetConfig(upsample="nearest", align_corners=True)
+    with pytest.raises(ConfigError, match="--bn-init must be one of ones, uniform"):
+        NetConfig(bn_init="random")
+    assert NetConfig(upsample=("nearest", "bilinear", "nearest", "nearest", "nearest"), align_corners=True)

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -74,3 +77,127 @@ def test_denoise_table_runs_through_dipc_batch_and_a_rerun_fits_nothing(tmp_path
     assert pt.main(argv) == 0  # finished jobs are skipped: the reports are the same files
     again = json.loads((out / "quick" / "denoise.json").read_text())
     assert again["rows"][0]["fits"] == row["fits"]
+
+
+def test_named_columns_and_seeds_are_separate_fits_with_their_own_options():
+    case = pt.Case("sr", "Set5 x4", "Set5-x4-bird", "super-resolve", "b_LR.png", "b_HR.png", "sr-x4", factor=4)
+    runs = pt.runs_of(["paper-fp32", "paper-2017", "defaults"], [0, 2], default_seed=0)
+    assert [r.label for r in runs] == [
+        "paper-fp32", "paper-fp32-s2", "paper-2017", "paper-2017-s2", "defaults", "defaults-s2"
+    ]  # fmt: skip
+    rows = {r["output"]: r["options"] for r in pt.manifest_rows([case], runs, None, 0)}
+    paper = ["--preset", "sr-x4", "--paper-exact"]
+    assert rows["Set5-x4-bird-paper-fp32"] == [*paper, "--precision", "fp32"]
+    assert rows["Set5-x4-bird-paper-2017-s2"] == [
+        *paper, "--precision", "fp32", "--bn-init", "uniform", "--align-corners", "--seed", "2"
+    ]  # fmt: skip
+    assert rows["Set5-x4-bird-defaults"] == []
+    # the column fitted before columns had names keeps its options, so a rerun recognises its finished fits
+    (old,) = pt.manifest_rows([case], pt.runs_of(["paper"], [0], 0), 400, 0)
+    assert (old["output"], old["options"]) == ("Set5-x4-bird-paper", [*paper, "--iterations", "400"])
+
+
+def test_sr_columns_with_two_seeds_are_scored_apart_with_ssim_and_their_spread(tmp_path):
+    data = tmp_path / "data"
+    folder = data / "paper" / "sr" / "Set5" / "x4"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    gt = np.kron(rng.integers(30, 220, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    Image.fromarray(gt).save(folder / "tiles_GT.png")
+    out = tmp_path / "out"
+    argv = ["--table", "sr", "--data", str(data), "--out", str(out), "--only", "x4", "--crop", "64"]
+    argv += ["--iterations", "2", "--settings", "paper-2017", "--seeds", "0", "1", "--no-peers", "-q"]
+    assert pt.main(argv) == 0
+    result = json.loads((out / "quick" / "sr.json").read_text())
+    (row,) = result["rows"]
+    assert set(row["fits"]) == {"paper-2017", "paper-2017-s1"}
+    for label, fit in row["fits"].items():
+        assert fit["status"] == "done" and fit["precision"] == "fp32" and fit["iterations"] == 2
+        assert fit["seed"] == (1 if label.endswith("-s1") else 0) and 0 < fit["ssim"] < 1
+        assert fit["framework"] == {"bn_init": "uniform", "align_corners": True}
+    spread = result["seed_spread"]["paper-2017"]["Set5-x4-tiles"]
+    psnrs = [row["fits"]["paper-2017"]["psnr"], row["fits"]["paper-2017-s1"]["psnr"]]
+    assert spread["psnr"] == psnrs and math.isclose(spread["range"], abs(psnrs[0] - psnrs[1]))
+    assert "Seed spread" in (out / "quick" / "sr.md").read_text()
+
+
+def test_the_device_script_fits_prepared_inputs_without_the_data_and_its_rows_merge_into_the_table(tmp_path):
+    """benchmarks/paper_tables_device.sh on the CPU at 2 iterations: the inputs made by --prepare (the device has no
+    ../shared), one small file per stage directly under $OUT, merged here into the committed table's store."""
+    data = tmp_path / "data"
+    folder = data / "paper" / "sr" / "Set5" / "x4"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    Image.fromarray(np.kron(rng.integers(30, 220, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)).save(
+        folder / "tiles_GT.png"
+    )
+    inputs, out, scores = tmp_path / "inputs", tmp_path / "out", tmp_path / "scores"
+    argv = ["--table", "sr", "--scale", "paper", "--data", str(data), "--inputs", str(inputs), "--prepare"]
+    assert pt.main(argv) == 0
+    assert [c["name"] for c in json.loads((inputs / "sr" / "cases.json").read_text())] == ["Set5-x4-tiles"]
+    env = dict(os.environ, OUT=str(out), STAGE="x4", DEVICE="cpu", ITERATIONS="2", PACK="1", INPUTS=str(inputs))
+    env.update(WORK=str(tmp_path / "work"), PYTHON=sys.executable)
+    script = pt.ROOT / "benchmarks" / "paper_tables_device.sh"
+    run = subprocess.run(["bash", str(script)], cwd=pt.ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x4.jsonl", "x4.log"]  # files directly under $OUT
+    (line,) = pt.read_row_file(out / "x4.jsonl")
+    row = line["row"]
+    assert (line["table"], line["crop"], line["iteration_cap"]) == ("sr", None, 2)
+    assert row["name"] == "Set5-x4-tiles" and row["size"] == "64x64"
+    fit = row["fits"]["paper-fp32"]
+    assert fit["status"] == "done" and fit["iterations"] == 2 and fit["precision"] == "fp32"
+    assert not (tmp_path / "work" / "no-data").exists()  # nothing read from a data folder
+    # a capped run is not the paper's protocol: the merge leaves it out; the same row at the full count goes in
+    assert pt.main(["--merge", str(out), "--scores", str(scores)]) == 0 and not (scores / "sr.json").exists()
+    pt.write_row_file(tmp_path / "full.jsonl", "sr", [row], None, None)
+    assert pt.main(["--merge", str(tmp_path / "full.jsonl"), "--scores", str(scores)]) == 0
+    stored = json.loads((scores / "sr.json").read_text())["rows"]["Set5-x4-tiles"]
+    assert stored["fits"]["paper-fp32"]["psnr"] == fit["psnr"]
+    assert "DIP paper-fp32" in (scores / "sr.md").read_text()
+
+
+def test_a_wrong_stage_or_missing_inputs_stop_the_device_script_in_one_line(tmp_path):
+    script = pt.ROOT / "benchmarks" / "paper_tables_device.sh"
+    for stage, message in (("x16", "STAGE must be x4, x8 or denoise25"), ("x4", "run the --prepare command here")):
+        env = dict(os.environ, OUT=str(tmp_path / "out"), STAGE=stage, INPUTS=str(tmp_path / "none"))
+        run = subprocess.run(["bash", str(script)], cwd=pt.ROOT, env=env, capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr
+
+
+def test_published_outputs_are_cropped_and_scored_with_the_protocol(tmp_path):
+    """--authors: the site's outputs (full ground-truth size) cropped as the inputs were and scored like our fits;
+    x8 takes the reg-noise 0.05 output, a missing file is said, not dropped."""
+    gt = np.kron(np.random.default_rng(5).integers(30, 220, (9, 10, 3)), np.ones((8, 8, 1)))  # 72x80
+    case = pt.Case("sr", "Set5 x8", "Set5-x8-tiles", "super-resolve", "t_LR.png", "t_HR.png", "sr-x8", factor=8)
+    pt.write(pt.protocol_crop(gt, 32, None), tmp_path / "t_HR.png")
+    site = tmp_path / "site" / "SR" / "Set5" / "x8"
+    site.mkdir(parents=True)
+    pt.write(gt, site / "tiles_deep_prior_005.png")
+    pt.write(gt + 10, site / "tiles_deep_prior.png")
+    scored = pt.score_published(case, tmp_path / "site", tmp_path, None)
+    assert scored["DIP"]["file"] == "tiles_deep_prior_005.png" and scored["DIP"]["psnr"] == float("inf")
+    assert "no tiles_bicubic.png" in scored["bicubic"]["missing"]
+
+
+def test_the_papers_bicubic_column_downsamples_the_whole_ground_truth():
+    full = np.kron(np.random.default_rng(6).integers(0, 256, (4, 5, 3)), np.ones((4, 4, 1)))
+    up = pt.paper_bicubic(full, 4)
+    assert up.shape == full.shape and np.array_equal(
+        pt.paper_bicubic(np.full((8, 12, 3), 77.0), 4), np.full((8, 12, 3), 77.0)
+    )
+
+
+def test_the_committed_store_keeps_finished_fits_when_a_later_run_has_not_finished_them(tmp_path):
+    meta = {"name": "Set5-x4-bird", "group": "Set5 x4", "size": "288x288", "input_psnr": None, "paper_psnr": None}
+    done = {"status": "done", "psnr": 31.5, "ssim": 0.9, "best_psnr_seen": 30.0, "iterations": 2000, "seconds": 60.0}
+    first = {**meta, "peers": {"bicubic": {"psnr": 30.56, "ssim": 0.88}}, "authors": {}, "fits": {"paper-2017": done}}
+    later = {**meta, "peers": {}, "authors": {"DIP": {"psnr": 31.78, "ssim": 0.9}}}
+    later["fits"] = {"paper-2017": {"status": "not run yet"}, "paper-fp32": {**done, "psnr": 31.2}}
+    pt.update_store(tmp_path, "sr", [first])
+    pt.update_store(tmp_path, "sr", [later])
+    stored = json.loads((tmp_path / "sr.json").read_text())["rows"]["Set5-x4-bird"]
+    assert stored["fits"]["paper-2017"]["psnr"] == 31.5 and stored["fits"]["paper-fp32"]["psnr"] == 31.2
+    assert stored["peers"]["bicubic"]["psnr"] == 30.56 and stored["authors"]["DIP"]["psnr"] == 31.78
+    header = (tmp_path / "sr.md").read_text().splitlines()[0]
+    assert header.index("published DIP") < header.index("DIP paper-fp32") < header.index("DIP paper-2017")

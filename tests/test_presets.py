@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from PIL import Image
 from conftest import TINY_NET, dipc, save_png, smooth_image
 from dip_compile import presets
 from dip_compile.checkpoint import load_checkpoint, save_checkpoint
-from dip_compile.config import FinalImage, StopRule
+from dip_compile.cli import parse_fit_args
+from dip_compile.config import FinalImage, Precision, StopRule
 from dip_compile.degradations import random_holes_mask
+from dip_compile.fitjob import resume_config
 from dip_compile.fitting import Fitter, ImageKind
 from dip_compile.kernels import parse_kernel
 from dip_compile.metrics import psnr
@@ -314,3 +317,36 @@ def test_library_preset_fits_an_image_smaller_than_its_smallest_canvas(tmp_path:
     code, err = dipc("fit", "inpaint", image, "--text", "-o", out, *library)
     assert code == 0, err
     assert Image.open(out).size == (128, 128)
+
+
+def test_paper_exact_fits_in_fp32_unless_precision_names_another_and_a_resume_keeps_it(tmp_path: Path):
+    """The paper fitted in fp32: under --paper-exact the command line's `auto` (bf16 on an AMX CPU) is fp32."""
+    base = ["super-resolve", str(tmp_path / "lr.png"), "-o", str(tmp_path / "o.png")]
+    job = parse_fit_args([*base, "--paper-exact"])
+    assert job.settings["precision"] == "auto"  # the command line's default
+    assert build_config(job, 3).precision == Precision.fp32
+    assert build_config(parse_fit_args([*base, "--paper-exact", "--precision", "bf16"]), 3).precision == "bf16"
+    assert build_config(parse_fit_args(base), 3).precision == Precision.auto
+    saved = SimpleNamespace(config=build_config(job, 3), iteration=5)
+    resumed = parse_fit_args(["--resume", str(tmp_path / "x.ckpt"), "-o", str(tmp_path / "o.png"), "--iterations", "9"])
+    assert resume_config(resumed, saved).precision == Precision.fp32  # type: ignore[arg-type]
+
+
+def test_the_2017_framework_options_reach_the_report_and_checkpoint_and_the_export_replays_them(tmp_path: Path):
+    low = save_png(smooth_image(8, 16), tmp_path / "low.png")
+    out, ckpt, report = tmp_path / "sr.png", tmp_path / "sr.ckpt", tmp_path / "sr.json"
+    tiny = ("--channels", "8", "--depth", "3", "--iterations", "3", "-q", "--paper-exact")
+    code, err = dipc(
+        "fit", "super-resolve", low, "-o", out, "--checkpoint", ckpt, "--report", report, *tiny,
+        "--bn-init", "uniform", "--align-corners",
+    )  # fmt: skip
+    assert code == 0, err
+    written = json.loads(report.read_text())
+    assert written["precision"] == "fp32" and written["config"]["precision"] == "fp32"
+    assert (written["config"]["net"]["bn_init"], written["config"]["net"]["align_corners"]) == ("uniform", True)
+    net = load_checkpoint(ckpt).config.net
+    assert (net.bn_init, net.align_corners) == ("uniform", True)
+    code, err = dipc("export", ckpt, "-o", tmp_path / "sr.onnx", "--verify")
+    assert code == 0, err
+    code, err = dipc("regenerate", tmp_path / "sr.onnx", "-o", tmp_path / "again.png", "--check", out)
+    assert code == 0, err
