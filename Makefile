@@ -39,8 +39,8 @@ test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	DIPC_TEST_AUTO_PRECISION=fp32 $(PY) -m pytest -q
-	DIPC_TEST_AUTO_PRECISION=bf16 $(PY) -m pytest -q
+	DIPC_TEST_AUTO_PRECISION=fp32 $(PY) -m pytest -q --durations=15
+	DIPC_TEST_AUTO_PRECISION=bf16 $(PY) -m pytest -q --durations=15
 
 # On demand, not in CI: speed and quality figures (tables on stdout, JSON under benchmarks/results/).
 bench-speed: setup
