@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ONCE, dipc, save_png, smooth_image
-from dip_compile import restore
+from dip_compile import presets, restore
 from dip_compile.batch import BatchJob, load_jobs, shard
 from dip_compile.batch.jobs import ManifestError
 from dip_compile.errors import DipError
@@ -58,7 +58,8 @@ def test_a_folder_batch_writes_each_image_report_and_the_summaries(tmp_path, fol
 
 
 def test_the_default_batch_returns_the_presets_image_and_it_beats_the_noisy_input(tmp_path):
-    """No --paper-exact, no --stop: the denoising preset's EMA image under auto-stop, as a user's batch gets it."""
+    """No --paper-exact, no --stop: the denoising preset's stopping rule and the image it returns (not the raw
+    output), as a user's batch gets them."""
     images = tmp_path / "images"
     images.mkdir()
     clean = smooth_image(32, 32, seed=1)
@@ -68,7 +69,7 @@ def test_the_default_batch_returns_the_presets_image_and_it_beats_the_noisy_inpu
     assert code == 0, stderr
     [job] = json.loads((tmp_path / "out" / "summary.json").read_text())["jobs"]
     report = json.loads((tmp_path / "out" / "a.json").read_text())
-    assert report["image_source"] == "ema" and report["config"]["stop"] == "auto"
+    assert report["config"]["stop"] == presets.preset("denoise").stop and report["image_source"] != "output"
     written, truth = load_image(tmp_path / "out" / "a.png"), load_image(images / "a.png")
     assert job["psnr"] == pytest.approx(psnr(written, truth).item(), abs=0.1)
     noisy = add_noise(truth, 25 / 255, seed=0)  # the input the batch made (seed 0)
