@@ -250,7 +250,7 @@ def test_metadata_records_what_a_user_needs_to_trust_the_model(fitted):
     assert meta["package_version"] and meta["torch_version"] == str(torch.__version__)
     image = onnx_image(model)  # the model's own image: the scores describe it
     assert float(meta["psnr_reference"]) == pytest.approx(
-        psnr(torch.from_numpy(image), smooth_image(30, 45)).item(), abs=1e-3
+        psnr(torch.from_numpy(image), smooth_image(30, 45)[None]).item(), abs=1e-3
     )
     assert float(meta["loss"]) == pytest.approx(fitter.problem.loss(torch.from_numpy(image)).item(), rel=1e-4)
     noise = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "noise")
