@@ -221,15 +221,20 @@ def test_in_a_browser_paint_a_mask_watch_the_fit_and_download_the_png(client, tm
             assert time.monotonic() < deadline and re.match(rf"photo|checking|starting|inpaint \d+/{watched}", shown), (
                 shown
             )  # else refused
-            if preview.count():
-                previews.add(preview.get_attribute("src") or "")
+            if preview.count() and (src := preview.get_attribute("src")):  # an <img> without a source is none
+                previews.add(src)
             time.sleep(0.05)
-        previews.add(preview.get_attribute("src") or "")
+        if src := preview.get_attribute("src"):
+            previews.add(src)
         assert len(previews) >= 2, previews  # the preview moved on as the image formed
-        for selector in ("#preview img", "#compare img"):  # each image whole in its panel
-            panels = [
-                page.locator(selector).nth(i).evaluate(SHOWN_WHOLE) for i in range(page.locator(selector).count())
-            ]
+        for selector in ("#preview img", "#compare img"):  # each image whole in its panel, once it has loaded
+            images = page.locator(selector)
+            deadline = time.monotonic() + 30
+            while True:
+                panels = [images.nth(i).evaluate(SHOWN_WHOLE) for i in range(images.count())]
+                if (panels and all(panel["whole"] for panel in panels)) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)  # (a panel's image may still be loading: natural size 0x0 until it is decoded)
             assert panels and all(panel["whole"] for panel in panels), (selector, panels)
         row = page.locator("#downloads tr", has_text=re.compile(r"restored\s*\.png"))
         link = row.locator("td.download a")
