@@ -269,6 +269,7 @@ class BestSaver:
         ckpt = self.checkpoint_path
         if (
             ckpt is not None
+            and record.iteration < record.total  # the last one: _finish writes it once the report is written
             and chosen != self.checkpoint_written[0]
             and now - self.checkpoint_written[1] >= self.checkpoint_seconds
         ):
