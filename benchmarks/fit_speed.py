@@ -43,9 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
-    """Best GFLOP/s of square matmuls: the hardware ceiling convolutions (im2col/GEMM-like) can approach."""
-    n = 2048 if device.type == "cuda" else (1024 if dtype == torch.float32 else 256)
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0, n: int | None = None) -> float:
+    """Best GFLOP/s of square n x n matmuls: the hardware ceiling convolutions (im2col/GEMM-like) can approach. The
+    default n on a CPU in bf16 (256) is the yardstick docs/fast.md's shares were first stated against; 2048 reaches
+    about 2.6x more on the AMX Xeon (docs/fast.md, "Per iteration")."""
+    n = n or (2048 if device.type == "cuda" else (1024 if dtype == torch.float32 else 256))
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     best, t_end = 0.0, time.perf_counter() + seconds

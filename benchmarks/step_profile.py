@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.fit_speed import make_case, matmul_peak, step_flops
 from dip_compile.acceleration import capability
+from dip_compile.allocator import freed_memory_kept
 from dip_compile.fitting import Fitter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="glibc's own settings (the step before allocator.py)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_profile.json")
     args = parser.parse_args(argv)
@@ -86,6 +90,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     config = config.replace(precision=args.precision, backend=args.backend)
     flops = step_flops(config, problem, device)
     fitter = Fitter(config, problem, device=device)
+    if args.system_malloc:
+        fitter.plan = dataclasses.replace(fitter.plan, kept_memory=False)
+    with freed_memory_kept(fitter.plan.kept_memory):
+        return report(args, fitter, flops)
+
+
+def report(args: argparse.Namespace, fitter: Fitter, flops: int) -> int:
     for _ in range(args.warmup):
         fitter.iterate()
     unprofiled = []
@@ -96,12 +107,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     steady = statistics.median(unprofiled)
     by_category, ops, wall = profile_step(fitter, args.iterations)
     bf16 = fitter.plan.describe().find("bf16") >= 0
-    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device)
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, fitter.device)
+    large_peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, fitter.device, n=2048)
     gflops = flops / (steady / 1000) / 1e9
     total = sum(by_category.values())
-    print(f"{args.net} net at {args.size} px: {fitter.plan.describe()}; {capability(device)}")
+    print(f"{args.net} net at {args.size} px: {fitter.plan.describe()}; {capability(fitter.device)}")
     print(f"{steady:.0f} ms per iteration (median of {args.iterations}; {wall:.0f} profiled), {flops / 1e9:.0f} GFLOP, {gflops:.0f} GFLOP/s = "
-          f"{100 * gflops / peak:.0f}% of the measured {'bf16' if bf16 else 'fp32'} matmul peak ({peak:.0f} GFLOP/s)")  # fmt: skip
+          f"{100 * gflops / peak:.0f}% of the measured {'bf16' if bf16 else 'fp32'} matmul peak ({peak:.0f} GFLOP/s), "
+          f"{100 * gflops / large_peak:.0f}% of 2048x2048 matmuls' ({large_peak:.0f} GFLOP/s)")  # fmt: skip
     print("\n| part of the step | ms per iteration | share |\n|---|---|---|")
     for name, ms in by_category.items():
         print(f"| {name} | {ms:.1f} | {100 * ms / total:.0f}% |")
@@ -113,12 +126,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         "size": args.size,
         "channels": args.channels,
         "plan": fitter.plan.describe(),
-        "capability": str(capability(device)),
+        "capability": str(capability(fitter.device)),
         "ms_per_iteration": steady,
         "ms_per_iteration_profiled": wall,
         "gflop": flops / 1e9,
         "peak_gflops": peak,
         "share_of_peak": gflops / peak,
+        "peak_2048_gflops": large_peak,
+        "share_of_peak_2048": gflops / large_peak,
         "by_category_ms": by_category,
         "top_ops_ms": ops,
     }

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import allocator
 from .config import Backend, ConfigError, FitConfig, Precision
 
 BACKENDS: tuple[str, ...] = Backend.values()
@@ -86,6 +87,7 @@ class Plan:
     channels_last: bool = False  # the input (hence every activation) in NHWC; weights stay NCHW
     fused_adam: bool = False  # one fused Adam kernel instead of a Python loop over 112 parameters
     cuda_graphs: bool = False
+    kept_memory: bool = False  # glibc keeps freed blocks for the next step where memory allows (allocator.py)
     reason: str = ""
 
     def describe(self) -> str:
@@ -145,6 +147,7 @@ def choose(
         # CI CPU); needed where the NaN guard skips a step on the device. Explicit eager fp32 stays the baseline.
         fused_adam=auto or precision != "fp32",
         cuda_graphs=cuda and not config.net.trains_input,
+        kept_memory=not cuda and allocator.available(),
         reason="; ".join(reasons),
     )
 

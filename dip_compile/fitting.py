@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from . import allocator
 from .acceleration import Fallback, choose, fp32_plan
 from .coarse import coarse_phase, full_input, to_full
 from .config import Choice, FinalImage, FitConfig
@@ -412,7 +413,7 @@ class Fitter:
         t_start = time.perf_counter()
         t_window, it_window = t_start, self.iteration
         rate = 0.0
-        with stop_flag(stop_requested) as interrupted:
+        with stop_flag(stop_requested) as interrupted, contextlib.ExitStack() as memory:
             while self.iteration < total:
                 if interrupted():
                     reason = "interrupted"
@@ -420,6 +421,8 @@ class Fitter:
                 t0 = time.perf_counter()
                 loss, out = yield from self.iteration_session()
                 if self.iteration == start_iteration + 1:
+                    if self.plan.kept_memory and allocator.room_to_keep():  # (the first step's peak measured)
+                        memory.enter_context(allocator.freed_memory_kept())
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     first_step = time.perf_counter() - t0

@@ -69,10 +69,64 @@ def conv_bn_act(cfg: NetConfig, c_in: int, c_out: int, kernel: int, stride: int 
     return [conv(cfg, c_in, c_out, kernel, stride), norm(cfg, c_out), act()]
 
 
+def _half_sums(g: torch.Tensor, dim: int) -> torch.Tensor:
+    """The gradient of a x2 bilinear upsampling (corners not aligned) along ``dim``, from the output's gradient
+    ``g``: input ``i`` fed outputs ``2i`` and ``2i + 1`` with weight 3/4 and ``2i - 1``, ``2i + 2`` with 1/4 (the edge
+    inputs take the clamped neighbour's share too). Strided views and in-place adds: the layout of ``g`` is kept."""
+    before = (slice(None),) * dim
+    even, odd = g[before + (slice(0, None, 2),)], g[before + (slice(1, None, 2),)]
+    n = even.shape[dim]
+    out = torch.add(even, odd).mul_(0.75)
+    if n > 1:
+        out.narrow(dim, 1, n - 1).add_(odd.narrow(dim, 0, n - 1), alpha=0.25)
+        out.narrow(dim, 0, n - 1).add_(even.narrow(dim, 1, n - 1), alpha=0.25)
+    out.narrow(dim, 0, 1).add_(even.narrow(dim, 0, 1), alpha=0.25)
+    out.narrow(dim, n - 1, 1).add_(odd.narrow(dim, n - 1, 1), alpha=0.25)
+    return out
+
+
+class _BilinearX2(torch.autograd.Function):
+    """x2 bilinear upsampling whose backward keeps a channels-last gradient channels-last. ATen's backward makes it
+    contiguous (NCHW) first and runs a scalar kernel: on the default net at 512 px in bf16 that copy and kernel
+    were the largest cost after the convolutions (docs/fast.md, "Per iteration"). The forward is ATen's."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.input_size = tuple(x.shape)  # type: ignore[attr-defined]
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> torch.Tensor:
+        size = ctx.input_size  # type: ignore[attr-defined]
+        if g.stride(1) != 1:  # not channels innermost (a channels-last tensor or a channel slice of one, as a skip's)
+            return torch.ops.aten.upsample_bilinear2d_backward(g, g.shape[-2:], size, False, 2.0, 2.0)
+        return _half_sums(_half_sums(g, 3), 2)
+
+
+class Upsample(nn.Upsample):
+    """``nn.Upsample`` x2 (the same module: no parameters, the same state dict and export), whose bilinear backward
+    on channels-last activations is ``_BilinearX2``'s. Elsewhere (NCHW, as fp32 fits on a CPU run; aligned corners;
+    export and no-grad) it is ATen's interpolation unchanged."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (
+            self.mode == "bilinear"
+            and not self.align_corners
+            and input.requires_grad
+            and torch.is_grad_enabled()
+            and input.dim() == 4
+            and input.is_contiguous(memory_format=torch.channels_last)
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        ):
+            return _BilinearX2.apply(input)
+        return super().forward(input)
+
+
 def upsample(cfg: NetConfig, level: int) -> nn.Upsample:
     """x2 upsampling; bilinear and bicubic with ``--align-corners`` as PyTorch < 0.4 did (the paper's framework)."""
     mode = cfg.at("upsample", level)
-    return nn.Upsample(scale_factor=2, mode=str(mode), align_corners=None if mode == "nearest" else cfg.align_corners)
+    return Upsample(scale_factor=2, mode=str(mode), align_corners=None if mode == "nearest" else cfg.align_corners)
 
 
 def down_conv(cfg: NetConfig, level: int, c_in: int, c_out: int) -> list[nn.Module]:

@@ -156,3 +156,4 @@ def test_step_profile_sorts_a_steps_operators_into_its_parts(tmp_path: Path) -> 
                               "--out", str(out)]) == 0  # fmt: skip
     record = json.loads(out.read_text())
     assert record["by_category_ms"]["conv forward"] > 0 and record["gflop"] > 0
+    assert record["peak_2048_gflops"] > 0 and record["share_of_peak_2048"] > 0

@@ -287,3 +287,44 @@ def test_align_corners_is_refused_in_one_line_where_nothing_upsamples_bilinearly
     with pytest.raises(ConfigError, match="--bn-init must be one of ones, uniform"):
         NetConfig(bn_init="random")
     assert NetConfig(upsample=("nearest", "bilinear", "nearest", "nearest", "nearest"), align_corners=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 1, 1), (1, 3, 1, 4), (2, 8, 7, 5), (1, 16, 12, 10)])
+def test_channels_last_bilinear_upsampling_has_atens_gradient(shape):
+    """The channels-last backward of ``network.Upsample`` (strided adds, no NCHW copy) gives ATen's gradient, for
+    odd sizes and single rows too, and for a channel slice of a channels-last gradient (a skip's concatenation)."""
+    from dip_compile.network import Upsample
+
+    torch.manual_seed(0)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    up = Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+    y = up(x)
+    assert y.grad_fn is not None and "BilinearX2" in type(y.grad_fn).__name__  # the channels-last path ran
+    wide = torch.randn(shape[0], shape[1] + 3, 2 * shape[2], 2 * shape[3]).contiguous(memory_format=torch.channels_last)
+    g = wide[:, 3:]  # channels innermost, not contiguous
+    (ours,) = torch.autograd.grad(y, x, g)
+    expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    (aten,) = torch.autograd.grad(expected, x, g)
+    assert torch.equal(y, expected)
+    assert ours.shape == x.shape and torch.allclose(ours, aten, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(ours, torch.zeros_like(ours))
+
+
+def test_upsampling_is_atens_where_the_layout_is_nchw_or_corners_are_aligned():
+    """The fp32 CPU step (NCHW), ``--align-corners`` and export (no gradient) run ATen's upsampling unchanged."""
+    from dip_compile.network import Upsample
+
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    for module, inp in (
+        (Upsample(scale_factor=2, mode="bilinear", align_corners=False), x),
+        (
+            Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+            x.contiguous(memory_format=torch.channels_last),
+        ),
+    ):
+        y = module(inp)
+        assert "UpsampleBilinear2D" in type(y.grad_fn).__name__
+    with torch.no_grad():
+        assert (
+            Upsample(scale_factor=2, mode="bilinear")(x.contiguous(memory_format=torch.channels_last)).grad_fn is None
+        )

@@ -1,0 +1,97 @@
+"""glibc's allocator, set for a fit: big freed blocks are kept for the next iteration instead of unmapped.
+
+A CPU step allocates and frees the same activations every iteration, most of them larger than glibc's largest mmap
+threshold (32 MiB: a 128-channel 512x512 activation is 64 MiB in bf16). glibc serves each with a fresh ``mmap`` and
+returns it with ``munmap``, so every iteration page-faults its whole working set in again: on the default net at
+512 px that was about a quarter of the step (docs/fast.md, "Per iteration"). With mmap off and no trimming, freed
+blocks stay in the heap and the next iteration reuses them; ``release`` hands the free memory back after a fit.
+Elsewhere (macOS, musl, Windows) both are no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
+import threading
+from collections.abc import Iterator
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
+# peak RSS with freed memory kept over glibc's own, at most, over 512 px denoising fits in fp32, bf16 and bf16
+# --save-memory (1.43, 1.29, 1.34; 1.0 at 256 px): docs/speed-and-memory.md
+GROWTH = 1.45
+SHARE = 0.9  # of this machine's memory the grown peak may take (as preflight.MEMORY_SHARE)
+DEFAULT_MMAP_MAX = 65536  # glibc's defaults, restored by ``release``
+DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_lock = threading.Lock()
+_users = 0
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """glibc, or None where mallopt/malloc_trim do not exist."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        lib.mallopt, lib.malloc_trim  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+def available() -> bool:
+    return libc() is not None
+
+
+def room_to_keep() -> bool:
+    """Whether this process's peak so far (a fit's first step), grown by ``GROWTH``, fits in this machine's memory:
+    keeping freed memory costs peak memory, so a fit near the limit runs as before (slower) rather than fail."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (KiB on Linux)
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ImportError, ValueError, OSError, AttributeError):
+        return False
+    return GROWTH * peak <= SHARE * total
+
+
+def keep_freed_memory() -> bool:
+    """Big blocks from the heap, and freed memory kept in it, until the matching ``release``; nested users share
+    one setting (fits in threads of one server). True where it took effect."""
+    global _users
+    lib = libc()
+    if lib is None:
+        return False
+    with _lock:
+        _users += 1
+        if _users == 1:
+            lib.mallopt(M_MMAP_MAX, 0)
+            lib.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    return True
+
+
+def release() -> None:
+    """Ends one ``keep_freed_memory``; the last one restores glibc's defaults and returns the free memory."""
+    global _users
+    lib = libc()
+    if lib is None:
+        return
+    with _lock:
+        _users = max(_users - 1, 0)
+        if _users == 0:
+            lib.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+            lib.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+            lib.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def freed_memory_kept(on: bool = True) -> Iterator[bool]:
+    """``keep_freed_memory`` for the block (a fit's loop), then ``release``; yields whether it took effect."""
+    kept = on and keep_freed_memory()
+    try:
+        yield kept
+    finally:
+        if kept:
+            release()
