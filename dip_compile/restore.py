@@ -149,10 +149,9 @@ class Whole:
             path = interrupt_checkpoint(job)
             continues = job.resume is not None and path_key(path) == path_key(job.resume)
             outputs.add(path, "the Ctrl-C checkpoint", check=False, own=continues)
-        if job.resume is not None and not outputs.owns(job.resume):  # (owned: the run continues the resumed file)
-            outputs.add(
-                job.resume, "--resume", check=False, written=False
-            )  # an input: no output may be written over it
+        # --resume is an input: no output may be written over it (owned: the run continues the resumed file)
+        if job.resume is not None and not outputs.owns(job.resume):
+            outputs.add(job.resume, "--resume", check=False, written=False)
 
     def fit(self, run: Run) -> Session[Done | int]:
         job, console, outputs, loaded = run.plan.job, run.console, run.outputs, run.loaded
