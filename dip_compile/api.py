@@ -1,8 +1,9 @@
 """The high-level Python call: ``restore_image`` is ``dipc fit`` without the files it writes.
 
-It builds the same ``FitJob`` the CLI builds and loads its problem with the same code (``fitjob.load_problem``:
-presets, masks, made noise, kernels, grayscale presets, ``--paper-exact`` crops), so it refuses what ``dipc fit``
-refuses, with the same one-line ``DipError``; then it fits with ``fitting.Fitter`` and returns the ``FitResult``.
+It builds the same ``FitJob`` the CLI builds, plans it with the same code (``plan.make_plan``) and loads its problem
+with the same code (``plan.load``: presets, masks, made noise, kernels, grayscale presets, ``--paper-exact``
+crops), so it refuses what ``dipc fit`` refuses, with the same one-line ``DipError``; then it fits with
+``fitting.Fitter`` and returns the ``FitResult``. Of the outputs (``fitjob.OUTPUTS``) it writes those marked ``api``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, cast
 
-from .checkpoint import save_checkpoint
 from .config import FitConfig, shown
 from .errors import DipError
-from .fitjob import FitJob, NetShape, Outputs, load_problem, resolve_device, with_command_line_defaults
+from .fitjob import OUTPUTS, Done, FitJob, NetShape, Outputs, with_command_line_defaults
 from .fitting import FitResult, Fitter, LogRecord
 from .imageio import image_source
-from .restore import validate_job
+from .plan import load, make_plan
 
 __all__ = ["restore_image"]
 
@@ -74,7 +74,7 @@ def restore_image(
     net = NetShape(**{k: v for k, v in settings.items() if k in _NET_OPTIONS})
     settings = {k: v for k, v in settings.items() if k in _SETTINGS and v is not None}
     job = FitJob(
-        output=Path("restored.png"),  # never written: load_problem reads only the inputs
+        output=Path("restored.png"),  # never written: only the outputs marked ``api`` are
         task=task,
         image=image_source(image, "image"),
         mask=None if mask is None else image_source(mask, "mask"),
@@ -92,14 +92,11 @@ def restore_image(
         force=force,
     )
     job = with_command_line_defaults(job)  # dipc fit's auto device, backend and precision, as every edge
-    validate_job(job)
-    outputs = Outputs(job.force)
-    outputs.add(job.checkpoint, "--checkpoint")  # before the fit, as dipc fit checks its outputs
-    config, problem = load_problem(job)
-    config = config.replace(device=resolve_device(str(config.device)))
-    fitter = Fitter(config, problem)
+    plan = make_plan(job)
+    api_outputs = [o for o in OUTPUTS if o.api]
+    outputs = Outputs(job.force).declare(job, 0, api_outputs)  # before the fit, as dipc fit checks its outputs
+    loaded = load(plan)
+    fitter = Fitter(loaded.config, loaded.problem)
     result = fitter.run(on_log=on_log)
-    if job.checkpoint is not None:
-        path = job.checkpoint
-        outputs.write(path, lambda overwrite: save_checkpoint(fitter, path, overwrite=overwrite))
+    outputs.write_all(job, Done(result.image, fitter.problem, fitter=fitter), api_outputs)
     return result

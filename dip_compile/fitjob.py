@@ -1,23 +1,25 @@
-"""One ``dipc fit`` job as data (``FitJob``: files in, files out) and what turns it into a configuration and a
-problem, plus the files a run writes (``Outputs``). Below ``restore`` (which runs a job) and ``tiling`` (which runs
-one tile by tile), so that both use it and neither imports the other back."""
+"""One ``dipc fit`` job as data (``FitJob``: files in, files out), the rules that resolve its configuration and
+check its options, and the files a run writes (``OUTPUTS``, one record each; ``Outputs``: one run's). Below ``plan``
+(which resolves a job once), ``tiling`` and ``restore`` (which run it), so that all use it and none imports back."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from . import coarse, drp, kernels, presets, tasks
+from . import drp, kernels, presets, tasks
 from . import noise as noise_models
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, save_checkpoint
 from .config import (
     DECODERS,
     FitConfig,
@@ -30,10 +32,12 @@ from .config import (
     command_line_defaults,
     flag_of,
 )
-from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError, joined
-from .imageio import ImageSource, check_output, output_path, read_image, read_mask, to_grayscale
-from .problem import Problem, blur_reference, crop_to_multiple, downsample_reference, make_problem
+from .fitting import Fitter
+from .imageio import ImageSource, check_output, output_path, save_image, save_side_by_side
+from .problem import Problem
+from .report import save_report
+from .timelapse import Timelapse
 
 INTERRUPTED = 130
 
@@ -151,7 +155,6 @@ def _levels(value: Any, flag: str, kind: type) -> Optional[tuple[Any, ...]]:
     return tuple(str(v) for v in items)
 
 
-OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare", "timelapse")  # the FitJob fields naming files to write
 PROBLEM, KEPT = "problem", "kept"  # the roles of FitJob fields (see ``_job_field``)
 
 
@@ -314,20 +317,6 @@ def resumable_flags() -> str:
     return ", ".join(sorted(flag_of(FitConfig, name) for name in FitConfig.resumable()))
 
 
-def _make_mask(
-    job: FitJob, size: tuple[int, int], seed: int, preset_holes: Optional[float] = None
-) -> tuple[torch.Tensor, bool]:
-    """The inpainting mask, and whether it was made here (then the image is the clean reference)."""
-    job = mask_source(job, preset_holes)
-    if job.mask is not None:
-        return read_mask(job.mask, size), False
-    if job.holes is not None:
-        return random_holes_mask(*size, job.holes, seed=seed), True
-    if job.box is not None:
-        return box_mask(*size, job.box), True
-    return text_mask(*size), True
-
-
 def mask_source(job: FitJob, preset_holes: Optional[float]) -> FitJob:
     """The job with its one mask source checked (it needs no image): --mask, --holes, --box or --text, else a
     restoration preset's (barbara, kate-98) fraction of pixels dropped at random."""
@@ -375,47 +364,6 @@ def with_noise_peak(job: FitJob, noise: Optional[noise_models.Noise]) -> FitJob:
     return job
 
 
-def load_problem(job: FitJob, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem]:
-    """The configuration and problem of a new fit; what the user should know (a conversion) goes to ``notes`` and
-    to the problem's own (``Problem.notes``, which its report and checkpoint keep)."""
-    notes = [] if notes is None else notes
-    chosen, noise = problem_options_checked(job)
-    assert job.image is not None and job.task is not None
-    image = read_image(job.image)
-    if chosen.channels == 1 and image.shape[0] == 3:
-        notes.append(f"preset {chosen.name} is grayscale: IMAGE converted to grayscale (ITU-R 601 luma)")
-    image = _as_preset_channels(image, chosen)
-    reference = None
-    if job.reference is not None:
-        reference = _as_image_channels(
-            _as_preset_channels(read_image(job.reference, "reference"), chosen), image, notes
-        )
-    guide = None if job.flash is None else _as_preset_channels(read_image(job.flash, "flash image"), chosen)
-    job = with_noise_peak(job, noise)
-    config = build_config(job, image.shape[0])
-    if config.crop_to > 1:  # --paper-exact: the notebook's crop instead of our padded canvas
-        image, reference, guide = _paper_crop(config, image, reference, guide, low_resolution=not job.from_reference)
-    clean = image  # what --noise and the made degradations start from (the reference when they apply)
-    mask, kernel, task = None, None, tasks.spec(str(job.task))
-    if task.needs("kernel"):
-        kernel = _kernel(config, image)
-        if job.from_reference:  # IMAGE is sharp: blur it with the fit's own operator
-            image = blur_reference(image, kernel)
-    elif task.needs("mask"):
-        mask, made = _make_mask(job, (image.shape[-2], image.shape[-1]), config.seed, chosen.holes)
-        if made and noise is None and reference is None:
-            reference = image
-    elif task.scales and job.from_reference:
-        image, clean = downsample_reference(image, config.factor)
-    if noise is not None:
-        image = noise.apply(image, seed=config.seed)
-    if noise is not None or job.from_reference:
-        reference = reference if reference is not None else clean
-    problem = make_problem(config, image, mask=mask, reference=reference, guide=guide, kernel=kernel)
-    coarse.check(config, problem.size)  # (the fitter checks it too: here, so that --dry-run refuses alike)
-    return config, dataclasses.replace(problem, notes=tuple(notes))
-
-
 def _noise(job: FitJob) -> Optional[noise_models.Noise]:
     """The noise that makes the observation from a clean IMAGE (``--noise``, or ``--sigma`` for Gaussian noise)."""
     if job.sigma is not None and job.noise is not None:
@@ -440,57 +388,10 @@ def _noise(job: FitJob) -> Optional[noise_models.Noise]:
     return noise_models.parse_noise(job.noise)
 
 
-def _kernel(config: FitConfig, image: torch.Tensor) -> torch.Tensor:
-    kernel = parse_kernel(config)
-    kernels.check_fits(kernel, (image.shape[-2], image.shape[-1]))
-    return torch.from_numpy(kernel).float()
-
-
 def parse_kernel(config: FitConfig) -> Any:
     if not config.kernel:
         raise DipError(f"deblur needs --kernel: {kernels.SPECS}")
     return kernels.parse_kernel(config.kernel)
-
-
-def _as_preset_channels(image: torch.Tensor, chosen: presets.Preset) -> torch.Tensor:
-    """A grayscale preset (barbara) converts a colour image to grayscale (ITU-R 601 luma, as Pillow's "L"), so
-    its network and parameter count are the paper's; colour presets take grayscale images as they are."""
-    return to_grayscale(image) if chosen.channels == 1 and image.shape[0] == 3 else image
-
-
-def _as_image_channels(reference: torch.Tensor, image: torch.Tensor, notes: list[str]) -> torch.Tensor:
-    """The reference compared as the image is read: a grayscale one of a colour image as RGB (its gray in all three
-    channels, as Pillow converts), a colour one of a grayscale image as its luma (as a grayscale preset converts
-    IMAGE). Only a reference of another size cannot be compared (``make_problem`` refuses it)."""
-    have, want = reference.shape[0], image.shape[0]
-    if have == want:
-        return reference
-    if have == 1:
-        notes.append("the reference is grayscale and IMAGE in colour: the reference compared as RGB (gray in R, G, B)")
-        return reference.expand(want, -1, -1).clone()
-    notes.append("the reference is in colour and IMAGE grayscale: the reference compared as grayscale (ITU-R 601 luma)")
-    return to_grayscale(reference)
-
-
-def _paper_crop(
-    config: FitConfig,
-    image: torch.Tensor,
-    reference: Optional[torch.Tensor],
-    guide: Optional[torch.Tensor],
-    *,
-    low_resolution: bool,
-) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The notebooks' centred crop of the restored image to a multiple of ``crop_to``. A low-resolution input of
-    super-resolution is cropped to a multiple of crop_to / factor, so that its high-resolution image is one."""
-    if tasks.spec(config.task).scales and low_resolution:
-        image = crop_to_multiple(image, max(1, config.crop_to // config.factor))
-        reference = None if reference is None else crop_to_multiple(reference, config.crop_to)
-        return image, reference, guide
-
-    def crop(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if t is None else crop_to_multiple(t, config.crop_to)
-
-    return crop_to_multiple(image, config.crop_to), crop(reference), crop(guide)
 
 
 def default_checkpoint_path(output: Path) -> Path:
@@ -506,6 +407,107 @@ def snapshot_path(output: Path, iteration: int) -> Path:
 def path_key(path: Path) -> Path:
     """One spelling per file (relative, absolute, ``./``), to compare paths."""
     return Path(os.path.abspath(path))
+
+
+class Stage(str, Enum):
+    """When a run writes a file: while fitting (by a ``progress`` hook), when the fit ends (Ctrl-C too), or once
+    it finished, before or after its report (a batch job is finished once its report is written, so what must not
+    outlive a failed job comes after it)."""
+
+    fitting = "fitting"
+    fit_end = "fit end"
+    before_report = "before report"
+    report = "report"
+    after_report = "after report"
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a fit hands the writers of its files: the image and the whole image's problem, and the report, the
+    fitter (for its checkpoint) and the timelapse where the run has them."""
+
+    image: torch.Tensor
+    problem: Optional[Problem] = None
+    report: dict[str, Any] = field(default_factory=dict)
+    fitter: Optional[Fitter] = None
+    timelapse: Optional[Timelapse] = None
+    summary: str = ""  # the line printed once every file is written
+    work: Optional[Path] = None  # a folder of the run's own, removed once every file is written (tiles)
+
+
+def compare_panels(problem: Problem, image: torch.Tensor) -> list[torch.Tensor]:
+    """--compare's panels: the flash photo (flash-no-flash), the input, the result and the reference if any."""
+    guide = [] if problem.guide is None else [problem.guide.cpu()]
+    reference = [] if problem.reference is None else [problem.reference.cpu()]
+    return [*guide, problem.corrupted_view().cpu(), image, *reference]
+
+
+def _write_image(done: Done, path: Path, overwrite: bool) -> None:
+    save_image(done.image, path, overwrite=overwrite)
+
+
+def _write_compare(done: Done, path: Path, overwrite: bool) -> None:
+    assert done.problem is not None
+    save_side_by_side(compare_panels(done.problem, done.image), path, overwrite=overwrite)
+
+
+def _write_report(done: Done, path: Path, overwrite: bool) -> None:
+    save_report(done.report, path, overwrite=overwrite)
+
+
+def _write_checkpoint(done: Done, path: Path, overwrite: bool) -> None:
+    assert done.fitter is not None
+    save_checkpoint(done.fitter, path, overwrite=overwrite)
+
+
+def _write_timelapse(done: Done, path: Path, overwrite: bool) -> None:
+    assert done.timelapse is not None
+    done.timelapse.save(path, overwrite=overwrite)
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file a ``dipc fit`` run writes, named by the FitJob field ``field``: the one record of it that the run's
+    checks and writes (``restore``, ``tiling``), ``dipc batch`` and ``restore_image`` read."""
+
+    field: str
+    flag: str  # how messages name it
+    stage: Stage
+    write: Optional[Callable[[Done, Path, bool], None]] = None  # None: written while fitting, by a progress hook
+    untiled: str = ""  # why a tiled run cannot write it ("" : it does); ``{work}`` is the tiles' work folder
+    batch: str = ""  # how dipc batch names it when a job's options set it (it names these files itself); "": -o
+    api: bool = False  # ``restore_image`` takes it as a keyword
+    continues: bool = False  # may be the --resume file itself (the run continues it)
+
+    def given(self, job: FitJob) -> bool:
+        return bool(getattr(job, self.field))
+
+    def paths(self, job: FitJob, iterations: int) -> list[tuple[Path, str]]:
+        """The files it names in ``job`` (a fit of ``iterations``), with how messages name each."""
+        value = getattr(job, self.field)
+        if self.field == "snapshot_every":  # a file every N iterations, OUT-<iteration>.png
+            if not value:
+                return []
+            return [(snapshot_path(job.output, it), f"snapshot {it}") for it in range(value, iterations + 1, value)]
+        return [] if value is None else [(value, self.flag)]
+
+
+TILES_KEPT = (
+    "a tiled run keeps its finished tiles (and on Ctrl-C the running tile's checkpoint) in {work} and resumes when "
+    "the same command is run again"
+)
+TILES_WHOLE = "the image exists only once every tile is fitted"
+OUTPUTS: tuple[Output, ...] = (  # in the order they are checked (a message names the first of two sharing a path)
+    Output("output", "-o", Stage.before_report, _write_image),
+    Output("checkpoint", "--checkpoint", Stage.after_report, _write_checkpoint, TILES_KEPT,
+           "--checkpoint (use --checkpoints)", api=True, continues=True),
+    Output("report", "--report", Stage.report, _write_report, batch="--report"),
+    Output("compare", "--compare", Stage.before_report, _write_compare, batch="--compare"),
+    Output("snapshot_every", "--snapshot-every", Stage.fitting, None, TILES_WHOLE, "--snapshot-every"),
+    Output("timelapse", "--timelapse", Stage.fit_end, _write_timelapse, TILES_WHOLE, "--timelapse"),
+)  # fmt: skip
+OUTPUT_FIELDS = tuple(o.field for o in OUTPUTS if o.field != "snapshot_every")  # the FitJob fields naming one file
+OUTPUT = {o.field: o for o in OUTPUTS}
 
 
 class Outputs:
@@ -545,6 +547,26 @@ class Outputs:
         key = path_key(path)
         write(self.force or key in self.mine)
         self.mine.add(key)
+
+    def declare(self, job: FitJob, iterations: int, chosen: Sequence[Output] = OUTPUTS) -> Outputs:
+        """Checks the files ``job`` names (of ``chosen`` outputs) for a fit of ``iterations``, before any work."""
+        for o in chosen:
+            for path, role in o.paths(job, iterations):
+                continues = o.continues and job.resume is not None and path_key(path) == path_key(job.resume)
+                self.add(path, role, own=continues)
+        return self
+
+    def write_all(self, job: FitJob, done: Done, chosen: Sequence[Output]) -> None:
+        """Writes the files ``job`` names of ``chosen`` outputs, in their order."""
+        for o in chosen:
+            path = getattr(job, o.field)
+            if path is not None and o.write is not None:
+                self.write(path, functools.partial(o.write, done, path))
+
+
+def at(stage: Stage) -> list[Output]:
+    """The outputs written at ``stage``."""
+    return [o for o in OUTPUTS if o.stage == stage]
 
 
 def fingerprint(fit_job: FitJob, digests: Optional[dict[Path, str]] = None) -> str:

@@ -12,14 +12,15 @@ on the low-resolution input and each tile's observation is the matching low-reso
 Resuming: finished tiles' images, and on Ctrl-C the running tile's checkpoint, are kept in ``OUT.tiles/`` under a
 fingerprint of the options and the input files' contents, so rerunning the same command continues where it stopped
 and another command never reuses them. The folder is removed once the image is written.
+
+``TILED`` is this run as a ``plan.Pipeline``: ``restore.run_plan`` loads, checks and writes alike for both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,15 +30,15 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FitConfig
 from .errors import DipError
-from .fitjob import INTERRUPTED, FitJob, Outputs, fingerprint, load_problem, resolve_device
-from .fitting import Fitter, Session, stop_flag
-from .imageio import atomic_write, save_image, save_side_by_side
+from .fitjob import INTERRUPTED, Done, FitJob, Outputs, fingerprint
+from .fitting import Fitter, Session
+from .imageio import atomic_write
 from .metrics import psnr
-from .preflight import TILED_TASKS, check_memory, dry_run, is_out_of_memory
+from .plan import Loaded, Plan, Run, load, work_folder
+from .preflight import TILED_TASKS, dry_run, is_out_of_memory
 from .problem import Problem, make_problem
-from .progress import run_with_progress
-from .report import fit_identity, image_scores, save_report
-from .tasks import TASKS as TASK_SPECS
+from .progress import Watch, run_with_progress
+from .report import fit_identity, image_scores
 from .version import __version__
 
 TASKS = TILED_TASKS
@@ -129,65 +130,9 @@ def blend(tiles: Sequence[tuple[Box, torch.Tensor]], size: tuple[int, int], over
 # --- the tiled fit ---------------------------------------------------------------------------------------------------
 
 
-def work_folder(output: Path) -> Path:
-    """Where a tiled run keeps finished tiles and the running tile's checkpoint: OUT.tiles beside the image."""
-    return output.with_name(output.name + ".tiles")
-
-
 def job_fingerprint(job: FitJob) -> str:
     """What makes the tiles' images: the options (not the outputs or the device) and the input files' contents."""
     return hashlib.sha256(f"{__version__}:{fingerprint(job)}".encode()).hexdigest()[:16]
-
-
-def check_job(job: FitJob) -> None:
-    """The one-line refusals that need no image."""
-    tile, overlap = job.tile, job.overlap
-    if tile is None:
-        raise DipError("--overlap only applies with --tile SIZE")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-        raise DipError(f"--tile must be a positive whole number of pixels, got {tile!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-        raise DipError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
-    if job.resume is not None or job.checkpoint is not None or job.checkpoint_every:
-        given = "--resume" if job.resume is not None else "--checkpoint" if job.checkpoint else "--checkpoint-every"
-        raise DipError(
-            f"{given} does not apply with --tile: a tiled run keeps its finished tiles (and on Ctrl-C the running "
-            f"tile's checkpoint) in {work_folder(job.output)} and resumes when the same command is run again"
-        )
-    if job.snapshot_every or job.timelapse is not None:
-        given = "--snapshot-every" if job.snapshot_every else "--timelapse"
-        raise DipError(f"{given} does not apply with --tile: the image exists only once every tile is fitted")
-    if job.task in TASK_SPECS and TASK_SPECS[job.task].needs("mask"):
-        raise DipError(
-            f"--tile does not support {job.task}: the mask's holes cross tile borders and a tile may fall entirely in a "
-            f"hole, with nothing to fit; --tile supports {' and '.join(TASKS)}"
-        )
-    if job.task is not None and job.task not in TASKS:
-        raise DipError(f"--tile supports {' and '.join(TASKS)}, not {job.task}")
-
-
-def check_config(config: FitConfig, tile: int, overlap: int) -> None:
-    """The refusals that need the network and the factor."""
-    net = config.net
-    if tile < net.min_side:
-        raise DipError(
-            f"--tile {tile} is smaller than the smallest canvas of this {net.depth}-level network ({net.min_side} px: "
-            f"{net.min_coarsest} px at its coarsest level); use --tile {net.min_side} or more"
-        )
-    if tile <= 2 * overlap:
-        raise DipError(
-            f"--tile ({tile}) must be larger than twice --overlap ({overlap}): a tile would be all overlap; use a "
-            "larger --tile or a smaller --overlap"
-        )
-    if config.coarse_share:
-        raise DipError(
-            "--coarse-share does not apply with --tile: each tile is a small fit of its own; fit the whole image, or "
-            "tile it without --coarse-share"
-        )
-    if tile % config.factor:  # (the factor is 1 unless the task scales)
-        raise DipError(
-            f"--tile is in output pixels and must be a multiple of --factor {config.factor} for {config.task}, got {tile}"
-        )
 
 
 def tile_problem(config: FitConfig, whole: Problem, box: Box) -> Problem:
@@ -199,57 +144,72 @@ def tile_problem(config: FitConfig, whole: Problem, box: Box) -> Problem:
     return make_problem(config, low.crop(whole.observation).clone(), reference=reference)
 
 
-def tiled_session(job: FitJob, console: Any, stop_requested: Optional[Callable[[], bool]] = None) -> Session[int]:
-    """``restore.fit_session`` with ``job.tile``: the tiles fitted one after the other, blended into ``job.output``.
-    Returns 0, or 130 after Ctrl-C (the finished tiles and the running tile's checkpoint kept for a rerun)."""
-    check_job(job)
-    assert job.tile is not None
-    notes: list[str] = []
-    config, whole = load_problem(job, notes)
-    for note in notes:
-        console.print(f"note: {note}")
-    check_config(config, job.tile, job.overlap)
-    device = resolve_device(str(config.device))
-    config = config.replace(device=device)
-    boxes = grid(whole.size, job.tile, job.overlap, config.factor)
-    problems = [tile_problem(config, whole, box) for box in boxes]
-    largest = max(problems, key=lambda p: p.canvas[0] * p.canvas[1])
-    if job.dry_run:
-        console.print(f"dry run: {len(boxes)} tile(s) of {job.tile}x{job.tile} (overlap {job.overlap}), each one:")
-        return dry_run(config, largest, device, console)
-    outputs = Outputs(job.force)
-    outputs.add(job.output, "-o")
-    outputs.add(job.report, "--report")
-    outputs.add(job.compare, "--compare")
-    guess = check_memory(config, largest, device)
+@dataclass(frozen=True)
+class Tiles(Loaded):
+    """The whole image's problem and its tiles' boxes and problems."""
 
-    work, key = work_folder(job.output), job_fingerprint(job)
-    try:
-        work.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise DipError(f"cannot make the tiles' work folder {work}: {exc.strerror or exc}") from None
-    if any(key not in f.name for f in work.iterdir()):
-        console.print(f"note: {work} holds tiles of a run with other options or input: they are not reused")
-    n, results, fitted = len(boxes), [], 0
-    with stop_flag(stop_requested, lambda message: console.print(message)) as stopping:
-        for i, (box, problem) in enumerate(zip(boxes, problems, strict=True)):
+    boxes: tuple[Box, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def sized(self) -> Problem:
+        return max(self.problems, key=lambda p: p.canvas[0] * p.canvas[1])
+
+
+class Tiled:
+    """``--tile``: the tiles fitted one after the other, blended into ``job.output``; the finished tiles and, on
+    Ctrl-C, the running tile's checkpoint are kept for a rerun (the pipeline's ``fit`` then returns 130)."""
+
+    def load(self, plan: Plan, notes: list[str]) -> Loaded:
+        loaded = load(plan, notes)
+        tile, overlap = plan.job.tile, plan.job.overlap
+        assert tile is not None  # (make_plan refuses --overlap without --tile)
+        boxes = tuple(grid(loaded.problem.size, tile, overlap, loaded.config.factor))
+        problems = tuple(tile_problem(loaded.config, loaded.problem, box) for box in boxes)
+        return Tiles(loaded.config, loaded.problem, loaded.device, None, boxes, problems)
+
+    def dry_run(self, plan: Plan, loaded: Loaded, console: Any) -> int:
+        job = plan.job
+        assert isinstance(loaded, Tiles)
+        console.print(
+            f"dry run: {len(loaded.boxes)} tile(s) of {job.tile}x{job.tile} (overlap {job.overlap}), each one:"
+        )
+        return dry_run(loaded.config, loaded.sized, loaded.device, console)
+
+    def declare(self, plan: Plan, loaded: Loaded, outputs: Outputs) -> None:
+        pass  # a tiled run's own files are in its work folder, under the job's fingerprint
+
+    def fit(self, run: Run) -> Session[Done | int]:
+        job, console, loaded = run.plan.job, run.console, run.loaded
+        assert isinstance(loaded, Tiles)
+        config, device = loaded.config, loaded.device
+        work, key = work_folder(job.output), job_fingerprint(job)
+        try:
+            work.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise DipError(f"cannot make the tiles' work folder {work}: {exc.strerror or exc}") from None
+        if any(key not in f.name for f in work.iterdir()):
+            console.print(f"note: {work} holds tiles of a run with other options or input: they are not reused")
+        n, results, fitted = len(loaded.boxes), [], 0
+        for i, (box, problem) in enumerate(zip(loaded.boxes, loaded.problems, strict=True)):
             done, running = work / f"tile-{i:03d}.{key}.pt", work / f"tile-{i:03d}.{key}.ckpt"
             saved = _load_tile(done, box)
             if saved is not None:
                 results.append(saved)
                 console.print(f"tile {i + 1}/{n} ({box.describe()}): fitted before, reused")
                 continue
-            if stopping():
+            if run.stop_requested():
                 return _interrupted(console, i, n, None, work)
             fitter = _fitter(config, problem, device, running)
             again = f", resumed at iteration {fitter.iteration}" if fitter.iteration else ""
             console.print(f"tile {i + 1}/{n} ({box.describe()}{again})")
             if not fitted:
                 console.print(f"step: {fitter.plan.describe()}")
-                console.print(guess.describe())
+                console.print(run.estimate)
             fitted += 1
+            watch = Watch(fitter, config, job, console, run.outputs, run.stop_requested, tiled=True)
             try:
-                result = yield from run_with_progress(fitter, config, job, console, outputs, None, stopping)
+                result = yield from run_with_progress(watch)
             except Exception as exc:
                 if is_out_of_memory(exc):
                     raise DipError(
@@ -274,28 +234,22 @@ def tiled_session(job: FitJob, console: Any, stop_requested: Optional[Callable[[
             _save_tile(done, record)
             running.unlink(missing_ok=True)
             results.append(record)
-    image = blend([(box, r["image"]) for box, r in zip(boxes, results, strict=True)], whole.size, job.overlap)
-    image = image.clamp(0, 1)
-    outputs.write(job.output, lambda overwrite: save_image(image, job.output, overwrite=overwrite))
-    if job.compare is not None:
-        panels = [whole.corrupted_view().cpu(), image]
-        if whole.reference is not None:
-            panels.append(whole.reference.cpu())
-        compare = job.compare
-        outputs.write(compare, lambda overwrite: save_side_by_side(panels, compare, overwrite=overwrite))
-    report = _report(job, config, whole, boxes, results, image, device)
-    if job.report is not None:
-        path = job.report
-        outputs.write(path, lambda overwrite: save_report(report, path, overwrite=overwrite))
-    shutil.rmtree(work, ignore_errors=True)
-    line = (
-        f"{n} tile(s) of {job.tile}x{job.tile} (overlap {job.overlap}), {report['iterations']} iterations in all, "
-        f"{report['wall_seconds']:.0f} s fitting -> {job.output}"
-    )
-    if "final_psnr" in report:
-        line += f"; PSNR {report['final_psnr']:.2f} dB (input {report['input_psnr']:.2f} dB)"
-    console.print(line)
-    return 0
+        whole = loaded.problem
+        image = blend(
+            [(box, r["image"]) for box, r in zip(loaded.boxes, results, strict=True)], whole.size, job.overlap
+        )
+        image = image.clamp(0, 1)
+        report = _report(job, config, whole, loaded.boxes, results, image, device)
+        line = (
+            f"{n} tile(s) of {job.tile}x{job.tile} (overlap {job.overlap}), {report['iterations']} iterations in all, "
+            f"{report['wall_seconds']:.0f} s fitting -> {job.output}"
+        )
+        if "final_psnr" in report:
+            line += f"; PSNR {report['final_psnr']:.2f} dB (input {report['input_psnr']:.2f} dB)"
+        return Done(image, whole, report, summary=line, work=work)
+
+
+TILED = Tiled()
 
 
 def _fitter(config: FitConfig, problem: Problem, device: str, running: Path) -> Fitter:

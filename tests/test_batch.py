@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ONCE, dipc, save_png, smooth_image
-from dip_compile import presets, restore
+from dip_compile import fitjob, presets, restore
 from dip_compile.batch import BatchJob, load_jobs, shard
 from dip_compile.batch.jobs import ManifestError
 from dip_compile.errors import DipError
@@ -585,7 +585,7 @@ def test_a_plain_rerun_redoes_a_job_that_failed_after_writing_its_image(tmp_path
     def disk_full(*args, **kwargs):
         raise DipError(f"cannot write {out / 'a.json'}: No space left on device")
 
-    monkeypatch.setattr(restore, "save_report", disk_full)
+    monkeypatch.setattr(fitjob, "save_report", disk_full)  # (the report's writer, fitjob.OUTPUTS)
     code, _ = dipc("batch", tmp_path / "jobs.csv", "-o", out, *TINY)
     row = json.loads((out / "summary.json").read_text())["jobs"][0]
     assert code == 1 and row["status"] == "failed" and "No space left" in row["error"], row
@@ -648,7 +648,7 @@ def test_a_long_manifest_is_parsed_and_checked_once_per_kind_of_row(tmp_path, on
 
         return call
 
-    monkeypatch.setattr(runner, "validate_job", counted("validate", runner.validate_job))
+    monkeypatch.setattr(runner, "make_plan", counted("validate", runner.make_plan))
     monkeypatch.setattr(typer.main, "get_command", counted("get_command", typer.main.get_command))
     monkeypatch.setattr(Path, "read_bytes", counted("read_bytes", Path.read_bytes))
     options = runner.BatchOptions(tmp_path / "out")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import save_png, smooth_image
 from dip_compile import presets
-from dip_compile.restore import load_problem
+from dip_compile.restore import load_problem, make_plan
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MODULES = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "__init__")
@@ -62,7 +62,7 @@ def test_presets_quality_prepares_a_job_for_every_preset(tmp_path: Path):
     out.mkdir()
     for name in presets.NAMES:
         job, side = prepare(data, out, name, 32)
-        config, problem = load_problem(job, [])
+        config, problem = load_problem(make_plan(job), [])
         assert config.preset == name and side >= 32
         if name == "deblur":
             assert config.kernel == "gaussian:2" and problem.kernel is not None and problem.reference is not None

@@ -22,7 +22,7 @@ PRESET, ITERATIONS, SEED, CHANNELS, DEPTH = "kate", 6, 2, 8, 2  # kate: a preset
 
 
 class Built(Exception):
-    """Raised by the stand-in for ``validate_job``: ``restore_image`` built its job (and fits nothing)."""
+    """Raised by the stand-in for ``make_plan``: ``restore_image`` built its job (and fits nothing)."""
 
     def __init__(self, job: FitJob) -> None:
         self.job = job
@@ -49,7 +49,7 @@ def jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool) -> dict[st
     def built(job: FitJob, **_: object) -> None:
         raise Built(job)
 
-    monkeypatch.setattr(api, "validate_job", built)
+    monkeypatch.setattr(api, "make_plan", built)
     with pytest.raises(Built) as caught:
         api.restore_image(
             image, "inpaint", mask=mask, preset=PRESET, fast=fast, iterations=ITERATIONS, seed=SEED,

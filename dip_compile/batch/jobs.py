@@ -19,20 +19,17 @@ from typing import Any, Optional
 
 from ..config import Task
 from ..errors import DipError
-from ..fitjob import FitJob
+from ..fitjob import OUTPUTS, FitJob
 from ..fitjob import fingerprint as fingerprint  # (re-exported: its home before fitjob.py)
 from ..tasks import TASKS, needing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 COLUMNS = ("image", "task", "mask", "factor", "preset", "reference", "output", "options")
-# flags that name the files a batch writes itself (OUTDIR/NAME.png, .json, checkpoints/NAME.ckpt)
+# flags that name the files a batch writes itself (OUTDIR/NAME.png, .json, checkpoints/NAME.ckpt): the outputs
+# (``fitjob.OUTPUTS``' ``batch``) and how a run goes
 BATCH_OWNED = {
-    "checkpoint": "--checkpoint (use --checkpoints)",
+    **{o.field: o.batch for o in OUTPUTS if o.batch},
     "resume": "--resume (a rerun resumes by itself)",
-    "report": "--report",
-    "compare": "--compare",
-    "snapshot_every": "--snapshot-every",
-    "timelapse": "--timelapse",
     "dry_run": "--dry-run",
 }
 # what the batch itself writes in OUTDIR besides the jobs' NAME.png and .json: no job may be named so (compared

@@ -24,7 +24,8 @@ from ..errors import DipError
 from ..fitjob import FitJob
 from ..fitting import Session
 from ..packing import drive_packed
-from ..restore import fit_session, validate_job
+from ..plan import Plan, make_plan
+from ..restore import run_plan
 from .jobs import BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
 
 PARTIAL = ".partial"  # OUTDIR's folder of running jobs' checkpoints and claims, shared by a batch's shards
@@ -84,10 +85,12 @@ class Outcome:
 
 @dataclass
 class Prepared:
-    """A job with its parsed fit and fingerprint (made up front: bad options stop the batch before any work)."""
+    """A job with its parsed fit, its plan and fingerprint (made up front: bad options stop the batch before any
+    work)."""
 
     job: BatchJob
     fit: FitJob
+    plan: Plan
     fingerprint: str
     paths: dict[str, Path] = field(default_factory=dict)
 
@@ -99,24 +102,25 @@ def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[li
     are parsed and checked once: a manifest of many rows costs little more than its rows' reading and hashing."""
     outdir = options.outdir.absolute()
     prepared = []
-    checked: dict[tuple[Any, ...], FitJob] = {}
+    checked: dict[tuple[Any, ...], Plan] = {}
     digests: dict[Path, str] = {}  # (rows often share an image, mask or reference: each file is hashed once)
     for job in shard(jobs, options.shard):
         output = outdir / f"{job.name}.png"
         alike = checked.get(job.alike())
-        if alike is not None:
-            fit = dataclasses.replace(alike, image=job.image, mask=job.mask, reference=job.reference, output=output)
+        if alike is not None:  # the same plan for other files
+            fit = dataclasses.replace(alike.job, image=job.image, mask=job.mask, reference=job.reference, output=output)
+            plan = dataclasses.replace(alike, job=fit)
         else:
             fit = fit_job(job, options.common, outdir, parse)
             try:
                 # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
-                validate_job(fit, device=not options.ray)
+                plan = make_plan(fit, device=not options.ray)
                 if fit.tile is not None and options.checkpoints:
                     raise DipError("--checkpoints does not apply to a tiled job (--tile): it has one fit per tile")
             except DipError as exc:
                 raise ManifestError(f"job {job.name}: {exc}") from None
             if (fit.image, fit.mask, fit.reference) == (job.image, job.mask, job.reference):  # (not set by options)
-                checked[job.alike()] = fit
+                checked[job.alike()] = plan
         fp = fingerprint(fit, digests)
         paths = {
             "image": output,
@@ -125,7 +129,7 @@ def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[li
             "claim": outdir / PARTIAL / f"{job.name}.{fp}.claim",
             "checkpoint": outdir / "checkpoints" / f"{job.name}.ckpt",
         }
-        prepared.append(Prepared(job, fit, fp, paths))
+        prepared.append(Prepared(job, fit, plan, fp, paths))
     return prepared
 
 
@@ -183,15 +187,16 @@ def job_session(p: Prepared, options: BatchOptions, stop_requested: Callable[[],
             quiet=not (options.progress and options.pack == 1 and not options.ray),
             force=True,  # checked above: what is there is this job's own (or --force)
         )
+        plan = p.plan.rerouted(fit)  # planned in ``prepare``: the same fit, writing the batch's files
         if partial.exists() and not options.force and not tiled:  # interrupted before: continue where it was
-            fit = fit.resumed(partial)
+            plan = make_plan(fit.resumed(partial))  # (the checkpoint holds the problem)
         try:
             partial.parent.mkdir(parents=True, exist_ok=True)
             claim.touch()
         except OSError as exc:
             raise DipError(f"cannot write in {partial.parent}: {exc.strerror or exc}") from None
         with open(os.devnull, "w") as devnull:
-            code = yield from fit_session(fit, None if not fit.quiet else devnull, stop_requested)
+            code = yield from run_plan(plan, None if not fit.quiet else devnull, stop_requested)
         if code:
             where = f"its tiles in {p.paths['image']}.tiles" if tiled else partial
             return Outcome(p.job.name, p.job.task, "interrupted", error=f"interrupted; rerun to resume from {where}")

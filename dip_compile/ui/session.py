@@ -23,9 +23,10 @@ from ..estimate import size_text
 from ..fitjob import INTERRUPTED, FitJob, NetShape, with_command_line_defaults
 from ..fitting import Fitter, LogRecord, drive
 from ..imageio import to_pil
+from ..plan import make_plan
 from ..preflight import Forecast, duration, forecast
 from ..progress import status_line
-from ..restore import fit_session, prepare, validate_job
+from ..restore import fit_session, prepare
 from ..tasks import spec
 
 PREVIEW_SECONDS = 2.0  # how often the running fit's image is copied out for the page
@@ -166,9 +167,8 @@ def _path(value: Optional[str]) -> Optional[Path]:
 def estimate(job: FitJob) -> Forecast:
     """The job's ``--dry-run`` numbers (memory, step, time), or the library's refusal as a ``DipError`` (an
     image too large for this machine's memory says so, with its ways out)."""
-    validate_job(job)
-    config, problem, device, ckpt = prepare(job)
-    return forecast(config, problem, device, done=ckpt.iteration if ckpt is not None else 0)
+    loaded = prepare(make_plan(job))
+    return forecast(loaded.config, loaded.problem, loaded.device, done=loaded.done)
 
 
 def estimate_text(job: FitJob, quicker: Optional[FitJob] = None) -> str:
