@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 else:  # a Path or a torch tensor (imageio's); read by the type check of the fields, which skips it as before
     ImageSource = object
 
-OUTPUT_FIELDS = ("output", "checkpoint", "report", "compare", "timelapse")  # the FitJob fields naming files to write
 PROBLEM, KEPT = "problem", "kept"  # the roles of FitJob fields (``config.option``)
 # The names the first fingerprints gave the network options that NetConfig names otherwise, and the options they
 # always held (None when not given): an option added since enters a fingerprint only when given, so that a batch
@@ -411,6 +410,9 @@ class FitJob:
         kept = {name: getattr(self, name) for name in FitJob.names(KEPT)}
         device = self.settings.get("device")
         return FitJob(**kept, resume=checkpoint, settings={"device": device} if device else {})
+
+
+OUTPUT_FIELDS = tuple(f.name for f in FitJob.options() if f.metadata["metavar"] == PATH)  # the files it names to write
 
 
 def from_options(values: Mapping[str, Any]) -> FitJob:

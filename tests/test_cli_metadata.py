@@ -165,7 +165,7 @@ def test_the_lists_over_the_options_are_read_from_their_declarations() -> None:
     name (no second naming: channels_skip, input_kind)."""
     from dip_compile import api
     from dip_compile.batch.jobs import BATCH_OWNED
-    from dip_compile.job import PROBLEM
+    from dip_compile.job import OUTPUT_FIELDS, PROBLEM
 
     assert api.JOB_KEYWORDS == (set(FitJob.names(PROBLEM)) - {"task", "image"}) | {"checkpoint", "force"}
     assert {"holes", "box", "text", "mask", "sigma", "preset", "fast"} <= api.JOB_KEYWORDS
@@ -175,6 +175,7 @@ def test_the_lists_over_the_options_are_read_from_their_declarations() -> None:
     owned = {"checkpoint", "resume", "report", "compare", "snapshot_every", "timelapse", "dry_run"}
     assert set(BATCH_OWNED) == owned
     assert BATCH_OWNED["checkpoint"] == "--checkpoint (use --checkpoints)" and BATCH_OWNED["report"] == "--report"
+    assert OUTPUT_FIELDS == ("output", "checkpoint", "report", "compare", "timelapse")  # the paths taken as text
 
 
 def test_the_pages_fields_are_dipc_fit_options_with_their_defaults() -> None:
