@@ -115,7 +115,7 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
         variants.append(("frozen", "fp32", "ema", "embedded"))
     sessions: dict[str, Any] = {}
     for bn, weights, image, noise in variants:
-        plan = exporters.plan_export(ckpt, bn=bn, weights=weights, image=image, noise_mode=noise)
+        plan = exporters.plan_export(ckpt, bn=bn, weights=weights, image=image, noise=noise)
         path = RESULTS / f"export_{net}_{size}_{bn}_{weights}_{image}_{noise}.onnx"
         t0 = time.perf_counter()
         exporters.write_onnx(plan, path)

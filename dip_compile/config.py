@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .errors import DipError, joined
 from .tasks import names, needing, spec
@@ -170,17 +170,60 @@ def option(
     resume: bool = False,
     cli_default: Any = None,
     job: bool = False,
+    argument: bool = False,
+    names: tuple[str, ...] = (),
+    kind: Any = None,
+    metavar: Optional[str] = None,
+    show_default: bool = True,
+    role: str = "",
+    added: bool = False,
+    batch_owned: bool | str = False,
+    api: bool = False,
+    source: str = "",
     **kwargs: Any,
 ) -> Any:
-    """A config field with what the command line needs to offer it, so that a new ``dipc fit`` setting is this one
-    declaration (cli.py builds the option, and the map to the setting, from it): the flag (a field whose flag does
-    not start with ``--`` has no option: the name only labels its errors), the option's help and --help panel (one
-    of ``PANELS``), whether a resumed fit may change the setting, the option's default where the command line's
-    differs from the library's (``auto`` picks the device), and ``job``: the flag sets the ``FitJob`` field of the
-    same name, which chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help
-    may name ``{kernels}``, ``{presets}`` and ``{fast_presets}``: the CLI fills in their lists (``presets`` imports
-    this module)."""
-    metadata = {"flag": flag, "help": help, "panel": panel, "resume": resume, "cli_default": cli_default, "job": job}
+    """A field with what the command line needs to offer it, so that a new ``dipc fit`` option is this one
+    declaration, on the field where its value lives (``FitConfig``, ``NetConfig``, the job's ``FitJob`` and
+    ``NetShape``, ``ExportOptions``): ``cli/options.py`` builds the option, and the map to the field, from it; the
+    manifest's checks, ``restore_image``'s keywords and the page's job read it too.
+
+    ``flag``: the option (a field whose flag does not start with ``--`` has none: the name only labels its errors),
+    or with ``argument`` the name of a positional argument (TASK); ``names``: every spelling where there are more
+    (``-o``, ``--output``); the option's help and --help panel (one of ``PANELS``); ``kind``: what the command line
+    parses where it is not the field's type (a Task for a str field, text for an output path, so that the check
+    sees a trailing separator); ``metavar`` and ``show_default`` as typer takes them.
+
+    Settings (``FitConfig``, ``NetConfig``): ``resume``, whether a resumed fit may change it; ``cli_default``, the
+    option's default where the command line's differs from the library's (``auto`` picks the device; an option not
+    given is otherwise the preset's value); ``job``: the flag sets the ``FitJob`` field of the same name, which
+    chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help may name
+    ``{kernels}``, ``{noise}``, ``{presets}`` and ``{fast_presets}``: the CLI fills in their lists.
+
+    Job fields (``FitJob``; their option's default is the field's): ``role``, ``problem`` (what is fitted: the
+    checkpoint holds it, so --resume refuses it; in the fingerprint; a ``restore_image`` keyword) or ``kept`` (where
+    the results go and how the run reports: a resumed job keeps it; not in the fingerprint); ``added``: a field added
+    since the first fingerprints, which enters one only when given, so that a batch rerun still recognises the jobs
+    it finished before the option existed; ``batch_owned``: ``dipc batch`` writes that file itself, so a job may not
+    give it (text: what to use instead); ``api``: a ``restore_image`` keyword although not of the problem;
+    ``source``: an input image, and what its errors call it."""
+    metadata = {
+        "flag": flag,
+        "help": help,
+        "panel": panel,
+        "resume": resume,
+        "cli_default": cli_default,
+        "job": job,
+        "argument": argument,
+        "names": names or (flag,),
+        "kind": kind,
+        "metavar": metavar,
+        "show_default": show_default,
+        "role": role,
+        "added": added,
+        "batch_owned": batch_owned,
+        "api": api,
+        "source": source,
+    }
     return field(default=default, metadata=metadata, **kwargs)
 
 

@@ -76,16 +76,44 @@ def choice(kind: type[E], value: Any, option: str) -> E:
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What ``dipc export`` was asked for; strings are coerced to the Enums, unknown values refused in one line."""
+    """What ``dipc export`` was asked for, each option declared once here (``dipc export``'s options, the library's
+    keywords and ``plan_export`` read these fields); strings are coerced to the Enums, unknown values refused in one
+    line."""
 
-    fmt: ExportFormat = option(ExportFormat.onnx, flag="--format")
-    image: ExportImage = option(ExportImage.fit, flag="--image")
-    bn: BatchNormMode = option(BatchNormMode.frozen, flag="--bn")
-    weights: Weights = option(Weights.fp32, flag="--weights")
-    noise: NoiseMode = option(NoiseMode.embedded, flag="--noise")
-    profile: Profile = option(Profile.runtime, flag="--profile")
-    verify: bool = False
-    force: bool = False
+    fmt: ExportFormat = option(
+        ExportFormat.onnx,
+        flag="--format",
+        help="onnx; pt2 (torch.export); torchscript (legacy: torch.jit is deprecated); all (OUT.onnx + OUT.pt2 + "
+        "OUT.pt)",
+    )
+    image: ExportImage = option(
+        ExportImage.fit,
+        flag="--image",
+        help="fit: the image the fit returned (default); output: network on the fixed noise; ema / best: the fit's "
+        "EMA or auto-stop image (stored correction)",
+    )
+    bn: BatchNormMode = option(
+        BatchNormMode.frozen,
+        flag="--bn",
+        help="frozen: statistics of the fixed noise folded into convs; batch: live statistics, exact for any noise",
+    )
+    weights: Weights = option(
+        Weights.fp32, flag="--weights", help="weight storage: fp32, or fp16 (half the size, not bit-exact)"
+    )
+    noise: NoiseMode = option(
+        NoiseMode.embedded,
+        flag="--noise",
+        help="embedded: the noise is in the file (empty feed works anywhere); seed: rebuilt from the seed by "
+        "regenerate (file ~ weights)",
+    )
+    profile: Profile = option(
+        Profile.runtime,
+        flag="--profile",
+        help="runtime: dynamic batch, noise inside (ONNX Runtime, empty feed); portable: batch 1, noise a plain "
+        "input saved as OUT.noise.npy (OpenCV DNN and other runtimes)",
+    )
+    verify: bool = option(False, flag="--verify", help="rerun the export and compare with the fit's image")
+    force: bool = option(False, flag="--force", help="overwrite existing outputs")
 
     def __post_init__(self) -> None:
         for name, kind in choice_fields(self):

@@ -1,6 +1,6 @@
-"""One ``dipc fit`` job as data (``FitJob``: files in, files out), the rules that resolve its configuration and
-check its options, and the files a run writes (``OUTPUTS``, one record each; ``Outputs``: one run's). Below ``plan``
-(which resolves a job once), ``tiling`` and ``restore`` (which run it), so that all use it and none imports back."""
+"""What turns one ``dipc fit`` job (``FitJob``, declared in ``job``) into a configuration and checks its options,
+and the files a run writes (``OUTPUTS``, one record each; ``Outputs``: one run's). Below ``plan`` (which resolves a
+job once), ``tiling`` and ``restore`` (which run it), so that all use it and none imports back."""
 
 from __future__ import annotations
 
@@ -20,216 +20,18 @@ import torch
 from . import drp, kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint, save_checkpoint
-from .config import (
-    DECODERS,
-    FitConfig,
-    Generator,
-    InputKind,
-    NetConfig,
-    Precision,
-    check_depth,
-    check_types,
-    command_line_defaults,
-    flag_of,
-)
+from .config import FitConfig, Precision, command_line_defaults, flag_of
 from .errors import DipError, joined
 from .fitting import Fitter
-from .imageio import ImageSource, check_output, output_path, save_image, save_side_by_side
+from .imageio import check_output, output_path, save_image, save_side_by_side
+from .job import KEPT, PROBLEM, FitJob
+from .job import OUTPUT_FIELDS as OUTPUT_FIELDS  # (re-exported: their home before job.py)
+from .job import NetShape as NetShape
 from .problem import Problem
 from .report import save_report
 from .timelapse import Timelapse
 
 INTERRUPTED = 130
-
-
-@dataclass(frozen=True)
-class NetShape:
-    """The network options of ``dipc fit`` (None = the preset's). List options take one value for every level or
-    comma-separated values, one per level (``16,32,64,128,128``), as text or as sequences."""
-
-    generator: Optional[str] = None
-    structure: Optional[str] = None
-    depth: Optional[int] = None
-    channels: Any = None  # down and up alike
-    channels_down: Any = None
-    channels_up: Any = None
-    skip_channels: Any = None
-    upsample: Any = None
-    downsample: Any = None
-    kernel_down: Any = None
-    kernel_up: Any = None
-    kernel_skip: Optional[int] = None
-    need_1x1_up: Optional[bool] = None
-    input: Optional[str] = None
-    input_depth: Optional[int] = None
-    padding: Optional[str] = None
-    bn_init: Optional[str] = None
-    align_corners: Optional[bool] = None  # a switch: None unless given
-
-    def given(self) -> list[str]:
-        """The flags given, as the user typed them."""
-        names = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
-        return ["--1x1-up" if n == "need_1x1_up" else f"--{n.replace('_', '-')}" for n in names]
-
-    def apply(self, net: NetConfig) -> NetConfig:
-        """The preset's network with these options. The depth is --depth, else the length of a channel list given
-        here, else the preset's. A new depth keeps the preset's finest levels (as the library notebook's ``[:depth]``
-        does) or repeats its coarsest level's values; every list given here must match it."""
-        given = {
-            "channels_down": _levels(_first(self.channels_down, self.channels), "--channels-down", int),
-            "channels_up": _levels(_first(self.channels_up, self.channels), "--channels-up", int),
-            "channels_skip": _levels(self.skip_channels, "--skip-channels", int),
-            "upsample": _levels(self.upsample, "--upsample", str),
-            "downsample": _levels(self.downsample, "--downsample", str),
-            "kernel_down": _levels(self.kernel_down, "--kernel-down", int),
-            "kernel_up": _levels(self.kernel_up, "--kernel-up", int),
-        }
-        if self.depth is not None:
-            check_depth(self.depth)
-        lengths = [len(v) for k, v in given.items() if v is not None and len(v) > 1 and k.startswith("channels")]
-        depth = self.depth or (lengths[0] if lengths else net.depth)
-        changes: dict[str, Any] = {}
-        for name, value in given.items():
-            if value is not None:
-                changes[name] = value * depth if len(value) == 1 and name.startswith("channels") else value
-            elif depth != net.depth and len(getattr(net, name)) > 1:
-                old = getattr(net, name)
-                changes[name] = old[:depth] + (old[-1],) * max(0, depth - len(old))
-        if self.generator is not None and self.generator != net.generator:
-            changes["generator"] = self.generator
-            if self.generator in DECODERS:  # a decoder: its input has its first level's channels, no skips
-                coarsest = changes.get("channels_up", net.channels_up)[-1]
-                changes.setdefault("kernel_up", (3,) if self.generator == "convdecoder" else (1,))
-                changes["input_depth"] = coarsest
-                changes["input_kind"] = "noise"
-            elif self.generator == Generator.drp and net.input_kind == InputKind.image:
-                changes["input_kind"] = InputKind.noise  # drp fits its input, which cannot be the flash image
-        if self.structure is not None:
-            changes["structure"] = self.structure
-            if self.structure == "seed" and self.upsample is None:
-                changes["upsample"] = ("bicubic",)
-        for f in dataclasses.fields(self):  # the others set the NetConfig field of their name as they are
-            value = getattr(self, f.name)
-            if f.name in _NET_FIELDS and f.name not in (*given, "generator", "structure") and value is not None:
-                changes[f.name] = value
-        if self.input is not None:
-            changes["input_kind"] = self.input
-            if self.input == "meshgrid" and self.input_depth is None:
-                changes["input_depth"] = 2  # a meshgrid has two channels
-        return dataclasses.replace(net, **changes) if changes else net
-
-
-_NET_FIELDS = frozenset(f.name for f in dataclasses.fields(NetConfig))
-# The NetShape fields of the first fingerprints: a field added since enters a job's fingerprint only when given, so that
-# a batch rerun still recognises the jobs it finished before the option existed.
-_FINGERPRINTED_NET = frozenset(
-    ("generator", "structure", "depth", "channels", "channels_down", "channels_up", "skip_channels", "upsample")
-    + ("downsample", "kernel_down", "kernel_up", "kernel_skip", "need_1x1_up", "input", "input_depth")
-)
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
-def _levels(value: Any, flag: str, kind: type) -> Optional[tuple[Any, ...]]:
-    """``"16,32,64"``, ``16`` or ``[16, 32, 64]`` as a tuple; a value that does not parse is a one-line error."""
-    if value is None:
-        return None
-    items = (
-        [v.strip() for v in value.split(",")]
-        if isinstance(value, str)
-        else list(value)
-        if isinstance(value, (list, tuple))
-        else [value]
-    )
-    if not items or any(v == "" for v in items):
-        raise DipError(f"{flag} takes one value or comma-separated values, one per level, got {value!r}")
-    if kind is int:
-        try:
-            return tuple(int(v) for v in items)
-        except (TypeError, ValueError):
-            raise DipError(
-                f"{flag} takes whole numbers (one, or one per level separated by commas), got {value!r}"
-            ) from None
-    return tuple(str(v) for v in items)
-
-
-PROBLEM, KEPT = "problem", "kept"  # the roles of FitJob fields (see ``_job_field``)
-
-
-def _job_field(default: Any = None, *, role: str, flag: str = "", added: bool = False) -> Any:
-    """A FitJob field and its role, which the lists over the job's fields are read from: a ``problem`` field
-    describes what is fitted (the checkpoint holds it, so --resume refuses it; it is part of the fingerprint), a
-    ``kept`` one where the results go and how the run reports (a resumed job keeps it; not in the fingerprint).
-    ``flag``: the name the user gave it by, where it is not the field's as an option (TASK, IMAGE). ``added``: a
-    field added since the first fingerprints, which enters one only when given (as the NetShape fields below), so
-    that a batch rerun still recognises the jobs it finished before the option existed."""
-    return field(default=default, metadata={"role": role, "flag": flag, "added": added})
-
-
-@dataclass
-class FitJob:
-    """Files in, files out. ``settings`` holds the ``FitConfig`` fields the user set (by field name); the preset
-    gives the rest. With ``resume`` the checkpoint gives the problem and the settings, and only the fields that
-    ``FitConfig.resumable()`` names may change."""
-
-    output: Path = field(metadata={"role": KEPT})
-    task: Optional[str] = _job_field(role=PROBLEM, flag="TASK")
-    # the input images: files (the Python API also passes images it holds: ``imageio.image_source``)
-    image: Optional[ImageSource] = _job_field(role=PROBLEM, flag="IMAGE")
-    mask: Optional[ImageSource] = _job_field(role=PROBLEM)
-    holes: Optional[float] = _job_field(role=PROBLEM)
-    box: Optional[float] = _job_field(role=PROBLEM)
-    text: bool = _job_field(False, role=PROBLEM)
-    from_reference: bool = _job_field(False, role=PROBLEM)
-    sigma: Optional[float] = _job_field(role=PROBLEM)
-    reference: Optional[ImageSource] = _job_field(role=PROBLEM)
-    flash: Optional[ImageSource] = _job_field(role=PROBLEM)  # flash-no-flash: the flash photo, the network's input
-    noise: Optional[str] = _job_field(role=PROBLEM)  # --noise SPEC: the observation from a clean IMAGE (noise.py)
-    preset: Optional[str] = _job_field(role=PROBLEM)  # a name from ``presets.NAMES`` (None: the task's default)
-    paper_exact: bool = _job_field(False, role=PROBLEM)  # the notebook's choices where this project differs
-    fast: bool = _job_field(
-        False, role=PROBLEM, added=True
-    )  # the preset made cheaper as its task's ``tasks.Fast`` says
-    settings: dict[str, Any] = field(default_factory=dict)
-    net: NetShape = field(default_factory=NetShape)
-    checkpoint: Optional[Path] = _job_field(role=KEPT)
-    resume: Optional[Path] = None
-    report: Optional[Path] = _job_field(role=KEPT)
-    compare: Optional[Path] = _job_field(role=KEPT)
-    snapshot_every: int = _job_field(0, role=KEPT)
-    timelapse: Optional[Path] = _job_field(role=KEPT)  # --timelapse OUT.webp|gif: the fit's images as an animation
-    timelapse_every: Optional[int] = _job_field(role=KEPT)  # --timelapse-every N: a frame every N iterations (10)
-    checkpoint_every: float = _job_field(0.0, role=KEPT)  # seconds between checkpoints while fitting (0: at the end)
-    report_extra: dict[str, Any] = field(default_factory=dict, metadata={"role": KEPT})  # more keys (dipc batch's)
-    force: bool = _job_field(False, role=KEPT)
-    quiet: bool = _job_field(False, role=KEPT)
-    status_every: float = _job_field(30.0, role=KEPT)  # seconds between plain progress lines when not a terminal
-    dry_run: bool = False  # estimate memory and time, fit nothing, write nothing
-    tile: Optional[int] = None  # --tile SIZE: fit in SIZE x SIZE tiles one after the other and blend (tiling.py)
-    overlap: int = 32  # --overlap PX: pixels neighbouring tiles share
-
-    def __post_init__(self) -> None:
-        """Outputs given as text (the CLI passes the user's spelling) become Paths here, after the check that only
-        the text allows: ``Path("newdir/")`` drops the separator that says a folder was meant. A value of the wrong
-        type (a Python caller's ``sigma="25"``) is a one-line error here."""
-        check_types(self)
-        for name in OUTPUT_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, output_path(value))
-
-    @staticmethod
-    def names(role: str) -> list[str]:
-        """The fields with this role, in declaration order."""
-        return [f.name for f in dataclasses.fields(FitJob) if f.metadata.get("role") == role]
-
-    def resumed(self, checkpoint: Path) -> FitJob:
-        """This job continued from ``checkpoint``: the same outputs and device; the checkpoint holds the rest."""
-        kept = {name: getattr(self, name) for name in FitJob.names(KEPT)}
-        device = self.settings.get("device")
-        return FitJob(**kept, resume=checkpoint, settings={"device": device} if device else {})
 
 
 def with_command_line_defaults(job: FitJob) -> FitJob:
@@ -467,17 +269,24 @@ def _write_timelapse(done: Done, path: Path, overwrite: bool) -> None:
 
 @dataclass(frozen=True)
 class Output:
-    """A file a ``dipc fit`` run writes, named by the FitJob field ``field``: the one record of it that the run's
-    checks and writes (``restore``, ``tiling``), ``dipc batch`` and ``restore_image`` read."""
+    """A file a ``dipc fit`` run writes, named by the FitJob field ``field``: the one record of how and when it is
+    written, which the run's checks and writes (``restore``, ``tiling``) and ``restore_image`` read. How it is
+    named on the command line, whether ``dipc batch`` names it itself and whether ``restore_image`` takes it are
+    the field's own declaration (``job.FitJob``)."""
 
     field: str
-    flag: str  # how messages name it
     stage: Stage
     write: Optional[Callable[[Done, Path, bool], None]] = None  # None: written while fitting, by a progress hook
     untiled: str = ""  # why a tiled run cannot write it ("" : it does); ``{work}`` is the tiles' work folder
-    batch: str = ""  # how dipc batch names it when a job's options set it (it names these files itself); "": -o
-    api: bool = False  # ``restore_image`` takes it as a keyword
     continues: bool = False  # may be the --resume file itself (the run continues it)
+
+    @property
+    def flag(self) -> str:  # how messages name it
+        return str(FitJob.__dataclass_fields__[self.field].metadata["flag"])
+
+    @property
+    def api(self) -> bool:  # ``restore_image`` takes it as a keyword
+        return bool(FitJob.__dataclass_fields__[self.field].metadata.get("api"))
 
     def given(self, job: FitJob) -> bool:
         return bool(getattr(job, self.field))
@@ -498,15 +307,13 @@ TILES_KEPT = (
 )
 TILES_WHOLE = "the image exists only once every tile is fitted"
 OUTPUTS: tuple[Output, ...] = (  # in the order they are checked (a message names the first of two sharing a path)
-    Output("output", "-o", Stage.before_report, _write_image),
-    Output("checkpoint", "--checkpoint", Stage.after_report, _write_checkpoint, TILES_KEPT,
-           "--checkpoint (use --checkpoints)", api=True, continues=True),
-    Output("report", "--report", Stage.report, _write_report, batch="--report"),
-    Output("compare", "--compare", Stage.before_report, _write_compare, batch="--compare"),
-    Output("snapshot_every", "--snapshot-every", Stage.fitting, None, TILES_WHOLE, "--snapshot-every"),
-    Output("timelapse", "--timelapse", Stage.fit_end, _write_timelapse, TILES_WHOLE, "--timelapse"),
+    Output("output", Stage.before_report, _write_image),
+    Output("checkpoint", Stage.after_report, _write_checkpoint, TILES_KEPT, continues=True),
+    Output("report", Stage.report, _write_report),
+    Output("compare", Stage.before_report, _write_compare),
+    Output("snapshot_every", Stage.fitting, None, TILES_WHOLE),
+    Output("timelapse", Stage.fit_end, _write_timelapse, TILES_WHOLE),
 )  # fmt: skip
-OUTPUT_FIELDS = tuple(o.field for o in OUTPUTS if o.field != "snapshot_every")  # the FitJob fields naming one file
 OUTPUT = {o.field: o for o in OUTPUTS}
 
 
@@ -581,7 +388,7 @@ def fingerprint(fit_job: FitJob, digests: Optional[dict[Path, str]] = None) -> s
     }
     # where and how frugally it runs is not what it is
     settings = {k: v for k, v in fields.pop("settings").items() if k not in ("device", "save_memory")}
-    net = {k: v for k, v in dataclasses.asdict(fields.pop("net")).items() if k in _FINGERPRINTED_NET or v is not None}
+    net = fields.pop("net").fingerprinted()
     known = {} if digests is None else digests
     text = json.dumps(
         {**fields, "net": net, "settings": settings}, sort_keys=True, default=lambda v: _content(v, known)

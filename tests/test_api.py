@@ -28,6 +28,28 @@ def test_restore_image_returns_what_dipc_fit_writes(tmp_path: Path) -> None:
     assert np.array_equal(ours, np.asarray(Image.open(out)))  # same defaults (auto step), same network, same seed
 
 
+def test_restore_image_takes_every_option_of_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """holes=0.5 is dipc fit's --holes 0.5 (the keywords are read from the job's declarations; it was a TypeError)."""
+    from dip_compile import api
+    from dip_compile.cli import parse_fit_args
+
+    image = save_png(smooth_image(32, 32), tmp_path / "in.png")
+    built = []
+    monkeypatch.setattr(api, "validate_job", lambda job: built.append(job) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        dip_compile.restore_image(image, "inpaint", holes=0.5, channels_skip=0, **TINY)
+    cli = parse_fit_args(["inpaint", str(image), "--holes", "0.5", "--skip-channels", "0", "-o", "x.png", *flags(TINY)])
+    (job,) = built
+    assert job.holes == 0.5 and job.net.channels_skip == 0
+    assert (job.holes, job.box, job.text, job.mask, job.settings) == (
+        cli.holes,
+        cli.box,
+        cli.text,
+        cli.mask,
+        cli.settings,
+    )
+
+
 def test_restore_image_refuses_with_the_message_dipc_fit_prints(tmp_path: Path) -> None:
     image = save_png(smooth_image(32, 32), tmp_path / "in.png")
     code, err = dipc("fit", "denoise", image, "-o", tmp_path / "o.png", "--mask", image)

@@ -342,11 +342,10 @@ def test_a_row_cannot_write_outside_outdir(tmp_path, one_image, row, message):
 
 def test_common_flags_cannot_redirect_a_jobs_output(tmp_path, one_image):
     from dip_compile.batch.jobs import fit_job
-    from dip_compile.cli import parse_fit_args
 
     job = BatchJob("a", "denoise", one_image)
     with pytest.raises(ManifestError, match="job a: dipc batch writes OUTDIR/NAME.png itself: drop -o/--output"):
-        fit_job(job, ["--output", str(tmp_path / "elsewhere.png")], tmp_path / "out", parse_fit_args)
+        fit_job(job, ["--output", str(tmp_path / "elsewhere.png")], tmp_path / "out")
 
 
 @pytest.mark.parametrize("name", ["summary", "Summary.png", "SUMMARY-0-of-2", "checkpoints", ".partial", ".dipc-batch"])
@@ -629,7 +628,7 @@ def test_a_nul_or_control_character_in_a_manifest_is_one_line(tmp_path, one_imag
 def test_a_long_manifest_is_parsed_and_checked_once_per_kind_of_row(tmp_path, one_image, monkeypatch):
     import typer
 
-    from dip_compile import cli
+    from dip_compile.batch import jobs as batch_jobs
     from dip_compile.batch import runner
     from dip_compile.batch.jobs import fit_job
 
@@ -648,17 +647,18 @@ def test_a_long_manifest_is_parsed_and_checked_once_per_kind_of_row(tmp_path, on
 
         return call
 
+    monkeypatch.setattr(batch_jobs, "parse_fit_args", counted("parse", batch_jobs.parse_fit_args))
     monkeypatch.setattr(runner, "make_plan", counted("validate", runner.make_plan))
     monkeypatch.setattr(typer.main, "get_command", counted("get_command", typer.main.get_command))
     monkeypatch.setattr(Path, "read_bytes", counted("read_bytes", Path.read_bytes))
     options = runner.BatchOptions(tmp_path / "out")
-    prepared = runner.prepare(jobs, options, counted("parse", cli.parse_fit_args))
+    prepared = runner.prepare(jobs, options)
     assert (calls["parse"], calls["validate"]) == (3, 3)
     assert calls["get_command"] <= 1  # typer builds dipc's commands once per process, not once per row
     assert calls["read_bytes"] <= 4  # each input file is hashed once for the fingerprints (a.png, b.png)
     assert len(prepared) == 2000 and len({p.paths["image"] for p in prepared}) == 2000
     for i in (0, 1, 7, 8, 1999):  # each as its own dipc fit command would make it
-        assert prepared[i].fit == fit_job(jobs[i], (), options.outdir.absolute(), cli.parse_fit_args), i
+        assert prepared[i].fit == fit_job(jobs[i], (), options.outdir.absolute()), i
     assert prepared[0].fingerprint == prepared[2].fingerprint != prepared[1].fingerprint
     assert (prepared[7].fit.reference, prepared[8].fit.reference) == (Path("b.png"), Path("a.png"))
 

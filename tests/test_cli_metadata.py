@@ -10,10 +10,13 @@ from typing import Any
 import click
 import pytest
 import typer
+from typer.testing import CliRunner
 
-from dip_compile.cli import JOB_OPTIONS, app, parse_fit_args
+from dip_compile.cli import app, parse_fit_args
 from dip_compile.config import PANELS, Choice, FitConfig, NetConfig, flagged
 from dip_compile.fitjob import FitJob, NetShape, build_config, fingerprint
+
+JOB_OPTIONS = {f.name for f in FitJob.options()} | {f.name for f in flagged(NetShape)}
 
 FIT = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
 FIELDS = [(cls, f) for cls in (FitConfig, NetConfig) for f in flagged(cls)]
@@ -75,7 +78,7 @@ def test_the_fields_with_a_flag_are_the_settings_of_dipc_fit() -> None:
     names = [f.name for _, f in FIELDS]
     assert len(names) == len(set(names)), "a setting's option is named after its field: names must not repeat"
     assert {"padding", "iterations", "reg_noise_std", "channels_skip", "input_kind"} <= set(names)
-    assert not {p.name for p in JOB_OPTIONS} & set(names)
+    assert not JOB_OPTIONS & set(names)
 
 
 @pytest.mark.parametrize(("cls", "f"), FIELDS, ids=[f.metadata["flag"] for _, f in FIELDS])
@@ -92,9 +95,36 @@ def test_every_flag_in_the_metadata_is_a_fit_option_and_reaches_its_field(
     assert got == want and got != base, f"{' '.join(args)} gave {cls.__name__}.{f.name} = {got!r}, not {want!r}"
 
 
-def test_the_job_options_are_fields_of_the_job() -> None:
-    fields = {f.name for f in dataclasses.fields(FitJob)} | {f.name for f in dataclasses.fields(NetShape)}
-    assert {p.name for p in JOB_OPTIONS} <= fields
+def declared_options(*classes: type) -> dict[str, str]:
+    """The fields of ``classes`` declared as options (or arguments), by name: their flag."""
+    return {
+        f.name: f.metadata["flag"]
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("argument") or f.metadata.get("flag", "").startswith("--")
+    }
+
+
+def test_the_options_of_dipc_fit_are_the_declared_fields() -> None:
+    """Every parameter of dipc fit is a declared field (of the job, its network, the settings) and every declared
+    field is one, under its declared flag: a new option is its declaration."""
+    declared = declared_options(FitJob, NetShape, FitConfig, NetConfig)
+    params = {p.name: p for p in FIT.params if p.name != "help"}
+    assert set(params) == set(declared)
+    for name, param in params.items():
+        if param.param_type_name == "option":
+            assert declared[name] in (*param.opts, *param.secondary_opts), (name, param.opts)
+    assert {"task", "image", "holes", "output", "quiet", "depth", "channels", "channels_skip", "tile"} <= set(params)
+
+
+def test_the_options_of_dipc_export_are_the_fields_of_export_options() -> None:
+    from dip_compile.export_options import ExportOptions
+
+    export = typer.main.get_command(app).commands["export"]  # type: ignore[attr-defined]
+    params = {p.name: p for p in export.params if p.name != "help"}
+    assert set(params) == {"checkpoints", "output", *declared_options(ExportOptions)}
+    for f in dataclasses.fields(ExportOptions):
+        assert f.metadata["flag"] in params[f.name].opts and params[f.name].default == f.default, f.name
 
 
 def test_a_switch_not_given_sets_nothing(tmp_path: Path) -> None:
@@ -126,4 +156,66 @@ def test_an_option_added_since_leaves_the_fingerprints_of_jobs_without_it_as_the
     """A batch rerun recognises the jobs it finished before --padding existed (the value kept by the release before it)."""
     job = parse_fit_args(["denoise", "/nonexistent/x.png", "-o", "/nonexistent/o.png", "--sigma", "25", "--depth", "3"])
     assert fingerprint(job) == "a360bb4f575dda78"
-    assert fingerprint(dataclasses.replace(job, net=dataclasses.replace(job.net, padding="zeros"))) != fingerprint(job)
+    assert fingerprint(dataclasses.replace(job, net=NetShape(**job.net.values(), padding="zeros"))) != fingerprint(job)
+
+
+def test_the_lists_over_the_options_are_read_from_their_declarations() -> None:
+    """restore_image's keywords and the options a batch job may not give are the declared fields: an option of the
+    problem is a keyword of restore_image (holes=0.5 was a TypeError), a network option is its NetConfig field's
+    name (no second naming: channels_skip, input_kind)."""
+    from dip_compile import api
+    from dip_compile.batch.jobs import BATCH_OWNED
+    from dip_compile.job import OUTPUT_FIELDS, PROBLEM
+
+    assert api.JOB_KEYWORDS == (set(FitJob.names(PROBLEM)) - {"task", "image"}) | {"checkpoint", "force"}
+    assert {"holes", "box", "text", "mask", "sigma", "preset", "fast"} <= api.JOB_KEYWORDS
+    assert api.NET_KEYWORDS == set(declared_options(NetShape, NetConfig))
+    assert {"channels_skip", "input_kind"} <= api.NET_KEYWORDS and not {"skip_channels", "input"} & api.NET_KEYWORDS
+    assert not api.SETTINGS & (api.JOB_KEYWORDS | api.NET_KEYWORDS)
+    owned = {"checkpoint", "resume", "report", "compare", "snapshot_every", "timelapse", "dry_run"}
+    assert set(BATCH_OWNED) == owned
+    assert BATCH_OWNED["checkpoint"] == "--checkpoint (use --checkpoints)" and BATCH_OWNED["report"] == "--report"
+    assert OUTPUT_FIELDS == ("output", "checkpoint", "report", "compare", "timelapse")  # the paths taken as text
+
+
+def test_the_pages_fields_are_dipc_fit_options_with_their_defaults() -> None:
+    from dip_compile.ui.session import Form
+
+    defaults = {p.name: p.default for p in FIT.params}
+    for f in dataclasses.fields(Form):
+        if f.name not in ("task", "timelapse_every"):  # (the page's timelapse_every: 0 is none)
+            assert f.name in defaults and f.default == defaults[f.name], f.name
+
+
+def test_a_network_option_is_named_as_its_netconfig_field(tmp_path: Path) -> None:
+    job = parse_fit_args(["denoise", "x.png", "-o", str(tmp_path / "o.png"), "--skip-channels", "0", "--depth", "3"])
+    assert job.net == NetShape(depth=3, channels_skip="0") and job.net.channels_skip == "0"
+    assert job.net.given() == ["--depth", "--skip-channels"] and job.net.input_kind is None
+    assert build_config(job, 3).net.channels_skip == (0, 0, 0)
+    with pytest.raises(TypeError, match="skip_channels"):
+        NetShape(skip_channels=0)
+
+
+def test_a_field_declared_with_option_is_an_option_of_its_command() -> None:
+    """The machinery itself: a made-up declaration becomes a typer option with its flag, help, panel and default."""
+    from dip_compile.cli.options import declared, signed
+    from dip_compile.config import option
+
+    @dataclasses.dataclass
+    class Made:
+        dither: float = option(0.5, flag="--dither", panel="outputs", help="a made-up option")
+        loud: bool = option(False, flag="--loud", names=("--loud", "-L"), panel="outputs", help="a made-up switch")
+
+    made = typer.Typer()
+    seen: dict[str, Any] = {}
+
+    @made.command()
+    @signed(declared(Made))
+    def command(**params: Any) -> None:
+        seen.update(params)
+
+    runner = CliRunner()
+    shown = runner.invoke(made, ["--help"], env={"COLUMNS": "200"}).output
+    assert "--dither" in shown and "a made-up option" in shown and "0.5" in shown and "-L" in shown
+    assert runner.invoke(made, ["--dither", "0.25", "-L"]).exit_code == 0
+    assert seen == {"dither": 0.25, "loud": True}

@@ -214,6 +214,36 @@ def test_the_cli_imports_without_torch_or_numpy() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_dipc_fit_help_and_the_option_declarations_import_no_torch() -> None:
+    """dipc fit --help, the declarations it is built from (job.py, cli/options.py) and dipc export --help read no
+    torch; nor does the parser itself until it builds a job."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from dip_compile.cli import main\n"
+        "for command in ('fit', 'export'):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "        main([command, '--help'])\n"
+        "    assert '--force' in out.getvalue(), out.getvalue()\n"
+        "import dip_compile.job, dip_compile.cli.options\n"
+        "heavy = {'torch', 'numpy'} & set(sys.modules); assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_python_m_dip_compile_cli_is_the_cli_too() -> None:
+    """The package of commands runs as a module, as scripts and the Ray test call it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dip_compile.cli", "batch", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--pack" in done.stdout
+
+
 ALL_NAMES = ast.literal_eval(
     next(
         ast.unparse(node.value)

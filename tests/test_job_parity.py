@@ -44,7 +44,7 @@ def jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool) -> dict[st
     settings += ["--channels", str(CHANNELS), "--depth", str(DEPTH)] + (["--fast"] if fast else [])
     cli = parse_fit_args(["inpaint", str(image), "--mask", str(mask), "-o", str(tmp_path / "cli.png"), *settings])
     row = BatchJob("photo", "inpaint", image, mask=mask)
-    batch = batch_fit_job(row, settings, tmp_path / "batch", parse_fit_args)
+    batch = batch_fit_job(row, settings, tmp_path / "batch")
 
     def built(job: FitJob, **_: object) -> None:
         raise Built(job)

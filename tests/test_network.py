@@ -199,7 +199,7 @@ def geometry_of(preset_name: str, generator: str) -> NetConfig:
     net = next(p for p in PRESETS if p.name == preset_name).config.net
     skips = ",".join(str(min(c, 2)) for c in net.channels_skip)
     noise_depth = 4 if generator == "skip" and net.input_kind == "noise" else None
-    return NetShape(generator=generator, channels="4", skip_channels=skips, input_depth=noise_depth).apply(net)
+    return NetShape(generator=generator, channels="4", channels_skip=skips, input_depth=noise_depth).apply(net)
 
 
 @pytest.mark.parametrize("generator", list(GENERATORS))

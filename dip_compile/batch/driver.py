@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Optional
 
-from ..fitjob import FitJob
 from ..fitting import interrupt_flag
 from .cluster import run_on_ray
 from .jobs import BatchJob, ManifestError
@@ -20,16 +19,13 @@ from .summary import write_summary
 def run_batch(
     jobs: Sequence[BatchJob],
     options: BatchOptions,
-    parse: Callable[[list[str]], FitJob],
     on_outcome: Callable[[Outcome], None] = lambda o: None,
     notify: Optional[Callable[[str], None]] = None,
 ) -> tuple[list[Outcome], bool]:
     """Every job of the batch (of its shard), in this process or on Ray, then the summaries (``write_summary``);
     returns the outcomes in job order and whether Ctrl-C stopped the batch. Jobs not started are absent. OUTDIR
-    (the shard) is held from the first job to the summaries: another run into it is refused (``lock``). ``parse``
-    turns a job's ``dipc fit`` flags into its ``FitJob``: the CLI's ``parse_fit_args``, handed in because the batch
-    sits below the CLI."""
-    prepared = prepare(jobs, options, parse)
+    (the shard) is held from the first job to the summaries: another run into it is refused (``lock``)."""
+    prepared = prepare(jobs, options)
     try:
         options.outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -12,29 +12,36 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cli.options import parse_fit_args
 from ..config import Task
 from ..errors import DipError
-from ..fitjob import OUTPUTS, FitJob
 from ..fitjob import fingerprint as fingerprint  # (re-exported: its home before fitjob.py)
+from ..job import FitJob
 from ..tasks import TASKS, needing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 COLUMNS = ("image", "task", "mask", "factor", "preset", "reference", "output", "options")
-# flags that name the files a batch writes itself (OUTDIR/NAME.png, .json, checkpoints/NAME.ckpt): the outputs
-# (``fitjob.OUTPUTS``' ``batch``) and how a run goes
+# the job options naming files (or runs) a batch makes itself (OUTDIR/NAME.png, .json, checkpoints/NAME.ckpt), by
+# field: the flag to drop, and what to use instead (``config.option``'s ``batch_owned``)
 BATCH_OWNED = {
-    **{o.field: o.batch for o in OUTPUTS if o.batch},
-    "resume": "--resume (a rerun resumes by itself)",
-    "dry_run": "--dry-run",
+    f.name: f.metadata["flag"] + ("" if owned is True else f" ({owned})")
+    for f in FitJob.options()
+    if (owned := f.metadata["batch_owned"])
 }
-# what the batch itself writes in OUTDIR besides the jobs' NAME.png and .json: no job may be named so (compared
-# case-insensitively, as on macOS and Windows file systems)
-RESERVED = re.compile(r"summary(-\d+-of-\d+)?|checkpoints|\.partial|\.dipc-batch(-\d+-of-\d+)?(\.lock)?", re.IGNORECASE)
+# What the batch itself writes in OUTDIR besides the jobs' NAME.png and .json, named here once (``summary``, the
+# ``runner``, the ``lock`` read them): the summaries (SUMMARY-I-of-N.* for a shard), the kept checkpoints' folder,
+# the running jobs' folder and the locks (LOCK-I-of-N.lock). No job may be named so (compared case-insensitively,
+# as on macOS and Windows file systems).
+SUMMARY, CHECKPOINTS, PARTIAL, LOCK = "summary", "checkpoints", ".partial", ".dipc-batch"
+_SHARD = r"(-\d+-of-\d+)?"
+RESERVED = re.compile(
+    rf"{SUMMARY}{_SHARD}|{CHECKPOINTS}|{re.escape(PARTIAL)}|{re.escape(LOCK)}{_SHARD}(\.lock)?", re.IGNORECASE
+)
 
 
 class ManifestError(DipError):
@@ -74,12 +81,12 @@ class BatchJob:
         return [*args, *common, *self.options]
 
 
-def fit_job(job: BatchJob, common: Sequence[str], outdir: Path, parse: Callable[[list[str]], FitJob]) -> FitJob:
-    """The job's ``FitJob`` writing OUTDIR/NAME.png, its flags parsed by ``parse`` (the CLI's ``parse_fit_args``:
-    handed in, since the batch sits below the CLI); bad options raise ``ManifestError`` naming the job."""
+def fit_job(job: BatchJob, common: Sequence[str], outdir: Path) -> FitJob:
+    """The job's ``FitJob`` writing OUTDIR/NAME.png, its flags parsed as ``dipc fit`` parses them; bad options raise
+    ``ManifestError`` naming the job."""
     output = outdir / f"{job.name}.png"
     try:
-        parsed = parse(job.fit_args(common, output))
+        parsed = parse_fit_args(job.fit_args(common, output))
     except DipError as exc:
         raise ManifestError(f"job {job.name}: {exc}") from None
     for name, flag in BATCH_OWNED.items():

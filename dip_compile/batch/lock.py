@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
+from .jobs import LOCK as STEM
 from .jobs import ManifestError, parse_shard
 
 fcntl: Any
@@ -31,7 +32,7 @@ try:
 except ImportError:  # Windows: no flock; the batch runs unlocked
     fcntl = None
 
-LOCK = ".dipc-batch.lock"
+LOCK = f"{STEM}.lock"
 _held: set[tuple[Path, Optional[str]]] = set()  # what this process holds (run_batch may be called under the CLI's)
 
 
@@ -40,7 +41,7 @@ def lock_name(shard: Optional[str]) -> str:
     if shard is None:
         return LOCK
     index, count = parse_shard(shard)
-    return f".dipc-batch-{index}-of-{count}.lock"
+    return f"{STEM}-{index}-of-{count}.lock"
 
 
 @contextlib.contextmanager

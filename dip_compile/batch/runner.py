@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import DipError
-from ..fitjob import FitJob
 from ..fitting import Session
+from ..job import FitJob
 from ..packing import drive_packed
 from ..plan import Plan, make_plan
 from ..restore import run_plan
-from .jobs import BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
-
-PARTIAL = ".partial"  # OUTDIR's folder of running jobs' checkpoints and claims, shared by a batch's shards
+from .jobs import CHECKPOINTS, PARTIAL, BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,8 @@ class Prepared:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[list[str]], FitJob]) -> list[Prepared]:
-    """Parses every job's options (with ``parse``: the CLI's ``parse_fit_args``), checks them as ``dipc fit`` would
+def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
+    """Parses every job's options (as ``dipc fit`` parses them), checks them as ``dipc fit`` would
     before fitting, and names its files (absolute: a Ray worker may run elsewhere); a bad job raises
     ``ManifestError`` (exit 2), before any job has run. Jobs that differ only in their files (``BatchJob.alike``)
     are parsed and checked once: a manifest of many rows costs little more than its rows' reading and hashing."""
@@ -111,7 +109,7 @@ def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[li
             fit = dataclasses.replace(alike.job, image=job.image, mask=job.mask, reference=job.reference, output=output)
             plan = dataclasses.replace(alike, job=fit)
         else:
-            fit = fit_job(job, options.common, outdir, parse)
+            fit = fit_job(job, options.common, outdir)
             try:
                 # the device is a Ray worker's, not this driver's, with --ray: a worker without it fails that job
                 plan = make_plan(fit, device=not options.ray)
@@ -127,7 +125,7 @@ def prepare(jobs: Sequence[BatchJob], options: BatchOptions, parse: Callable[[li
             "report": outdir / f"{job.name}.json",
             "partial": outdir / PARTIAL / f"{job.name}.{fp}.ckpt",
             "claim": outdir / PARTIAL / f"{job.name}.{fp}.claim",
-            "checkpoint": outdir / "checkpoints" / f"{job.name}.ckpt",
+            "checkpoint": outdir / CHECKPOINTS / f"{job.name}.ckpt",
         }
         prepared.append(Prepared(job, fit, plan, fp, paths))
     return prepared

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from ..imageio import atomic_write
 from ..report import finite_json
+from .jobs import SUMMARY
 from .runner import Outcome
 
 COLUMNS = ("job", "task", "status", "iterations", "seconds", "psnr", "ssim", "stop_reason", "error")
@@ -73,7 +74,7 @@ def text_table(outcomes: Sequence[Outcome]) -> str:
 
 def summary_paths(outdir: Path, shard: Optional[str] = None) -> list[Path]:
     """``summary.csv``, ``.json`` and ``.md`` (``summary-I-of-N.*`` for a shard)."""
-    stem = "summary" if shard is None else "summary-{}-of-{}".format(*shard.split("/"))
+    stem = SUMMARY if shard is None else f"{SUMMARY}-{{}}-of-{{}}".format(*shard.split("/"))
     return [outdir / f"{stem}{suffix}" for suffix in (".csv", ".json", ".md")]
 
 

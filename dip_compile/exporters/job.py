@@ -126,14 +126,7 @@ def export_checkpoints(
     plans = {}
     for c, ck in loaded.items():
         try:
-            plans[c] = plan_export(
-                ck,
-                image=options.image,
-                bn=options.bn,
-                weights=options.weights,
-                noise_mode=options.noise,
-                profile=options.profile,
-            )
+            plans[c] = plan_export(ck, options)
         except DipError as exc:
             raise DipError(f"{c}: {exc}" if len(loaded) > 1 else str(exc)) from None
     written = []

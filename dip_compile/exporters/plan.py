@@ -3,6 +3,7 @@ reproduce, and the metadata. Built from a checkpoint alone (no optimizer, no ste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -78,17 +79,10 @@ def _finite(tensors: Any) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def plan_export(
-    ckpt: Checkpoint,
-    *,
-    image: str = DEFAULTS.image,
-    bn: str = DEFAULTS.bn,
-    weights: str = DEFAULTS.weights,
-    noise_mode: str = DEFAULTS.noise,
-    profile: str = DEFAULTS.profile,
-) -> ExportPlan:
-    """The inference module and metadata of a checkpoint's network; strings or the Enums of ``export_options``."""
-    options = ExportOptions.of(image=image, bn=bn, weights=weights, noise=noise_mode, profile=profile)
+def plan_export(ckpt: Checkpoint, options: ExportOptions | None = None, **choices: Any) -> ExportPlan:
+    """The inference module and metadata of a checkpoint's network: ``options``, or keyword choices over the
+    defaults (``ExportOptions``' fields: ``image="output", bn="batch"``, strings or the Enums of ``export_options``)."""
+    options = dataclasses.replace(options or DEFAULTS, **choices)
     net: nn.Module = ckpt.network()
     noise, problem = ckpt.fixed_input(), ckpt.problem
     if not _finite(net.parameters()):

@@ -20,9 +20,10 @@ from PIL import Image
 from .. import presets
 from ..errors import DipError
 from ..estimate import size_text
-from ..fitjob import INTERRUPTED, FitJob, NetShape, with_command_line_defaults
+from ..fitjob import INTERRUPTED, FitJob, with_command_line_defaults
 from ..fitting import Fitter, LogRecord, drive
 from ..imageio import to_pil
+from ..job import from_options
 from ..plan import make_plan
 from ..preflight import Forecast, duration, forecast
 from ..progress import status_line
@@ -35,7 +36,8 @@ LONG_FIT_SECONDS = 180.0  # "a few minutes": a longer fit's estimate names the q
 
 @dataclass
 class Form:
-    """The page's fields: only what a user is asked for; everything else stays at the CLI's defaults."""
+    """The page's fields: only what a user is asked for, each named as its ``dipc fit`` option (but the page's
+    ``timelapse_every``, whose 0 is no timelapse); everything else stays at the CLI's defaults."""
 
     task: str
     image: Optional[str] = None
@@ -96,23 +98,26 @@ class Workspace:
         return self.path("restored.ckpt")
 
     def job(self, form: Form) -> FitJob:
-        """The ``FitJob`` of a new fit: the one ``dipc fit`` builds from these options, its defaults included."""
-        settings: dict[str, Any] = {"iterations": form.iterations, "seed": form.seed, "factor": form.factor}
-        settings["kernel"] = form.kernel or None
-        job = FitJob(
-            output=self.output,
-            task=form.task,
-            image=_path(form.image),
-            mask=_path(form.mask) if spec(form.task).needs("mask") else None,
-            flash=_path(form.flash) if spec(form.task).needs("guide") else None,
-            reference=_path(form.reference),
-            preset=form.preset or None,
-            fast=form.fast,
-            settings=settings,
-            net=NetShape(channels=form.channels or None, depth=form.depth or None),
+        """The ``FitJob`` of a new fit: the one ``dipc fit`` builds from these options (``job.from_options``, the
+        CLI's own), every option the page does not ask for at its command-line default."""
+        given = {
+            "task": form.task,
+            "image": _path(form.image),
+            "mask": _path(form.mask) if spec(form.task).needs("mask") else None,
+            "flash": _path(form.flash) if spec(form.task).needs("guide") else None,
+            "reference": _path(form.reference),
+            "preset": form.preset or None,
+            "fast": form.fast,
+            "iterations": form.iterations,
+            "seed": form.seed,
+            "factor": form.factor,
+            "kernel": form.kernel or None,
+            "channels": form.channels or None,
+            "depth": form.depth or None,
+            "output": self.output,
             **self._outputs(form.timelapse_every),
-        )
-        return with_command_line_defaults(job)
+        }
+        return with_command_line_defaults(from_options(given))
 
     def resumed_job(self, iterations: Optional[int], timelapse_every: int = 0) -> FitJob:
         """Continue the fit saved in this session's checkpoint (as ``dipc fit --resume``), up to ``iterations``."""
