@@ -8,11 +8,13 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .checks import finite_number, is_number, is_whole, whole_number
 from .errors import DipError, joined
 from .tasks import names, needing, spec
 
@@ -226,33 +228,25 @@ def _finite(
     high_open: bool = False,
     allow_none: bool = False,
 ) -> None:
-    """One rule for every float setting: a real, finite number in its range (nan and inf are never valid)."""
+    """A float setting of ``obj`` (None where ``allow_none``): ``checks.finite_number`` under its flag."""
     value = getattr(obj, name)
-    if value is None and allow_none:
-        return
-    flag = flag_of(type(obj), name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
-        raise ConfigError(f"{flag} must be a finite number in {lo}, {hi}, got {value!r}")
+    if not (value is None and allow_none):
+        finite_number(
+            flag_of(type(obj), name), value, low, high, low_open=low_open, high_open=high_open, error=ConfigError
+        )
 
 
 def _count(obj: Any, name: str, low: int = 1, high: int | None = None) -> None:
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{flag_of(type(obj), name)} must be a whole number {rng}, got {value!r}")
+    whole_number(flag_of(type(obj), name), getattr(obj, name), low, high, error=ConfigError)
 
 
 # What a field of a plain type must hold, in the words of its one-line error (int is a number; bool is not)
-_PLAIN_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
-    bool: ((bool,), "True or False"),
-    int: ((int,), "a whole number"),
-    float: ((int, float), "a number"),
-    str: ((str,), "text (a str)"),
-    Path: ((str, os.PathLike), "a file path (str or Path)"),
+_PLAIN_TYPES: dict[type, tuple[Callable[[object], bool], str]] = {
+    bool: (lambda value: isinstance(value, bool), "True or False"),
+    int: (is_whole, "a whole number"),
+    float: (is_number, "a number"),
+    str: (lambda value: isinstance(value, str), "text (a str)"),
+    Path: (lambda value: isinstance(value, (str, os.PathLike)), "a file path (str or Path)"),
 }
 
 
@@ -291,13 +285,13 @@ def check_types(obj: Any) -> None:
         value = getattr(obj, name)
         if value is None and optional:
             continue
-        allowed, words = _PLAIN_TYPES[kind]
-        if not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool)):
+        holds, words = _PLAIN_TYPES[kind]
+        if not holds(value):
             raise ConfigError(f"{label(cls, name)} must be {words}, got {shown(value)}")
 
 
 def check_depth(depth: int) -> None:
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+    if not is_whole(depth, 1, MAX_DEPTH):
         raise ConfigError(f"--depth (levels of the hourglass) must be between 1 and {MAX_DEPTH}, got {depth!r}")
 
 
@@ -392,10 +386,10 @@ class NetConfig:
                 f"{len(self.channels_down)}, {len(self.channels_up)} and {len(self.channels_skip)}"
             )
         for c in self.channels_down + self.channels_up:
-            if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS:
+            if not is_whole(c, 1, MAX_CHANNELS):
                 raise ConfigError(f"--channels must be whole numbers between 1 and {MAX_CHANNELS}, got {c!r}")
         for c in self.channels_skip:
-            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CHANNELS:
+            if not is_whole(c, 0, MAX_CHANNELS):
                 raise ConfigError(f"--skip-channels must be whole numbers between 0 and {MAX_CHANNELS}, got {c!r}")
         _count(self, "input_depth", 1, MAX_CHANNELS)
         if self.output_channels not in (1, 3):
@@ -528,7 +522,7 @@ def _per_level(obj: NetConfig, name: str, kind: type) -> None:
 
 
 def _kernel(flag: str, k: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 31 or k % 2 == 0:
+    if not is_whole(k, 1, 31) or k % 2 == 0:
         raise ConfigError(f"{flag} must be odd whole numbers between 1 and 31, got {k!r}")
 
 

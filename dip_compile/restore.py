@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checks import is_whole
 from .config import FitConfig
 from .errors import DipError
 from .fitjob import (
@@ -74,7 +75,7 @@ def validate_job(job: FitJob, *, device: bool = True) -> None:
     factor, network, ...), the mask source, the kernel, the tiling and (``device``) the device's availability.
     ``fit_session`` starts with it, and ``dipc batch`` runs it for every job before the first fit, so both refuse
     the same things; what needs the files (unreadable image, mask of another size) is found when the fit loads them."""
-    if isinstance(job.snapshot_every, bool) or job.snapshot_every < 0:
+    if not is_whole(job.snapshot_every, 0):
         raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
     if not job.status_every > 0:
         raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")

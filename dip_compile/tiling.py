@@ -27,6 +27,7 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .checks import is_whole
 from .config import FitConfig
 from .errors import DipError
 from .fitjob import INTERRUPTED, FitJob, Outputs, fingerprint, load_problem, resolve_device
@@ -144,9 +145,9 @@ def check_job(job: FitJob) -> None:
     tile, overlap = job.tile, job.overlap
     if tile is None:
         raise DipError("--overlap only applies with --tile SIZE")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+    if not is_whole(tile, 1):
         raise DipError(f"--tile must be a positive whole number of pixels, got {tile!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+    if not is_whole(overlap, 0):
         raise DipError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
     if job.resume is not None or job.checkpoint is not None or job.checkpoint_every:
         given = "--resume" if job.resume is not None else "--checkpoint" if job.checkpoint else "--checkpoint-every"
