@@ -12,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .checks import finite_number, is_number, is_whole, whole_number
 from .errors import DipError, joined
+from .tasks import TASKS as TASK_SPECS
 from .tasks import names, needing, spec
+
+ChoiceT = TypeVar("ChoiceT", bound="Choice")
 
 
 class Choice(str, Enum):
@@ -32,13 +35,22 @@ class Choice(str, Enum):
     def values(cls) -> tuple[str, ...]:
         return tuple(str(m.value) for m in cls)
 
+    @classmethod
+    def named(cls: type[ChoiceT], value: object) -> ChoiceT | None:
+        """The member ``value`` names (a member or its string), None where it names none: for a rule read before
+        the config validates the value (which then refuses an unknown one in one line)."""
+        try:
+            return cls(value)
+        except (ValueError, TypeError):
+            return None
 
-class Task(Choice):
-    inpaint = "inpaint"
-    denoise = "denoise"
-    super_resolve = "super-resolve"
-    flash_no_flash = "flash-no-flash"
-    deblur = "deblur"
+
+# The tasks are the registry's (tasks.TASKS): a new task is its TaskSpec, not a member here too. mypy cannot read an
+# Enum built from a registry, so it sees a Choice; the code names tasks by their registry keys ("inpaint").
+if TYPE_CHECKING:
+    Task = Choice
+else:
+    Task = Choice("Task", [(name.replace("-", "_"), name) for name in TASK_SPECS], module=__name__)
 
 
 class Structure(Choice):
@@ -91,9 +103,28 @@ class Padding(Choice):
 
 
 class InputKind(Choice):
+    """The network's fixed input (``network.INPUTS`` makes each): noise drawn from the seed (the paper's), a
+    2-channel meshgrid, or the task's guide image (flash-no-flash: the flash photo)."""
+
     noise = "noise"
     meshgrid = "meshgrid"
-    image = "image"  # a guide image (flash-no-flash: the flash photo)
+    image = "image"
+
+    @property
+    def drawn(self) -> bool:
+        """Drawn from the seed: what the decoders grow, coarse to fine upsamples and ``--noise seed`` rebuilds."""
+        return self is InputKind.noise
+
+    @property
+    def guided(self) -> bool:
+        """The task's guide image: it has the image's channels, the problem and checkpoint hold it, and only a task
+        that needs a guide takes it."""
+        return self is InputKind.image
+
+    @property
+    def channels(self) -> int | None:
+        """The channels the input has by its nature (a meshgrid: y and x), None where --input-depth chooses."""
+        return 2 if self is InputKind.meshgrid else None
 
 
 class FinalImage(Choice):
@@ -138,17 +169,42 @@ class LrSchedule(Choice):
     cosine = "cosine"
 
 
-class Backend(Choice):
+class Automatic(Choice):
+    """A choice whose ``auto`` member ``acceleration.choose`` resolves for the device (and the fit) to a named one."""
+
+    @property
+    def is_auto(self) -> bool:
+        return self.value == "auto"
+
+
+class Backend(Automatic):
     auto = "auto"
     eager = "eager"
     inductor = "inductor"
 
+    @property
+    def compiled(self) -> bool:
+        """torch.compile builds the step (inductor); eager runs the modules as they are."""
+        return self is Backend.inductor
 
-class Precision(Choice):
+
+class Precision(Automatic):
+    """The network's float type in the step; loss, optimizer state, EMA and PSNR stay fp32 whatever it is."""
+
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+    @property
+    def reduced(self) -> bool:
+        """Autocast runs the network in 16 bits (2 bytes an activation), and a NaN guard watches the step."""
+        return self in (Precision.bf16, Precision.fp16)
+
+    @property
+    def scaled(self) -> bool:
+        """fp16's narrow range needs a grad scaler (one per fit, so such fits do not pack), hence CUDA."""
+        return self is Precision.fp16
 
 
 TASKS: tuple[str, ...] = Task.values()
@@ -406,17 +462,20 @@ class NetConfig:
             raise ConfigError(
                 "--align-corners changes bilinear and bicubic upsampling; this network upsamples by nearest"
             )
-        if self.generator in DECODERS and self.input_kind != InputKind.noise:
+        if self.generator in DECODERS and not self.input_kind.drawn:
             raise ConfigError(
                 f"the {self.generator} generator starts from a small noise input, not a {self.input_kind}"
             )
-        if self.trains_input and self.input_kind == InputKind.image:
+        if self.trains_input and self.input_kind.guided:
             raise ConfigError(
                 f"the {self.generator} generator fits its input, which starts as noise or a meshgrid, not the "
                 f"flash image (--input image)"
             )
-        if self.input_kind == InputKind.meshgrid and self.input_depth != 2:
-            raise ConfigError(f"a meshgrid input has 2 channels, but --input-depth is {self.input_depth}")
+        channels = self.input_kind.channels
+        if channels is not None and self.input_depth != channels:
+            raise ConfigError(
+                f"a {self.input_kind} input has {channels} channels, but --input-depth is {self.input_depth}"
+            )
 
     def at(self, name: str, level: int) -> Any:
         """A per-level option's value at ``level`` (0 = finest)."""
@@ -530,7 +589,7 @@ def _kernel(flag: str, k: Any) -> None:
 class FitConfig:
     """Everything that shapes one fit apart from the data. ``resume=True`` fields may change when resuming."""
 
-    task: Task = option(Task.denoise, flag="TASK")
+    task: Task = option(Task("denoise"), flag="TASK")
     net: NetConfig = option(flag="network options", default_factory=NetConfig)
     iterations: int = option(
         3000,
@@ -762,9 +821,9 @@ class FitConfig:
         _count(self, "backtrack_every", 1, 10**9)
         _count(self, "backtrack_skip", 0, 10**9)
         _count(self, "crop_to", 1, 4096)
-        if task.needs("guide") and self.net.input_kind != InputKind.image:
+        if task.needs("guide") and not self.net.input_kind.guided:
             raise ConfigError(f"{self.task} fits the network on the flash image: --input must be image")
-        if self.net.input_kind == InputKind.image and not task.needs("guide"):
+        if self.net.input_kind.guided and not task.needs("guide"):
             raise ConfigError(f"--input image takes the flash image of {needing('guide')}, not a {self.task} input")
 
     def replace(self, **changes: Any) -> FitConfig:

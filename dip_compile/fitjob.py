@@ -98,7 +98,7 @@ class NetShape:
                 changes.setdefault("kernel_up", (3,) if self.generator == "convdecoder" else (1,))
                 changes["input_depth"] = coarsest
                 changes["input_kind"] = "noise"
-            elif self.generator == Generator.drp and net.input_kind == InputKind.image:
+            elif self.generator == Generator.drp and net.input_kind.guided:
                 changes["input_kind"] = InputKind.noise  # drp fits its input, which cannot be the flash image
         if self.structure is not None:
             changes["structure"] = self.structure
@@ -110,8 +110,9 @@ class NetShape:
                 changes[f.name] = value
         if self.input is not None:
             changes["input_kind"] = self.input
-            if self.input == "meshgrid" and self.input_depth is None:
-                changes["input_depth"] = 2  # a meshgrid has two channels
+            kind = InputKind.named(self.input)
+            if kind is not None and kind.channels is not None and self.input_depth is None:
+                changes["input_depth"] = kind.channels  # a meshgrid has two channels
         return dataclasses.replace(net, **changes) if changes else net
 
 
@@ -276,7 +277,8 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
 def paper_precision(settings: dict[str, Any], paper_exact: bool) -> dict[str, Any]:
     """``settings`` with --paper-exact's precision: the paper fitted in fp32, so there ``auto`` (the command line's
     default) is fp32; a --precision that names one is kept."""
-    if paper_exact and str(settings.get("precision", Precision.auto)) == Precision.auto:
+    precision = Precision.named(settings.get("precision", Precision.auto))
+    if paper_exact and precision is not None and precision.is_auto:
         return {**settings, "precision": Precision.fp32}
     return settings
 
