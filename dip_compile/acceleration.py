@@ -26,7 +26,12 @@ from .config import Backend, ConfigError, FitConfig, Precision
 
 BACKENDS: tuple[str, ...] = Backend.values()
 PRECISIONS: tuple[str, ...] = Precision.values()
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The torch dtype of each precision but auto (which choose resolves), in the style of network.GENERATORS
+DTYPES: dict[str, torch.dtype] = {
+    Precision.fp32: torch.float32,
+    Precision.bf16: torch.bfloat16,
+    Precision.fp16: torch.float16,
+}
 
 # Auto compiles only when the fit is long enough for compilation to pay back within 10% of its iterations.
 # On CPUs (benchmarks/fit_speed.py, README "Fitting speed") the inductor step ran slower than eager, since its
@@ -82,8 +87,8 @@ def capability(device: torch.device) -> Capability:
 class Plan:
     """The resolved way to run the step. ``reason`` says why auto chose it (shown by ``dipc fit``)."""
 
-    backend: str = "eager"  # eager or inductor
-    precision: str = "fp32"  # fp32, bf16 or fp16
+    backend: Backend = Backend.eager  # never auto: choose resolves it
+    precision: Precision = Precision.fp32  # never auto
     channels_last: bool = False  # the input (hence every activation) in NHWC; weights stay NCHW
     fused_adam: bool = False  # one fused Adam kernel instead of a Python loop over 112 parameters
     cuda_graphs: bool = False
@@ -118,41 +123,41 @@ def choose(
     """
     device = torch.device(device)
     reasons: list[str] = []
-    precision = str(config.precision)
-    if precision == "auto":
+    precision = config.precision
+    if precision.is_auto:
         cap = cap or capability(device)
         if cap.fast_bf16:
-            precision = "bf16"
+            precision = Precision.bf16
             reasons.append(f"bf16 ({cap.isa} has native bf16)")
         elif cap.device == "cuda" and cap.fast_fp16:
-            precision = "fp16"
+            precision = Precision.fp16
             reasons.append(f"fp16 with a grad scaler ({cap.isa} lacks fast bf16)")
         else:
-            precision = "fp32"
+            precision = Precision.fp32
             reasons.append(f"fp32 ({cap.isa} has no native bf16: autocast would be emulated and slower)")
-    if precision == "fp16" and device.type == "cpu":
+    if precision.scaled and device.type == "cpu":
         raise ConfigError("--precision fp16 is for CUDA; on a CPU use bf16 (with AVX512-BF16/AMX) or fp32")
-    backend = str(config.backend)
-    if backend == "auto":
+    backend = config.backend
+    if backend.is_auto:
         backend = _auto_backend(config, device, canvas, reasons)
-    auto = config.backend == "auto" or config.precision == "auto"
+    auto = config.backend.is_auto or config.precision.is_auto
     cuda = device.type == "cuda"
     if cuda and config.net.trains_input:  # a graph replays on a static copy of the input, which gets no gradient
         reasons.append("no CUDA graphs (the input is fitted)")
     return Plan(
         backend=backend,
         precision=precision,
-        channels_last=auto and (cuda or precision != "fp32"),
+        channels_last=auto and (cuda or precision.reduced),
         # fused Adam: one kernel instead of a Python loop over 112 parameters (~85 ms -> ~3 ms per step on the
         # CI CPU); needed where the NaN guard skips a step on the device. Explicit eager fp32 stays the baseline.
-        fused_adam=auto or precision != "fp32",
+        fused_adam=auto or precision.reduced,
         cuda_graphs=cuda and not config.net.trains_input,
         kept_memory=not cuda and allocator.available(),
         reason="; ".join(reasons),
     )
 
 
-def _auto_backend(config: FitConfig, device: torch.device, canvas: tuple[int, int], reasons: list[str]) -> str:
+def _auto_backend(config: FitConfig, device: torch.device, canvas: tuple[int, int], reasons: list[str]) -> Backend:
     pixels = canvas[0] * canvas[1]
     if device.type == "cuda":
         # ~1 ms of kernel launches per eager step dominates small images; compiling pays after a few hundred steps
@@ -160,9 +165,9 @@ def _auto_backend(config: FitConfig, device: torch.device, canvas: tuple[int, in
             reasons.append(
                 f"inductor ({config.iterations} iterations amortise ~{CUDA_COMPILE_SECONDS:.0f} s of compilation)"
             )
-            return "inductor"
+            return Backend.inductor
         reasons.append(f"eager ({config.iterations} iterations are too few to amortise compilation)")
-        return "eager"
+        return Backend.eager
     # CPU: eager seconds per iteration scale with pixels and the square of the width (paper net: 128 channels,
     # ~1.8 s at 256x256 in fp32 on 2 AVX2 cores)
     eager_seconds = 1.8 * pixels / 256**2 * (max(config.net.channels_down) / 128) ** 2
@@ -171,14 +176,14 @@ def _auto_backend(config: FitConfig, device: torch.device, canvas: tuple[int, in
         reasons.append(
             f"inductor (saves ~{saving:.0f} s in the first 10% of iterations, compiles in ~{CPU_COMPILE_SECONDS:.0f} s)"
         )
-        return "inductor"
+        return Backend.inductor
     why = (
         "torch.compile measured slower than eager on CPU"
         if CPU_COMPILE_SAVING <= 0
         else "too short to amortise compiling"
     )
     reasons.append(f"eager ({why})")
-    return "eager"
+    return Backend.eager
 
 
 @dataclass
@@ -192,4 +197,6 @@ class Fallback:
 
 
 def fp32_plan(plan: Plan) -> Plan:
-    return replace(plan, precision="fp32", reason=f"fallback to fp32 after non-finite values in {plan.precision}")
+    return replace(
+        plan, precision=Precision.fp32, reason=f"fallback to fp32 after non-finite values in {plan.precision}"
+    )

@@ -255,7 +255,7 @@ def _problem(config: FitConfig, prob: dict[str, Any]) -> Problem:
     if prob["task"] != config.task:
         raise DipError(f"its problem is {prob['task']!r} but its configuration {config.task!r}")
     guide = prob.get("guide")
-    if config.net.input_kind == "image":
+    if config.net.input_kind.guided:
         _shape(guide, "the guide image", (1, config.net.input_depth, *size))
     kernel = prob.get("kernel")
     if task.needs("kernel"):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FitConfig, Generator, InputKind, NetConfig
+from .config import FitConfig, Generator, NetConfig
 from .degradations import Blur, Downsampler, Identity, Mask
 from .errors import DipError
 from .network import make_input
@@ -179,6 +179,6 @@ def full_input(
 ) -> torch.Tensor:
     """The fit's full-size fixed input on ``canvas``: ``made`` (the usual one), or with a coarse phase on a noise
     input, that phase's noise upsampled, so the full-size phase starts on the input the coarse weights know."""
-    if phase is None or config.net.input_kind != InputKind.noise:
+    if phase is None or not config.net.input_kind.drawn:
         return made
     return upsampled_input(config.net, phase.net_input, canvas)

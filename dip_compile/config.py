@@ -8,13 +8,18 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
+from .checks import finite_number, is_number, is_whole, whole_number
 from .errors import DipError, joined
+from .tasks import TASKS as TASK_SPECS
 from .tasks import names, needing, spec
+
+ChoiceT = TypeVar("ChoiceT", bound="Choice")
 
 
 class Choice(str, Enum):
@@ -30,13 +35,22 @@ class Choice(str, Enum):
     def values(cls) -> tuple[str, ...]:
         return tuple(str(m.value) for m in cls)
 
+    @classmethod
+    def named(cls: type[ChoiceT], value: object) -> ChoiceT | None:
+        """The member ``value`` names (a member or its string), None where it names none: for a rule read before
+        the config validates the value (which then refuses an unknown one in one line)."""
+        try:
+            return cls(value)
+        except (ValueError, TypeError):
+            return None
 
-class Task(Choice):
-    inpaint = "inpaint"
-    denoise = "denoise"
-    super_resolve = "super-resolve"
-    flash_no_flash = "flash-no-flash"
-    deblur = "deblur"
+
+# The tasks are the registry's (tasks.TASKS): a new task is its TaskSpec, not a member here too. mypy cannot read an
+# Enum built from a registry, so it sees a Choice; the code names tasks by their registry keys ("inpaint").
+if TYPE_CHECKING:
+    Task = Choice
+else:
+    Task = Choice("Task", [(name.replace("-", "_"), name) for name in TASK_SPECS], module=__name__)
 
 
 class Structure(Choice):
@@ -89,9 +103,28 @@ class Padding(Choice):
 
 
 class InputKind(Choice):
+    """The network's fixed input (``network.INPUTS`` makes each): noise drawn from the seed (the paper's), a
+    2-channel meshgrid, or the task's guide image (flash-no-flash: the flash photo)."""
+
     noise = "noise"
     meshgrid = "meshgrid"
-    image = "image"  # a guide image (flash-no-flash: the flash photo)
+    image = "image"
+
+    @property
+    def drawn(self) -> bool:
+        """Drawn from the seed: what the decoders grow, coarse to fine upsamples and ``--noise seed`` rebuilds."""
+        return self is InputKind.noise
+
+    @property
+    def guided(self) -> bool:
+        """The task's guide image: it has the image's channels, the problem and checkpoint hold it, and only a task
+        that needs a guide takes it."""
+        return self is InputKind.image
+
+    @property
+    def channels(self) -> int | None:
+        """The channels the input has by its nature (a meshgrid: y and x), None where --input-depth chooses."""
+        return 2 if self is InputKind.meshgrid else None
 
 
 class FinalImage(Choice):
@@ -136,17 +169,42 @@ class LrSchedule(Choice):
     cosine = "cosine"
 
 
-class Backend(Choice):
+class Automatic(Choice):
+    """A choice whose ``auto`` member ``acceleration.choose`` resolves for the device (and the fit) to a named one."""
+
+    @property
+    def is_auto(self) -> bool:
+        return self.value == "auto"
+
+
+class Backend(Automatic):
     auto = "auto"
     eager = "eager"
     inductor = "inductor"
 
+    @property
+    def compiled(self) -> bool:
+        """torch.compile builds the step (inductor); eager runs the modules as they are."""
+        return self is Backend.inductor
 
-class Precision(Choice):
+
+class Precision(Automatic):
+    """The network's float type in the step; loss, optimizer state, EMA and PSNR stay fp32 whatever it is."""
+
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+    @property
+    def reduced(self) -> bool:
+        """Autocast runs the network in 16 bits (2 bytes an activation), and a NaN guard watches the step."""
+        return self in (Precision.bf16, Precision.fp16)
+
+    @property
+    def scaled(self) -> bool:
+        """fp16's narrow range needs a grad scaler (one per fit, so such fits do not pack), hence CUDA."""
+        return self is Precision.fp16
 
 
 TASKS: tuple[str, ...] = Task.values()
@@ -269,33 +327,25 @@ def _finite(
     high_open: bool = False,
     allow_none: bool = False,
 ) -> None:
-    """One rule for every float setting: a real, finite number in its range (nan and inf are never valid)."""
+    """A float setting of ``obj`` (None where ``allow_none``): ``checks.finite_number`` under its flag."""
     value = getattr(obj, name)
-    if value is None and allow_none:
-        return
-    flag = flag_of(type(obj), name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
-        raise ConfigError(f"{flag} must be a finite number in {lo}, {hi}, got {value!r}")
+    if not (value is None and allow_none):
+        finite_number(
+            flag_of(type(obj), name), value, low, high, low_open=low_open, high_open=high_open, error=ConfigError
+        )
 
 
 def _count(obj: Any, name: str, low: int = 1, high: int | None = None) -> None:
-    value = getattr(obj, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ConfigError(f"{flag_of(type(obj), name)} must be a whole number {rng}, got {value!r}")
+    whole_number(flag_of(type(obj), name), getattr(obj, name), low, high, error=ConfigError)
 
 
 # What a field of a plain type must hold, in the words of its one-line error (int is a number; bool is not)
-_PLAIN_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
-    bool: ((bool,), "True or False"),
-    int: ((int,), "a whole number"),
-    float: ((int, float), "a number"),
-    str: ((str,), "text (a str)"),
-    Path: ((str, os.PathLike), "a file path (str or Path)"),
+_PLAIN_TYPES: dict[type, tuple[Callable[[object], bool], str]] = {
+    bool: (lambda value: isinstance(value, bool), "True or False"),
+    int: (is_whole, "a whole number"),
+    float: (is_number, "a number"),
+    str: (lambda value: isinstance(value, str), "text (a str)"),
+    Path: (lambda value: isinstance(value, (str, os.PathLike)), "a file path (str or Path)"),
 }
 
 
@@ -334,13 +384,13 @@ def check_types(obj: Any) -> None:
         value = getattr(obj, name)
         if value is None and optional:
             continue
-        allowed, words = _PLAIN_TYPES[kind]
-        if not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool)):
+        holds, words = _PLAIN_TYPES[kind]
+        if not holds(value):
             raise ConfigError(f"{label(cls, name)} must be {words}, got {shown(value)}")
 
 
 def check_depth(depth: int) -> None:
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+    if not is_whole(depth, 1, MAX_DEPTH):
         raise ConfigError(f"--depth (levels of the hourglass) must be between 1 and {MAX_DEPTH}, got {depth!r}")
 
 
@@ -435,10 +485,10 @@ class NetConfig:
                 f"{len(self.channels_down)}, {len(self.channels_up)} and {len(self.channels_skip)}"
             )
         for c in self.channels_down + self.channels_up:
-            if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS:
+            if not is_whole(c, 1, MAX_CHANNELS):
                 raise ConfigError(f"--channels must be whole numbers between 1 and {MAX_CHANNELS}, got {c!r}")
         for c in self.channels_skip:
-            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_CHANNELS:
+            if not is_whole(c, 0, MAX_CHANNELS):
                 raise ConfigError(f"--skip-channels must be whole numbers between 0 and {MAX_CHANNELS}, got {c!r}")
         _count(self, "input_depth", 1, MAX_CHANNELS)
         if self.output_channels not in (1, 3):
@@ -455,17 +505,20 @@ class NetConfig:
             raise ConfigError(
                 "--align-corners changes bilinear and bicubic upsampling; this network upsamples by nearest"
             )
-        if self.generator in DECODERS and self.input_kind != InputKind.noise:
+        if self.generator in DECODERS and not self.input_kind.drawn:
             raise ConfigError(
                 f"the {self.generator} generator starts from a small noise input, not a {self.input_kind}"
             )
-        if self.trains_input and self.input_kind == InputKind.image:
+        if self.trains_input and self.input_kind.guided:
             raise ConfigError(
                 f"the {self.generator} generator fits its input, which starts as noise or a meshgrid, not the "
                 f"flash image (--input image)"
             )
-        if self.input_kind == InputKind.meshgrid and self.input_depth != 2:
-            raise ConfigError(f"a meshgrid input has 2 channels, but --input-depth is {self.input_depth}")
+        channels = self.input_kind.channels
+        if channels is not None and self.input_depth != channels:
+            raise ConfigError(
+                f"a {self.input_kind} input has {channels} channels, but --input-depth is {self.input_depth}"
+            )
 
     def at(self, name: str, level: int) -> Any:
         """A per-level option's value at ``level`` (0 = finest)."""
@@ -571,7 +624,7 @@ def _per_level(obj: NetConfig, name: str, kind: type) -> None:
 
 
 def _kernel(flag: str, k: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 31 or k % 2 == 0:
+    if not is_whole(k, 1, 31) or k % 2 == 0:
         raise ConfigError(f"{flag} must be odd whole numbers between 1 and 31, got {k!r}")
 
 
@@ -579,7 +632,7 @@ def _kernel(flag: str, k: Any) -> None:
 class FitConfig:
     """Everything that shapes one fit apart from the data. ``resume=True`` fields may change when resuming."""
 
-    task: Task = option(Task.denoise, flag="TASK")
+    task: Task = option(Task("denoise"), flag="TASK")
     net: NetConfig = option(flag="network options", default_factory=NetConfig)
     iterations: int = option(
         3000,
@@ -811,9 +864,9 @@ class FitConfig:
         _count(self, "backtrack_every", 1, 10**9)
         _count(self, "backtrack_skip", 0, 10**9)
         _count(self, "crop_to", 1, 4096)
-        if task.needs("guide") and self.net.input_kind != InputKind.image:
+        if task.needs("guide") and not self.net.input_kind.guided:
             raise ConfigError(f"{self.task} fits the network on the flash image: --input must be image")
-        if self.net.input_kind == InputKind.image and not task.needs("guide"):
+        if self.net.input_kind.guided and not task.needs("guide"):
             raise ConfigError(f"--input image takes the flash image of {needing('guide')}, not a {self.task} input")
 
     def replace(self, **changes: Any) -> FitConfig:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import FitConfig, Generator, InputKind, Loss, NetConfig, Task, Upsample
+from .config import FitConfig, Generator, InputKind, Loss, NetConfig, Upsample
 from .errors import DipError, joined
 
 SEED_STD = 0.1  # the standard deviation of the paper's seed, N(0, 1) * 1e-1
@@ -65,9 +65,9 @@ class Projector:
 
 
 PROJECTORS: dict[str, Projector] = {
-    Task.denoise: Projector(64, 4, InputKind.noise, 3, 0.1, 0.45, 5001, "1_Denoising"),
-    Task.super_resolve: Projector(128, 4, InputKind.noise, 1, 0.5, 0.75, 5001, "2_Super_Resolution"),
-    Task.inpaint: Projector(128, 128, InputKind.meshgrid, 2, 0.05, 0.01, 5001, "3_Inpainting"),
+    "denoise": Projector(64, 4, InputKind.noise, 3, 0.1, 0.45, 5001, "1_Denoising"),
+    "super-resolve": Projector(128, 4, InputKind.noise, 1, 0.5, 0.75, 5001, "2_Super_Resolution"),
+    "inpaint": Projector(128, 128, InputKind.meshgrid, 2, 0.05, 0.01, 5001, "3_Inpainting"),
 }
 
 

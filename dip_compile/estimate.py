@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .acceleration import choose
-from .config import FitConfig, NetConfig
+from .config import FitConfig, NetConfig, Precision
 from .network import build_network, count_parameters, make_input, set_save_memory
 from .problem import Problem, make_problem
 from .tasks import spec
@@ -67,7 +67,7 @@ def kept_bytes(
         torch.manual_seed(0)
         net = build_network(net_config).to(device)
     set_save_memory(net, save_memory)
-    guide = torch.zeros(1, net_config.input_depth, *canvas) if net_config.input_kind == "image" else None
+    guide = torch.zeros(1, net_config.input_depth, *canvas) if net_config.input_kind.guided else None
     x = make_input(net_config, *canvas, seed=0, guide=guide).to(device)
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     storages: dict[int, int] = {}
@@ -79,7 +79,7 @@ def kept_bytes(
         return t
 
     # the bytes are what matters: fp16 is counted as bf16 (2 bytes too), which CPU autocast always supports
-    dtype = torch.bfloat16 if precision in ("bf16", "fp16") else None
+    dtype = torch.bfloat16 if Precision(precision).reduced else None
     autocast = torch.autocast(torch.device(device).type, dtype=dtype) if dtype else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         out = net(x)
@@ -179,6 +179,6 @@ def _probe_problem(config: FitConfig, canvas: tuple[int, int], channels: int) ->
         config,
         image,
         mask=torch.ones(h, w) if task.needs("mask") else None,
-        guide=image if config.net.input_kind == "image" else None,
+        guide=image if config.net.input_kind.guided else None,
         kernel=torch.full((3, 3), 1 / 9) if task.needs("kernel") else None,
     )

@@ -81,7 +81,8 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
 def paper_precision(settings: dict[str, Any], paper_exact: bool) -> dict[str, Any]:
     """``settings`` with --paper-exact's precision: the paper fitted in fp32, so there ``auto`` (the command line's
     default) is fp32; a --precision that names one is kept."""
-    if paper_exact and str(settings.get("precision", Precision.auto)) == Precision.auto:
+    precision = Precision.named(settings.get("precision", Precision.auto))
+    if paper_exact and precision is not None and precision.is_auto:
         return {**settings, "precision": Precision.fp32}
     return settings
 

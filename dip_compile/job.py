@@ -129,7 +129,7 @@ class NetShape:
                 changes.setdefault("kernel_up", (3,) if generator == "convdecoder" else (1,))
                 changes["input_depth"] = coarsest
                 changes["input_kind"] = "noise"
-            elif generator == Generator.drp and net.input_kind == InputKind.image:
+            elif generator == Generator.drp and net.input_kind.guided:
                 changes["input_kind"] = InputKind.noise  # drp fits its input, which cannot be the flash image
         if structure is not None:
             changes["structure"] = structure
@@ -140,8 +140,9 @@ class NetShape:
                 changes[name] = value
         if kind is not None:
             changes["input_kind"] = kind
-            if kind == "meshgrid" and get("input_depth") is None:
-                changes["input_depth"] = 2  # a meshgrid has two channels
+            named = InputKind.named(kind)
+            if named is not None and named.channels is not None and get("input_depth") is None:
+                changes["input_depth"] = named.channels  # a meshgrid has two channels
         return dataclasses.replace(net, **changes) if changes else net
 
 

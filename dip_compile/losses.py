@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import Loss
+
 
 class MSE(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -55,10 +57,10 @@ def _poisson(peak: float | None) -> nn.Module:
 
 # One module factory (from --peak) per config.Loss, in the style of network.GENERATORS.
 LOSSES: dict[str, Callable[[float | None], nn.Module]] = {
-    "mse": lambda _: MSE(),
-    "l1": lambda _: L1(),
-    "poisson": _poisson,
-    "rmse": lambda _: RMSE(),
+    Loss.mse: lambda _: MSE(),
+    Loss.l1: lambda _: L1(),
+    Loss.poisson: _poisson,
+    Loss.rmse: lambda _: RMSE(),
 }
 
 

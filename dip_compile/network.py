@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import BnInit, NetConfig
+from .config import BnInit, Generator, InputKind, NetConfig
 from .degradations import Downsampler
 from .problem import crop_box
 
@@ -328,17 +328,17 @@ class DeepDecoder(Decoder):
 
 Network = Hourglass | ConvDecoder | DeepDecoder
 GENERATORS: dict[str, type[Network]] = {
-    "skip": Hourglass,
-    "convdecoder": ConvDecoder,
-    "deepdecoder": DeepDecoder,
-    "drp": RandomProjector,
+    Generator.skip: Hourglass,
+    Generator.convdecoder: ConvDecoder,
+    Generator.deepdecoder: DeepDecoder,
+    Generator.drp: RandomProjector,
 }
 
 
 def build_network(cfg: NetConfig) -> Network:
     if cfg.structure not in ("paper", "seed"):
         raise ValueError(f"unknown network structure {cfg.structure!r}; choose paper or seed")
-    return GENERATORS[str(cfg.generator)](cfg)
+    return GENERATORS[cfg.generator](cfg)
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -346,20 +346,40 @@ def count_parameters(net: nn.Module) -> int:
 
 
 def make_input(cfg: NetConfig, height: int, width: int, seed: int, guide: torch.Tensor | None = None) -> torch.Tensor:
-    """The fixed network input (1, input_depth, height, width): U[0,1) * input_scale noise (the paper's default), a
-    2-channel meshgrid, or the guide image (flash-no-flash) centred on the canvas and reflected into its margins."""
-    if cfg.input_kind == "meshgrid":
-        if cfg.input_depth != 2:
-            raise ValueError("a meshgrid input has 2 channels: set input_depth to 2")
-        ys = torch.linspace(0, 1, height).view(height, 1).expand(height, width)
-        xs = torch.linspace(0, 1, width).view(1, width).expand(height, width)
-        return torch.stack([xs, ys]).unsqueeze(0).contiguous()
-    if cfg.input_kind == "image":
-        if guide is None:
-            raise ValueError("an image input needs the guide image (flash-no-flash: --flash)")
-        return pad_to(guide.reshape(1, -1, *guide.shape[-2:]).float(), (height, width))
+    """The fixed network input (1, input_depth, height, width) of ``cfg.input_kind`` (``INPUTS``)."""
+    channels = cfg.input_kind.channels
+    if channels is not None and cfg.input_depth != channels:
+        raise ValueError(f"a {cfg.input_kind} input has {channels} channels: set input_depth to {channels}")
+    return INPUTS[cfg.input_kind](cfg, (height, width), seed, guide)
+
+
+def noise_input(cfg: NetConfig, canvas: tuple[int, int], seed: int, guide: torch.Tensor | None) -> torch.Tensor:
+    """U[0,1) * input_scale noise from ``seed`` (the paper's default)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(cfg.input_shape((height, width)), generator=generator) * cfg.input_scale
+    return torch.rand(cfg.input_shape(canvas), generator=generator) * cfg.input_scale
+
+
+def meshgrid_input(cfg: NetConfig, canvas: tuple[int, int], seed: int, guide: torch.Tensor | None) -> torch.Tensor:
+    """x and y from 0 to 1 across the canvas (the paper's vase inpainting)."""
+    height, width = canvas
+    ys = torch.linspace(0, 1, height).view(height, 1).expand(height, width)
+    xs = torch.linspace(0, 1, width).view(1, width).expand(height, width)
+    return torch.stack([xs, ys]).unsqueeze(0).contiguous()
+
+
+def guide_input(cfg: NetConfig, canvas: tuple[int, int], seed: int, guide: torch.Tensor | None) -> torch.Tensor:
+    """The guide image (flash-no-flash) centred on the canvas and reflected into its margins."""
+    if guide is None:
+        raise ValueError("an image input needs the guide image (flash-no-flash: --flash)")
+    return pad_to(guide.reshape(1, -1, *guide.shape[-2:]).float(), canvas)
+
+
+# One maker of the fixed input per config.InputKind, in the style of GENERATORS.
+INPUTS: dict[InputKind, Callable[[NetConfig, tuple[int, int], int, torch.Tensor | None], torch.Tensor]] = {
+    InputKind.noise: noise_input,
+    InputKind.meshgrid: meshgrid_input,
+    InputKind.image: guide_input,
+}
 
 
 def pad_to(image: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .acceleration import DTYPES
+from .config import Backend
 from .fitting import Fitter, Session, StepRequest
 from .steps import AcceleratedStep
 
@@ -43,13 +44,13 @@ def pack_key(fitter: Fitter) -> Hashable:
 def packable(fitter: Fitter) -> bool:
     """fp16 needs a grad scaler per fit (its loss scale), and activation checkpointing (--save-memory, for images
     too large to pack anyway) does not run under vmap: such fits run their own step."""
-    return fitter.plan.precision != "fp16" and not fitter.config.save_memory
+    return not fitter.plan.precision.scaled and not fitter.config.save_memory
 
 
 class PackedForward:
     """The batched network: ``(stacked weights, stacked inputs) -> stacked outputs``, compiled for inductor plans."""
 
-    def __init__(self, template: nn.Module, backend: str) -> None:
+    def __init__(self, template: nn.Module, backend: Backend) -> None:
         self.template = template
         buffers = dict(template.named_buffers())
 
@@ -58,7 +59,7 @@ class PackedForward:
 
         batched = vmap(one)
         self.forward: Callable[..., torch.Tensor] = (
-            torch.compile(batched, dynamic=False) if backend == "inductor" else batched
+            torch.compile(batched, dynamic=False) if backend.compiled else batched
         )
 
     def __call__(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -85,7 +86,7 @@ class PackedStep:
         params = {name: torch.stack([p[name] for p in own]) for name in names}
         inputs = torch.stack([r.net_input for r in requests])
         precision = lead.plan.precision
-        autocast = torch.autocast(lead.device.type, dtype=DTYPES[precision]) if precision != "fp32" else nullcontext()
+        autocast = torch.autocast(lead.device.type, dtype=DTYPES[precision]) if precision.reduced else nullcontext()
         with autocast:
             outs = forward(params, inputs)
         outs = outs.float()

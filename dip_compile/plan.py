@@ -17,6 +17,7 @@ import torch
 from . import coarse, kernels, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint, load_checkpoint
+from .checks import is_whole
 from .config import FitConfig
 from .degradations import box_mask, random_holes_mask, text_mask
 from .errors import DipError
@@ -109,7 +110,7 @@ def validate_job(job: FitJob, *, device: bool = True) -> None:
 
 def check_outputs(job: FitJob) -> None:
     """The refusals of the options that say where results go and how a run reports (no preset needed)."""
-    if isinstance(job.snapshot_every, bool) or job.snapshot_every < 0:
+    if not is_whole(job.snapshot_every, 0):
         raise DipError(f"--snapshot-every must be >= 0, got {job.snapshot_every}")
     if not job.status_every > 0:
         raise DipError(f"--status-every must be a positive number of seconds, got {job.status_every}")
@@ -130,9 +131,9 @@ def check_tiled_job(job: FitJob) -> None:
     tile, overlap = job.tile, job.overlap
     if tile is None:
         raise DipError("--overlap only applies with --tile SIZE")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+    if not is_whole(tile, 1):
         raise DipError(f"--tile must be a positive whole number of pixels, got {tile!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+    if not is_whole(overlap, 0):
         raise DipError(f"--overlap must be a whole number of pixels >= 0, got {overlap!r}")
     refused = [("--resume", TILES_KEPT)] if job.resume is not None else []
     refused += [(o.flag, o.untiled) for o in OUTPUTS if o.untiled and o.given(job)]

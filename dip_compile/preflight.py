@@ -12,7 +12,7 @@ import torch
 
 from .acceleration import choose
 from .coarse import coarse_iterations, half_size
-from .config import FitConfig
+from .config import FitConfig, Precision
 from .errors import DipError
 from .estimate import TIME_EXPONENT, Estimate, available_bytes, estimate, largest_side, probe_seconds, size_text
 from .problem import Problem, canvas_for
@@ -51,8 +51,11 @@ def _options_that_fit(config: FitConfig, problem: Problem, device: str, precisio
     switches: list[tuple[str, dict[str, Any], Optional[str]]] = []
     if not config.save_memory:
         switches.append(("--save-memory", {"save_memory": True}, None))
-    if precision == "fp32" and choose(config.replace(precision="auto"), device, problem.canvas).precision != "fp32":
-        switches.append(("--precision bf16", {}, "bf16"))
+    if (
+        not Precision(precision).reduced
+        and choose(config.replace(precision=Precision.auto), device, problem.canvas).precision.reduced
+    ):
+        switches.append(("--precision bf16", {}, Precision.bf16))
     if config.stop == "auto" and config.stop_variant == "wmv":  # its window holds stop_window images
         switches.append(("--stop-rule emv", {"stop_variant": "emv"}, None))
     fitting: list[str] = []

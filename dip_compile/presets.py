@@ -57,7 +57,7 @@ class Preset:
         what ``--fast`` changes for its task (``tasks.Fast``)."""
         channels = self.channels if output_channels is None else output_channels
         net = dataclasses.replace(self.config.net, output_channels=channels)
-        if self.config.net.input_kind == InputKind.image:
+        if self.config.net.input_kind.guided:
             net = dataclasses.replace(net, input_depth=channels)  # the guide image has the image's channels
         config = self.config.replace(net=net, preset=self.name)
         if paper_exact:
@@ -102,10 +102,12 @@ def faster(config: FitConfig) -> FitConfig:
     return config.replace(net=net, iterations=max(1, round(config.iterations * fast.iterations)), fast=True)
 
 
-def _fit(task: Task, net: NetConfig, iterations: int, lr: float, reg_noise: float, **changes: Any) -> FitConfig:
+def _fit(task: str, net: NetConfig, iterations: int, lr: float, reg_noise: float, **changes: Any) -> FitConfig:
     """A notebook's loop: no EMA, no backtracking and a fixed count unless it says otherwise."""
     base: dict[str, Any] = {"ema": None, "backtrack_db": None, "stop": StopRule.fixed}
-    return FitConfig(task=task, net=net, iterations=iterations, lr=lr, reg_noise_std=reg_noise, **{**base, **changes})
+    return FitConfig(
+        task=Task(task), net=net, iterations=iterations, lr=lr, reg_noise_std=reg_noise, **{**base, **changes}
+    )
 
 
 # EMA, backtracking, and the stop on held-out noisy pixels (auto-stop's variance stopped 1.3-2.4 dB early on textures
@@ -114,48 +116,48 @@ _DENOISE = {"ema": 0.99, "backtrack_db": 5.0, "stop": StopRule.holdout}
 _RESTORE = {"backtrack_db": 5.0, "backtrack_every": 50}  # backtracking on the masked PSNR every 50 iterations
 
 PRESETS: tuple[Preset, ...] = (
-    Preset("f16", "F16 denoising, sigma 25 (denoising)", _fit(Task.denoise, PAPER_NET, 3000, 0.01, 1 / 30, **_DENOISE),
+    Preset("f16", "F16 denoising, sigma 25 (denoising)", _fit("denoise", PAPER_NET, 3000, 0.01, 1 / 30, **_DENOISE),
            2_217_831, _DENOISE_NOTEBOOK, fast=True),
     Preset("f16-sigma50", "F16 denoising, sigma 50: reg-noise 1/20 (denoising)",
-           _fit(Task.denoise, PAPER_NET, 3000, 0.01, 1 / 20, **_DENOISE), 2_217_831, _DENOISE_NOTEBOOK),
+           _fit("denoise", PAPER_NET, 3000, 0.01, 1 / 20, **_DENOISE), 2_217_831, _DENOISE_NOTEBOOK),
     Preset("snail", "snail JPEG artefacts (denoising)",
-           _fit(Task.denoise, NetConfig(input_depth=3, channels_down=(8, 16, 32, 64, 128),
-                                        channels_up=(8, 16, 32, 64, 128), channels_skip=(0, 0, 0, 4, 4)),
+           _fit("denoise", NetConfig(input_depth=3, channels_down=(8, 16, 32, 64, 128),
+                                     channels_up=(8, 16, 32, 64, 128), channels_skip=(0, 0, 0, 4, 4)),
                 2400, 0.01, 1 / 30, **_DENOISE),
            572_827, _DENOISE_NOTEBOOK),
-    Preset("kate", "kate inpainting, Fig. 7 top (inpainting)", _fit(Task.inpaint, PAPER_INPAINT_NET, 6001, 0.01, 0.03),
+    Preset("kate", "kate inpainting, Fig. 7 top (inpainting)", _fit("inpaint", PAPER_INPAINT_NET, 6001, 0.01, 0.03),
            3_002_627, _INPAINT_NOTEBOOK, fast=True),
     Preset("vase", "vase inpainting, meshgrid input, Fig. 6 (inpainting)",
-           _fit(Task.inpaint, NetConfig(input_depth=2, input_kind=InputKind.meshgrid, channels_skip=(0,) * 5,
-                                        upsample=(Upsample.nearest,)), 5001, 0.01, 0.03),
+           _fit("inpaint", NetConfig(input_depth=2, input_kind=InputKind.meshgrid, channels_skip=(0,) * 5,
+                                     upsample=(Upsample.nearest,)), 5001, 0.01, 0.03),
            2_157_955, _INPAINT_NOTEBOOK),
     Preset("library", "library inpainting, depth 6, Fig. 8 (inpainting)",
-           _fit(Task.inpaint, NetConfig(input_depth=1, channels_down=(16, 32, 64, 128, 128, 128),
-                                        channels_up=(16, 32, 64, 128, 128, 128), channels_skip=(0,) * 6,
-                                        kernel_down=(5,), need_1x1_up=False, upsample=(Upsample.nearest,)),
+           _fit("inpaint", NetConfig(input_depth=1, channels_down=(16, 32, 64, 128, 128, 128),
+                                     channels_up=(16, 32, 64, 128, 128, 128), channels_skip=(0,) * 6,
+                                     kernel_down=(5,), need_1x1_up=False, upsample=(Upsample.nearest,)),
                 3001, 0.01, 0.0),
            2_996_467, _INPAINT_NOTEBOOK),
     Preset("barbara", "barbara, 50% of pixels missing, Fig. 7 bottom (restoration)",
-           _fit(Task.inpaint, dataclasses.replace(PAPER_NET, output_channels=1), 11000, 0.001, 0.03, **_RESTORE),
+           _fit("inpaint", dataclasses.replace(PAPER_NET, output_channels=1), 11000, 0.001, 0.03, **_RESTORE),
            2_217_573, _RESTORE_NOTEBOOK, holes=0.5, channels=1),
     Preset("kate-98", "kate, 98% of pixels missing, supp. Fig. 14 (restoration)",
-           _fit(Task.inpaint, NetConfig(channels_down=(16, 32, 64, 128, 128), channels_up=(16, 32, 64, 128, 128),
-                                        channels_skip=(0,) * 5, downsample=(Downsample.avg,)),
+           _fit("inpaint", NetConfig(channels_down=(16, 32, 64, 128, 128), channels_up=(16, 32, 64, 128, 128),
+                                     channels_skip=(0,) * 5, downsample=(Downsample.avg,)),
                 1000, 0.01, 0.0, **_RESTORE),
            1_027_379, _RESTORE_NOTEBOOK, holes=0.98),
     Preset("sr-x4", "super-resolution x4 (super-resolution)",
-           _fit(Task.super_resolve, PAPER_NET, 2000, 0.01, 0.03, factor=4), 2_217_831, _SR_NOTEBOOK, fast=True),
+           _fit("super-resolve", PAPER_NET, 2000, 0.01, 0.03, factor=4), 2_217_831, _SR_NOTEBOOK, fast=True),
     Preset("sr-x8", "super-resolution x8 (super-resolution)",
-           _fit(Task.super_resolve, PAPER_NET, 4000, 0.01, 0.05, factor=8), 2_217_831, _SR_NOTEBOOK),
+           _fit("super-resolve", PAPER_NET, 4000, 0.01, 0.05, factor=8), 2_217_831, _SR_NOTEBOOK),
     Preset("flash", "cave flash / no-flash (flash-no-flash)",
-           _fit(Task.flash_no_flash,
+           _fit("flash-no-flash",
                 NetConfig(input_depth=3, input_kind=InputKind.image,
                           upsample=(Upsample.nearest, Upsample.nearest, Upsample.bilinear, Upsample.bilinear,
                                     Upsample.bilinear)),
                 601, 0.1, 0.0),
            2_184_307, _FLASH_NOTEBOOK),
     Preset("deblur", "beyond the paper: a known blur (--kernel), the F16 loop",
-           _fit(Task.deblur, PAPER_NET, 4000, 0.01, 1 / 30, ema=0.99, backtrack_db=5.0),
+           _fit("deblur", PAPER_NET, 4000, 0.01, 1 / 30, ema=0.99, backtrack_db=5.0),
            2_217_831, notebook=False),
 )  # fmt: skip
 

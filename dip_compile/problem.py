@@ -132,7 +132,7 @@ def make_problem(
                 f"reference is {rw}x{rh} with {reference.shape[1]} channel(s); "
                 f"expected {size[1]}x{size[0]} with {channels}"
             )
-    if config.net.input_kind == "image":
+    if config.net.input_kind.guided:
         if guide is None:
             raise DipError("flash-no-flash needs the flash image: --flash FLASH")
         guide = guide.reshape(1, -1, *guide.shape[-2:])

@@ -59,8 +59,8 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         "compile_seconds": max(result.first_step_seconds - 1.0 / result.iterations_per_second, 0.0)
         if result.iterations_per_second > 0
         else result.first_step_seconds,
-        "backend": fitter.plan.backend,
-        "precision": fitter.plan.precision,
+        "backend": str(fitter.plan.backend),
+        "precision": str(fitter.plan.precision),
         "step_plan": result.plan,
         "precision_fallbacks": result.fallbacks,
         "iterations_per_second": result.iterations_per_second,

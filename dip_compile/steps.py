@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .acceleration import DTYPES, Plan
+from .config import Precision
 from .problem import CenterCrop, Problem
 
 
@@ -61,7 +62,7 @@ class LossModule(nn.Module):
         net: nn.Module,
         problem: Problem,
         crop: CenterCrop,
-        precision: str,
+        precision: Precision,
         device_type: str,
         cache_autocast: bool = True,
     ) -> None:
@@ -91,18 +92,18 @@ class AcceleratedStep:
 
     def __init__(self, plan: Plan, net: nn.Module, problem: Problem, crop: CenterCrop, device: torch.device) -> None:
         self.plan = plan
-        self.name = plan.backend
+        self.name = str(plan.backend)
         self.device = device
         self.module = LossModule(net, problem, crop, plan.precision, device.type, cache_autocast=not plan.cuda_graphs)
         self.forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self._build()
-        self.scaler = torch.amp.GradScaler(device.type) if plan.precision == "fp16" else None
-        self.guarded = plan.precision != "fp32"
+        self.scaler = torch.amp.GradScaler(device.type) if plan.precision.scaled else None
+        self.guarded = plan.precision.reduced
         self.nonfinite = torch.zeros((), device=device)  # counts guarded iterations since the last poll
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.found: torch.Tensor | None = None
 
     def _build(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        if self.plan.backend == "inductor":
+        if self.plan.backend.compiled:
             mode = "reduce-overhead" if self.plan.cuda_graphs else None
             return torch.compile(self.module, mode=mode, dynamic=False)
         return self.module
@@ -217,9 +218,9 @@ class CudaGraphStep:
 
 def build_step(plan: Plan, net: nn.Module, problem: Problem, crop: CenterCrop, device: torch.device) -> Step:
     """The step object for a plan; the plain eager fp32 plan gets exactly the baseline ``EagerStep``."""
-    if plan.backend == "eager" and plan.precision == "fp32" and not plan.channels_last and not plan.cuda_graphs:
+    if not (plan.backend.compiled or plan.precision.reduced or plan.channels_last or plan.cuda_graphs):
         return EagerStep(net, problem, crop)
     step = AcceleratedStep(plan, net, problem, crop, device)
-    if plan.cuda_graphs and plan.backend != "inductor":  # inductor's reduce-overhead mode graphs by itself
+    if plan.cuda_graphs and not plan.backend.compiled:  # inductor's reduce-overhead mode graphs by itself
         return CudaGraphStep(step)
     return step

@@ -48,7 +48,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .config import FitConfig
+from .config import FitConfig, StopRule
 from .errors import DipError
 from .problem import Problem
 
@@ -486,8 +486,8 @@ def _holdout(config: FitConfig, problem: Problem, device: torch.device) -> Stopp
 
 # The stopping rules of ``--stop`` (``config.StopRule``) other than ``fixed``, in the style of network.GENERATORS.
 STOPPERS: dict[str, Callable[[FitConfig, Problem, torch.device], Stopper]] = {
-    "auto": _variance,
-    "holdout": _holdout,
+    StopRule.auto: _variance,
+    StopRule.holdout: _holdout,
 }
 
 
@@ -496,7 +496,7 @@ def make_stopper(config: FitConfig, problem: Problem, device: torch.device) -> S
     problem its ``watch`` returns."""
     if config.stop == "fixed":
         return None
-    return STOPPERS[str(config.stop)](config, problem, device)
+    return STOPPERS[config.stop](config, problem, device)
 
 
 def ema_lag(config: FitConfig) -> int:

@@ -1,8 +1,8 @@
 """The task registry: one ``TaskSpec`` per task, read by the configuration, the problem, the checkpoint, the memory
 estimate, tiling, the fit job and the batch manifest instead of comparing the task's name (a test keeps it so).
 
-A new task is: a member of ``config.Task`` (the CLI's TASK choices), its ``TaskSpec`` here, and its default preset in
-``presets.PRESETS``; a new kind of operator adds its factory to ``degradations.OPERATORS``. What a spec does not say
+A new task is: its ``TaskSpec`` here (``config.Task``, the CLI's TASK choices, is read from ``TASKS``) and its default
+preset in ``presets.PRESETS``; a new kind of operator adds its factory to ``degradations.OPERATORS``. What a spec does not say
 stays code keyed by its fields: ``--from-reference`` blurs for a task that needs a kernel and downsamples (PIL
 Lanczos, as the paper) for one that scales, and a scaling task's corrupted view is the bicubic upscale.
 
@@ -94,7 +94,7 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def spec(task: str) -> TaskSpec:
-    """The registry entry of ``task`` (a name or a ``config.Task``)."""
+    """The registry entry of ``task`` (a name or a ``config.Task`` member)."""
     try:
         return TASKS[str(task)]
     except KeyError:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .checks import is_whole
 from .errors import DipError
 from .imageio import atomic_write, to_pil
 
@@ -25,7 +26,7 @@ def check(path: Path | None, every: int | None) -> None:
         return
     if path.suffix.lower() not in FORMATS:
         raise DipError(f"--timelapse writes an animation: give a path ending in .webp or .gif, got {path}")
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+    if every is not None and not is_whole(every, 1):
         raise DipError(f"--timelapse-every must be a whole number of iterations >= 1, got {every!r}")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 from conftest import TINY_NET, smooth_image
 from dip_compile import exporters, presets
 from dip_compile.checkpoint import load_checkpoint, save_checkpoint
-from dip_compile.config import FitConfig, Loss, Task
+from dip_compile.config import Backend, Choice, FitConfig, InputKind, Loss, Precision, Task
 from dip_compile.degradations import OPERATORS, adjoint, make_operator
 from dip_compile.fitting import Fitter
 from dip_compile.kernels import KINDS, parse_kernel
@@ -24,6 +26,7 @@ from dip_compile.problem import make_problem
 from dip_compile.stopping import HeldOutLoss
 from dip_compile.tasks import TASKS, TaskError, TaskSpec, spec
 
+PACKAGE = Path(__file__).resolve().parent.parent / "dip_compile"
 SIZE = (16, 24)  # the restored image: a multiple of every factor, and the tiny net's smallest canvas
 CASES = [pytest.param(name, f, id=f"{name}-x{f}") for name, s in TASKS.items() for f in (s.factors or (1,))]
 NOISE_VALUES = {"gaussian": 25.0, "poisson": 30.0, "impulse": 0.2}  # one valid argument per noise model
@@ -66,6 +69,88 @@ def test_no_module_compares_the_task_with_a_name_so_a_new_task_is_registry_entri
                     if named or member:
                         found.append(f"{path.name}:{node.lineno}")
     assert not found, f"task names compared in {', '.join(found)}: add a TaskSpec field instead"
+
+
+# The choices whose behaviour is declared on their Enum (config.py): the names a value of each is held under, so that
+# a comparison with its string (``precision == "fp32"``, ``input_kind in ("image",)``) is found as well as one with a
+# member (``== Precision.fp32``). What a module needs to know is a property of the Enum (``precision.reduced``,
+# ``input_kind.guided``) or a registry keyed by its members (``network.INPUTS``, ``acceleration.DTYPES``).
+CHOICES: dict[type[Choice], tuple[str, ...]] = {
+    InputKind: ("input_kind", "input"),
+    Precision: ("precision",),
+    Backend: ("backend",),
+}
+
+
+def held_under(node: ast.AST) -> str | None:
+    """The name an operand reads (``x``, ``a.x`` or ``str(a.x)``: x), None for anything else."""
+    if isinstance(node, ast.Call) and len(node.args) == 1:
+        node = node.args[0]
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+def choice_comparisons(kind: type[Choice], names: tuple[str, ...], folder: Path = PACKAGE) -> list[str]:
+    """Where a module under ``folder`` compares a value of ``kind`` (outside the Enum's own class)."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        own = {
+            id(n)
+            for c in ast.walk(tree)
+            if isinstance(c, ast.ClassDef) and c.name == kind.__name__
+            for n in ast.walk(c)
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Compare) or id(node) in own:
+                continue
+            inside = list(ast.walk(node))
+            member = any(
+                isinstance(sub, ast.Attribute)
+                and isinstance(sub.value, ast.Name)
+                and sub.value.id == kind.__name__
+                and sub.attr in kind.__members__
+                for sub in inside
+            )
+            value = any(isinstance(sub, ast.Constant) and sub.value in kind.values() for sub in inside)
+            held = any(held_under(operand) in names for operand in (node.left, *node.comparators))
+            if member or (value and held):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("kind", CHOICES, ids=lambda kind: kind.__name__)
+def test_no_module_compares_a_choice_so_its_behaviour_is_declared_once(kind: type[Choice]) -> None:
+    """A new value of one of these choices is its member and what its properties say of it: a comparison elsewhere
+    would be one more file for it to edit (and the string form would not notice a renamed member)."""
+    found = choice_comparisons(kind, CHOICES[kind])
+    assert not found, f"{kind.__name__} compared in {', '.join(found)}: give the Enum a property instead"
+
+
+def test_the_choice_rule_finds_comparisons_with_a_string_or_a_member(tmp_path: Path) -> None:
+    (tmp_path / "module.py").write_text(
+        'a = plan.precision == "fp32"\n'
+        'b = str(config.precision) in ("bf16", "fp16")\n'
+        "c = cfg.input_kind != InputKind.noise\n"
+        'd = device == "cpu" or options.noise == "seed"\n'
+        "e = precision.reduced\n"
+    )
+    assert choice_comparisons(Precision, CHOICES[Precision], tmp_path) == ["module.py:1", "module.py:2"]
+    assert choice_comparisons(InputKind, CHOICES[InputKind], tmp_path) == ["module.py:3"]
+
+
+def test_a_new_task_spec_is_a_new_task_choice_with_no_other_declaration() -> None:
+    """``config.Task`` is read from ``tasks.TASKS``: a registry entry added before config is imported is a choice of
+    the CLI's TASK, with its member name (a fresh interpreter, so the suite's registry stays as it is)."""
+    code = (
+        "from dip_compile import tasks\n"
+        "tasks.TASKS['sharpen-more'] = tasks.TaskSpec('sharpen-more', 'identity', 'f16')\n"
+        "from dip_compile.config import Task\n"
+        "print(Task('sharpen-more').name, Task.values()[-1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    ).stdout
+    assert out.split() == ["sharpen_more", "sharpen-more"]
 
 
 def test_an_unknown_task_or_input_is_a_one_line_error() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..checks import is_whole
 from ..cli.options import parse_fit_args
 from ..config import Task
 from ..errors import DipError
@@ -264,7 +265,7 @@ def _job(path: Path, line: int, row: dict[str, Any], default_task: Optional[str]
 def whole_number(value: Any, what: str) -> int:
     """A manifest's integer, the same rule for CSV text and JSON values: an int, or text of one (``"4"``); a float
     (``2.7``, even ``2.0``), a boolean or other text is refused rather than rounded or read as 1."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if is_whole(value):
         return value
     if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
         return int(value)

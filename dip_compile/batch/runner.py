@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..checks import is_whole
 from ..errors import DipError
 from ..fitting import Session
 from ..job import FitJob
@@ -47,7 +48,7 @@ class BatchOptions:
     progress: bool = False  # show each fit's progress (one fit at a time in this process only)
 
     def __post_init__(self) -> None:
-        if isinstance(self.pack, bool) or not self.pack >= 1:
+        if not is_whole(self.pack, 1):
             raise ManifestError(f"--pack must be a whole number >= 1, got {self.pack}")
         if not self.checkpoint_every > 0:
             raise ManifestError(f"--checkpoint-every must be > 0 seconds, got {self.checkpoint_every}")

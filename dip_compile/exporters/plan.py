@@ -207,7 +207,7 @@ def _check_seed_noise(ckpt: Checkpoint, noise: torch.Tensor) -> None:
             f"--noise seed rebuilds the starting noise, but this {cfg.generator} fit fitted its input: use --noise "
             "embedded"
         )
-    if cfg.input_kind != "noise":
+    if not cfg.input_kind.drawn:
         raise DipError(f"--noise seed needs a random-noise input; this fit's input is a {cfg.input_kind}")
     rebuilt = replay.seed_noise(ckpt.config.seed, tuple(noise.shape), cfg.input_scale)
     if not np.array_equal(rebuilt, noise.numpy()):

@@ -5,7 +5,6 @@ ends it as Ctrl-C does and a live record + preview the page polls."""
 from __future__ import annotations
 
 import io
-import math
 import shutil
 import threading
 import time
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .. import presets
+from ..checks import integral
 from ..errors import DipError
 from ..estimate import size_text
 from ..fitjob import INTERRUPTED, FitJob, with_command_line_defaults
@@ -156,13 +156,10 @@ def whole(value: Any, label: str, zero: bool = False) -> Optional[int]:
     send anything (NaN, 1e400, 2.5, a string): what is not a whole number is refused in one line."""
     if value is None or value == "" or (value == 0 and not zero and not isinstance(value, str)):
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DipError(f"{label} must be a whole number, not {str(value)[:40]!r}") from None
-    if not math.isfinite(number) or number != int(number) or isinstance(value, bool):
+    number = integral(value)
+    if number is None:
         raise DipError(f"{label} must be a whole number, not {str(value)[:40]!r}")
-    return int(number)
+    return number
 
 
 def _path(value: Optional[str]) -> Optional[Path]:
