@@ -48,11 +48,12 @@ def study_parser(
     size: Optional[int] = None,
     iterations: Optional[int] = None,
     fit_args: bool = False,
+    resume: bool = False,
 ) -> argparse.ArgumentParser:
     """A study's parser (its docstring's first paragraph as description) with the options most studies take:
     ``--data`` (the paper's images), ``--out`` (default ``out``), ``--threads``, ``--table JSON...`` (print the
     table of saved runs, fit nothing), given their defaults ``--images``, ``--size`` and ``--iterations``, and for
-    studies that run ``dipc fit``, ``--fit-args`` (more of its options for every fit)."""
+    studies that run ``dipc fit``, ``--fit-args`` (more of its options for every fit), and ``--resume``."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     if data:
         parser.add_argument("--data", type=Path, default=DATA, help="folder with the paper's images")
@@ -62,6 +63,10 @@ def study_parser(
         parser.add_argument("--threads", type=int, help="torch threads (OMP_NUM_THREADS of a subprocess)")
     if table:
         parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved runs")
+    if resume:
+        parser.add_argument(
+            "--resume", action="store_true", help="keep the rows in --out, run only the cases they lack"
+        )
     if images is not None:
         parser.add_argument("--images", nargs="+", default=images, help="files under --data (or skimage:NAME)")
     if size is not None:
@@ -217,11 +222,14 @@ def write_json(path: Path, data: Any, indent: Optional[int] = 2) -> None:
 
 
 class Results:
-    """A study's result file, rewritten after every row: ``{**head, key: rows}``."""
+    """A study's result file, rewritten after every row: ``{**head, key: rows}``; with ``resume``, the rows an
+    earlier run left there come first (``run_grid`` then fits only the cases they lack)."""
 
-    def __init__(self, path: Path, key: str, head: Optional[Row] = None, indent: Optional[int] = 2) -> None:
+    def __init__(
+        self, path: Path, key: str, head: Optional[Row] = None, indent: Optional[int] = 2, resume: bool = False
+    ) -> None:
         self.path, self.key, self.indent = path, key, indent
-        self.rows: list[Row] = []
+        self.rows: list[Row] = list(json.loads(path.read_text())[key]) if resume and path.exists() else []
         self.head = environment() if head is None else head
 
     def add(self, row: Row, **more: Any) -> Row:
@@ -246,10 +254,15 @@ def run_grid(
     run_one: Callable[[str, str], Row],
     table: Callable[[list[Row]], str],
     results: Results,
+    spec_key: str,
 ) -> list[Row]:
-    """``run_one(image, spec)`` for every pair, printing its table row and saving ``results`` after each."""
+    """``run_one(image, spec)`` for every pair that ``results`` has no row of (its rows name them as ``image`` and
+    ``spec_key``), printing its table row and saving ``results`` after each."""
+    done = {(row["image"], row[spec_key]) for row in results.rows}
     for image in images:
         for spec in specs:
+            if (image, spec) in done:
+                continue
             print(f"{image} {spec} ...", flush=True)
             results.add(run_one(image, spec))
             print(table(results.rows[-1:]).splitlines()[-1], flush=True)
@@ -263,15 +276,16 @@ def grid_main(
     run_one: Callable[[argparse.Namespace, str, str], Row],
     table: Callable[[list[Row]], str],
     name: str,
+    spec_key: str,
 ) -> int:
-    """A case study's run: the table of saved runs (``--table``), or every image with every spec into ``name``."""
+    """A case study's run: the table of saved runs (``--table``), or every image with every spec into ``name``
+    (with ``--resume``, those its earlier rows lack)."""
     if args.table:
         print(table(saved_rows(args.table, "cases")))
         return 0
     set_threads(args.threads)
-    run_grid(
-        args.images, specs, lambda image, spec: run_one(args, image, spec), table, Results(args.out / name, "cases")
-    )
+    results = Results(args.out / name, "cases", resume=args.resume)
+    run_grid(args.images, specs, lambda image, spec: run_one(args, image, spec), table, results, spec_key)
     return 0
 
 

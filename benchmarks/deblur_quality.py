@@ -91,12 +91,12 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = study_parser(
-        __doc__, RESULTS / "deblur", table=True, images=IMAGES, size=128, iterations=1000, fit_args=True
+        __doc__, RESULTS / "deblur", table=True, images=IMAGES, size=128, iterations=1000, fit_args=True, resume=True
     )
     parser.add_argument("--kernels", nargs="+", default=["gaussian:2", "motion:9,30"])
     parser.add_argument("--sigma", type=float, default=2.55, help="noise std on the 0-255 scale (2.55 = 1%%)")
     args = parser.parse_args(argv)
-    return grid_main(args, args.kernels, run, table, "deblur_quality.json")
+    return grid_main(args, args.kernels, run, table, "deblur_quality.json", "kernel")
 
 
 if __name__ == "__main__":

@@ -108,12 +108,12 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = study_parser(
-        __doc__, RESULTS / "noise", table=True, images=IMAGES, size=96, iterations=1200, fit_args=True
+        __doc__, RESULTS / "noise", table=True, images=IMAGES, size=96, iterations=1200, fit_args=True, resume=True
     )
     parser.add_argument("--noises", nargs="+", default=["poisson:10", "poisson:30", "impulse:0.1"])
     parser.add_argument("--stop-patience", type=int, default=300)
     args = parser.parse_args(argv)
-    return grid_main(args, args.noises, run, table, "noise_quality.json")
+    return grid_main(args, args.noises, run, table, "noise_quality.json", "noise")
 
 
 if __name__ == "__main__":

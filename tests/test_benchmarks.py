@@ -227,7 +227,7 @@ def _one_image(folder: Path) -> Path:
 
 
 def test_the_deblur_study_fits_through_dipc_fit_and_tunes_its_baselines(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from benchmarks import deblur_quality as dq
 
@@ -243,6 +243,13 @@ def test_the_deblur_study_fits_through_dipc_fit_and_tunes_its_baselines(
     assert (
         capsys.readouterr().out.splitlines()[-1].startswith(f"| a.png 32 px, gaussian:1 | {row['blurred_psnr']:.2f} |")
     )
+    # --resume keeps that row and fits only the case it lacks
+    fitted: list[str] = []
+    monkeypatch.setattr(dq, "fit", lambda args, log: fitted.append(args[args.index("--kernel") + 1]) or 1.0)
+    with pytest.raises(FileNotFoundError):  # (the stand-in wrote no report for box:3)
+        dq.main([*argv, "--iterations", "2", "--kernels", "gaussian:1", "box:3", "--resume"])
+    assert fitted == ["box:3"]
+    assert json.loads((out / "deblur_quality.json").read_text())["cases"] == [row]
 
 
 def test_the_noise_study_fits_the_matching_loss_and_mse(tmp_path: Path) -> None:
