@@ -1,5 +1,6 @@
-"""Benchmarks and studies (not tests): a package so that they import each other as ``benchmarks.X``.
+"""Benchmarks and studies (not tests): a package so that they import each other and ``benchmarks.common`` as
+``benchmarks.X``.
 
-Run them from the repo root as ``python benchmarks/X.py`` (a script adds the root to ``sys.path`` only then) or
-``python -m benchmarks.X``; importing one runs nothing.
+Run one from the repo root as ``python benchmarks/X.py``, ``python -m benchmarks.X`` or ``python -m benchmarks X``
+(``python -m benchmarks`` lists them); importing one runs nothing.
 """

@@ -12,25 +12,28 @@ as a ``dipc batch`` subprocess, timing the whole command (start-up, Ray's includ
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
-from benchmarks.quality import fit_size  # noqa: E402
-from dip_compile.imageio import load_image, save_image  # noqa: E402
+from benchmarks.common import (
+    RESULTS,
+    Results,
+    Row,
+    case_image,
+    environment,
+    fit_size,
+    markdown,
+    run_batch,
+    saved_rows,
+    study_parser,
+)
+from dip_compile.imageio import save_image
 
 IMAGES = (
     "F16_GT.png",
@@ -56,25 +59,18 @@ def make_images(data: Path, out: Path, count: int, size: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         name = IMAGES[i % len(IMAGES)]
-        image = load_image(data / name)
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1)
-        save_image(fit_size(image, size), folder / f"{i:02d}-{Path(name).stem}.png")
+        image = case_image(data, name)
+        save_image(fit_size(image.expand(3, -1, -1), size), folder / f"{i:02d}-{Path(name).stem}.png", overwrite=True)
     return folder
 
 
-def run_mode(
-    images: Path, out: Path, mode: str, iterations: int, threads: int | None, fit_args: Sequence[str] = ()
-) -> dict[str, Any]:
+def run_mode(images: Path, out: Path, mode: str, iterations: int, threads: int | None, fit_args: Sequence[str]) -> Row:
     target = out / f"{images.name}-{mode}"
     shutil.rmtree(target, ignore_errors=True)
-    command = [sys.executable, "-m", "dip_compile.cli", "batch", str(images), "-o", str(target), "--task", "denoise"]
-    command += ["--sigma", "25", "--iterations", str(iterations), "--stop", "fixed", "-q", *MODES[mode], *fit_args]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+    options = ["--task", "denoise", "--sigma", "25", "--iterations", str(iterations), "--stop", "fixed", "-q"]
     t0 = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = run_batch(images, target, [*options, *MODES[mode], *fit_args], threads, capture=True,
+                     environ={"RAY_ADDRESS": ""})  # fmt: skip
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{mode}: dipc batch failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -91,63 +87,42 @@ def run_mode(
     }
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| size | mode | flags | images | wall s | images/hour | vs one at a time | mean PSNR (dB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['size']} | {r['mode']} | `{r['flags'] or '(none)'}` | {r['jobs']} | {r['seconds']:.1f} | "
-            f"{r['images_per_hour']:.0f} | {r['ratio']:.2f}x | {r['mean_psnr']:.2f} |"
-        )
-    return "\n".join(lines)
+def table(rows: list[Row]) -> str:
+    head = ["size", "mode", "flags", "images", "wall s", "images/hour", "vs one at a time", "mean PSNR (dB)"]
+    return markdown(
+        head,
+        ([r["size"], r["mode"], f"`{r['flags'] or '(none)'}`", r["jobs"], f"{r['seconds']:.1f}",
+          f"{r['images_per_hour']:.0f}", f"{r['ratio']:.2f}x", f"{r['mean_psnr']:.2f}"] for r in rows),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch")
+    parser = study_parser(__doc__, RESULTS / "batch", table=True, iterations=50, fit_args=True)
     parser.add_argument("--sizes", default="128", help="comma-separated square sizes")
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--modes", default="sequential,pack4,pack8,ray2", help=f"of {', '.join(MODES)}")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the in-process modes (default: all cores)")
-    parser.add_argument("--fit-args", default="", help='dipc fit flags for every mode, e.g. "--device cuda"')
     parser.add_argument("--json", default="batch_throughput.json", help="name of the JSON file in --out")
-    parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of a saved run and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text())["rows"]))
+        print(table(saved_rows(args.table, "rows")))
         return 0
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    run = {k: str(v) for k, v in vars(args).items()}
+    results = Results(args.out / args.json, "rows", {"run": run, **environment()})
     for size in (int(s) for s in args.sizes.split(",")):
         images = make_images(args.data, args.out, args.images, size)
         base = None
         for mode in modes:
-            row = {
-                "size": size,
-                **run_mode(images, args.out, mode, args.iterations, args.threads, shlex.split(args.fit_args)),
-            }
+            row = {"size": size, **run_mode(images, args.out, mode, args.iterations, args.threads, args.fit_args)}
             base = base or row["images_per_hour"]
-            row["ratio"] = row["images_per_hour"] / base
-            rows.append(row)
+            results.add(row | {"ratio": row["images_per_hour"] / base})
             print(f"{size} px {mode}: {row['seconds']:.1f} s, {row['images_per_hour']:.0f} images/hour", flush=True)
-    report = {
-        "run": {k: str(v) for k, v in vars(args).items()},
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "rows": rows,
-    }
-    (args.out / args.json).write_text(json.dumps(report, indent=2))
-    print(table(rows))
+    print(table(results.rows))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -12,51 +12,36 @@ case (blurred | Wiener | DIP | reference).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
-from benchmarks.cases import grid_main, grid_parser  # noqa: E402
-from benchmarks.quality import fit_size  # noqa: E402
-from dip_compile.baselines import richardson_lucy, wiener_deconvolve  # noqa: E402
-from dip_compile.checkpoint import load_checkpoint  # noqa: E402
-from dip_compile.imageio import load_image, save_image, save_side_by_side  # noqa: E402
-from dip_compile.metrics import psnr  # noqa: E402
-from dip_compile.restore import FitJob, run_job  # noqa: E402
+from benchmarks.common import IMAGES, RESULTS, Row, best_ema, fit, grid_main, markdown, study_parser, write_case
+from dip_compile.baselines import richardson_lucy, wiener_deconvolve
+from dip_compile.checkpoint import load_checkpoint
+from dip_compile.imageio import load_image, save_side_by_side
+from dip_compile.metrics import psnr
 
 NSR = (1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 RL_ITERATIONS = (5, 10, 20, 30, 50, 100)
 
 
-def run(data: Path, out: Path, image_name: str, spec: str, size: int, iterations: int, sigma: float) -> dict[str, Any]:
+def run(args: argparse.Namespace, image_name: str, spec: str) -> Row:
+    out = args.out
     name = f"{Path(image_name).stem}-{spec.replace(':', '').replace(',', '_')}"
-    sharp = out / f"{name}-sharp.png"
-    save_image(fit_size(load_image(data / image_name), size), sharp)
-    job = FitJob(
-        output=out / f"{name}-dip.png",
-        task="deblur",
-        image=sharp,
-        from_reference=True,
-        sigma=sigma,
-        settings={"kernel": spec, "iterations": iterations, "log_every": 10, "backend": "auto", "precision": "auto"},
-        checkpoint=out / f"{name}.ckpt",
-        report=out / f"{name}.json",
-        force=True,
-        quiet=True,
-    )
-    t0 = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
-        run_job(job, console_file=log)
-    seconds = time.perf_counter() - t0
-    report = json.loads(job.report.read_text())  # type: ignore[union-attr]
-    ckpt = load_checkpoint(job.checkpoint)  # type: ignore[arg-type]
-    problem = ckpt.problem
+    sharp = write_case(args.data, image_name, args.size, out / f"{name}-sharp.png")
+    ckpt, report_path = out / f"{name}.ckpt", out / f"{name}.json"
+    seconds = fit(
+        ["deblur", str(sharp), "-o", str(out / f"{name}-dip.png"), "--from-reference", "--sigma", str(args.sigma),
+         "--kernel", spec, "--iterations", str(args.iterations), "--log-every", "10", "--checkpoint", str(ckpt),
+         "--report", str(report_path), "--force", "-q", *args.fit_args],
+        out / f"{name}.log",
+    )  # fmt: skip
+    report = json.loads(report_path.read_text())
+    problem = load_checkpoint(ckpt).problem
     assert problem.reference is not None and problem.kernel is not None
     ref, obs, kernel = problem.reference, problem.observation, problem.kernel
     wiener = {nsr: wiener_deconvolve(obs, kernel, nsr) for nsr in NSR}
@@ -65,17 +50,16 @@ def run(data: Path, out: Path, image_name: str, spec: str, size: int, iterations
     rl_psnr = {n: psnr(richardson_lucy(obs, kernel, n), ref).item() for n in RL_ITERATIONS}
     best_rl = max(rl_psnr, key=rl_psnr.__getitem__)
     history = report["history"]
-    ema = history["psnr_reference_ema"]
-    best = max(range(len(ema)), key=ema.__getitem__)
-    dip = load_image(job.output)
+    best, best_at = best_ema(report)
+    dip = load_image(out / f"{name}-dip.png")
     save_side_by_side([obs, wiener[best_nsr], dip[None], ref], out / f"{name}-compare.png", overwrite=True)
     return {
         "case": name,
         "image": image_name,
         "kernel": spec,
         "kernel_size": list(kernel.shape),
-        "size": size,
-        "sigma": sigma,
+        "size": args.size,
+        "sigma": args.sigma,
         "iterations": report["iterations"],
         "seconds": seconds,
         "blurred_psnr": psnr(obs, ref).item(),
@@ -84,40 +68,36 @@ def run(data: Path, out: Path, image_name: str, spec: str, size: int, iterations
         "rl_psnr": rl_psnr[best_rl],
         "rl_iterations": best_rl,
         "dip_psnr": report["final_psnr"],
-        "dip_best_ema_psnr": ema[best],
-        "dip_best_iteration": history["iteration"][best],
-        "dip_psnr_by_iteration": dict(zip(history["iteration"], ema, strict=True)),
+        "dip_best_ema_psnr": best,
+        "dip_best_iteration": best_at,
+        "dip_psnr_by_iteration": dict(zip(history["iteration"], history["psnr_reference_ema"], strict=True)),
     }
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| image, kernel | blurred + noise | Wiener (best NSR) | Richardson-Lucy (best its) | DIP returned | DIP best EMA (iteration) | DIP - Wiener |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['image']} {r['size']} px, {r['kernel']} | {r['blurred_psnr']:.2f} | {r['wiener_psnr']:.2f} "
-            f"({r['wiener_nsr']:g}) | {r['rl_psnr']:.2f} ({r['rl_iterations']}) | **{r['dip_psnr']:.2f}** "
-            f"({r['iterations']} it) | {r['dip_best_ema_psnr']:.2f} ({r['dip_best_iteration']}) | "
-            f"{r['dip_psnr'] - r['wiener_psnr']:+.2f} dB |"
-        )
-    return "\n".join(lines)
+def table(rows: list[Row]) -> str:
+    head = ["image, kernel", "blurred + noise", "Wiener (best NSR)", "Richardson-Lucy (best its)", "DIP returned",
+            "DIP best EMA (iteration)", "DIP - Wiener"]  # fmt: skip
+    return markdown(
+        head,
+        (
+            [f"{r['image']} {r['size']} px, {r['kernel']}", f"{r['blurred_psnr']:.2f}",
+             f"{r['wiener_psnr']:.2f} ({r['wiener_nsr']:g})", f"{r['rl_psnr']:.2f} ({r['rl_iterations']})",
+             f"**{r['dip_psnr']:.2f}** ({r['iterations']} it)",
+             f"{r['dip_best_ema_psnr']:.2f} ({r['dip_best_iteration']})", f"{r['dip_psnr'] - r['wiener_psnr']:+.2f} dB"]
+            for r in rows
+        ),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = grid_parser(__doc__, "deblur", size=128, iterations=1000)
+    parser = study_parser(
+        __doc__, RESULTS / "deblur", table=True, images=IMAGES, size=128, iterations=1000, fit_args=True, resume=True
+    )
     parser.add_argument("--kernels", nargs="+", default=["gaussian:2", "motion:9,30"])
     parser.add_argument("--sigma", type=float, default=2.55, help="noise std on the 0-255 scale (2.55 = 1%%)")
-    return grid_main(
-        parser,
-        argv,
-        "kernels",
-        lambda a, image, spec: run(a.data, a.out, image, spec, a.size, a.iterations, a.sigma),
-        table,
-        "deblur_quality.json",
-    )
+    args = parser.parse_args(argv)
+    return grid_main(args, args.kernels, run, table, "deblur_quality.json", "kernel")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -10,28 +10,45 @@ not just their initialisation), saves a checkpoint, and exports it as ONNX with 
 * regeneration time: ONNX Runtime CPU (empty feed) vs torch eager on the same network with train-mode
   BatchNorm (and the TorchScript export), interleaved one run each in turn, median of ``--repeats``.
 
+``--aoti CKPT`` asks instead whether an AOTInductor package would regenerate faster than the ONNX file (the answer
+decides ``--format aoti``): it compiles the checkpoint's inference module (``--image output``, frozen BatchNorm) with
+``torch._inductor.aoti_compile_and_package`` and times it, interleaved, against ONNX Runtime and torch eager.
+
     nice -n 5 python benchmarks/export_speed.py                       # both nets, 512x512, 3 fit iterations
     python benchmarks/export_speed.py --nets denoise --size 128 --iterations 1 --repeats 3   # quick look
+    python benchmarks/export_speed.py --aoti benchmarks/results/export_inpaint_512.ckpt
 
-Prints a table and writes JSON to benchmarks/results/export_speed.json.
+Prints tables and writes JSON to benchmarks/results/export_speed.json (aoti_speed.json with ``--aoti``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
-import platform
-import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import torch
 
+from benchmarks.common import (
+    DATA,
+    RESULTS,
+    Row,
+    centre_crop,
+    environment,
+    interleaved,
+    markdown,
+    spread,
+    study_parser,
+    write_json,
+)
 from dip_compile import exporters
 from dip_compile.checkpoint import load_checkpoint, save_checkpoint
 from dip_compile.config import Structure, Upsample
@@ -41,15 +58,15 @@ from dip_compile.presets import preset
 from dip_compile.problem import add_noise, make_problem
 from dip_compile.replay import regenerate as replay
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = image.shape[-2:]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return image[..., top : top + size, left : left + size].contiguous()
+# (BatchNorm, weights, image, noise) of each ONNX file written; the EMA image where the fit keeps one
+VARIANTS = [
+    ("frozen", "fp32", "output", "embedded"),
+    ("batch", "fp32", "output", "embedded"),
+    ("frozen", "fp16", "output", "embedded"),
+    ("batch", "fp16", "output", "embedded"),
+    ("frozen", "fp32", "output", "seed"),
+    ("frozen", "fp16", "output", "seed"),
+]
 
 
 def fitted(net: str, size: int, iterations: int, seed: int = 0, reuse: bool = False) -> tuple[Fitter, Path]:
@@ -62,12 +79,12 @@ def fitted(net: str, size: int, iterations: int, seed: int = 0, reuse: bool = Fa
             print(f"[{net}] reusing {path} ({iterations} iterations)", flush=True)
             return ckpt.fitter(device="cpu"), path
     if net == "inpaint":
-        image = center_crop(load_image(DATA / "kate.png"), size)
-        mask = center_crop(load_mask(DATA / "kate_mask.png", (512, 512)), size)
+        image = centre_crop(load_image(DATA / "kate.png"), size)
+        mask = centre_crop(load_mask(DATA / "kate_mask.png", (512, 512)), size)
         config = preset("inpaint").replace(iterations=iterations, log_every=1, seed=seed)
         problem = make_problem(config, image, mask=mask, reference=image)
     else:
-        clean = center_crop(load_image(DATA / "F16_GT.png"), size)
+        clean = centre_crop(load_image(DATA / "F16_GT.png"), size)
         config = preset("denoise").replace(iterations=iterations, log_every=1, seed=seed, stop="fixed")
         if net == "seed":  # the seed structure: skip after the down block, upsampling at the end of the up block
             config = config.replace(
@@ -82,39 +99,20 @@ def fitted(net: str, size: int, iterations: int, seed: int = 0, reuse: bool = Fa
     return fitter, path
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+    return torch.no_grad()(fn)
 
 
-def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = False) -> dict[str, Any]:
+def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = False) -> Row:
     fitter, ckpt_path = fitted(net, size, iterations, reuse=reuse)
     ckpt = load_checkpoint(ckpt_path)
     params = sum(p.numel() for p in fitter.net.parameters())
-    noise_bytes = fitter.net_input.numel() * 4
-    out: dict[str, Any] = {
-        "net": net,
-        "size": size,
-        "fit_iterations": iterations,
-        "parameters": params,
-        "weights_fp32_bytes": params * 4,
-        "noise_bytes": noise_bytes,
-        "variants": [],
-        "timing": {},
-    }
-    variants = [
-        ("frozen", "fp32", "output", "embedded"),
-        ("batch", "fp32", "output", "embedded"),
-        ("frozen", "fp16", "output", "embedded"),
-        ("batch", "fp16", "output", "embedded"),
-        ("frozen", "fp32", "output", "seed"),
-        ("frozen", "fp16", "output", "seed"),
-    ]
-    if fitter.ema is not None:
-        variants.append(("frozen", "fp32", "ema", "embedded"))
-    sessions: dict[str, Any] = {}
-    for bn, weights, image, noise in variants:
+    out: Row = {"net": net, "size": size, "fit_iterations": iterations, "parameters": params,
+                "weights_fp32_bytes": params * 4, "noise_bytes": fitter.net_input.numel() * 4, "variants": []}  # fmt: skip
+    runners: dict[str, Callable[[], Any]] = {}
+    for bn, weights, image, noise in VARIANTS + (
+        [("frozen", "fp32", "ema", "embedded")] if fitter.ema is not None else []
+    ):
         plan = exporters.plan_export(ckpt, bn=bn, weights=weights, image=image, noise=noise)
         path = RESULTS / f"export_{net}_{size}_{bn}_{weights}_{image}_{noise}.onnx"
         t0 = time.perf_counter()
@@ -123,172 +121,106 @@ def bench_net(net: str, size: int, iterations: int, repeats: int, reuse: bool = 
         t0 = time.perf_counter()
         session, _ = replay.open_session(path, "cpu")
         load_s = time.perf_counter() - t0
-        got = replay.run(session)
-        check = exporters.agreement(got, plan.target)
-        row: dict[str, Any] = {
-            "bn": bn,
-            "weights": weights,
-            "image": image,
-            "noise": noise,
-            "file_bytes": path.stat().st_size,
-            "write_s": export_s,
-            "session_load_s": load_s,
-            **check,
-            "passes_target": exporters.passes(check),
-        }
-        out["variants"].append(row)
-        print(
-            f"[{net}] {bn:6s} {weights} {image:6s} {noise:8s}: max abs {check['max_abs_diff']:.2e}, identical "
-            f"{100 * check['identical_8bit']:.3f}%, max 8-bit {check['max_8bit_diff']}, "
-            f"{row['file_bytes'] / 2**20:.2f} MiB",
-            flush=True,
-        )
-        if image == "output" and weights == "fp32" and noise == "embedded":
-            sessions[f"onnxruntime {bn}"] = session
+        check = exporters.agreement(replay.run(session), plan.target)
+        out["variants"].append({"bn": bn, "weights": weights, "image": image, "noise": noise,
+                                "file_bytes": path.stat().st_size, "write_s": export_s, "session_load_s": load_s,
+                                **check, "passes_target": exporters.passes(check)})  # fmt: skip
+        print(f"[{net}] {bn:6s} {weights} {image:6s} {noise:8s}: max abs {check['max_abs_diff']:.2e}, identical "
+              f"{100 * check['identical_8bit']:.3f}%, max 8-bit {check['max_8bit_diff']}, "
+              f"{path.stat().st_size / 2**20:.2f} MiB", flush=True)  # fmt: skip
+        if (image, weights, noise) == ("output", "fp32", "embedded"):
+            runners[f"onnxruntime {bn}"] = functools.partial(replay.run, session)
             if bn == "frozen":
-                ts_path = RESULTS / f"export_{net}_{size}.pt"
-                exporters.write_torch(plan, ts_path, "torchscript")
-                sessions["torchscript frozen"] = torch.jit.load(str(ts_path))
-                pt2_path = RESULTS / f"export_{net}_{size}.pt2"
-                exporters.write_torch(plan, pt2_path, "pt2")
-                sessions["pt2 frozen"] = exporters.load_pt2(pt2_path)
-    runners: dict[str, Callable[[], Any]] = {
-        name: functools.partial(replay.run, s) for name, s in sessions.items() if name.startswith("onnxruntime")
-    }
-    script = sessions["torchscript frozen"]
+                exporters.write_torch(plan, RESULTS / f"export_{net}_{size}.pt", "torchscript")
+                script = torch.jit.load(str(RESULTS / f"export_{net}_{size}.pt"))
+                exporters.write_torch(plan, RESULTS / f"export_{net}_{size}.pt2", "pt2")
+                pt2_module, pt2_noise, _ = exporters.load_pt2(RESULTS / f"export_{net}_{size}.pt2")
     net_module, net_input, crop = fitter.net, fitter.net_input, fitter.crop
-
-    def eager() -> torch.Tensor:
-        with torch.no_grad():
-            return crop(net_module(net_input))  # train-mode BatchNorm: batch statistics, as the fit computes
-
-    def torchscript() -> torch.Tensor:
-        with torch.no_grad():
-            return script()
-
-    pt2_module, pt2_noise, _ = sessions["pt2 frozen"]
-
-    def pt2() -> torch.Tensor:
-        with torch.no_grad():
-            return pt2_module(pt2_noise)
-
-    runners["torch eager (train-mode BN)"] = eager
-    runners["torchscript frozen"] = torchscript
-    runners["pt2 frozen (torch.export)"] = pt2
-    for fn in runners.values():  # warm-up: allocator, oneDNN primitive caches, ORT arenas
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, fn in runners.items():
-            times[name].append(timed(fn))
-    eager_median = statistics.median(times["torch eager (train-mode BN)"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        out["timing"][name] = {
-            "median_s": med,
-            "min_s": min(ts),
-            "max_s": max(ts),
-            "runs": len(ts),
-            "speedup_vs_eager": eager_median / med,
-        }
+    runners["torch eager (train-mode BN)"] = no_grad(lambda: crop(net_module(net_input)))  # as the fit computes
+    runners["torchscript frozen"] = no_grad(lambda: script())
+    runners["pt2 frozen (torch.export)"] = no_grad(lambda: pt2_module(pt2_noise))
+    times = interleaved(runners, repeats)  # (warm-up: allocator, oneDNN primitive caches, ORT arenas)
+    eager = spread(times["torch eager (train-mode BN)"])["median_s"]
+    out["timing"] = {
+        name: {**spread(ts), "runs": len(ts), "speedup_vs_eager": eager / spread(ts)["median_s"]}
+        for name, ts in times.items()
+    }
     return out
 
 
-def show(results: list[dict[str, Any]]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(json.dumps(results, indent=2))
-        return
-    console = Console(width=170)
-    t = Table(title="Exactness and size of the ONNX export (ONNX Runtime CPU vs the fit's image)")
-    for col in (
-        "net",
-        "BN",
-        "weights",
-        "image",
-        "noise",
-        "max abs diff",
-        "identical 8-bit",
-        "max 8-bit diff",
-        "target",
-        "file MiB",
-        "weights fp32 MiB",
-        "noise MiB",
-        "file / weights",
-    ):
-        t.add_column(col, justify="right")
-    for r in results:
-        for v in r["variants"]:
-            t.add_row(
-                f"{r['net']} {r['size']}",
-                v["bn"],
-                v["weights"],
-                v["image"],
-                v["noise"],
-                f"{v['max_abs_diff']:.2e}",
-                f"{100 * v['identical_8bit']:.3f}%",
-                str(v["max_8bit_diff"]),
-                "yes" if v["passes_target"] else "no",
-                f"{v['file_bytes'] / 2**20:.2f}",
-                f"{r['weights_fp32_bytes'] / 2**20:.2f}",
-                f"{r['noise_bytes'] / 2**20:.2f}",
-                f"{v['file_bytes'] / r['weights_fp32_bytes']:.3f}",
-            )
-    console.print(t)
-    t = Table(title="Regeneration time of one image (median, interleaved runs)")
-    for col in ("net", "runtime", "median s", "min-max s", "speedup vs torch eager"):
-        t.add_column(col, justify="right")
-    for r in results:
-        for name, v in r["timing"].items():
-            t.add_row(
-                f"{r['net']} {r['size']}",
-                name,
-                f"{v['median_s']:.3f}",
-                f"{v['min_s']:.3f}-{v['max_s']:.3f}",
-                f"{v['speedup_vs_eager']:.2f}x",
-            )
-    console.print(t)
+def show(results: list[Row]) -> None:
+    print("Exactness and size of the ONNX export (ONNX Runtime CPU vs the fit's image)")
+    head = ["net", "BN", "weights", "image", "noise", "max abs diff", "identical 8-bit", "max 8-bit diff", "target",
+            "file MiB", "weights fp32 MiB", "noise MiB", "file / weights"]  # fmt: skip
+    print(markdown(head, (
+        [f"{r['net']} {r['size']}", v["bn"], v["weights"], v["image"], v["noise"], f"{v['max_abs_diff']:.2e}",
+         f"{100 * v['identical_8bit']:.3f}%", v["max_8bit_diff"], "yes" if v["passes_target"] else "no",
+         f"{v['file_bytes'] / 2**20:.2f}", f"{r['weights_fp32_bytes'] / 2**20:.2f}", f"{r['noise_bytes'] / 2**20:.2f}",
+         f"{v['file_bytes'] / r['weights_fp32_bytes']:.3f}"]
+        for r in results for v in r["variants"]
+    )))  # fmt: skip
+    print("\nRegeneration time of one image (median, interleaved runs)")
+    print(markdown(["net", "runtime", "median s", "min-max s", "speedup vs torch eager"], (
+        [f"{r['net']} {r['size']}", name, f"{v['median_s']:.3f}", f"{v['min_s']:.3f}-{v['max_s']:.3f}",
+         f"{v['speedup_vs_eager']:.2f}x"]
+        for r in results for name, v in r["timing"].items()
+    )))  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--nets",
-        default="inpaint,denoise",
-        help="comma list: inpaint (kate), denoise (F16), seed (F16, seed structure)",
+def aoti(checkpoint: Path, repeats: int) -> Row:
+    """An AOTInductor package of the checkpoint's inference module against ONNX Runtime and torch eager."""
+    plan = exporters.plan_export(load_checkpoint(checkpoint), image="output")
+    folder = Path(tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    package = torch._inductor.aoti_compile_and_package(
+        torch.export.export(plan.module, (plan.noise,)), package_path=str(folder / "model.pt2")
     )
+    compile_s = time.perf_counter() - t0
+    compiled = torch._inductor.aoti_load_package(package)
+    exporters.write_onnx(plan, folder / "model.onnx")
+    session, _ = replay.open_session(folder / "model.onnx", "cpu")
+    run_aoti = no_grad(lambda: compiled(plan.noise))
+    runners = {"aoti": run_aoti, "onnxruntime": lambda: replay.run(session),
+               "torch eager (frozen BN)": no_grad(lambda: plan.module(plan.noise))}  # fmt: skip
+    times = interleaved(runners, repeats)
+    return {
+        "checkpoint": str(checkpoint),
+        "aoti_compile_s": compile_s,
+        "aoti_exactness": exporters.agreement(run_aoti(), plan.target),
+        "median_s": {name: spread(ts)["median_s"] for name, ts in times.items()},
+        "min_s": {name: min(ts) for name, ts in times.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = study_parser(__doc__, RESULTS / "export_speed.json", data=False, threads=False)
+    parser.add_argument("--nets", default="inpaint,denoise",
+                        help="comma list: inpaint (kate), denoise (F16), seed (F16, seed structure)")  # fmt: skip
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--iterations", type=int, default=3, help="fit iterations before exporting")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per runtime (median reported)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "export_speed.json")
     parser.add_argument(
         "--reuse", action="store_true", help="reuse the checkpoints an earlier run saved (skip fitting)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--aoti", type=Path, metavar="CKPT", help="time an AOTInductor package of CKPT instead")
+    args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     import onnxruntime
 
-    with open("/proc/loadavg") as f:
-        load_before = f.read().split()[:3]
+    if args.aoti:
+        result = aoti(args.aoti, args.repeats)
+        print(json.dumps(result, indent=2))
+        write_json(RESULTS / "aoti_speed.json", result)
+        return 0
+    before = environment()
     results = [bench_net(n, args.size, args.iterations, args.repeats, args.reuse) for n in args.nets.split(",")]
-    with open("/proc/loadavg") as f:
-        load_after = f.read().split()[:3]
     show(results)
-    payload = {
-        "results": results,
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
-        "command": " ".join(sys.argv),
-    }
-    args.out.write_text(json.dumps(payload, indent=2))
+    payload = {"results": results, **before, "machine_at_end": environment()["machine"],
+               "onnxruntime": onnxruntime.__version__, "command": " ".join(sys.argv)}  # fmt: skip
+    write_json(args.out, payload)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,7 +36,10 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-from benchmarks.paper_tables import ROOT, Case, batch_row, cases_of, fit_entry, machine, run_batch, write_inputs
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
+from benchmarks.common import DATA, RESULTS, fit_job, machine
+from benchmarks.paper_tables import Case, batch_row, cases_of, fit_entry, fmt, run_batch, write_inputs
 
 
 @dataclass(frozen=True)
@@ -160,16 +163,13 @@ def study_cases(table: str, data: Path, only: Optional[list[str]] = None) -> lis
 def unavailable(candidate: Candidate, table: str) -> Optional[str]:
     """Why the installed ``dipc fit`` refuses the candidate's options for this table (None: it takes them): parsed
     and validated as ``dipc batch`` validates a row before any fit, without reading a file."""
-    from dip_compile.cli import parse_fit_args
     from dip_compile.errors import DipError
     from dip_compile.restore import validate_job
 
     task = TASK_OF[table]
     extra = {"super-resolve": ["--factor", "4"], "inpaint": ["--mask", "mask.png"]}.get(task, [])
     try:
-        validate_job(
-            parse_fit_args([task, "in.png", "-o", "out.png", *extra, *options_of(candidate, table)]), device=False
-        )
+        validate_job(fit_job([task, "in.png", "-o", "out.png", *extra, *options_of(candidate, table)]), device=False)
     except DipError as exc:
         return str(exc)
     return None
@@ -261,10 +261,6 @@ def new_default(results: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(set.intersection(*worthy))
 
 
-def fmt(value: Optional[float], spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
     """The task's summary table and its per-image table."""
     spec = TABLES[table]
@@ -286,10 +282,10 @@ def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
         count = f"{e['images']}" + ("" if e["images"] == e["of"] else f" of {e['of']}")
         lines.append(
             f"| {name} | {count} | {e['psnr']:.2f} | {e['delta_db']:+.2f} / {e['worst_delta_db']:+.2f} | "
-            f"{e['iterations']:.0f} | {e['seconds']:.0f} | {fmt(e.get('time_share'), '.2f')} |"
+            f"{e['iterations']:.0f} | {e['seconds']:.0f} | {fmt(e.get('time_share'))} |"
         )
     fast = result["fast"]
-    share = fmt(result["candidates"][fast]["time_share"], ".2f") if fast else "-"
+    share = fmt(result["candidates"][fast]["time_share"]) if fast else "-"
     lines += [
         "",
         f"Quickest within {MAX_LOSS_DB} dB (mean and worst): **{fast or 'none'}** (share {share}); in a fifth of "
@@ -319,8 +315,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated: {', '.join(TABLES)}")
     parser.add_argument("--candidates", default=",".join(BY_NAME), help="comma-separated names (defaults always)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the images whose case name contains one")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds paper/")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fast_study")
+    parser.add_argument("--data", type=Path, default=DATA, help="holds paper/")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fast_study")
     parser.add_argument("--cap", type=int, help="bound every fit's iterations (a smoke test of the pipeline)")
     parser.add_argument("--report", action="store_true", help="fit nothing: score what is on disk")
     parser.add_argument("--device", default="auto", help="dipc batch --device")

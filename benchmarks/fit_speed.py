@@ -29,8 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import torch
 
+from benchmarks.common import DATA, RESULTS, centre_crop
 from dip_compile.acceleration import capability
 from dip_compile.config import FitConfig
 from dip_compile.fitting import Fitter
@@ -38,9 +41,6 @@ from dip_compile.imageio import load_image
 from dip_compile.metrics import psnr
 from dip_compile.presets import preset
 from dip_compile.problem import Problem, add_noise, make_problem
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0, n: int | None = None) -> float:
@@ -164,9 +164,7 @@ def cuda_peak_memory(
 
 def quality(iterations: int, device: torch.device, size: int = 256) -> dict[str, Any]:
     """F16 at sigma 25, centre crop: PSNR to the clean crop after the same iterations, eager fp32 vs auto."""
-    image = load_image(DATA / "F16_GT.png")
-    h, w = image.shape[-2:]
-    clean = image[:, (h - size) // 2 : (h + size) // 2, (w - size) // 2 : (w + size) // 2].contiguous()
+    clean = centre_crop(load_image(DATA / "F16_GT.png"), size)
     noisy = add_noise(clean, 25 / 255, seed=0)
     out: dict[str, Any] = {"image": "F16_GT.png", "crop": size, "sigma": 25, "iterations": iterations}
     for backend, precision in (("eager", "fp32"), ("auto", "auto")):
@@ -202,7 +200,7 @@ def quality(iterations: int, device: torch.device, size: int = 256) -> dict[str,
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", default="inpaint,denoise")
     parser.add_argument("--sizes", default="256,512")
@@ -216,14 +214,14 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=0, help="iterations of the F16 PSNR check (0 = skip)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--no-extras", action="store_true", help="no EMA, no backtracking: the step and Adam alone")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fit_speed.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fit_speed.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
         child(args.child)
-        return
+        return 0
     from rich.console import Console
     from rich.table import Table
 
@@ -319,7 +317,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,29 +11,33 @@ first came within 0.5 dB of the skip net's best. Prints a table, writes ``genera
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.quality import fit_size  # noqa: E402
-from dip_compile.fitting import Fitter, LogRecord  # noqa: E402
-from dip_compile.imageio import load_image  # noqa: E402
-from dip_compile.network import count_parameters  # noqa: E402
-from dip_compile.noise import Noise  # noqa: E402
-from dip_compile.presets import preset  # noqa: E402
-from dip_compile.problem import make_problem  # noqa: E402
+from benchmarks.common import (
+    RESULTS,
+    Results,
+    Row,
+    case_image,
+    fit_size,
+    markdown,
+    saved_rows,
+    set_threads,
+    study_parser,
+)
+from dip_compile.fitting import Fitter, LogRecord
+from dip_compile.network import count_parameters
+from dip_compile.noise import Noise
+from dip_compile.presets import preset
+from dip_compile.problem import make_problem
 
 # (generator, NetConfig changes): the skip net is the paper's; the decoders' sizes follow their papers' choices scaled
 # to a 256 px image (an 8x8 input, five x2 levels).
@@ -53,12 +57,10 @@ def gflop_per_iteration(fitter: Fitter) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def run(name: str, changes: dict[str, Any], problem_args: tuple, iterations: int, precision: str) -> dict[str, Any]:
-    clean, noisy = problem_args
+def run(name: str, clean: torch.Tensor, noisy: torch.Tensor, iterations: int, precision: str) -> Row:
     config = preset("denoise").replace(iterations=iterations, stop="fixed", log_every=10, precision=precision)
-    config = config.replace(net=dataclasses.replace(config.net, **changes))
-    problem = make_problem(config, noisy, reference=clean)
-    fitter = Fitter(config, problem, device="cpu")
+    config = config.replace(net=dataclasses.replace(config.net, **GENERATORS[name]))
+    fitter = Fitter(config, make_problem(config, noisy, reference=clean), device="cpu")
     gflop = gflop_per_iteration(fitter)
     times: list[tuple[int, float, float]] = []  # (iteration, seconds since start, EMA PSNR)
     t0 = time.perf_counter()
@@ -86,71 +88,51 @@ def run(name: str, changes: dict[str, Any], problem_args: tuple, iterations: int
     }
 
 
-def reach(row: dict[str, Any], target: float) -> tuple[int, float] | None:
+def reach(row: Row, target: float) -> tuple[int, float] | None:
     """(iteration, seconds) at which the EMA PSNR first reached ``target``."""
     return next(((it, sec) for it, sec, p in row["curve"] if p >= target), None)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[Row]) -> str:
     skip = next(r for r in rows if r["generator"] == "skip")
     target = skip["best_psnr"] - 0.5
     skip_reach = reach(skip, target)
-    lines = [
-        f"target: {target:.2f} dB (the skip net's best EMA PSNR - 0.5 dB)",
-        "| generator | parameters | GFLOP / it | s / it | best EMA PSNR (iteration, s) | reaches target: iteration, s | speed-up vs skip |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    head = ["generator", "parameters", "GFLOP / it", "s / it", "best EMA PSNR (iteration, s)",
+            "reaches target: iteration, s", "speed-up vs skip"]  # fmt: skip
+    lines = []
     for r in rows:
         got = reach(r, target)
         when = "never" if got is None else f"{got[0]}, {got[1]:.0f} s"
         speed = "-" if got is None or skip_reach is None else f"{skip_reach[1] / got[1]:.2f}x"
-        lines.append(
-            f"| {r['generator']} | {r['parameters']:,} | {r['gflop_per_iteration']:.1f} | {r['seconds_per_iteration']:.3f} "
-            f"| {r['best_psnr']:.2f} ({r['best_iteration']}, {r['best_seconds']:.0f} s) | {when} | {speed} |"
-        )
-    return "\n".join(lines)
+        lines.append([r["generator"], f"{r['parameters']:,}", f"{r['gflop_per_iteration']:.1f}",
+                      f"{r['seconds_per_iteration']:.3f}",
+                      f"{r['best_psnr']:.2f} ({r['best_iteration']}, {r['best_seconds']:.0f} s)", when, speed])  # fmt: skip
+    return f"target: {target:.2f} dB (the skip net's best EMA PSNR - 0.5 dB)\n" + markdown(head, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser = study_parser(__doc__, RESULTS, table=True, iterations=1500)
     parser.add_argument("--image", default="F16_GT.png")
     parser.add_argument("--size", type=int, default=256, help="the centre crop's side (px), at full resolution")
     parser.add_argument("--sigma", type=float, default=25.0)
-    parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--generators", nargs="+", choices=list(GENERATORS), default=list(GENERATORS))
     parser.add_argument("--precision", default="auto", help="auto picks bf16 on CPUs with AVX512-BF16 or AMX")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--table", type=Path, metavar="JSON", help="print the table of a saved run and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.table.read_text())["generators"]))
+        print(table(saved_rows(args.table, "generators")))
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clean = fit_size(load_image(args.data / args.image), args.size, crop_only=True)
+    set_threads(args.threads)
+    clean = fit_size(case_image(args.data, args.image), args.size, crop_only=True)
     noisy = Noise("gaussian", args.sigma).apply(clean, seed=0)
-    rows = []
+    results = Results(args.out / "generators.json", "generators")
+    results.head.update(image=args.image, size=args.size, sigma=args.sigma, iterations=args.iterations)
     for name in args.generators:
         print(f"{name} ...", flush=True)
-        rows.append(run(name, GENERATORS[name], (clean, noisy), args.iterations, args.precision))
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = {
-            "machine": platform.platform(),
-            "torch": torch.__version__,
-            "image": args.image,
-            "size": args.size,
-            "sigma": args.sigma,
-            "iterations": args.iterations,
-            "threads": torch.get_num_threads(),
-            "generators": rows,
-        }
-        (args.out / "generators.json").write_text(json.dumps(result, indent=2))
-    if any(r["generator"] == "skip" for r in rows):
-        print(table(rows))
+        results.add(run(name, clean, noisy, args.iterations, args.precision))
+    if any(r["generator"] == "skip" for r in results.rows):
+        print(table(results.rows))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

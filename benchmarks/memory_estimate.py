@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
+from benchmarks.common import RESULTS, ROOT, markdown, study_parser, write_json
 
 
 def measure(net: str, size: int, precision: str, save_memory: bool, iterations: int) -> dict[str, Any]:
@@ -88,8 +89,8 @@ def fit_constants(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {"keep_off": float(keep_off), "keep_on": float(keep_on), "overhead_mib": float(overhead) / 2**20}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = study_parser(__doc__, data=False, threads=False)
     parser.add_argument("--nets", default="denoise")
     parser.add_argument("--sizes", default="256,512,1024")
     parser.add_argument("--precisions", default="fp32,bf16")
@@ -97,59 +98,46 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--fit", nargs="+", type=Path, metavar="JSON", help="fit the constants to saved rows and exit")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.fit:
         from dip_compile.estimate import KEEP, OVERHEAD_BYTES
 
         fitted = fit_constants([row for path in args.fit for row in json.loads(path.read_text())])
         print(f"KEEP = {{False: {fitted['keep_off']:.2f}, True: {fitted['keep_on']:.2f}}}, ", end="")
         print(f"OVERHEAD_BYTES = {fitted['overhead_mib']:.0f} MiB (in use: {KEEP}, {OVERHEAD_BYTES / 2**20:.0f} MiB)")
-        return
+        return 0
     if args.child:
         net, size, precision, save = args.child
         print(json.dumps(measure(net, int(size), precision, save == "on", args.iterations)))
-        return
+        return 0
     saves = ["off", "on"] if args.save_memory == "both" else [args.save_memory]
     rows = []
     for net in args.nets.split(","):
         for size in map(int, args.sizes.split(",")):
             for precision in args.precisions.split(","):
                 for save in saves:
-                    command = [sys.executable, __file__, "--iterations", str(args.iterations)]
-                    done = subprocess.run(
-                        [*command, "--child", net, str(size), precision, save], capture_output=True, text=True
-                    )
+                    command = [sys.executable, "-m", "benchmarks.memory_estimate", "--iterations", str(args.iterations)]
+                    command += ["--child", net, str(size), precision, save]
+                    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
                     if done.returncode:
                         print(f"{net} {size} {precision} save-memory {save}: failed\n{done.stderr[-2000:]}")
                         continue
                     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                     print(json.dumps(rows[-1]), flush=True)
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"estimate vs measured peak RSS growth and s/iteration ({args.iterations} iterations, eager)")
-    columns = ("net", "size", "precision", "save", "MiB", "est. MiB", "est/meas", "s/it", "est. s/it", "est/meas")
-    for col in columns:
-        table.add_column(col, justify="right")
+    print(f"estimate vs measured peak RSS growth and s/iteration ({args.iterations} iterations, eager)")
+    head = ["net", "size", "precision", "save", "MiB", "est. MiB", "est/meas", "s/it", "est. s/it", "est/meas"]
+    lines = []
     for r in rows:
         m, e = r["measured_bytes"] / 2**20, r["estimate_bytes"] / 2**20
-        table.add_row(
-            r["net"],
-            str(r["size"]),
-            r["precision"],
-            "on" if r["save_memory"] else "off",
-            f"{m:.0f}",
-            f"{e:.0f}",
-            f"{e / m:.2f}",
-            f"{r['seconds_per_iteration']:.2f}",
-            f"{r['estimate_seconds']:.2f}",
-            f"{r['estimate_seconds'] / r['seconds_per_iteration']:.2f}",
-        )
-    Console().print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory_estimate.json").write_text(json.dumps(rows, indent=2))
+        s, es = r["seconds_per_iteration"], r["estimate_seconds"]
+        save = "on" if r["save_memory"] else "off"
+        lines.append([r["net"], r["size"], r["precision"], save, f"{m:.0f}", f"{e:.0f}", f"{e / m:.2f}", f"{s:.2f}",
+                      f"{es:.2f}", f"{es / s:.2f}"])  # fmt: skip
+    print(markdown(head, lines))
+    write_json(RESULTS / "memory_estimate.json", rows)
     print(f"wrote {RESULTS / 'memory_estimate.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,24 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
+
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.cases import grid_main, grid_parser  # noqa: E402
-from benchmarks.quality import fit_size  # noqa: E402
-from dip_compile.baselines import anscombe_filter, gaussian_filter, median_filter  # noqa: E402
-from dip_compile.checkpoint import load_checkpoint  # noqa: E402
-from dip_compile.imageio import load_image, save_image  # noqa: E402
-from dip_compile.metrics import psnr  # noqa: E402
-from dip_compile.noise import parse_noise  # noqa: E402
-from dip_compile.restore import FitJob, run_job  # noqa: E402
+from benchmarks.common import IMAGES, RESULTS, Row, best_ema, fit, grid_main, markdown, study_parser, write_case
+from dip_compile.baselines import anscombe_filter, gaussian_filter, median_filter
+from dip_compile.checkpoint import load_checkpoint
+from dip_compile.metrics import psnr
+from dip_compile.noise import parse_noise
 
 MATCHING = {"gaussian": "mse", "poisson": "poisson", "impulse": "l1"}
 SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -52,55 +45,37 @@ def baseline(kind: str, value: float, noisy: torch.Tensor, clean: torch.Tensor) 
     return scores[best], best
 
 
-def fit(out: Path, name: str, image: Path, spec: str, loss: str, args: argparse.Namespace) -> dict[str, Any]:
-    job = FitJob(
-        output=out / f"{name}-{loss}.png",
-        task="denoise",
-        image=image,
-        noise=spec,
-        settings={
-            "loss": loss,
-            "iterations": args.iterations,
-            "stop_patience": args.stop_patience,
-            "log_every": 10,
-            "backend": "auto",
-            "precision": "auto",
-        },
-        checkpoint=out / f"{name}-{loss}.ckpt",
-        report=out / f"{name}-{loss}.json",
-        force=True,
-        quiet=True,
-    )
-    t0 = time.perf_counter()
-    with open(out / f"{name}-{loss}.log", "w") as log:
-        run_job(job, console_file=log)
-    report = json.loads(job.report.read_text())  # type: ignore[union-attr]
-    ema = report["history"]["psnr_reference_ema"]
-    best = max(range(len(ema)), key=ema.__getitem__)
+def fit_loss(args: argparse.Namespace, name: str, image: Path, spec: str, loss: str) -> Row:
+    """``dipc fit denoise`` of the noisy image with ``loss``: what it returned and the best EMA PSNR it saw."""
+    stem = args.out / f"{name}-{loss}"
+    seconds = fit(
+        ["denoise", str(image), "-o", f"{stem}.png", "--noise", spec, "--loss", loss, "--iterations",
+         str(args.iterations), "--stop-patience", str(args.stop_patience), "--log-every", "10",
+         "--checkpoint", f"{stem}.ckpt", "--report", f"{stem}.json", "--force", "-q", *args.fit_args],
+        stem.with_suffix(".log"),
+    )  # fmt: skip
+    report = json.loads(stem.with_suffix(".json").read_text())
+    best, best_at = best_ema(report)
+    stop = report.get("stop")
     return {
         "loss": loss,
         "psnr": report["final_psnr"],
-        "best_ema_psnr": ema[best],
-        "best_iteration": report["history"]["iteration"][best],
-        "chosen_iteration": report.get("stop", {}).get("chosen_iteration")
-        if isinstance(report.get("stop"), dict)
-        else None,
+        "best_ema_psnr": best,
+        "best_iteration": best_at,
+        "chosen_iteration": stop.get("chosen_iteration") if isinstance(stop, dict) else None,
         "iterations": report["iterations"],
         "stop_reason": report.get("stop_reason"),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
 
 
-def run(data: Path, out: Path, image_name: str, spec: str, args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, image_name: str, spec: str) -> Row:
     noise = parse_noise(spec)
     name = f"{Path(image_name).stem}-{spec.replace(':', '')}"
-    clean_path = out / f"{Path(image_name).stem}-{args.size}.png"
-    save_image(fit_size(load_image(data / image_name), args.size), clean_path, overwrite=True)
+    clean_path = write_case(args.data, image_name, args.size, args.out / f"{Path(image_name).stem}-{args.size}.png")
     matching = MATCHING[noise.kind]
-    fits = [fit(out, name, clean_path, spec, matching, args)]
-    if matching != "mse":
-        fits.append(fit(out, name, clean_path, spec, "mse", args))
-    problem = load_checkpoint(out / f"{name}-{matching}.ckpt").problem
+    fits = [fit_loss(args, name, clean_path, spec, loss) for loss in dict.fromkeys((matching, "mse"))]
+    problem = load_checkpoint(args.out / f"{name}-{matching}.ckpt").problem
     assert problem.reference is not None
     noisy, clean = problem.observation, problem.reference
     base_psnr, base_name = baseline(noise.kind, noise.value, noisy, clean)
@@ -116,40 +91,30 @@ def run(data: Path, out: Path, image_name: str, spec: str, args: argparse.Namesp
     }
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| image, noise | noisy | baseline (tuned) | DIP, matching loss: returned (best EMA @ it) | DIP, MSE: returned (best EMA @ it) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+def table(rows: list[Row]) -> str:
+    head = ["image, noise", "noisy", "baseline (tuned)", "DIP, matching loss: returned (best EMA @ it)",
+            "DIP, MSE: returned (best EMA @ it)"]  # fmt: skip
+    lines = []
     for r in rows:
-        cells = []
-        for f in r["fits"]:
-            cells.append(
-                f"{f['loss']}: **{f['psnr']:.2f}** ({f['best_ema_psnr']:.2f} @ {f['best_iteration']}; {f['stop_reason']} "
-                f"at {f['iterations']})"
-            )
-        if len(cells) == 1:
-            cells.append("(mse is the matching loss)")
-        lines.append(
-            f"| {r['image']} {r['size']} px, {r['noise']} | {r['noisy_psnr']:.2f} | {r['baseline_psnr']:.2f} "
-            f"({r['baseline']}) | {cells[0]} | {cells[1]} |"
-        )
-    return "\n".join(lines)
+        cells = [
+            f"{f['loss']}: **{f['psnr']:.2f}** ({f['best_ema_psnr']:.2f} @ {f['best_iteration']}; "
+            f"{f['stop_reason']} at {f['iterations']})"
+            for f in r["fits"]
+        ] + ["(mse is the matching loss)"]
+        lines.append([f"{r['image']} {r['size']} px, {r['noise']}", f"{r['noisy_psnr']:.2f}",
+                      f"{r['baseline_psnr']:.2f} ({r['baseline']})", *cells[:2]])  # fmt: skip
+    return markdown(head, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = grid_parser(__doc__, "noise", size=96, iterations=1200)
+    parser = study_parser(
+        __doc__, RESULTS / "noise", table=True, images=IMAGES, size=96, iterations=1200, fit_args=True, resume=True
+    )
     parser.add_argument("--noises", nargs="+", default=["poisson:10", "poisson:30", "impulse:0.1"])
     parser.add_argument("--stop-patience", type=int, default=300)
-    return grid_main(
-        parser,
-        argv,
-        "noises",
-        lambda a, image, spec: run(a.data, a.out, image, spec, a),
-        table,
-        "noise_quality.json",
-    )
+    args = parser.parse_args(argv)
+    return grid_main(args, args.noises, run, table, "noise_quality.json", "noise")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -11,89 +11,68 @@ Prints a table and writes ``packed_conv.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
+import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import RESULTS, Results, Row, environment, interleaved, markdown, set_threads, study_parser
 
 
-def timed(fn: Callable[[], None], repeats: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats * 1000
-
-
-def case(k: int, channels: int, size: int, device: str, repeats: int) -> dict[str, Any]:
+def case(k: int, channels: int, size: int, device: str, repeats: int) -> Row:
     xs = [torch.randn(1, channels, size, size, device=device, requires_grad=True) for _ in range(k)]
     ws = [torch.randn(128, channels, 3, 3, device=device, requires_grad=True) for _ in range(k)]
     grouped_x = torch.cat(xs, 1).detach().requires_grad_()
     grouped_w = torch.cat(ws, 0).detach().requires_grad_()
     batch_x = torch.cat(xs, 0).detach().requires_grad_()
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    def synced(step: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            step().backward()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
 
-    def separate() -> None:
-        sum(F.conv2d(x, w, padding=1).sum() for x, w in zip(xs, ws, strict=True)).backward()  # type: ignore[union-attr]
-        sync()
+        return run
 
-    def grouped() -> None:
-        F.conv2d(grouped_x, grouped_w, padding=1, groups=k).sum().backward()
-        sync()
-
-    def shared() -> None:
-        F.conv2d(batch_x, ws[0], padding=1).sum().backward()
-        sync()
-
-    row: dict[str, Any] = {"k": k, "channels": channels, "size": size}
-    row.update(
-        {
-            name: timed(fn, repeats)
-            for name, fn in (("separate_ms", separate), ("grouped_ms", grouped), ("shared_weight_ms", shared))
-        }
-    )
-    return row  # fmt: skip
+    runners = {
+        "separate_ms": synced(lambda: sum(F.conv2d(x, w, padding=1).sum() for x, w in zip(xs, ws, strict=True))),  # type: ignore[arg-type,return-value]
+        "grouped_ms": synced(lambda: F.conv2d(grouped_x, grouped_w, padding=1, groups=k).sum()),
+        "shared_weight_ms": synced(lambda: F.conv2d(batch_x, ws[0], padding=1).sum()),
+    }
+    times = interleaved(runners, repeats)
+    return {"k": k, "channels": channels, "size": size} | {n: 1000 * statistics.mean(t) for n, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = study_parser(__doc__, RESULTS, data=False)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--sizes", default="8,32,64")
     parser.add_argument("--channels", default="128,132")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = [
-        case(args.k, c, s, args.device, args.repeats)
-        for c in (int(c) for c in args.channels.split(","))
-        for s in (int(s) for s in args.sizes.split(","))
+    set_threads(args.threads)
+    results = Results(args.out / "packed_conv.json", "rows", environment())
+    for c in map(int, args.channels.split(",")):
+        for s in map(int, args.sizes.split(",")):
+            results.add(case(args.k, c, s, args.device, args.repeats))
+    head = [
+        "K",
+        "in channels",
+        "size",
+        "K separate (ms)",
+        "grouped (ms)",
+        "grouped / separate",
+        "one shared weight (ms)",
     ]
-    print("| K | in channels | size | K separate (ms) | grouped (ms) | grouped / separate | one shared weight (ms) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['k']} | {r['channels']} | {r['size']} | {r['separate_ms']:.1f} | {r['grouped_ms']:.1f} | "
-            f"{r['grouped_ms'] / r['separate_ms']:.2f}x | {r['shared_weight_ms']:.1f} |"
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    info = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "rows": rows}
-    (args.out / "packed_conv.json").write_text(json.dumps(info, indent=2))
+    print(markdown(head, ([r["k"], r["channels"], r["size"], f"{r['separate_ms']:.1f}", f"{r['grouped_ms']:.1f}",
+                           f"{r['grouped_ms'] / r['separate_ms']:.2f}x", f"{r['shared_weight_ms']:.1f}"]
+                          for r in results.rows)))  # fmt: skip
     return 0
 
 

@@ -35,9 +35,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -45,12 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import common
+from benchmarks.common import DATA, RESULTS, machine
+
 TABLES = ("table1", "sr", "denoise")
-SCORES = ROOT / "benchmarks" / "results" / "paper_scores"  # committed: every paper-scale score, merged
+SCORES = RESULTS / "paper_scores"  # committed: every paper-scale score, merged
 SR_BORDER = 4  # pixels left out at every border when scoring super-resolution, as the paper's eval script
 # scikit-image's non-local means filter strength h per sigma, in units of sigma: the best of --nlm-sweep on CSet9
 # (benchmarks/results/paper_scores/nlm-sweep.json)
@@ -644,24 +645,11 @@ def write_row_file(
 def run_batch(manifest: Path, outdir: Path, args: argparse.Namespace, deadline: Optional[float]) -> int:
     """Runs the manifest through ``dipc batch`` until it ends or ``deadline`` (time.monotonic()) passes; at the
     deadline it sends the batch Ctrl-C (every running fit saves its checkpoint), so a rerun continues."""
-    command = [sys.executable, "-m", "dip_compile.cli", "batch", str(manifest), "-o", str(outdir)]
-    command += ["--seed", str(args.seed), "--checkpoint-every", str(args.checkpoint_every), "--device", args.device]
-    command += ["--pack", str(args.pack), *(["--ray"] if args.ray else []), *(["-q"] if args.quiet else [])]
-    env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    print("$ " + " ".join(command), flush=True)
-    process = subprocess.Popen(command, env=env)
-    try:
-        while process.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                print("paper_tables: time is up; stopping the batch (a rerun continues)", flush=True)
-                process.send_signal(signal.SIGINT)
-                return process.wait()
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        return process.wait()  # the batch got the same Ctrl-C and saves its fits
-    return process.returncode
+    options = ["--seed", str(args.seed), "--checkpoint-every", str(args.checkpoint_every), "--device", args.device]
+    options += ["--pack", str(args.pack), *(["--ray"] if args.ray else []), *(["-q"] if args.quiet else [])]
+    return common.run_batch(
+        manifest, outdir, options, args.threads, deadline, name="paper_tables", echo=True
+    ).returncode
 
 
 # --- scoring and the tables -------------------------------------------------------------------------------------
@@ -817,24 +805,6 @@ def build_table(
     return rows, markdown(table, rows, names, labels, PUBLISHED[table] if authors else ())
 
 
-def machine() -> dict[str, Any]:
-    """The CPU model, its vector flags that decide ``auto``'s precision, the cores and the load when the run ended."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    flags_line = next((line for line in lines if line.startswith("flags")), "")
-    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags_line)
-    return {
-        "cpu": model or platform.processor(),
-        "cpu_flags": flags,
-        "cores": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "python": platform.python_version(),
-    }
-
-
 def table_cases(table: str, args: argparse.Namespace, inputs: Path, side: Optional[int]) -> list[Case]:
     """The table's cases (``--only`` applied) with their inputs written from ``--data``; without ``--data``'s paper/
     (a lent GPU: only the working tree travels) the inputs a ``--prepare`` run wrote, as its cases.json lists them."""
@@ -868,8 +838,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--seeds", nargs="+", type=int, help="fit every column with each of these seeds (NAME-COLUMN-sSEED)"
     )
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="holds paper/")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "paper_tables")
+    parser.add_argument("--data", type=Path, default=DATA, help="holds paper/")
+    parser.add_argument("--out", type=Path, default=RESULTS / "paper_tables")
     parser.add_argument("--inputs", type=Path, help="the inputs' folder (TABLE/ in it; default OUT/SCALE/inputs)")
     parser.add_argument("--prepare", action="store_true", help="write the inputs and cases.json, fit nothing")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the cases whose name contains one of these")

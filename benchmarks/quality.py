@@ -20,157 +20,85 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 from PIL import Image
 
+from benchmarks.common import (
+    RESULTS,
+    Row,
+    environment,
+    markdown,
+    masked_psnr,
+    run_batch,
+    saved_rows,
+    study_parser,
+    write_case,
+    write_json,
+)
 from dip_compile import presets
 from dip_compile.baselines import diffusion_fill
 from dip_compile.checkpoint import load_checkpoint
-from dip_compile.imageio import load_image, save_image, save_side_by_side
+from dip_compile.imageio import load_image, save_side_by_side
 from dip_compile.metrics import psnr
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = ("kate", "denoise", "sr", "text", "holes")
 QUICK = dict(size=64, iterations=400, denoise_iterations=1500, stop_window=50, stop_patience=300)
 
 
-def fit_size(
-    image: torch.Tensor, size: int | None, resample: int = Image.Resampling.LANCZOS, crop_only: bool = False
-) -> torch.Tensor:
-    """Resizes so the short side is ``size`` and centre-crops a ``size`` square (unchanged when size is None).
-
-    With ``crop_only`` the image keeps its resolution and only the centre square is cut out."""
-    if size is None:
-        return image
-    c, h, w = image.shape
-    if crop_only:
-        top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-        return image[:, top : top + size, left : left + size].contiguous()
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    array = (image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    pil = Image.fromarray(array[..., 0] if c == 1 else array).resize((nw, nh), resample)
-    out = np.asarray(pil, dtype=np.float32) / 255.0
-    out = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return torch.from_numpy(np.ascontiguousarray(out[:, top : top + size, left : left + size]))
-
-
-def masked_psnr(x: torch.Tensor, y: torch.Tensor, region: torch.Tensor) -> float:
-    """PSNR over the pixels where ``region`` (H, W) is 1, all channels."""
-    sel = region.bool().expand_as(x.reshape(-1, *region.shape))
-    diff = (x.reshape(sel.shape) - y.reshape(sel.shape))[sel]
-    return float(-10.0 * torch.log10(diff.pow(2).mean().clamp_min(1e-12)))
-
-
-# --- the manifest --------------------------------------------------------------------------------------------
-
-
-def manifest_rows(args: argparse.Namespace, inputs: Path) -> list[dict[str, Any]]:
+def manifest_rows(args: argparse.Namespace, inputs: Path) -> list[Row]:
     """One ``dipc batch`` row per case, its inputs written to ``inputs`` at the benchmark's size."""
 
     def sized(name: str, resample: int = Image.Resampling.LANCZOS) -> str:
         path = inputs / (Path(name).stem + ".png")
-        save_image(fit_size(load_image(args.data / name), args.size, resample, crop_only=args.crop), path)
-        return path.name
+        return write_case(args.data, name, args.size, path, resample, crop_only=args.crop).name
 
-    cap = f" --iterations {args.iterations}" if args.iterations else ""
-    rows: list[dict[str, Any]] = []
+    cap = ["--iterations", str(args.iterations)] if args.iterations else []
+    rows: list[Row] = []
     for case in args.cases:
         if case == "kate":
-            rows.append(
-                dict(
-                    image=sized("kate.png"),
-                    task="inpaint",
-                    output="kate",
-                    options=cap.strip(),
-                    mask=sized("kate_mask.png", Image.Resampling.NEAREST),
-                    reference="kate.png",
-                )
-            )
+            mask = sized("kate_mask.png", Image.Resampling.NEAREST)
+            rows.append(dict(image=sized("kate.png"), task="inpaint", output="kate", options=cap, mask=mask,
+                             reference="kate.png"))  # fmt: skip
         elif case == "denoise":
-            stop = f"--stop-window {args.stop_window} --stop-patience {args.stop_patience}"
-            its = f" --iterations {args.denoise_iterations}" if args.denoise_iterations else ""
+            stop = ["--stop-window", str(args.stop_window), "--stop-patience", str(args.stop_patience)]
+            its = ["--iterations", str(args.denoise_iterations)] if args.denoise_iterations else []
             for name in args.denoise_images:
                 label = "denoise" if name == "F16_GT.png" else f"denoise-{Path(name).stem}"
-                image = sized(name)
-                rows.append(
-                    dict(image=image, task="denoise", output=f"{label}-fixed", options=f"--sigma 25 --stop fixed{its}")
-                )
-                rows.append(
-                    dict(image=image, task="denoise", output=label, options=f"--sigma 25 --stop auto {stop}{its}")
-                )
+                base = dict(image=sized(name), task="denoise")
+                rows.append(base | dict(output=f"{label}-fixed", options=["--sigma", "25", "--stop", "fixed", *its]))
+                rows.append(base | dict(output=label, options=["--sigma", "25", "--stop", "auto", *stop, *its]))
         elif case == "sr":
-            rows.append(
-                dict(
-                    image=sized("zebra_GT.png"),
-                    task="super-resolve",
-                    output="sr",
-                    options=f"--from-reference --factor 4{cap}",
-                )
-            )
+            options = ["--from-reference", "--factor", "4", *cap]
+            rows.append(dict(image=sized("zebra_GT.png"), task="super-resolve", output="sr", options=options))
         else:
-            flag = "--text" if case == "text" else f"--holes {args.holes}"
-            rows.append(dict(image=sized(args.extra_image), task="inpaint", output=case, options=f"{flag}{cap}"))
-    return rows  # fmt: skip
+            flag = ["--text"] if case == "text" else ["--holes", str(args.holes)]
+            rows.append(dict(image=sized(args.extra_image), task="inpaint", output=case, options=[*flag, *cap]))
+    return rows
 
 
-def run_batch(args: argparse.Namespace, manifest: Path, outdir: Path) -> float:
-    command = [sys.executable, "-m", "dip_compile.cli", "batch", str(manifest), "-o", str(outdir), "--checkpoints"]
-    command += [
-        "--seed",
-        str(args.seed),
-        "--log-every",
-        "5",
-        "--pack",
-        str(args.pack),
-        *(["--ray"] if args.ray else []),
-    ]
-    env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    t0 = time.perf_counter()
-    done = subprocess.run(command, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"dipc batch failed with exit code {done.returncode}")
-    return time.perf_counter() - t0
-
-
-# --- one row per case, from the batch's reports and checkpoints -----------------------------------------------
-
-
-def case_row(outdir: Path, name: str, args: argparse.Namespace, pictures: Path) -> dict[str, Any]:
+def case_row(outdir: Path, name: str, args: argparse.Namespace, pictures: Path) -> Row:
+    """A case's figures from the batch's report and checkpoint, with the baselines on the same observation."""
     report = json.loads((outdir / f"{name}.json").read_text())
     problem = load_checkpoint(outdir / "checkpoints" / f"{name}.ckpt").problem
     assert problem.reference is not None
     ref, view = problem.reference.cpu(), problem.corrupted_view().cpu()
     result = load_image(outdir / f"{name}.png")[None]
     config = report["config"]
-    row: dict[str, Any] = {
+    preset = presets.BY_NAME.get(config.get("preset"))
+    row: Row = {
         "case": name,
         "task": report["task"],
         "params": {
             "height": report["image_size"]["height"],
             "width": report["image_size"]["width"],
             "iterations_run": report["iterations"],
-            "preset_iterations": presets.BY_NAME[config["preset"]].config.iterations
-            if config.get("preset") in presets.BY_NAME
-            else config["iterations"],
-            "lr": config["lr"],
-            "reg_noise_std": config["reg_noise_std"],
-            "ema": config["ema"],
-            "stop": config["stop"],
-            "stop_window": config["stop_window"],
-            "stop_patience": config["stop_patience"],
+            "preset_iterations": preset.config.iterations if preset else config["iterations"],
+            **{k: config[k] for k in ("lr", "reg_noise_std", "ema", "stop", "stop_window", "stop_patience")},
             "scaling": "full size" if args.size is None else ("centre crop" if args.crop else "resized"),
         },
         "seconds": report["wall_seconds"],
@@ -200,50 +128,42 @@ def case_row(outdir: Path, name: str, args: argparse.Namespace, pictures: Path) 
     return row
 
 
-# --- the table -------------------------------------------------------------------------------------------------
+def cells(r: Row) -> list[str]:
+    """A case's table row: what it is, the baseline, DIP and notes."""
+    p = r["params"]
+    best, at = r["best_psnr_seen"]
+    seen = f"best seen {best:.2f} @ {at}" if best is not None else ""
+    if "psnr_hole" in r:
+        h = r["psnr_hole"]
+        base = (
+            f"masked {r['input_psnr']:.2f} (hole {h['masked_input']:.2f}); "
+            f"diffusion {r['diffusion_fill_psnr']:.2f} (hole {h['diffusion_fill']:.2f})"
+        )
+        dip = f"raw {r['dip_psnr']:.2f}, known pixels kept {r['dip_known_kept_psnr']:.2f} (hole {h['dip']:.2f})"
+        notes = f"hole {100 * r['hole_fraction']:.0f}% of pixels; {seen}"
+    elif r["task"] == "denoise" and p["stop"] == "auto":
+        base = f"noisy {r['input_psnr']:.2f}"
+        dip = f"auto {r['dip_psnr']:.2f} (oracle {best:.2f}: gap {best - r['dip_psnr']:.2f} dB)"
+        notes = (
+            f"chose {r['chosen_iteration']}, {r['stop_reason']} at {p['iterations_run']}; oracle @ {at}; "
+            f"W={p['stop_window']} P={p['stop_patience']}"
+        )
+    elif r["task"] == "denoise":
+        base, dip, notes = f"noisy {r['input_psnr']:.2f}", f"fixed {r['dip_psnr']:.2f}", seen
+    else:
+        base, dip, notes = f"bicubic {r['input_psnr']:.2f}", f"{r['dip_psnr']:.2f}", f"x4; {seen}"
+    size = f"{p['width']}x{p['height']} {p['scaling']}"
+    its = f"{p['iterations_run']} of {p['preset_iterations']}"
+    return [r["case"], size, its, base, dip, notes, f"{r['seconds_per_iteration']:.2f}"]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| case | size | iterations | baseline PSNR (dB) | DIP PSNR (dB) | notes | s/it |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        p = r["params"]
-        size = f"{p['width']}x{p['height']} {p['scaling']}"
-        its = f"{p['iterations_run']} of {p['preset_iterations']}"
-        best, at = r["best_psnr_seen"]
-        seen = f"best seen {best:.2f} @ {at}" if best is not None else ""
-        if "psnr_hole" in r:
-            h = r["psnr_hole"]
-            base = (
-                f"masked {r['input_psnr']:.2f} (hole {h['masked_input']:.2f}); "
-                f"diffusion {r['diffusion_fill_psnr']:.2f} (hole {h['diffusion_fill']:.2f})"
-            )
-            dip = f"raw {r['dip_psnr']:.2f}, known pixels kept {r['dip_known_kept_psnr']:.2f} (hole {h['dip']:.2f})"
-            notes = f"hole {100 * r['hole_fraction']:.0f}% of pixels; {seen}"
-        elif r["task"] == "denoise":
-            base = f"noisy {r['input_psnr']:.2f}"
-            if p["stop"] == "auto":
-                dip = f"auto {r['dip_psnr']:.2f} (oracle {best:.2f}: gap {best - r['dip_psnr']:.2f} dB)"
-                notes = (
-                    f"chose {r['chosen_iteration']}, {r['stop_reason']} at {p['iterations_run']}; oracle @ {at}; "
-                    f"W={p['stop_window']} P={p['stop_patience']}"
-                )
-            else:
-                dip, notes = f"fixed {r['dip_psnr']:.2f}", seen
-        else:
-            base, dip, notes = f"bicubic {r['input_psnr']:.2f}", f"{r['dip_psnr']:.2f}", f"x4; {seen}"
-        lines.append(f"| {r['case']} | {size} | {its} | {base} | {dip} | {notes} | {r['seconds_per_iteration']:.2f} |")
-    return "\n".join(lines)
+def table(rows: list[Row]) -> str:
+    head = ["case", "size", "iterations", "baseline PSNR (dB)", "DIP PSNR (dB)", "notes", "s/it"]
+    return markdown(head, map(cells, rows))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared" / "data", help="folder with the paper's images"
-    )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser = study_parser(__doc__, RESULTS, table=True)
     parser.add_argument("--json", default="quality.json", help="name of the JSON file in --out")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--size", type=int, help="resize the short side to this and centre-crop a square")
@@ -256,14 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-image", default="F16_GT.png", help="image for the text and random-hole cases")
     parser.add_argument("--holes", type=float, default=0.5, help="fraction of pixels dropped in the random-hole case")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
     parser.add_argument("--pack", type=int, default=1, help="dipc batch --pack")
     parser.add_argument("--ray", action="store_true", help="dipc batch --ray")
     parser.add_argument("--quick", action="store_true", help=f"defaults for a run of minutes: {QUICK}")
-    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved runs and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print(table([row for path in args.table for row in json.loads(path.read_text())["cases"]]))
+        print(table(saved_rows(args.table, "cases")))
         return 0
     if args.quick:
         for key, value in QUICK.items():
@@ -277,16 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = manifest_rows(args, inputs)
     manifest = inputs / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    seconds = run_batch(args, manifest, outdir)
+    options = ["--checkpoints", "--seed", str(args.seed), "--log-every", "5", "--pack", str(args.pack)]
+    t0 = time.perf_counter()
+    done = run_batch(manifest, outdir, [*options, *(["--ray"] if args.ray else [])], args.threads)
+    if done.returncode != 0:
+        raise SystemExit(f"dipc batch failed with exit code {done.returncode}")
+    seconds = time.perf_counter() - t0
     cases = [case_row(outdir, row["output"], args, args.out) for row in rows]
-    report = {
-        "run": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "batch_seconds": seconds,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "cases": cases,
-    }
-    (args.out / args.json).write_text(json.dumps(report, indent=2))
+    run = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_json(args.out / args.json, {"run": run, "batch_seconds": seconds, **environment(), "cases": cases})
     print(table(cases))
     return 0
 

@@ -20,11 +20,9 @@ stays within 0.1 dB of the baseline's. Fits run ``--jobs`` at a time (a GPU take
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,15 +30,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.quality import fit_size  # noqa: E402
-from benchmarks.stopping_study import curves, kept_psnr, replay  # noqa: E402
-from dip_compile.imageio import load_image  # noqa: E402
+from benchmarks.common import RESULTS, Results, case_image, environment, fit_size, study_parser
+from benchmarks.stopping_study import IMAGES, curves, kept_psnr, replay
 
 SCHEDULES = [
     "constant:0.01",
@@ -65,7 +60,7 @@ def preset_for(noise: str) -> str:
 def run_fit(task: dict[str, Any]) -> dict[str, Any]:
     """One fit in a worker process: the case's curves under one schedule."""
     torch.set_num_threads(task["threads"])
-    image = fit_size(load_image(Path(task["data"]) / task["image"]), task["size"])
+    image = fit_size(case_image(Path(task["data"]), task["image"]), task["size"])
     changes = {**parse_schedule(task["schedule"]), "device": task["device"], "precision": task["precision"]}
     changes["backend"] = task["backend"]
     recorded = curves(image, task["noise"], task["iterations"], 0, preset_for(task["noise"]), **changes)
@@ -169,73 +164,48 @@ def table(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "schedule")
-    parser.add_argument("--images", nargs="+", default=["F16_GT.png", "kate.png", "zebra_GT.png"])
+    parser = study_parser(
+        __doc__, RESULTS / "schedule", threads=False, table=True, images=IMAGES, size=256, iterations=3000
+    )
     parser.add_argument("--noises", nargs="+", default=["gaussian:25", "gaussian:50"])
     parser.add_argument("--schedules", nargs="+", default=SCHEDULES, help="KIND:LR[:WARMUP]; the first is the baseline")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--backend", default="eager")
     parser.add_argument("--jobs", type=int, default=1, help="fits at a time")
-    parser.add_argument("--table", type=Path, metavar="JSON", help="print the tables of a saved run and exit")
     args = parser.parse_args(argv)
     if args.table:
-        saved = json.loads(args.table.read_text())
-        print(table(*analyse(saved["runs"], saved["schedules"])))
+        saved = [json.loads(path.read_text()) for path in args.table]
+        print(table(*analyse([run for s in saved for run in s["runs"]], saved[0]["schedules"])))
         return 0
     for spec in args.schedules:
         parse_schedule(spec)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"schedule_study_{args.size}.json"
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    settings = ("size", "iterations", "device", "precision", "backend")
     tasks = [
-        {
-            "image": image,
-            "noise": noise,
-            "schedule": schedule,
-            "size": args.size,
-            "iterations": args.iterations,
-            "device": args.device,
-            "precision": args.precision,
-            "backend": args.backend,
-            "data": str(args.data),
-            "threads": threads,
-        }
+        {"image": image, "noise": noise, "schedule": schedule, "data": str(args.data), "threads": threads}
+        | {key: getattr(args, key) for key in settings}
         for schedule in args.schedules
         for image in args.images
         for noise in args.noises
     ]
-    info = {
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        "schedules": args.schedules,
-        "iterations": args.iterations,
-        "size": args.size,
-    }
-    runs: list[dict[str, Any]] = []
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
+    head = {**environment(), "gpu": gpu, "schedules": args.schedules, "iterations": args.iterations, "size": args.size}
+    results = Results(args.out / f"schedule_study_{args.size}.json", "runs", head, indent=None)
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(run_fit, t) for t in tasks]
-        for future in as_completed(futures):
-            run = future.result()
-            runs.append(run)
+        for future in as_completed([pool.submit(run_fit, t) for t in tasks]):
+            run = results.add(future.result())
             print(
                 f"{run['image']} {run['noise']} {run['schedule']}: best {max(run['psnr_ema']):.2f} dB, "
                 f"{run['seconds']:.0f} s ({time.perf_counter() - started:.0f} s in)",
                 flush=True,
             )
-            path.write_text(json.dumps({**info, "runs": runs}))
-    rows, summary = analyse(runs, args.schedules)
-    path.write_text(json.dumps({**info, "runs": runs, "rows": rows, "summary": summary}))
+    rows, summary = analyse(results.rows, args.schedules)
+    results.save(rows=rows, summary=summary)
     print(table(rows, summary))
-    print(f"wrote {path}")
+    print(f"wrote {results.path}")
     return 0
 
 

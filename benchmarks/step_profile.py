@@ -21,14 +21,16 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import torch
 
+from benchmarks.common import RESULTS
 from benchmarks.fit_speed import make_case, matmul_peak, step_flops
 from dip_compile.acceleration import capability
 from dip_compile.allocator import freed_memory_kept
 from dip_compile.fitting import Fitter
 
-ROOT = Path(__file__).resolve().parents[1]
 # (category, pattern over the operator's name), first match wins: the top-level aten ops the step launches.
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("conv backward", r"convolution_backward|mkldnn_convolution_backward"),
@@ -79,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--system-malloc", action="store_true", help="glibc's own settings (the step before allocator.py)"
     )
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_profile.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "step_profile.json")
     args = parser.parse_args(argv)
 
     device = torch.device("cpu")

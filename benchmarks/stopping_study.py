@@ -27,27 +27,22 @@ writes ``stopping_study.json`` (PSNR only: the fits' times are left out, the stu
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.quality import fit_size  # noqa: E402
-from dip_compile.fitting import Fitter  # noqa: E402
-from dip_compile.imageio import load_image  # noqa: E402
-from dip_compile.noise import parse_noise  # noqa: E402
-from dip_compile.presets import preset  # noqa: E402
-from dip_compile.problem import make_problem  # noqa: E402
-from dip_compile.stopping import BURN_IN_WINDOWS, HoldoutStopper, Stopper, VarianceStopper, ema_lag  # noqa: E402
+from benchmarks.common import RESULTS, Results, case_image, fit_size, set_threads, study_parser
+from dip_compile.fitting import Fitter
+from dip_compile.noise import parse_noise
+from dip_compile.presets import preset
+from dip_compile.problem import make_problem
+from dip_compile.stopping import BURN_IN_WINDOWS, HoldoutStopper, Stopper, VarianceStopper, ema_lag
 
 PATIENCES = (100, 200, 300, 500, 1000)
 RISES = (0.05, 0.1, 0.2, 0.5)
@@ -56,6 +51,7 @@ RULES = [("patience", p) for p in PATIENCES] + [("rise", r) for r in RISES]
 # (patience, tolerance, lag): the stopper's lag (the EMA's mean age, LAG below) and once without it
 HOLDOUT_RULES = [(p, t, -1) for p in (100, 200, 300, 500) for t in (0.0, 0.003, 0.01)] + [(300, 0.003, 0)]
 LOG_EVERY = 5  # the curves' (and so the replayed rules') resolution in iterations
+IMAGES = ["F16_GT.png", "kate.png", "zebra_GT.png"]
 BURN_IN = BURN_IN_WINDOWS * preset("denoise").stop_window  # the stopper counts no minimum before this iteration
 LAG = ema_lag(preset("denoise"))  # it keeps the EMA this many iterations after the minimum
 
@@ -131,25 +127,6 @@ def curves(
     if holdout:
         recorded.update(holdout=holdout, held_error=[recorder.held_error[i] for i in its])
     return recorded
-
-
-def load_study_image(data: Path, name: str) -> torch.Tensor:
-    """A file under ``data``, or ``skimage:NAME``: a sample image that ships inside scikit-image (no download), as
-    (C, H, W) in [0, 1]; transparency is laid on white, grayscale stays one channel."""
-    if not name.startswith("skimage:"):
-        return load_image(data / name)
-    import numpy as np
-    from skimage import data as samples
-
-    array = np.asarray(getattr(samples, name.split(":", 1)[1])()).astype(np.float32)
-    array = array / 255.0 if array.max() > 1 else array
-    if array.ndim == 2:
-        array = array[None]
-    else:
-        if array.shape[-1] == 4:  # RGBA over white
-            array = array[..., :3] * array[..., 3:] + (1 - array[..., 3:])
-        array = array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def replay(c: dict[str, Any], rule: str, value: float, burn_in: int = BURN_IN) -> tuple[int, int]:
@@ -245,14 +222,8 @@ def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "stopping")
-    parser.add_argument("--images", nargs="+", default=["F16_GT.png", "kate.png", "zebra_GT.png"])
+    parser = study_parser(__doc__, RESULTS / "stopping", images=IMAGES, size=96, iterations=3000)
     parser.add_argument("--noises", nargs="+", default=["gaussian:25", "gaussian:50"])
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--iterations", type=int, default=3000)
-    parser.add_argument("--threads", type=int)
     parser.add_argument(
         "--holdout", type=float, default=0.0, help="fit with --stop holdout, this share held out (0: all pixels)"
     )
@@ -262,21 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         help="replay the rules on a saved JSON's curves (this study's or schedule_study.py's), fit nothing",
     )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    path = args.out / "stopping_study.json"
+    set_threads(args.threads)
     cases = load_cases(args.replay) if args.replay else []
-    if not args.replay:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for name in args.images:
-            image = fit_size(load_study_image(args.data, name), args.size)
-            for spec in args.noises:
-                print(f"{name} {spec} ...", flush=True)
-                recorded = curves(image, spec, args.iterations, 0, holdout=args.holdout)
-                recorded.pop("seconds")  # beside other work: no timing
-                cases.append({"image": name, "noise": spec, "size": args.size, **recorded})
-                result = {"machine": platform.platform(), "torch": torch.__version__, "cases": cases}
-                path.write_text(json.dumps(result))
+    results = Results(args.out / "stopping_study.json", "cases", indent=None)
+    for name in [] if args.replay else args.images:
+        image = fit_size(case_image(args.data, name), args.size)
+        for spec in args.noises:
+            print(f"{name} {spec} ...", flush=True)
+            recorded = curves(image, spec, args.iterations, 0, holdout=args.holdout)
+            recorded.pop("seconds")  # beside other work: no timing
+            cases.append(results.add({"image": name, "noise": spec, "size": args.size, **recorded}))
     summary = summarise(cases)
     print(f"{'rule':>26} | mean gap dB | worst gap dB | mean run share | per case: stop it (gap dB)")
     for row in summary:
@@ -287,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['mean_run_share']:14.2f} | {', '.join(row['stops'])}"
         )
     if not args.replay:
-        result = {"machine": platform.platform(), "torch": torch.__version__, "cases": cases, "rules": summary}
-        path.write_text(json.dumps(result))
-        print(f"wrote {path}")
+        results.save(rules=summary)
+        print(f"wrote {results.path}")
     return 0
 
 

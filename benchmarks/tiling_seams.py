@@ -12,27 +12,28 @@ square where the first four tiles meet (``--crop`` px, enlarged ``--zoom`` times
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import sys
-import time
 from pathlib import Path
-from typing import Any
+
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.paper_tables import machine  # noqa: E402
-from benchmarks.quality import fit_size, masked_psnr  # noqa: E402
-from dip_compile.fitjob import NetShape  # noqa: E402
-from dip_compile.imageio import load_image, save_image, save_side_by_side  # noqa: E402
-from dip_compile.metrics import psnr  # noqa: E402
-from dip_compile.restore import FitJob, run_job  # noqa: E402
-from dip_compile.tiling import grid  # noqa: E402
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    environment,
+    fit,
+    masked_psnr,
+    set_threads,
+    study_parser,
+    write_case,
+    write_json,
+)
+from dip_compile.imageio import load_image, save_side_by_side
+from dip_compile.metrics import psnr
+from dip_compile.tiling import grid
 
 
 def blend_zones(size: tuple[int, int], tile: int, overlap: int) -> torch.Tensor:
@@ -53,72 +54,38 @@ def meeting_square(size: tuple[int, int], tile: int, overlap: int, side: int) ->
     return clamp(centre_y, size[0]), clamp(centre_x, size[1])
 
 
-def fit(out: Path, name: str, image: Path, args: argparse.Namespace, **tiling: Any) -> float:
-    job = FitJob(
-        output=out / f"{name}.png",
-        task="denoise",
-        image=image,
-        sigma=args.sigma,
-        settings={
-            "iterations": args.iterations,
-            "stop": "fixed",
-            "seed": args.seed,
-            "backend": "auto",
-            "precision": args.precision,
-        },
-        net=NetShape(channels=args.channels),
-        report=out / f"{name}.json",
-        force=True,
-        quiet=True,
-        **tiling,
-    )
-    start = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
-        code = run_job(job, console_file=log)
-    if code != 0:
-        raise SystemExit(f"{name}: dipc fit exited with {code}, see {out / name}.log")
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser = study_parser(__doc__, RESULTS / "tiling", size=512, iterations=500, fit_args=True)
     parser.add_argument("--image", default="F16_GT.png")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tiling")
     parser.add_argument("--picture", type=Path, default=ROOT / "docs" / "tile-seam.png")
-    parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--sigma", type=float, default=25.0)
     parser.add_argument("--channels", default="32", help="the network's channels (--channels of dipc fit)")
-    parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int)
     parser.add_argument("--crop", type=int, default=128, help="side of the pictured square (px)")
     parser.add_argument("--zoom", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    clean_path = args.out / f"clean-{args.size}.png"
-    save_image(fit_size(load_image(args.data / args.image), args.size), clean_path)
+    set_threads(args.threads)
+    clean_path = write_case(args.data, args.image, args.size, args.out / f"clean-{args.size}.png")
     clean = load_image(clean_path)[None]
     size = (clean.shape[-2], clean.shape[-1])
-
-    seconds = {"whole": fit(args.out, "whole", clean_path, args)}
-    seconds["tiled"] = fit(args.out, "tiled", clean_path, args, tile=args.tile, overlap=args.overlap)
-    whole, tiled = (load_image(args.out / f"{name}.png")[None] for name in ("whole", "tiled"))
+    shared = ["--sigma", str(args.sigma), "--iterations", str(args.iterations), "--stop", "fixed", "--seed",
+              str(args.seed), "--precision", args.precision, "--channels", args.channels, "--force", "-q", *args.fit_args]  # fmt: skip
+    tiles = {"whole": [], "tiled": ["--tile", str(args.tile), "--overlap", str(args.overlap)]}
+    seconds = {
+        name: fit(["denoise", str(clean_path), "-o", str(args.out / f"{name}.png"), "--report",
+                   str(args.out / f"{name}.json"), *shared, *extra], args.out / f"{name}.log")
+        for name, extra in tiles.items()
+    }  # fmt: skip
+    whole, tiled = (load_image(args.out / f"{name}.png")[None] for name in tiles)
     zones = blend_zones(size, args.tile, args.overlap)
-    noisy_psnr = json.loads((args.out / "whole.json").read_text()).get("input_psnr")
     result = {
-        "machine": platform.platform(),
-        **machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **environment(),
         "settings": {k: str(v) for k, v in vars(args).items()},
         "tiles": len(grid(size, args.tile, args.overlap)),
-        "noisy_psnr": noisy_psnr,
+        "noisy_psnr": json.loads((args.out / "whole.json").read_text()).get("input_psnr"),
         "whole_psnr": psnr(whole, clean).item(),
         "tiled_psnr": psnr(tiled, clean).item(),
         "tiled_psnr_in_blend_zones": masked_psnr(tiled, clean, zones),
@@ -126,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "whole_psnr_in_blend_zones": masked_psnr(whole, clean, zones),
         "seconds": seconds,
     }
-    (args.out / "tiling_seams.json").write_text(json.dumps(result, indent=2))
+    write_json(args.out / "tiling_seams.json", result)
 
     top, left = meeting_square(size, args.tile, args.overlap, args.crop)
     side = min(args.crop, size[0], size[1])
@@ -135,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         cut = image[0, :, top : top + side, left : left + side]
         return cut.repeat_interleave(args.zoom, dim=-2).repeat_interleave(args.zoom, dim=-1)
 
-    save_side_by_side([square(clean), square(tiled), square(whole)], args.picture)
+    save_side_by_side([square(clean), square(tiled), square(whole)], args.picture, overwrite=True)
     for key, value in result.items():
         if key != "settings":
             print(f"{key}: {value}")
@@ -144,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

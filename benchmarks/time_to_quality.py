@@ -22,9 +22,7 @@ Prints a table, writes ``time_to_quality.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,19 +30,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
+
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as `python benchmarks/X.py`: the repo root, so `benchmarks.*` imports as under `-m`
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.quality import fit_size  # noqa: E402
-from dip_compile.errors import DipError  # noqa: E402
-from dip_compile.imageio import load_image, save_image  # noqa: E402
-from dip_compile.metrics import psnr  # noqa: E402
-from dip_compile.network import build_network, make_input  # noqa: E402
-from dip_compile.noise import parse_noise  # noqa: E402
-from dip_compile.presets import preset  # noqa: E402
+from benchmarks.common import RESULTS, Results, case_image, dipc, fit_size, markdown, study_parser
+from dip_compile.errors import DipError
+from dip_compile.imageio import load_image, save_image
+from dip_compile.metrics import psnr
+from dip_compile.network import build_network, make_input
+from dip_compile.noise import parse_noise
+from dip_compile.presets import preset
 
 
 def first_time(seconds: list[float], values: list[float], target: float) -> float | None:
@@ -56,7 +52,7 @@ def run_dipc(noisy: Path, clean: Path, work: Path, options: list[str]) -> dict[s
     would return (at most every 10 s) whenever the variance reaches a new minimum, so each version's PSNR and the
     second it appeared on disk are recorded."""
     out, report = work / "dipc.png", work / "dipc.json"
-    command = [sys.executable, "-m", "dip_compile.cli", "fit", "denoise", str(noisy), "-o", str(out)]
+    command = dipc("fit", "denoise", str(noisy), "-o", str(out))
     command += ["--reference", str(clean), "--report", str(report), "--force", "-q", *options]
     reference = load_image(clean)
     on_disk: list[tuple[float, float]] = []
@@ -137,21 +133,16 @@ def run_reference(noisy: torch.Tensor, clean: torch.Tensor, iterations: int, see
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "time_to_quality")
-    parser.add_argument("--images", nargs="+", default=["F16_GT.png"])
+    parser = study_parser(__doc__, RESULTS / "time_to_quality", threads=False, images=["F16_GT.png"], size=256)
     parser.add_argument("--noises", nargs="+", default=["gaussian:25"])
-    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--iterations", type=int, help="the reference's count (default: the preset's)")
     parser.add_argument("--options", default="", help="more dipc fit options, one string")
     parser.add_argument("--skip-reference", action="store_true", help="time dipc only")
     args = parser.parse_args(argv)
     iterations = args.iterations or preset("denoise").iterations
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    results = Results(args.out / "time_to_quality.json", "cases")
     for name in args.images:
-        clean = fit_size(load_image(args.data / name), args.size)
+        clean = fit_size(case_image(args.data, name), args.size)
         for spec in args.noises:
             noisy = parse_noise(spec).apply(clean, seed=0)
             with tempfile.TemporaryDirectory() as tmp:
@@ -160,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                 save_image(noisy.clamp(0, 1), work / "noisy.png")
                 noisy = load_image(work / "noisy.png")  # both fit the very same (8-bit) observation
                 print(f"{name} {spec}: dipc fit ...", flush=True)
-                dipc = run_dipc(work / "noisy.png", work / "clean.png", work, args.options.split())
-            row: dict[str, Any] = {"image": name, "noise": spec, "size": args.size, "dipc": dipc}
+                dipc_run = run_dipc(work / "noisy.png", work / "clean.png", work, args.options.split())
+            row: dict[str, Any] = {"image": name, "noise": spec, "size": args.size, "dipc": dipc_run}
             if not args.skip_reference:
                 print(f"{name} {spec}: reference loop, {iterations} iterations ...", flush=True)
                 ref = run_reference(noisy, clean, iterations)
-                target = dipc["best_psnr"] - 0.5  # the quality of dipc's first good-enough image on disk
+                target = dipc_run["best_psnr"] - 0.5  # the quality of dipc's first good-enough image on disk
                 reached = first_time(ref["seconds"], ref["psnr_ema"], target)
                 row["reference"] = {
                     "total_seconds": ref["total_seconds"],
@@ -173,48 +164,30 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_to_target": reached,
                     "curve": list(zip(ref["seconds"], ref["psnr_ema"], strict=True)),
                 }
-                ready = dipc["within_0.5_seconds"]
+                ready = dipc_run["within_0.5_seconds"]
                 row["sooner"] = None if reached is None or ready is None else reached / ready
-            rows.append(row)
-            result = {"machine": platform.platform(), "processor": _cpu(), "torch": torch.__version__, "cases": rows}
-            (args.out / "time_to_quality.json").write_text(json.dumps(result, indent=2))
-    print(table(rows))
+            results.add(row)
+    print(table(results.rows))
     return 0
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| case | dipc: image within 0.5 dB of its best on disk at | within 0.1 dB at | run ends at | returned PSNR | "
-        "best seen | reference: that PSNR at | reference best | sooner |"
-    )
-    lines = [head, "|" + " --- |" * 9]
+    head = ["case", "dipc: image within 0.5 dB of its best on disk at", "within 0.1 dB at", "run ends at",
+            "returned PSNR", "best seen", "reference: that PSNR at", "reference best", "sooner"]  # fmt: skip
 
     def sec(value: float | None) -> str:
         return "never" if value is None else f"{value:.0f} s"
 
-    for r in rows:
+    def cells(r: dict[str, Any]) -> list[str]:
         d, ref = r["dipc"], r.get("reference")
-        lines.append(
-            f"| {r['image']} {r['noise']} {r['size']} px | {sec(d['within_0.5_seconds'])} | "
-            f"{sec(d['within_0.1_seconds'])} | {d['total_seconds']:.0f} s | {d['psnr']:.2f} | {d['best_psnr']:.2f} | "
-            + (
-                f"{sec(ref['seconds_to_target'])} | {ref['best_psnr']:.2f} | "
-                + (f"{r['sooner']:.2f}x |" if r.get("sooner") else "- |")
-                if ref
-                else "- | - | - |"
-            )
-        )
-    return "\n".join(lines)
+        mine = [f"{r['image']} {r['noise']} {r['size']} px", sec(d["within_0.5_seconds"]),
+                sec(d["within_0.1_seconds"]), f"{d['total_seconds']:.0f} s", f"{d['psnr']:.2f}", f"{d['best_psnr']:.2f}"]  # fmt: skip
+        if not ref:
+            return [*mine, "-", "-", "-"]
+        sooner = f"{r['sooner']:.2f}x" if r.get("sooner") else "-"
+        return [*mine, sec(ref["seconds_to_target"]), f"{ref['best_psnr']:.2f}", sooner]
+
+    return markdown(head, map(cells, rows))
 
 
 if __name__ == "__main__":

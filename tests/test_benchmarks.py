@@ -1,28 +1,37 @@
-"""benchmarks/: every module imports as ``benchmarks.X`` (nothing runs, no ``sys.path`` edit), and the producers
-that went stale against what they read run on made data (the presets table's deblur row, the stopping study's replay
-of a schedule study)."""
+"""benchmarks/: one runner (``python -m benchmarks NAME``) over the study modules, each importable as
+``benchmarks.X`` (nothing runs, no ``sys.path`` edit) and sharing ``benchmarks.common``; and the producers that went
+stale against what they read run on made data (the presets table's deblur row, the stopping study's replay of a
+schedule study)."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import __main__ as runner
+from benchmarks import common
 from conftest import save_png, smooth_image
 from dip_compile import presets
 from dip_compile.restore import load_problem, make_plan
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MODULES = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "__init__")
+STUDIES = sorted(runner.studies())
 
 
-def test_the_benchmarks_are_a_package_of_the_scripts_here():
+def test_every_module_but_the_scaffolding_is_a_study_of_the_runner() -> None:
     assert (BENCHMARKS / "__init__.py").is_file()
-    assert {"quality", "cases", "stopping_study", "schedule_study", "presets_quality"} <= set(MODULES)
+    assert set(MODULES) - set(STUDIES) == {"__main__", "common"}
+    assert {"quality", "stopping_study", "schedule_study", "presets_quality", "paper_tables", "fast_study"} <= set(
+        STUDIES
+    )
+    assert all(runner.studies().values())  # each says what it measures
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -30,8 +39,55 @@ def test_every_benchmark_imports_without_editing_sys_path(name: str):
     before = list(sys.path)
     module = importlib.import_module(f"benchmarks.{name}")
     assert module.__name__ == f"benchmarks.{name}"
-    assert sys.path == before  # the script-mode shim stays out of the way of an import
-    assert callable(getattr(module, "main", None)) or name == "cases"  # cases.py is the grid helpers only
+    assert sys.path == before  # the script-mode line stays out of the way of an import
+    assert callable(getattr(module, "main", None)) or name == "common"
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_the_runner_runs_every_study_by_name(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        runner.main([name, "--help"])  # parsed by the study's own parser, which runs nothing for --help
+    assert exit.value.code == 0
+    assert f"usage: python -m benchmarks {name}" in capsys.readouterr().out
+
+
+def test_the_runner_lists_the_studies_and_refuses_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert runner.main([]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"  {name} " in listed for name in STUDIES)
+    assert "Tiles against the whole image" in listed  # tiling_seams' docstring, read without importing it
+    assert runner.main(["nonesuch"]) == 2
+    assert "no study 'nonesuch'" in capsys.readouterr().err
+
+
+def test_a_study_runs_as_a_script_as_a_module_and_through_the_runner() -> None:
+    """``python benchmarks/X.py`` (the docs' form) finds benchmarks.common without PYTHONPATH; so do the ``-m`` forms.
+    (memory_estimate imports no torch before it runs: three quick interpreters.)"""
+    launches = (
+        ["benchmarks/memory_estimate.py"],
+        ["-m", "benchmarks.memory_estimate"],
+        ["-m", "benchmarks", "memory_estimate"],
+    )
+    for launch in launches:
+        done = subprocess.run([sys.executable, *launch, "--help"], cwd=BENCHMARKS.parent, env={"PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "--save-memory {off,on,both}" in done.stdout
+
+
+def test_a_saved_run_prints_as_a_markdown_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import batch_throughput
+
+    row = {"size": 8, "mode": "pack2", "flags": "--pack 2", "jobs": 2, "seconds": 1.0, "images_per_hour": 7200.0,
+           "ratio": 1.5, "mean_psnr": 30.0}  # fmt: skip
+    saved = [tmp_path / "a.json", tmp_path / "b.json"]
+    common.write_json(saved[0], {"rows": [row]})
+    common.write_json(saved[1], {"rows": [row | {"mode": "sequential", "flags": ""}]})
+    assert batch_throughput.main(["--table", *map(str, saved)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| size | mode | flags |") and lines[1] == "|" + " --- |" * 8
+    assert lines[2:] == ["| 8 | pack2 | `--pack 2` | 2 | 1.0 | 7200 | 1.50x | 30.00 |",
+                         "| 8 | sequential | `(none)` | 2 | 1.0 | 7200 | 1.50x | 30.00 |"]  # fmt: skip
 
 
 def _made_data(root: Path) -> Path:
@@ -53,7 +109,8 @@ def _made_data(root: Path) -> Path:
 
 def test_presets_quality_prepares_a_job_for_every_preset(tmp_path: Path):
     """The table's rows are the registry's presets: a preset added there (deblur was) has a source here, and every
-    job it makes builds its problem (deblur's needs a kernel, which no preset gives)."""
+    job it makes (``dipc fit``'s own, from its command line) builds its problem (deblur's needs a kernel, which no
+    preset gives)."""
     from benchmarks.presets_quality import SOURCES, prepare
 
     assert set(SOURCES) == set(presets.NAMES)
@@ -61,9 +118,11 @@ def test_presets_quality_prepares_a_job_for_every_preset(tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
     for name in presets.NAMES:
-        job, side = prepare(data, out, name, 32)
+        args, side = prepare(data, out, name, 32, 2)
+        job = common.fit_job(args)
         config, problem = load_problem(make_plan(job), [])
-        assert config.preset == name and side >= 32
+        assert config.preset == name and side >= 32 and config.iterations == 2
+        assert (job.checkpoint, job.report) == (out / f"{name}.ckpt", out / f"{name}.json")
         if name == "deblur":
             assert config.kernel == "gaussian:2" and problem.kernel is not None and problem.reference is not None
 
@@ -157,3 +216,83 @@ def test_step_profile_sorts_a_steps_operators_into_its_parts(tmp_path: Path) -> 
     record = json.loads(out.read_text())
     assert record["by_category_ms"]["conv forward"] > 0 and record["gflop"] > 0
     assert record["peak_2048_gflops"] > 0 and record["share_of_peak_2048"] > 0
+
+
+SMALL = "--precision fp32 --channels 8 --depth 2"  # a small net in fp32 in both passes: the studies' fits in seconds
+
+
+def _one_image(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_png(smooth_image(40, 40), folder / "a.png")
+    return folder
+
+
+def test_the_deblur_study_fits_through_dipc_fit_and_tunes_its_baselines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import deblur_quality as dq
+
+    out = tmp_path / "out"
+    argv = ["--data", str(_one_image(tmp_path / "data")), "--out", str(out), "--images", "a.png", "--size", "32"]
+    assert dq.main([*argv, "--iterations", "2", "--kernels", "gaussian:1", "--fit-args", SMALL]) == 0
+    (row,) = json.loads((out / "deblur_quality.json").read_text())["cases"]
+    assert (row["case"], row["size"], row["iterations"]) == ("a-gaussian1", 32, 2)
+    assert row["wiener_nsr"] in dq.NSR and row["rl_iterations"] in dq.RL_ITERATIONS
+    assert 0 < row["blurred_psnr"] < 60 and 0 < row["dip_psnr"] < 60 and (out / "a-gaussian1-compare.png").is_file()
+    capsys.readouterr()
+    assert dq.main(["--table", str(out / "deblur_quality.json")]) == 0
+    assert (
+        capsys.readouterr().out.splitlines()[-1].startswith(f"| a.png 32 px, gaussian:1 | {row['blurred_psnr']:.2f} |")
+    )
+    # --resume keeps that row and fits only the case it lacks
+    fitted: list[str] = []
+    monkeypatch.setattr(dq, "fit", lambda args, log: fitted.append(args[args.index("--kernel") + 1]) or 1.0)
+    with pytest.raises(FileNotFoundError):  # (the stand-in wrote no report for box:3)
+        dq.main([*argv, "--iterations", "2", "--kernels", "gaussian:1", "box:3", "--resume"])
+    assert fitted == ["box:3"]
+    assert json.loads((out / "deblur_quality.json").read_text())["cases"] == [row]
+
+
+def test_the_noise_study_fits_the_matching_loss_and_mse(tmp_path: Path) -> None:
+    from benchmarks import noise_quality as nq
+
+    out = tmp_path / "out"
+    argv = ["--data", str(_one_image(tmp_path / "data")), "--out", str(out), "--images", "a.png", "--size", "32"]
+    assert nq.main([*argv, "--iterations", "2", "--noises", "poisson:30", "--fit-args", SMALL]) == 0
+    (row,) = json.loads((out / "noise_quality.json").read_text())["cases"]
+    assert [f["loss"] for f in row["fits"]] == ["poisson", "mse"] and all(f["iterations"] == 2 for f in row["fits"])
+    assert row["baseline"].startswith("Anscombe + Gaussian") and row["baseline_psnr"] > 0
+
+
+def test_the_tiling_study_fits_whole_and_tiled_and_pictures_where_tiles_meet(tmp_path: Path) -> None:
+    from benchmarks import tiling_seams
+
+    out, picture = tmp_path / "out", tmp_path / "seam.png"
+    argv = ["--data", str(_one_image(tmp_path / "data")), "--image", "a.png", "--out", str(out), "--size", "48"]
+    argv += ["--tile", "32", "--overlap", "8", "--iterations", "2", "--channels", "8", "--precision", "fp32"]
+    assert tiling_seams.main([*argv, "--crop", "16", "--picture", str(picture), "--fit-args", "--depth 2"]) == 0
+    result = json.loads((out / "tiling_seams.json").read_text())
+    assert result["tiles"] == 4 and set(result["seconds"]) == {"whole", "tiled"}
+    assert 0 < result["tiled_psnr_in_blend_zones"] < 60 and 0 < result["whole_psnr"] < 60
+    reports = [json.loads((out / f"{n}.json").read_text()) for n in ("whole", "tiled")]
+    assert [r["iterations"] for r in reports] == [2, 2 * 4]  # the tiled report counts every tile's
+    assert picture.is_file()
+
+
+def test_schedule_study_tables_saved_runs_against_the_first_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import schedule_study
+
+    schedules = ["constant:0.01", "constant:0.02"]
+    runs = [
+        {"image": "a.png", "noise": "gaussian:25", "schedule": s, "seconds": 1.0} | _curves(best_at)
+        for s, best_at in zip(schedules, (1000, 600), strict=True)
+    ]
+    common.write_json(tmp_path / "study.json", {"schedules": schedules, "runs": runs})
+    assert schedule_study.main(["--table", str(tmp_path / "study.json")]) == 0
+    _, summary = schedule_study.analyse(runs, schedules)
+    # both peak at 30 dB; within 0.5 dB of it (|it - best| <= 250) from 750 for the baseline, from 350 for lr 0.02
+    faster = summary[1]
+    assert faster["worst_best_change_db"] == 0 and faster["mean_ratio_to_0.5"] == pytest.approx(350 / 750)
+    assert "| constant:0.02 | 1 | +0.00 / +0.00 | 0.47 / " in capsys.readouterr().out

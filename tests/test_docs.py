@@ -103,7 +103,7 @@ class Parsed(Exception):
 
 
 def benchmark_parser(name: str) -> argparse.ArgumentParser:
-    """The parser ``benchmarks/NAME.py``'s main() builds (shared parts of cases.py included), caught before it runs."""
+    """The parser ``benchmarks/NAME.py``'s main() builds (common.py's shared options included), caught before it runs."""
 
     def caught(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         raise Parsed(self)
@@ -145,7 +145,7 @@ def test_every_benchmark_command_names_a_script_that_takes_its_options(page: str
 
 def test_a_benchmark_option_counts_only_where_the_scripts_own_parser_takes_it() -> None:
     assert benchmark_refusal("python benchmarks/batch_throughput.py --images 8 --sizes 64") is None
-    # quality.py, which batch_throughput.py imports a helper from, has this option; batch_throughput.py does not
+    # quality.py, which shares common.py's options with batch_throughput.py, has this option; batch_throughput.py not
     refusal = benchmark_refusal("python benchmarks/batch_throughput.py --images 8 --denoise-iterations 5")
     assert refusal is not None and "unrecognized arguments: --denoise-iterations 5" in refusal
     refusal = benchmark_refusal("python -m benchmarks.paper_tables --table table2")

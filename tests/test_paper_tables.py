@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import paper_tables as pt
+from benchmarks.common import ROOT
 
 
 def test_y_channel_is_bt601_on_the_16_235_scale():
@@ -137,8 +138,8 @@ def test_the_device_script_fits_prepared_inputs_without_the_data_and_its_rows_me
     assert [c["name"] for c in json.loads((inputs / "sr" / "cases.json").read_text())] == ["Set5-x4-tiles"]
     env = dict(os.environ, OUT=str(out), STAGE="x4", DEVICE="cpu", ITERATIONS="2", PACK="1", INPUTS=str(inputs))
     env.update(WORK=str(tmp_path / "work"), PYTHON=sys.executable)
-    script = pt.ROOT / "benchmarks" / "paper_tables_device.sh"
-    run = subprocess.run(["bash", str(script)], cwd=pt.ROOT, env=env, capture_output=True, text=True, timeout=600)
+    script = ROOT / "benchmarks" / "paper_tables_device.sh"
+    run = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert sorted(p.name for p in out.iterdir()) == ["x4.jsonl", "x4.log"]  # files directly under $OUT
     (line,) = pt.read_row_file(out / "x4.jsonl")
@@ -158,10 +159,10 @@ def test_the_device_script_fits_prepared_inputs_without_the_data_and_its_rows_me
 
 
 def test_a_wrong_stage_or_missing_inputs_stop_the_device_script_in_one_line(tmp_path):
-    script = pt.ROOT / "benchmarks" / "paper_tables_device.sh"
+    script = ROOT / "benchmarks" / "paper_tables_device.sh"
     for stage, message in (("x16", "STAGE must be x4, x8 or denoise25"), ("x4", "run the --prepare command here")):
         env = dict(os.environ, OUT=str(tmp_path / "out"), STAGE=stage, INPUTS=str(tmp_path / "none"))
-        run = subprocess.run(["bash", str(script)], cwd=pt.ROOT, env=env, capture_output=True, text=True)
+        run = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True)
         assert run.returncode == 2 and message in run.stderr
 
 
