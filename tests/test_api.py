@@ -35,7 +35,7 @@ def test_restore_image_takes_every_option_of_the_problem(tmp_path: Path, monkeyp
 
     image = save_png(smooth_image(32, 32), tmp_path / "in.png")
     built = []
-    monkeypatch.setattr(api, "validate_job", lambda job: built.append(job) or 1 / 0)
+    monkeypatch.setattr(api, "make_plan", lambda job: built.append(job) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         dip_compile.restore_image(image, "inpaint", holes=0.5, channels_skip=0, **TINY)
     cli = parse_fit_args(["inpaint", str(image), "--holes", "0.5", "--skip-channels", "0", "-o", "x.png", *flags(TINY)])
