@@ -1,5 +1,5 @@
 """A ``FitJob`` resolved once: ``make_plan`` checks the job and resolves its preset, noise, configuration, mask
-source, kernel and device into a ``Plan``; ``load`` reads its files into what a fit starts from (``Loaded``). Every
+source, kernel and device into a ``JobPlan``; ``load`` reads its files into what a fit starts from (``Loaded``). Every
 edge plans a job once (``dipc fit``, ``dipc batch`` for each row before any fit, ``restore_image``, the web page),
 and nothing after the plan resolves the preset, configuration or device again. Below ``tiling`` and ``restore``,
 which run a plan tile by tile or whole."""
@@ -45,7 +45,7 @@ from .timelapse import check as check_timelapse
 
 
 @dataclass(frozen=True, eq=False)
-class Plan:
+class JobPlan:
     """A checked job with what it resolves to. With ``--resume`` the checkpoint holds the problem and settings:
     only the job's own options are checked, and ``load`` resolves the rest from the checkpoint."""
 
@@ -66,7 +66,7 @@ class Plan:
             return self.config
         return build_config(with_noise_peak(self.job, self.noise), channels).replace(device=self.config.device)
 
-    def rerouted(self, job: FitJob) -> Plan:
+    def rerouted(self, job: FitJob) -> JobPlan:
         """This plan for ``job``, the same fit with other outputs (a batch names its files itself): only the
         fields that say where results go may differ, and only they are checked again."""
         moved = [
@@ -80,7 +80,7 @@ class Plan:
         return dataclasses.replace(self, job=job)
 
 
-def make_plan(job: FitJob, *, device: bool = True) -> Plan:
+def make_plan(job: FitJob, *, device: bool = True) -> JobPlan:
     """Everything a fit refuses before it reads an image (the job's flags, its configuration, the mask source, the
     kernel, the tiling and, with ``device``, the device's availability), resolved once. ``dipc batch`` plans every
     job before the first fit (``device=False`` with --ray: a worker's device is not this machine's); what needs the
@@ -88,7 +88,7 @@ def make_plan(job: FitJob, *, device: bool = True) -> Plan:
     check_outputs(job)
     tiled = job.tile is not None or job.overlap != FitJob.overlap
     if job.resume is not None:
-        return Plan(job, tiled)  # the checkpoint holds the problem and the settings: checked by ``load``
+        return JobPlan(job, tiled)  # the checkpoint holds the problem and the settings: checked by ``load``
     chosen, noise = problem_options_checked(job)
     config = build_config(with_noise_peak(job, noise), chosen.channels)
     task = tasks.spec(str(job.task))  # (problem_options_checked refuses a job without one)
@@ -100,7 +100,7 @@ def make_plan(job: FitJob, *, device: bool = True) -> Plan:
     where = resolve_device(str(config.device)) if device else None
     if where is not None:
         config = config.replace(device=where)
-    return Plan(job, tiled, chosen, noise, config, holes, kernel, where)
+    return JobPlan(job, tiled, chosen, noise, config, holes, kernel, where)
 
 
 def validate_job(job: FitJob, *, device: bool = True) -> None:
@@ -194,7 +194,7 @@ class Loaded:
         return self.problem
 
 
-def load(plan: Plan, notes: Optional[list[str]] = None) -> Loaded:
+def load(plan: JobPlan, notes: Optional[list[str]] = None) -> Loaded:
     """The plan's problem read from its files (or its checkpoint), on its device. What the user should know (a
     conversion) goes to ``notes``."""
     if plan.job.resume is None:
@@ -207,7 +207,7 @@ def load(plan: Plan, notes: Optional[list[str]] = None) -> Loaded:
     return Loaded(config if config.device == device else config.replace(device=device), problem, device, ckpt)
 
 
-def load_problem(plan: Plan, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem]:
+def load_problem(plan: JobPlan, notes: Optional[list[str]] = None) -> tuple[FitConfig, Problem]:
     """The configuration and problem of a new fit; what the user should know (a conversion) goes to ``notes`` and
     to the problem's own (``Problem.notes``, which its report and checkpoint keep)."""
     notes = [] if notes is None else notes
@@ -248,7 +248,7 @@ def load_problem(plan: Plan, notes: Optional[list[str]] = None) -> tuple[FitConf
     return config, dataclasses.replace(problem, notes=tuple(notes))
 
 
-def _make_mask(plan: Plan, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, bool]:
+def _make_mask(plan: JobPlan, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, bool]:
     """The inpainting mask from the plan's one source, and whether it was made here (then the image is the clean
     reference)."""
     job = plan.job
@@ -310,7 +310,7 @@ class Run:
     """One run of a plan, as its pipeline's ``fit`` sees it: the outputs already checked, the memory estimate
     made, Ctrl-C handled by ``stop_requested``."""
 
-    plan: Plan
+    plan: JobPlan
     loaded: Loaded
     console: Any
     outputs: Outputs
@@ -323,11 +323,11 @@ class Pipeline(Protocol):
     """How a plan is loaded, estimated, checked and fitted; ``restore.run_plan`` runs the steps in order and writes
     the outputs (``fitjob.OUTPUTS``) of the ``Done`` that ``fit`` returns (an exit code: interrupted)."""
 
-    def load(self, plan: Plan, notes: list[str]) -> Loaded: ...
+    def load(self, plan: JobPlan, notes: list[str]) -> Loaded: ...
 
-    def dry_run(self, plan: Plan, loaded: Loaded, console: Any) -> int: ...
+    def dry_run(self, plan: JobPlan, loaded: Loaded, console: Any) -> int: ...
 
-    def declare(self, plan: Plan, loaded: Loaded, outputs: Outputs) -> None:
+    def declare(self, plan: JobPlan, loaded: Loaded, outputs: Outputs) -> None:
         """Files of its own to check besides the job's outputs (a whole fit's Ctrl-C checkpoint)."""
 
     def fit(self, run: Run) -> Session[Done | int]: ...

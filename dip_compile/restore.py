@@ -1,6 +1,6 @@
 """One restoration job from files to files, as ``dipc fit`` runs it (and as a script can, without the CLI).
 
-A job flows one way: ``plan.make_plan`` checks and resolves it once (a ``Plan``); ``run_plan`` runs the steps every
+A job flows one way: ``plan.make_plan`` checks and resolves it once (a ``JobPlan``); ``run_plan`` runs the steps every
 plan shares (load, dry run, check the outputs, estimate the memory, fit, write the outputs of ``fitjob.OUTPUTS``)
 with a ``Pipeline`` for what differs: ``WHOLE`` (one fit, here) or ``tiling.TILED`` (one fit per tile). The hooks
 that run while fitting are ``progress.HOOKS``. Names that scripts and tests use are re-exported here.
@@ -36,7 +36,7 @@ from .fitjob import (
     snapshot_path,
 )
 from .fitting import FitResult, Fitter, LogRecord, Session, drive, stop_flag
-from .plan import Loaded, Pipeline, Plan, Run, load, load_problem, make_plan, validate_job
+from .plan import JobPlan, Loaded, Pipeline, Run, load, load_problem, make_plan, validate_job
 from .preflight import MEMORY_SHARE, check_memory, dry_run, is_out_of_memory
 from .progress import BestSaver, PeriodicSaver, Watch, run_with_progress, status_line
 from .report import build_report
@@ -85,7 +85,7 @@ def fit_session(
 
 
 def run_plan(
-    plan: Plan,
+    plan: JobPlan,
     console_file: Any = None,
     stop_requested: Optional[Callable[[], bool]] = None,
     on_log: Optional[Callable[[LogRecord, Fitter], None]] = None,
@@ -122,7 +122,7 @@ def run_plan(
         return 0
 
 
-def prepare(plan: Plan, notes: Optional[list[str]] = None) -> Loaded:
+def prepare(plan: JobPlan, notes: Optional[list[str]] = None) -> Loaded:
     """An untiled plan's configuration (on its device), problem and device, and with --resume its checkpoint: what
     its fit, or its estimate, starts from."""
     return WHOLE.load(plan, [] if notes is None else notes)
@@ -137,13 +137,13 @@ def interrupt_checkpoint(job: FitJob) -> Path:
 class Whole:
     """The image fitted at once."""
 
-    def load(self, plan: Plan, notes: list[str]) -> Loaded:
+    def load(self, plan: JobPlan, notes: list[str]) -> Loaded:
         return load(plan, notes)
 
-    def dry_run(self, plan: Plan, loaded: Loaded, console: Any) -> int:
+    def dry_run(self, plan: JobPlan, loaded: Loaded, console: Any) -> int:
         return dry_run(loaded.config, loaded.problem, loaded.device, console, done=loaded.done)
 
-    def declare(self, plan: Plan, loaded: Loaded, outputs: Outputs) -> None:
+    def declare(self, plan: JobPlan, loaded: Loaded, outputs: Outputs) -> None:
         job = plan.job
         if job.checkpoint is None:  # on Ctrl-C: OUT.ckpt, the resumed file itself, or OUT-<iteration>.ckpt if taken
             path = interrupt_checkpoint(job)

@@ -34,7 +34,7 @@ from .fitjob import INTERRUPTED, Done, FitJob, Outputs, fingerprint
 from .fitting import Fitter, Session
 from .imageio import atomic_write
 from .metrics import psnr
-from .plan import Loaded, Plan, Run, load, work_folder
+from .plan import JobPlan, Loaded, Run, load, work_folder
 from .preflight import TILED_TASKS, dry_run, is_out_of_memory
 from .problem import Problem, make_problem
 from .progress import Watch, run_with_progress
@@ -160,7 +160,7 @@ class Tiled:
     """``--tile``: the tiles fitted one after the other, blended into ``job.output``; the finished tiles and, on
     Ctrl-C, the running tile's checkpoint are kept for a rerun (the pipeline's ``fit`` then returns 130)."""
 
-    def load(self, plan: Plan, notes: list[str]) -> Loaded:
+    def load(self, plan: JobPlan, notes: list[str]) -> Loaded:
         loaded = load(plan, notes)
         tile, overlap = plan.job.tile, plan.job.overlap
         assert tile is not None  # (make_plan refuses --overlap without --tile)
@@ -168,7 +168,7 @@ class Tiled:
         problems = tuple(tile_problem(loaded.config, loaded.problem, box) for box in boxes)
         return Tiles(loaded.config, loaded.problem, loaded.device, None, boxes, problems)
 
-    def dry_run(self, plan: Plan, loaded: Loaded, console: Any) -> int:
+    def dry_run(self, plan: JobPlan, loaded: Loaded, console: Any) -> int:
         job = plan.job
         assert isinstance(loaded, Tiles)
         console.print(
@@ -176,7 +176,7 @@ class Tiled:
         )
         return dry_run(loaded.config, loaded.sized, loaded.device, console)
 
-    def declare(self, plan: Plan, loaded: Loaded, outputs: Outputs) -> None:
+    def declare(self, plan: JobPlan, loaded: Loaded, outputs: Outputs) -> None:
         pass  # a tiled run's own files are in its work folder, under the job's fingerprint
 
     def fit(self, run: Run) -> Session[Done | int]:

@@ -25,7 +25,7 @@ from ..errors import DipError
 from ..fitting import Session
 from ..job import FitJob
 from ..packing import drive_packed
-from ..plan import Plan, make_plan
+from ..plan import JobPlan, make_plan
 from ..restore import run_plan
 from .jobs import CHECKPOINTS, PARTIAL, BatchJob, ManifestError, fingerprint, fit_job, parse_shard, shard
 
@@ -89,7 +89,7 @@ class Prepared:
 
     job: BatchJob
     fit: FitJob
-    plan: Plan
+    plan: JobPlan
     fingerprint: str
     paths: dict[str, Path] = field(default_factory=dict)
 
@@ -101,7 +101,7 @@ def prepare(jobs: Sequence[BatchJob], options: BatchOptions) -> list[Prepared]:
     are parsed and checked once: a manifest of many rows costs little more than its rows' reading and hashing."""
     outdir = options.outdir.absolute()
     prepared = []
-    checked: dict[tuple[Any, ...], Plan] = {}
+    checked: dict[tuple[Any, ...], JobPlan] = {}
     digests: dict[Path, str] = {}  # (rows often share an image, mask or reference: each file is hashed once)
     for job in shard(jobs, options.shard):
         output = outdir / f"{job.name}.png"
