@@ -28,9 +28,10 @@ from .problem import Problem, make_problem
 from .tasks import spec
 
 GIB = 2**30
-# time per iteration grows a little faster than the pixel count (caches): t ~ area ** TIME_EXPONENT, chosen to balance
-# the probe's error at 256 and 512 px (benchmarks/memory_estimate.py's rows; no script computes it)
-TIME_EXPONENT = 1.05
+# time per iteration against the pixel count: t ~ area ** TIME_EXPONENT. It was 1.05 (page faults grew the large
+# steps) until a fit kept its freed memory (allocator.py); the step profiles of docs/fast.md "Per iteration" then give
+# 0.91 (bf16 on AMX, 128 -> 512 px) and 0.99 (fp32 with AVX2 kernels, 256 -> 512 px): between them
+TIME_EXPONENT = 0.95
 # peak = KEEP[save_memory] * the activations a default fit keeps + weights and images + OVERHEAD_BYTES, fitted to
 # measured peak RSS (benchmarks/memory_estimate.py: denoise and kate nets, 256-1024 px, fp32 and bf16; its --fit does
 # the least squares; the values in use predate it and were not refitted: docs/speed-and-memory.md). With
