@@ -4,7 +4,7 @@ A CPU step allocates and frees the same activations every iteration, most of the
 threshold (32 MiB: a 128-channel 512x512 activation is 64 MiB in bf16). glibc serves each with a fresh ``mmap`` and
 returns it with ``munmap``, so every iteration page-faults its whole working set in again: on the default net at
 512 px that was about a quarter of the step (docs/fast.md, "Per iteration"). With mmap off and no trimming, freed
-blocks stay in the heap and the next iteration reuses them; ``release`` hands the free memory back after a fit.
+blocks stay in the heap and the next iteration reuses them; the free memory goes back after the fit.
 Elsewhere (macOS, musl, Windows) both are no-ops.
 """
 
@@ -44,54 +44,47 @@ def available() -> bool:
     return libc() is not None
 
 
+def machine_bytes() -> int | None:
+    """This machine's memory, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def room_to_keep() -> bool:
     """Whether this process's peak so far (a fit's first step), grown by ``GROWTH``, fits in this machine's memory:
     keeping freed memory costs peak memory, so a fit near the limit runs as before (slower) rather than fail."""
     try:
         import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (KiB on Linux)
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ImportError, ValueError, OSError, AttributeError):
+    except ImportError:
         return False
-    return GROWTH * peak <= SHARE * total
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (KiB on Linux)
+    total = machine_bytes()
+    return total is not None and GROWTH * peak <= SHARE * total
 
 
-def keep_freed_memory() -> bool:
-    """Big blocks from the heap, and freed memory kept in it, until the matching ``release``; nested users share
-    one setting (fits in threads of one server). True where it took effect."""
+@contextlib.contextmanager
+def freed_memory_kept(on: bool = True) -> Iterator[bool]:
+    """Big blocks from the heap, and freed memory kept in it, for the block (a fit's loop); yields whether it took
+    effect. Nested users (fits in threads of one server) share one setting: the first sets it, the last restores
+    glibc's defaults and returns the free memory."""
     global _users
-    lib = libc()
+    lib = libc() if on else None
     if lib is None:
-        return False
+        yield False
+        return
     with _lock:
         _users += 1
         if _users == 1:
             lib.mallopt(M_MMAP_MAX, 0)
             lib.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-    return True
-
-
-def release() -> None:
-    """Ends one ``keep_freed_memory``; the last one restores glibc's defaults and returns the free memory."""
-    global _users
-    lib = libc()
-    if lib is None:
-        return
-    with _lock:
-        _users = max(_users - 1, 0)
-        if _users == 0:
-            lib.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-            lib.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-            lib.malloc_trim(0)
-
-
-@contextlib.contextmanager
-def freed_memory_kept(on: bool = True) -> Iterator[bool]:
-    """``keep_freed_memory`` for the block (a fit's loop), then ``release``; yields whether it took effect."""
-    kept = on and keep_freed_memory()
     try:
-        yield kept
+        yield True
     finally:
-        if kept:
-            release()
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                lib.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+                lib.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+                lib.malloc_trim(0)

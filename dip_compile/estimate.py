@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 import time
 from dataclasses import dataclass
 
 import torch
 
 from .acceleration import choose
+from .allocator import machine_bytes
 from .config import FitConfig, NetConfig, Precision
 from .network import build_network, count_parameters, make_input, set_save_memory
 from .problem import Problem, make_problem
@@ -129,10 +129,8 @@ def available_bytes(device: str) -> tuple[int, str] | None:
     """The memory a fit may use on ``device`` and what it is called, or None when unknown."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_properties(torch.device(device)).total_memory, "GPU memory"
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory"
-    except (ValueError, OSError, AttributeError):
-        return None
+    total = machine_bytes()
+    return None if total is None else (total, "memory")
 
 
 def largest_side(config: FitConfig, canvas: tuple[int, int], channels: int, device: str, budget: float) -> int:

@@ -283,11 +283,11 @@ class Output:
 
     @property
     def flag(self) -> str:  # how messages name it
-        return str(FitJob.__dataclass_fields__[self.field].metadata["flag"])
+        return flag_of(FitJob, self.field)
 
     @property
     def api(self) -> bool:  # ``restore_image`` takes it as a keyword
-        return bool(FitJob.__dataclass_fields__[self.field].metadata.get("api"))
+        return bool(next(f for f in dataclasses.fields(FitJob) if f.name == self.field).metadata.get("api"))
 
     def given(self, job: FitJob) -> bool:
         return bool(getattr(job, self.field))

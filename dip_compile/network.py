@@ -77,9 +77,8 @@ def _half_sums(g: torch.Tensor, dim: int) -> torch.Tensor:
     even, odd = g[before + (slice(0, None, 2),)], g[before + (slice(1, None, 2),)]
     n = even.shape[dim]
     out = torch.add(even, odd).mul_(0.75)
-    if n > 1:
-        out.narrow(dim, 1, n - 1).add_(odd.narrow(dim, 0, n - 1), alpha=0.25)
-        out.narrow(dim, 0, n - 1).add_(even.narrow(dim, 1, n - 1), alpha=0.25)
+    out.narrow(dim, 1, n - 1).add_(odd.narrow(dim, 0, n - 1), alpha=0.25)  # (empty where n is 1)
+    out.narrow(dim, 0, n - 1).add_(even.narrow(dim, 1, n - 1), alpha=0.25)
     out.narrow(dim, 0, 1).add_(even.narrow(dim, 0, 1), alpha=0.25)
     out.narrow(dim, n - 1, 1).add_(odd.narrow(dim, n - 1, 1), alpha=0.25)
     return out
