@@ -6,12 +6,17 @@ the interrupted ones) next to ``dipc fit TASK``'s defaults, on the paper's own i
 from the paper's noisy files, Set5 x4 with the paper's crop and Lanczos input, two Table 1 images) at their full size
 (``--scale full``) or as centre crops of ``--side`` px (``--scale crop``), and scored with the paper's protocol
 (benchmarks/paper_tables.py). Per task it reports each candidate's PSNR against the defaults (mean and worst over the
-images), its iterations, its wall time (each fit's own fitting seconds from its report, summed over resumes: run the
-study ALONE for the times to mean anything) and that time as a share of the defaults', and picks:
+images), its iterations, its wall time and that time as a share of the defaults', and picks:
 
 * ``--fast``: the quickest candidate within 0.5 dB of the defaults on the mean and on the worst image;
 * the issue's target: that one in a fifth of the defaults' time or less;
 * a new default: a candidate within 0.1 dB (mean and worst) at half the defaults' time or less on every task.
+
+The wall time is one of two, and the results say which (``timed``): with ``--time-steps`` (a short phase that must
+run ALONE: one short fit per candidate and image size), the iterations each fit ran times its candidate's
+milliseconds per iteration timed alone on all cores, so the fits themselves can run beside other work (PSNR and
+iterations do not depend on the load); without, each fit's own fitting seconds from its report, summed over
+resumes, which mean something only when every fit ran alone.
 
 A candidate whose options the installed ``dipc fit`` does not take (a generator or stopping rule not merged yet) is
 reported as unavailable, with the CLI's reason; a fit that fails is reported with its error. The results go to
@@ -21,6 +26,7 @@ them are not.
     python -m benchmarks.fast_study --scale crop --max-minutes 120            # 256 px crops; a rerun continues
     python -m benchmarks.fast_study --scale full --only F16 --candidates w32,c2f-50
     python -m benchmarks.fast_study --scale crop --report                     # only score what is on disk
+    python -m benchmarks.fast_study --scale crop --time-steps --report        # ALONE: time each step, then score
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +45,7 @@ from PIL import Image
 
 sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
-from benchmarks.common import DATA, RESULTS, fit_job, machine
+from benchmarks.common import DATA, RESULTS, fit, fit_job, machine
 from benchmarks.paper_tables import Case, batch_row, cases_of, fit_entry, fmt, run_batch, write_inputs
 
 
@@ -144,6 +151,58 @@ def options_of(candidate: Candidate, table: str, cap: Optional[int] = None) -> l
     return out + (["--iterations", str(iterations)] if iterations is not None else [])
 
 
+TIMING_ITERATIONS = 25  # a step-timing fit's length (its first step, which plans and warms up, is not counted)
+STOP_FLAGS = ("--stop", "--stop-finish", "--iterations")  # the options a timing fit replaces (each takes a value)
+
+
+def timing_options(candidate: Candidate, table: str) -> list[str]:
+    """The candidate's options for a short fixed-length fit that times its step: its network, generator, precision
+    and coarse share (the coarse phase keeps its share of a timing fit's steps); its stopping rule and length
+    replaced, since a held-out share only leaves pixels out of the loss."""
+    out, it = [], iter(options_of(candidate, table))
+    for flag in it:
+        if flag in STOP_FLAGS:
+            next(it)
+        else:
+            out.append(flag)
+    return [*out, "--stop", "fixed", "--iterations", str(TIMING_ITERATIONS)]
+
+
+def size_of(case: Case, inputs: Path) -> str:
+    """The restored image's size, WxH (the reference's): what a step's cost depends on."""
+    with Image.open(inputs / case.reference) as reference:
+        return f"{reference.width}x{reference.height}"
+
+
+def time_steps(
+    cases: list[Case], inputs: Path, candidates: list[Candidate], table: str, repeats: int = 2
+) -> dict[str, float]:
+    """Milliseconds per steady iteration of each candidate at each image size of ``cases`` (``NAME@WxH``), the
+    best of ``repeats`` short fits through ``dipc fit`` on all cores. Run ALONE: these are the study's times."""
+    task, out = TASK_OF[table], {}
+    for candidate in candidates:
+        for size, case in {size_of(c, inputs): c for c in cases}.items():
+            args = [task, str(inputs / case.image)]
+            args += ["--mask", str(inputs / case.mask)] if case.mask else []
+            args += ["--factor", str(case.factor)] if case.factor else []
+            args += timing_options(candidate, table)
+            try:
+                out[f"{candidate.name}@{size}"] = min(step_ms(args) for _ in range(repeats))
+            except SystemExit as exc:  # the fit refused (the study reports its own fits' errors)
+                print(f"fast_study: {table} {candidate.name} at {size}: not timed: {exc}", flush=True)
+                continue
+            print(f"fast_study: {table} {candidate.name} at {size}: {out[f'{candidate.name}@{size}']:.0f} ms/it")
+    return out
+
+
+def step_ms(args: list[str]) -> float:
+    """One ``dipc fit ARGS`` in a scratch folder: its steady milliseconds per iteration (from its report)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        fit([*args, "-o", f"{tmp}/out.png", "--report", str(report)], Path(tmp) / "log.txt")
+        return 1000.0 / float(json.loads(report.read_text())["iterations_per_second"])
+
+
 def image_of(case: Case) -> str:
     """The paper's name of a case's image (F16-s25: F16; Set5-x4-bird: bird)."""
     if case.table == "denoise":
@@ -201,11 +260,22 @@ def entry(case: Case, outdir: Path, inputs: Path, name: str, failed: dict[str, s
     return found
 
 
+def estimate(rows: list[dict[str, Any]], steps: dict[str, float]) -> None:
+    """Gives each finished fit whose candidate's step was timed at its image's size ``estimated_seconds``: its
+    iterations times those milliseconds (in place; ``rows`` carry their ``size``)."""
+    for row in rows:
+        for name, f in row["fits"].items():
+            ms = steps.get(f"{name}@{row.get('size')}")
+            if ms is not None and f.get("iterations"):
+                f["step_ms"], f["estimated_seconds"] = ms, f["iterations"] * ms / 1000.0
+
+
 def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, str]) -> dict[str, Any]:
     """Per candidate: PSNR against the defaults on the images both finished (mean and worst), mean iterations and
-    seconds, and the share of the defaults' time (its seconds over theirs, summed over those images); then the
-    quickest candidate that gives up at most ``MAX_LOSS_DB`` on the mean and the worst image, finished on every
-    image. ``absent``: the unavailable candidates and why."""
+    seconds, and the share of the defaults' time (its seconds over theirs, summed over those images: the
+    estimated seconds where both have them on every image, ``timed: steps``, else the fits' own, ``timed: fits``);
+    then the quickest candidate that gives up at most ``MAX_LOSS_DB`` on the mean and the worst image, finished on
+    every image. ``absent``: the unavailable candidates and why."""
     out: dict[str, Any] = {}
     for name in names:
         if name in absent:
@@ -221,8 +291,11 @@ def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, st
         e["of"], e["errors"] = len(rows), errors
         if pairs:
             deltas = [f["psnr"] - b["psnr"] for f, b in pairs]
-            seconds, base = [f["seconds"] or 0.0 for f, _ in pairs], [b["seconds"] or 0.0 for _, b in pairs]
+            timed = "steps" if all("estimated_seconds" in f for pair in pairs for f in pair) else "fits"
+            key = "estimated_seconds" if timed == "steps" else "seconds"
+            seconds, base = [f[key] or 0.0 for f, _ in pairs], [b[key] or 0.0 for _, b in pairs]
             e.update(
+                timed=timed,
                 psnr=float(np.mean([f["psnr"] for f, _ in pairs])),
                 delta_db=float(np.mean(deltas)),
                 worst_delta_db=float(min(deltas)),
@@ -261,6 +334,9 @@ def new_default(results: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(set.intersection(*worthy))
 
 
+TIMED = {"steps": "iterations x ms/it timed alone", "fits": "the fits' own seconds"}
+
+
 def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
     """The task's summary table and its per-image table."""
     spec = TABLES[table]
@@ -268,21 +344,22 @@ def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
     lines = [
         f"#### {spec.task}: {spec.group} ({images})",
         "",
-        "| candidate | images | PSNR | vs defaults, mean / worst | iterations | seconds | share of the defaults' time |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| candidate | images | PSNR | vs defaults, mean / worst | iterations | seconds | share of the defaults' time |"
+        " timed by |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, e in result["candidates"].items():
         if e["status"] == "unavailable":
-            lines.append(f"| {name} | unavailable: {e['why'].replace('|', '/')} | | | | | |")
+            lines.append(f"| {name} | unavailable: {e['why'].replace('|', '/')} | | | | | | |")
             continue
         if not e.get("images"):
             why = "; ".join(e["errors"]).replace("|", "/") or "not run yet"
-            lines.append(f"| {name} | 0 of {e['of']}: {why} | | | | | |")
+            lines.append(f"| {name} | 0 of {e['of']}: {why} | | | | | | |")
             continue
         count = f"{e['images']}" + ("" if e["images"] == e["of"] else f" of {e['of']}")
         lines.append(
             f"| {name} | {count} | {e['psnr']:.2f} | {e['delta_db']:+.2f} / {e['worst_delta_db']:+.2f} | "
-            f"{e['iterations']:.0f} | {e['seconds']:.0f} | {fmt(e.get('time_share'))} |"
+            f"{e['iterations']:.0f} | {e['seconds']:.0f} | {fmt(e.get('time_share'))} | {TIMED[e['timed']]} |"
         )
     fast = result["fast"]
     share = fmt(result["candidates"][fast]["time_share"]) if fast else "-"
@@ -299,11 +376,11 @@ def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
         cells = []
         for n in shown:
             f = row["fits"][n]
-            cells.append(
-                f"{f['psnr']:.2f} dB, {f['iterations']} it, {f['seconds']:.0f} s"
-                if f.get("psnr") is not None
-                else f.get("status", "-")
-            )
+            if f.get("psnr") is None:
+                cells.append(f.get("status", "-"))
+                continue
+            timed = f", {f['step_ms']:.0f} ms/it" if "step_ms" in f else ""
+            cells.append(f"{f['psnr']:.2f} dB, {f['iterations']} it, {f['seconds']:.0f} s{timed}")
         lines.append(f"| {row['name']} ({row.get('size', '')}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -319,6 +396,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "fast_study")
     parser.add_argument("--cap", type=int, help="bound every fit's iterations (a smoke test of the pipeline)")
     parser.add_argument("--report", action="store_true", help="fit nothing: score what is on disk")
+    parser.add_argument(
+        "--time-steps",
+        action="store_true",
+        help=f"ALONE: time each candidate's step ({TIMING_ITERATIONS}-iteration fits, twice) at each image size into "
+        "steps.json before scoring; the shares then come from those times",
+    )
     parser.add_argument("--device", default="auto", help="dipc batch --device")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
     parser.add_argument("--seed", type=int, default=0)
@@ -339,6 +422,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     root = args.out / ((f"crop{side}" if side else "full") + (f"-cap{args.cap}" if args.cap else ""))
     deadline = None if args.max_minutes is None else time.monotonic() + 60.0 * args.max_minutes
     started = machine()
+    steps_path = root / "steps.json"
+    timings = json.loads(steps_path.read_text()) if steps_path.exists() else {"tables": {}}
     documents, results, code = [], {}, 0
     for table in tables:
         cases = study_cases(table, args.data, args.only)
@@ -355,11 +440,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
             print(f"fast_study: {table}, {len(cases)} images x {len(fitted)} candidates, crop {side}", flush=True)
             code = run_batch(manifest, outdir, args, deadline)
+        if cases and args.time_steps:
+            before = machine()
+            found = time_steps(cases, inputs, fitted, table)
+            timings["tables"][table] = {**timings["tables"].get(table, {}), **found}
+            timings.setdefault("runs", []).append({"table": table, "before": before, "after": machine()})
+            steps_path.write_text(json.dumps(timings, indent=1) + "\n")
         failed = failures(outdir)
         rows = [{"name": c.name, "fits": {n: entry(c, outdir, inputs, n, failed) for n in here}} for c in cases]
         for row, case in zip(rows, cases, strict=True):
-            with Image.open(inputs / case.reference) as reference:
-                row["size"] = f"{reference.width}x{reference.height}"
+            row["size"] = size_of(case, inputs)
+        estimate(rows, timings["tables"].get(table, {}))
         results[table] = {"task": TASK_OF[table], "rows": rows, **summarise(rows, here, absent)}
         documents.append(markdown(table, results[table], here))
     verdict = new_default(results)
@@ -379,6 +470,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "machine_at_start": started,
         "machine_at_end": machine(),
         "candidates": [asdict(BY_NAME[n]) for n in names],
+        "step_timings": timings,
         "tables": results,
         "new_default": verdict,
     }

@@ -117,3 +117,39 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     stamps = [p.stat().st_mtime_ns for p in fits]
     assert len(fits) == 6 and fs.main(argv) == 0  # a rerun skips the finished fits
     assert [p.stat().st_mtime_ns for p in fits] == stamps
+
+    monkeypatch.setattr(fs, "TIMING_ITERATIONS", 3)  # time the steps, fit nothing: the shares come from the timings
+    assert fs.main([*argv, "--report", "--time-steps"]) == 0
+    timed = json.loads((root / "steps.json").read_text())
+    assert set(timed["tables"]["sr"]) == {"defaults@64x64", "c2f-50@64x64"}  # deep-c2f's fit refused: not timed
+    assert len(timed["runs"]) == 3 and "load_average" in timed["runs"][0]["before"]
+    result = json.loads((root / "fast_study.json").read_text())
+    sr = result["tables"]["sr"]
+    fit_ = sr["rows"][0]["fits"]["c2f-50"]
+    assert fit_["estimated_seconds"] == pytest.approx(2 * timed["tables"]["sr"]["c2f-50@64x64"] / 1000)
+    assert sr["candidates"]["c2f-50"]["timed"] == "steps" and sr["candidates"]["defaults"]["timed"] == "steps"
+    assert "iterations x ms/it timed alone" in (root / "fast_study.md").read_text()
+    assert [p.stat().st_mtime_ns for p in fits] == stamps
+
+
+def test_timing_fits_keep_the_candidates_net_and_replace_its_stopping_rule() -> None:
+    finish = fs.timing_options(fs.BY_NAME["w64-holdout-finish"], "sr")
+    assert finish == ["--channels", "64", "--stop", "fixed", "--iterations", str(fs.TIMING_ITERATIONS)]
+    half = fs.timing_options(fs.BY_NAME["w64-half"], "table1")
+    assert half == ["--channels", "64", "--stop", "fixed", "--iterations", str(fs.TIMING_ITERATIONS)]
+    assert fs.timing_options(fs.BY_NAME["c2f-50"], "denoise")[:2] == ["--coarse-share", "0.5"]
+
+
+def test_estimated_seconds_are_iterations_times_the_timed_step_and_win_only_where_every_fit_has_them() -> None:
+    rows = [
+        {"size": "8x8", "fits": {"defaults": fit(30.0, 100, 1000), "narrow": fit(29.8, 90, 800)}},
+        {"size": "16x8", "fits": {"defaults": fit(28.0, 300, 1000), "narrow": fit(27.9, 250, 1000)}},
+    ]
+    fs.estimate(rows, {"defaults@8x8": 10.0, "narrow@8x8": 2.0, "defaults@16x8": 20.0, "narrow@16x8": 4.0})
+    assert rows[0]["fits"]["narrow"]["estimated_seconds"] == pytest.approx(1.6)
+    summary = fs.summarise(rows, ["defaults", "narrow"], {})
+    narrow = summary["candidates"]["narrow"]
+    assert narrow["timed"] == "steps" and narrow["time_share"] == pytest.approx((1.6 + 4.0) / (10.0 + 20.0))
+    del rows[1]["fits"]["narrow"]["estimated_seconds"]  # one image's step not timed: the fits' own seconds
+    narrow = fs.summarise(rows, ["defaults", "narrow"], {})["candidates"]["narrow"]
+    assert narrow["timed"] == "fits" and narrow["time_share"] == pytest.approx(340 / 400)
