@@ -93,16 +93,29 @@ CANDIDATES: tuple[Candidate, ...] = (
     # Deep Random Projector: random frozen convolutions, the input and BatchNorm fitted
     Candidate("drp", ("--generator", "drp"), "Deep Random Projector"),
     # the stopping rules (docs/stopping.md): the length decided by 5% of the observed pixels held out of the fit
-    Candidate("holdout", ("--stop", "holdout"), "stop at the held-out error's minimum, return the image there"),
+    Candidate(
+        "holdout",
+        ("--stop", "holdout"),
+        "stop at the held-out error's minimum, return the image there (denoising's default rule)",
+        FIXED,
+    ),
     Candidate(
         "holdout-finish",
         ("--stop", "holdout", "--stop-finish", "200"),
         "stop at the held-out error's minimum, then 200 iterations on all pixels (noise-free tasks)",
+        FIXED,
     ),
     Candidate(
         "w64-holdout-finish",
         ("--channels", "64", "--stop", "holdout", "--stop-finish", "200"),
         "64 channels, the held-out stop and 200 iterations on all pixels",
+        FIXED,
+    ),
+    Candidate(
+        "w32-holdout-finish",
+        ("--channels", "32", "--stop", "holdout", "--stop-finish", "200"),
+        "32 channels, the held-out stop and 200 iterations on all pixels",
+        FIXED,
     ),
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
