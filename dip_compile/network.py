@@ -122,6 +122,21 @@ class Upsample(nn.Upsample):
         return super().forward(input)
 
 
+def split_merge(s: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether a paper level merges its skip apart (``PaperLevel._merge_split``): bf16 CPU training steps, whose
+    activations are channels-last. fp32 CPU fits (NCHW: the golden fit, AVX2 machines), GPUs, export and no-grad
+    runs concatenate as the original does, the same arithmetic in the same order."""
+    return (
+        y.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.is_grad_enabled()
+        and y.is_contiguous(memory_format=torch.channels_last)
+        and s.is_contiguous(memory_format=torch.channels_last)
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
 def upsample(cfg: NetConfig, level: int) -> nn.Upsample:
     """x2 upsampling; bilinear and bicubic with ``--align-corners`` as PyTorch < 0.4 did (the paper's framework)."""
     mode = cfg.at("upsample", level)
@@ -207,6 +222,11 @@ class PaperLevel(Level):
         if self.deeper is not None:
             y = self.deeper(y)
         s = run_block(self.skip, x, save) if self.skip is not None else None
+        if not save and s is not None and split_merge(s, y):
+            y = self._merge_split(s, y, self.up[0])
+            for layer in list(self.up)[1:]:
+                y = layer(y)
+            return y
         if not save:
             return self.up(self._merge(s, y))
         first, *rest = segments(self.up)  # the merge and the first up conv-BN-act keep only s and y
@@ -219,6 +239,19 @@ class PaperLevel(Level):
     def _merge(self, s: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         y = self.upsample(y)
         return self.merge_norm(y if s is None else torch.cat([s, y], dim=1))
+
+    def _merge_split(self, s: torch.Tensor, y: torch.Tensor, first: nn.Module) -> torch.Tensor:
+        """``first(self._merge(s, y))`` without the concatenation: BatchNorm is per channel and a convolution is a
+        sum over its input channels, so the skip's and the upsampled branch's channels are normalised and convolved
+        apart and the two results added. Saves the concatenated copy and the convolution over 132 channels, which
+        oneDNN runs no faster than one over 160 (docs/fast.md, "Per iteration"); the same parameters."""
+        assert isinstance(first, nn.Conv2d)
+        y, k, bn = self.upsample(y), s.shape[1], self.merge_norm
+        w, b = bn.weight, bn.bias
+        s = F.batch_norm(s, None, None, w[:k], b[:k], True, 0.0, bn.eps)
+        y = F.batch_norm(y, None, None, w[k:], b[k:], True, 0.0, bn.eps)
+        weight = first.weight
+        return first._conv_forward(y, weight[:, k:], first.bias) + first._conv_forward(s, weight[:, :k], None)
 
 
 class SeedLevel(Level):

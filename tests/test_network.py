@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import pytest
@@ -328,3 +329,48 @@ def test_upsampling_is_atens_where_the_layout_is_nchw_or_corners_are_aligned():
         assert (
             Upsample(scale_factor=2, mode="bilinear")(x.contiguous(memory_format=torch.channels_last)).grad_fn is None
         )
+
+
+def small_paper_net() -> tuple[nn.Module, torch.Tensor]:
+    cfg = NetConfig(input_depth=4, channels_down=(8, 8, 8), channels_up=(8, 8, 8), channels_skip=(2, 2, 2))
+    torch.manual_seed(0)
+    net = build_network(cfg).to(memory_format=torch.channels_last)
+    return net, torch.rand(1, 4, 32, 32).contiguous(memory_format=torch.channels_last)
+
+
+def test_a_split_merge_is_the_concatenated_merge_in_fp32():
+    """``PaperLevel._merge_split`` (BatchNorm and the conv on the skip's and the upsampled channels apart, summed)
+    computes what the concatenation computes: the same parameters, fp32 rounding apart."""
+    net, x = small_paper_net()
+    level = net.body
+    y, s = level.deeper(level.down(x)), level.skip(x)
+    joined = level.up[0](level._merge(s, y))
+    assert torch.allclose(level._merge_split(s, y, level.up[0]), joined, atol=1e-5)
+
+
+def test_bf16_cpu_training_steps_split_the_merge_and_keep_the_gradients():
+    """Only bf16 CPU training (channels-last under autocast) merges apart; its gradients stay as close to the
+    concatenated merge's as bf16 rounding leaves them. NCHW fp32 (the golden fit), no-grad and export concatenate."""
+    from dip_compile import network
+
+    net, x = small_paper_net()
+    y = torch.rand(1, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    s = torch.rand(1, 2, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert network.split_merge(s, y)
+        assert not network.split_merge(s.contiguous(), y.contiguous())  # NCHW
+        with torch.no_grad():
+            assert not network.split_merge(s, y)
+    assert not network.split_merge(s, y)  # fp32: no autocast
+
+    def gradients(split: bool) -> torch.Tensor:
+        model = copy.deepcopy(net)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(network, "split_merge", lambda s, y: split)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+        out.float().square().mean().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    split, joined = gradients(True), gradients(False)
+    assert (split - joined).norm() < 0.2 * joined.norm()
