@@ -35,7 +35,7 @@ sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]
 import torch
 
 from benchmarks.common import RESULTS, Results, case_image, environment, fit_size, study_parser
-from benchmarks.stopping_study import IMAGES, curves, kept_psnr, replay
+from benchmarks.stopping_study import IMAGES, curves, kept_psnr, replay, too_short
 
 SCHEDULES = [
     "constant:0.01",
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="eager")
     parser.add_argument("--jobs", type=int, default=1, help="fits at a time")
     args = parser.parse_args(argv)
+    if not args.table and (why := too_short(args.iterations)):
+        parser.error(why)
     if args.table:
         saved = [json.loads(path.read_text()) for path in args.table]
         print(table(*analyse([run for s in saved for run in s["runs"]], saved[0]["schedules"])))

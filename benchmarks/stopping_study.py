@@ -54,6 +54,16 @@ LOG_EVERY = 5  # the curves' (and so the replayed rules') resolution in iteratio
 IMAGES = ["F16_GT.png", "kate.png", "zebra_GT.png"]
 BURN_IN = BURN_IN_WINDOWS * preset("denoise").stop_window  # the stopper counts no minimum before this iteration
 LAG = ema_lag(preset("denoise"))  # it keeps the EMA this many iterations after the minimum
+MIN_ITERATIONS = preset("denoise").stop_window + LOG_EVERY  # the first point of the curves: one full window
+
+
+def too_short(iterations: int) -> str | None:
+    """Why a study of ``iterations`` per fit would record no curve (None: it records one)."""
+    if iterations >= MIN_ITERATIONS:
+        return None
+    return (
+        f"--iterations {iterations} records no curve: the variance needs a full window first ({MIN_ITERATIONS} or more)"
+    )
 
 
 class Recorder:
@@ -233,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         help="replay the rules on a saved JSON's curves (this study's or schedule_study.py's), fit nothing",
     )
     args = parser.parse_args(argv)
+    if not args.replay and (why := too_short(args.iterations)):
+        parser.error(why)
     set_threads(args.threads)
     cases = load_cases(args.replay) if args.replay else []
     results = Results(args.out / "stopping_study.json", "cases", indent=None)

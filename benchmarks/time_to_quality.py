@@ -98,6 +98,9 @@ def run_dipc(noisy: Path, clean: Path, work: Path, options: list[str]) -> dict[s
     }
 
 
+REFERENCE_EVERY = 10  # the reference loop's EMA PSNR is read every this many iterations
+
+
 def run_reference(noisy: torch.Tensor, clean: torch.Tensor, iterations: int, seed: int = 0) -> dict[str, Any]:
     """The paper's loop, plainly: returns its EMA PSNR every 10 iterations with the seconds since it started."""
     started = time.perf_counter()
@@ -126,7 +129,7 @@ def run_reference(noisy: torch.Tensor, clean: torch.Tensor, iterations: int, see
         last_psnr = now
         optimizer.step()
         ema = out.detach() if ema is None else ema * 0.99 + out.detach() * 0.01
-        if (i + 1) % 10 == 0:
+        if (i + 1) % REFERENCE_EVERY == 0:
             seconds.append(time.perf_counter() - started)
             values.append(psnr(ema[0], clean).item())
     return {"seconds": seconds, "psnr_ema": values, "total_seconds": time.perf_counter() - started}
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-reference", action="store_true", help="time dipc only")
     args = parser.parse_args(argv)
     iterations = args.iterations or preset("denoise").iterations
+    if iterations < REFERENCE_EVERY:
+        parser.error(f"--iterations {iterations}: the reference loop records its PSNR every {REFERENCE_EVERY}")
     results = Results(args.out / "time_to_quality.json", "cases")
     for name in args.images:
         clean = fit_size(case_image(args.data, name), args.size)

@@ -296,3 +296,23 @@ def test_schedule_study_tables_saved_runs_against_the_first_schedule(
     faster = summary[1]
     assert faster["worst_best_change_db"] == 0 and faster["mean_ratio_to_0.5"] == pytest.approx(350 / 750)
     assert "| constant:0.02 | 1 | +0.00 / +0.00 | 0.47 / " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "says"),
+    [
+        ("stopping_study", ["--iterations", "50"], "needs a full window first"),
+        ("schedule_study", ["--iterations", "50"], "needs a full window first"),
+        ("time_to_quality", ["--iterations", "8"], "records its PSNR every 10"),
+    ],
+)
+def test_studies_refuse_runs_too_short_to_record_a_curve_in_one_line(
+    module: str, argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fewer iterations than a study's first recorded point used to end in a traceback after the fits had run."""
+    import importlib
+
+    study = importlib.import_module(f"benchmarks.{module}")
+    with pytest.raises(SystemExit) as exc:
+        study.main(argv)
+    assert exc.value.code == 2 and says in capsys.readouterr().err
