@@ -70,6 +70,8 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("w64", ("--channels", "64"), "64 channels per level: about a quarter of the convolutions' work"),
     Candidate("w48", ("--channels", "48"), "48 channels per level"),
     Candidate("w32", ("--channels", "32"), "32 channels per level"),
+    Candidate("w64-lr2", ("--channels", "64", "--lr", "0.02"), "64 channels at twice the learning rate"),
+    Candidate("w32-lr2", ("--channels", "32", "--lr", "0.02"), "32 channels at twice the learning rate"),
     Candidate("w64-d4", ("--channels", "64", "--depth", "4"), "64 channels, 4 levels"),
     Candidate("w64-in8", ("--channels", "64", "--input-depth", "8"), "64 channels and 8 input noise channels"),
     Candidate("w32-half", ("--channels", "32", "--iterations-scale", "0.5"), "32 channels, half the iterations", FIXED),
