@@ -423,6 +423,10 @@ class HoldoutStopper:
             "finished_from": start if start >= 0 else None,
             "chosen_iteration": self.chosen_iteration(),
             "kept_iteration": self.kept_iteration(),
+            # the smoothed held-out error every ``error_every`` iterations: the curve the rule read, so that other
+            # patiences and tolerances can be replayed on a finished fit (benchmarks/stopping_study.py)
+            "error_every": self.check_every,
+            "errors": list(self.error_history),
         }
 
     def state_dict(self) -> dict[str, Any]:
