@@ -49,7 +49,8 @@ RISES = (0.05, 0.1, 0.2, 0.5)
 MIN_PAST = 50
 RULES = [("patience", p) for p in PATIENCES] + [("rise", r) for r in RISES]
 # (patience, tolerance, lag): the stopper's lag (the EMA's mean age, LAG below) and once without it
-HOLDOUT_RULES = [(p, t, -1) for p in (100, 200, 300, 500) for t in (0.0, 0.003, 0.01)] + [(300, 0.003, 0)]
+HOLDOUT_RULES = [(p, t, -1) for p in (100, 150, 200, 300, 500) for t in (0.0, 0.003, 0.01, 0.02, 0.05)]
+HOLDOUT_RULES += [(300, 0.003, 0)]
 LOG_EVERY = 5  # the curves' (and so the replayed rules') resolution in iterations
 IMAGES = ["F16_GT.png", "kate.png", "zebra_GT.png"]
 BURN_IN = BURN_IN_WINDOWS * preset("denoise").stop_window  # the stopper counts no minimum before this iteration
@@ -185,14 +186,43 @@ def kept_psnr(c: dict[str, Any], chosen: int, stop: int, lag: int = LAG) -> floa
 
 
 def load_cases(path: Path) -> list[dict[str, Any]]:
-    """The curves of a saved study to replay: this study's ``cases``, or ``schedule_study.py``'s ``runs`` (the same
-    recording per image, noise and schedule, so each run replays as a case)."""
+    """The curves of a saved study to replay: this study's ``cases``, ``schedule_study.py``'s ``runs`` (the same
+    recording per image, noise and schedule, so each run replays as a case), or a folder of ``dipc fit --report``
+    files of held-out fits with a reference (``report_case``: the batch folders of fast_study.py, for one)."""
+    if path.is_dir():
+        found = [report_case(json.loads(p.read_text()), p.stem) for p in sorted(path.glob("*.json"))]
+        cases = [c for c in found if c is not None]
+        if not cases:
+            raise ValueError(f"{path}: no report of a --stop holdout fit with a --reference and its error curve")
+        return cases
     saved = json.loads(path.read_text())
     if "cases" in saved:
         return list(saved["cases"])
     if "runs" in saved:
         return list(saved["runs"])
     raise ValueError(f"{path}: no 'cases' (stopping_study.py) or 'runs' (schedule_study.py) to replay")
+
+
+def report_case(report: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A ``dipc fit --report``'s curves as a case: the held-out error the stopper read (``stop.errors``, one every
+    ``stop.error_every`` iterations up to ``stop.errors_until``) and the reference PSNR of the EMA image and the
+    output at the same iterations. None for a report without them (another rule, no reference, a fit before the
+    curve was reported)."""
+    stop, history = report.get("stop") or {}, report.get("history") or {}
+    errors, until, every = stop.get("errors"), stop.get("errors_until"), stop.get("error_every")
+    if stop.get("rule") != "holdout" or not (errors and until and every) or "psnr_reference_ema" not in history:
+        return None
+    error_at = {until - every * k: e for k, e in enumerate(reversed(errors))}
+    ema = dict(zip(history["iteration"], history["psnr_reference_ema"], strict=True))
+    output = dict(zip(history["iteration"], history["psnr_reference"], strict=True))
+    its = [it for it in history["iteration"] if it in error_at]
+    return {
+        "image": name,
+        "iteration": its,
+        "held_error": [error_at[it] for it in its],
+        "psnr_ema": [ema[it] for it in its],
+        "psnr_output": [output[it] for it in its],
+    }
 
 
 def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -213,7 +243,7 @@ def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "stops": [f"{stop} ({gap:.2f})" for (stop, _), gap in zip(runs, gaps, strict=True)],
         }
 
-    for burn_in in (BURN_IN, 0):
+    for burn_in in (BURN_IN, 0) if all("variance" in c for c in cases) else ():  # (fit reports have none)
         for rule, value in RULES:
             runs = []
             for c in cases:
@@ -240,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replay",
         type=Path,
-        help="replay the rules on a saved JSON's curves (this study's or schedule_study.py's), fit nothing",
+        help="replay the rules on a saved JSON's curves (this study's or schedule_study.py's) or on a folder of "
+        "held-out fits' reports, fit nothing",
     )
     args = parser.parse_args(argv)
     if not args.replay and (why := too_short(args.iterations)):

@@ -350,6 +350,7 @@ class HoldoutStopper:
         self.finish_from = torch.full((), -1, dtype=torch.long, device=device)
         self.kept = LaggedImage(lag, device)
         self.error_history: list[float] = []
+        self.last_check = 0  # the iteration of error_history's last entry (0: none since this session began)
 
     @property
     def best_image(self) -> torch.Tensor | None:
@@ -377,6 +378,7 @@ class HoldoutStopper:
         self.count += 1
         if iteration % self.check_every == 0:
             self.error_history.append(float(self.error.item()))
+            self.last_check = iteration
         fitting = self.finish_from < 0
         now = torch.full_like(self.best_iteration, iteration)
         better = fitting & (self.error < self.best_error)
@@ -427,6 +429,7 @@ class HoldoutStopper:
             # patiences and tolerances can be replayed on a finished fit (benchmarks/stopping_study.py)
             "error_every": self.check_every,
             "errors": list(self.error_history),
+            "errors_until": self.last_check or None,  # the iteration of the last error (entries are error_every apart)
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -177,6 +177,37 @@ def test_stopping_study_replays_the_held_out_rule_on_held_out_curves():
     assert not [r for r in ss.summarise([_curves(800)]) if r["rule"] == "holdout"]  # no held-out curve: no rows
 
 
+def test_stopping_study_replays_the_held_out_rule_on_fit_reports_where_the_fit_stopped(tmp_path: Path) -> None:
+    """A held-out fit's report carries the curve its stopper read: replayed with the fit's own patience and
+    tolerance, the rule stops where the fit stopped; reports of other rules are skipped."""
+    from benchmarks import stopping_study as ss
+    from conftest import dipc
+
+    clean = smooth_image(32, 32)
+    save_png(clean, tmp_path / "clean.png")
+    noisy = (clean.numpy() + np.random.default_rng(0).normal(0, 0.2, clean.shape)).clip(0, 1)
+    save_png(noisy, tmp_path / "noisy.png")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    tiny = ["--depth", "3", "--channels", "8", "--skip-channels", "2", "--input-depth", "4", "--device", "cpu", "-q"]
+    for name, stop in (("held", ["--stop", "holdout", "--stop-patience", "40"]), ("fixed", ["--stop", "fixed"])):
+        code, err = dipc(
+            "fit", "denoise", tmp_path / "noisy.png", "--reference", tmp_path / "clean.png", "-o", tmp_path / f"{name}.png",
+            "--iterations", "400", "--log-every", "5", "--report", reports / f"{name}.json", *stop, *tiny,
+        )  # fmt: skip
+        assert code == 0, err
+    report = json.loads((reports / "held.json").read_text())
+    (case,) = ss.load_cases(reports)
+    assert case["image"] == "held" and case["iteration"][-1] == report["iterations"]
+    stop, chosen = ss.replay_holdout(case, 40, report["stop"]["tolerance"])
+    assert (stop, chosen) == (report["iterations"], report["stop"]["minimum_iteration"])
+    assert [r for r in ss.summarise([case]) if r["rule"] == "holdout"]
+    assert report["stop_reason"] == "auto-stop" and report["iterations"] < 400  # (the rule did stop the fit)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no report of a --stop holdout fit"):
+        ss.load_cases(tmp_path / "empty")
+
+
 def test_tiling_seams_finds_the_blend_zones_and_the_square_where_four_tiles_meet():
     from benchmarks.tiling_seams import blend_zones, meeting_square
 

@@ -473,3 +473,4 @@ def test_cli_holdout_inpainting_finishes_on_all_pixels_and_reports_where(tmp_pat
     assert report["iterations"] == 40 and report["chosen_iteration"] == 40 and report["image_source"] == "output"
     # the curve the rule read, for replays: the smoothed held-out error at every check (the log interval)
     assert stop["error_every"] == 5 and len(stop["errors"]) == 40 // 5 and all(e > 0 for e in stop["errors"])
+    assert stop["errors_until"] == 40
