@@ -713,11 +713,12 @@ def markdown(
     table: str, rows: list[dict[str, Any]], peers: list[str], labels: list[str], authors: Iterable[str] = ()
 ) -> str:
     """The table: per image the input, each peer, each published output of the authors and each fitted column as
-    PSNR (SSIM), per group their means."""
+    PSNR (SSIM), per group their means. A column's "best seen" is its report's: the best RGB PSNR of the whole image
+    over the fit's log, not the protocol's score (SR: Y less the border), so it only compares within the column."""
     authors = list(authors)
     head = ["image", "size", "input"] + peers + [f"published {a}" for a in authors]
     for label in labels:
-        head += [f"DIP {label}", f"{label}: best seen", f"{label}: iterations, s"]
+        head += [f"DIP {label}", f"{label}: best seen (RGB, whole image)", f"{label}: iterations, s"]
     head.append("paper")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
