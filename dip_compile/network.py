@@ -244,7 +244,7 @@ class PaperLevel(Level):
         """``first(self._merge(s, y))`` without the concatenation: BatchNorm is per channel and a convolution is a
         sum over its input channels, so the skip's and the upsampled branch's channels are normalised and convolved
         apart and the two results added. Saves the concatenated copy and the convolution over 132 channels, which
-        oneDNN runs no faster than one over 160 (docs/fast.md, "Per iteration"); the same parameters."""
+        oneDNN runs far slower than one over 128 (docs/fast.md, "Per iteration"); the same parameters."""
         assert isinstance(first, nn.Conv2d)
         y, k, bn = self.upsample(y), s.shape[1], self.merge_norm
         w, b = bn.weight, bn.bias
