@@ -130,6 +130,10 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     assert sr["candidates"]["c2f-50"]["timed"] == "steps" and sr["candidates"]["defaults"]["timed"] == "steps"
     assert "iterations x ms/it timed alone" in (root / "fast_study.md").read_text()
     assert [p.stat().st_mtime_ns for p in fits] == stamps
+    assert fs.main([*argv, "--report", "--tables", "sr"]) == 0  # one table's run keeps the others' results
+    kept = json.loads((root / "fast_study.json").read_text())
+    assert set(kept["tables"]) == {"denoise", "sr", "table1"} and kept["tables"]["table1"] == result["tables"]["table1"]
+    assert "#### inpaint" in (root / "fast_study.md").read_text()
 
 
 def test_timing_fits_keep_the_candidates_net_and_replace_its_stopping_rule() -> None:
