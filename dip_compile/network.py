@@ -130,10 +130,11 @@ def split_merge(s: torch.Tensor, y: torch.Tensor) -> bool:
         y.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")
         and torch.is_grad_enabled()
-        and y.is_contiguous(memory_format=torch.channels_last)
-        and s.is_contiguous(memory_format=torch.channels_last)
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
+        and y.requires_grad  # (False inside torch.func transforms, the packed steps: vmap cannot query a layout)
+        and y.is_contiguous(memory_format=torch.channels_last)
+        and s.is_contiguous(memory_format=torch.channels_last)
     )
 
 

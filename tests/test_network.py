@@ -354,11 +354,12 @@ def test_bf16_cpu_training_steps_split_the_merge_and_keep_the_gradients():
     from dip_compile import network
 
     net, x = small_paper_net()
-    y = torch.rand(1, 8, 16, 16).contiguous(memory_format=torch.channels_last)
-    s = torch.rand(1, 2, 16, 16).contiguous(memory_format=torch.channels_last)
+    y = torch.rand(1, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    s = torch.rand(1, 2, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert network.split_merge(s, y)
         assert not network.split_merge(s.contiguous(), y.contiguous())  # NCHW
+        assert not network.split_merge(s.detach(), y.detach())  # (as inside torch.func's transforms: packed steps)
         with torch.no_grad():
             assert not network.split_merge(s, y)
     assert not network.split_merge(s, y)  # fp32: no autocast
