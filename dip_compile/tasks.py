@@ -85,7 +85,7 @@ TASKS: dict[str, TaskSpec] = {
             from_reference=True,
             no_poisson="its Lanczos downsampler has negative lobes, so the rates it compares with the counts can be "
             "negative",
-            fast=Fast(0.5, 0.75),
+            fast=Fast(0.5, 1.0),
         ),
         TaskSpec("flash-no-flash", "identity", "flash", inputs=frozenset({"guide"})),
         TaskSpec("deblur", "blur", "deblur", inputs=frozenset({"kernel"}), from_reference=True),
