@@ -195,18 +195,20 @@ def time_steps(
     """Milliseconds per steady iteration of each candidate at each image size of ``cases`` (``NAME@WxH``), the
     best of ``repeats`` short fits through ``dipc fit`` on all cores. Run ALONE: these are the study's times."""
     task, out = TASK_OF[table], {}
+    by_size = {size_of(c, inputs): c for c in cases}  # one image of each size
     for candidate in candidates:
-        for size, case in {size_of(c, inputs): c for c in cases}.items():
+        for size, case in by_size.items():
             args = [task, str(inputs / case.image)]
             args += ["--mask", str(inputs / case.mask)] if case.mask else []
             args += ["--factor", str(case.factor)] if case.factor else []
             args += timing_options(candidate, table)
             try:
-                out[f"{candidate.name}@{size}"] = min(step_ms(args) for _ in range(repeats))
+                ms = min(step_ms(args) for _ in range(repeats))
             except SystemExit as exc:  # the fit refused (the study reports its own fits' errors)
                 print(f"fast_study: {table} {candidate.name} at {size}: not timed: {exc}", flush=True)
                 continue
-            print(f"fast_study: {table} {candidate.name} at {size}: {out[f'{candidate.name}@{size}']:.0f} ms/it")
+            out[f"{candidate.name}@{size}"] = ms
+            print(f"fast_study: {table} {candidate.name} at {size}: {ms:.0f} ms/it", flush=True)
     return out
 
 

@@ -285,8 +285,16 @@ def option(
     return field(default=default, metadata=metadata, **kwargs)
 
 
+def field_of(cls: type, name: str) -> Optional[dataclasses.Field[Any]]:
+    """The dataclass field ``name`` of ``cls`` (None: it has none): where its option metadata lives."""
+    return next((f for f in dataclasses.fields(cls) if f.name == name), None)
+
+
 def flag_of(cls: type, name: str) -> str:
-    return next(f.metadata.get("flag", name) for f in dataclasses.fields(cls) if f.name == name)
+    field = field_of(cls, name)
+    if field is None:
+        raise KeyError(f"{cls.__name__} has no field {name!r}")
+    return str(field.metadata.get("flag", name))
 
 
 def flagged(cls: type) -> list[dataclasses.Field[Any]]:
@@ -364,7 +372,8 @@ def _plain_fields(cls: type) -> dict[str, tuple[type, bool]]:
 
 def label(cls: type, name: str) -> str:
     """How a message names a field: its flag, else ``--name`` (a ``FitJob`` field is its option of that name)."""
-    flag = next((f.metadata.get("flag") for f in dataclasses.fields(cls) if f.name == name), None)
+    field = field_of(cls, name)
+    flag = None if field is None else field.metadata.get("flag")
     return flag or f"--{name.replace('_', '-')}"
 
 

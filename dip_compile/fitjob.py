@@ -20,7 +20,7 @@ import torch
 from . import drp, kernels, presets, tasks
 from . import noise as noise_models
 from .checkpoint import Checkpoint, save_checkpoint
-from .config import FitConfig, Precision, command_line_defaults, flag_of
+from .config import FitConfig, Precision, command_line_defaults, field_of, flag_of
 from .errors import DipError, joined
 from .fitting import Fitter
 from .imageio import check_output, output_path, save_image, save_side_by_side
@@ -287,7 +287,8 @@ class Output:
 
     @property
     def api(self) -> bool:  # ``restore_image`` takes it as a keyword
-        return bool(next(f for f in dataclasses.fields(FitJob) if f.name == self.field).metadata.get("api"))
+        field = field_of(FitJob, self.field)
+        return field is not None and bool(field.metadata.get("api"))
 
     def given(self, job: FitJob) -> bool:
         return bool(getattr(job, self.field))

@@ -224,7 +224,7 @@ class PaperLevel(Level):
             y = self.deeper(y)
         s = run_block(self.skip, x, save) if self.skip is not None else None
         if not save and s is not None and split_merge(s, y):
-            y = self._merge_split(s, y, self.up[0])
+            y = self._merge_split(s, y)
             for layer in list(self.up)[1:]:
                 y = layer(y)
             return y
@@ -241,11 +241,12 @@ class PaperLevel(Level):
         y = self.upsample(y)
         return self.merge_norm(y if s is None else torch.cat([s, y], dim=1))
 
-    def _merge_split(self, s: torch.Tensor, y: torch.Tensor, first: nn.Module) -> torch.Tensor:
-        """``first(self._merge(s, y))`` without the concatenation: BatchNorm is per channel and a convolution is a
+    def _merge_split(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``self.up[0](self._merge(s, y))`` (the merge and the first up convolution) without the concatenation: BatchNorm is per channel and a convolution is a
         sum over its input channels, so the skip's and the upsampled branch's channels are normalised and convolved
         apart and the two results added. Saves the concatenated copy and the convolution over 132 channels, which
         oneDNN runs far slower than one over 128 (docs/fast.md, "Per iteration"); the same parameters."""
+        first = self.up[0]
         assert isinstance(first, nn.Conv2d)
         y, k, bn = self.upsample(y), s.shape[1], self.merge_norm
         w, b = bn.weight, bn.bias
