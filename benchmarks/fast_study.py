@@ -287,6 +287,44 @@ def estimate(rows: list[dict[str, Any]], steps: dict[str, float]) -> None:
                 f["step_ms"], f["estimated_seconds"] = ms, f["iterations"] * ms / 1000.0
 
 
+def first_within(report: dict[str, Any], target: float) -> Optional[int]:
+    """The first recorded iteration at which the fit held an image (its output or its EMA) within ``MAX_LOSS_DB``
+    of ``target``; None if it never did or its history has no PSNR (fitted without ``--reference``)."""
+    history = report.get("history") or {}
+    series = [history[k] for k in ("psnr_reference", "psnr_reference_ema") if history.get(k)]
+    for i, iteration in enumerate(history.get("iteration") or []):
+        if any(s[i] is not None and s[i] >= target - MAX_LOSS_DB for s in series):
+            return int(iteration)
+    return None
+
+
+def floors(rows: list[dict[str, Any]], outdir: Path) -> None:
+    """Gives each finished fit ``first_within``: the first iteration at which it came within ``MAX_LOSS_DB`` of the
+    image the defaults returned (both in the reports' own PSNR, the whole image in RGB), and with a timed step
+    ``floor_seconds``, what it had cost by then. No stopping rule can return that quality sooner, so the share of
+    those seconds is the floor of what any stopping rule could make of the candidate (in place)."""
+    for row in rows:
+        base = outdir / f"{row['name']}-defaults.json"
+        if row["fits"]["defaults"].get("status") != "done" or not base.exists():
+            continue
+        target = json.loads(base.read_text()).get("final_psnr")
+        for name, f in row["fits"].items():
+            path = outdir / f"{row['name']}-{name}.json"
+            if f.get("status") != "done" or target is None or not path.exists():
+                continue
+            f["first_within"] = first_within(json.loads(path.read_text()), target)
+            if f["first_within"] is not None and "step_ms" in f:
+                f["floor_seconds"] = f["first_within"] * f["step_ms"] / 1000.0
+
+
+def floor_share(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Optional[float]:
+    """The candidate's ``floor_seconds`` over the defaults' estimated seconds, summed over the images; None unless
+    every image has both (a candidate that never came within ``MAX_LOSS_DB`` on an image has no floor)."""
+    if not pairs or not all("floor_seconds" in f and "estimated_seconds" in b for f, b in pairs):
+        return None
+    return sum(f["floor_seconds"] for f, _ in pairs) / sum(b["estimated_seconds"] for _, b in pairs)
+
+
 def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, str]) -> dict[str, Any]:
     """Per candidate: PSNR against the defaults on the images both finished (mean and worst), mean iterations and
     seconds, and the share of the defaults' time (its seconds over theirs, summed over those images: the
@@ -319,6 +357,8 @@ def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, st
                 iterations=float(np.mean([f.get("iterations") or 0 for f, _ in pairs])),
                 seconds=float(np.mean(seconds)),
                 time_share=sum(seconds) / sum(base) if sum(base) > 0 else None,
+                floor_share=floor_share(pairs),
+                never_within=sum(1 for f, _ in pairs if f.get("status") == "done" and f.get("first_within") is None),
             )
         out[name] = e
 
@@ -351,6 +391,13 @@ def new_default(results: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(set.intersection(*worthy))
 
 
+def floor_text(e: dict[str, Any]) -> str:
+    """The floor column: the share, or on how many images the candidate never came within ``MAX_LOSS_DB``."""
+    if e.get("never_within"):
+        return f"never on {e['never_within']} of {e['images']}"
+    return fmt(e.get("floor_share"))
+
+
 TIMED = {"steps": "iterations x ms/it timed alone", "fits": "the fits' own seconds"}
 
 
@@ -362,21 +409,22 @@ def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
         f"#### {spec.task}: {spec.group} ({images})",
         "",
         "| candidate | images | PSNR | vs defaults, mean / worst | iterations | seconds | share of the defaults' time |"
-        " timed by |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        " timed by | floor: share when first within 0.5 dB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, e in result["candidates"].items():
         if e["status"] == "unavailable":
-            lines.append(f"| {name} | unavailable: {e['why'].replace('|', '/')} | | | | | | |")
+            lines.append(f"| {name} | unavailable: {e['why'].replace('|', '/')} | | | | | | | |")
             continue
         if not e.get("images"):
             why = "; ".join(e["errors"]).replace("|", "/") or "not run yet"
-            lines.append(f"| {name} | 0 of {e['of']}: {why} | | | | | | |")
+            lines.append(f"| {name} | 0 of {e['of']}: {why} | | | | | | | |")
             continue
         count = f"{e['images']}" + ("" if e["images"] == e["of"] else f" of {e['of']}")
         lines.append(
             f"| {name} | {count} | {e['psnr']:.2f} | {e['delta_db']:+.2f} / {e['worst_delta_db']:+.2f} | "
-            f"{e['iterations']:.0f} | {e['seconds']:.0f} | {fmt(e.get('time_share'))} | {TIMED[e['timed']]} |"
+            f"{e['iterations']:.0f} | {e['seconds']:.0f} | {fmt(e.get('time_share'))} | {TIMED[e['timed']]} | "
+            f"{floor_text(e)} |"
         )
     fast = result["fast"]
     share = fmt(result["candidates"][fast]["time_share"]) if fast else "-"
@@ -397,7 +445,8 @@ def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
                 cells.append(f.get("status", "-"))
                 continue
             timed = f", {f['step_ms']:.0f} ms/it" if "step_ms" in f else ""
-            cells.append(f"{f['psnr']:.2f} dB, {f['iterations']} it, {f['seconds']:.0f} s{timed}")
+            within = f", within {MAX_LOSS_DB} dB at {f['first_within']}" if f.get("first_within") is not None else ""
+            cells.append(f"{f['psnr']:.2f} dB, {f['iterations']} it, {f['seconds']:.0f} s{timed}{within}")
         lines.append(f"| {row['name']} ({row.get('size', '')}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -469,6 +518,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for row, case in zip(rows, cases, strict=True):
             row["size"] = size_of(case, inputs)
         estimate(rows, timings["tables"].get(table, {}))
+        floors(rows, outdir)
         results[table] = {"task": TASK_OF[table], "rows": rows, **summarise(rows, here, absent)}
     # the tables of earlier runs at this scale stay (a run of one table does not drop the others' results)
     saved_path = root / "fast_study.json"

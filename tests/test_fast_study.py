@@ -157,3 +157,27 @@ def test_estimated_seconds_are_iterations_times_the_timed_step_and_win_only_wher
     del rows[1]["fits"]["narrow"]["estimated_seconds"]  # one image's step not timed: the fits' own seconds
     narrow = fs.summarise(rows, ["defaults", "narrow"], {})["candidates"]["narrow"]
     assert narrow["timed"] == "fits" and narrow["time_share"] == pytest.approx(340 / 400)
+
+
+def test_the_floor_is_the_first_iteration_within_half_a_decibel_of_the_defaults_image(tmp_path: Path) -> None:
+    def report(final: float, raw: list[float], ema: list[float]) -> dict:
+        history = {"iteration": [10, 20, 30, 40], "psnr_reference": raw, "psnr_reference_ema": ema}
+        return {"final_psnr": final, "history": history}
+
+    reports = {
+        "im-defaults": report(30.0, [20.0, 29.0, 29.6, 30.0], [18.0, 25.0, 29.0, 30.0]),
+        "im-narrow": report(29.8, [20.0, 27.0, 28.0, 29.0], [18.0, 24.0, 29.5, 29.8]),  # the EMA gets there first
+        "im-drp": report(28.0, [20.0, 27.0, 28.0, 28.0], [None, None, None, None]),  # never within 0.5 dB
+    }
+    for name, r in reports.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    fits = {"defaults": fit(30.0, 0, 40), "narrow": fit(29.8, 0, 40), "drp": fit(28.0, 0, 40)}
+    rows = [{"name": "im", "size": "8x8", "fits": fits}]
+    fs.estimate(rows, {"defaults@8x8": 10.0, "narrow@8x8": 4.0, "drp@8x8": 1.0})
+    fs.floors(rows, tmp_path)
+    assert [fits[n].get("first_within") for n in ("defaults", "narrow", "drp")] == [30, 30, None]
+    summary = fs.summarise(rows, ["defaults", "narrow", "drp"], {})["candidates"]
+    assert summary["defaults"]["floor_share"] == pytest.approx(0.75)  # 30 of its 40 iterations
+    assert summary["narrow"]["floor_share"] == pytest.approx(30 * 4 / (40 * 10))
+    assert summary["drp"]["floor_share"] is None and summary["drp"]["never_within"] == 1
+    assert fs.floor_text(summary["drp"]) == "never on 1 of 1" and fs.floor_text(summary["narrow"]) == "0.30"
