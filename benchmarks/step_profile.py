@@ -42,6 +42,7 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("concatenation", r"aten::cat"),
     ("optimizer (Adam)", r"_fused_adam|adam|_foreach_(addcdiv|addcmul|sqrt|lerp|mul|add|div)"),
     ("layout / dtype copies", r"aten::(copy_|to|_to_copy|contiguous|clone|empty_like)$"),
+    ("input noise", r"aten::normal_"),  # the regularisation noise drawn each step (before "norm" below takes it)
     ("loss and statistics", r"mse|mean|sum|var|sub|pow|norm"),
 )
 

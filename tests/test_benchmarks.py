@@ -241,6 +241,7 @@ def test_step_profile_sorts_a_steps_operators_into_its_parts(tmp_path: Path) -> 
     assert step_profile.category("aten::mkldnn_convolution") == "conv forward"
     assert step_profile.category("aten::native_batch_norm_backward") == "batchnorm"
     assert step_profile.category("aten::_fused_adam_") == "optimizer (Adam)"
+    assert step_profile.category("aten::normal_") == "input noise"  # not "loss and statistics" (its "norm")
     out = tmp_path / "profile.json"
     assert step_profile.main(["--size", "32", "--iterations", "1", "--warmup", "1", "--precision", "fp32",
                               "--out", str(out)]) == 0  # fmt: skip
