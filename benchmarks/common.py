@@ -14,6 +14,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,19 @@ Row = dict[str, Any]
 
 
 # --- the command line -------------------------------------------------------------------------------------------
+
+
+def exit_with_parent(parent: int) -> None:
+    """A process pool's initializer: the worker ends (exit code 1) once its parent ``parent`` is gone, killed by a
+    timeout or a signal, instead of sleeping forever as an orphan that waits for work (or finishing a fit no one
+    will read)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def study_parser(

@@ -34,7 +34,7 @@ sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]
 
 import torch
 
-from benchmarks.common import RESULTS, Results, case_image, environment, fit_size, study_parser
+from benchmarks.common import RESULTS, Results, case_image, environment, exit_with_parent, fit_size, study_parser
 from benchmarks.stopping_study import IMAGES, curves, kept_psnr, replay, too_short
 
 SCHEDULES = [
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(args.out / f"schedule_study_{args.size}.json", "runs", head, indent=None)
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(args.jobs, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),))
+    with pool:
         for future in as_completed([pool.submit(run_fit, t) for t in tasks]):
             run = results.add(future.result())
             print(

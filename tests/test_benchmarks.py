@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +351,34 @@ def test_studies_refuse_runs_too_short_to_record_a_curve_in_one_line(
     with pytest.raises(SystemExit) as exc:
         study.main(argv)
     assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_study_pools_workers_end_with_their_parent(tmp_path: Path) -> None:
+    """schedule_study's pool: a parent killed mid-fit (here it exits at once, as kill -9 ends it) leaves no worker
+    asleep forever; each watches its parent and ends within a second or so."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from benchmarks.common import exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    context = multiprocessing.get_context('spawn')\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(0.5)\n"
+        "    os._exit(0)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    worker = int(done.stdout.split()[0])
+    status = Path(f"/proc/{worker}/status")
+    deadline = time.monotonic() + 20
+    while status.exists() and "zombie" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = status.exists() and "zombie" not in status.read_text()
+    if alive:
+        os.kill(worker, signal.SIGKILL)  # (not left behind by a failing test either)
+    assert not alive, f"worker {worker} outlived its parent"
