@@ -93,14 +93,16 @@ class Column:
 
 # Each column is fitted into NAME-COLUMN (NAME-COLUMN-sSEED for a seed other than --seed) and scored on its own.
 FRAMEWORK_2017 = ("--bn-init", "uniform", "--align-corners")  # PyTorch 0.2/0.3, which the paper's outputs came from
+TODAY = ("--bn-init", "ones", "--no-align-corners")  # today's PyTorch (--paper-exact alone fits the 2017 framework)
 COLUMNS: dict[str, Column] = {
-    "paper": Column("the notebook's preset and --paper-exact as given: fp32 since --paper-exact chooses it (bf16 on an "
-                    "AMX CPU before; each fit's report records its precision)"),
+    "paper": Column("the notebook's preset and --paper-exact as given: fp32 and the 2017 framework since --paper-exact "
+                    "chooses them (bf16 on an AMX CPU and today's framework before; each fit's report records both)"),
     "paper-fp32": Column("--paper-exact in fp32, today's framework (BatchNorm scales from 1, align_corners=False)",
-                         options=("--precision", "fp32")),
+                         options=("--precision", "fp32", *TODAY)),
     "paper-2017": Column("--paper-exact in fp32 with the 2017 framework (--bn-init uniform --align-corners)",
                          options=("--precision", "fp32", *FRAMEWORK_2017)),
-    "paper-bf16": Column("--paper-exact in bf16 (the paper-fp32 column otherwise)", options=("--precision", "bf16")),
+    "paper-bf16": Column("--paper-exact in bf16, today's framework (the paper-fp32 column otherwise)",
+                         options=("--precision", "bf16", *TODAY)),
     "defaults": Column("dipc fit TASK with no preset: the task's default preset, auto-stop and the EMA where it has "
                        "them", paper=False),
 }  # fmt: skip

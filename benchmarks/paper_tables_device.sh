@@ -5,7 +5,7 @@
 # Here, once (writes the protocol's inputs and cases.json under benchmarks/results/paper_inputs, git-ignored):
 #   python benchmarks/paper_tables.py --table all --scale paper --inputs benchmarks/results/paper_inputs --prepare
 # On the device, one call per stage, carrying benchmarks/results/paper_inputs (run's `carry`):
-#   STAGE=x4 MINUTES=7 bash benchmarks/paper_tables_device.sh        # first: Set5 + Set14 x4, --paper-exact fp32
+#   STAGE=x4 MINUTES=7 bash benchmarks/paper_tables_device.sh        # first: Set5 + Set14 x4, --paper-exact (fp32, 2017)
 #   STAGE=x8 MINUTES=7 bash benchmarks/paper_tables_device.sh        # then x8 (the machine kept warm: a rerun resumes)
 #   STAGE=denoise25 MINUTES=7 bash benchmarks/paper_tables_device.sh # then CSet9 at sigma 25
 # Each stage's scored images come back as one small file directly under $OUT ($OUT/STAGE.jsonl, one image a line:
@@ -37,7 +37,7 @@ if [ ! -s "$INPUTS/$table/cases.json" ]; then
 fi
 mkdir -p "$OUT"
 { nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"; echo "stage $STAGE, $MINUTES min, $(date -u +%FT%TZ)"; } > "$OUT/$STAGE.log"
-$py benchmarks/paper_tables.py --table "$table" --scale paper --settings paper-fp32 --only "${only[@]}" \
+$py benchmarks/paper_tables.py --table "$table" --scale paper --settings paper-2017 --only "${only[@]}" \
   --inputs "$INPUTS" --data "$WORK/no-data" --out "$WORK" --scores "$WORK/scores" --device "$DEVICE" --pack "$PACK" \
   --checkpoint-every 30 --max-minutes "$MINUTES" --no-peers --rows-out "$OUT/$STAGE.jsonl" -q \
   ${ITERATIONS:+--iterations "$ITERATIONS"} 2>&1 | tee -a "$OUT/$STAGE.log" | grep -E "^\| \*\*mean|paper_tables"

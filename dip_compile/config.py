@@ -238,6 +238,7 @@ def option(
     batch_owned: bool | str = False,
     api: bool = False,
     source: str = "",
+    negatable: bool = False,
     **kwargs: Any,
 ) -> Any:
     """A field with what the command line needs to offer it, so that a new ``dipc fit`` option is this one
@@ -263,7 +264,9 @@ def option(
     since the first fingerprints, which enters one only when given, so that a batch rerun still recognises the jobs
     it finished before the option existed; ``batch_owned``: ``dipc batch`` writes that file itself, so a job may not
     give it (text: what to use instead); ``api``: a ``restore_image`` keyword although not of the problem;
-    ``source``: an input image, and what its errors call it."""
+    ``source``: an input image, and what its errors call it. ``negatable``: a switch that is off by default but that
+    a preset or --paper-exact may turn on, so the command line offers --no-FLAG too (a switch on by default always
+    has it)."""
     metadata = {
         "flag": flag,
         "help": help,
@@ -281,6 +284,7 @@ def option(
         "batch_owned": batch_owned,
         "api": api,
         "source": source,
+        "negatable": negatable,
     }
     return field(default=default, metadata=metadata, **kwargs)
 
@@ -464,13 +468,15 @@ class NetConfig:
         flag="--bn-init",
         panel="network",
         help="BatchNorm's starting scale: ones (PyTorch >= 1.2) or uniform in (0, 1) (PyTorch < 1.2: the paper's 2017 "
-        "framework)",
+        "framework; --paper-exact's)",
     )
     align_corners: bool = option(
         False,
         flag="--align-corners",
         panel="network",
-        help="bilinear/bicubic upsampling with align_corners=True, as PyTorch < 0.4 did (the paper's 2017 framework)",
+        negatable=True,
+        help="bilinear/bicubic upsampling with align_corners=True, as PyTorch < 0.4 did (the paper's 2017 framework; "
+        "--paper-exact's)",
     )
     need_1x1_up: bool = option(True, flag="--1x1-up", panel="network", help="the 1x1 conv at the end of each up block")
     input_kind: InputKind = option(

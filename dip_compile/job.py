@@ -432,7 +432,8 @@ def from_options(values: Mapping[str, Any]) -> FitJob:
             settings[f.name] = value
     for name, f in NET_SETTINGS.items():
         value = values.get(name)
-        net[name] = None if value is False and f.default is False else plain(value)  # a switch not given
+        unset = value is False and f.default is False and not f.metadata["negatable"]  # a switch not given
+        net[name] = None if unset else plain(value)  # (a negatable one is None unless given: False is --no-FLAG)
     return FitJob(**job, settings=settings, net=NetShape(**net))
 
 

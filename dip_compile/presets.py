@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Downsample, FinalImage, FitConfig, InputKind, NetConfig, StopRule, Task, Upsample
+from .config import BnInit, Downsample, FinalImage, FitConfig, InputKind, NetConfig, StopRule, Task, Upsample
 from .errors import DipError, joined
 from .tasks import TASKS
 
@@ -61,7 +61,7 @@ class Preset:
             net = dataclasses.replace(net, input_depth=channels)  # the guide image has the image's channels
         config = self.config.replace(net=net, preset=self.name)
         if paper_exact:
-            config = config.replace(**self.paper, paper_exact=True)
+            config = config.replace(**self.paper, net=framework_2017(config.net), paper_exact=True)
         if fast and not self.fast:
             raise fast_refused(f"preset {self.name}")
         return faster(config) if fast else config
@@ -73,6 +73,14 @@ class Preset:
 
         with torch.device("meta"):  # a count only: no memory, no initialisation
             return count_parameters(build_network(self.config.net))
+
+
+def framework_2017(net: NetConfig) -> NetConfig:
+    """``net`` as PyTorch 0.2/0.3 built it, the framework of the paper's published outputs (which --paper-exact
+    fits with: docs/paper-tables.md has the A/B that chose it): BatchNorm scales drawn from U(0, 1), and bilinear /
+    bicubic upsampling with aligned corners (a net that upsamples by nearest only has no corners to align)."""
+    smooth = any(u != Upsample.nearest for u in net.upsample)
+    return dataclasses.replace(net, bn_init=BnInit.uniform, align_corners=net.align_corners or smooth)
 
 
 def fast_refused(what: str) -> PresetError:

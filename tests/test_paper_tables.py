@@ -88,7 +88,7 @@ def test_named_columns_and_seeds_are_separate_fits_with_their_own_options():
     ]  # fmt: skip
     rows = {r["output"]: r["options"] for r in pt.manifest_rows([case], runs, None, 0)}
     paper = ["--preset", "sr-x4", "--paper-exact"]
-    assert rows["Set5-x4-bird-paper-fp32"] == [*paper, "--precision", "fp32"]
+    assert rows["Set5-x4-bird-paper-fp32"] == [*paper, "--precision", "fp32", "--bn-init", "ones", "--no-align-corners"]
     assert rows["Set5-x4-bird-paper-2017-s2"] == [
         *paper, "--precision", "fp32", "--bn-init", "uniform", "--align-corners", "--seed", "2"
     ]  # fmt: skip
@@ -146,7 +146,7 @@ def test_the_device_script_fits_prepared_inputs_without_the_data_and_its_rows_me
     row = line["row"]
     assert (line["table"], line["crop"], line["iteration_cap"]) == ("sr", None, 2)
     assert row["name"] == "Set5-x4-tiles" and row["size"] == "64x64"
-    fit = row["fits"]["paper-fp32"]
+    fit = row["fits"]["paper-2017"]
     assert fit["status"] == "done" and fit["iterations"] == 2 and fit["precision"] == "fp32"
     assert not (tmp_path / "work" / "no-data").exists()  # nothing read from a data folder
     # a capped run is not the paper's protocol: the merge leaves it out; the same row at the full count goes in
@@ -154,8 +154,8 @@ def test_the_device_script_fits_prepared_inputs_without_the_data_and_its_rows_me
     pt.write_row_file(tmp_path / "full.jsonl", "sr", [row], None, None)
     assert pt.main(["--merge", str(tmp_path / "full.jsonl"), "--scores", str(scores)]) == 0
     stored = json.loads((scores / "sr.json").read_text())["rows"]["Set5-x4-tiles"]
-    assert stored["fits"]["paper-fp32"]["psnr"] == fit["psnr"]
-    assert "DIP paper-fp32" in (scores / "sr.md").read_text()
+    assert stored["fits"]["paper-2017"]["psnr"] == fit["psnr"]
+    assert "DIP paper-2017" in (scores / "sr.md").read_text()
 
 
 def test_a_wrong_stage_or_missing_inputs_stop_the_device_script_in_one_line(tmp_path):

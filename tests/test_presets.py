@@ -332,6 +332,22 @@ def test_paper_exact_fits_in_fp32_unless_precision_names_another_and_a_resume_ke
     assert resume_config(resumed, saved).precision == Precision.fp32  # type: ignore[arg-type]
 
 
+def test_paper_exact_fits_with_the_2017_framework_and_the_flags_still_win(tmp_path: Path):
+    """--paper-exact builds the net as PyTorch 0.2/0.3 did (the published outputs' framework): BatchNorm scales from
+    U(0, 1), bilinear upsampling with aligned corners (not where a net upsamples by nearest only); --bn-init ones
+    --no-align-corners give today's framework back."""
+    base = ["super-resolve", str(tmp_path / "lr.png"), "-o", str(tmp_path / "o.png")]
+    exact = build_config(parse_fit_args([*base, "--paper-exact"]), 3).net
+    assert (exact.bn_init, exact.align_corners) == ("uniform", True)
+    today = build_config(parse_fit_args([*base, "--paper-exact", "--bn-init", "ones", "--no-align-corners"]), 3).net
+    assert (today.bn_init, today.align_corners) == ("ones", False)
+    ours = build_config(parse_fit_args(base), 3).net
+    assert (ours.bn_init, ours.align_corners) == ("ones", False)
+    assert parse_fit_args(base).net.settings == {}  # --no-align-corners is a choice; not giving it is none
+    kate = presets.preset("inpaint", paper_exact=True).net  # nearest upsampling: no corners to align
+    assert (kate.bn_init, kate.align_corners) == ("uniform", False)
+
+
 def test_the_2017_framework_options_reach_the_report_and_checkpoint_and_the_export_replays_them(tmp_path: Path):
     low = save_png(smooth_image(8, 16), tmp_path / "low.png")
     out, ckpt, report = tmp_path / "sr.png", tmp_path / "sr.ckpt", tmp_path / "sr.json"

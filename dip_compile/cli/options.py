@@ -45,8 +45,8 @@ def declared(cls: type, *, presets_default: bool = False) -> list[inspect.Parame
     """The options (and arguments) of a class's declared fields, each named after its field, as typer reads them
     from a signature. ``presets_default``: the fields are settings, so an option not given is None (the preset's
     value) unless the field's metadata gives a command-line default; otherwise an option's default is its field's.
-    A switch that is off by default is a flag (--keep-known), one that is on by default can be turned off
-    (--no-1x1-up)."""
+    A switch that is off by default is a flag (--keep-known), one that is on by default, or that a preset or
+    --paper-exact may turn on (``negatable``), can be turned off (--no-1x1-up, --no-align-corners)."""
     hints = typing.get_type_hints(cls)
     params = []
     for f in dataclasses.fields(cls):
@@ -62,7 +62,7 @@ def declared(cls: type, *, presets_default: bool = False) -> list[inspect.Parame
             continue
         own = None if f.default is dataclasses.MISSING else f.default
         default, decls = (None if presets_default else own), meta["names"]
-        if kind is bool and f.default:
+        if kind is bool and (f.default or meta.get("negatable")):
             kind, decls, default = Optional[bool], (f"{flag}/--no-{flag.removeprefix('--')}",), None
         elif kind is bool:
             default = False
