@@ -287,13 +287,18 @@ def estimate(rows: list[dict[str, Any]], steps: dict[str, float]) -> None:
                 f["step_ms"], f["estimated_seconds"] = ms, f["iterations"] * ms / 1000.0
 
 
+def psnr_curves(report: dict[str, Any]) -> list[list[Optional[float]]]:
+    """The report's PSNR curves against the reference (output and EMA; none for a fit without ``--reference``)."""
+    history = report.get("history") or {}
+    return [history[k] for k in ("psnr_reference", "psnr_reference_ema") if history.get(k)]
+
+
 def first_within(report: dict[str, Any], target: float) -> Optional[int]:
     """The first recorded iteration at which the fit held an image (its output or its EMA) within ``MAX_LOSS_DB``
-    of ``target``; None if it never did or its history has no PSNR (fitted without ``--reference``)."""
-    history = report.get("history") or {}
-    series = [history[k] for k in ("psnr_reference", "psnr_reference_ema") if history.get(k)]
-    for i, iteration in enumerate(history.get("iteration") or []):
-        if any(s[i] is not None and s[i] >= target - MAX_LOSS_DB for s in series):
+    of ``target``; None if it never did."""
+    series = psnr_curves(report)
+    for i, iteration in enumerate((report.get("history") or {}).get("iteration") or []):
+        if any((p := s[i]) is not None and p >= target - MAX_LOSS_DB for s in series):
             return int(iteration)
     return None
 
@@ -302,7 +307,8 @@ def floors(rows: list[dict[str, Any]], outdir: Path) -> None:
     """Gives each finished fit ``first_within``: the first iteration at which it came within ``MAX_LOSS_DB`` of the
     image the defaults returned (both in the reports' own PSNR, the whole image in RGB), and with a timed step
     ``floor_seconds``, what it had cost by then. No stopping rule can return that quality sooner, so the share of
-    those seconds is the floor of what any stopping rule could make of the candidate (in place)."""
+    those seconds is the floor of what any stopping rule could make of the candidate (in place). A fit whose report
+    has no PSNR curve gets none (no floor, rather than "never")."""
     for row in rows:
         base = outdir / f"{row['name']}-defaults.json"
         if row["fits"]["defaults"].get("status") != "done" or not base.exists():
@@ -312,7 +318,10 @@ def floors(rows: list[dict[str, Any]], outdir: Path) -> None:
             path = outdir / f"{row['name']}-{name}.json"
             if f.get("status") != "done" or target is None or not path.exists():
                 continue
-            f["first_within"] = first_within(json.loads(path.read_text()), target)
+            report = json.loads(path.read_text())
+            if not psnr_curves(report):
+                continue
+            f["first_within"] = first_within(report, target)
             if f["first_within"] is not None and "step_ms" in f:
                 f["floor_seconds"] = f["first_within"] * f["step_ms"] / 1000.0
 
@@ -358,7 +367,7 @@ def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, st
                 seconds=float(np.mean(seconds)),
                 time_share=sum(seconds) / sum(base) if sum(base) > 0 else None,
                 floor_share=floor_share(pairs),
-                never_within=sum(1 for f, _ in pairs if f.get("status") == "done" and f.get("first_within") is None),
+                never_within=sum(1 for f, _ in pairs if "first_within" in f and f["first_within"] is None),
             )
         out[name] = e
 

@@ -428,13 +428,18 @@ def from_options(values: Mapping[str, Any]) -> FitJob:
         if f.metadata["job"]:
             if f.name in values:
                 job[f.name] = value
-        elif value is not None and value is not False:  # a switch not given is not a setting
+        elif not _not_given(f, value):
             settings[f.name] = value
     for name, f in NET_SETTINGS.items():
         value = values.get(name)
-        unset = value is False and f.default is False and not f.metadata["negatable"]  # a switch not given
-        net[name] = None if unset else plain(value)  # (a negatable one is None unless given: False is --no-FLAG)
+        net[name] = None if _not_given(f, value) else plain(value)
     return FitJob(**job, settings=settings, net=NetShape(**net))
+
+
+def _not_given(f: dataclasses.Field[Any], value: Any) -> bool:
+    """An option absent, or a one-way switch left off; a switch that can be turned off (on by default, or
+    ``negatable``) given False is --no-FLAG, a setting."""
+    return value is None or (value is False and f.default is False and not f.metadata["negatable"])
 
 
 def plain(value: Any) -> Any:

@@ -168,16 +168,18 @@ def test_the_floor_is_the_first_iteration_within_half_a_decibel_of_the_defaults_
         "im-defaults": report(30.0, [20.0, 29.0, 29.6, 30.0], [18.0, 25.0, 29.0, 30.0]),
         "im-narrow": report(29.8, [20.0, 27.0, 28.0, 29.0], [18.0, 24.0, 29.5, 29.8]),  # the EMA gets there first
         "im-drp": report(28.0, [20.0, 27.0, 28.0, 28.0], [None, None, None, None]),  # never within 0.5 dB
+        "im-blind": {"final_psnr": 30.0, "history": {"iteration": [10, 20, 30, 40]}},  # no --reference: no curve
     }
     for name, r in reports.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(r))
-    fits = {"defaults": fit(30.0, 0, 40), "narrow": fit(29.8, 0, 40), "drp": fit(28.0, 0, 40)}
+    fits = {"defaults": fit(30.0, 0, 40), "narrow": fit(29.8, 0, 40), "drp": fit(28.0, 0, 40), "blind": fit(30, 0, 40)}
     rows = [{"name": "im", "size": "8x8", "fits": fits}]
-    fs.estimate(rows, {"defaults@8x8": 10.0, "narrow@8x8": 4.0, "drp@8x8": 1.0})
+    fs.estimate(rows, {"defaults@8x8": 10.0, "narrow@8x8": 4.0, "drp@8x8": 1.0, "blind@8x8": 1.0})
     fs.floors(rows, tmp_path)
     assert [fits[n].get("first_within") for n in ("defaults", "narrow", "drp")] == [30, 30, None]
-    summary = fs.summarise(rows, ["defaults", "narrow", "drp"], {})["candidates"]
+    summary = fs.summarise(rows, ["defaults", "narrow", "drp", "blind"], {})["candidates"]
     assert summary["defaults"]["floor_share"] == pytest.approx(0.75)  # 30 of its 40 iterations
     assert summary["narrow"]["floor_share"] == pytest.approx(30 * 4 / (40 * 10))
     assert summary["drp"]["floor_share"] is None and summary["drp"]["never_within"] == 1
     assert fs.floor_text(summary["drp"]) == "never on 1 of 1" and fs.floor_text(summary["narrow"]) == "0.30"
+    assert "first_within" not in fits["blind"] and fs.floor_text(summary["blind"]) == "-"  # no curve: no floor
