@@ -252,12 +252,13 @@ def unavailable(candidate: Candidate, table: str) -> Optional[str]:
 
 
 def failures(outdir: Path) -> dict[str, str]:
-    """The batch's failed jobs and their errors (its summary.json), by job name."""
-    path = outdir / "summary.json"
-    if not path.exists():
-        return {}
-    jobs = json.loads(path.read_text()).get("jobs", [])
-    return {j["job"]: j.get("error") or "failed" for j in jobs if j.get("status") == "failed"}
+    """The batch's failed jobs and their errors (its summary.json, and each shard's summary-I-of-N.json), by job
+    name."""
+    out: dict[str, str] = {}
+    for path in sorted(outdir.glob("summary*.json")):
+        jobs = json.loads(path.read_text()).get("jobs", [])
+        out.update({j["job"]: j.get("error") or "failed" for j in jobs if j.get("status") == "failed"})
+    return out
 
 
 def entry(case: Case, outdir: Path, inputs: Path, name: str, failed: dict[str, str]) -> dict[str, Any]:
@@ -479,6 +480,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="dipc batch --device")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="fit only every N-th fit of each table from the I-th (dipc batch --shard): N processes side by side "
+        "share the fits; any of them, or --report, scores what is on disk",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=float, default=60.0)
     parser.add_argument("--max-minutes", type=float, help="stop the fits after this long (a rerun continues)")
@@ -511,7 +518,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         absent = {n: why for n in here if (why := unavailable(BY_NAME[n], table)) is not None}
         fitted = [BY_NAME[n] for n in here if n not in absent]
         if cases and not args.report and code in (0, 1):
-            manifest = inputs / "manifest.jsonl"
+            own = f"-{args.shard.replace('/', '-of-')}" if args.shard else ""  # shards side by side: one manifest each
+            manifest = inputs / f"manifest{own}.jsonl"
             rows = [batch_row(c, f"{c.name}-{f.name}", options_of(f, table, args.cap)) for c in cases for f in fitted]
             manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
             print(f"fast_study: {table}, {len(cases)} images x {len(fitted)} candidates, crop {side}", flush=True)

@@ -649,6 +649,7 @@ def run_batch(manifest: Path, outdir: Path, args: argparse.Namespace, deadline: 
     deadline it sends the batch Ctrl-C (every running fit saves its checkpoint), so a rerun continues."""
     options = ["--seed", str(args.seed), "--checkpoint-every", str(args.checkpoint_every), "--device", args.device]
     options += ["--pack", str(args.pack), *(["--ray"] if args.ray else []), *(["-q"] if args.quiet else [])]
+    options += ["--shard", shard] if (shard := getattr(args, "shard", None)) else []
     return common.run_batch(
         manifest, outdir, options, args.threads, deadline, name="paper_tables", echo=True
     ).returncode

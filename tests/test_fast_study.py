@@ -183,3 +183,25 @@ def test_the_floor_is_the_first_iteration_within_half_a_decibel_of_the_defaults_
     assert summary["drp"]["floor_share"] is None and summary["drp"]["never_within"] == 1
     assert fs.floor_text(summary["drp"]) == "never on 1 of 1" and fs.floor_text(summary["narrow"]) == "0.30"
     assert "first_within" not in fits["blind"] and fs.floor_text(summary["blind"]) == "-"  # no curve: no floor
+
+
+def test_shards_side_by_side_share_the_fits_and_either_scores_them(tmp_path: Path, monkeypatch) -> None:
+    def sharded(manifest: Path, outdir: Path, args, deadline) -> int:
+        return dipc("batch", manifest, "-o", outdir, "--seed", "0", "--device", "cpu", "-q", "--shard", args.shard)[0]
+
+    monkeypatch.setattr(fs, "run_batch", sharded)
+    options_of = fs.options_of
+    tiny = ["--depth", "3", "--channels", "16", "--input-depth", "4"]
+    monkeypatch.setattr(fs, "options_of", lambda c, t, cap=None: [*tiny, *options_of(c, t, cap)])
+    data, out = made_paper(tmp_path / "data"), tmp_path / "results"
+    argv = ["--scale", "crop", "--side", "64", "--cap", "2", "--data", str(data), "--out", str(out)]
+    argv += ["--tables", "denoise", "--candidates", "w32"]
+    batch = out / "crop64-cap2" / "batch" / "denoise"
+    assert fs.main([*argv, "--shard", "1/2"]) == 0
+    assert sorted(p.name for p in batch.glob("*.png")) == ["F16-s25-w32.png"]  # the second of the two fits
+    assert (out / "crop64-cap2" / "inputs" / "denoise" / "manifest-1-of-2.jsonl").exists()
+    assert fs.main([*argv, "--shard", "0/2"]) == 0
+    result = json.loads((out / "crop64-cap2" / "fast_study.json").read_text())
+    found = result["tables"]["denoise"]["candidates"]
+    assert found["defaults"]["status"] == "done" and found["w32"]["status"] == "done"
+    assert sorted(p.name for p in batch.glob("summary*.json")) == ["summary-0-of-2.json", "summary-1-of-2.json"]
