@@ -29,7 +29,8 @@ images (a float64 mean and the kept best), so it is the cheaper choice for large
 pixels of an inpainting mask, the low-resolution pixels of super-resolution, the noisy pixels of denoising) and
 watches the error there: the network never saw those values, so their error is what it would be on the rest of the
 image (plus the noise's variance, a constant), and its minimum is where the fit stops improving, with no clean image.
-Stop ``patience`` iterations after the last minimum that improved by at least ``TOLERANCE``; then either return the
+Stop ``patience`` iterations after the last minimum that improved by at least ``TOLERANCE``, read every ``check_every``
+iterations (the curve the report records, so a replay of it stops where the fit did); then either return the
 image at the minimum (``--stop-finish 0``: denoising, where fitting on would fit noise) or fit ``--stop-finish`` more
 iterations on all pixels and return the fit's own image (noise-free tasks, where the held-out pixels are worth
 fitting). With an EMA the image returned is the EMA ``lag`` iterations after the minimum, as auto-stop keeps it: the
@@ -376,7 +377,8 @@ class HoldoutStopper:
         error = residual.sum() / (self.held.sum() * residual.shape[1])
         self.error = error if self.count == 0 else self.error + SMOOTHING * (error - self.error)
         self.count += 1
-        if iteration % self.check_every == 0:
+        check = iteration % self.check_every == 0
+        if check:
             self.error_history.append(float(self.error.item()))
             self.last_check = iteration
         fitting = self.finish_from < 0
@@ -386,9 +388,10 @@ class HoldoutStopper:
         self.best_iteration = torch.where(better, now, self.best_iteration)
         if self.finish == 0:  # the image at the minimum (or ``lag`` after it) is the one returned
             self.kept.offer(better, now, image)
-        marked = fitting & (self.error < self.mark_error * (1 - self.tolerance))
-        self.mark_error = torch.where(marked, self.error, self.mark_error)
-        self.mark_iteration = torch.where(marked, now, self.mark_iteration)
+        if check:  # marks only on the recorded curve, so a replay of it (error_history) stops where the fit did
+            marked = fitting & (self.error < self.mark_error * (1 - self.tolerance))
+            self.mark_error = torch.where(marked, self.error, self.mark_error)
+            self.mark_iteration = torch.where(marked, now, self.mark_iteration)
         if self.finish > 0:
             start = fitting & ((now - self.mark_iteration >= self.patience) | (now >= self.end - self.finish))
             self.finish_from = torch.where(start, now, self.finish_from)
