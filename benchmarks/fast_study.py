@@ -304,6 +304,28 @@ def first_within(report: dict[str, Any], target: float) -> Optional[int]:
     return None
 
 
+def returned_curve(report: dict[str, Any]) -> list[Optional[float]]:
+    """The PSNR curve of the image a fit stopped at each recorded iteration would return: its EMA's where it keeps
+    one, else its output's (the step's output, for the perturbed input where the fit perturbs it, which scores
+    at or a little below the network on its fixed input that such a fit returns: the estimates are cautious)."""
+    history = report.get("history") or {}
+    ema = history.get("psnr_reference_ema") or []
+    return ema if any(p is not None for p in ema) else list(history.get("psnr_reference") or [])
+
+
+def within_from(report: dict[str, Any], target: float) -> Optional[int]:
+    """The first recorded iteration from which the returned image stays within ``MAX_LOSS_DB`` of ``target`` to
+    the fit's last record: where a fixed count of the same fit would be as good (None: never, or no curve)."""
+    curve, iterations = returned_curve(report), (report.get("history") or {}).get("iteration") or []
+    found: Optional[int] = None
+    for iteration, p in zip(iterations, curve, strict=False):
+        if p is None or p < target - MAX_LOSS_DB:
+            found = None
+        elif found is None:
+            found = int(iteration)
+    return found
+
+
 def floors(rows: list[dict[str, Any]], outdir: Path) -> None:
     """Gives each finished fit ``first_within``: the first iteration at which it came within ``MAX_LOSS_DB`` of the
     image the defaults returned (both in the reports' own PSNR, the whole image in RGB), and with a timed step
@@ -323,6 +345,7 @@ def floors(rows: list[dict[str, Any]], outdir: Path) -> None:
             if not psnr_curves(report):
                 continue
             f["first_within"] = first_within(report, target)
+            f["within_from"] = within_from(report, target)
             if f["first_within"] is not None and "step_ms" in f:
                 f["floor_seconds"] = f["first_within"] * f["step_ms"] / 1000.0
 
@@ -335,12 +358,31 @@ def floor_share(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> Optional[
     return sum(f["floor_seconds"] for f, _ in pairs) / sum(b["estimated_seconds"] for _, b in pairs)
 
 
-def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, str]) -> dict[str, Any]:
+def count_floor(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """For a fixed-count task: the shortest count of the candidate's fit from which every image's returned image
+    stays within ``MAX_LOSS_DB`` of the defaults' (``within_from``'s largest; an estimate from the curves of the
+    fits as they ran, for a study candidate of that count to confirm), and with timed steps its share of the
+    defaults' time. Empty unless every image has a curve within."""
+    found = [f.get("within_from") for f, _ in pairs]
+    if not pairs or any(c is None for c in found):
+        return {}
+    count = max(int(c) for c in found if c is not None)
+    out: dict[str, Any] = {"count_floor": count}
+    if all("step_ms" in f and "estimated_seconds" in b for f, b in pairs):
+        spent = sum(count * f["step_ms"] / 1000.0 for f, _ in pairs)
+        out["count_share"] = spent / sum(b["estimated_seconds"] for _, b in pairs)
+    return out
+
+
+def summarise(
+    rows: list[dict[str, Any]], names: list[str], absent: dict[str, str], fixed: bool = False
+) -> dict[str, Any]:
     """Per candidate: PSNR against the defaults on the images both finished (mean and worst), mean iterations and
     seconds, and the share of the defaults' time (its seconds over theirs, summed over those images: the
     estimated seconds where both have them on every image, ``timed: steps``, else the fits' own, ``timed: fits``);
     then the quickest candidate that gives up at most ``MAX_LOSS_DB`` on the mean and the worst image, finished on
-    every image. ``absent``: the unavailable candidates and why."""
+    every image. ``absent``: the unavailable candidates and why; ``fixed``: the task runs a fixed count, so each
+    candidate also gets its ``count_floor``."""
     out: dict[str, Any] = {}
     for name in names:
         if name in absent:
@@ -369,6 +411,7 @@ def summarise(rows: list[dict[str, Any]], names: list[str], absent: dict[str, st
                 time_share=sum(seconds) / sum(base) if sum(base) > 0 else None,
                 floor_share=floor_share(pairs),
                 never_within=sum(1 for f, _ in pairs if "first_within" in f and f["first_within"] is None),
+                **(count_floor(pairs) if fixed else {}),
             )
         out[name] = e
 
@@ -445,6 +488,17 @@ def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
         f"{', '.join(result['default_worthy']) or 'none'}",
         "",
     ]
+    counts = [
+        f"{n} from {e['count_floor']} iterations" + (f" (share {fmt(e['count_share'])})" if "count_share" in e else "")
+        for n, e in result["candidates"].items()
+        if "count_floor" in e
+    ]
+    if counts:
+        lines += [
+            f"A fixed count within {MAX_LOSS_DB} dB of the defaults on every image, from the fits' own curves (an "
+            f"estimate for a candidate of that count to confirm): {'; '.join(counts)}",
+            "",
+        ]
     shown = [n for n in names if result["candidates"][n]["status"] != "unavailable"]
     lines += ["| image | " + " | ".join(shown) + " |", "|" + " --- |" * (len(shown) + 1)]
     for row in result["rows"]:
@@ -536,7 +590,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             row["size"] = size_of(case, inputs)
         estimate(rows, timings["tables"].get(table, {}))
         floors(rows, outdir)
-        results[table] = {"task": TASK_OF[table], "rows": rows, **summarise(rows, here, absent)}
+        results[table] = {"task": TASK_OF[table], "rows": rows, **summarise(rows, here, absent, table in FIXED)}
     # the tables of earlier runs at this scale stay (a run of one table does not drop the others' results)
     saved_path = root / "fast_study.json"
     saved = json.loads(saved_path.read_text()).get("tables", {}) if saved_path.exists() else {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -183,6 +184,35 @@ def test_the_floor_is_the_first_iteration_within_half_a_decibel_of_the_defaults_
     assert summary["drp"]["floor_share"] is None and summary["drp"]["never_within"] == 1
     assert fs.floor_text(summary["drp"]) == "never on 1 of 1" and fs.floor_text(summary["narrow"]) == "0.30"
     assert "first_within" not in fits["blind"] and fs.floor_text(summary["blind"]) == "-"  # no curve: no floor
+
+
+def test_a_fixed_count_task_gets_the_shortest_count_from_which_every_image_stays_within(tmp_path: Path) -> None:
+    def report(final: float, raw: list[float], ema: Optional[list] = None) -> dict:
+        history = {"iteration": [10, 20, 30, 40], "psnr_reference": raw, "psnr_reference_ema": ema or [None] * 4}
+        return {"final_psnr": final, "history": history}
+
+    reports = {
+        "a-defaults": report(30.0, [20.0, 29.0, 29.6, 30.0]),
+        "a-narrow": report(29.8, [29.6, 28.0, 29.6, 29.8]),  # within at 10, out at 20, within from 30 on
+        "b-defaults": report(31.0, [20.0, 29.0, 30.0, 31.0]),
+        "b-narrow": report(30.7, [20.0, 30.6, 30.0, 29.0], [20.0, 29.0, 30.6, 30.7]),  # the EMA is what it returns
+    }
+    for name, r in reports.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    rows = [
+        {"name": im, "size": "8x8", "fits": {"defaults": fit(final, 0, 40), "narrow": fit(final - 0.2, 0, 40)}}
+        for im, final in (("a", 30.0), ("b", 31.0))
+    ]
+    fs.estimate(rows, {"defaults@8x8": 10.0, "narrow@8x8": 4.0})
+    fs.floors(rows, tmp_path)
+    assert [r["fits"]["narrow"]["within_from"] for r in rows] == [30, 30]
+    assert [r["fits"]["narrow"]["first_within"] for r in rows] == [10, 20]  # the floor reads the output too
+    fixed = fs.summarise(rows, ["defaults", "narrow"], {}, fixed=True)
+    assert fixed["candidates"]["narrow"]["count_floor"] == 30
+    assert fixed["candidates"]["narrow"]["count_share"] == pytest.approx(2 * 30 * 4 / (2 * 40 * 10))
+    assert "count_floor" not in fs.summarise(rows, ["defaults", "narrow"], {})["candidates"]["narrow"]
+    text = fs.markdown("table1", {**fixed, "rows": rows}, ["defaults", "narrow"])
+    assert "narrow from 30 iterations (share 0.30)" in text
 
 
 def test_shards_side_by_side_share_the_fits_and_either_scores_them(tmp_path: Path, monkeypatch) -> None:
