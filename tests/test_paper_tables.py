@@ -93,6 +93,8 @@ def test_named_columns_and_seeds_are_separate_fits_with_their_own_options():
         *paper, "--precision", "fp32", "--bn-init", "uniform", "--align-corners", "--seed", "2"
     ]  # fmt: skip
     assert rows["Set5-x4-bird-defaults"] == []
+    (fast,) = pt.manifest_rows([case], pt.runs_of(["fast"], [0], 0), None, 0)
+    assert fast["options"] == ["--fast"]  # the defaults with --fast: no preset, no --paper-exact
     # the column fitted before columns had names keeps its options, so a rerun recognises its finished fits
     (old,) = pt.manifest_rows([case], pt.runs_of(["paper"], [0], 0), 400, 0)
     assert (old["output"], old["options"]) == ("Set5-x4-bird-paper", [*paper, "--iterations", "400"])
