@@ -80,6 +80,18 @@ CANDIDATES: tuple[Candidate, ...] = (
         "w64-3q", ("--channels", "64", "--iterations-scale", "0.75"), "64 channels, 3/4 of the iterations", FIXED
     ),
     Candidate("w128-half", ("--iterations-scale", "0.5"), "the default net, half the iterations", FIXED),
+    Candidate(
+        "w64-third",
+        ("--channels", "64", "--iterations-scale", "0.3333"),
+        "64 channels, a third of the iterations",
+        FIXED,
+    ),
+    Candidate(
+        "w32-third",
+        ("--channels", "32", "--iterations-scale", "0.3333"),
+        "32 channels, a third of the iterations",
+        FIXED,
+    ),
     # coarse to fine: a share of the iterations at half resolution
     Candidate("c2f-25", ("--coarse-share", "0.25"), "a quarter of the iterations at half size"),
     Candidate("c2f-50", ("--coarse-share", "0.5"), "half of the iterations at half size"),
