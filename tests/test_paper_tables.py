@@ -204,3 +204,39 @@ def test_the_committed_store_keeps_finished_fits_when_a_later_run_has_not_finish
     assert stored["peers"]["bicubic"]["psnr"] == 30.56 and stored["authors"]["DIP"]["psnr"] == 31.78
     header = (tmp_path / "sr.md").read_text().splitlines()[0]
     assert header.index("published DIP") < header.index("DIP paper-fp32") < header.index("DIP paper-2017")
+
+
+def test_table1_black_pixels_read_as_missing_are_known_with_the_masks_odds() -> None:
+    case = pt.Case(
+        "table1", "Table 1", "peppers256", "inpaint", "p_masked.png", "p_GT.png", "barbara", mask="p_mask.png"
+    )
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(1, 255, (64, 64))
+    reference[0, :] = 0  # a black first row: 0 in the masked input whether known or not
+    mask = np.where(rng.random((64, 64)) < 0.5, 255.0, 0.0)
+    mask[0, :] = 0  # so the mask read from the masked input calls it all missing
+    out = pt.resolve_black(case, mask, reference)
+    assert np.array_equal(out[1:], mask[1:])  # only the ambiguous pixels change
+    assert 16 <= int((out[0] == 255).sum()) <= 48  # about half of the 64 become known
+    assert np.array_equal(out, pt.resolve_black(case, mask, reference))  # the same draw every time
+    unchanged = pt.resolve_black(case, np.full((8, 8), 255.0), np.zeros((8, 8)))
+    assert (unchanged == 255).all()  # black but known: nothing to resolve
+
+
+def test_peers_are_computed_again_when_the_inputs_change(tmp_path, monkeypatch) -> None:
+    case = pt.Case("table1", "Table 1", "im", "inpaint", "im_masked.png", "im_GT.png", "barbara", mask="im_mask.png")
+    calls = []
+
+    def peer(c, inputs):
+        calls.append(c.name)
+        return pt.read(inputs / c.image)
+
+    monkeypatch.setattr(pt, "peer_functions", lambda table: {"copy": peer})
+    rng = np.random.default_rng(0)
+    for name in ("im_masked.png", "im_GT.png", "im_mask.png"):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / name)
+    cache = tmp_path / "peers.json"
+    first = pt.run_peers([case], tmp_path, cache)
+    assert pt.run_peers([case], tmp_path, cache) == first and calls == ["im"]  # cached
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "im_mask.png")  # another mask
+    assert pt.run_peers([case], tmp_path, cache)["im"]["inputs"] != first["im"]["inputs"] and calls == ["im", "im"]
