@@ -74,7 +74,7 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("inpaint", "mask", "kate", inputs=frozenset({"mask"}), observed=True, fast=Fast(0.5, 0.5)),
+        TaskSpec("inpaint", "mask", "kate", inputs=frozenset({"mask"}), observed=True, fast=Fast(0.5, 0.3333)),
         TaskSpec("denoise", "identity", "f16", tiles=True, clean_image=True, fast=Fast(0.5, 1.0)),
         TaskSpec(
             "super-resolve",
