@@ -355,10 +355,10 @@ def write_inputs(case: Case, data: Path, inputs: Path, side: Optional[int]) -> N
         write(lanczos_downsample(gt, case.factor), inputs / case.image)
         write(protocol_crop(paper_bicubic(full, case.factor), 32, side), inputs / f"{case.name}_paper_bicubic.png")
         return
-    for name in filter(None, (case.image, case.reference, case.mask)):
-        array = read(src / name)
-        if name == case.mask:
-            array = resolve_black(case, array, read(src / case.reference))
+    arrays = {name: read(src / name) for name in filter(None, (case.image, case.reference, case.mask))}
+    if case.mask:
+        arrays[case.mask] = resolve_black(case, arrays[case.mask], arrays[case.reference])
+    for name, array in arrays.items():
         if side is not None:
             array = centre_crop(array, min(side, array.shape[0]), min(side, array.shape[1]))
         write(array, inputs / name)

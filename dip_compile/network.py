@@ -244,8 +244,9 @@ class PaperLevel(Level):
     def _merge_split(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``self.up[0](self._merge(s, y))`` (the merge and the first up convolution) without the concatenation:
         BatchNorm is per channel and a convolution is a sum over its input channels, so the skip's and the upsampled
-        branch's channels are normalised and convolved apart and the two results added. Saves the concatenated copy and the convolution over 132 channels, which
-        oneDNN runs far slower than one over 128 (docs/fast.md, "Per iteration"); the same parameters."""
+        branch's channels are normalised and convolved apart and the two results added. Saves the concatenated copy
+        and the convolution over 132 channels, which oneDNN runs far slower than one over 128 (docs/fast.md, "Per
+        iteration"); the same parameters."""
         first = self.up[0]
         assert isinstance(first, nn.Conv2d)
         y, k, bn = self.upsample(y), s.shape[1], self.merge_norm
