@@ -564,6 +564,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = [t for t in tables if t not in TABLES] + [n for n in names if n not in BY_NAME]
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)} (tables: {', '.join(TABLES)}; candidates: {', '.join(BY_NAME)})")
+    if args.shard:  # checked before a manifest is named after it (dipc batch's own rule)
+        from dip_compile.batch.jobs import ManifestError, parse_shard
+
+        try:
+            index, count = parse_shard(args.shard)
+        except ManifestError as exc:
+            parser.error(str(exc))
+        args.shard = f"{index}/{count}"
     if not (args.data / "paper").is_dir():
         parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
     side = None if args.scale == "full" else args.side

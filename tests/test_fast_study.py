@@ -227,6 +227,10 @@ def test_shards_side_by_side_share_the_fits_and_either_scores_them(tmp_path: Pat
     argv = ["--scale", "crop", "--side", "64", "--cap", "2", "--data", str(data), "--out", str(out)]
     argv += ["--tables", "denoise", "--candidates", "w32"]
     batch = out / "crop64-cap2" / "batch" / "denoise"
+    for bad in ("../1", "2/2", "0/2\x00"):  # refused before any manifest is named after it
+        with pytest.raises(SystemExit) as refused:
+            fs.main([*argv, "--shard", bad])
+        assert refused.value.code == 2 and not (out / "crop64-cap2").exists()
     assert fs.main([*argv, "--shard", "1/2"]) == 0
     assert sorted(p.name for p in batch.glob("*.png")) == ["F16-s25-w32.png"]  # the second of the two fits
     assert (out / "crop64-cap2" / "inputs" / "denoise" / "manifest-1-of-2.jsonl").exists()
