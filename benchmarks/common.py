@@ -6,6 +6,7 @@ interrupted study keeps what it measured)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -16,11 +17,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs side by side are not guarded there
+    fcntl = None  # type: ignore[assignment]
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -355,6 +361,53 @@ def fit(args: Sequence[str], log: Path) -> float:
     if code:
         raise SystemExit(f"dipc fit {shlex.join(args)}: exit code {code}, see {log}")
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Holds ``path`` (an flock) around a read-modify-write of a shared results file: runs side by side (shards, or
+    columns with their own ``--out``) merge into the same committed scores when each ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``path`` replaced whole (a temporary file beside it, then a rename): a reader never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def add_shard_option(parser: argparse.ArgumentParser) -> None:
+    """``--shard I/N``: N processes side by side share a study's fits (``dipc batch --shard``)."""
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="fit only every N-th fit of each table from the I-th (dipc batch --shard): N processes side by side "
+        "share the fits, each with its own manifest; any of them, or --report, scores what is on disk",
+    )
+
+
+def check_shard(parser: argparse.ArgumentParser, shard: Optional[str]) -> Optional[str]:
+    """``--shard`` checked with ``dipc batch``'s own rule before a manifest is named after it (one line, exit 2),
+    in its normal form ``I/N``."""
+    if not shard:
+        return None
+    from dip_compile.batch.jobs import ManifestError, parse_shard
+
+    try:
+        index, count = parse_shard(shard)
+    except ManifestError as exc:
+        parser.error(str(exc))
+    return f"{index}/{count}"
+
+
+def manifest_name(shard: Optional[str]) -> str:
+    """The manifest's file name: one per shard, so that shards side by side never write each other's."""
+    return f"manifest-{shard.replace('/', '-of-')}.jsonl" if shard else "manifest.jsonl"
 
 
 def run_batch(

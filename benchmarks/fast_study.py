@@ -45,7 +45,7 @@ from PIL import Image
 
 sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
-from benchmarks.common import DATA, RESULTS, fit, fit_job, machine
+from benchmarks.common import DATA, RESULTS, add_shard_option, check_shard, fit, fit_job, machine, manifest_name
 from benchmarks.paper_tables import Case, batch_row, cases_of, fit_entry, fmt, run_batch, write_inputs
 
 
@@ -546,12 +546,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="dipc batch --device")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
-    parser.add_argument(
-        "--shard",
-        metavar="I/N",
-        help="fit only every N-th fit of each table from the I-th (dipc batch --shard): N processes side by side "
-        "share the fits; any of them, or --report, scores what is on disk",
-    )
+    add_shard_option(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=float, default=60.0)
     parser.add_argument("--max-minutes", type=float, help="stop the fits after this long (a rerun continues)")
@@ -564,14 +559,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = [t for t in tables if t not in TABLES] + [n for n in names if n not in BY_NAME]
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)} (tables: {', '.join(TABLES)}; candidates: {', '.join(BY_NAME)})")
-    if args.shard:  # checked before a manifest is named after it (dipc batch's own rule)
-        from dip_compile.batch.jobs import ManifestError, parse_shard
-
-        try:
-            index, count = parse_shard(args.shard)
-        except ManifestError as exc:
-            parser.error(str(exc))
-        args.shard = f"{index}/{count}"
+    args.shard = check_shard(parser, args.shard)
     if not (args.data / "paper").is_dir():
         parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
     side = None if args.scale == "full" else args.side
@@ -592,8 +580,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         absent = {n: why for n in here if (why := unavailable(BY_NAME[n], table)) is not None}
         fitted = [BY_NAME[n] for n in here if n not in absent]
         if cases and not args.report and code in (0, 1):
-            own = f"-{args.shard.replace('/', '-of-')}" if args.shard else ""  # shards side by side: one manifest each
-            manifest = inputs / f"manifest{own}.jsonl"
+            manifest = inputs / manifest_name(args.shard)
             rows = [batch_row(c, f"{c.name}-{f.name}", options_of(f, table, args.cap)) for c in cases for f in fitted]
             manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
             print(f"fast_study: {table}, {len(cases)} images x {len(fitted)} candidates, crop {side}", flush=True)

@@ -632,14 +632,15 @@ def render_store(table: str, store: dict[str, Any]) -> str:
 
 def update_store(scores_dir: Path, table: str, rows: Iterable[dict[str, Any]]) -> Path:
     """Merges ``rows`` into ``scores_dir/TABLE.json`` and writes ``TABLE.md`` from everything stored."""
-    scores_dir.mkdir(parents=True, exist_ok=True)
     path = scores_dir / f"{table}.json"
-    stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"table": table, "rows": {}}
-    for row in rows:
-        merge_row(stored["rows"], row)
-    stored["columns"] = {name: column.note for name, column in COLUMNS.items()}
-    path.write_text(json.dumps(stored, indent=1) + "\n")
-    (scores_dir / f"{table}.md").write_text(render_store(table, json.loads(path.read_text())["rows"]) + "\n")
+    with common.locked(scores_dir / f".{table}.lock"):  # runs side by side each merge when they end
+        stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"table": table, "rows": {}}
+        for row in rows:
+            merge_row(stored["rows"], row)
+        stored["columns"] = {name: column.note for name, column in COLUMNS.items()}
+        text = json.dumps(stored, indent=1) + "\n"
+        common.write_atomic(path, text)
+        common.write_atomic(scores_dir / f"{table}.md", render_store(table, json.loads(text)["rows"]) + "\n")
     return path
 
 
@@ -687,7 +688,7 @@ def run_batch(manifest: Path, outdir: Path, args: argparse.Namespace, deadline: 
     deadline it sends the batch Ctrl-C (every running fit saves its checkpoint), so a rerun continues."""
     options = ["--seed", str(args.seed), "--checkpoint-every", str(args.checkpoint_every), "--device", args.device]
     options += ["--pack", str(args.pack), *(["--ray"] if args.ray else []), *(["-q"] if args.quiet else [])]
-    options += ["--shard", shard] if (shard := getattr(args, "shard", None)) else []
+    options += ["--shard", args.shard] if args.shard else []
     return common.run_batch(
         manifest, outdir, options, args.threads, deadline, name="paper_tables", echo=True
     ).returncode
@@ -891,6 +892,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--pack", type=int, default=1, help="dipc batch --pack")
     parser.add_argument("--ray", action="store_true", help="dipc batch --ray")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
+    common.add_shard_option(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between a fit's checkpoints")
     parser.add_argument("--max-minutes", type=float, help="stop the fits after this long (a rerun continues)")
@@ -917,6 +919,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-fit progress from dipc batch")
     args = parser.parse_args(argv)
+    args.shard = common.check_shard(parser, args.shard)
 
     if args.merge:
         for path in merge_files(args.scores, args.merge):
@@ -938,7 +941,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         labels = [run.label for run in runs]
         inputs, outdir = (args.inputs or root / "inputs") / table, root / "batch" / table
         cases = table_cases(table, args, inputs, side)
-        manifest = inputs / "manifest.jsonl"
+        manifest = inputs / common.manifest_name(args.shard)
         manifest.write_text("".join(json.dumps(r) + "\n" for r in manifest_rows(cases, runs, cap, args.seed)))
         if args.prepare:
             print(f"paper_tables: {len(cases)} {table} inputs in {inputs}", flush=True)

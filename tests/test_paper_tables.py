@@ -53,15 +53,21 @@ def test_sr_inputs_follow_the_protocol(tmp_path):
     assert Image.open(tmp_path / case.image).size == (24, 16)
 
 
-def test_denoise_table_runs_through_dipc_batch_and_a_rerun_fits_nothing(tmp_path):
+def made_cset9(tmp_path, seed: int, tiles: int):
+    """A data folder whose CSet9 holds one image of ``tiles`` x ``tiles`` flat 8 px tiles and its noisy copy."""
     data = tmp_path / "data"
     folder = data / "paper" / "denoising" / "CSet9"
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    clean = np.kron(rng.integers(40, 200, (6, 6, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    clean = np.kron(rng.integers(40, 200, (tiles, tiles, 3)), np.ones((8, 8, 1))).astype(np.uint8)
     noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
     Image.fromarray(clean).save(folder / "tiles_GT.png")
     Image.fromarray(noisy).save(folder / "tiles_noisy25.png")
+    return data
+
+
+def test_denoise_table_runs_through_dipc_batch_and_a_rerun_fits_nothing(tmp_path):
+    data = made_cset9(tmp_path, seed=2, tiles=6)
     out = tmp_path / "out"
     argv = ["--table", "denoise", "--data", str(data), "--out", str(out), "--only", "s25", "--crop", "32"]
     argv += ["--iterations", "3", "--settings", "paper", "defaults", "--no-peers", "-q"]
@@ -240,3 +246,50 @@ def test_peers_are_computed_again_when_the_inputs_change(tmp_path, monkeypatch) 
     assert pt.run_peers([case], tmp_path, cache) == first and calls == ["im"]  # cached
     Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "im_mask.png")  # another mask
     assert pt.run_peers([case], tmp_path, cache)["im"]["inputs"] != first["im"]["inputs"] and calls == ["im", "im"]
+
+
+def test_shards_side_by_side_split_the_fits_and_either_scores_both(tmp_path):
+    data = made_cset9(tmp_path, seed=3, tiles=4)
+    out = tmp_path / "out"
+    argv = ["--table", "denoise", "--data", str(data), "--out", str(out), "--only", "s25", "--crop", "32"]
+    argv += ["--iterations", "2", "--settings", "paper", "defaults", "--no-peers", "-q"]
+    for bad in ("2/2", "../1", "1/0"):
+        try:
+            pt.main([*argv, "--shard", bad])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"--shard {bad} was taken")
+    inputs = out / "quick" / "inputs" / "denoise"
+    assert pt.main([*argv, "--shard", "1/2"]) == 0
+    fits = json.loads((out / "quick" / "denoise.json").read_text())["rows"][0]["fits"]
+    assert sorted(f["status"] for f in fits.values()) == ["done", "not run yet"]  # one of the two
+    assert pt.main([*argv, "--shard", "0/2"]) == 0
+    fits = json.loads((out / "quick" / "denoise.json").read_text())["rows"][0]["fits"]
+    assert all(f["status"] == "done" and f["iterations"] == 2 for f in fits.values())
+    assert {p.name for p in inputs.glob("manifest*.jsonl")} == {"manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl"}
+
+
+def test_runs_merging_into_the_committed_store_at_once_keep_each_others_rows(tmp_path):
+    import threading
+
+    def merge(first: int) -> None:
+        for i in range(first, first + 20):
+            row = {"name": f"img{i}", "group": "Set5 x4", "size": "8x8", "input_psnr": None, "paper_psnr": None}
+            fit = {
+                "status": "done",
+                "psnr": float(i),
+                "ssim": 0.9,
+                "best_psnr_seen": 30.0,
+                "iterations": 9,
+                "seconds": 1.0,
+            }
+            row |= {"peers": {}, "authors": {}, "fits": {"paper": fit}}
+            pt.update_store(tmp_path, "sr", [row])
+
+    threads = [threading.Thread(target=merge, args=(first,)) for first in (0, 100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(json.loads((tmp_path / "sr.json").read_text())["rows"]) == 40
