@@ -106,6 +106,12 @@ CANDIDATES: tuple[Candidate, ...] = (
     ),
     # Deep Random Projector: random frozen convolutions, the input and BatchNorm fitted
     Candidate("drp", ("--generator", "drp"), "Deep Random Projector"),
+    Candidate(
+        "drp-2k",
+        ("--generator", "drp", "--iterations", "2000"),
+        "Deep Random Projector at super-resolution's 2000 iterations (the paper's code runs 5001)",
+        ("sr",),
+    ),
     # the stopping rules (docs/stopping.md): the length decided by 5% of the observed pixels held out of the fit
     Candidate(
         "holdout",
@@ -307,31 +313,40 @@ def psnr_curves(report: dict[str, Any]) -> list[list[Optional[float]]]:
 
 
 def first_within(report: dict[str, Any], target: float) -> Optional[int]:
-    """The first recorded iteration at which the fit held an image (its output or its EMA) within ``MAX_LOSS_DB``
-    of ``target``; None if it never did."""
-    series = psnr_curves(report)
-    for i, iteration in enumerate((report.get("history") or {}).get("iteration") or []):
-        if any((p := s[i]) is not None and p >= target - MAX_LOSS_DB for s in series):
-            return int(iteration)
-    return None
-
-
-def returned_curve(report: dict[str, Any]) -> list[Optional[float]]:
-    """The PSNR curve of the image a fit stopped at each recorded iteration would return: its EMA's where it keeps
-    one, else its output's (the step's output, for the perturbed input where the fit perturbs it, which scores
-    at or a little below the network on its fixed input that such a fit returns: the estimates are cautious)."""
+    """The first recorded iteration at which the fit held an image (its output, its EMA or, where the report
+    records it, the image it would have returned) within ``MAX_LOSS_DB`` of ``target``; None if it never did."""
     history = report.get("history") or {}
+    pairs = [(history.get("iteration") or [], series) for series in psnr_curves(report)]
+    if history.get("psnr_returned"):
+        pairs.append(returned_curve(report))
+    found = [int(i) for its, series in pairs for i, p in zip(its, series, strict=False) if within(p, target)]
+    return min(found, default=None)
+
+
+def within(psnr: Optional[float], target: float) -> bool:
+    return psnr is not None and psnr >= target - MAX_LOSS_DB
+
+
+def returned_curve(report: dict[str, Any]) -> tuple[list[int], list[Optional[float]]]:
+    """The iterations and PSNR of the image a fit stopped there would return. Reports since 2026-12-06 record it
+    (``psnr_returned`` at ``returned_iteration``: every fifth record and the last); for older ones, its EMA's where
+    it keeps one, else its output's (the step's output, for the perturbed input where the fit perturbs it, which
+    scores at or a little below the network on its fixed input that such a fit returns: the estimates are
+    cautious)."""
+    history = report.get("history") or {}
+    if history.get("psnr_returned") and history.get("returned_iteration"):
+        return list(history["returned_iteration"]), list(history["psnr_returned"])
     ema = history.get("psnr_reference_ema") or []
-    return ema if any(p is not None for p in ema) else list(history.get("psnr_reference") or [])
+    curve = ema if any(p is not None for p in ema) else list(history.get("psnr_reference") or [])
+    return list(history.get("iteration") or []), curve
 
 
 def within_from(report: dict[str, Any], target: float) -> Optional[int]:
     """The first recorded iteration from which the returned image stays within ``MAX_LOSS_DB`` of ``target`` to
     the fit's last record: where a fixed count of the same fit would be as good (None: never, or no curve)."""
-    curve, iterations = returned_curve(report), (report.get("history") or {}).get("iteration") or []
     found: Optional[int] = None
-    for iteration, p in zip(iterations, curve, strict=False):
-        if p is None or p < target - MAX_LOSS_DB:
+    for iteration, p in zip(*returned_curve(report), strict=False):
+        if not within(p, target):
             found = None
         elif found is None:
             found = int(iteration)

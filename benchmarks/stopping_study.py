@@ -125,8 +125,9 @@ def curves(
     fitter.run()
     seconds = time.perf_counter() - started
     history = fitter.history
-    psnr = dict(zip(map(int, history["iteration"]), history["psnr_reference_ema"], strict=True))
-    raw = dict(zip(map(int, history["iteration"]), history["psnr_reference"], strict=True))
+    logged = [int(i) for i in history["iteration"] if i is not None]
+    psnr = dict(zip(logged, history["psnr_reference_ema"], strict=True))
+    raw = dict(zip(logged, history["psnr_reference"], strict=True))
     its = sorted(set(recorder.variance) & set(psnr))
     recorded = {
         "iteration": its,

@@ -30,6 +30,8 @@ from .steps import EagerStep as EagerStep  # (re-exported: its home before steps
 from .steps import Step, build_step
 from .stopping import make_stopper
 
+RETURNED_EVERY = 5  # log intervals between two PSNRs of the returned image (a forward pass each, with a reference)
+
 
 @dataclass
 class LogRecord:
@@ -48,7 +50,7 @@ class FitResult:
     iterations: int
     stop_reason: str  # "completed", "auto-stop", "interrupted"
     image_source: str  # "output" (net on the fixed input), "ema" or "auto-stop best"
-    history: dict[str, list[float]]
+    history: dict[str, list[float | None]]  # every list one entry per record (None: not computed there)
     fit_seconds: float
     first_step_seconds: float  # includes compilation for compiled backends
     iterations_per_second: float
@@ -227,7 +229,9 @@ class Fitter:
         self.stopper = make_stopper(config, self.problem, self.device)
         if self.stopper is not None:  # --stop holdout fits on all but its held-out pixels
             self.problem = self.stopper.watch(self.problem)
-        self.history: dict[str, list[float]] = {"iteration": [], "seconds": [], "loss": [], "psnr_observation": []}
+        self.history: dict[str, list[float | None]] = {
+            "iteration": [], "seconds": [], "loss": [], "psnr_observation": []
+        }  # fmt: skip
         if problem.reference is not None:
             self.history.update(psnr_reference=[], psnr_reference_ema=[])
         self.elapsed = 0.0
@@ -380,9 +384,17 @@ class Fitter:
         self.history.setdefault("seconds", []).append(seconds)  # fitting time so far (over resumes too)
         self.history["loss"].append(record.loss)
         self.history["psnr_observation"].append(p_obs)
-        if p_ref is not None and p_ema is not None:
+        if ref is not None and p_ref is not None and p_ema is not None:
             self.history["psnr_reference"].append(p_ref)
             self.history["psnr_reference_ema"].append(p_ema)
+            # the image a fit stopped here would return (the network on its fixed input, the EMA, the kept image or
+            # the perturbed output, known pixels pasted), every few records and at the end (None between): the
+            # step's output above is for the perturbed input, up to 0.5 dB off it, and a study's fixed-count
+            # estimates read this one. (A history resumed from an older checkpoint is padded.)
+            returned = self.history.setdefault("psnr_returned", [])
+            returned.extend([None] * (len(self.history["iteration"]) - 1 - len(returned)))
+            now = self.iteration % (RETURNED_EVERY * self.config.log_every) == 0 or self.iteration == total
+            returned.append(psnr(self.image()[0], ref).item() if now else None)
         return record
 
     def run(self, iterations: int | None = None, **options: Any) -> FitResult:

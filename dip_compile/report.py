@@ -79,7 +79,7 @@ def build_report(fitter: Fitter, result: FitResult, **extra: Any) -> dict[str, A
         # best PSNR of the kind of image returned (EMA or raw output), sampled at the log interval
         ema = result.image_source == "ema" or result.stop_info.get("kept_image") == "ema"
         key = "psnr_reference_ema" if ema else "psnr_reference"
-        hist = result.history.get(key) or []
+        hist = [float("-inf") if p is None else p for p in result.history.get(key) or []]
         if hist:
             best = max(range(len(hist)), key=hist.__getitem__)
             report["best_psnr_seen"] = hist[best]

@@ -103,10 +103,15 @@ def test_a_fit_resumed_across_the_switch_equals_a_straight_one(tmp_path: Path, s
     assert torch.equal(straight.ema, resumed.ema)
     assert torch.equal(straight.output(), resumed.output())
 
-    def rows(h: dict[str, list[float]]) -> dict[float, tuple[float, ...]]:  # (the first run also logged stop_at)
-        return {it: tuple(h[k][i] for k in sorted(h) if k != "seconds") for i, it in enumerate(h["iteration"])}
+    def rows(h: dict[str, list], skip=("seconds", "psnr_returned")) -> dict:  # (the first run also logged stop_at,
+        # and the returned image's PSNR there: its end)
+        return {it: tuple(h[k][i] for k in sorted(h) if k not in skip) for i, it in enumerate(h["iteration"])}
+
+    def returned(h: dict[str, list]) -> dict:
+        return {it: p for it, p in zip(h["iteration"], h["psnr_returned"], strict=True) if p is not None}
 
     assert rows(straight.history).items() <= rows(resumed.history).items()
+    assert returned(straight.history).items() <= returned(resumed.history).items()
 
 
 def test_a_resume_with_more_iterations_keeps_the_saved_switch(tmp_path: Path) -> None:

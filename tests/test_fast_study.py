@@ -239,3 +239,12 @@ def test_shards_side_by_side_share_the_fits_and_either_scores_them(tmp_path: Pat
     found = result["tables"]["denoise"]["candidates"]
     assert found["defaults"]["status"] == "done" and found["w32"]["status"] == "done"
     assert sorted(p.name for p in batch.glob("summary*.json")) == ["summary-0-of-2.json", "summary-1-of-2.json"]
+
+
+def test_the_estimates_read_the_returned_images_psnr_where_the_report_records_it(tmp_path: Path) -> None:
+    history = {"iteration": [10, 20, 30, 40], "psnr_reference": [20.0, 29.0, 28.0, 29.0], "psnr_reference_ema": []}
+    old = {"final_psnr": 29.9, "history": history}
+    new = {"final_psnr": 29.9, "history": {**history, "returned_iteration": [20, 40], "psnr_returned": [29.6, 29.9]}}
+    assert fs.within_from(old, 30.0) is None  # the perturbed outputs are never within 0.5 dB from some count on
+    assert fs.within_from(new, 30.0) == 20 and fs.first_within(new, 30.0) == 20  # the returned image is
+    assert fs.returned_curve(new) == ([20, 40], [29.6, 29.9])

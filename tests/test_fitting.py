@@ -99,6 +99,9 @@ def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, stop):
         return {it: tuple(h[k][i] for k in sorted(h) if k != "seconds") for i, it in enumerate(h["iteration"])}
 
     assert rows(straight.history).items() <= rows(resumed.history).items()
+    history = straight.history
+    returned = [it for it, p in zip(history["iteration"], history["psnr_returned"], strict=True) if p]
+    assert returned == [10, 12]  # (and the same values after the resume, by the records' equality above)
 
 
 def test_backtracking_restores_weights_after_a_collapse():
@@ -151,6 +154,19 @@ def test_history_records_the_fitting_seconds_of_each_record():
     seconds = fitter.history["seconds"]
     assert fitter.history["iteration"] == [4, 8, 12] and len(seconds) == 3
     assert 0 < seconds[0] < seconds[1] < seconds[2] <= fitter.elapsed
+
+
+@pytest.mark.parametrize("task", ["inpaint", "super-resolve"])
+def test_history_records_the_returned_images_psnr_every_fifth_record_and_at_the_end(task):
+    # the step's output is for the perturbed input; a study's fixed-count estimates need the image itself
+    cfg = tiny_config(task, iterations=23, stop="fixed", log_every=2, reg_noise_std=0.1, factor=2)
+    mask = random_holes_mask(32, 32, 0.5, seed=0) if task == "inpaint" else None
+    observed = Downsampler(2)(CLEAN[None]) if task == "super-resolve" else CLEAN
+    result = Fitter(cfg, make_problem(cfg, observed, mask=mask, reference=CLEAN[None])).run()
+    iterations, returned = result.history["iteration"], result.history["psnr_returned"]
+    assert [i for i, p in zip(iterations, returned, strict=True) if p] == [10, 20, 23]
+    assert returned[-1] == pytest.approx(psnr(result.image, CLEAN[None]).item(), abs=1e-4)
+    assert result.history["psnr_returned"][-1] != result.history["psnr_reference"][-1]  # not the perturbed output
 
 
 def test_a_checkpoint_from_another_device_type_resumes_with_a_fresh_perturbation_stream():
