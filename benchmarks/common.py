@@ -22,11 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs side by side are not guarded there
-    fcntl = None  # type: ignore[assignment]
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -366,19 +361,17 @@ def fit(args: Sequence[str], log: Path) -> float:
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Holds ``path`` (an flock) around a read-modify-write of a shared results file: runs side by side (shards, or
-    columns with their own ``--out``) merge into the same committed scores when each ends."""
+    columns with their own ``--out``) merge into the same committed scores when each ends. (Windows has no flock:
+    runs side by side are not guarded there.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """``path`` replaced whole (a temporary file beside it, then a rename): a reader never sees half a file."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def add_shard_option(parser: argparse.ArgumentParser) -> None:

@@ -313,45 +313,50 @@ def estimate(rows: list[dict[str, Any]], steps: dict[str, float]) -> None:
 
 
 def psnr_curves(report: dict[str, Any]) -> list[list[Optional[float]]]:
-    """The report's PSNR curves against the reference (output and EMA; none for a fit without ``--reference``)."""
+    """The report's PSNR curves against the reference, one entry per record (None where not computed): the step's
+    output, its EMA and, in reports since 2026-12-06, the image a fit stopped there would return (every fifth
+    record and the last); none for a fit without ``--reference``."""
     history = report.get("history") or {}
-    return [history[k] for k in ("psnr_reference", "psnr_reference_ema") if history.get(k)]
+    return [history[k] for k in ("psnr_reference", "psnr_reference_ema", "psnr_returned") if history.get(k)]
 
 
 def first_within(report: dict[str, Any], target: float) -> Optional[int]:
-    """The first recorded iteration at which the fit held an image (its output, its EMA or, where the report
-    records it, the image it would have returned) within ``MAX_LOSS_DB`` of ``target``; None if it never did."""
-    history = report.get("history") or {}
-    pairs = [(history.get("iteration") or [], series) for series in psnr_curves(report)]
-    if history.get("psnr_returned"):
-        pairs.append(returned_curve(report))
-    found = [int(i) for its, series in pairs for i, p in zip(its, series, strict=False) if within(p, target)]
-    return min(found, default=None)
+    """The first recorded iteration at which the fit held an image (its output, its EMA or the image it would have
+    returned) within ``MAX_LOSS_DB`` of ``target``; None if it never did."""
+    series = psnr_curves(report)
+    for i, iteration in enumerate((report.get("history") or {}).get("iteration") or []):
+        if any(within(s[i], target) for s in series):
+            return int(iteration)
+    return None
 
 
 def within(psnr: Optional[float], target: float) -> bool:
     return psnr is not None and psnr >= target - MAX_LOSS_DB
 
 
-def returned_curve(report: dict[str, Any]) -> tuple[list[int], list[Optional[float]]]:
-    """The iterations and PSNR of the image a fit stopped there would return. Reports since 2026-12-06 record it
-    (``psnr_returned`` at ``returned_iteration``: every fifth record and the last); for older ones, its EMA's where
-    it keeps one, else its output's (the step's output, for the perturbed input where the fit perturbs it, which
-    scores at or a little below the network on its fixed input that such a fit returns: the estimates are
+def returned_curve(report: dict[str, Any]) -> list[Optional[float]]:
+    """The PSNR curve of the image a fit stopped at each recorded iteration would return, one entry per record
+    (None where not computed): the report's own ``psnr_returned`` where it has one; for older reports its EMA's
+    where it keeps one, else its output's (the step's output, for the perturbed input where the fit perturbs it,
+    which scores at or a little below the network on its fixed input that such a fit returns: the estimates are
     cautious)."""
     history = report.get("history") or {}
-    if history.get("psnr_returned") and history.get("returned_iteration"):
-        return list(history["returned_iteration"]), list(history["psnr_returned"])
-    ema = history.get("psnr_reference_ema") or []
-    curve = ema if any(p is not None for p in ema) else list(history.get("psnr_reference") or [])
-    return list(history.get("iteration") or []), curve
+    for key in ("psnr_returned", "psnr_reference_ema"):
+        series = history.get(key) or []
+        if any(p is not None for p in series):
+            return list(series)
+    return list(history.get("psnr_reference") or [])
 
 
 def within_from(report: dict[str, Any], target: float) -> Optional[int]:
     """The first recorded iteration from which the returned image stays within ``MAX_LOSS_DB`` of ``target`` to
-    the fit's last record: where a fixed count of the same fit would be as good (None: never, or no curve)."""
+    the fit's last record: where a fixed count of the same fit would be as good (None: never, or no curve).
+    Records without a value (between two returned images' PSNRs) neither start nor break such a run."""
     found: Optional[int] = None
-    for iteration, p in zip(*returned_curve(report), strict=False):
+    iterations = (report.get("history") or {}).get("iteration") or []
+    for iteration, p in zip(iterations, returned_curve(report), strict=False):
+        if p is None:
+            continue
         if not within(p, target):
             found = None
         elif found is None:

@@ -632,6 +632,8 @@ def render_store(table: str, store: dict[str, Any]) -> str:
 
 def update_store(scores_dir: Path, table: str, rows: Iterable[dict[str, Any]]) -> Path:
     """Merges ``rows`` into ``scores_dir/TABLE.json`` and writes ``TABLE.md`` from everything stored."""
+    from dip_compile.imageio import atomic_write
+
     path = scores_dir / f"{table}.json"
     with common.locked(scores_dir / f".{table}.lock"):  # runs side by side each merge when they end
         stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"table": table, "rows": {}}
@@ -639,8 +641,9 @@ def update_store(scores_dir: Path, table: str, rows: Iterable[dict[str, Any]]) -
             merge_row(stored["rows"], row)
         stored["columns"] = {name: column.note for name, column in COLUMNS.items()}
         text = json.dumps(stored, indent=1) + "\n"
-        common.write_atomic(path, text)
-        common.write_atomic(scores_dir / f"{table}.md", render_store(table, json.loads(text)["rows"]) + "\n")
+        markdown = render_store(table, json.loads(text)["rows"]) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+        atomic_write(scores_dir / f"{table}.md", lambda tmp: tmp.write_text(markdown))
     return path
 
 
