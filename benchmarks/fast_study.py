@@ -13,10 +13,10 @@ images), its iterations, its wall time and that time as a share of the defaults'
 * a new default: a candidate within 0.1 dB (mean and worst) at half the defaults' time or less on every task.
 
 The wall time is one of two, and the results say which (``timed``): with ``--time-steps`` (a short phase that must
-run ALONE: one short fit per candidate and image size), the iterations each fit ran times its candidate's
-milliseconds per iteration timed alone on all cores, so the fits themselves can run beside other work (PSNR and
-iterations do not depend on the load); without, each fit's own fitting seconds from its report, summed over
-resumes, which mean something only when every fit ran alone.
+run ALONE: the median of three short fits per candidate and image size, the candidates taking turns), the iterations
+each fit ran times its candidate's milliseconds per iteration timed alone on all cores, so the fits themselves can run
+beside other work (PSNR and iterations do not depend on the load); without, each fit's own fitting seconds from its
+report, summed over resumes, which mean something only when every fit ran alone.
 
 A candidate whose options the installed ``dipc fit`` does not take (a generator or stopping rule not merged yet) is
 reported as unavailable, with the CLI's reason; a fit that fails is reported with its error. The results go to
@@ -91,6 +91,12 @@ CANDIDATES: tuple[Candidate, ...] = (
         ("--channels", "32", "--iterations-scale", "0.3333"),
         "32 channels, a third of the iterations",
         FIXED,
+    ),
+    Candidate(
+        "w64-1700",
+        ("--channels", "64", "--iterations", "1700"),
+        "64 channels, 1700 iterations: where w64-holdout-finish's curves were within 0.5 dB on Table 1",
+        ("table1",),
     ),
     # coarse to fine: a share of the iterations at half resolution
     Candidate("c2f-25", ("--coarse-share", "0.25"), "a quarter of the iterations at half size"),
@@ -214,26 +220,34 @@ def size_of(case: Case, inputs: Path) -> str:
 
 
 def time_steps(
-    cases: list[Case], inputs: Path, candidates: list[Candidate], table: str, repeats: int = 2
-) -> dict[str, float]:
-    """Milliseconds per steady iteration of each candidate at each image size of ``cases`` (``NAME@WxH``), the
-    best of ``repeats`` short fits through ``dipc fit`` on all cores. Run ALONE: these are the study's times."""
-    task, out = TASK_OF[table], {}
+    cases: list[Case], inputs: Path, candidates: list[Candidate], table: str, repeats: int = 3
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Milliseconds per steady iteration of each candidate at each image size of ``cases`` (``NAME@WxH``): the median
+    of ``repeats`` short fits through ``dipc fit`` on all cores, and every sample. The candidates take turns (each
+    round times every one once), so a change of the machine's speed during the timing falls on all of them rather
+    than on the ones timed last. Run ALONE: these are the study's times."""
+    task, jobs = TASK_OF[table], {}
     by_size = {size_of(c, inputs): c for c in cases}  # one image of each size
     for candidate in candidates:
         for size, case in by_size.items():
             args = [task, str(inputs / case.image)]
             args += ["--mask", str(inputs / case.mask)] if case.mask else []
             args += ["--factor", str(case.factor)] if case.factor else []
-            args += timing_options(candidate, table)
-            try:
-                ms = min(step_ms(args) for _ in range(repeats))
-            except SystemExit as exc:  # the fit refused (the study reports its own fits' errors)
-                print(f"fast_study: {table} {candidate.name} at {size}: not timed: {exc}", flush=True)
+            jobs[f"{candidate.name}@{size}"] = [*args, *timing_options(candidate, table)]
+    samples: dict[str, list[float]] = {key: [] for key in jobs}
+    for _ in range(repeats):
+        for key, args in jobs.items():
+            if key not in samples:
                 continue
-            out[f"{candidate.name}@{size}"] = ms
-            print(f"fast_study: {table} {candidate.name} at {size}: {ms:.0f} ms/it", flush=True)
-    return out
+            try:
+                samples[key].append(step_ms(args))
+            except SystemExit as exc:  # the fit refused (the study reports its own fits' errors)
+                print(f"fast_study: {table} {key}: not timed: {exc}", flush=True)
+                del samples[key]
+    medians = {key: float(np.median(ms)) for key, ms in samples.items()}
+    for key, ms in samples.items():
+        print(f"fast_study: {table} {key}: {medians[key]:.0f} ms/it ({min(ms):.0f}-{max(ms):.0f})", flush=True)
+    return medians, samples
 
 
 def step_ms(args: list[str]) -> float:
@@ -567,8 +581,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--time-steps",
         action="store_true",
-        help=f"ALONE: time each candidate's step ({TIMING_ITERATIONS}-iteration fits, twice) at each image size into "
-        "steps.json before scoring; the shares then come from those times",
+        help=f"ALONE: time each candidate's step ({TIMING_ITERATIONS}-iteration fits, the candidates taking turns) at "
+        "each image size into steps.json before scoring; the shares then come from those times",
+    )
+    parser.add_argument(
+        "--time-repeats", type=int, default=3, help="--time-steps: timing fits per candidate and size (the median)"
     )
     parser.add_argument("--device", default="auto", help="dipc batch --device")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the batch")
@@ -586,6 +603,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown: {', '.join(unknown)} (tables: {', '.join(TABLES)}; candidates: {', '.join(BY_NAME)})")
     args.shard = check_shard(parser, args.shard)
+    if args.time_repeats < 1:
+        parser.error(f"--time-repeats must be 1 or more, not {args.time_repeats}")
     if not (args.data / "paper").is_dir():
         parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
     side = None if args.scale == "full" else args.side
@@ -613,9 +632,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             code = run_batch(manifest, outdir, args, deadline)
         if cases and args.time_steps:
             before = machine()
-            found = time_steps(cases, inputs, fitted, table)
+            found, samples = time_steps(cases, inputs, fitted, table, args.time_repeats)
             timings["tables"][table] = {**timings["tables"].get(table, {}), **found}
-            timings.setdefault("runs", []).append({"table": table, "before": before, "after": machine()})
+            run = {"table": table, "before": before, "after": machine(), "repeats": args.time_repeats}
+            timings.setdefault("runs", []).append({**run, "samples_ms": samples})
             steps_path.write_text(json.dumps(timings, indent=1) + "\n")
         failed = failures(outdir)
         rows = [{"name": c.name, "fits": {n: entry(c, outdir, inputs, n, failed) for n in here}} for c in cases]

@@ -120,7 +120,7 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     assert [p.stat().st_mtime_ns for p in fits] == stamps
 
     monkeypatch.setattr(fs, "TIMING_ITERATIONS", 3)  # time the steps, fit nothing: the shares come from the timings
-    assert fs.main([*argv, "--report", "--time-steps"]) == 0
+    assert fs.main([*argv, "--report", "--time-steps", "--time-repeats", "1"]) == 0
     timed = json.loads((root / "steps.json").read_text())
     assert set(timed["tables"]["sr"]) == {"defaults@64x64", "c2f-50@64x64"}  # deep-c2f's fit refused: not timed
     assert len(timed["runs"]) == 3 and "load_average" in timed["runs"][0]["before"]
@@ -143,6 +143,27 @@ def test_timing_fits_keep_the_candidates_net_and_replace_its_stopping_rule() -> 
     half = fs.timing_options(fs.BY_NAME["w64-half"], "table1")
     assert half == ["--channels", "64", "--stop", "fixed", "--iterations", str(fs.TIMING_ITERATIONS)]
     assert fs.timing_options(fs.BY_NAME["c2f-50"], "denoise")[:2] == ["--coarse-share", "0.5"]
+
+
+def test_step_timings_take_turns_and_keep_the_median_and_every_sample(tmp_path: Path, monkeypatch) -> None:
+    calls: list[str] = []
+    speeds = {"defaults": [30.0, 10.0, 20.0], "w64": [5.0, 9.0, 7.0]}
+
+    def step_ms(args: list[str]) -> float:
+        name = "w64" if "--channels" in args else "defaults"
+        if "--coarse-share" in args:
+            raise SystemExit("dipc: --coarse-share needs an image of 64 px or more")
+        calls.append(name)
+        return speeds[name][calls.count(name) - 1]
+
+    monkeypatch.setattr(fs, "step_ms", step_ms)
+    save_png(smooth_image(8, 16), tmp_path / "in.png")  # 8 high, 16 wide
+    case = fs.Case("sr", "Set5 x4", "x", "super-resolve", "in.png", "in.png", "sr-x4", factor=4)
+    chosen = [fs.BY_NAME[n] for n in ("defaults", "w64", "c2f-50")]
+    medians, samples = fs.time_steps([case], tmp_path, chosen, "sr", repeats=3)
+    assert calls == ["defaults", "w64"] * 3  # each round times every candidate once; the refused one only once
+    assert medians == {"defaults@16x8": 20.0, "w64@16x8": 7.0}
+    assert samples == {"defaults@16x8": speeds["defaults"], "w64@16x8": speeds["w64"]}
 
 
 def test_estimated_seconds_are_iterations_times_the_timed_step_and_win_only_where_every_fit_has_them() -> None:
