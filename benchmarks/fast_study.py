@@ -94,8 +94,8 @@ CANDIDATES: tuple[Candidate, ...] = (
     ),
     Candidate(
         "w64-1700",
-        ("--channels", "64", "--iterations", "1700"),
-        "64 channels, 1700 iterations: where w64-holdout-finish's curves were within 0.5 dB on Table 1",
+        ("--channels", "64", "--iterations-scale", "0.2833"),
+        "64 channels, 1700 of the 6001 iterations: where w64-holdout-finish's curves were within 0.5 dB on Table 1",
         ("table1",),
     ),
     # coarse to fine: a share of the iterations at half resolution
@@ -122,6 +122,12 @@ CANDIDATES: tuple[Candidate, ...] = (
         "drp-500",
         ("--generator", "drp", "--iterations", "500"),
         "Deep Random Projector, 500 iterations",
+        ("sr",),
+    ),
+    Candidate(
+        "drp-250",
+        ("--generator", "drp", "--iterations", "250"),
+        "Deep Random Projector, 250 iterations (drp-500's curves peaked at 200-250 on Set5 x4 at 256 px)",
         ("sr",),
     ),
     # the stopping rules (docs/stopping.md): the length decided by 5% of the observed pixels held out of the fit
