@@ -172,7 +172,7 @@ class Table:
 
 TABLES: dict[str, Table] = {
     "denoise": Table("denoise", "CSet9 sigma 25", ("F16", "baboon", "peppers")),
-    "sr": Table("super-resolve", "Set5 x4", ("bird", "butterfly")),
+    "sr": Table("super-resolve", "Set5 x4", ("bird", "butterfly", "head", "woman")),
     "table1": Table("inpaint", "Table 1", ("Cameraman256", "peppers256")),  # 256 px: the full size stays affordable
 }
 TASK_OF = {name: table.task for name, table in TABLES.items()}
