@@ -11,7 +11,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import BnInit, Downsample, FinalImage, FitConfig, InputKind, NetConfig, StopRule, Task, Upsample
+from .config import (
+    BnInit,
+    Downsample,
+    FinalImage,
+    FitConfig,
+    Generator,
+    InputKind,
+    NetConfig,
+    StopRule,
+    Task,
+    Upsample,
+)
+from .drp import projected
 from .errors import DipError, joined
 from .tasks import TASKS
 
@@ -96,18 +108,22 @@ def fast_refused(what: str) -> PresetError:
 
 def faster(config: FitConfig) -> FitConfig:
     """``config`` as ``--fast`` runs it: its task's ``Fast`` record applied (the convolutions' channels and the
-    iterations scaled, rounded, at least 1). Refuses a task the study behind --fast has not covered."""
+    iterations scaled, rounded, at least 1; or the task's DRP settings for the preset's count times the share).
+    Refuses a task the study behind --fast has not covered."""
     fast = TASKS[str(config.task)].fast
     if fast is None:
         covered = ", ".join(name for name, spec in TASKS.items() if spec.fast is not None)
         raise PresetError(f"--fast has no setting for {config.task} yet: the study behind it covered {covered}")
+    iterations = max(1, round(config.iterations * fast.iterations))
+    if fast.generator == Generator.drp:
+        return projected(config).replace(iterations=iterations, fast=True)
     net = config.net
     net = dataclasses.replace(
         net,
         channels_down=tuple(max(1, round(c * fast.width)) for c in net.channels_down),
         channels_up=tuple(max(1, round(c * fast.width)) for c in net.channels_up),
     )
-    return config.replace(net=net, iterations=max(1, round(config.iterations * fast.iterations)), fast=True)
+    return config.replace(net=net, iterations=iterations, fast=True)
 
 
 def _fit(task: str, net: NetConfig, iterations: int, lr: float, reg_noise: float, **changes: Any) -> FitConfig:

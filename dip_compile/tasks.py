@@ -28,16 +28,23 @@ class TaskError(DipError):
 class Fast:
     """What ``--fast`` changes in a task's preset, chosen by the study in benchmarks/fast_study.py (docs/fast.md):
     the convolutions' channels (down and up; the skip channels stay) and the iterations, as shares of the preset's.
-    Auto-stop, EMA and backtracking stay as the preset has them; an iteration share caps where auto-stop runs."""
+    Auto-stop, EMA and backtracking stay as the preset has them; an iteration share caps where auto-stop runs.
+    ``generator="drp"``: the task's Deep Random Projector settings (``drp.projected``: its own network, learning
+    rate and loss) replace the preset's network, and the share applies to the preset's count."""
 
     width: float = 1.0  # the preset's channels per level times this (at least 1)
     iterations: float = 1.0  # the preset's iterations times this (at least 1)
+    generator: str = ""  # "": the preset's network made narrower; "drp": the task's projector instead
 
     def __post_init__(self) -> None:
         if not (0 < self.width <= 1 and 0 < self.iterations <= 1):
             raise TaskError(
                 f"a Fast record takes shares in (0, 1], got width {self.width}, iterations {self.iterations}"
             )
+        if self.generator not in ("", "drp"):
+            raise TaskError(f'a Fast record\'s generator is the preset\'s ("") or "drp", not {self.generator!r}')
+        if self.generator and self.width != 1:
+            raise TaskError("a Fast record with a generator brings that generator's network: its width stays 1")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from conftest import dipc, save_png, smooth_image
 from dip_compile import presets
 from dip_compile.checkpoint import load_checkpoint
 from dip_compile.cli import parse_fit_args
+from dip_compile.config import Generator
+from dip_compile.drp import PROJECTORS, projected
 from dip_compile.fitjob import build_config, fingerprint
 from dip_compile.problem import add_noise
 from dip_compile.restore import validate_job
@@ -34,6 +36,9 @@ def test_fast_is_the_preset_with_the_records_width_and_share_of_iterations(name:
     assert record is not None
     base, fast = presets.preset(name), presets.preset(name, fast=True)
     assert fast.fast and not base.fast
+    if record.generator:  # the task's DRP settings, for the record's share of the preset's count
+        assert fast == projected(base).replace(iterations=max(1, round(base.iterations * record.iterations)), fast=True)
+        return
     assert fast.net.channels_down == tuple(max(1, round(c * record.width)) for c in base.net.channels_down)
     assert fast.net.channels_up == tuple(max(1, round(c * record.width)) for c in base.net.channels_up)
     assert fast.net.channels_skip == base.net.channels_skip
@@ -65,9 +70,25 @@ def test_fast_enters_a_batch_jobs_fingerprint_only_when_given() -> None:
     assert fingerprint(parse_fit_args([*args, "--fast"])) != fingerprint(parse_fit_args(args))
 
 
-def test_a_fast_record_takes_shares() -> None:
+def test_a_fast_record_takes_shares_and_the_preset_s_generator_or_drp() -> None:
     with pytest.raises(TaskError, match="shares in"):
         Fast(width=2.0)
+    with pytest.raises(TaskError, match="not 'hourglass2'"):
+        Fast(generator="hourglass2")
+    with pytest.raises(TaskError, match="its width stays 1"):
+        Fast(0.5, 0.2, generator="drp")
+
+
+@pytest.mark.parametrize("task", ["denoise", "super-resolve", "inpaint"])
+def test_a_drp_record_makes_fast_the_tasks_projector_for_a_share_of_the_presets_count(task: str, monkeypatch) -> None:
+    monkeypatch.setitem(TASKS, task, dataclasses.replace(TASKS[task], fast=Fast(1.0, 0.125, "drp")))
+    base, fast = presets.preset(task), presets.preset(task, fast=True)
+    assert fast.net.generator == Generator.drp and fast.fast
+    assert fast.iterations == round(base.iterations * 0.125) and fast.lr == PROJECTORS[task].lr
+    args = [task, "/x/in.png", "-o", "/x/o.png", "--fast", "--iterations", "9"]
+    config = build_config(parse_fit_args(args), 3)
+    assert config.net == fast.net and config.iterations == 9  # given options win
+    assert build_config(parse_fit_args([*args, "--generator", "drp"]), 3) == config  # --generator drp agrees with it
 
 
 def test_a_task_the_study_did_not_cover_refuses_fast_in_one_line(tmp_path: Path) -> None:
@@ -169,9 +190,12 @@ def test_the_python_api_takes_fast(fast_fit: Path, tmp_path: Path) -> None:
 
 
 def test_fast_changes_nothing_but_what_its_record_names() -> None:
+    drp_sets = {"lr", "tv_weight", "loss", "reg_noise_std", "ema"}  # what drp.projected sets besides the network
     for name in FAST_TASKS:
+        record = TASKS[name].fast
+        assert record is not None
         for field in dataclasses.fields(presets.preset(name)):
-            if field.name not in ("net", "iterations", "fast"):
+            if field.name not in {"net", "iterations", "fast"} | (drp_sets if record.generator else set()):
                 assert getattr(presets.preset(name, fast=True), field.name) == getattr(presets.preset(name), field.name)
 
 
