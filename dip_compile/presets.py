@@ -116,6 +116,11 @@ def faster(config: FitConfig) -> FitConfig:
         raise PresetError(f"--fast has no setting for {config.task} yet: the study behind it covered {covered}")
     iterations = max(1, round(config.iterations * fast.iterations))
     if fast.generator == Generator.drp:
+        if config.paper_exact:
+            raise PresetError(
+                f"--fast on {config.task} fits the Deep Random Projector, not the paper's network that --paper-exact "
+                "fits: give one of them"
+            )
         return projected(config).replace(iterations=iterations, fast=True)
     net = config.net
     net = dataclasses.replace(

@@ -89,6 +89,8 @@ def test_a_drp_record_makes_fast_the_tasks_projector_for_a_share_of_the_presets_
     config = build_config(parse_fit_args(args), 3)
     assert config.net == fast.net and config.iterations == 9  # given options win
     assert build_config(parse_fit_args([*args, "--generator", "drp"]), 3) == config  # --generator drp agrees with it
+    code, err = dipc("fit", *args, "--paper-exact")
+    assert code == 2 and "--fast on" in err and "give one of them" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_task_the_study_did_not_cover_refuses_fast_in_one_line(tmp_path: Path) -> None:
