@@ -158,7 +158,7 @@ CANDIDATES: tuple[Candidate, ...] = (
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
 # The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).
-SHIPPED = {"denoise": "w64", "super-resolve": "w64", "inpaint": "w64-third"}
+SHIPPED = {"denoise": "w64", "super-resolve": "drp-250", "inpaint": "w64-third"}
 
 
 @dataclass(frozen=True)

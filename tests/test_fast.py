@@ -182,6 +182,23 @@ def test_a_fast_fit_resumes_on_its_own_network_and_refuses_fast_again(fast_fit: 
     assert code == 2 and "drop --fast" in err, err
 
 
+def test_a_fast_x4_super_resolution_is_a_drp_fit_that_exports_and_regenerates(tmp_path: Path) -> None:
+    """The shipped record for x4 super-resolution names DRP: the fit, its checkpoint, the ONNX model and the replay."""
+    assert TASKS["super-resolve"].fast == Fast(1.0, 0.125, "drp")
+    save_png(smooth_image(8, 8), tmp_path / "small.png")
+    code, err = dipc(
+        "fit", "super-resolve", tmp_path / "small.png", "--factor", "4", "-o", tmp_path / "big.png", "--fast",
+        "--iterations", "3", "--precision", "fp32", "--checkpoint", tmp_path / "fit.ckpt", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    config = load_checkpoint(tmp_path / "fit.ckpt").config
+    assert config.fast and config.net.generator == Generator.drp and config.net.channels_down == (128,)
+    code, err = dipc("export", tmp_path / "fit.ckpt", "-o", tmp_path / "fit.onnx")
+    assert code == 0, err
+    code, err = dipc("regenerate", tmp_path / "fit.onnx", "-o", tmp_path / "again.png", "--check", tmp_path / "big.png")
+    assert code == 0, err
+
+
 def test_the_python_api_takes_fast(fast_fit: Path, tmp_path: Path) -> None:
     from dip_compile.api import restore_image
 

@@ -511,7 +511,7 @@ def test_a_long_fits_estimate_names_the_quicker_choice(local, tmp_path, monkeypa
     args[6], args[10:12] = measured, ["", None]  # the preset's own network
     status = c.predict(*args, api_name="/estimate")
     assert status.startswith(f"estimate: about {preflight.duration(its * 2.0)} for {its} iterations"), status
-    assert "with Fast (a narrower network, a slightly worse image; docs/fast.md) about" in status, status
+    assert "with Fast (a cheaper setting, a slightly different image; docs/fast.md) about" in status, status
     assert preflight.duration(fast_its * 0.5) in status.split("with Fast")[1], (status, fast_its)
     assert "Fast" not in c.predict(*fit_args(image, mask_file, 6), api_name="/estimate")  # 12 s: no advice
 

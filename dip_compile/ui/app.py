@@ -147,7 +147,7 @@ def build(sessions: Sessions, max_upload_mb: int) -> gr.Blocks:
                 iterations = gr.Number(preset_iterations(None, "inpaint"), label="Iterations", precision=0, minimum=1)
                 fast = gr.Checkbox(
                     False,
-                    label="Fast: a narrower network, in less time for a slightly worse image (--fast; docs/fast.md)",
+                    label="Fast: a cheaper setting, in less time for nearly the same image (--fast; docs/fast.md)",
                 )
                 with gr.Accordion("Network, seed and timelapse", open=False):
                     channels = gr.Textbox(label="Channels per level (--channels; empty: the preset's)")

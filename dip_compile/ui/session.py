@@ -52,7 +52,7 @@ class Form:
     depth: Optional[int] = None
     seed: Optional[int] = None
     timelapse_every: int = 0  # 0: no timelapse
-    fast: bool = False  # --fast: the task's narrower network (docs/fast.md)
+    fast: bool = False  # --fast: the task's cheaper setting (docs/fast.md)
 
 
 def painted_mask(layers: list[np.ndarray], size: tuple[int, int], path: Path) -> Optional[Path]:
@@ -186,9 +186,7 @@ def estimate_text(job: FitJob, quicker: Optional[FitJob] = None) -> str:
     if quicker is not None and planned.seconds > LONG_FIT_SECONDS:
         fast = estimate(quicker)
         if fast.seconds < 0.8 * planned.seconds:
-            text += (
-                f"; with Fast (a narrower network, a slightly worse image; docs/fast.md) about {duration(fast.seconds)}"
-            )
+            text += f"; with Fast (a cheaper setting, a slightly different image; docs/fast.md) about {duration(fast.seconds)}"
     return text
 
 
