@@ -820,9 +820,10 @@ class FitConfig:
         flag="--fast",
         panel="speed",
         job=True,
-        help="the task's preset made cheaper as a study chose (a narrower network and fewer iterations; for x4 "
-        "super-resolution the Deep Random Projector): a fraction of the time for nearly the same image; only on the "
-        "presets it was measured on ({fast_presets}); docs/fast.md has the study and its numbers",
+        help="the task's preset made cheaper as a study chose (a narrower network, and fewer iterations where the "
+        "count is fixed; for x4 super-resolution the Deep Random Projector for an eighth of the iterations): a "
+        "fraction of the time for nearly the same image; only on the presets it was measured on ({fast_presets}); "
+        "docs/fast.md has the study and its numbers",
     )
     preset: str = option(  # the named preset the settings started from ("" = none)
         "",
