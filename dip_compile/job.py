@@ -118,8 +118,8 @@ class NetShape:
         for name, value in given.items():
             if value is not None:
                 changes[name] = value * depth if len(value) == 1 and name.startswith("channels") else value
-            elif depth != net.depth and len(getattr(net, name)) > 1:
-                old = getattr(net, name)
+            elif depth != net.depth and (len(getattr(net, name)) > 1 or name.startswith("channels")):
+                old = getattr(net, name)  # (the channel lists hold one entry per level: a one-level net's too, DRP's)
                 changes[name] = old[:depth] + (old[-1],) * max(0, depth - len(old))
         generator, structure, kind = get("generator"), get("structure"), get("input_kind")
         if generator is not None and generator != net.generator:

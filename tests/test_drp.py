@@ -145,6 +145,9 @@ def test_generator_drp_takes_the_papers_settings_for_the_task_and_given_options_
     given = ["--generator", "drp", "--lr", "0.2", "--channels", "32", "--tv-weight", "0.1", "--iterations", "300"]
     config = build_config(parse_fit_args(fit_args(tmp_path, task, *given)), 3)
     assert (config.lr, config.net.channels_down, config.tv_weight, config.iterations) == (0.2, (32,), 0.1, 300)
+    deeper = build_config(parse_fit_args(fit_args(tmp_path, task, "--generator", "drp", "--depth", "2")), 3).net
+    assert deeper.depth == 2 and deeper.channels_down == deeper.channels_up == (record.channels,) * 2
+    assert deeper.channels_skip == (record.skip,) * 2
 
 
 def test_the_python_api_and_a_batch_take_generator_drp(tmp_path):

@@ -82,6 +82,18 @@ def made_paper(root: Path) -> Path:
     return root
 
 
+def test_each_table_takes_its_own_groups_images(tmp_path: Path) -> None:
+    data = made_paper(tmp_path / "data")
+    set14 = data / "paper" / "sr" / "Set14" / "x4"
+    set14.mkdir(parents=True)
+    for name in ("zebra", "face"):  # face is no study image
+        save_png(smooth_image(64, 64, seed=3), set14 / f"{name}_GT.png")
+    assert [c.name for c in fs.study_cases("sr", data)] == ["Set5-x4-bird"]
+    assert [c.name for c in fs.study_cases("sr14", data)] == ["Set14-x4-zebra"]
+    assert fs.default_iterations("sr14") == fs.default_iterations("sr") == 2000
+    assert fs.BY_NAME["drp-250"].tables == fs.SR  # the shipped --fast is tried on both SR tables
+
+
 def in_process(manifest: Path, outdir: Path, args, deadline) -> int:
     """paper_tables.run_batch without a new Python process (each would import torch again)."""
     return dipc("batch", manifest, "-o", outdir, "--seed", "0", "--device", "cpu", "-q")[0]
@@ -103,8 +115,9 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     assert fs.main(argv) == 0
     root = out / "crop64-cap2"
     result = json.loads((root / "fast_study.json").read_text())
-    assert set(result["tables"]) == {"denoise", "sr", "table1"}
-    for table in result["tables"].values():
+    assert set(result["tables"]) == {"denoise", "sr", "sr14", "table1"}
+    assert result["tables"]["sr14"]["rows"] == []  # the made data holds no Set14 image
+    for table in (t for t in result["tables"].values() if t["rows"]):
         assert [r["name"] for r in table["rows"]] in (["F16-s25"], ["Set5-x4-bird"], ["Cameraman256"])
         found = table["candidates"]
         assert found["defaults"]["images"] == 1 and found["c2f-50"]["status"] == "done"
@@ -133,7 +146,10 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     assert [p.stat().st_mtime_ns for p in fits] == stamps
     assert fs.main([*argv, "--report", "--tables", "sr"]) == 0  # one table's run keeps the others' results
     kept = json.loads((root / "fast_study.json").read_text())
-    assert set(kept["tables"]) == {"denoise", "sr", "table1"} and kept["tables"]["table1"] == result["tables"]["table1"]
+    assert (
+        set(kept["tables"]) == {"denoise", "sr", "sr14", "table1"}
+        and kept["tables"]["table1"] == result["tables"]["table1"]
+    )
     assert "#### inpaint" in (root / "fast_study.md").read_text()
 
 
