@@ -60,8 +60,26 @@ class Candidate:
     tables: tuple[str, ...] = ()
 
 
-FIXED = ("sr", "sr14", "table1")  # the tables whose default fits run a fixed count (denoising auto-stops)
-SR = ("sr", "sr14")  # the super-resolution tables (x4)
+@dataclass(frozen=True)
+class Table:
+    """One task of the study: the paper_tables table and case group it takes its images from, and which images."""
+
+    task: str
+    group: str
+    images: tuple[str, ...]  # the images' names in the paper's folder (F16_GT.png: F16)
+    source: str = ""  # paper_tables' table of the group ("": the study's table name)
+
+
+TABLES: dict[str, Table] = {
+    "denoise": Table("denoise", "CSet9 sigma 25", ("F16", "baboon", "peppers")),
+    "sr": Table("super-resolve", "Set5 x4", ("bird", "butterfly", "head", "woman")),
+    # images that chose nothing: x4 super-resolution's --fast (drp-250) was chosen on Set5's bird and butterfly
+    "sr14": Table("super-resolve", "Set14 x4", ("baboon", "comic", "zebra", "monarch"), source="sr"),
+    "table1": Table("inpaint", "Table 1", ("Cameraman256", "peppers256")),  # 256 px: the full size stays affordable
+}
+TASK_OF = {name: table.task for name, table in TABLES.items()}
+FIXED = tuple(n for n, t in TABLES.items() if t.task != "denoise")  # defaults of a fixed count (denoising auto-stops)
+SR = tuple(n for n, t in TABLES.items() if t.task == "super-resolve")  # the super-resolution tables (x4)
 
 # The defaults first; one line per candidate. ``--iterations-scale S`` is this study's shorthand for a share S of the
 # default preset's iterations (a cap where auto-stop runs).
@@ -160,26 +178,6 @@ CANDIDATES: tuple[Candidate, ...] = (
 BY_NAME = {c.name: c for c in CANDIDATES}
 # The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).
 SHIPPED = {"denoise": "w64", "super-resolve": "drp-250", "inpaint": "w64-third"}
-
-
-@dataclass(frozen=True)
-class Table:
-    """One task of the study: the paper_tables table and case group it takes its images from, and which images."""
-
-    task: str
-    group: str
-    images: tuple[str, ...]  # the images' names in the paper's folder (F16_GT.png: F16)
-    source: str = ""  # paper_tables' table of the group ("": the study's table name)
-
-
-TABLES: dict[str, Table] = {
-    "denoise": Table("denoise", "CSet9 sigma 25", ("F16", "baboon", "peppers")),
-    "sr": Table("super-resolve", "Set5 x4", ("bird", "butterfly", "head", "woman")),
-    # images that chose nothing: x4 super-resolution's --fast (drp-250) was chosen on Set5's bird and butterfly
-    "sr14": Table("super-resolve", "Set14 x4", ("baboon", "comic", "zebra", "monarch"), source="sr"),
-    "table1": Table("inpaint", "Table 1", ("Cameraman256", "peppers256")),  # 256 px: the full size stays affordable
-}
-TASK_OF = {name: table.task for name, table in TABLES.items()}
 MAX_LOSS_DB = 0.5  # --fast: at most this much below the defaults, on the mean and on the worst image
 TARGET_SHARE = 1 / 5  # the issue's target share of the defaults' wall time
 DEFAULT_LOSS_DB, DEFAULT_SHARE = 0.1, 0.5  # a new default: this close at this share, on every task
