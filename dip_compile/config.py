@@ -227,6 +227,7 @@ def option(
     panel: str = "",
     resume: bool = False,
     cli_default: Any = None,
+    machine: bool = False,
     job: bool = False,
     argument: bool = False,
     names: tuple[str, ...] = (),
@@ -254,7 +255,9 @@ def option(
 
     Settings (``FitConfig``, ``NetConfig``): ``resume``, whether a resumed fit may change it; ``cli_default``, the
     option's default where the command line's differs from the library's (``auto`` picks the device; an option not
-    given is otherwise the preset's value); ``job``: the flag sets the ``FitJob`` field of the same name, which
+    given is otherwise the preset's value); ``machine``: the setting says where the fit runs, not what it computes,
+    so that its command-line default applies on --resume too (a resumed fit keeps the checkpoint's other settings,
+    its precision and backend among them, unless they are given); ``job``: the flag sets the ``FitJob`` field of the same name, which
     chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help may name
     ``{kernels}``, ``{noise}``, ``{presets}`` and ``{fast_presets}``: the CLI fills in their lists.
 
@@ -273,6 +276,7 @@ def option(
         "panel": panel,
         "resume": resume,
         "cli_default": cli_default,
+        "machine": machine,
         "job": job,
         "argument": argument,
         "names": names or (flag,),
@@ -306,10 +310,15 @@ def flagged(cls: type) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", "").startswith("--")]
 
 
-def command_line_defaults(cls: type) -> dict[str, Any]:
+def command_line_defaults(cls: type, resuming: bool = False) -> dict[str, Any]:
     """The fields whose ``dipc fit`` default differs from the library's (``auto`` device, backend, precision): what
-    the Python API applies too, so that a call and the command fit alike."""
-    return {f.name: f.metadata["cli_default"] for f in flagged(cls) if f.metadata.get("cli_default") is not None}
+    the Python API applies too, so that a call and the command fit alike. ``resuming``: only those of the machine
+    (the device), since a resumed fit keeps its checkpoint's precision and backend unless they are given."""
+    return {
+        f.name: f.metadata["cli_default"]
+        for f in flagged(cls)
+        if f.metadata.get("cli_default") is not None and (f.metadata.get("machine") or not resuming)
+    }
 
 
 def choice_fields(obj: Any) -> list[tuple[str, type[Choice]]]:
@@ -782,7 +791,13 @@ class FitConfig:
         help="bf16 (CPUs with AVX512-BF16/AMX, CUDA), fp16 (CUDA), fp32 or auto",
     )
     device: str = option(
-        "cpu", flag="--device", panel="speed", resume=True, cli_default="auto", help="cpu, cuda, cuda:N or auto"
+        "cpu",
+        flag="--device",
+        panel="speed",
+        resume=True,
+        cli_default="auto",
+        machine=True,
+        help="cpu, cuda, cuda:N or auto",
     )
     save_memory: bool = option(
         False,

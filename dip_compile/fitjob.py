@@ -36,11 +36,13 @@ INTERRUPTED = 130
 
 def with_command_line_defaults(job: FitJob) -> FitJob:
     """The job with ``dipc fit``'s defaults for the settings it leaves unset (``auto`` device, backend and precision:
-    ``config.command_line_defaults``). Every edge builds its job through this one function (``dipc fit`` and
+    ``config.command_line_defaults``; on --resume only the device's, so that the saved precision and backend hold
+    unless given). Every edge builds its job through this one function (``dipc fit`` and
     ``dipc batch``, ``restore_image``, the web page), so that the same inputs fit the same way on the same
     machine whichever way they came (tests/test_job_parity.py)."""
     given = {k: v for k, v in job.settings.items() if v is not None}
-    return dataclasses.replace(job, settings={**command_line_defaults(FitConfig), **given})
+    defaults = command_line_defaults(FitConfig, resuming=job.resume is not None)
+    return dataclasses.replace(job, settings={**defaults, **given})
 
 
 def resolve_device(name: str) -> str:
@@ -98,7 +100,10 @@ def resume_config(job: FitJob, ckpt: Checkpoint) -> FitConfig:
     if job.net.given():
         raise DipError(f"--resume continues the saved network: drop {', '.join(job.net.given())}")
     saved, changes = ckpt.config, {}
-    for name, value in paper_precision(job.settings, saved.paper_exact).items():
+    settings = job.settings  # (a --precision given to a --paper-exact fit's resume: its auto is fp32)
+    if settings.get("precision") is not None:
+        settings = paper_precision(settings, saved.paper_exact)
+    for name, value in settings.items():
         if value is None or value == getattr(saved, name):
             continue
         if name not in FitConfig.resumable():

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import dipc, save_png
-from dip_compile import preflight, restore
+from dip_compile import acceleration, preflight, restore
 from dip_compile.cli import app
 from dip_compile.imageio import load_image
 
@@ -114,6 +114,23 @@ def test_resume_continues_to_the_new_total_and_matches_a_straight_run(tmp_path, 
         "fit", "--resume", tmp_path / "half.ckpt", "-o", tmp_path / "resumed.png", "--iterations", "8", "-q"
     )
     assert result.exit_code == 0, result.stderr
+    assert torch.equal(load_image(tmp_path / "resumed.png"), load_image(tmp_path / "straight.png"))
+
+
+def test_a_resume_without_precision_keeps_the_saved_fp32_on_a_bf16_cpu(tmp_path, image_png, monkeypatch):
+    """On a CPU where `auto` is bf16, a fit saved in fp32 and resumed without --precision stays fp32: the resumed image
+    is the straight fp32 run's (it used to switch to bf16 and differ by up to 2/255)."""
+    amx = acceleration.Capability("cpu", "a faked AMX CPU", fast_bf16=True, fast_fp16=False)
+    monkeypatch.setattr(acceleration, "capability", lambda device: amx)
+    common = ["--sigma", "25", "--stop", "fixed", "--precision", "fp32", *TINY]
+    invoke("fit", "denoise", image_png, "-o", tmp_path / "straight.png", "--iterations", "6", *common)
+    invoke("fit", "denoise", image_png, "-o", tmp_path / "half.png", "--iterations", "3",
+           "--checkpoint", tmp_path / "half.ckpt", *common)  # fmt: skip
+    report = tmp_path / "resumed.json"
+    result = invoke("fit", "--resume", tmp_path / "half.ckpt", "-o", tmp_path / "resumed.png", "--iterations", "6",
+                    "--report", report, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(report.read_text())["precision"] == "fp32"
     assert torch.equal(load_image(tmp_path / "resumed.png"), load_image(tmp_path / "straight.png"))
 
 

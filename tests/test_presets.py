@@ -332,6 +332,28 @@ def test_paper_exact_fits_in_fp32_unless_precision_names_another_and_a_resume_ke
     assert resume_config(resumed, saved).precision == Precision.fp32  # type: ignore[arg-type]
 
 
+def test_a_resume_keeps_the_saved_precision_and_backend_unless_given(tmp_path: Path):
+    """The command line's `auto` is a default, not a choice: resuming an fp32 fit without --precision stays fp32 (it
+    used to become auto, bf16 on an AVX512-BF16 CPU, and the resumed image differed from a straight run); a
+    --paper-exact fit saved in bf16 stays bf16; a precision given on the resume wins; the device still defaults to
+    auto (where the fit runs)."""
+    base = ["denoise", str(tmp_path / "n.png"), "-o", str(tmp_path / "o.png")]
+    resume = ["--resume", str(tmp_path / "x.ckpt"), "-o", str(tmp_path / "o.png"), "--iterations", "9"]
+    for saved_args, given, expected in [
+        (["--precision", "fp32", "--backend", "eager"], [], ("fp32", "eager")),
+        (["--paper-exact", "--precision", "bf16"], [], ("bf16", "auto")),
+        (["--precision", "fp32"], ["--precision", "auto"], ("auto", "auto")),
+        (["--paper-exact"], ["--precision", "auto"], ("fp32", "auto")),  # --paper-exact's auto is fp32
+        (["--precision", "fp32"], ["--backend", "inductor"], ("fp32", "inductor")),
+    ]:
+        saved = SimpleNamespace(config=build_config(parse_fit_args([*base, *saved_args]), 3), iteration=5)
+        job = parse_fit_args([*resume, *given])
+        assert job.settings["device"] == "auto"
+        assert given or not {"precision", "backend"} & set(job.settings)
+        config = resume_config(job, saved)  # type: ignore[arg-type]
+        assert (config.precision, config.backend) == expected, (saved_args, given)
+
+
 def test_paper_exact_fits_with_the_2017_framework_and_the_flags_still_win(tmp_path: Path):
     """--paper-exact builds the net as PyTorch 0.2/0.3 did (the published outputs' framework): BatchNorm scales from
     U(0, 1), bilinear upsampling with aligned corners (not where a net upsamples by nearest only); --bn-init ones

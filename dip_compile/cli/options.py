@@ -44,7 +44,8 @@ def parsed_type(hint: Any) -> Any:
 def declared(cls: type, *, presets_default: bool = False) -> list[inspect.Parameter]:
     """The options (and arguments) of a class's declared fields, each named after its field, as typer reads them
     from a signature. ``presets_default``: the fields are settings, so an option not given is None (the preset's
-    value) unless the field's metadata gives a command-line default; otherwise an option's default is its field's.
+    value; a command-line default in the field's metadata is shown by --help and applied by ``fit_job``, so that
+    --resume tells it from a value given); otherwise an option's default is its field's.
     A switch that is off by default is a flag (--keep-known), one that is on by default, or that a preset or
     --paper-exact may turn on (``negatable``), can be turned off (--no-1x1-up, --no-align-corners)."""
     hints = typing.get_type_hints(cls)
@@ -66,13 +67,15 @@ def declared(cls: type, *, presets_default: bool = False) -> list[inspect.Parame
             kind, decls, default = Optional[bool], (f"{flag}/--no-{flag.removeprefix('--')}",), None
         elif kind is bool:
             default = False
-        elif meta["cli_default"] is not None:
-            default = meta["cli_default"]
         if default is None:
             kind = Optional[kind]
         panel = meta["panel"].capitalize() or None
-        extra = {"metavar": meta["metavar"]} if meta["metavar"] else {}
+        extra: dict[str, Any] = {"metavar": meta["metavar"]} if meta["metavar"] else {}
         if not meta["show_default"]:
+            extra["show_default"] = False
+        elif meta["cli_default"] is not None:  # applied by fit_job, so that --resume can tell it from a given value
+            kept = "" if meta.get("machine") else "; a resumed fit keeps the saved one"
+            text += f" (default: {meta['cli_default']}{kept})"
             extra["show_default"] = False
         info = typer.Option(*decls, help=text, rich_help_panel=panel, **extra)
         params.append(_parameter(f.name, kind, default, info))
