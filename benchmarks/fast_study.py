@@ -27,6 +27,7 @@ them are not.
     python -m benchmarks.fast_study --scale full --only F16 --candidates w32,c2f-50
     python -m benchmarks.fast_study --scale crop --report                     # only score what is on disk
     python -m benchmarks.fast_study --scale crop --time-steps --report        # ALONE: time each step, then score
+    python -m benchmarks.fast_study --scale crop --reprice elsewhere/crop256/steps.json   # the shares on that CPU
 """
 
 from __future__ import annotations
@@ -575,6 +576,52 @@ def markdown(table: str, result: dict[str, Any], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def reprice(study: dict[str, Any], steps: dict[str, Any]) -> dict[str, Any]:
+    """The committed study's shares on another machine: each fit's iterations (which do not depend on the CPU's
+    speed) times the milliseconds per iteration that ``steps`` (a ``steps.json`` of ``--time-steps``, run there with
+    another ``--out``) timed at its image's size, summed over the images both it and the defaults finished, as
+    ``summarise`` sums them. A candidate, or a table, without a timing at every size it needs is left out."""
+    tables: dict[str, Any] = {}
+    for table, result in study["tables"].items():
+        timed = steps.get("tables", {}).get(table, {})
+        shares = {}
+        for name, e in result["candidates"].items():
+            if name == "defaults" or e.get("status") != "done":
+                continue
+            pairs = [(r["fits"][name], r["fits"]["defaults"], r["size"]) for r in result["rows"]]
+            try:
+                seconds = sum(f["iterations"] * timed[f"{name}@{size}"] for f, _, size in pairs)
+                base = sum(b["iterations"] * timed[f"defaults@{size}"] for _, b, size in pairs)
+            except (KeyError, TypeError):  # not timed at a size there, or a fit without iterations
+                continue
+            shares[name] = {
+                "share": seconds / base,
+                "committed_share": e.get("time_share"),
+                "delta_db": e.get("delta_db"),
+                "worst_delta_db": e.get("worst_delta_db"),
+                "shipped": name == SHIPPED.get(result["task"]),
+            }
+        if shares:
+            tables[table] = {"task": result["task"], "steps_ms": timed, "candidates": shares}
+    runs = steps.get("runs", [])
+    return {"machine": runs[-1]["before"] if runs else None, "tables": tables}
+
+
+def reprice_markdown(priced: dict[str, Any]) -> str:
+    lines = [
+        "| table | candidate | vs defaults, mean / worst (dB) | share of the defaults' time there | in the study |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for table, t in priced["tables"].items():
+        for name, c in t["candidates"].items():
+            mark = " (`--fast`)" if c["shipped"] else ""
+            lines.append(
+                f"| {table} | {name}{mark} | {c['delta_db']:+.2f} / {c['worst_delta_db']:+.2f} | "
+                f"**{c['share']:.2f}** | {fmt(c['committed_share'])} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=("crop", "full"), default="crop", help="the images whole, or crops")
@@ -601,6 +648,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=float, default=60.0)
     parser.add_argument("--max-minutes", type=float, help="stop the fits after this long (a rerun continues)")
+    parser.add_argument(
+        "--reprice",
+        type=Path,
+        metavar="STEPS",
+        help="fit and time nothing: price the committed results' iterations with another machine's steps.json "
+        "(--time-steps --report with another --out, run ALONE there) and write the shares there beside it",
+    )
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     args.pack, args.ray = 1, False  # what paper_tables.run_batch reads: one fit at a time, for its wall time
@@ -613,10 +667,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.shard = check_shard(parser, args.shard)
     if args.time_repeats < 1:
         parser.error(f"--time-repeats must be 1 or more, not {args.time_repeats}")
-    if not (args.data / "paper").is_dir():
-        parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
     side = None if args.scale == "full" else args.side
     root = args.out / ((f"crop{side}" if side else "full") + (f"-cap{args.cap}" if args.cap else ""))
+    if args.reprice is not None:
+        priced = reprice(json.loads((root / "fast_study.json").read_text()), json.loads(args.reprice.read_text()))
+        (args.reprice.parent / "shares.json").write_text(json.dumps(priced, indent=1) + "\n")
+        print(reprice_markdown(priced), flush=True)
+        return 0
+    if not (args.data / "paper").is_dir():
+        parser.error(f"{args.data / 'paper'} not found (pass --data: the folder that holds paper/)")
     deadline = None if args.max_minutes is None else time.monotonic() + 60.0 * args.max_minutes
     started = machine()
     steps_path = root / "steps.json"  # (the tables' timings, kept across runs)

@@ -197,6 +197,42 @@ def test_estimated_seconds_are_iterations_times_the_timed_step_and_win_only_wher
     assert narrow["timed"] == "fits" and narrow["time_share"] == pytest.approx(340 / 400)
 
 
+def test_reprice_gives_the_studys_iterations_another_machines_steps(tmp_path: Path) -> None:
+    """The shares on another CPU: the committed fits' iterations times the steps timed there, summed over images as
+    the study sums them; a candidate not timed at every size is left out, and --reprice writes shares.json beside
+    the steps it read."""
+    rows = [
+        {"size": "8x8", "fits": {"defaults": fit(30.0, 100, 1000), "w64": fit(29.8, 120, 800), "odd": fit(1, 5, 1)}},
+        {"size": "16x8", "fits": {"defaults": fit(28.0, 300, 1000), "w64": fit(27.9, 330, 1000), "odd": fit(1, 5, 1)}},
+    ]
+    study = {
+        "tables": {"denoise": {"task": "denoise", "rows": rows, **fs.summarise(rows, ["defaults", "w64", "odd"], {})}}
+    }
+    steps = {
+        "tables": {
+            "denoise": {"defaults@8x8": 10.0, "w64@8x8": 4.0, "defaults@16x8": 20.0, "w64@16x8": 8.0, "odd@8x8": 1}
+        },
+        "runs": [{"before": {"cpu": "made CPU"}}],
+    }
+    priced = fs.reprice(study, steps)
+    assert priced["machine"] == {"cpu": "made CPU"}
+    w64 = priced["tables"]["denoise"]["candidates"]["w64"]
+    assert w64["share"] == pytest.approx((800 * 4.0 + 1000 * 8.0) / (1000 * 10.0 + 1000 * 20.0))
+    assert w64["shipped"] and w64["delta_db"] == pytest.approx(-0.15)
+    assert set(priced["tables"]["denoise"]["candidates"]) == {"w64"}  # odd: not timed at 16x8
+    root = tmp_path / "out" / "crop256"
+    root.mkdir(parents=True)
+    (root / "fast_study.json").write_text(json.dumps(study))
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "steps.json").write_text(json.dumps(steps))
+    assert fs.main(["--out", str(tmp_path / "out"), "--reprice", str(there / "steps.json")]) == 0
+    assert (
+        json.loads((there / "shares.json").read_text())["tables"]["denoise"]["candidates"]["w64"]["share"]
+        == w64["share"]
+    )
+
+
 def test_the_floor_is_the_first_iteration_within_half_a_decibel_of_the_defaults_image(tmp_path: Path) -> None:
     def report(final: float, raw: list[float], ema: list[float]) -> dict:
         history = {"iteration": [10, 20, 30, 40], "psnr_reference": raw, "psnr_reference_ema": ema}
