@@ -257,8 +257,8 @@ def option(
     option's default where the command line's differs from the library's (``auto`` picks the device; an option not
     given is otherwise the preset's value); ``machine``: the setting says where the fit runs, not what it computes,
     so that its command-line default applies on --resume too (a resumed fit keeps the checkpoint's other settings,
-    its precision and backend among them, unless they are given); ``job``: the flag sets the ``FitJob`` field of the same name, which
-    chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help may name
+    its precision and backend among them, unless they are given); ``job``: the flag sets the ``FitJob`` field of
+    the same name, which chooses the starting point (--preset, --paper-exact) instead of overriding a setting. The help may name
     ``{kernels}``, ``{noise}``, ``{presets}`` and ``{fast_presets}``: the CLI fills in their lists.
 
     Job fields (``FitJob``; their option's default is the field's): ``role``, ``problem`` (what is fitted: the
