@@ -204,7 +204,8 @@ def test_stopping_study_replays_the_held_out_rule_on_fit_reports_where_the_fit_s
     assert case["image"] == "held" and case["iteration"][-1] == report["iterations"]
     stop, chosen = ss.replay_holdout(case, 40, report["stop"]["tolerance"])
     assert stop == report["iterations"]  # the marks are read on the recorded curve: the same stop
-    assert 0 <= report["stop"]["minimum_iteration"] - chosen < report["stop"]["error_every"]  # the minimum: per record
+    # the fit takes its minimum every iteration, the replay per record: within a record's spacing, either side
+    assert abs(report["stop"]["minimum_iteration"] - chosen) < report["stop"]["error_every"]
     assert [r for r in ss.summarise([case]) if r["rule"] == "holdout"]
     assert report["stop_reason"] == "auto-stop" and report["iterations"] < 400  # (the rule did stop the fit)
     (tmp_path / "empty").mkdir()
