@@ -82,8 +82,9 @@ def build_config(job: FitJob, channels: int) -> FitConfig:
 
 def paper_precision(settings: dict[str, Any], paper_exact: bool) -> dict[str, Any]:
     """``settings`` with --paper-exact's precision: the paper fitted in fp32, so there ``auto`` (the command line's
-    default) is fp32; a --precision that names one is kept."""
-    precision = Precision.named(settings.get("precision", Precision.auto))
+    default) is fp32; a --precision that names one is kept, and none given leaves the value below it (the
+    preset's fp32, or on --resume the checkpoint's)."""
+    precision = Precision.named(settings.get("precision"))
     if paper_exact and precision is not None and precision.is_auto:
         return {**settings, "precision": Precision.fp32}
     return settings
@@ -100,10 +101,7 @@ def resume_config(job: FitJob, ckpt: Checkpoint) -> FitConfig:
     if job.net.given():
         raise DipError(f"--resume continues the saved network: drop {', '.join(job.net.given())}")
     saved, changes = ckpt.config, {}
-    settings = job.settings  # (a --precision given to a --paper-exact fit's resume: its auto is fp32)
-    if settings.get("precision") is not None:
-        settings = paper_precision(settings, saved.paper_exact)
-    for name, value in settings.items():
+    for name, value in paper_precision(job.settings, saved.paper_exact).items():
         if value is None or value == getattr(saved, name):
             continue
         if name not in FitConfig.resumable():
