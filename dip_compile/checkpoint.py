@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -205,6 +206,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         IndexError,
         UnicodeDecodeError,
         MemoryError,
+        struct.error,  # a file of a few bytes: the legacy reader runs out of them
     ):
         raise DipError(
             f"{path} is not a readable dip-compile checkpoint (corrupted or truncated, or another kind of file)"

@@ -158,6 +158,7 @@ def bad_input_cases(tmp: Path, image: Path):
     empty_mask = save_png(np.zeros((32, 32), np.float32), tmp / "empty_mask.png")
     (tmp / "existing.png").write_bytes(b"keep me")
     (tmp / "broken.ckpt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    (tmp / "short.ckpt").write_bytes(b"junk")  # torch's legacy reader runs out of bytes (struct.error)
     torch.save({"format": "something-else"}, tmp / "other.ckpt")
     torch.save({"format": "dip-compile-checkpoint", "version": 99}, tmp / "future.ckpt")
     with open(tmp / "pickle.ckpt", "wb") as f:
@@ -193,6 +194,7 @@ def bad_input_cases(tmp: Path, image: Path):
         "existing output": (["fit", "denoise", image, "-o", tmp / "existing.png"], "--force"),
         "missing output folder": (["fit", "denoise", image, "-o", tmp / "no" / "o.png"], "does not exist"),
         "corrupted checkpoint": (["fit", "--resume", tmp / "broken.ckpt", "-o", out], "not a readable"),
+        "four-byte checkpoint": (["fit", "--resume", tmp / "short.ckpt", "-o", out], "not a readable"),
         "not a checkpoint": (["fit", "--resume", tmp / "other.ckpt", "-o", out], "not a dip-compile checkpoint"),
         "future checkpoint": (["fit", "--resume", tmp / "future.ckpt", "-o", out], "version 99"),
         "missing checkpoint": (["fit", "--resume", tmp / "gone.ckpt", "-o", out], "not found"),
