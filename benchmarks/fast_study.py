@@ -670,6 +670,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     side = None if args.scale == "full" else args.side
     root = args.out / ((f"crop{side}" if side else "full") + (f"-cap{args.cap}" if args.cap else ""))
     if args.reprice is not None:
+        missing = [str(p) for p in (root / "fast_study.json", args.reprice) if not p.is_file()]
+        if missing:
+            parser.error(f"--reprice: {', '.join(missing)} not found")
         priced = reprice(json.loads((root / "fast_study.json").read_text()), json.loads(args.reprice.read_text()))
         (args.reprice.parent / "shares.json").write_text(json.dumps(priced, indent=1) + "\n")
         print(reprice_markdown(priced), flush=True)
