@@ -40,6 +40,7 @@ from .plan import JobPlan, Loaded, Pipeline, Run, load, load_problem, make_plan,
 from .preflight import MEMORY_SHARE, check_memory, dry_run, is_out_of_memory
 from .progress import BestSaver, PeriodicSaver, Watch, run_with_progress, status_line
 from .report import build_report
+from .stopping import still_improving
 from .tiling import TILED
 from .timelapse import Timelapse
 
@@ -210,4 +211,6 @@ def summary(result: FitResult, report: dict[str, Any], job: FitJob) -> str:
     line += f" -> {job.output}"
     if "final_psnr" in report:
         line += f"; PSNR {report['final_psnr']:.2f} dB (input {report['input_psnr']:.2f} dB)"
+    if still_improving(result.stop_reason, result.stop_info):
+        line += "; the held-out error was still falling at the last iteration: more iterations may restore more"
     return line

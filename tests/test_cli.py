@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import dipc, save_png
-from dip_compile import acceleration, preflight, restore
+from dip_compile import acceleration, preflight, restore, stopping
 from dip_compile.cli import app
 from dip_compile.imageio import load_image
 
@@ -491,6 +491,17 @@ def test_a_checkpoint_holding_nan_or_inf_is_refused_as_damaged_in_one_line(tmp_p
         assert not (tmp_path / "b.png").exists()
     code, err = dipc("export", tmp_path / "weight.ckpt", "-o", tmp_path / "w.onnx")
     assert code == 2 and "damaged dip-compile checkpoint" in err and not (tmp_path / "w.onnx").exists()
+
+
+def test_a_held_out_fit_ended_by_its_count_says_more_iterations_may_restore_more(tmp_path, image_png):
+    """The count, not the rule, ended it (CSet9's textured images at full size do at 3000): the summary says so."""
+    hint = "the held-out error was still falling at the last iteration: more iterations may restore more"
+    for stop, said in (("holdout", True), ("fixed", False), ("auto", False)):
+        made = invoke("fit", "denoise", image_png, "-o", tmp_path / f"{stop}.png", "--iterations", "4", "--sigma",
+                      "25", "--stop", stop, *TINY)  # fmt: skip
+        assert made.exit_code == 0 and "4 iterations (completed)" in made.stderr, made.stderr
+        assert (hint in made.stderr) is said, (stop, made.stderr)
+    assert not stopping.still_improving("auto-stop", {"rule": "holdout"})  # the rule ended it: nothing to add
 
 
 def test_a_checkpoint_with_damaged_held_out_pixels_is_refused_in_one_line(tmp_path, image_png):
