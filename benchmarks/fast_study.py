@@ -309,19 +309,13 @@ def failures(outdir: Path) -> dict[str, str]:
 
 
 def entry(case: Case, outdir: Path, inputs: Path, name: str, failed: dict[str, str]) -> dict[str, Any]:
-    """One fit's row: paper_tables' (PSNR by the paper's protocol, iterations, stop) with its fitting seconds summed
-    over resumes (the history's last record) and its coarse phase; or why there is none."""
+    """One fit's row: paper_tables' (PSNR by the paper's protocol, iterations, stop, fitting seconds summed over
+    resumes) with its coarse phase; or why there is none."""
     found = fit_entry(case, outdir, inputs, name)
     job = f"{case.name}-{name}"
     if found["status"] != "done":
         return {"status": "failed", "error": failed[job]} if job in failed else found
-    report = json.loads((outdir / f"{job}.json").read_text())
-    seconds = (report.get("history") or {}).get("seconds") or [found["seconds"]]
-    found.update(
-        seconds=seconds[-1],
-        resumed_from=report.get("resumed_from_iteration"),
-        coarse=report.get("coarse"),
-    )
+    found["coarse"] = json.loads((outdir / f"{job}.json").read_text()).get("coarse")
     return found
 
 

@@ -703,7 +703,8 @@ def run_batch(manifest: Path, outdir: Path, args: argparse.Namespace, deadline: 
 
 def fit_entry(case: Case, outdir: Path, inputs: Path, label: str) -> dict[str, Any]:
     """A finished fit's row (output NAME-LABEL): the protocol's PSNR and SSIM of the returned image, and from its
-    report what ran."""
+    report what ran; its seconds are the fitting seconds summed over resumes (the history's last record: a resumed
+    fit's ``wall_seconds`` are only its last session's)."""
     name = f"{case.name}-{label}"
     image, report_path = outdir / f"{name}.png", outdir / f"{name}.json"
     if not (image.exists() and report_path.exists()):
@@ -718,7 +719,8 @@ def fit_entry(case: Case, outdir: Path, inputs: Path, label: str) -> dict[str, A
         "iterations": report.get("iterations"),
         "chosen_iteration": report.get("chosen_iteration"),
         "stop_reason": report.get("stop_reason"),
-        "seconds": report.get("wall_seconds"),
+        "seconds": ((report.get("history") or {}).get("seconds") or [report.get("wall_seconds")])[-1],
+        "resumed_from": report.get("resumed_from_iteration"),
         "device": report.get("device"),
         "precision": report.get("precision"),
         "preset": config.get("preset"),

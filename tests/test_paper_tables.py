@@ -189,6 +189,22 @@ def test_published_outputs_are_cropped_and_scored_with_the_protocol(tmp_path):
     assert "no tiles_bicubic.png" in scored["bicubic"]["missing"]
 
 
+def test_a_resumed_fits_seconds_are_summed_over_its_sessions(tmp_path):
+    """A report's wall_seconds are its last session's; the table's seconds are the history's cumulative ones."""
+    image = np.random.default_rng(1).integers(0, 255, (16, 16, 3))
+    case = pt.Case("denoise", "CSet9 sigma 25", "t-s25", "denoise", "t_noisy.png", "t_GT.png", "f16", sigma=25)
+    pt.write(image, tmp_path / "t_GT.png")
+    pt.write(image, tmp_path / "t-s25-fast.png")
+    report = {"iterations": 30, "wall_seconds": 5.0, "resumed_from_iteration": 20,
+              "history": {"iteration": [10, 20, 30], "seconds": [4.0, 8.0, 13.0]}}  # fmt: skip
+    (tmp_path / "t-s25-fast.json").write_text(json.dumps(report))
+    row = pt.fit_entry(case, tmp_path, tmp_path, "fast")
+    assert row["seconds"] == 13.0 and row["resumed_from"] == 20 and row["psnr"] == float("inf")
+    del report["history"], report["resumed_from_iteration"]  # an older report: its own wall seconds
+    (tmp_path / "t-s25-fast.json").write_text(json.dumps(report))
+    assert pt.fit_entry(case, tmp_path, tmp_path, "fast")["seconds"] == 5.0
+
+
 def test_the_papers_bicubic_column_downsamples_the_whole_ground_truth():
     full = np.kron(np.random.default_rng(6).integers(0, 256, (4, 5, 3)), np.ones((4, 4, 1)))
     up = pt.paper_bicubic(full, 4)
