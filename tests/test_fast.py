@@ -73,6 +73,9 @@ def test_fast_enters_a_batch_jobs_fingerprint_only_when_given() -> None:
 def test_a_fast_record_takes_shares_and_the_preset_s_generator_or_drp() -> None:
     with pytest.raises(TaskError, match="shares in"):
         Fast(width=2.0)
+    with pytest.raises(TaskError, match="iterations up to 2.0"):
+        Fast(0.5, 2.5)
+    assert Fast(0.5, 5 / 3).iterations > 1  # a higher cap where auto-stop runs (denoising's --fast)
     with pytest.raises(TaskError, match="not 'hourglass2'"):
         Fast(generator="hourglass2")
     with pytest.raises(TaskError, match="its width stays 1"):
