@@ -201,28 +201,24 @@ def test_reprice_gives_the_studys_iterations_another_machines_steps(tmp_path: Pa
     """The shares on another CPU: the committed fits' iterations times the steps timed there, summed over images as
     the study sums them; a candidate not timed at every size is left out, and --reprice writes shares.json beside
     the steps it read."""
+    shipped = fs.SHIPPED["denoise"]  # (its row is marked shipped)
     rows = [
-        {
-            "size": "8x8",
-            "fits": {"defaults": fit(30.0, 100, 1000), "w64-cap5k": fit(29.8, 120, 800), "odd": fit(1, 5, 1)},
-        },
+        {"size": "8x8", "fits": {"defaults": fit(30.0, 100, 1000), shipped: fit(29.8, 120, 800), "odd": fit(1, 5, 1)}},
         {
             "size": "16x8",
-            "fits": {"defaults": fit(28.0, 300, 1000), "w64-cap5k": fit(27.9, 330, 1000), "odd": fit(1, 5, 1)},
+            "fits": {"defaults": fit(28.0, 300, 1000), shipped: fit(27.9, 330, 1000), "odd": fit(1, 5, 1)},
         },
     ]
     study = {
-        "tables": {
-            "denoise": {"task": "denoise", "rows": rows, **fs.summarise(rows, ["defaults", "w64-cap5k", "odd"], {})}
-        }
+        "tables": {"denoise": {"task": "denoise", "rows": rows, **fs.summarise(rows, ["defaults", shipped, "odd"], {})}}
     }
     steps = {
         "tables": {
             "denoise": {
                 "defaults@8x8": 10.0,
-                "w64-cap5k@8x8": 4.0,
+                f"{shipped}@8x8": 4.0,
                 "defaults@16x8": 20.0,
-                "w64-cap5k@16x8": 8.0,
+                f"{shipped}@16x8": 8.0,
                 "odd@8x8": 1,
             }
         },
@@ -230,10 +226,10 @@ def test_reprice_gives_the_studys_iterations_another_machines_steps(tmp_path: Pa
     }
     priced = fs.reprice(study, steps)
     assert priced["machine"] == {"cpu": "made CPU"}
-    w64 = priced["tables"]["denoise"]["candidates"]["w64-cap5k"]
-    assert w64["share"] == pytest.approx((800 * 4.0 + 1000 * 8.0) / (1000 * 10.0 + 1000 * 20.0))
-    assert w64["shipped"] and w64["delta_db"] == pytest.approx(-0.15)
-    assert set(priced["tables"]["denoise"]["candidates"]) == {"w64-cap5k"}  # odd: not timed at 16x8
+    chosen = priced["tables"]["denoise"]["candidates"][shipped]
+    assert chosen["share"] == pytest.approx((800 * 4.0 + 1000 * 8.0) / (1000 * 10.0 + 1000 * 20.0))
+    assert chosen["shipped"] and chosen["delta_db"] == pytest.approx(-0.15)
+    assert set(priced["tables"]["denoise"]["candidates"]) == {shipped}  # odd: not timed at 16x8
     root = tmp_path / "out" / "crop256"
     root.mkdir(parents=True)
     (root / "fast_study.json").write_text(json.dumps(study))
@@ -242,8 +238,8 @@ def test_reprice_gives_the_studys_iterations_another_machines_steps(tmp_path: Pa
     (there / "steps.json").write_text(json.dumps(steps))
     assert fs.main(["--out", str(tmp_path / "out"), "--reprice", str(there / "steps.json")]) == 0
     assert (
-        json.loads((there / "shares.json").read_text())["tables"]["denoise"]["candidates"]["w64-cap5k"]["share"]
-        == w64["share"]
+        json.loads((there / "shares.json").read_text())["tables"]["denoise"]["candidates"][shipped]["share"]
+        == chosen["share"]
     )
 
 
