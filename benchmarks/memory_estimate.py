@@ -1,22 +1,26 @@
 """Peak memory and time per iteration of a fit, beside the pre-flight estimate of ``dipc fit`` (not a test).
 
-For each net (the paper's denoising and kate inpainting nets), size, precision and ``--save-memory`` setting, a
-child process fits ``--iterations`` iterations of the preset (eager, fixed stop) on a random image and reports its
-peak RSS minus the RSS before the fit and the seconds per iteration after the first; the table puts
-``estimate.estimate`` beside them. Prints a table and writes JSON to benchmarks/results/memory_estimate.json.
+For each net (the paper's denoising and kate inpainting nets), size, precision, ``--save-memory`` setting and
+allocator setting (``--kept``: freed memory kept after the first step, as fits do where memory allows, or glibc's
+own throughout), a child process fits ``--iterations`` iterations of the preset (eager, fixed stop) on a random
+image and reports its peak RSS minus the RSS before the fit and the seconds per iteration after the first; the
+table puts ``estimate.estimate`` beside them. Prints a table and writes JSON to
+benchmarks/results/memory_estimate.json.
 
-``--fit JSON...`` fits the estimate's constants (``estimate.KEEP`` per ``--save-memory`` setting and
-``estimate.OVERHEAD_BYTES``) to measured rows by least squares, peak - state - images = KEEP[save] * activations +
-overhead, and prints them beside the values in use (the rows must come from this version, which records the parts).
+``--fit JSON...`` fits the estimate's constants to measured rows and prints them beside the values in use (the rows
+must come from this version, which records the parts and the allocator setting): ``estimate.KEEP`` per precision
+(reduced or not), ``--save-memory`` setting and allocator setting, and ``estimate.OVERHEAD_BYTES`` per allocator
+setting, by least squares, peak - state - images = KEEP[reduced, save, kept] * activations + overhead[kept]; and
+``allocator.GROWTH``, the largest ratio of a row's peak with freed memory kept to the same case's without.
 
-    python benchmarks/memory_estimate.py --nets denoise --sizes 256,512,1024 --precisions fp32,bf16 --save-memory both
-    python benchmarks/memory_estimate.py --nets inpaint --sizes 256,512 --precisions fp32,bf16 --save-memory both
+    python benchmarks/memory_estimate.py --nets denoise,inpaint --sizes 256,512 --precisions fp32,bf16 --kept both
     python benchmarks/memory_estimate.py --fit benchmarks/results/memory_estimate.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -29,8 +33,10 @@ sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]
 from benchmarks.common import RESULTS, ROOT, markdown, study_parser, write_json
 
 
-def measure(net: str, size: int, precision: str, save_memory: bool, iterations: int) -> dict[str, Any]:
+def measure(net: str, size: int, precision: str, save_memory: bool, kept: bool, iterations: int) -> dict[str, Any]:
     """In this (child) process: the fit's peak RSS growth and seconds per iteration, and the estimate."""
+    import dataclasses
+
     import torch
 
     from dip_compile.estimate import estimate, probe_seconds
@@ -51,6 +57,7 @@ def measure(net: str, size: int, precision: str, save_memory: bool, iterations: 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     problem = make_problem(config, image, **mask)
     fitter = Fitter(config, problem)
+    fitter.plan = dataclasses.replace(fitter.plan, kept_memory=kept and fitter.plan.kept_memory)
     result = fitter.run()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     guess = estimate(config, problem.canvas, image.shape[0], "cpu")
@@ -60,8 +67,10 @@ def measure(net: str, size: int, precision: str, save_memory: bool, iterations: 
         "size": size,
         "precision": str(fitter.plan.precision),
         "save_memory": save_memory,
+        "kept_memory": fitter.plan.kept_memory,
         "measured_bytes": peak - before,
         "estimate_bytes": guess.peak_bytes,
+        "estimate_base_bytes": guess.base_bytes,
         "activation_bytes": guess.activation_bytes,
         "state_bytes": guess.state_bytes,
         "image_bytes": guess.image_bytes,
@@ -70,23 +79,36 @@ def measure(net: str, size: int, precision: str, save_memory: bool, iterations: 
     }
 
 
-def fit_constants(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Least squares: measured - state - images = keep_off * activations (default fits) + keep_on * activations
-    (--save-memory fits) + overhead. Returns keep_off, keep_on and overhead_mib."""
+def fit_constants(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Least squares, for each allocator setting apart: measured - state - images = KEEP[reduced, save, kept] *
+    activations + overhead (one factor per precision kind and --save-memory setting, one overhead per setting); and
+    the growth, the largest ratio of a case's peak with freed memory kept to its peak without."""
     import numpy as np
 
-    missing = [r for r in rows if "activation_bytes" not in r]
+    missing = [r for r in rows if "activation_bytes" not in r or "kept_memory" not in r]
     if missing:
-        raise SystemExit(f"{len(missing)} rows lack activation_bytes: measure them again with this version")
-    design = np.array(
-        [
-            [r["activation_bytes"] * (not r["save_memory"]), r["activation_bytes"] * bool(r["save_memory"]), 1.0]
-            for r in rows
-        ]
-    )
-    target = np.array([r["measured_bytes"] - r["state_bytes"] - r["image_bytes"] for r in rows], dtype=float)
-    (keep_off, keep_on, overhead), *_ = np.linalg.lstsq(design, target, rcond=None)
-    return {"keep_off": float(keep_off), "keep_on": float(keep_on), "overhead_mib": float(overhead) / 2**20}
+        raise SystemExit(f"{len(missing)} rows lack activation_bytes or kept_memory: measure them with this version")
+    pairs = [(reduced, save) for reduced in (False, True) for save in (False, True)]
+    keep: dict[tuple[bool, bool, bool], float] = {}
+    overhead: dict[bool, float] = {}
+    for kept in (False, True):
+        chosen = [r for r in rows if bool(r["kept_memory"]) == kept]
+        if not chosen:
+            continue
+        design = np.array(
+            [[r["activation_bytes"] * ((r["precision"] != "fp32", bool(r["save_memory"])) == k) for k in pairs] + [1.0]
+             for r in chosen]
+        )  # fmt: skip
+        target = np.array([r["measured_bytes"] - r["state_bytes"] - r["image_bytes"] for r in chosen], dtype=float)
+        solution, *_ = np.linalg.lstsq(design, target, rcond=None)
+        keep.update({(*k, kept): float(v) for k, v in zip(pairs, solution[:4], strict=True)})
+        overhead[kept] = float(solution[4]) / 2**20
+    case = ("net", "size", "precision", "save_memory")
+    glibc = {tuple(r[c] for c in case): r["measured_bytes"] for r in rows if not r["kept_memory"]}
+    growth = [
+        r["measured_bytes"] / glibc[k] for r in rows if r["kept_memory"] and (k := tuple(r[c] for c in case)) in glibc
+    ]
+    return {"keep": keep, "overhead_mib": overhead, "growth": max(growth, default=float("nan"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,43 +117,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="256,512,1024")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--save-memory", choices=("off", "on", "both"), default="both")
-    parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--kept", choices=("off", "on", "both"), default="both", help="freed memory kept (allocator.py)"
+    )
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--fit", nargs="+", type=Path, metavar="JSON", help="fit the constants to saved rows and exit")
     args = parser.parse_args(argv)
     if args.fit:
+        from dip_compile.allocator import GROWTH
         from dip_compile.estimate import KEEP, OVERHEAD_BYTES
 
         fitted = fit_constants([row for path in args.fit for row in json.loads(path.read_text())])
-        print(f"KEEP = {{False: {fitted['keep_off']:.2f}, True: {fitted['keep_on']:.2f}}}, ", end="")
-        print(f"OVERHEAD_BYTES = {fitted['overhead_mib']:.0f} MiB (in use: {KEEP}, {OVERHEAD_BYTES / 2**20:.0f} MiB)")
+        keep = ", ".join(f"{k}: {v:.2f}" for k, v in fitted["keep"].items())
+        print(f"KEEP = {{{keep}}} (in use: {KEEP})")
+        overhead = ", ".join(f"{k}: {v:.0f} MiB" for k, v in fitted["overhead_mib"].items())
+        print(f"OVERHEAD_BYTES = {{{overhead}}} (in use: {OVERHEAD_BYTES})")
+        print(f"GROWTH = {fitted['growth']:.2f} (in use: {GROWTH})")
         return 0
     if args.child:
-        net, size, precision, save = args.child
-        print(json.dumps(measure(net, int(size), precision, save == "on", args.iterations)))
+        net, size, precision, save, kept = args.child
+        print(json.dumps(measure(net, int(size), precision, save == "on", kept == "on", args.iterations)))
         return 0
     saves = ["off", "on"] if args.save_memory == "both" else [args.save_memory]
+    keeps = ["off", "on"] if args.kept == "both" else [args.kept]
     rows = []
     for net in args.nets.split(","):
         for size in map(int, args.sizes.split(",")):
             for precision in args.precisions.split(","):
-                for save in saves:
+                for save, kept in itertools.product(saves, keeps):
                     command = [sys.executable, "-m", "benchmarks.memory_estimate", "--iterations", str(args.iterations)]
-                    command += ["--child", net, str(size), precision, save]
+                    command += ["--child", net, str(size), precision, save, kept]
                     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
                     if done.returncode:
-                        print(f"{net} {size} {precision} save-memory {save}: failed\n{done.stderr[-2000:]}")
+                        print(f"{net} {size} {precision} save-memory {save} kept {kept}: failed\n{done.stderr[-2000:]}")
                         continue
                     rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
                     print(json.dumps(rows[-1]), flush=True)
     print(f"estimate vs measured peak RSS growth and s/iteration ({args.iterations} iterations, eager)")
-    head = ["net", "size", "precision", "save", "MiB", "est. MiB", "est/meas", "s/it", "est. s/it", "est/meas"]
+    head = ["net", "size", "precision", "save", "kept", "MiB", "est. MiB", "est/meas", "s/it", "est. s/it", "est/meas"]
     lines = []
     for r in rows:
         m, e = r["measured_bytes"] / 2**20, r["estimate_bytes"] / 2**20
         s, es = r["seconds_per_iteration"], r["estimate_seconds"]
-        save = "on" if r["save_memory"] else "off"
-        lines.append([r["net"], r["size"], r["precision"], save, f"{m:.0f}", f"{e:.0f}", f"{e / m:.2f}", f"{s:.2f}",
+        save, kept = ("on" if r[k] else "off" for k in ("save_memory", "kept_memory"))
+        lines.append([r["net"], r["size"], r["precision"], save, kept, f"{m:.0f}", f"{e:.0f}", f"{e / m:.2f}", f"{s:.2f}",
                       f"{es:.2f}", f"{es / s:.2f}"])  # fmt: skip
     print(markdown(head, lines))
     write_json(RESULTS / "memory_estimate.json", rows)

@@ -19,9 +19,10 @@ import threading
 from collections.abc import Iterator
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
-# peak RSS with freed memory kept over glibc's own, at most, over 512 px denoising fits in fp32, bf16 and bf16
-# --save-memory (1.43, 1.29, 1.34; 1.0 at 256 px): docs/speed-and-memory.md
-GROWTH = 1.45
+# peak RSS with freed memory kept over glibc's own, at most: 1.79 (the kate inpainting net at 512 px in fp32 with
+# --save-memory; 0.98-1.79 over the 16 cases of benchmarks/results/speed/memory-estimate-amd-epyc-avx512bf16/,
+# docs/speed-and-memory.md)
+GROWTH = 1.8
 SHARE = 0.9  # of this machine's memory the grown peak may take (as preflight.MEMORY_SHARE)
 DEFAULT_MMAP_MAX = 65536  # glibc's defaults, restored by ``release``
 DEFAULT_TRIM_THRESHOLD = 128 * 1024

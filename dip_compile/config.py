@@ -804,8 +804,8 @@ class FitConfig:
         flag="--save-memory",
         panel="speed",
         resume=True,
-        help="recompute activations in the backward pass instead of keeping them: about half the peak memory at "
-        "512-1024 px for 1.3-1.5x the time per iteration, the same results",
+        help="recompute activations in the backward pass instead of keeping them: 0.5-0.8 of the peak memory at "
+        "512 px (the most in fp32) for 1.3-1.5x the time per iteration, the same results",
     )
     log_every: int = option(  # host reads of loss/PSNR happen only this often
         10,

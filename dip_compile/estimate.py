@@ -3,9 +3,12 @@
 Memory: the activations autograd keeps for the backward pass grow with the pixel count, and they are counted,
 not guessed: one forward pass of this very network at this precision at two small canvases, with a saved-tensors
 hook adding up the storages it keeps, gives bytes = a + b * area exactly for a conv net. At the real canvas the
-peak is ``KEEP[save_memory]`` times that (the backward pass holds gradients beside them; ``--save-memory`` keeps
-less; the factors come from measured peaks: ``benchmarks/memory_estimate.py``), plus the weights with their
-gradients and Adam moments, plus the images the fit keeps (the stopping window, the EMA, the input noise).
+peak is ``KEEP[reduced precision, save_memory, kept]`` times that (the backward pass holds gradients beside them;
+``--save-memory`` keeps less; the factors come from measured peaks: ``benchmarks/memory_estimate.py``), plus the
+weights with their gradients and Adam moments, plus the images the fit keeps (the stopping window, the EMA, the
+input noise). With glibc's own allocator (``kept`` False: the first step's peak) that is what must fit; a CPU fit
+that has room then keeps its freed memory (allocator.py), which raises its peak (``kept`` True): the peak it will
+reach.
 
 Time: a few steps of the same fit at a small canvas, scaled by the pixel count (``probe_seconds``).
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import allocator
 from .acceleration import choose
 from .allocator import machine_bytes
 from .config import FitConfig, NetConfig, Precision
@@ -32,13 +36,17 @@ GIB = 2**30
 # steps) until a fit kept its freed memory (allocator.py); the step profiles of docs/fast.md "Per iteration" then give
 # 0.91 (bf16 on AMX, 128 -> 512 px) and 0.99 (fp32 with AVX2 kernels, 256 -> 512 px): between them
 TIME_EXPONENT = 0.95
-# peak = KEEP[save_memory] * the activations a default fit keeps + weights and images + OVERHEAD_BYTES, fitted to
-# measured peak RSS (benchmarks/memory_estimate.py: denoise and kate nets, 256-1024 px, fp32 and bf16; its --fit does
-# the least squares; the values in use predate it and were not refitted: docs/speed-and-memory.md). With
-# --save-memory the peak is the kept unit inputs plus the recomputed unit's tensors and gradients: both scale with
-# what the default keeps, hence one factor of it
-KEEP = {False: 1.09, True: 0.54}
-OVERHEAD_BYTES = 240 * 2**20  # the kernels' scratch and the libraries' buffers a first step allocates
+# peak = KEEP[reduced precision, save_memory, freed memory kept] * the activations a default fit keeps + weights and
+# images + OVERHEAD_BYTES[kept], fitted by `python benchmarks/memory_estimate.py --fit` to the measured peak RSS of
+# benchmarks/results/speed/memory-estimate-amd-epyc-avx512bf16.json (docs/speed-and-memory.md). With --save-memory the
+# peak is the kept unit inputs plus the recomputed unit's tensors and gradients: both scale with what the default
+# keeps, hence one factor of it. In bf16 the counted activations are bf16 while the backward's gradients and the
+# kernels' scratch are not all, hence larger factors
+KEEP = {
+    (False, False, False): 1.07, (False, True, False): 0.58, (True, False, False): 1.13, (True, True, False): 0.85,
+    (False, False, True): 1.60, (False, True, True): 1.20, (True, False, True): 1.85, (True, True, True): 1.50,
+}  # fmt: skip
+OVERHEAD_BYTES = {False: 216 * 2**20, True: 42 * 2**20}  # the kernels' scratch, the libraries' buffers
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,8 @@ class Estimate:
     activation_bytes: int  # kept for the backward pass
     state_bytes: int  # weights, gradients, Adam moments (and the backtracking copy)
     image_bytes: int  # the images the fit holds: input noise, stopping window, EMA, observation
-    peak_bytes: int
+    base_bytes: int  # the peak with glibc's own allocator: what must fit (the first step's)
+    peak_bytes: int  # the peak the fit will reach: grown where it will keep its freed memory
 
     def describe(self) -> str:
         return f"memory: about {size_text(self.peak_bytes)} at {self.canvas[1]}x{self.canvas[0]} ({self.precision})"
@@ -121,8 +130,22 @@ def estimate(
     if config.stop != "fixed":  # auto-stop's window (WMV) and kept images; the held-out rule keeps two images too
         window = config.stop == "auto" and config.stop_variant == "wmv"
         images += (config.stop_window * image if window else 0) + 2 * 2 * image
-    peak = KEEP[config.save_memory] * activations + state + images + OVERHEAD_BYTES
-    return Estimate(canvas, precision, activations, state, images, int(peak))
+    reduced = Precision(precision).reduced
+
+    def peak(kept: bool) -> int:
+        return int(KEEP[reduced, config.save_memory, kept] * activations + state + images + OVERHEAD_BYTES[kept])
+
+    base = peak(False)
+    return Estimate(canvas, precision, activations, state, images, base, peak(True) if keeps(base, device) else base)
+
+
+def keeps(base: int, device: str) -> bool:
+    """Whether a fit whose first step peaks at ``base`` bytes will keep its freed memory: a CPU fit with glibc where
+    the grown peak fits (``allocator.room_to_keep``'s rule, applied to the estimate)."""
+    if device.startswith("cuda") or not allocator.available():
+        return False
+    total = machine_bytes()
+    return total is not None and allocator.GROWTH * base <= allocator.SHARE * total
 
 
 def available_bytes(device: str) -> tuple[int, str] | None:
@@ -137,11 +160,11 @@ def largest_side(config: FitConfig, canvas: tuple[int, int], channels: int, devi
     """The longest side (a multiple of the net's) an image of this aspect ratio may have within ``budget`` bytes."""
     m = config.net.multiple
     unit = estimate(config, canvas, channels, device)
-    # peak is affine in the area: solve from two points
+    # what must fit (base_bytes) is affine in the area: solve from two points
     other = (canvas[0] * 2, canvas[1] * 2)
     two = estimate(config, other, channels, device, precision=unit.precision)
-    per_area = (two.peak_bytes - unit.peak_bytes) / (3 * canvas[0] * canvas[1])
-    base = unit.peak_bytes - per_area * canvas[0] * canvas[1]
+    per_area = (two.base_bytes - unit.base_bytes) / (3 * canvas[0] * canvas[1])
+    base = unit.base_bytes - per_area * canvas[0] * canvas[1]
     if per_area <= 0 or budget <= base:
         return 0
     scale = math.sqrt((budget - base) / per_area / (canvas[0] * canvas[1]))

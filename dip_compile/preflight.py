@@ -23,11 +23,12 @@ TILED_TASKS = names(lambda s: s.tiles)  # the tasks ``--tile`` supports (tiling.
 
 
 def check_memory(config: FitConfig, problem: Problem, device: str) -> Estimate:
-    """The fit's estimated peak memory; refuses, before any allocation, an image whose fit would not fit, naming
-    the largest size that would and the options that would make this one fit."""
+    """The fit's estimated peak memory; refuses, before any allocation, an image whose fit would not fit (its
+    first step's peak, ``base_bytes``: a fit keeps its freed memory afterwards only where that fits too), naming the
+    largest size that would and the options that would make this one fit."""
     guess = estimate(config, problem.canvas, problem.channels, device)
     have = available_bytes(device)
-    if have is None or guess.peak_bytes <= MEMORY_SHARE * have[0]:
+    if have is None or guess.base_bytes <= MEMORY_SHARE * have[0]:
         return guess
     budget, where = MEMORY_SHARE * have[0], have[1]
     (h, w), factor = problem.canvas, config.factor  # (the factor is 1 unless the task scales)
@@ -41,7 +42,7 @@ def check_memory(config: FitConfig, problem: Problem, device: str) -> Estimate:
         ways.append(f"--tile {min(side, 1024) // factor * factor}")
     ways.append("a smaller network (--channels, --depth)")
     raise DipError(
-        f"fitting at {w}x{h} needs about {size_text(guess.peak_bytes)} ({guess.precision}) but this machine has "
+        f"fitting at {w}x{h} needs about {size_text(guess.base_bytes)} ({guess.precision}) but this machine has "
         f"{size_text(have[0])} of {where}; it would fit with {'; or '.join(ways)}"
     )
 
@@ -64,8 +65,8 @@ def _options_that_fit(config: FitConfig, problem: Problem, device: str, precisio
             changes = {k: v for _, c, _ in chosen for k, v in c.items()}
             lower = next((p for _, _, p in chosen if p), precision)
             need = estimate(config.replace(**changes), problem.canvas, problem.channels, device, precision=lower)
-            if need.peak_bytes <= budget:
-                fitting.append(f"{' '.join(flag for flag, _, _ in chosen)} (about {size_text(need.peak_bytes)})")
+            if need.base_bytes <= budget:
+                fitting.append(f"{' '.join(flag for flag, _, _ in chosen)} (about {size_text(need.base_bytes)})")
         if fitting:
             return fitting
     return []
