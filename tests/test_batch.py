@@ -689,3 +689,66 @@ def test_a_reference_in_the_other_mode_is_converted_and_the_job_scored(tmp_path)
     ]
     assert rows["small"]["status"] == "failed"  # another size cannot be compared
     assert rows["small"]["error"] == "reference is 16x16 with 3 channel(s); expected 32x32 with 3"
+
+
+def test_a_ray_task_reserves_the_estimated_peak_memory_of_its_fits(tmp_path, folder, monkeypatch):
+    """Ray starts on a node only the fits whose estimates its memory holds: each CPU task asks for its fits'
+    estimated peaks (capped at the largest node's memory, else it would never start); a GPU task asks for none."""
+    from dip_compile.batch import cluster, runner
+    from dip_compile.estimate import estimate
+    from dip_compile.plan import load_problem
+
+    save_png(smooth_image(64, 32, seed=5), folder / "wide.png")
+    jobs = load_jobs(folder, "denoise")
+    options = runner.BatchOptions(tmp_path / "out", common=tuple(FIT), ray=True)
+    prepared = runner.prepare(jobs, options)
+    each = []
+    for p in prepared:
+        config, problem = load_problem(p.plan)
+        each.append(estimate(config, problem.canvas, problem.channels, "cpu").peak_bytes)
+    assert each[-1] > each[0] > 0  # (wide.png is last: the folder's sorted order) and larger
+    assert cluster.reserved_bytes(prepared[:2]) == each[0] + each[1]  # a pack's fits run together
+    (folder / "img0.png").write_bytes(b"not a png")  # unreadable now: its worker will say so; it reserves nothing
+    assert cluster.reserved_bytes(prepared[:2]) == each[1]
+
+    class FakeRay:
+        """Records what each task asked for; runs nothing."""
+
+        def __init__(self, node_bytes: int) -> None:
+            self.node_bytes, self.asked = node_bytes, []
+
+        def is_initialized(self) -> bool:
+            return True
+
+        def nodes(self) -> list:
+            return [{"Alive": True, "Resources": {"memory": self.node_bytes}}, {"Alive": False, "Resources": {}}]
+
+        def remote(self, function):
+            fake = self
+
+            class Remote:
+                def __init__(self, memory: int = 0) -> None:
+                    self.memory = memory
+
+                def options(self, **kw):
+                    return Remote(kw.get("memory", self.memory))
+
+                def remote(self, task, *args):
+                    fake.asked.append((len(task), self.memory))
+                    return object()
+
+            return Remote()
+
+        def wait(self, refs, num_returns):
+            return refs[:num_returns], refs[num_returns:]
+
+        def get(self, ref):
+            return []
+
+    big, small = 10 * 2**30, each[-1] - 1  # a node that holds every fit; one that holds all but wide.png's
+    for node_bytes, gpus, expected in ((big, 0.0, each[1:]), (small, 0.0, [*each[1:3], small]), (big, 1.0, [0] * 3)):
+        fake = FakeRay(node_bytes)
+        monkeypatch.setattr(cluster, "import_ray", lambda fake=fake: fake)
+        ray_options = runner.BatchOptions(tmp_path / "out", common=tuple(FIT), ray=True, gpus_per_fit=gpus)
+        _, interrupted = cluster.run_on_ray(prepared[1:], ray_options, lambda outcome: None)
+        assert not interrupted and fake.asked == [(1, m) for m in expected], (node_bytes, gpus, fake.asked)

@@ -1,7 +1,9 @@
 """``dipc batch --ray``: each job (or pack of ``--pack`` jobs) is a Ray task on the cluster at ``RAY_ADDRESS``, or on
 a local Ray started here. Workers write their results into OUTDIR themselves (a shared file system on a real
 cluster), atomically; the driver only collects the summary rows. A task whose worker dies is retried, and its jobs
-resume from their periodic checkpoints (``--checkpoint-every``); jobs it had finished are skipped.
+resume from their periodic checkpoints (``--checkpoint-every``); jobs it had finished are skipped. A CPU task
+reserves its fits' estimated peak memory (Ray's ``memory`` resource), so a node starts only the fits its memory
+holds: two 1024 px fits side by side on one 2-core machine may otherwise outgrow it.
 
 Ray is optional: ``pip install 'dip-compile[ray]'``; dip-compile must be installed on every node.
 """
@@ -14,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import DipError
+from ..estimate import estimate
+from ..plan import load_problem
 from .runner import BatchOptions, Outcome, Prepared, run_prepared, sort_for_packing
 
 
@@ -68,6 +72,27 @@ def run_task(prepared: Sequence[Prepared], options: BatchOptions, cwd: str) -> l
     return run_prepared(prepared, options, stop_requested=lambda: False)
 
 
+def reserved_bytes(task: Sequence[Prepared]) -> int:
+    """The memory a CPU task reserves: its fits' estimated peaks (``estimate.estimate``, as ``dipc fit`` prints it),
+    summed (a pack's fits run together). A tiled job (its tiles bound its memory), a job that failed its checks and
+    one whose files do not load (its worker says why) add nothing."""
+    total = 0
+    for p in task:
+        if p.plan.tiled or p.job.problem is not None or p.plan.job.resume is not None:
+            continue
+        try:
+            config, problem = load_problem(p.plan)
+        except DipError:
+            continue
+        total += estimate(config, problem.canvas, problem.channels, "cpu").peak_bytes
+    return total
+
+
+def node_memory(ray: Any) -> int:
+    """The largest ``memory`` resource of a live node: more than that, a task could never start."""
+    return int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0))
+
+
 def run_on_ray(
     prepared: Sequence[Prepared], options: BatchOptions, on_outcome: Callable[[Outcome], None]
 ) -> tuple[list[Outcome], bool]:
@@ -75,13 +100,20 @@ def run_on_ray(
     connect(ray)
     ordered = sort_for_packing(prepared) if options.pack > 1 else list(prepared)
     tasks = [ordered[i : i + options.pack] for i in range(0, len(ordered), options.pack)]
-    remote = ray.remote(run_task).options(
-        num_cpus=options.cpus_per_fit,
-        num_gpus=options.gpus_per_fit,
-        max_retries=options.retries,
-        retry_exceptions=False,
-    )
-    pending = {remote.remote(task, options, os.getcwd()): task for task in tasks}
+    remote = ray.remote(run_task)
+    base = {
+        "num_cpus": options.cpus_per_fit,
+        "num_gpus": options.gpus_per_fit,
+        "max_retries": options.retries,
+        "retry_exceptions": False,
+    }
+    cap = node_memory(ray) if not options.gpus_per_fit else 0  # (a GPU fit's peak is the GPU's memory, not the node's)
+
+    def submit(task: list[Prepared]) -> Any:
+        need = min(reserved_bytes(task), cap)
+        return remote.options(**base, **({"memory": need} if need > 0 else {})).remote(task, options, os.getcwd())
+
+    pending = {submit(task): task for task in tasks}
     outcomes: list[Outcome] = []
     try:
         while pending:
