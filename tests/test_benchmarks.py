@@ -226,17 +226,31 @@ def test_memory_estimate_fit_recovers_the_constants_of_made_rows():
     from benchmarks.memory_estimate import fit_constants
 
     mib = 2**20
+    keep = {
+        (False, False, False): 1.09,
+        (False, True, False): 0.54,
+        (True, False, False): 1.2,
+        (True, True, False): 0.8,
+    }
+    keep |= {(r, s, True): 1.5 * k for (r, s, _), k in list(keep.items())}
+    overhead = {False: 240, True: 60}
     rows = [
-        {"save_memory": save, "activation_bytes": a * mib, "state_bytes": 30 * mib, "image_bytes": i * mib}
-        for save in (False, True)
+        {"net": "n", "size": a, "precision": "bf16" if reduced else "fp32", "save_memory": save, "kept_memory": kept,
+         "activation_bytes": a * mib, "state_bytes": 30 * mib, "image_bytes": i * mib}
+        for reduced in (False, True) for save in (False, True) for kept in (False, True)
         for a, i in ((400, 20), (1600, 80), (6400, 320))
-    ]
+    ]  # fmt: skip
     for r in rows:
-        r["measured_bytes"] = (0.54 if r["save_memory"] else 1.09) * r["activation_bytes"] + 30 * mib
-        r["measured_bytes"] += r["image_bytes"] + 240 * mib
+        key = (r["precision"] == "bf16", r["save_memory"], r["kept_memory"])
+        r["measured_bytes"] = keep[key] * r["activation_bytes"] + 30 * mib + r["image_bytes"]
+        r["measured_bytes"] += overhead[r["kept_memory"]] * mib
     fitted = fit_constants(rows)
-    assert fitted["keep_off"] == pytest.approx(1.09) and fitted["keep_on"] == pytest.approx(0.54)
-    assert fitted["overhead_mib"] == pytest.approx(240)
+    assert fitted["keep"] == pytest.approx(keep) and fitted["overhead_mib"] == pytest.approx(overhead)
+    glibc = {(r["size"], r["precision"], r["save_memory"]): r["measured_bytes"] for r in rows if not r["kept_memory"]}
+    ratios = [
+        r["measured_bytes"] / glibc[r["size"], r["precision"], r["save_memory"]] for r in rows if r["kept_memory"]
+    ]
+    assert fitted["growth"] == pytest.approx(max(ratios)) and max(ratios) > 1.3  # kept peak over glibc's, same case
 
 
 def test_step_profile_sorts_a_steps_operators_into_its_parts(tmp_path: Path) -> None:
