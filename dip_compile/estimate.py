@@ -38,8 +38,8 @@ GIB = 2**30
 TIME_EXPONENT = 0.95
 # peak = KEEP[reduced precision, save_memory, freed memory kept] * the activations a default fit keeps + weights and
 # images + OVERHEAD_BYTES[kept], fitted by `python benchmarks/memory_estimate.py --fit` to the measured peak RSS of
-# benchmarks/results/speed/memory-estimate-amd-epyc-avx512bf16.json (docs/speed-and-memory.md). With --save-memory the
-# peak is the kept unit inputs plus the recomputed unit's tensors and gradients: both scale with what the default
+# benchmarks/results/speed/memory-estimate-amd-epyc-avx512bf16/rows.json (docs/speed-and-memory.md). With --save-memory
+# the peak is the kept unit inputs plus the recomputed unit's tensors and gradients: both scale with what the default
 # keeps, hence one factor of it. In bf16 the counted activations are bf16 while the backward's gradients and the
 # kernels' scratch are not all, hence larger factors
 KEEP = {
