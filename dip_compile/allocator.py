@@ -60,7 +60,12 @@ def room_to_keep() -> bool:
         import resource
     except ImportError:
         return False
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (KiB on Linux)
+    return room_for(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # (KiB on Linux)
+
+
+def room_for(peak: int) -> bool:
+    """Whether a first step that peaked at ``peak`` bytes, grown by ``GROWTH``, fits in ``SHARE`` of this machine's
+    memory: the rule for keeping freed memory, measured (``room_to_keep``) or estimated (``estimate.keeps``)."""
     total = machine_bytes()
     return total is not None and GROWTH * peak <= SHARE * total
 

@@ -141,11 +141,8 @@ def estimate(
 
 def keeps(base: int, device: str) -> bool:
     """Whether a fit whose first step peaks at ``base`` bytes will keep its freed memory: a CPU fit with glibc where
-    the grown peak fits (``allocator.room_to_keep``'s rule, applied to the estimate)."""
-    if device.startswith("cuda") or not allocator.available():
-        return False
-    total = machine_bytes()
-    return total is not None and allocator.GROWTH * base <= allocator.SHARE * total
+    the grown peak fits (``allocator.room_for``, the rule a fit applies to its measured first step)."""
+    return not device.startswith("cuda") and allocator.available() and allocator.room_for(base)
 
 
 def available_bytes(device: str) -> tuple[int, str] | None:

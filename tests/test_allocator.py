@@ -81,6 +81,6 @@ def test_room_to_keep_compares_the_grown_peak_with_this_machines_memory(monkeypa
         ru_maxrss = 10 * 2**20  # KiB: a 10 GiB peak so far
 
     monkeypatch.setattr(resource, "getrusage", lambda who: Usage())
-    for total_gib, room in ((24, True), (16, False)):  # 1.45 * 10 GiB against 90% of the memory
+    for total_gib, room in ((24, True), (16, False)):  # GROWTH (1.8) * 10 GiB against 90% of the memory
         monkeypatch.setattr(os, "sysconf", lambda name, t=total_gib: 4096 if name == "SC_PAGE_SIZE" else t * 2**18)
         assert allocator.room_to_keep() is room

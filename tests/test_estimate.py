@@ -73,13 +73,13 @@ def test_a_fit_too_large_for_memory_names_the_largest_size_and_the_options_that_
 def test_the_peak_grows_where_a_cpu_fit_will_keep_its_freed_memory(monkeypatch, machine, device, libc, grows):
     """A CPU fit keeps its freed memory after its first step where the grown peak fits (allocator.room_to_keep):
     the estimate says that peak, and refuses only on the first step's (``base_bytes``), which must fit."""
-    monkeypatch.setattr(estimate, "machine_bytes", lambda: machine)
+    monkeypatch.setattr(estimate.allocator, "machine_bytes", lambda: machine)
     monkeypatch.setattr(estimate.allocator, "available", lambda: libc)
     assert estimate.keeps(2**29, device) is grows
 
 
 def test_the_peak_with_freed_memory_kept_has_its_own_factors(monkeypatch):
-    monkeypatch.setattr(estimate, "machine_bytes", lambda: 64 * 2**30)
+    monkeypatch.setattr(estimate.allocator, "machine_bytes", lambda: 64 * 2**30)
     monkeypatch.setattr(estimate.allocator, "available", lambda: True)
     config = tiny_config().replace(stop="fixed")
     guess = estimate.estimate(config, (64, 64), 3, "cpu", precision="fp32")
@@ -88,7 +88,7 @@ def test_the_peak_with_freed_memory_kept_has_its_own_factors(monkeypatch):
                                    + estimate.OVERHEAD_BYTES[False])  # fmt: skip
     assert guess.peak_bytes == int(estimate.KEEP[False, False, True] * guess.activation_bytes + parts
                                    + estimate.OVERHEAD_BYTES[True])  # fmt: skip
-    monkeypatch.setattr(estimate, "machine_bytes", lambda: 2**20)  # no room to keep: the first step's peak
+    monkeypatch.setattr(estimate.allocator, "machine_bytes", lambda: 2**20)  # no room to keep: the first step's peak
     small = estimate.estimate(config, (64, 64), 3, "cpu", precision="fp32")
     assert small.peak_bytes == small.base_bytes == guess.base_bytes
 

@@ -110,7 +110,7 @@ def run_on_ray(
     cap = node_memory(ray) if not options.gpus_per_fit else 0  # (a GPU fit's peak is the GPU's memory, not the node's)
 
     def submit(task: list[Prepared]) -> Any:
-        need = min(reserved_bytes(task), cap)
+        need = min(reserved_bytes(task), cap) if cap else 0
         return remote.options(**base, **({"memory": need} if need > 0 else {})).remote(task, options, os.getcwd())
 
     pending = {submit(task): task for task in tasks}
