@@ -27,7 +27,8 @@ FAST_TASKS = [name for name, spec in TASKS.items() if spec.fast is not None]
 
 def test_the_study_covers_denoising_super_resolution_and_inpainting() -> None:
     assert {"denoise", "super-resolve", "inpaint"} <= set(FAST_TASKS)
-    assert set(fast_study.SHIPPED) == {fast_study.TASK_OF[t] for t in fast_study.TABLES}
+    # every --fast is a candidate of the study, on a table of its task (a task may be studied before it ships one)
+    assert set(fast_study.SHIPPED) == set(FAST_TASKS) <= {fast_study.TASK_OF[t] for t in fast_study.TABLES}
 
 
 @pytest.mark.parametrize("name", FAST_TASKS)

@@ -92,6 +92,15 @@ def test_each_table_takes_its_own_groups_images(tmp_path: Path) -> None:
     assert [c.name for c in fs.study_cases("sr14", data)] == ["Set14-x4-zebra"]
     assert fs.default_iterations("sr14") == fs.default_iterations("sr") == 2000
     assert fs.BY_NAME["drp-250"].tables == fs.SR  # the shipped --fast is tried on both SR tables
+    (deblur,) = fs.study_cases("deblur", data)  # no paper table deblurs: the fit blurs CSet9's ground truth itself
+    assert (deblur.name, deblur.task, deblur.image, deblur.reference) == (
+        "F16-deblur",
+        "deblur",
+        "F16_GT.png",
+        "F16_GT.png",
+    )
+    assert "--from-reference" in fs.TABLES["deblur"].problem and fs.default_iterations("deblur") == 4000
+    assert fs.unavailable(fs.BY_NAME["w64-third"], "deblur") is None and "deblur" in fs.FIXED
 
 
 def in_process(manifest: Path, outdir: Path, args, deadline) -> int:
@@ -115,10 +124,11 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     assert fs.main(argv) == 0
     root = out / "crop64-cap2"
     result = json.loads((root / "fast_study.json").read_text())
-    assert set(result["tables"]) == {"denoise", "sr", "sr14", "table1"}
+    assert set(result["tables"]) == {"denoise", "sr", "sr14", "table1", "deblur"}
     assert result["tables"]["sr14"]["rows"] == []  # the made data holds no Set14 image
     for table in (t for t in result["tables"].values() if t["rows"]):
-        assert [r["name"] for r in table["rows"]] in (["F16-s25"], ["Set5-x4-bird"], ["Cameraman256"])
+        names = [r["name"] for r in table["rows"]]
+        assert names in (["F16-s25"], ["Set5-x4-bird"], ["Cameraman256"], ["F16-deblur"])
         found = table["candidates"]
         assert found["defaults"]["images"] == 1 and found["c2f-50"]["status"] == "done"
         assert found["c2f-50"]["iterations"] == 2 and found["c2f-50"]["time_share"] > 0
@@ -129,14 +139,14 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     assert "| c2f-50 | 1 |" in text and "| absent | unavailable:" in text and "| deep-c2f | 0 of 1:" in text
     fits = sorted((root / "batch").rglob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in fits]
-    assert len(fits) == 6 and fs.main(argv) == 0  # a rerun skips the finished fits
+    assert len(fits) == 8 and fs.main(argv) == 0  # a rerun skips the finished fits
     assert [p.stat().st_mtime_ns for p in fits] == stamps
 
     monkeypatch.setattr(fs, "TIMING_ITERATIONS", 3)  # time the steps, fit nothing: the shares come from the timings
     assert fs.main([*argv, "--report", "--time-steps", "--time-repeats", "1"]) == 0
     timed = json.loads((root / "steps.json").read_text())
     assert set(timed["tables"]["sr"]) == {"defaults@64x64", "c2f-50@64x64"}  # deep-c2f's fit refused: not timed
-    assert len(timed["runs"]) == 3 and "load_average" in timed["runs"][0]["before"]
+    assert len(timed["runs"]) == 4 and "load_average" in timed["runs"][0]["before"]
     result = json.loads((root / "fast_study.json").read_text())
     sr = result["tables"]["sr"]
     fit_ = sr["rows"][0]["fits"]["c2f-50"]
@@ -147,7 +157,7 @@ def test_the_study_fits_scores_and_resumes_on_made_images(tmp_path: Path, monkey
     assert fs.main([*argv, "--report", "--tables", "sr"]) == 0  # one table's run keeps the others' results
     kept = json.loads((root / "fast_study.json").read_text())
     assert (
-        set(kept["tables"]) == {"denoise", "sr", "sr14", "table1"}
+        set(kept["tables"]) == {"denoise", "sr", "sr14", "table1", "deblur"}
         and kept["tables"]["table1"] == result["tables"]["table1"]
     )
     assert "#### inpaint" in (root / "fast_study.md").read_text()
