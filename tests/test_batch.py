@@ -752,3 +752,47 @@ def test_a_ray_task_reserves_the_estimated_peak_memory_of_its_fits(tmp_path, fol
         ray_options = runner.BatchOptions(tmp_path / "out", common=tuple(FIT), ray=True, gpus_per_fit=gpus)
         _, interrupted = cluster.run_on_ray(prepared[1:], ray_options, lambda outcome: None)
         assert not interrupted and fake.asked == [(1, m) for m in expected], (node_bytes, gpus, fake.asked)
+
+
+def test_ray_memory_sizes_only_the_local_ray_dipc_batch_starts(tmp_path, folder, monkeypatch):
+    """--ray-memory: the memory a local Ray lets the fits reserve (Ray's own default is about 70% of the free
+    memory); a cluster or a Ray already running has its own, so it is refused there in one line, as nonsense is."""
+    from dip_compile.allocator import machine_bytes
+    from dip_compile.batch import cluster
+    from dip_compile.errors import DipError
+
+    class LocalRay:
+        def __init__(self) -> None:
+            self.started: dict = {}
+
+        def is_initialized(self) -> bool:
+            return bool(self.started)
+
+        def init(self, **kw) -> None:
+            self.started = kw
+
+        def cluster_resources(self) -> dict:
+            return {"CPU": 2}
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    fake = LocalRay()
+    assert cluster.connect(fake, 1.5) == "local Ray (2 CPUs)" and fake.started["_memory"] == int(1.5 * 2**30)
+    fake = LocalRay()
+    cluster.connect(fake)
+    assert "_memory" not in fake.started  # Ray's own share
+    with pytest.raises(DipError, match="not the Ray this process already runs"):
+        cluster.connect(fake, 1.0)
+    total = machine_bytes()
+    if total is not None:
+        with pytest.raises(DipError, match="is more than this machine's"):
+            cluster.connect(LocalRay(), 2 * total / 2**30)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://10.0.0.1:10001")
+    with pytest.raises(DipError, match=r"not the cluster at ray://10.0.0.1:10001 \(RAY_ADDRESS\).*ray start --memory"):
+        cluster.connect(LocalRay(), 1.0)
+    monkeypatch.delenv("RAY_ADDRESS")
+    for bad, why in (("0", "must be a positive number of GiB"), ("nan", "must be a positive number of GiB")):
+        code, stderr = dipc("batch", folder, "-o", tmp_path / "out", "--task", "denoise", "--ray", "--ray-memory", bad)
+        assert code == 2 and why in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    code, stderr = dipc("batch", folder, "-o", tmp_path / "out", "--task", "denoise", "--ray-memory", "4")
+    assert code == 2 and "give --ray too" in stderr, stderr
+    assert not (tmp_path / "out").exists()

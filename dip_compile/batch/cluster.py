@@ -3,7 +3,8 @@ a local Ray started here. Workers write their results into OUTDIR themselves (a 
 cluster), atomically; the driver only collects the summary rows. A task whose worker dies is retried, and its jobs
 resume from their periodic checkpoints (``--checkpoint-every``); jobs it had finished are skipped. A CPU task
 reserves its fits' estimated peak memory (Ray's ``memory`` resource), so a node starts only the fits its memory
-holds: two 1024 px fits side by side on one 2-core machine may otherwise outgrow it.
+holds: two 1024 px fits side by side on one 2-core machine may otherwise outgrow it. A local Ray gives the fits about
+70% of the memory free at its start, or ``--ray-memory`` GiB.
 
 Ray is optional: ``pip install 'dip-compile[ray]'``; dip-compile must be installed on every node.
 """
@@ -15,6 +16,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..allocator import machine_bytes
 from ..errors import DipError
 from ..estimate import estimate
 from ..plan import load_problem
@@ -44,9 +46,29 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         raise DipError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): {reason}") from None
 
 
-def connect(ray: Any) -> str:
-    """Connects to ``RAY_ADDRESS`` or starts a local Ray; returns where it runs, in words."""
+def local_memory(gib: float | None, address: str, connected: bool) -> dict[str, int]:
+    """``ray.init``'s keyword for a local Ray whose fits may reserve ``gib`` GiB (``--ray-memory``; none: Ray's
+    own share, about 70% of the memory free at its start). Only a Ray that dipc batch starts takes it: a cluster's
+    nodes say theirs when they start (``ray start --memory``), and a Ray already running has its own."""
+    if gib is None:
+        return {}
+    if address or connected:
+        where = f"the cluster at {address} (RAY_ADDRESS)" if address else "the Ray this process already runs"
+        raise DipError(
+            f"--ray-memory sizes the local Ray dipc batch starts, not {where}: its nodes give their memory when "
+            "started (ray start --memory BYTES)"
+        )
+    total = machine_bytes()
+    if total is not None and gib * 2**30 > total:
+        raise DipError(f"--ray-memory {gib:g} GiB is more than this machine's {total / 2**30:.1f} GiB")
+    return {"_memory": int(gib * 2**30)}  # (ray.init's keyword for the node's reservable memory)
+
+
+def connect(ray: Any, memory_gib: float | None = None) -> str:
+    """Connects to ``RAY_ADDRESS`` or starts a local Ray (whose fits may reserve ``memory_gib`` GiB where given);
+    returns where it runs, in words."""
     address = os.environ.get("RAY_ADDRESS", "").strip()
+    memory = local_memory(memory_gib, address, ray.is_initialized())
     if ray.is_initialized():
         return "Ray (already connected)"
     try:
@@ -54,7 +76,7 @@ def connect(ray: Any) -> str:
             check_reachable(address)
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
             return f"Ray cluster at {address}"
-        ray.init(log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+        ray.init(log_to_driver=False, logging_level="ERROR", include_dashboard=False, **memory)
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
         where = address or "a new local Ray"
         raise DipError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
@@ -97,7 +119,7 @@ def run_on_ray(
     prepared: Sequence[Prepared], options: BatchOptions, on_outcome: Callable[[Outcome], None]
 ) -> tuple[list[Outcome], bool]:
     ray = import_ray()
-    connect(ray)
+    connect(ray, options.ray_memory)
     ordered = sort_for_packing(prepared) if options.pack > 1 else list(prepared)
     tasks = [ordered[i : i + options.pack] for i in range(0, len(ordered), options.pack)]
     remote = ray.remote(run_task)

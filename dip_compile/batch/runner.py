@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class BatchOptions:
     ray: bool = False
     cpus_per_fit: float = 1.0
     gpus_per_fit: float = 0.0
+    ray_memory: Optional[float] = None  # GiB the local Ray started for --ray gives the fits (None: Ray's own share)
     retries: int = 3
     progress: bool = False  # show each fit's progress (one fit at a time in this process only)
 
@@ -56,6 +58,10 @@ class BatchOptions:
             raise ManifestError(f"--cpus-per-fit must be > 0, got {self.cpus_per_fit}")
         if not self.gpus_per_fit >= 0:
             raise ManifestError(f"--gpus-per-fit must be >= 0, got {self.gpus_per_fit}")
+        if self.ray_memory is not None and not (self.ray_memory > 0 and math.isfinite(self.ray_memory)):
+            raise ManifestError(f"--ray-memory must be a positive number of GiB, got {self.ray_memory}")
+        if self.ray_memory is not None and not self.ray:
+            raise ManifestError("--ray-memory sizes the local Ray of --ray: give --ray too, or drop it")
         if self.shard is not None:
             parse_shard(self.shard)
         if self.outdir.exists() and not self.outdir.is_dir():

@@ -40,6 +40,14 @@ def batch(
     ] = False,
     cpus_per_fit: Annotated[float, typer.Option(help="--ray: CPUs per job (or pack), also its torch threads")] = 1.0,
     gpus_per_fit: Annotated[float, typer.Option(help="--ray: GPUs per job (or pack); 0.25 lets four share one")] = 0.0,
+    ray_memory: Annotated[
+        Optional[float],
+        typer.Option(
+            help="--ray: GiB of this machine's memory the local Ray lets the fits reserve (their estimated peaks); "
+            "default: Ray's own, about 70% of the memory free at its start",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="redo jobs whose outputs exist (finished or from other settings)")
     ] = False,
@@ -67,6 +75,7 @@ def batch(
         ray=ray,
         cpus_per_fit=cpus_per_fit,
         gpus_per_fit=gpus_per_fit,
+        ray_memory=ray_memory,
         progress=not quiet,
     )
     jobs = batching.load_jobs(source, task.value if task else None, mask_dir, reference_dir)
