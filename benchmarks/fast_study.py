@@ -197,7 +197,7 @@ CANDIDATES: tuple[Candidate, ...] = (
 )
 BY_NAME = {c.name: c for c in CANDIDATES}
 # The candidate each task's ``--fast`` is (its tasks.Fast record; tests/test_fast.py checks they build the same fit).
-SHIPPED = {"denoise": "w64-cap5k", "super-resolve": "drp-250", "inpaint": "w64-third", "deblur": "w64"}
+SHIPPED = {"denoise": "w64-cap5k", "super-resolve": "drp-250", "inpaint": "w64-third"}
 MAX_LOSS_DB = 0.5  # --fast: at most this much below the defaults, on the mean and on the worst image
 TARGET_SHARE = 1 / 5  # the issue's target share of the defaults' wall time
 DEFAULT_LOSS_DB, DEFAULT_SHARE = 0.1, 0.5  # a new default: this close at this share, on every task

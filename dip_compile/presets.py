@@ -187,7 +187,7 @@ PRESETS: tuple[Preset, ...] = (
            2_184_307, _FLASH_NOTEBOOK),
     Preset("deblur", "beyond the paper: a known blur (--kernel), the F16 loop",
            _fit("deblur", PAPER_NET, 4000, 0.01, 1 / 30, ema=0.99, backtrack_db=5.0),
-           2_217_831, notebook=False, fast=True),
+           2_217_831, notebook=False),
 )  # fmt: skip
 
 BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}

@@ -115,7 +115,7 @@ MEASURED = {presets.default_name(task) for task in fast_study.SHIPPED}  # the st
 
 
 def test_fast_applies_to_the_presets_the_study_measured_and_to_no_other() -> None:
-    assert MEASURED == {"f16", "kate", "sr-x4", "deblur"}
+    assert MEASURED == {"f16", "kate", "sr-x4"}
     assert {p.name for p in presets.PRESETS if p.fast} == MEASURED
     assert all(TASKS[str(p.task)].fast is not None for p in presets.PRESETS if p.fast)
 
@@ -140,7 +140,7 @@ def test_fast_on_a_preset_or_factor_no_measurement_backs_is_refused_in_one_line(
     validate_job(parse_fit_args([str(a) for a in args]))  # without --fast the same fit is fine
     code, err = dipc("fit", *args, "--fast")
     expected = f"--fast has no setting for preset {name}" + (f" at x{options[1]}" if name == "sr-x4" else "")
-    assert code == 2 and expected in err and "measured only on f16, kate, sr-x4 at x4 and deblur" in err, err
+    assert code == 2 and expected in err and "measured only on f16, kate and sr-x4 at x4" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.png").exists()
 
 
@@ -231,16 +231,3 @@ def test_the_web_pages_fast_box_makes_a_fast_job_and_shows_its_iterations(tmp_pa
     assert job.fast and build_config(job, 3) == fast
     for name in FAST_TASKS:
         assert preset_iterations(None, name, True) == presets.preset(name, fast=True).iterations
-
-
-def test_fast_deblurring_fits_the_narrower_net_for_the_presets_count(tmp_path: Path) -> None:
-    """Deblurring's --fast (the study's deblur table: 64 channels, the preset's 4000 iterations) through the CLI."""
-    save_png(smooth_image(32, 32), tmp_path / "sharp.png")
-    code, err = dipc(
-        "fit", "deblur", tmp_path / "sharp.png", "--kernel", "gaussian:1", "--from-reference", "--fast",
-        "--iterations", "2", "-o", tmp_path / "out.png", "--report", tmp_path / "out.json", "--quiet",
-    )  # fmt: skip
-    assert code == 0, err
-    config = json.loads((tmp_path / "out.json").read_text())["config"]
-    assert config["fast"] is True and config["net"]["channels_down"] == [64] * 5
-    assert presets.preset("deblur", fast=True).iterations == presets.preset("deblur").iterations == 4000
