@@ -211,9 +211,10 @@ def default_iterations(table: str) -> int:
 
 
 def options_of(candidate: Candidate, table: str, cap: Optional[int] = None) -> list[str]:
-    """The candidate's ``dipc fit`` options for one table; ``--iterations-scale`` is this study's shorthand for a
-    share of the default preset's iterations, and ``cap`` (a smoke test) bounds every fit's iterations."""
-    out, it, iterations = [], iter(candidate.options), None
+    """The candidate's ``dipc fit`` options for one table, after the table's own (its ``problem``);
+    ``--iterations-scale`` is this study's shorthand for a share of the default preset's iterations, and ``cap`` (a
+    smoke test) bounds every fit's iterations."""
+    out, it, iterations = list(TABLES[table].problem), iter(candidate.options), None
     for flag in it:
         if flag == "--iterations-scale":
             iterations = round(float(next(it)) * default_iterations(table))
@@ -258,7 +259,7 @@ def time_steps(
     by_size = {size_of(c, inputs): c for c in cases}  # one image of each size
     for candidate in candidates:
         for size, case in by_size.items():
-            args = [task, str(inputs / case.image), *TABLES[table].problem]
+            args = [task, str(inputs / case.image)]
             args += ["--mask", str(inputs / case.mask)] if case.mask else []
             args += ["--factor", str(case.factor)] if case.factor else []
             jobs[f"{candidate.name}@{size}"] = [*args, *timing_options(candidate, table)]
@@ -315,7 +316,6 @@ def unavailable(candidate: Candidate, table: str) -> Optional[str]:
 
     task = TASK_OF[table]
     extra = {"super-resolve": ["--factor", "4"], "inpaint": ["--mask", "mask.png"]}.get(task, [])
-    extra += TABLES[table].problem
     try:
         validate_job(fit_job([task, "in.png", "-o", "out.png", *extra, *options_of(candidate, table)]), device=False)
     except DipError as exc:
@@ -715,12 +715,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         fitted = [BY_NAME[n] for n in here if n not in absent]
         if cases and not args.report and code in (0, 1):
             manifest = inputs / manifest_name(args.shard)
-            problem = list(TABLES[table].problem)
-            rows = [
-                batch_row(c, f"{c.name}-{f.name}", [*problem, *options_of(f, table, args.cap)])
-                for c in cases
-                for f in fitted
-            ]
+            rows = [batch_row(c, f"{c.name}-{f.name}", options_of(f, table, args.cap)) for c in cases for f in fitted]
             manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
             print(f"fast_study: {table}, {len(cases)} images x {len(fitted)} candidates, crop {side}", flush=True)
             code = run_batch(manifest, outdir, args, deadline)

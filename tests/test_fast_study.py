@@ -23,6 +23,8 @@ def test_candidate_options_are_dipc_fit_flags_and_the_cap_bounds_every_fit() -> 
         "--channels", "32", "--coarse-share", "0.5", "--iterations", "50",
     ]  # fmt: skip
     assert fs.options_of(fs.BY_NAME["defaults"], "sr") == []
+    problem = list(fs.TABLES["deblur"].problem)  # a table's own options come first (the fit degrades its image)
+    assert fs.options_of(fs.BY_NAME["w64-half"], "deblur") == [*problem, "--channels", "64", "--iterations", "2000"]
 
 
 def test_every_candidate_is_taken_by_the_cli_or_reported_unavailable_with_its_reason() -> None:
