@@ -42,6 +42,7 @@ class LogRecord:
     psnr_reference: float | None  # PSNR of the current output to the clean reference, when given
     psnr_reference_ema: float | None
     iterations_per_second: float
+    capped: bool = False  # ``total`` is a cap: a stopping rule may end the fit sooner (its ETA is at most)
 
 
 @dataclass
@@ -379,7 +380,9 @@ class Fitter:
             out = to_full(out, self.problem.size)
         p_ref = psnr(out, ref).item() if ref is not None else None
         p_ema = psnr(self.ema, ref).item() if ref is not None and self.ema is not None else p_ref
-        record = LogRecord(self.iteration, total, float(loss.item()), p_obs, p_ref, p_ema, rate)
+        record = LogRecord(
+            self.iteration, total, float(loss.item()), p_obs, p_ref, p_ema, rate, capped=self.stopper is not None
+        )
         self.history["iteration"].append(self.iteration)
         self.history.setdefault("seconds", []).append(seconds)  # fitting time so far (over resumes too)
         self.history["loss"].append(record.loss)

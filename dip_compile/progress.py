@@ -34,7 +34,7 @@ def status_line(task: str, r: LogRecord, ema: bool) -> str:
     line += f" {r.iterations_per_second:.2f} it/s"
     if r.iterations_per_second > 0:
         left = int((r.total - r.iteration) / r.iterations_per_second)
-        line += f" ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        line += f" ETA{' at most' if r.capped else ''} {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
     return line
 
 
@@ -124,7 +124,7 @@ def _display(watch: Watch, stack: contextlib.ExitStack) -> Optional[LogHook]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
+        TextColumn("ETA at most" if watch.fitter.stopper is not None else "ETA"),  # a stopping rule may end it sooner
         TimeRemainingColumn(),
     ]
     progress = stack.enter_context(Progress(*columns, console=console, transient=False))

@@ -1,5 +1,6 @@
 """``dipc fit`` through typer's test runner: happy paths, resume, Ctrl-C, and every bad input (one line, exit 2)."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -370,6 +371,19 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, image_png)
     lines = [line for line in result.stderr.splitlines() if line.startswith("denoise ")]
     assert [line.split()[1] for line in lines] == ["10/20", "20/20"]
     assert "loss" in lines[0] and "PSNR" in lines[0] and "it/s" in lines[0] and "ETA" in lines[0]
+    assert "at most" not in lines[0]  # a fixed count: the ETA is the fit's
+
+
+def test_a_stopping_rules_eta_is_a_bound() -> None:
+    """With a stopping rule the count is a cap, so the time left to it is the most the fit can take (the web page
+    shows this line too: a held-out denoising fit's ETA was read as its length)."""
+    from dip_compile.fitting import LogRecord
+    from dip_compile.progress import status_line
+
+    record = LogRecord(100, 3100, 1e-3, 20.0, None, None, 10.0)
+    assert status_line("denoise", record, ema=True).endswith("10.00 it/s ETA 0:05:00")
+    capped = dataclasses.replace(record, capped=True)
+    assert status_line("denoise", capped, ema=True).endswith("10.00 it/s ETA at most 0:05:00")
 
 
 def test_double_ctrl_c_still_saves_the_checkpoint(tmp_path, image_png, monkeypatch):
