@@ -92,7 +92,16 @@ TABLES: dict[str, Table] = {
     ),
 }
 TASK_OF = {name: table.task for name, table in TABLES.items()}
-FIXED = tuple(n for n, t in TABLES.items() if t.task != "denoise")  # defaults of a fixed count (denoising auto-stops)
+
+
+def stops_at_its_count(task: str) -> bool:
+    """Whether the task's default preset runs a fixed count (denoising and deblurring stop on held-out pixels)."""
+    from dip_compile.presets import preset
+
+    return preset(task).stop == "fixed"
+
+
+FIXED = tuple(n for n, t in TABLES.items() if stops_at_its_count(t.task))  # the tables whose defaults run a fixed count
 SR = tuple(n for n, t in TABLES.items() if t.task == "super-resolve")  # the super-resolution tables (x4)
 
 # The defaults first; one line per candidate. ``--iterations-scale S`` is this study's shorthand for a share S of the

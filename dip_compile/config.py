@@ -742,7 +742,7 @@ class FitConfig:
         StopRule.fixed,
         flag="--stop",
         panel="stopping",
-        help="holdout: stop at the minimum of the error on held-out observed pixels (denoise default; "
+        help="holdout: stop at the minimum of the error on held-out observed pixels (denoise and deblur default; "
         "docs/stopping.md); auto: at the minimum of the outputs' variance; fixed: run --iterations",
     )
     stop_window: int = option(100, flag="--stop-window", panel="stopping", help="auto stopping window W (preset 100)")
