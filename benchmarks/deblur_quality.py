@@ -3,8 +3,9 @@
 Not a test: minutes per case. For each image and kernel it blurs the resized reference with the fit's own operator,
 adds Gaussian noise (``--sigma`` on the 0-255 scale; 2.55 = 1%), fits, and compares with Wiener deconvolution and
 Richardson-Lucy on the same observation. The baselines are tuned with the reference (the best NSR on a grid, the
-best iteration count), which favours them; DIP reports the image ``dipc fit`` returns (the EMA at the last
-iteration) and the best EMA PSNR its history saw. Prints a table, writes ``deblur_quality.json`` and a picture per
+best iteration count), which favours them; DIP reports the image ``dipc fit`` returns (the preset's: the EMA at
+the held-out stop since 2026-12-07, ``--iterations`` its cap; the EMA at the last iteration with ``--stop fixed``
+among the fit's options) and the best EMA PSNR its history saw. Prints a table, writes ``deblur_quality.json`` and a picture per
 case (blurred | Wiener | DIP | reference).
 
     python benchmarks/deblur_quality.py --size 128 --iterations 1000
