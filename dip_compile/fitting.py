@@ -238,6 +238,11 @@ class Fitter:
         self.elapsed = 0.0
         self._enter_phase()
 
+    @property
+    def capped(self) -> bool:
+        """Whether ``config.iterations`` is a cap that the stopping rule may end the fit before (its ETA: at most)."""
+        return self.stopper is not None
+
     def optimised(self) -> list[torch.Tensor]:
         """What Adam steps and backtracking restores: the network's parameters (a frozen one gets no gradient, so
         Adam leaves it as it is), then the input where the generator fits it (DRP), in the checkpoint's order."""
@@ -380,9 +385,7 @@ class Fitter:
             out = to_full(out, self.problem.size)
         p_ref = psnr(out, ref).item() if ref is not None else None
         p_ema = psnr(self.ema, ref).item() if ref is not None and self.ema is not None else p_ref
-        record = LogRecord(
-            self.iteration, total, float(loss.item()), p_obs, p_ref, p_ema, rate, capped=self.stopper is not None
-        )
+        record = LogRecord(self.iteration, total, float(loss.item()), p_obs, p_ref, p_ema, rate, capped=self.capped)
         self.history["iteration"].append(self.iteration)
         self.history.setdefault("seconds", []).append(seconds)  # fitting time so far (over resumes too)
         self.history["loss"].append(record.loss)

@@ -26,6 +26,11 @@ LogHook = Callable[[LogRecord], None]
 SnapshotHook = Callable[[int, torch.Tensor], None]
 
 
+def eta_label(capped: bool) -> str:
+    """The ETA's label: "at most" where the count is a cap that a stopping rule may end the fit before."""
+    return "ETA at most" if capped else "ETA"
+
+
 def status_line(task: str, r: LogRecord, ema: bool) -> str:
     """The plain progress line printed when stderr is not a terminal (CI, nohup, a cluster job's log)."""
     line = f"{task} {r.iteration}/{r.total} loss {r.loss:.3e}"
@@ -34,7 +39,7 @@ def status_line(task: str, r: LogRecord, ema: bool) -> str:
     line += f" {r.iterations_per_second:.2f} it/s"
     if r.iterations_per_second > 0:
         left = int((r.total - r.iteration) / r.iterations_per_second)
-        line += f" ETA{' at most' if r.capped else ''} {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        line += f" {eta_label(r.capped)} {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
     return line
 
 
@@ -124,7 +129,7 @@ def _display(watch: Watch, stack: contextlib.ExitStack) -> Optional[LogHook]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
-        TextColumn("ETA at most" if watch.fitter.stopper is not None else "ETA"),  # a stopping rule may end it sooner
+        TextColumn(eta_label(watch.fitter.capped)),
         TimeRemainingColumn(),
     ]
     progress = stack.enter_context(Progress(*columns, console=console, transient=False))
