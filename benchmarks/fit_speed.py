@@ -9,6 +9,10 @@ degradation, loss, backward, backtracking, Adam, EMA. Prints a table and writes 
     python benchmarks/fit_speed.py --sizes 256,512 --iterations 3 --warmup 1           # all variants
     python benchmarks/fit_speed.py --memory ...       # adds each variant's peak memory (one child process each)
     python benchmarks/fit_speed.py --quality 300      # F16 sigma 25, 256 crop: PSNR of eager fp32 vs auto
+    python benchmarks/fit_speed.py --variants eager/fp32,auto/fp32,auto-nchw/fp32   # the layout auto gives fp32
+
+A variant is BACKEND/PRECISION; the backend may end in -nographs (no CUDA graphs), -nchw or -nhwc (the activations'
+layout forced either way, whatever auto chose for this CPU) to time what one choice of the plan is worth.
 
 Columns: ms/iter median and spread (min-max), speedup over eager fp32 of the same run, GFLOP/s from torch's
 flop counter (convolutions and matmuls of one step), the fraction of this machine's measured fp32 and bf16
@@ -83,6 +87,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+SUFFIXES: dict[str, dict[str, Any]] = {  # a backend's suffix: the change to auto's plan whose worth the variant times
+    "-nographs": {"cuda_graphs": False},
+    "-nchw": {"channels_last": False},
+    "-nhwc": {"channels_last": True},
+}
+
+
+def variant_fitter(config: FitConfig, problem: Problem, device: torch.device, backend: str, precision: str) -> Fitter:
+    """The Fitter of one variant; a backend ending in one of ``SUFFIXES`` gets that change to its plan."""
+    suffix = next((s for s in SUFFIXES if backend.endswith(s)), "")
+    plain = backend.removesuffix(suffix) if suffix else backend
+    fitter = Fitter(config.replace(backend=plain, precision=precision), problem, device)
+    if suffix:
+        why = "; ".join(filter(None, (fitter.plan.reason, f"{suffix[1:]} forced by fit_speed")))
+        fitter.plan = dataclasses.replace(fitter.plan, **SUFFIXES[suffix], reason=why)
+        fitter.step = fitter.make_step()
+    return fitter
+
+
 def time_variants(
     config: FitConfig,
     problem: Problem,
@@ -95,10 +118,7 @@ def time_variants(
     rows: dict[str, dict[str, Any]] = {}
     for backend, precision in variants:
         name = f"{backend}/{precision}"
-        fitter = Fitter(config.replace(backend=backend.removesuffix("-nographs"), precision=precision), problem, device)
-        if backend.endswith("-nographs"):  # the same step without CUDA graphs: what the graphs save
-            fitter.plan = dataclasses.replace(fitter.plan, cuda_graphs=False)
-            fitter.step = fitter.make_step()
+        fitter = variant_fitter(config, problem, device, backend, precision)
         sync(device)
         t0 = time.perf_counter()
         fitter.iterate()
@@ -143,10 +163,19 @@ def child(spec: str) -> None:
     net, size, backend, precision, iterations = spec.split(",")
     device = torch.device("cpu")
     config, problem = make_case(net, int(size), device)
-    fitter = Fitter(config.replace(backend=backend, precision=precision), problem, device=device)
+    fitter = variant_fitter(config, problem, device, backend, precision)
     for _ in range(int(iterations)):
         fitter.iterate()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM, its own address space's. (``ru_maxrss`` is kept across exec, so
+    a child of a benchmark holding gigabytes would report the parent's peak.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cuda_peak_memory(
@@ -155,7 +184,7 @@ def cuda_peak_memory(
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    fitter = Fitter(config.replace(backend=backend, precision=precision), problem, device=device)
+    fitter = variant_fitter(config, problem, device, backend, precision)
     for _ in range(iterations):
         fitter.iterate()
     sync(device)
@@ -206,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--backends", default="eager,inductor,auto")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--variants", help="BACKEND/PRECISION list instead of --backends x --precisions")
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per variant (the first compiles)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -258,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (b == "auto") or p == args.precisions.split(",")[0]
     ]
     variants = [("auto", "auto") if b == "auto" else (b, p) for b, p in variants]
+    if args.variants:
+        variants = [(b, p) for b, _, p in (v.partition("/") for v in args.variants.split(","))]
     if ("eager", "fp32") not in variants:
         variants.insert(0, ("eager", "fp32"))
     console = Console(width=200)

@@ -50,6 +50,9 @@ class Capability:
     isa: str  # torch's CPU capability ("AVX2", "AVX512", ...) or the GPU's name
     fast_bf16: bool
     fast_fp16: bool
+    # fp32 convolutions run faster on channels-last (NHWC) activations: oneDNN's AVX-512 kernels do, its AVX2 ones run
+    # NCHW faster (docs/speed-and-memory.md, "Layout"). GPUs (and every bf16 step) run channels-last anyway
+    fast_channels_last: bool = False
 
 
 def cpu_flags() -> set[str]:
@@ -74,13 +77,17 @@ def cpu_has_fast_bf16() -> bool:
 @functools.cache
 def _cuda_capability(index: int) -> Capability:
     major, _ = torch.cuda.get_device_capability(index)
-    return Capability("cuda", torch.cuda.get_device_name(index), fast_bf16=major >= 8, fast_fp16=major >= 7)
+    name = torch.cuda.get_device_name(index)
+    return Capability("cuda", name, fast_bf16=major >= 8, fast_fp16=major >= 7, fast_channels_last=True)
 
 
 def capability(device: torch.device) -> Capability:
     if device.type == "cuda":
         return _cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
-    return Capability("cpu", torch.backends.cpu.get_cpu_capability(), fast_bf16=cpu_has_fast_bf16(), fast_fp16=False)
+    isa = torch.backends.cpu.get_cpu_capability()  # (ATEN_CPU_CAPABILITY=avx2 gives "AVX2" on an AVX-512 CPU)
+    return Capability(
+        "cpu", isa, fast_bf16=cpu_has_fast_bf16(), fast_fp16=False, fast_channels_last=isa.startswith("AVX512")
+    )
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,10 @@ def choose(
     """Resolves ``auto`` backend and precision for this device, image size and iteration count.
 
     Explicit choices are kept as given (``eager fp32`` is the unmodified baseline); only ``auto`` adds the
-    layout and optimizer choices that paid in measurements, and only ``auto`` reads the device's capability (an
-    explicit fit runs the same whatever the CPU can do; ``auto`` backend depends on the kind of device alone).
+    layout and optimizer choices that paid in measurements, and only ``auto`` reads the device's capability: for
+    the precision, and for the layout of an fp32 step on a CPU (channels-last with AVX-512, NCHW with AVX2; the
+    same arithmetic in another order). A fit whose backend and precision are both explicit runs the same whatever
+    the CPU can do.
     """
     device = torch.device(device)
     reasons: list[str] = []
@@ -142,12 +151,18 @@ def choose(
         backend = _auto_backend(config, device, canvas, reasons)
     auto = config.backend.is_auto or config.precision.is_auto
     cuda = device.type == "cuda"
+    channels_last = auto and (cuda or precision.reduced)
+    if auto and not channels_last:  # an fp32 step on a CPU
+        cap = cap or capability(device)
+        channels_last = cap.fast_channels_last
+        if channels_last:
+            reasons.append(f"channels-last ({cap.isa} runs fp32 convolutions faster in NHWC)")
     if cuda and config.net.trains_input:  # a graph replays on a static copy of the input, which gets no gradient
         reasons.append("no CUDA graphs (the input is fitted)")
     return Plan(
         backend=backend,
         precision=precision,
-        channels_last=auto and (cuda or precision.reduced),
+        channels_last=channels_last,
         # fused Adam: one kernel instead of a Python loop over 112 parameters (~85 ms -> ~3 ms per step on the
         # CI CPU); needed where the NaN guard skips a step on the device. Explicit eager fp32 stays the baseline.
         fused_adam=auto or precision.reduced,

@@ -104,8 +104,8 @@ class _BilinearX2(torch.autograd.Function):
 
 class Upsample(nn.Upsample):
     """``nn.Upsample`` x2 (the same module: no parameters, the same state dict and export), whose bilinear backward
-    on channels-last activations is ``_BilinearX2``'s. Elsewhere (NCHW, as fp32 fits on a CPU run; aligned corners;
-    export and no-grad) it is ATen's interpolation unchanged."""
+    on channels-last activations is ``_BilinearX2``'s. Elsewhere (NCHW, as explicit fp32 fits and fp32 fits on AVX2
+    CPUs run; aligned corners; export and no-grad) it is ATen's interpolation unchanged."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if (
@@ -124,8 +124,9 @@ class Upsample(nn.Upsample):
 
 def split_merge(s: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether a paper level merges its skip apart (``PaperLevel._merge_split``): bf16 CPU training steps, whose
-    activations are channels-last. fp32 CPU fits (NCHW: the golden fit, AVX2 machines), GPUs, export and no-grad
-    runs concatenate as the original does, the same arithmetic in the same order."""
+    activations are channels-last. fp32 CPU fits (NCHW, or channels-last on AVX-512, where merging apart measured
+    faster on one net and slower on another), GPUs, export and no-grad runs concatenate as the original does, the
+    same arithmetic in the same order."""
     return (
         y.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")

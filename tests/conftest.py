@@ -47,6 +47,7 @@ FAKE_CPU = Capability(
     f"faked CPU ({'AVX512-BF16' if AUTO_PRECISION == 'bf16' else 'AVX2'})",
     fast_bf16=AUTO_PRECISION == "bf16",
     fast_fp16=False,
+    fast_channels_last=AUTO_PRECISION == "bf16",  # every CPU with native bf16 has AVX-512: fp32 runs channels-last
 )
 
 # For slow tests whose settings are explicit (nothing resolves through the faked CPU): one pass of make test is enough

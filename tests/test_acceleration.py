@@ -15,7 +15,8 @@ NOISY = add_noise(CLEAN, 25 / 255, seed=0)
 MINI_NET = NetConfig(input_depth=4, channels_down=(8, 8), channels_up=(8, 8), channels_skip=(2, 2))
 
 AVX2 = Capability("cpu", "AVX2", fast_bf16=False, fast_fp16=False)
-AMX = Capability("cpu", "AVX512", fast_bf16=True, fast_fp16=False)
+AVX512 = Capability("cpu", "AVX512", fast_bf16=False, fast_fp16=False, fast_channels_last=True)  # no bf16
+AMX = Capability("cpu", "AVX512", fast_bf16=True, fast_fp16=False, fast_channels_last=True)
 A100 = Capability("cuda", "NVIDIA A100", fast_bf16=True, fast_fp16=True)
 T4 = Capability("cuda", "Tesla T4", fast_bf16=False, fast_fp16=True)
 
@@ -54,17 +55,51 @@ def test_auto_on_cuda_picks_bf16_or_fp16_and_compiles_only_long_fits():
     assert choose(short_fit, "cuda", (256, 256), A100).cuda_graphs
 
 
-def test_only_auto_precision_asks_the_device_what_it_can_do(monkeypatch):
+def test_only_auto_asks_the_device_what_it_can_do(monkeypatch):
     asked: list[str] = []
     monkeypatch.setattr(acceleration, "capability", lambda device: asked.append(str(device)) or AMX)
-    explicit = [("eager", "fp32"), ("eager", "bf16"), ("inductor", "fp32"), ("auto", "fp32")]
+    explicit = [("eager", "fp32"), ("eager", "bf16"), ("inductor", "fp32")]
     plans = [choose(tiny_config(backend=b, precision=p), "cpu", (32, 32)) for b, p in explicit]
-    assert [(p.backend, p.precision) for p in plans] == [*explicit[:3], ("eager", "fp32")]
-    # an explicit precision runs the same on any CPU (and once in make test, not in both passes); auto backend
-    # depends on the kind of device alone
+    assert [(p.backend, p.precision, p.channels_last) for p in plans] == [
+        ("eager", "fp32", False),
+        ("eager", "bf16", False),
+        ("inductor", "fp32", False),
+    ]
+    # a fit whose backend and precision are both given runs the same on any CPU (and once in make test, not in
+    # both passes); auto backend depends on the kind of device alone
     assert asked == []
     assert choose(tiny_config(backend="eager", precision="auto"), "cpu", (32, 32)).precision == "bf16"
     assert asked == ["cpu"]
+
+
+@pytest.mark.parametrize(("cap", "layout"), [(AVX2, False), (AVX512, True), (AMX, True)])
+def test_an_fp32_step_under_auto_takes_the_layout_the_cpu_runs_faster(cap, layout):
+    """fp32 under auto (--paper-exact's fits: auto backend, fp32): channels-last where the CPU's fp32
+    convolutions are faster in NHWC (AVX-512), NCHW on AVX2; explicit eager fp32 stays the NCHW baseline."""
+    for backend, precision in (("auto", "fp32"), ("eager", "auto"), ("auto", "auto")):
+        plan = choose(tiny_config(backend=backend, precision=precision), "cpu", (32, 32), cap)
+        if plan.precision == "fp32":
+            assert plan.channels_last is layout
+            assert ("runs fp32 convolutions faster in NHWC" in plan.reason) is layout
+        else:  # bf16 steps are channels-last on every CPU that runs them natively
+            assert plan.channels_last
+    assert not choose(tiny_config(backend="eager", precision="fp32"), "cpu", (32, 32), cap).channels_last
+
+
+def test_a_channels_last_fp32_fit_follows_the_nchw_fit(monkeypatch):
+    """The same arithmetic in another order: the first steps' losses agree to rounding, the later ones drift apart
+    as any two orders of fp32 sums do through BatchNorm and Adam (0.4% at the tenth step), and the PSNR rises."""
+    monkeypatch.setattr(acceleration, "capability", lambda device: AVX2)
+    nchw = fit("auto", "fp32", 10)
+    monkeypatch.setattr(acceleration, "capability", lambda device: AVX512)
+    nhwc = fit("auto", "fp32", 10)
+    assert not nchw.plan.channels_last and nhwc.plan.channels_last and nhwc.plan.precision == "fp32"
+    assert isinstance(nhwc.step, AcceleratedStep)
+    nhwc_loss, nchw_loss = torch.tensor(nhwc.history["loss"]), torch.tensor(nchw.history["loss"])
+    torch.testing.assert_close(nhwc_loss[:2], nchw_loss[:2], rtol=1e-5, atol=0)
+    torch.testing.assert_close(nhwc_loss, nchw_loss, rtol=1e-2, atol=0)
+    psnrs = nhwc.history["psnr_reference"]
+    assert psnrs[-1] > psnrs[0] + 2
 
 
 def test_capability_check_reads_the_cpu_flags(monkeypatch):

@@ -121,7 +121,7 @@ def test_resume_continues_to_the_new_total_and_matches_a_straight_run(tmp_path, 
 def test_a_resume_without_precision_keeps_the_saved_fp32_on_a_bf16_cpu(tmp_path, image_png, monkeypatch):
     """On a CPU where `auto` is bf16, a fit saved in fp32 and resumed without --precision stays fp32: the resumed image
     is the straight fp32 run's (it used to switch to bf16 and differ by up to 2/255)."""
-    amx = acceleration.Capability("cpu", "a faked AMX CPU", fast_bf16=True, fast_fp16=False)
+    amx = acceleration.Capability("cpu", "a faked AMX CPU", fast_bf16=True, fast_fp16=False, fast_channels_last=True)
     monkeypatch.setattr(acceleration, "capability", lambda device: amx)
     common = ["--sigma", "25", "--stop", "fixed", "--precision", "fp32", *TINY]
     invoke("fit", "denoise", image_png, "-o", tmp_path / "straight.png", "--iterations", "6", *common)
