@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]
 import torch
 
 from benchmarks.common import DATA, RESULTS, centre_crop
+from dip_compile import allocator
 from dip_compile.acceleration import capability
 from dip_compile.config import FitConfig
 from dip_compile.fitting import Fitter
@@ -166,16 +166,7 @@ def child(spec: str) -> None:
     fitter = variant_fitter(config, problem, device, backend, precision)
     for _ in range(int(iterations)):
         fitter.iterate()
-    print(peak_rss_mib())
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory: VmHWM, its own address space's. (``ru_maxrss`` is kept across exec, so
-    a child of a benchmark holding gigabytes would report the parent's peak.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print((allocator.peak_rss() or 0) / 2**20)  # this process's own peak (ru_maxrss keeps the parent's)
 
 
 def cuda_peak_memory(

@@ -17,6 +17,7 @@ import functools
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
 # peak RSS with freed memory kept over glibc's own, at most: 1.79 (the kate inpainting net at 512 px in fp32 with
@@ -56,11 +57,25 @@ def machine_bytes() -> int | None:
 def room_to_keep() -> bool:
     """Whether this process's peak so far (a fit's first step), grown by ``GROWTH``, fits in this machine's memory:
     keeping freed memory costs peak memory, so a fit near the limit runs as before (slower) rather than fail."""
+    peak = peak_rss()
+    return peak is not None and room_for(peak)
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident bytes: its address space's high-water mark (``VmHWM``). ``ru_maxrss`` would do
+    but for one thing: Linux keeps it across exec, so a process started by one holding gigabytes (a benchmark, a
+    server) would read its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # (kB)
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:
-        return False
-    return room_for(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # (KiB on Linux)
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # (KiB on Linux)
 
 
 def room_for(peak: int) -> bool:

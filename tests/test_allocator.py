@@ -75,12 +75,27 @@ def test_a_cpu_fit_keeps_freed_memory_after_its_first_step_where_there_is_room(
 
 def test_room_to_keep_compares_the_grown_peak_with_this_machines_memory(monkeypatch: pytest.MonkeyPatch):
     import os
-    import resource
 
-    class Usage:
-        ru_maxrss = 10 * 2**20  # KiB: a 10 GiB peak so far
-
-    monkeypatch.setattr(resource, "getrusage", lambda who: Usage())
+    monkeypatch.setattr(allocator, "peak_rss", lambda: 10 * 2**30)  # a 10 GiB peak so far
     for total_gib, room in ((24, True), (16, False)):  # GROWTH (1.8) * 10 GiB against 90% of the memory
         monkeypatch.setattr(os, "sysconf", lambda name, t=total_gib: 4096 if name == "SC_PAGE_SIZE" else t * 2**18)
         assert allocator.room_to_keep() is room
+
+
+def test_the_peak_is_this_process_own_not_a_parents_it_was_started_by():
+    """``ru_maxrss`` survives exec: a fit started by a process that held 1 GiB read that as its own peak, and a
+    fit near the memory limit would then not keep its freed memory. ``peak_rss`` reads the new process's own."""
+    import subprocess
+    import sys
+
+    held = bytearray(2**30)
+    held[::4096] = b"\x01" * len(held[::4096])  # touched: resident
+    code = (
+        "import resource; from dip_compile import allocator; "
+        "print(allocator.peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    peak, maxrss = map(
+        int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert maxrss > 2**30 > peak > 0
+    del held
