@@ -189,7 +189,7 @@ PRESETS: tuple[Preset, ...] = (
     # than a fixed 4000, with 5% it stopped at 2150 (docs/stopping.md#deblurring-2026-12-07)
     Preset("deblur", "beyond the paper: a known blur (--kernel), the F16 loop with its held-out stop",
            _fit("deblur", PAPER_NET, 8000, 0.01, 1 / 30, **_DENOISE),
-           2_217_831, notebook=False),
+           2_217_831, notebook=False, fast=True),
 )  # fmt: skip
 
 BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}

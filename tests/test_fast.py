@@ -55,7 +55,8 @@ def test_fast_is_exactly_the_candidate_the_study_chose(task: str, tmp_path: Path
     candidate = fast_study.BY_NAME[fast_study.SHIPPED[task]]
     args = [task, str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png")]
     chosen = build_config(parse_fit_args(args + fast_study.options_of(candidate, table)), 3)
-    fast = build_config(parse_fit_args([*args, "--fast"]), 3)
+    problem = list(fast_study.TABLES[table].problem)  # the observation's own options (deblur: the blur, the noise)
+    fast = build_config(parse_fit_args([*args, *problem, "--fast"]), 3)
     assert fast.fast and fast.replace(fast=False) == chosen
 
 
@@ -115,7 +116,7 @@ MEASURED = {presets.default_name(task) for task in fast_study.SHIPPED}  # the st
 
 
 def test_fast_applies_to_the_presets_the_study_measured_and_to_no_other() -> None:
-    assert MEASURED == {"f16", "kate", "sr-x4"}
+    assert MEASURED == {"f16", "kate", "sr-x4", "deblur"}
     assert {p.name for p in presets.PRESETS if p.fast} == MEASURED
     assert all(TASKS[str(p.task)].fast is not None for p in presets.PRESETS if p.fast)
 
@@ -140,7 +141,7 @@ def test_fast_on_a_preset_or_factor_no_measurement_backs_is_refused_in_one_line(
     validate_job(parse_fit_args([str(a) for a in args]))  # without --fast the same fit is fine
     code, err = dipc("fit", *args, "--fast")
     expected = f"--fast has no setting for preset {name}" + (f" at x{options[1]}" if name == "sr-x4" else "")
-    assert code == 2 and expected in err and "measured only on f16, kate and sr-x4 at x4" in err, err
+    assert code == 2 and expected in err and "measured only on f16, kate, sr-x4 at x4 and deblur" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.png").exists()
 
 
