@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ def measure(net: str, size: int, precision: str, save_memory: bool, kept: bool, 
 
     import torch
 
+    from dip_compile import allocator
     from dip_compile.estimate import estimate, probe_seconds
     from dip_compile.fitting import Fitter
     from dip_compile.presets import preset
@@ -54,12 +54,12 @@ def measure(net: str, size: int, precision: str, save_memory: bool, kept: bool, 
     )
     image = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
     mask = {"mask": torch.ones(size, size)} if net == "inpaint" else {}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = allocator.peak_rss() or 0  # this process's own (ru_maxrss would keep its parent's across exec)
     problem = make_problem(config, image, **mask)
     fitter = Fitter(config, problem)
     fitter.plan = dataclasses.replace(fitter.plan, kept_memory=kept and fitter.plan.kept_memory)
     result = fitter.run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = allocator.peak_rss() or 0
     guess = estimate(config, problem.canvas, image.shape[0], "cpu")
     probe = probe_seconds(config, problem.canvas, image.shape[0], "cpu")
     return {
