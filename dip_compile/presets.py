@@ -185,8 +185,8 @@ PRESETS: tuple[Preset, ...] = (
                                     Upsample.bilinear)),
                 601, 0.1, 0.0),
            2_184_307, _FLASH_NOTEBOOK),
-    # the held-out rule decides the length: with 1% noise it ran 256 px crops to 7220-8000 for 0.55-0.99 dB more
-    # than a fixed 4000, with 5% it stopped at 2150 (docs/stopping.md#deblurring-2026-12-07)
+    # the held-out rule decides the length, 8000 is its cap: a fixed 4000 ended fits with little noise while they were
+    # still improving (the measurements: docs/stopping.md#deblurring-2026-12-07)
     Preset("deblur", "beyond the paper: a known blur (--kernel), the F16 loop with its held-out stop",
            _fit("deblur", PAPER_NET, 8000, 0.01, 1 / 30, **_DENOISE),
            2_217_831, notebook=False, fast=True),
