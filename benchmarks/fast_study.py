@@ -116,6 +116,18 @@ CANDIDATES: tuple[Candidate, ...] = (
         "64 channels, the cap at 5/3 of the preset's (f16: 5000): at full size the narrow net reaches f16's cap",
         ("denoise", "deblur"),
     ),
+    Candidate(
+        "w64f16-cap5k",
+        ("--channels", "16,64,64,64,64", "--iterations-scale", "1.66667"),
+        "w64-cap5k with 16 channels at the finest level, whose full-resolution layers are most of a step's work",
+        ("denoise", "deblur"),
+    ),
+    Candidate(
+        "w64f32-cap5k",
+        ("--channels", "32,64,64,64,64", "--iterations-scale", "1.66667"),
+        "w64-cap5k with 32 channels at the finest level",
+        ("denoise", "deblur"),
+    ),
     Candidate("w48", ("--channels", "48"), "48 channels per level"),
     Candidate("w32", ("--channels", "32"), "32 channels per level"),
     Candidate("w64-lr2", ("--channels", "64", "--lr", "0.02"), "64 channels at twice the learning rate"),
