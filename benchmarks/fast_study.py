@@ -128,6 +128,12 @@ CANDIDATES: tuple[Candidate, ...] = (
         "w64-cap5k with 32 channels at the finest level",
         ("denoise", "deblur"),
     ),
+    Candidate(
+        "w64-cap5k-ramp600",
+        ("--channels", "64", "--iterations-scale", "1.66667", "--reg-noise-ramp", "600"),
+        "w64-cap5k with the input perturbation grown in over 600 iterations (prior_probes.py: an earlier image)",
+        ("denoise", "deblur"),
+    ),
     Candidate("w48", ("--channels", "48"), "48 channels per level"),
     Candidate("w32", ("--channels", "32"), "32 channels per level"),
     Candidate("w64-lr2", ("--channels", "64", "--lr", "0.02"), "64 channels at twice the learning rate"),

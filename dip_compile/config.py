@@ -695,6 +695,14 @@ class FitConfig:
         resume=True,
         help="std of the input perturbation per iteration",
     )
+    reg_noise_ramp: int = option(
+        0,
+        flag="--reg-noise-ramp",
+        panel="fitting",
+        resume=True,
+        help="iterations over which the input perturbation grows linearly from 0 to --reg-noise (0 = all of it "
+        "from the first; docs/fast.md)",
+    )
     ema: float | None = option(0.99, flag="ema")  # the paper's output smoothing (exp_weight); None disables it
     backtrack_db: float | None = option(
         5.0,
@@ -857,6 +865,7 @@ class FitConfig:
         _finite(self, "coarse_share", 0, 1, high_open=True)
         _finite(self, "lr", 0, 10, low_open=True)
         _count(self, "lr_warmup", 0, 10**9)
+        _count(self, "reg_noise_ramp", 0, 10**9)
         _finite(self, "reg_noise_std", 0, 100)
         _finite(self, "ema", 0, 1, high_open=True, allow_none=True)
         _finite(self, "backtrack_db", 0, allow_none=True)

@@ -317,7 +317,14 @@ class Fitter:
         if self.config.reg_noise_std <= 0:
             return base
         noise = torch.randn(base.shape, generator=self.generator, device=self.device)
-        return base + self.config.reg_noise_std * noise
+        return base + self.perturbation() * noise
+
+    def perturbation(self) -> float:
+        """The perturbation's std at this iteration: --reg-noise, grown in linearly over --reg-noise-ramp
+        iterations (a net fitted without it is sharp early, and the ramp keeps that head start: docs/fast.md)."""
+        cfg = self.config
+        ramp = min(1.0, self.iteration / cfg.reg_noise_ramp) if cfg.reg_noise_ramp else 1.0
+        return cfg.reg_noise_std * ramp
 
     def backtracks_now(self) -> bool:
         """Whether this iteration (0-based, before it runs) checks for backtracking: every ``backtrack_every``-th,

@@ -74,10 +74,13 @@ def test_same_seed_gives_the_same_fit_on_cpu():
     assert not torch.equal(images[0], other)
 
 
-@pytest.mark.parametrize("stop", ["holdout", "auto"])
-def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, stop):
-    # denoise preset: EMA, backtracking, the stopping statistics and the perturbation RNG all carry over.
-    cfg = tiny_config("denoise", iterations=12, stop=stop, stop_window=3, stop_patience=100, log_every=2)
+@pytest.mark.parametrize(("stop", "ramp"), [("holdout", 0), ("auto", 0), ("holdout", 10)])
+def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, stop, ramp):
+    # denoise preset: EMA, backtracking, the stopping statistics and the perturbation RNG (and its ramp, here
+    # interrupted halfway up) all carry over.
+    cfg = tiny_config(
+        "denoise", iterations=12, stop=stop, stop_window=3, stop_patience=100, log_every=2, reg_noise_ramp=ramp
+    )
     noisy = add_noise(CLEAN, 25 / 255, seed=0)
     straight = Fitter(cfg, make_problem(cfg, noisy, reference=CLEAN))
     straight.run(12)
