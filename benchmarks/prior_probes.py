@@ -31,15 +31,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 sys.path[:0] = [] if __package__ else [str(Path(__file__).resolve().parents[1])]  # as `python benchmarks/X.py`
 
-from benchmarks.common import DATA, machine
+from benchmarks.common import DATA, centre_crop, machine
 from dip_compile.config import NetConfig
+from dip_compile.imageio import load_image
+from dip_compile.metrics import psnr
 from dip_compile.network import build_network, make_input
 
 CSET9 = DATA / "paper" / "denoising" / "CSet9"
@@ -47,11 +47,8 @@ CSET9 = DATA / "paper" / "denoising" / "CSet9"
 
 def load(path: Path, side: int) -> torch.Tensor:
     """(1, 3, H, W) in [0, 1], its centre ``side`` x ``side`` crop when side > 0."""
-    x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    if side:
-        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
-        x = x[..., top : top + side, left : left + side]
-    return x.contiguous()
+    image = load_image(path)[None]
+    return centre_crop(image, side) if side else image
 
 
 def network(args: argparse.Namespace) -> torch.nn.Module:
@@ -61,10 +58,6 @@ def network(args: argparse.Namespace) -> torch.nn.Module:
     object.__setattr__(cfg, "output_channels", 3 * args.shuffle**2)  # NetConfig allows 1 or 3: this probe only
     net: torch.nn.Module = build_network(cfg)
     return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
-
-
-def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((x.clamp(0, 1) - reference) ** 2).mean()))
 
 
 def probe(args: argparse.Namespace) -> dict[str, object]:
@@ -86,6 +79,9 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
             out = net(x).float()
         return F.pixel_shuffle(out, f) if f > 1 else out
 
+    def score(x: torch.Tensor, reference: torch.Tensor) -> float:
+        return float(psnr(x.clamp(0, 1), reference))
+
     alpha, ema, rows, start = 0.99**args.every, None, [], time.time()
     best: tuple[float, int] = (0.0, 0)
     for step in range(args.iterations):
@@ -106,7 +102,7 @@ def probe(args: argparse.Namespace) -> dict[str, object]:
                 out = run(z, step)
         out = out.detach()
         ema = out if ema is None else alpha * ema + (1 - alpha) * out
-        rows.append([step + 1, round(psnr(out, clean), 3), round(psnr(ema, clean), 3), round(time.time() - start, 1)])
+        rows.append([step + 1, round(score(out, clean), 3), round(score(ema, clean), 3), round(time.time() - start, 1)])
         best = max(best, (rows[-1][2], step + 1))
         if not args.quiet and (step + 1) % 100 == 0:
             print(*rows[-1], "best EMA", best, flush=True)
